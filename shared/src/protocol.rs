@@ -1,0 +1,567 @@
+//! The host <-> worker protocol, carried in [`frame`](crate::frame)s over a
+//! Unix socket pair.
+//!
+//! 1. Host sends [`HostMsg::Load`] with its [`PROTOCOL_VERSION`]; the worker
+//!    answers [`WorkerMsg::Loaded`] (echoing its version) or
+//!    [`WorkerMsg::LoadFailed`] and exits.
+//! 2. Host sends [`HostMsg::Call`]s, each with a fresh request id; the worker
+//!    answers each with exactly one [`WorkerMsg::Reply`] (the plugin's status code
+//!    and output bytes, unchanged) or [`WorkerMsg::Fault`] (the plugin broke the ABI
+//!    contract) carrying the same id.
+//! 3. Host sends [`HostMsg::Shutdown`]; the worker destroys the instance and exits 0.
+//!
+//! Hot messages (`Call`, `Reply`) have a fixed binary layout so the payload is
+//! never copied into an intermediate encoding; cold messages carry bincode bodies.
+//! Every decoder works on untrusted bytes and fails with a [`DecodeError`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::BufferStrategy;
+use crate::frame::{self, HEADER_LEN};
+use crate::wire::{self, WireError};
+
+/// Version of this protocol; both sides refuse to talk across versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const TAG_LOAD: u8 = 0x01;
+const TAG_CALL: u8 = 0x02;
+const TAG_SHUTDOWN: u8 = 0x03;
+const TAG_LOADED: u8 = 0x81;
+const TAG_LOAD_FAILED: u8 = 0x82;
+const TAG_REPLY: u8 = 0x83;
+const TAG_FAULT: u8 = 0x84;
+
+/// Length of a `Call` frame before its payload: header, tag, id, method.
+pub const CALL_PREFIX_LEN: usize = HEADER_LEN + 1 + 8 + 4;
+/// Length of a `Reply` frame before its payload: header, tag, id, status.
+pub const REPLY_PREFIX_LEN: usize = HEADER_LEN + 1 + 8 + 4;
+
+/// Why a message body could not be decoded.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The body was empty.
+    #[error("empty message")]
+    Empty,
+    /// The tag byte names no message this side accepts.
+    #[error("unknown message tag {0:#04x}")]
+    UnknownTag(u8),
+    /// The body is shorter than the message's fixed fields.
+    #[error("{what} message truncated: {len} bytes")]
+    Truncated {
+        /// Which message.
+        what: &'static str,
+        /// Bytes available.
+        len: usize,
+    },
+    /// A message that must end at its fixed fields carried extra bytes.
+    #[error("{what} message has {extra} trailing bytes")]
+    Trailing {
+        /// Which message.
+        what: &'static str,
+        /// Surplus bytes.
+        extra: usize,
+    },
+    /// A bincode body failed to decode.
+    #[error("malformed message body")]
+    Body(#[from] WireError),
+}
+
+/// What the host asks the worker to load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    /// The host's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Path of the plugin library, as raw OS bytes.
+    pub path: Vec<u8>,
+    /// Plugin (impl type) name to select; `None` = the registry's only plugin.
+    pub plugin: Option<String>,
+    /// bincode bytes passed to `construct`.
+    pub config: Vec<u8>,
+    /// Initial Arena size in bytes.
+    pub arena_capacity: u32,
+    /// Largest output the worker may send back in one reply.
+    pub max_output: u32,
+}
+
+/// What the worker reports about the plugin it loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfoWire {
+    /// The worker's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The plugin's `abi_version` (500 or 400).
+    pub abi_version: u32,
+    /// The impl type's name.
+    pub plugin_name: String,
+    /// The interface (trait) name.
+    pub interface_name: String,
+    /// FNV-1a hash of the interface's required methods.
+    pub interface_hash: u64,
+    /// The interface's declared version.
+    pub interface_version: u32,
+    /// Optional-method capability bits.
+    pub capabilities: u64,
+    /// How outputs are returned.
+    pub buffer_strategy: BufferStrategy,
+    /// Number of vtable slots.
+    pub method_count: u32,
+    /// Interface-level metadata pairs.
+    pub trait_metadata: Vec<(String, String)>,
+    /// Per-method metadata pairs (empty when the plugin has none).
+    pub method_metadata: Vec<Vec<(String, String)>>,
+    /// Names of every plugin in the library's registry.
+    pub plugins_in_library: Vec<String>,
+}
+
+/// Why the worker could not load the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LoadFailure {
+    /// Host and worker speak different protocol versions.
+    #[error("protocol version mismatch: host speaks {host}, worker speaks {worker}")]
+    ProtocolVersion {
+        /// The host's version.
+        host: u32,
+        /// The worker's version.
+        worker: u32,
+    },
+    /// The path does not exist or cannot be opened.
+    #[error("cannot open plugin file: {message}")]
+    FileUnreadable {
+        /// The OS error text.
+        message: String,
+    },
+    /// The path is a directory or another non-regular file.
+    #[error("not a regular file")]
+    NotAFile,
+    /// The file is not an ELF shared object.
+    #[error("not an ELF shared object: {reason}")]
+    NotElf {
+        /// What was wrong with the header.
+        reason: String,
+    },
+    /// The ELF file targets another machine.
+    #[error("ELF built for machine {found} (class {class}), this worker runs on machine {expected}")]
+    WrongArchitecture {
+        /// `e_machine` of the file.
+        found: u16,
+        /// `EI_CLASS` of the file (1 = 32-bit, 2 = 64-bit).
+        class: u8,
+        /// `e_machine` of this worker.
+        expected: u16,
+    },
+    /// `dlopen` failed.
+    #[error("dlopen failed: {message}")]
+    Dlopen {
+        /// The dynamic loader's error text.
+        message: String,
+    },
+    /// The library does not export a required symbol.
+    #[error("symbol `{symbol}` not found: {message}")]
+    SymbolMissing {
+        /// The symbol looked up.
+        symbol: String,
+        /// The dynamic loader's error text.
+        message: String,
+    },
+    /// `fidius_get_registry` returned NULL.
+    #[error("fidius_get_registry returned NULL")]
+    NullRegistry,
+    /// The registry's magic bytes are wrong.
+    #[error("bad registry magic {found:02x?}")]
+    BadMagic {
+        /// The 8 bytes found.
+        found: [u8; 8],
+    },
+    /// Unsupported registry layout version.
+    #[error("registry version {found} unsupported (supported: {supported})")]
+    RegistryVersion {
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// The registry lists more plugins than is sane, or a NULL descriptor table.
+    #[error("malformed registry: {reason}")]
+    BadRegistry {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The registry has no plugins.
+    #[error("the library's registry contains no plugins")]
+    NoPlugins,
+    /// Unsupported ABI version.
+    #[error("plugin `{plugin}` has ABI version {found}; supported: {supported:?}")]
+    AbiVersion {
+        /// Plugin name (or descriptor index if unreadable).
+        plugin: String,
+        /// Version found.
+        found: u32,
+        /// Versions supported.
+        supported: Vec<u32>,
+    },
+    /// `descriptor_size` is smaller than the layout of its ABI version.
+    #[error("descriptor #{index} declares size {size}, smaller than the {minimum} bytes of its layout")]
+    DescriptorTooSmall {
+        /// Index in the registry.
+        index: u32,
+        /// Declared size.
+        size: u32,
+        /// Minimum for its ABI version.
+        minimum: u32,
+    },
+    /// A descriptor field is invalid (NULL vtable, absurd count, bad strategy,
+    /// non-UTF-8 or unterminated name, missing `free_buffer`, ...).
+    #[error("plugin `{plugin}` has an invalid descriptor: {reason}")]
+    BadDescriptor {
+        /// Plugin name (or descriptor index if unreadable).
+        plugin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No plugin has the requested name.
+    #[error("no plugin named `{requested}` in the library (available: {available:?})")]
+    PluginNotFound {
+        /// The name asked for.
+        requested: String,
+        /// Names present.
+        available: Vec<String>,
+    },
+    /// Several plugins and none named.
+    #[error("the library holds {} plugins, name one of them: {available:?}", available.len())]
+    Ambiguous {
+        /// Names present.
+        available: Vec<String>,
+    },
+    /// `construct` returned NULL (the plugin rejected its config).
+    #[error("plugin `{plugin}` rejected its configuration (construct returned NULL)")]
+    ConstructFailed {
+        /// Plugin name.
+        plugin: String,
+    },
+    /// The worker could not understand the load request.
+    #[error("worker could not decode the load request: {reason}")]
+    BadRequest {
+        /// The decode error.
+        reason: String,
+    },
+}
+
+/// Ways a plugin broke the ABI contract during one call, detected by the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CallFault {
+    /// Arena output range lies outside the arena.
+    #[error("arena output out of bounds: offset {offset} + length {len} > capacity {capacity}")]
+    ArenaOutOfBounds {
+        /// Reported offset.
+        offset: u32,
+        /// Reported length.
+        len: u32,
+        /// Arena capacity.
+        capacity: u32,
+    },
+    /// PluginAllocated output pointer was NULL with a non-zero length.
+    #[error("plugin returned a NULL output buffer of length {len}")]
+    NullOutput {
+        /// Reported length.
+        len: u32,
+    },
+    /// Output (or a needed arena) larger than the configured maximum message size.
+    #[error("plugin output of {len} bytes exceeds the {max}-byte limit")]
+    OutputTooLarge {
+        /// Size produced or requested.
+        len: u64,
+        /// The cap.
+        max: u32,
+    },
+    /// The vtable slot is NULL (an optional method the plugin lacks).
+    #[error("method slot {index} is empty (optional method not implemented)")]
+    EmptySlot {
+        /// Slot index.
+        index: u32,
+    },
+    /// The worker was asked for a slot outside the vtable.
+    #[error("method index {index} out of range (method_count {count})")]
+    BadIndex {
+        /// Requested index.
+        index: u32,
+        /// The plugin's method count.
+        count: u32,
+    },
+    /// The input is too large to pass through the ABI's `u32` length.
+    #[error("input of {len} bytes does not fit the ABI's u32 length")]
+    InputTooLarge {
+        /// Input length.
+        len: u64,
+    },
+}
+
+/// Messages from host to worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMsg<'a> {
+    /// Load a plugin (first message).
+    Load(LoadRequest),
+    /// Call vtable slot `method` with `payload` as input.
+    Call {
+        /// Request id, echoed in the answer.
+        id: u64,
+        /// Vtable slot.
+        method: u32,
+        /// Input bytes (bincode tuple or raw).
+        payload: &'a [u8],
+    },
+    /// Destroy the instance and exit.
+    Shutdown,
+}
+
+/// Messages from worker to host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerMsg<'a> {
+    /// The plugin is loaded and constructed.
+    Loaded(Box<PluginInfoWire>),
+    /// The plugin could not be loaded; the worker exits next.
+    LoadFailed(LoadFailure),
+    /// A call completed with the plugin's status code and output.
+    Reply {
+        /// Request id of the call.
+        id: u64,
+        /// The plugin's raw status code.
+        status: i32,
+        /// The plugin's output bytes (for `-1`, 4 bytes: the size it needed).
+        payload: &'a [u8],
+    },
+    /// A call failed because the plugin broke the ABI contract.
+    Fault {
+        /// Request id of the call.
+        id: u64,
+        /// What the plugin did.
+        fault: CallFault,
+    },
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+    len: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Self { bytes, what, len: bytes.len() }
+    }
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        if self.bytes.len() < N {
+            return Err(DecodeError::Truncated { what: self.what, len: self.len });
+        }
+        let (head, rest) = self.bytes.split_at(N);
+        self.bytes = rest;
+        Ok(head.try_into().expect("split_at gave N bytes"))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        self.take::<4>().map(i32::from_le_bytes)
+    }
+    fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+    fn end(self) -> Result<(), DecodeError> {
+        match self.bytes.len() {
+            0 => Ok(()),
+            extra => Err(DecodeError::Trailing { what: self.what, extra }),
+        }
+    }
+}
+
+fn split_tag(body: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
+    body.split_first().map(|(t, r)| (*t, r)).ok_or(DecodeError::Empty)
+}
+
+fn encode_bincode<T: Serialize>(tag: u8, value: &T, out: &mut Vec<u8>) {
+    frame::begin(out);
+    out.push(tag);
+    // Serializing plain owned structs into a Vec cannot fail.
+    wire::encode_into(value, out).expect("bincode encoding into a Vec is infallible");
+    frame::finish(out);
+}
+
+/// The fixed prefix of a `Call` frame whose payload is `payload_len` bytes;
+/// send it followed by the payload itself (no copy into a buffer).
+pub fn call_prefix(id: u64, method: u32, payload_len: usize) -> [u8; CALL_PREFIX_LEN] {
+    prefix(TAG_CALL, id, &method.to_le_bytes(), payload_len)
+}
+
+/// The fixed prefix of a `Reply` frame whose payload is `payload_len` bytes.
+pub fn reply_prefix(id: u64, status: i32, payload_len: usize) -> [u8; REPLY_PREFIX_LEN] {
+    prefix(TAG_REPLY, id, &status.to_le_bytes(), payload_len)
+}
+
+fn prefix(tag: u8, id: u64, word: &[u8; 4], payload_len: usize) -> [u8; CALL_PREFIX_LEN] {
+    let body_len = (CALL_PREFIX_LEN - HEADER_LEN + payload_len) as u32;
+    let mut p = [0u8; CALL_PREFIX_LEN];
+    p[..4].copy_from_slice(&body_len.to_le_bytes());
+    p[4] = tag;
+    p[5..13].copy_from_slice(&id.to_le_bytes());
+    p[13..17].copy_from_slice(word);
+    p
+}
+
+impl<'a> HostMsg<'a> {
+    /// Encodes the whole frame (header included) into `out`, replacing its contents.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            HostMsg::Load(req) => encode_bincode(TAG_LOAD, req, out),
+            HostMsg::Call { id, method, payload } => {
+                out.clear();
+                out.extend_from_slice(&call_prefix(*id, *method, payload.len()));
+                out.extend_from_slice(payload);
+            }
+            HostMsg::Shutdown => {
+                frame::begin(out);
+                out.push(TAG_SHUTDOWN);
+                frame::finish(out);
+            }
+        }
+    }
+
+    /// Decodes a frame body (header already stripped).
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let (tag, rest) = split_tag(body)?;
+        match tag {
+            TAG_LOAD => Ok(HostMsg::Load(wire::decode(rest)?)),
+            TAG_CALL => {
+                let mut c = Cursor::new(rest, "call");
+                let id = c.u64()?;
+                let method = c.u32()?;
+                Ok(HostMsg::Call { id, method, payload: c.rest() })
+            }
+            TAG_SHUTDOWN => Cursor::new(rest, "shutdown").end().map(|()| HostMsg::Shutdown),
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+impl<'a> WorkerMsg<'a> {
+    /// Encodes the whole frame (header included) into `out`, replacing its contents.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            WorkerMsg::Loaded(info) => encode_bincode(TAG_LOADED, info, out),
+            WorkerMsg::LoadFailed(why) => encode_bincode(TAG_LOAD_FAILED, why, out),
+            WorkerMsg::Reply { id, status, payload } => {
+                out.clear();
+                out.extend_from_slice(&reply_prefix(*id, *status, payload.len()));
+                out.extend_from_slice(payload);
+            }
+            WorkerMsg::Fault { id, fault } => {
+                frame::begin(out);
+                out.push(TAG_FAULT);
+                out.extend_from_slice(&id.to_le_bytes());
+                wire::encode_into(fault, out).expect("bincode encoding into a Vec is infallible");
+                frame::finish(out);
+            }
+        }
+    }
+
+    /// Decodes a frame body (header already stripped). The body is untrusted.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let (tag, rest) = split_tag(body)?;
+        match tag {
+            TAG_LOADED => Ok(WorkerMsg::Loaded(Box::new(wire::decode(rest)?))),
+            TAG_LOAD_FAILED => Ok(WorkerMsg::LoadFailed(wire::decode(rest)?)),
+            TAG_REPLY => {
+                let mut c = Cursor::new(rest, "reply");
+                let id = c.u64()?;
+                let status = c.i32()?;
+                Ok(WorkerMsg::Reply { id, status, payload: c.rest() })
+            }
+            TAG_FAULT => {
+                let mut c = Cursor::new(rest, "fault");
+                let id = c.u64()?;
+                Ok(WorkerMsg::Fault { id, fault: wire::decode(c.rest())? })
+            }
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(buf: &[u8]) -> &[u8] {
+        let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buf.len() - HEADER_LEN, "header length matches body");
+        &buf[HEADER_LEN..]
+    }
+
+    fn info() -> PluginInfoWire {
+        PluginInfoWire {
+            protocol_version: PROTOCOL_VERSION,
+            abi_version: 500,
+            plugin_name: "P".into(),
+            interface_name: "I".into(),
+            interface_hash: 0xfeed,
+            interface_version: 3,
+            capabilities: 0b101,
+            buffer_strategy: BufferStrategy::Arena,
+            method_count: 4,
+            trait_metadata: vec![("k".into(), "v".into())],
+            method_metadata: vec![vec![], vec![("a".into(), "b".into())]],
+            plugins_in_library: vec!["P".into(), "Q".into()],
+        }
+    }
+
+    #[test]
+    fn host_messages_round_trip() {
+        let mut buf = Vec::new();
+        let msgs = [
+            HostMsg::Load(LoadRequest {
+                protocol_version: PROTOCOL_VERSION,
+                path: b"/x/libp.so".to_vec(),
+                plugin: Some("P".into()),
+                config: vec![1, 2],
+                arena_capacity: 4096,
+                max_output: 1 << 20,
+            }),
+            HostMsg::Call { id: u64::MAX, method: 3, payload: b"payload" },
+            HostMsg::Call { id: 0, method: 0, payload: b"" },
+            HostMsg::Shutdown,
+        ];
+        for msg in msgs {
+            msg.encode(&mut buf);
+            assert_eq!(HostMsg::decode(body(&buf)).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn worker_messages_round_trip() {
+        let mut buf = Vec::new();
+        let msgs = [
+            WorkerMsg::Loaded(Box::new(info())),
+            WorkerMsg::LoadFailed(LoadFailure::AbiVersion {
+                plugin: "P".into(),
+                found: 600,
+                supported: vec![500, 400],
+            }),
+            WorkerMsg::Reply { id: 9, status: -3, payload: b"err" },
+            WorkerMsg::Fault { id: 10, fault: CallFault::ArenaOutOfBounds { offset: 1, len: 2, capacity: 3 } },
+        ];
+        for msg in msgs {
+            msg.encode(&mut buf);
+            assert_eq!(WorkerMsg::decode(body(&buf)).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        assert_eq!(WorkerMsg::decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(WorkerMsg::decode(&[0x42]), Err(DecodeError::UnknownTag(0x42)));
+        assert_eq!(WorkerMsg::decode(&[TAG_CALL]), Err(DecodeError::UnknownTag(TAG_CALL)));
+        assert!(matches!(WorkerMsg::decode(&[TAG_REPLY, 1, 2, 3]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(WorkerMsg::decode(&[TAG_LOADED, 1, 2, 3]), Err(DecodeError::Body(_))));
+        assert!(matches!(HostMsg::decode(&[TAG_SHUTDOWN, 0]), Err(DecodeError::Trailing { extra: 1, .. })));
+        assert_eq!(HostMsg::decode(&[TAG_REPLY]), Err(DecodeError::UnknownTag(TAG_REPLY)));
+    }
+}
