@@ -1,0 +1,425 @@
+//! Every line of FFI in bulkhead: dlopen, the registry walk, descriptor
+//! validation, `construct`/`destroy` and vtable dispatch for both buffer
+//! strategies. Nothing the plugin hands back is trusted: pointers are checked
+//! for NULL, counts are capped, strings are length-bounded and UTF-8-checked,
+//! Arena ranges are bounds-checked, and a descriptor is never read past its
+//! declared `descriptor_size`.
+
+use std::ffi::{c_char, c_void, OsStr};
+use std::io::Read;
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use bulkhead_shared::abi::{
+    self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv,
+    MethodMetaEntry, PluginDescriptor, PluginRegistry, ABI_400, ABI_500, FIDIUS_MAGIC,
+    MAX_METHOD_COUNT, MAX_PLUGIN_COUNT, REGISTRY_SYMBOL, REGISTRY_VERSION, STATUS_BUFFER_TOO_SMALL,
+};
+use bulkhead_shared::protocol::{
+    CallFault, LoadFailure, LoadRequest, PluginInfoWire, PROTOCOL_VERSION,
+};
+use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
+
+/// Longest C string (names, metadata) we read from a plugin.
+const MAX_CSTR: usize = 4096;
+/// Most metadata pairs we read per table.
+const MAX_META: u32 = 256;
+
+/// Result of one call: the plugin's status and output, or a contract violation.
+pub enum Outcome<'a> {
+    /// The plugin returned `status` with these output bytes.
+    Status {
+        /// Raw status code.
+        status: i32,
+        /// Output bytes (plugin memory or the arena), valid during the callback.
+        output: &'a [u8],
+    },
+    /// The plugin broke the ABI contract.
+    Fault(CallFault),
+}
+
+/// A loaded, constructed plugin instance.
+pub struct Plugin {
+    desc: PluginDescriptor,
+    abi: u32,
+    strategy: BufferStrategy,
+    inst: *mut c_void,
+    arena: Vec<u8>,
+    max_output: u32,
+    // Dropped last: every pointer above points into it.
+    _lib: Library,
+}
+
+/// Loads, validates and constructs the plugin `req` describes.
+pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> {
+    let path = Path::new(OsStr::from_bytes(&req.path));
+    check_elf(path)?;
+
+    // SAFETY: dlopen runs the library's initialisers, which is plugin code. That is
+    // the point of this process: whatever it does is contained here and observed
+    // by the host. RTLD_NOW surfaces unresolved symbols as a load error.
+    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+        .map_err(|e| LoadFailure::Dlopen { message: e.to_string() })?;
+
+    // SAFETY: the type is the registry getter's documented signature; if the
+    // plugin lies about it, the damage is confined to this worker.
+    let getter: Symbol<unsafe extern "C" fn() -> *const PluginRegistry> =
+        unsafe { lib.get(REGISTRY_SYMBOL) }.map_err(|e| LoadFailure::SymbolMissing {
+            symbol: "fidius_get_registry".into(),
+            message: e.to_string(),
+        })?;
+    // SAFETY: calling the exported getter; it takes no arguments.
+    let reg_ptr = unsafe { getter() };
+    if reg_ptr.is_null() {
+        return Err(LoadFailure::NullRegistry);
+    }
+    // SAFETY: non-NULL pointer from the plugin to its registry; read unaligned so a
+    // misaligned lie is not UB. A wild pointer faults here, inside the worker.
+    let reg = unsafe { reg_ptr.read_unaligned() };
+    if reg.magic != FIDIUS_MAGIC {
+        return Err(LoadFailure::BadMagic { found: reg.magic });
+    }
+    if reg.registry_version != REGISTRY_VERSION {
+        return Err(LoadFailure::RegistryVersion { found: reg.registry_version, supported: REGISTRY_VERSION });
+    }
+    if reg.plugin_count == 0 {
+        return Err(LoadFailure::NoPlugins);
+    }
+    if reg.plugin_count > MAX_PLUGIN_COUNT {
+        return Err(LoadFailure::BadRegistry {
+            reason: format!("plugin_count {} exceeds {MAX_PLUGIN_COUNT}", reg.plugin_count),
+        });
+    }
+    if reg.descriptors.is_null() {
+        return Err(LoadFailure::BadRegistry { reason: "descriptor table is NULL".into() });
+    }
+
+    let mut descs = Vec::with_capacity(reg.plugin_count as usize);
+    for i in 0..reg.plugin_count {
+        // SAFETY: i < plugin_count, the length the registry declares for its table.
+        let dptr = unsafe { reg.descriptors.add(i as usize).read_unaligned() };
+        descs.push(read_descriptor(dptr, i)?);
+    }
+    let names: Vec<String> = descs.iter().map(|(_, n)| n.clone()).collect();
+    let chosen = match &req.plugin {
+        Some(want) => descs
+            .iter()
+            .position(|(_, n)| n == want)
+            .ok_or_else(|| LoadFailure::PluginNotFound { requested: want.clone(), available: names.clone() })?,
+        None if descs.len() == 1 => 0,
+        None => return Err(LoadFailure::Ambiguous { available: names }),
+    };
+    let (desc, plugin_name) = descs.swap_remove(chosen);
+    let bad = |reason: String| LoadFailure::BadDescriptor { plugin: plugin_name.clone(), reason };
+
+    let strategy = BufferStrategy::from_raw(desc.buffer_strategy)
+        .ok_or_else(|| bad(format!("buffer_strategy {} (expected 1 or 2)", desc.buffer_strategy)))?;
+    if desc.method_count > MAX_METHOD_COUNT {
+        return Err(bad(format!("method_count {} exceeds {MAX_METHOD_COUNT}", desc.method_count)));
+    }
+    if desc.vtable.is_null() && desc.method_count > 0 {
+        return Err(bad("vtable is NULL".into()));
+    }
+    if strategy == BufferStrategy::PluginAllocated && desc.free_buffer.is_none() {
+        return Err(bad("PluginAllocated plugin without free_buffer".into()));
+    }
+    if desc.abi_version == ABI_500 && desc.construct.is_none() {
+        return Err(bad("ABI 500 plugin without construct".into()));
+    }
+    let interface_name = read_cstr(desc.interface_name).map_err(|r| bad(format!("interface_name {r}")))?;
+    let trait_metadata = read_meta(desc.trait_metadata, desc.trait_metadata_count)
+        .map_err(|r| bad(format!("trait metadata {r}")))?;
+    let method_metadata = read_method_meta(&desc).map_err(|r| bad(format!("method metadata {r}")))?;
+
+    let inst = match desc.construct {
+        Some(construct) if desc.abi_version == ABI_500 => {
+            let cfg_len = u32::try_from(req.config.len())
+                .map_err(|_| bad(format!("config of {} bytes exceeds u32", req.config.len())))?;
+            // SAFETY: fidius' construct signature; `config.as_ptr()` is never NULL
+            // (an empty Vec gives a dangling, non-NULL pointer) and is valid for
+            // cfg_len bytes.
+            let inst = unsafe { construct(req.config.as_ptr(), cfg_len) };
+            if inst.is_null() {
+                return Err(LoadFailure::ConstructFailed { plugin: plugin_name });
+            }
+            inst
+        }
+        _ => std::ptr::null_mut(),
+    };
+
+    let info = PluginInfoWire {
+        protocol_version: PROTOCOL_VERSION,
+        abi_version: desc.abi_version,
+        plugin_name,
+        interface_name,
+        interface_hash: desc.interface_hash,
+        interface_version: desc.interface_version,
+        capabilities: desc.capabilities,
+        buffer_strategy: strategy,
+        method_count: desc.method_count,
+        trait_metadata,
+        method_metadata,
+        plugins_in_library: names,
+    };
+    let arena = vec![0u8; if strategy == BufferStrategy::Arena { req.arena_capacity as usize } else { 0 }];
+    let plugin = Plugin {
+        abi: desc.abi_version,
+        desc,
+        strategy,
+        inst,
+        arena,
+        max_output: req.max_output,
+        _lib: lib,
+    };
+    Ok((plugin, info))
+}
+
+/// Rejects directories, empty/text files, non-ELF and foreign-architecture files
+/// with a precise reason before dlopen sees them.
+fn check_elf(path: &Path) -> Result<(), LoadFailure> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadFailure::FileUnreadable { message: e.to_string() })?;
+    if !meta.is_file() {
+        return Err(LoadFailure::NotAFile);
+    }
+    let mut head = [0u8; 20];
+    let mut f = std::fs::File::open(path).map_err(|e| LoadFailure::FileUnreadable { message: e.to_string() })?;
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(LoadFailure::FileUnreadable { message: e.to_string() }),
+        }
+    }
+    if got < head.len() {
+        return Err(LoadFailure::NotElf { reason: format!("file is {got} bytes, shorter than an ELF header") });
+    }
+    if head[..4] != *b"\x7fELF" {
+        return Err(LoadFailure::NotElf { reason: format!("magic is {:02x?}, not 7f 45 4c 46", &head[..4]) });
+    }
+    let class = head[4];
+    let machine = if head[5] == 2 {
+        u16::from_be_bytes([head[18], head[19]])
+    } else {
+        u16::from_le_bytes([head[18], head[19]])
+    };
+    let expected = native_machine();
+    let native_class = if cfg!(target_pointer_width = "64") { 2 } else { 1 };
+    if machine != expected || class != native_class {
+        return Err(LoadFailure::WrongArchitecture { found: machine, class, expected });
+    }
+    Ok(())
+}
+
+/// `e_machine` of the architecture this worker was built for.
+fn native_machine() -> u16 {
+    if cfg!(target_arch = "x86_64") {
+        62
+    } else if cfg!(target_arch = "aarch64") {
+        183
+    } else if cfg!(target_arch = "x86") {
+        3
+    } else if cfg!(target_arch = "arm") {
+        40
+    } else if cfg!(target_arch = "riscv64") {
+        243
+    } else {
+        0
+    }
+}
+
+/// Reads descriptor `index` without ever reading past its `descriptor_size`,
+/// returning a copy and its plugin name.
+fn read_descriptor(dptr: *const PluginDescriptor, index: u32) -> Result<(PluginDescriptor, String), LoadFailure> {
+    let label = || format!("#{index}");
+    if dptr.is_null() {
+        return Err(LoadFailure::BadRegistry { reason: format!("descriptor {} is NULL", label()) });
+    }
+    // SAFETY: the first 8 bytes (size + abi_version) exist in every descriptor
+    // layout; unaligned reads tolerate a misaligned lie.
+    let (size, abi_version) = unsafe {
+        let p = dptr.cast::<u32>();
+        (p.read_unaligned(), p.add(1).read_unaligned())
+    };
+    let Some(minimum) = abi::min_descriptor_size(abi_version) else {
+        return Err(LoadFailure::AbiVersion {
+            plugin: label(),
+            found: abi_version,
+            supported: abi::SUPPORTED_ABI_VERSIONS.to_vec(),
+        });
+    };
+    if size < minimum {
+        return Err(LoadFailure::DescriptorTooSmall { index, size, minimum });
+    }
+    // Copy only the bytes this ABI version defines into a zeroed descriptor:
+    // construct/destroy of an ABI 400 descriptor stay NULL.
+    let copy_len = minimum as usize;
+    let mut out = MaybeUninit::<PluginDescriptor>::zeroed();
+    // SAFETY: the source holds at least `minimum` bytes (checked above); the
+    // destination is a PluginDescriptor of at least that size; they cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(dptr.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), copy_len) };
+    // SAFETY: every field of PluginDescriptor (integers, raw pointers, Option of fn
+    // pointers) is valid when zeroed, and zero-or-copied bytes are all it holds.
+    // Option<fn> forbids no bit pattern, since any non-null word is Some.
+    let desc = unsafe { out.assume_init() };
+    let name = read_cstr(desc.plugin_name).map_err(|reason| LoadFailure::BadDescriptor {
+        plugin: label(),
+        reason: format!("plugin_name {reason}"),
+    })?;
+    Ok((desc, name))
+}
+
+/// Reads a NUL-terminated string of at most [`MAX_CSTR`] bytes as UTF-8.
+fn read_cstr(ptr: *const c_char) -> Result<String, String> {
+    if ptr.is_null() {
+        return Err("is NULL".into());
+    }
+    let mut bytes = Vec::new();
+    for i in 0..MAX_CSTR {
+        // SAFETY: reading byte by byte up to the terminator or the bound; the
+        // plugin promised a C string here and a lie faults only this worker.
+        let b = unsafe { ptr.add(i).cast::<u8>().read() };
+        if b == 0 {
+            return String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 ({e})"));
+        }
+        bytes.push(b);
+    }
+    Err(format!("is not NUL-terminated within {MAX_CSTR} bytes"))
+}
+
+fn read_meta(kvs: *const MetaKv, count: u32) -> Result<Vec<(String, String)>, String> {
+    if kvs.is_null() || count == 0 {
+        return Ok(Vec::new());
+    }
+    if count > MAX_META {
+        return Err(format!("count {count} exceeds {MAX_META}"));
+    }
+    (0..count as usize)
+        .map(|i| {
+            // SAFETY: i < count, the table length the descriptor declares.
+            let kv = unsafe { kvs.add(i).read_unaligned() };
+            Ok((read_cstr(kv.key)?, read_cstr(kv.value)?))
+        })
+        .collect()
+}
+
+fn read_method_meta(desc: &PluginDescriptor) -> Result<Vec<Vec<(String, String)>>, String> {
+    if desc.method_metadata.is_null() {
+        return Ok(Vec::new());
+    }
+    (0..desc.method_count as usize)
+        .map(|i| {
+            // SAFETY: the table has one entry per method (method_count is capped).
+            let entry: MethodMetaEntry = unsafe { desc.method_metadata.add(i).read_unaligned() };
+            read_meta(entry.kvs, entry.kv_count)
+        })
+        .collect()
+}
+
+impl Plugin {
+    /// Calls vtable slot `index` with `input` and hands the outcome to `f` while
+    /// the output memory is still valid; plugin-allocated output is freed after.
+    pub fn call<R>(&mut self, index: u32, input: &[u8], f: impl FnOnce(Outcome<'_>) -> R) -> R {
+        if index >= self.desc.method_count {
+            return f(Outcome::Fault(CallFault::BadIndex { index, count: self.desc.method_count }));
+        }
+        let Ok(in_len) = u32::try_from(input.len()) else {
+            return f(Outcome::Fault(CallFault::InputTooLarge { len: input.len() as u64 }));
+        };
+        // SAFETY: index < method_count, the vtable length the descriptor declares;
+        // each slot is a nullable function pointer (one machine word).
+        let slot: *const c_void =
+            unsafe { self.desc.vtable.cast::<*const c_void>().add(index as usize).read_unaligned() };
+        if slot.is_null() {
+            return f(Outcome::Fault(CallFault::EmptySlot { index }));
+        }
+        match self.strategy {
+            BufferStrategy::PluginAllocated => self.call_alloc(slot, input, in_len, f),
+            BufferStrategy::Arena => self.call_arena(slot, input, in_len, f),
+        }
+    }
+
+    fn call_alloc<R>(&mut self, slot: *const c_void, input: &[u8], in_len: u32, f: impl FnOnce(Outcome<'_>) -> R) -> R {
+        let mut out: *mut u8 = std::ptr::null_mut();
+        let mut out_len: u32 = 0;
+        let status = if self.abi == ABI_400 {
+            // SAFETY: a non-NULL slot of an ABI 400 PluginAllocated vtable has this
+            // signature; `input` is valid for in_len bytes and never NULL.
+            let m: AllocMethod400 = unsafe { std::mem::transmute::<*const c_void, AllocMethod400>(slot) };
+            // SAFETY: see above; out/out_len point to live locals.
+            unsafe { m(input.as_ptr(), in_len, &mut out, &mut out_len) }
+        } else {
+            // SAFETY: a non-NULL slot of an ABI 500 PluginAllocated vtable has this signature.
+            let m: AllocMethod500 = unsafe { std::mem::transmute::<*const c_void, AllocMethod500>(slot) };
+            // SAFETY: inst came from construct; input is valid and non-NULL.
+            unsafe { m(self.inst, input.as_ptr(), in_len, &mut out, &mut out_len) }
+        };
+        if out.is_null() {
+            return if out_len == 0 {
+                f(Outcome::Status { status, output: &[] })
+            } else {
+                f(Outcome::Fault(CallFault::NullOutput { len: out_len }))
+            };
+        }
+        let result = if out_len > self.max_output {
+            f(Outcome::Fault(CallFault::OutputTooLarge { len: out_len.into(), max: self.max_output }))
+        } else {
+            // SAFETY: the plugin returned a non-NULL buffer it owns of out_len bytes;
+            // it stays valid until we free it below.
+            let output = unsafe { std::slice::from_raw_parts(out, out_len as usize) };
+            f(Outcome::Status { status, output })
+        };
+        if let Some(free) = self.desc.free_buffer {
+            // SAFETY: returning the buffer the plugin allocated, with its length,
+            // exactly once, to the plugin's own free function.
+            unsafe { free(out, out_len as usize) };
+        }
+        result
+    }
+
+    fn call_arena<R>(&mut self, slot: *const c_void, input: &[u8], in_len: u32, f: impl FnOnce(Outcome<'_>) -> R) -> R {
+        let mut attempt = 0;
+        loop {
+            let cap = self.arena.len() as u32;
+            let (mut off, mut len) = (0u32, 0u32);
+            let arena = self.arena.as_mut_ptr();
+            let status = if self.abi == ABI_400 {
+                // SAFETY: a non-NULL slot of an ABI 400 Arena vtable has this signature.
+                let m: ArenaMethod400 = unsafe { std::mem::transmute::<*const c_void, ArenaMethod400>(slot) };
+                // SAFETY: input valid for in_len bytes; arena valid for cap bytes.
+                unsafe { m(input.as_ptr(), in_len, arena, cap, &mut off, &mut len) }
+            } else {
+                // SAFETY: a non-NULL slot of an ABI 500 Arena vtable has this signature.
+                let m: ArenaMethod500 = unsafe { std::mem::transmute::<*const c_void, ArenaMethod500>(slot) };
+                // SAFETY: inst came from construct; input and arena valid as above.
+                unsafe { m(self.inst, input.as_ptr(), in_len, arena, cap, &mut off, &mut len) }
+            };
+            if status == STATUS_BUFFER_TOO_SMALL {
+                if len > self.max_output {
+                    return f(Outcome::Fault(CallFault::OutputTooLarge { len: len.into(), max: self.max_output }));
+                }
+                if attempt == 0 && len > cap {
+                    attempt += 1;
+                    self.arena.resize(len as usize, 0);
+                    continue;
+                }
+                // Still too small after the one retry: report what it wanted.
+                return f(Outcome::Status { status, output: &len.to_le_bytes() });
+            }
+            if u64::from(off) + u64::from(len) > u64::from(cap) {
+                return f(Outcome::Fault(CallFault::ArenaOutOfBounds { offset: off, len, capacity: cap }));
+            }
+            let output = &self.arena[off as usize..(off + len) as usize];
+            return f(Outcome::Status { status, output });
+        }
+    }
+
+    /// Destroys the instance (ABI 500); called once, on shutdown.
+    pub fn destroy(self) {
+        if let (Some(destroy), false) = (self.desc.destroy, self.inst.is_null()) {
+            // SAFETY: inst came from this plugin's construct and is destroyed once.
+            unsafe { destroy(self.inst) };
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Process hygiene, done by the worker to itself before any plugin code runs:
+//! socket off stdin, inherited descriptors closed, parent-death signal,
+//! `no_new_privs`, resource limits. No `unsafe` here: std and nix cover it.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::prctl;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::Signal;
+use nix::unistd::getppid;
+
+/// The worker's command line.
+#[derive(Debug, Default)]
+pub struct Args {
+    parent_pid: Option<i32>,
+    limit_as: Option<u64>,
+    limit_cpu: Option<u64>,
+    limit_nofile: Option<u64>,
+    limit_nproc: Option<u64>,
+    core_dumps: bool,
+}
+
+impl Args {
+    /// Parses `--flag value` pairs.
+    pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut a = Args::default();
+        while let Some(flag) = it.next() {
+            if flag == "--core-dumps" {
+                a.core_dumps = true;
+                continue;
+            }
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let num = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+            match flag.as_str() {
+                "--parent-pid" => a.parent_pid = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?),
+                "--limit-as" => a.limit_as = Some(num()?),
+                "--limit-cpu" => a.limit_cpu = Some(num()?),
+                "--limit-nofile" => a.limit_nofile = Some(num()?),
+                "--limit-nproc" => a.limit_nproc = Some(num()?),
+                _ => return Err(format!("unknown argument {flag}")),
+            }
+        }
+        if a.parent_pid.is_none() {
+            return Err("--parent-pid is required (the worker is started by the bulkhead host)".into());
+        }
+        Ok(a)
+    }
+}
+
+/// Prepares the process and returns the protocol socket.
+pub fn prepare(args: &Args) -> Result<UnixStream, String> {
+    // Die with the host. Checking the parent *after* arming the signal closes the
+    // race where the host died between fork and prctl (we would have been
+    // reparented already and the signal would never come).
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if args.parent_pid != Some(getppid().as_raw()) {
+        return Err(format!(
+            "parent {:?} is gone (now {}), exiting",
+            args.parent_pid,
+            getppid()
+        ));
+    }
+    prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
+
+    // The socket arrives as fd 0; plugin code reads stdin, so move it away
+    // (std duplicates with F_DUPFD_CLOEXEC at fd >= 3) and put /dev/null there.
+    let sock: OwnedFd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("dup socket: {e}"))?;
+    let devnull: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    nix::unistd::dup2(devnull.as_raw_fd(), 0).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+    drop(devnull);
+    close_inherited_fds(sock.as_raw_fd())?;
+
+    apply_limits(args)?;
+    Ok(UnixStream::from(sock))
+}
+
+/// Closes every descriptor above stderr except `keep`.
+fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("list /proc/self/fd: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2 && fd != keep) {
+        // The directory handle used for listing is already closed: EBADF is fine.
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
+
+fn apply_limits(args: &Args) -> Result<(), String> {
+    let set = |res: Resource, v: u64, name: &str| {
+        setrlimit(res, v, v).map_err(|e| format!("setrlimit({name}, {v}): {e}"))
+    };
+    if let Some(v) = args.limit_as {
+        set(Resource::RLIMIT_AS, v, "RLIMIT_AS")?;
+    }
+    if let Some(v) = args.limit_cpu {
+        // Soft limit raises SIGXCPU; the hard limit one second later is SIGKILL.
+        setrlimit(Resource::RLIMIT_CPU, v, v.saturating_add(1))
+            .map_err(|e| format!("setrlimit(RLIMIT_CPU, {v}): {e}"))?;
+    }
+    if let Some(v) = args.limit_nofile {
+        set(Resource::RLIMIT_NOFILE, v, "RLIMIT_NOFILE")?;
+    }
+    if let Some(v) = args.limit_nproc {
+        set(Resource::RLIMIT_NPROC, v, "RLIMIT_NPROC")?;
+    }
+    if !args.core_dumps {
+        set(Resource::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &[&str]) -> Result<Args, String> {
+        Args::parse(s.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_flags() {
+        let a = parse(&["--parent-pid", "12", "--limit-as", "1000", "--core-dumps"]).unwrap();
+        assert_eq!(a.parent_pid, Some(12));
+        assert_eq!(a.limit_as, Some(1000));
+        assert!(a.core_dumps);
+    }
+
+    #[test]
+    fn rejects_bad_command_lines() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--parent-pid"]).is_err());
+        assert!(parse(&["--parent-pid", "1", "--bogus", "2"]).is_err());
+        assert!(parse(&["--parent-pid", "1", "--limit-cpu", "x"]).is_err());
+    }
+}
