@@ -1,1 +1,77 @@
-//! placeholder
+//! **bulkhead** runs untrusted native plugins — `cdylib`s speaking the
+//! [fidius](https://crates.io/crates/fidius) C ABI — in supervised worker
+//! processes. A plugin that segfaults, aborts, loops forever or lies on the wire
+//! costs one worker process, never the host: every call has a deadline, every
+//! crash becomes a typed [`CallError`], and dead workers are replaced under a
+//! [`RestartPolicy`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bulkhead::{CallError, Exit, PluginSpec, Supervisor};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let supervisor = Supervisor::builder().build()?; // finds the bulkhead-worker binary
+//! let plugin = supervisor.load(
+//!     PluginSpec::new("target/debug/libfx_basic.so")
+//!         .call_timeout(Duration::from_secs(2)),
+//! )?;
+//!
+//! // Typed call: arguments are a bincode-1 tuple, the result is decoded.
+//! let greeting: String = plugin.call(0, &("world".to_string(),))?;
+//! assert_eq!(greeting, "Hello, world!");
+//!
+//! // A crash in the plugin is an error value; the host carries on.
+//! match plugin.call::<_, u32>(7, &()) {
+//!     Err(CallError::WorkerDied { exit: Exit::Signal { signal: 11, .. }, .. }) => {}
+//!     other => panic!("expected a contained segfault, got {other:?}"),
+//! }
+//! // ... and the next call runs on a fresh worker.
+//! let sum: i64 = plugin.call(1, &(2i64, 40i64))?;
+//! assert_eq!(sum, 42);
+//! # Ok(()) }
+//! ```
+//!
+//! # Shape
+//! * [`Supervisor`] owns all worker processes; dropping it shuts them down.
+//! * [`PluginSpec`] says what to load and how: plugin name, config, timeouts,
+//!   pool size, restart policy, resource [`Limits`].
+//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call.
+//!
+//! # Guarantees
+//! * The host never loads plugin code; a worker process does.
+//! * Every call ends with exactly one result before its deadline (plus the time
+//!   to kill and reap a hung worker).
+//! * Bytes from a worker are untrusted: frames are capped before allocation, and
+//!   anything malformed is a [`ProtocolError`] that gets the worker replaced.
+//! * No orphans, no zombies: workers die with the host (parent-death signal),
+//!   their process groups are SIGKILLed on timeout, and every child is reaped.
+
+mod call;
+mod error;
+mod events;
+mod limits;
+mod locate;
+mod output;
+mod plugin;
+mod pool;
+mod restart;
+mod stats;
+mod supervisor;
+mod worker_process;
+
+pub use bulkhead_shared::abi::BufferStrategy;
+pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
+pub use events::{Event, EventKind, EVENT_BUFFER};
+pub use limits::Limits;
+pub use locate::{WORKER_BIN, WORKER_ENV};
+pub use output::{OutputLine, Stream, STDERR_TAIL};
+pub use plugin::{
+    Plugin, PluginInfo, PluginSpec, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT, DEFAULT_QUEUE_LIMIT,
+};
+pub use pool::WorkerReport;
+pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
+pub use stats::Stats;
+pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};
+
+/// Re-exported so users can name the receiver type of [`Supervisor::events`].
+pub use crossbeam_channel;

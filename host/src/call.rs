@@ -1,0 +1,210 @@
+//! One call under one deadline, and the deadline-bounded socket I/O under it.
+//!
+//! The host end of the socket is non-blocking; every wait is a `poll` bounded by
+//! the time left until the call's single `Instant` deadline. Frames from the
+//! worker are capped before allocation and read into a reused buffer that only
+//! grows as bytes actually arrive.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use bulkhead_shared::frame::{self, FrameError, HEADER_LEN};
+use bulkhead_shared::protocol::{call_prefix, CallFault, WorkerMsg};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{send, MsgFlags};
+
+use crate::error::{Exit, ProtocolError};
+use crate::worker_process::{msg_name, WorkerProcess};
+
+/// Payloads up to this size are copied behind the call prefix and sent in one syscall.
+const SMALL_CALL: usize = 16 * 1024;
+/// First read chunk for a frame body; the buffer doubles from here as data arrives.
+const FIRST_CHUNK: usize = 64 * 1024;
+
+/// Why deadline-bounded I/O stopped.
+#[derive(Debug)]
+pub(crate) enum IoFail {
+    /// The deadline passed.
+    Timeout,
+    /// The peer closed the socket (or it was shut down because the worker died).
+    Eof,
+    /// A frame violated the framing rules.
+    Frame(ProtocolError),
+    /// Another socket error.
+    Io(io::Error),
+}
+
+/// What the worker answered.
+pub(crate) enum Answer<'a> {
+    /// The plugin's status code and output.
+    Reply {
+        /// Raw status.
+        status: i32,
+        /// Output bytes, borrowed from the worker's receive buffer.
+        payload: &'a [u8],
+    },
+    /// The plugin broke the ABI contract.
+    Fault(CallFault),
+}
+
+/// Why a call got no answer. After any of these the worker is unusable.
+pub(crate) enum Failure {
+    /// The deadline passed; the worker has been killed.
+    Timeout,
+    /// The worker died.
+    Died {
+        /// How.
+        exit: Exit,
+        /// Its stderr tail.
+        stderr: String,
+    },
+    /// The worker broke the protocol; it has been killed.
+    Protocol(ProtocolError),
+}
+
+impl WorkerProcess {
+    /// Sends one request and waits for its answer until `deadline`.
+    pub(crate) fn call(&mut self, method: u32, payload: &[u8], deadline: Instant) -> Result<Answer<'_>, Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let prefix = call_prefix(id, method, payload.len());
+        let sent = if payload.len() <= SMALL_CALL {
+            self.tx.clear();
+            self.tx.extend_from_slice(&prefix);
+            self.tx.extend_from_slice(payload);
+            write_all(&self.sock, &self.tx, deadline)
+        } else {
+            write_all(&self.sock, &prefix, deadline).and_then(|()| write_all(&self.sock, payload, deadline))
+        };
+        let got = sent.and_then(|()| read_frame(&self.sock, &mut self.rx, self.max_frame, deadline));
+        let len = match got {
+            Ok(len) => len,
+            Err(fail) => return Err(self.fail(fail)),
+        };
+        match WorkerMsg::decode(&self.rx[..len]) {
+            Ok(WorkerMsg::Reply { id: got, .. }) | Ok(WorkerMsg::Fault { id: got, .. }) if got != id => {
+                Err(self.fail(IoFail::Frame(ProtocolError::WrongRequestId { expected: id, got })))
+            }
+            Ok(WorkerMsg::Reply { status, .. }) => {
+                // Re-borrow: the payload is everything after the fixed reply fields.
+                let start = bulkhead_shared::protocol::REPLY_PREFIX_LEN - HEADER_LEN;
+                Ok(Answer::Reply { status, payload: &self.rx[start..len] })
+            }
+            Ok(WorkerMsg::Fault { fault, .. }) => Ok(Answer::Fault(fault)),
+            Ok(other) => {
+                let got = msg_name(&other);
+                Err(self.fail(IoFail::Frame(ProtocolError::Unexpected { got })))
+            }
+            Err(e) => Err(self.fail(IoFail::Frame(ProtocolError::Malformed(e.to_string())))),
+        }
+    }
+
+    /// Turns an I/O failure into a call failure, killing the worker where needed.
+    fn fail(&self, fail: IoFail) -> Failure {
+        match fail {
+            IoFail::Timeout => {
+                self.kill_and_reap();
+                Failure::Timeout
+            }
+            IoFail::Eof | IoFail::Io(_) => match self.exit_after_eof() {
+                Some((exit, stderr)) => Failure::Died { exit, stderr },
+                None => {
+                    self.kill_and_reap();
+                    Failure::Protocol(match fail {
+                        IoFail::Io(e) => ProtocolError::Io(e.to_string()),
+                        _ => ProtocolError::ChannelClosed,
+                    })
+                }
+            },
+            IoFail::Frame(e) => {
+                self.kill_and_reap();
+                Failure::Protocol(e)
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is ready for `flags` or the deadline passes.
+fn wait_ready(sock: &UnixStream, flags: PollFlags, deadline: Instant) -> Result<(), IoFail> {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(IoFail::Timeout);
+        }
+        // Round up so we never wake before the deadline and spin.
+        let left = deadline - now;
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(sock.as_fd(), flags)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(IoFail::Io(e.into())),
+        }
+    }
+}
+
+/// Writes all of `buf` before `deadline`. Uses `MSG_NOSIGNAL`: a dead worker is
+/// an `Eof`, never a SIGPIPE in the host.
+pub(crate) fn write_all(sock: &UnixStream, mut buf: &[u8], deadline: Instant) -> Result<(), IoFail> {
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        match send(sock.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EAGAIN) => wait_ready(sock, PollFlags::POLLOUT, deadline)?,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EPIPE) | Err(nix::errno::Errno::ECONNRESET) => return Err(IoFail::Eof),
+            Err(e) => return Err(IoFail::Io(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Reads into `buf[..]` exactly, before `deadline`.
+fn read_exact(mut sock: &UnixStream, buf: &mut [u8], deadline: Instant) -> Result<(), IoFail> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sock.read(&mut buf[got..]) {
+            Ok(0) => return Err(IoFail::Eof),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_ready(sock, PollFlags::POLLIN, deadline)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(IoFail::Eof),
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame body into `rx` (a reused buffer whose length only grows, as
+/// bytes arrive) and returns the body length. The length prefix is checked
+/// against `max` before anything is allocated.
+pub(crate) fn read_frame(sock: &UnixStream, rx: &mut Vec<u8>, max: u32, deadline: Instant) -> Result<usize, IoFail> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(sock, &mut header, deadline)?;
+    let len = frame::parse_header(header, max).map_err(|e| {
+        IoFail::Frame(match e {
+            FrameError::TooLarge { len, max } => ProtocolError::FrameTooLarge { len, max },
+            FrameError::Empty => ProtocolError::EmptyFrame,
+            other => ProtocolError::Malformed(other.to_string()),
+        })
+    })?;
+    let mut got = 0;
+    while got < len {
+        if rx.len() <= got {
+            let target = len.min(FIRST_CHUNK.max(rx.len() * 2));
+            rx.resize(target, 0);
+        }
+        let end = rx.len().min(len);
+        match read_exact(sock, &mut rx[got..end], deadline) {
+            Ok(()) => got = end,
+            // A worker that died mid-frame is a death, not a protocol error:
+            // the caller tells the two apart by waiting for the exit.
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}

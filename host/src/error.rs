@@ -1,0 +1,344 @@
+//! Every error bulkhead returns, one enum per layer, each variant carrying what
+//! a caller branches on.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, SystemTime};
+
+pub use bulkhead_shared::protocol::{CallFault, LoadFailure};
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was terminated by a signal.
+    Signal {
+        /// The signal number (11 = SIGSEGV, 6 = SIGABRT, 9 = SIGKILL, ...).
+        signal: i32,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+}
+
+impl Exit {
+    pub(crate) fn from_status(status: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(signal)) => Exit::Signal { signal, core_dumped: status.core_dumped() },
+            // Neither code nor signal only happens for stopped/continued statuses,
+            // which `wait` never returns for a terminated child.
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal { signal, core_dumped } => {
+                let name = nix::sys::signal::Signal::try_from(*signal).map(|s| s.as_str()).unwrap_or("unknown");
+                write!(f, "signal {signal} ({name})")?;
+                if *core_dumped {
+                    write!(f, ", core dumped")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The `PluginError` a method returned (status `-3`), exactly as the plugin sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct PluginError {
+    /// Machine-readable code, e.g. `"NOT_FOUND"`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Optional structured details (JSON text).
+    pub details: Option<String>,
+}
+
+/// The worker sent something the protocol does not allow. The worker is killed
+/// and replaced; nothing from it was trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A frame's length prefix exceeds the configured maximum message size.
+    #[error("worker sent a {len}-byte frame, over the {max}-byte limit")]
+    FrameTooLarge {
+        /// Claimed length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A zero-length frame.
+    #[error("worker sent an empty frame")]
+    EmptyFrame,
+    /// A frame that does not decode.
+    #[error("malformed message from worker: {0}")]
+    Malformed(String),
+    /// A well-formed message that is not allowed at this point.
+    #[error("unexpected {got} message from worker")]
+    Unexpected {
+        /// Which message arrived.
+        got: &'static str,
+    },
+    /// An answer for another request.
+    #[error("answer carries request id {got}, expected {expected}")]
+    WrongRequestId {
+        /// Id of the request in flight.
+        expected: u64,
+        /// Id in the answer.
+        got: u64,
+    },
+    /// The worker closed the socket but kept running.
+    #[error("worker closed its socket without exiting")]
+    ChannelClosed,
+    /// The worker answered the handshake with another protocol version.
+    #[error("worker speaks protocol version {worker}, host speaks {host}")]
+    Version {
+        /// Host's version.
+        host: u32,
+        /// Worker's version.
+        worker: u32,
+    },
+    /// The handshake info is inconsistent (e.g. an absurd method count).
+    #[error("worker reported invalid plugin info: {0}")]
+    BadInfo(String),
+    /// A socket error other than end-of-stream.
+    #[error("socket error talking to worker: {0}")]
+    Io(String),
+}
+
+/// Building a [`Supervisor`](crate::Supervisor) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No worker binary in any place bulkhead looks.
+    #[error("bulkhead-worker binary not found; looked in: {}", display_paths(searched))]
+    WorkerNotFound {
+        /// Every candidate path, in search order.
+        searched: Vec<PathBuf>,
+    },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Loading a plugin failed. The host process is unaffected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The worker examined the plugin and refused it; `reason` says why.
+    #[error("cannot load {}: {reason}", path.display())]
+    Rejected {
+        /// The plugin path.
+        path: PathBuf,
+        /// The worker's reason.
+        reason: LoadFailure,
+    },
+    /// The worker process died while loading (e.g. a crashing library
+    /// constructor or `construct`).
+    #[error("worker died while loading {}: {exit}{}", path.display(), stderr_suffix(stderr))]
+    WorkerDied {
+        /// The plugin path.
+        path: PathBuf,
+        /// How the worker ended.
+        exit: Exit,
+        /// The tail of the worker's stderr.
+        stderr: String,
+    },
+    /// Loading did not finish within the load timeout; the worker was killed.
+    #[error("loading {} timed out after {elapsed:?} (limit {limit:?})", path.display())]
+    Timeout {
+        /// The plugin path.
+        path: PathBuf,
+        /// Time spent.
+        elapsed: Duration,
+        /// The load timeout.
+        limit: Duration,
+    },
+    /// The worker broke the handshake protocol.
+    #[error("worker for {} broke the protocol while loading", path.display())]
+    Protocol {
+        /// The plugin path.
+        path: PathBuf,
+        /// What it did.
+        #[source]
+        error: ProtocolError,
+    },
+    /// The worker process could not be started.
+    #[error("cannot start worker {}: {message}", worker.display())]
+    Spawn {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// The config value could not be encoded with bincode.
+    #[error("cannot encode plugin config: {0}")]
+    Config(String),
+    /// The supervisor has been shut down.
+    #[error("supervisor is shut down")]
+    ShutDown,
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {}", stderr.trim_end())
+    }
+}
+
+/// A call failed. Which variant says exactly what happened; the host is fine.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Status `-1` even after the arena was grown once.
+    #[error("plugin output does not fit the arena (needed {needed:?} bytes)")]
+    BufferTooSmall {
+        /// The size the plugin asked for, if it said.
+        needed: Option<u32>,
+    },
+    /// Status `-2`: the plugin failed to (de)serialize.
+    #[error("plugin reported a serialization error")]
+    Serialization,
+    /// The host could not decode the plugin's output as the requested type.
+    #[error("cannot decode plugin output: {0}")]
+    Deserialization(String),
+    /// The host could not encode the arguments.
+    #[error("cannot encode arguments: {0}")]
+    ArgumentEncoding(String),
+    /// Status `-3`: the method returned `Err(PluginError)`.
+    #[error("plugin error {0}")]
+    Plugin(PluginError),
+    /// Status `-4`: the method panicked.
+    #[error("plugin panicked: {0}")]
+    Panic(String),
+    /// A status code outside the fidius contract.
+    #[error("plugin returned unknown status code {code}")]
+    UnknownStatus {
+        /// The code.
+        code: i32,
+    },
+    /// The method index is not below the plugin's method count (no round trip made).
+    #[error("method index {index} out of range: the plugin has {count} methods")]
+    InvalidMethodIndex {
+        /// The index asked for.
+        index: u32,
+        /// The plugin's method count.
+        count: u32,
+    },
+    /// The method slot cannot be called this way (e.g. a server-streaming slot).
+    #[error("method {index} is unsupported: {what}")]
+    Unsupported {
+        /// The method index.
+        index: u32,
+        /// Why.
+        what: &'static str,
+    },
+    /// The plugin broke the ABI contract (caught by the worker).
+    #[error("plugin broke the ABI contract: {0}")]
+    Contract(CallFault),
+    /// The worker process died during the call.
+    #[error("worker died: {exit}{}", stderr_suffix(stderr))]
+    WorkerDied {
+        /// How it ended.
+        exit: Exit,
+        /// The last bytes (at most 4 KiB) it wrote to stderr.
+        stderr: String,
+    },
+    /// The call hit its deadline; the worker (and its process group) was killed.
+    #[error("call timed out after {elapsed:?} (limit {limit:?})")]
+    Timeout {
+        /// Time from the call's start to the error.
+        elapsed: Duration,
+        /// The timeout in force.
+        limit: Duration,
+    },
+    /// The worker broke the protocol; it was killed and will be replaced.
+    #[error("worker broke the protocol")]
+    Protocol(#[source] ProtocolError),
+    /// No worker became free before the call's deadline.
+    #[error("no worker became free within {waited:?}")]
+    Busy {
+        /// Time spent waiting.
+        waited: Duration,
+    },
+    /// Too many calls are already waiting for a worker.
+    #[error("plugin overloaded: {limit} calls already waiting")]
+    Overloaded {
+        /// The queue limit.
+        limit: usize,
+    },
+    /// The restart budget is spent; calls fail fast until `reset()` (or the cool-down).
+    #[error("plugin failed at {since:?} after {restarts} restarts: {reason}")]
+    Failed {
+        /// The failure that spent the budget.
+        reason: String,
+        /// When the plugin was marked failed.
+        since: SystemTime,
+        /// Restarts made in the window.
+        restarts: u32,
+    },
+    /// Waiting out the restart backoff would pass the call's deadline.
+    #[error("worker restart is backing off for {retry_in:?}")]
+    Backoff {
+        /// Time until the next restart is allowed.
+        retry_in: Duration,
+    },
+    /// Replacing a dead worker failed.
+    #[error("restarting the worker failed")]
+    Restart(#[source] Box<LoadError>),
+    /// The plugin or its supervisor has been shut down.
+    #[error("plugin is shut down")]
+    ShutDown,
+}
+
+impl CallError {
+    /// A short stable name of the variant, used for statistics and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::BufferTooSmall { .. } => "buffer_too_small",
+            CallError::Serialization => "serialization",
+            CallError::Deserialization(_) => "deserialization",
+            CallError::ArgumentEncoding(_) => "argument_encoding",
+            CallError::Plugin(_) => "plugin",
+            CallError::Panic(_) => "panic",
+            CallError::UnknownStatus { .. } => "unknown_status",
+            CallError::InvalidMethodIndex { .. } => "invalid_method_index",
+            CallError::Unsupported { .. } => "unsupported",
+            CallError::Contract(_) => "contract",
+            CallError::WorkerDied { .. } => "worker_died",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Protocol(_) => "protocol",
+            CallError::Busy { .. } => "busy",
+            CallError::Overloaded { .. } => "overloaded",
+            CallError::Failed { .. } => "failed",
+            CallError::Backoff { .. } => "backoff",
+            CallError::Restart(_) => "restart",
+            CallError::ShutDown => "shut_down",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_display() {
+        assert_eq!(Exit::Code(3).to_string(), "exit code 3");
+        assert_eq!(Exit::Signal { signal: 11, core_dumped: false }.to_string(), "signal 11 (SIGSEGV)");
+        assert_eq!(Exit::Signal { signal: 6, core_dumped: true }.to_string(), "signal 6 (SIGABRT), core dumped");
+    }
+
+    #[test]
+    fn messages_do_not_repeat_sources() {
+        let e = CallError::Protocol(ProtocolError::ChannelClosed);
+        assert_eq!(e.to_string(), "worker broke the protocol");
+        assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "worker closed its socket without exiting");
+    }
+}

@@ -1,0 +1,87 @@
+//! Per-plugin resource limits, applied by the worker to itself before the plugin
+//! is loaded.
+
+/// Resource limits for a plugin's worker processes (`setrlimit`). Unset limits
+/// are inherited from the host. Core dumps are off unless enabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `RLIMIT_AS`: address space in bytes. Allocations beyond it fail (a Rust
+    /// plugin then aborts with "memory allocation failed"). Default: unset.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_CPU`: CPU seconds. At the limit the worker gets SIGXCPU, one
+    /// second later SIGKILL. Default: unset.
+    pub cpu_seconds: Option<u64>,
+    /// `RLIMIT_NOFILE`: maximum open file descriptors. Default: unset.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_NPROC`: maximum processes for the user (Linux counts per real
+    /// uid, so this also counts the user's other processes). Default: unset.
+    pub processes: Option<u64>,
+    /// Allow core dumps (`RLIMIT_CORE` unlimited vs 0). Default: `false`.
+    pub core_dumps: bool,
+}
+
+impl Limits {
+    /// No limits beyond "no core dumps".
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the address-space limit in bytes.
+    pub fn address_space(mut self, bytes: u64) -> Self {
+        self.address_space = Some(bytes);
+        self
+    }
+    /// Sets the CPU-time limit in seconds.
+    pub fn cpu_seconds(mut self, secs: u64) -> Self {
+        self.cpu_seconds = Some(secs);
+        self
+    }
+    /// Sets the open-file limit.
+    pub fn open_files(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+    /// Sets the process-count limit.
+    pub fn processes(mut self, n: u64) -> Self {
+        self.processes = Some(n);
+        self
+    }
+    /// Enables or disables core dumps.
+    pub fn core_dumps(mut self, on: bool) -> Self {
+        self.core_dumps = on;
+        self
+    }
+
+    /// The worker's command-line flags for these limits.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                args.push(flag.to_string());
+                args.push(v.to_string());
+            }
+        };
+        push("--limit-as", self.address_space);
+        push("--limit-cpu", self.cpu_seconds);
+        push("--limit-nofile", self.open_files);
+        push("--limit-nproc", self.processes);
+        if self.core_dumps {
+            args.push("--core-dumps".into());
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        assert!(Limits::new().to_args().is_empty());
+        let l = Limits::new().address_space(1 << 30).cpu_seconds(2).open_files(64).core_dumps(true);
+        assert_eq!(
+            l.to_args(),
+            ["--limit-as", "1073741824", "--limit-cpu", "2", "--limit-nofile", "64", "--core-dumps"]
+        );
+    }
+}

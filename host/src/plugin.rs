@@ -1,0 +1,328 @@
+//! What users load ([`PluginSpec`]) and call ([`Plugin`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_shared::abi::BufferStrategy;
+use bulkhead_shared::frame::DEFAULT_MAX_MESSAGE;
+use bulkhead_shared::protocol::{CallFault, PluginInfoWire};
+use bulkhead_shared::status::Status;
+use bulkhead_shared::wire::{self, WirePluginError};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::call::Answer;
+use crate::error::{CallError, PluginError};
+use crate::limits::Limits;
+use crate::pool::Pool;
+use crate::restart::RestartPolicy;
+use crate::stats::Stats;
+
+/// Default per-call timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on starting a worker (spawn, dlopen, `construct`, handshake).
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default initial Arena size.
+pub const DEFAULT_ARENA: u32 = 64 * 1024;
+/// Default cap on calls waiting for a busy worker.
+pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
+
+/// Which plugin to load and how to run it. Every setter documents its default.
+#[derive(Clone)]
+pub struct PluginSpec {
+    pub(crate) path: PathBuf,
+    pub(crate) plugin: Option<String>,
+    pub(crate) config: Result<Vec<u8>, String>,
+    pub(crate) call_timeout: Duration,
+    pub(crate) load_timeout: Duration,
+    pub(crate) workers: usize,
+    pub(crate) queue_limit: usize,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) limits: Limits,
+    pub(crate) arena_capacity: u32,
+    pub(crate) max_message_size: u32,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) streaming: Vec<u32>,
+}
+
+impl PluginSpec {
+    /// The plugin library at `path` (a fidius `cdylib`).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+            plugin: None,
+            config: Ok(Vec::new()),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
+            workers: 1,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            restart: RestartPolicy::default(),
+            limits: Limits::default(),
+            arena_capacity: DEFAULT_ARENA,
+            max_message_size: DEFAULT_MAX_MESSAGE,
+            env: Vec::new(),
+            streaming: Vec::new(),
+        }
+    }
+
+    /// Selects the plugin (impl type name) within the library. Default: the
+    /// registry's only plugin; a library with several requires a name.
+    pub fn plugin(mut self, name: impl Into<String>) -> Self {
+        self.plugin = Some(name.into());
+        self
+    }
+
+    /// Config passed to the plugin's `construct`, bincode-1 encoded. Default: none
+    /// (zero bytes). Encoding failures are reported by `load`.
+    pub fn config<C: Serialize + ?Sized>(mut self, config: &C) -> Self {
+        self.config = wire::encode(config).map_err(|e| e.to_string());
+        self
+    }
+
+    /// Raw config bytes passed to `construct` unchanged. Default: empty.
+    pub fn config_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.config = Ok(bytes.into());
+        self
+    }
+
+    /// Default timeout of each call. Default: 30 s.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Bound on starting a worker (spawn, dlopen, constructors, `construct`,
+    /// handshake); a worker that hangs there is killed. Default: 10 s.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
+    /// Number of worker processes serving this plugin. Default: 1 (calls queue).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Most calls allowed to wait for a busy worker; more fail with
+    /// [`CallError::Overloaded`]. Default: 1024.
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = n;
+        self
+    }
+
+    /// How dead workers are replaced. Default: [`RestartPolicy::default`]
+    /// (on failure, 5 restarts per 60 s, backoff 0 / 50 ms doubling to 5 s).
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Resource limits of the worker processes. Default: none, core dumps off.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Initial Arena size in bytes (Arena plugins; grown on demand). Default: 64 KiB.
+    pub fn arena_capacity(mut self, bytes: u32) -> Self {
+        self.arena_capacity = bytes;
+        self
+    }
+
+    /// Largest message accepted from (and output allowed of) a worker; larger
+    /// frames are protocol errors, checked before allocation. Default: 64 MiB.
+    pub fn max_message_size(mut self, bytes: u32) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets an environment variable in the worker (its environment is otherwise
+    /// scrubbed to the supervisor's allowlist). Default: none.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Declares vtable slots that are server-streaming methods, which bulkhead
+    /// does not support yet: calls to them fail with [`CallError::Unsupported`]
+    /// instead of misreading a stream handle. Default: none. (Streaming slots
+    /// cannot be recognised from the binary descriptor, so this must be declared.)
+    pub fn streaming_methods(mut self, slots: impl IntoIterator<Item = u32>) -> Self {
+        self.streaming.extend(slots);
+        self
+    }
+}
+
+/// What the worker reported about a loaded plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The library path.
+    pub path: PathBuf,
+    /// The impl type's name.
+    pub plugin_name: String,
+    /// The interface (trait) name.
+    pub interface_name: String,
+    /// FNV-1a hash of the interface's required methods.
+    pub interface_hash: u64,
+    /// The interface's version.
+    pub interface_version: u32,
+    /// Bit N = the Nth optional method is implemented.
+    pub capabilities: u64,
+    /// PluginAllocated or Arena.
+    pub buffer_strategy: BufferStrategy,
+    /// Number of vtable slots (valid method indices are `0..method_count`).
+    pub method_count: u32,
+    /// 500 (fidius 0.5) or 400 (fidius 0.4).
+    pub abi_version: u32,
+    /// Interface-level metadata.
+    pub trait_metadata: Vec<(String, String)>,
+    /// Per-method metadata (empty if the plugin declares none).
+    pub method_metadata: Vec<Vec<(String, String)>>,
+    /// Every plugin name in the library's registry.
+    pub plugins_in_library: Vec<String>,
+    /// Pid of the most recently started worker.
+    pub worker_pid: u32,
+}
+
+pub(crate) struct PluginShared {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) info: PluginInfoWire,
+    pub(crate) path: PathBuf,
+    pub(crate) call_timeout: Duration,
+    pub(crate) streaming: Vec<u32>,
+}
+
+/// A loaded plugin. Cheap to clone and share across threads; every call runs in
+/// a worker process. When the last clone is dropped, its workers are shut down.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) shared: Arc<PluginShared>,
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Plugin>();
+};
+
+impl Plugin {
+    /// Calls method `index` with bincode-1 tuple arguments (`&(a,)`, `&(a, b)`,
+    /// `&()`) and decodes its return value, under the plugin's call timeout.
+    pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, index: u32, args: &A) -> Result<R, CallError> {
+        self.call_with_timeout(index, args, self.shared.call_timeout)
+    }
+
+    /// [`call`](Self::call) with this call's own timeout.
+    pub fn call_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: u32,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        self.check_index(index)?;
+        let input = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.shared.pool.call(index, &input, timeout, |answer| {
+            let bytes = self.interpret(answer)?;
+            wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+        })
+    }
+
+    /// Calls a `#[wire(raw)]` method: `input` goes to the plugin as-is and its
+    /// output bytes come back as-is.
+    pub fn call_raw(&self, index: u32, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.call_raw_with_timeout(index, input, self.shared.call_timeout)
+    }
+
+    /// [`call_raw`](Self::call_raw) with this call's own timeout.
+    pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        self.check_index(index)?;
+        self.shared.pool.call(index, input, timeout, |answer| self.interpret(answer).map(<[u8]>::to_vec))
+    }
+
+    fn check_index(&self, index: u32) -> Result<(), CallError> {
+        let count = self.shared.info.method_count;
+        if index >= count {
+            return Err(CallError::InvalidMethodIndex { index, count });
+        }
+        if self.shared.streaming.contains(&index) {
+            return Err(CallError::Unsupported { index, what: "server-streaming methods are not supported" });
+        }
+        Ok(())
+    }
+
+    /// Maps the worker's answer to the fidius status contract.
+    fn interpret<'a>(&self, answer: Answer<'a>) -> Result<&'a [u8], CallError> {
+        let (status, payload) = match answer {
+            Answer::Reply { status, payload } => (status, payload),
+            Answer::Fault(CallFault::BadIndex { index, count }) => {
+                return Err(CallError::InvalidMethodIndex { index, count })
+            }
+            Answer::Fault(fault) => return Err(CallError::Contract(fault)),
+        };
+        match Status::from_raw(status) {
+            Status::Ok => Ok(payload),
+            Status::BufferTooSmall => Err(CallError::BufferTooSmall {
+                needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
+            }),
+            Status::SerializationError => Err(CallError::Serialization),
+            Status::PluginError => match wire::decode::<WirePluginError>(payload) {
+                Ok(e) => Err(CallError::Plugin(PluginError { code: e.code, message: e.message, details: e.details })),
+                Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
+            },
+            Status::Panic if payload.is_empty() => Err(CallError::Panic(match self.shared.info.buffer_strategy {
+                BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
+                BufferStrategy::PluginAllocated => "no message".into(),
+            })),
+            Status::Panic => match wire::decode::<String>(payload) {
+                Ok(msg) => Err(CallError::Panic(msg)),
+                Err(e) => Err(CallError::Deserialization(format!("PANIC payload: {e}"))),
+            },
+            Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
+        }
+    }
+
+    /// What the worker reported at load, plus the current worker pid.
+    pub fn info(&self) -> PluginInfo {
+        let i = &self.shared.info;
+        PluginInfo {
+            path: self.shared.path.clone(),
+            plugin_name: i.plugin_name.clone(),
+            interface_name: i.interface_name.clone(),
+            interface_hash: i.interface_hash,
+            interface_version: i.interface_version,
+            capabilities: i.capabilities,
+            buffer_strategy: i.buffer_strategy,
+            method_count: i.method_count,
+            abi_version: i.abi_version,
+            trait_metadata: i.trait_metadata.clone(),
+            method_metadata: i.method_metadata.clone(),
+            plugins_in_library: i.plugins_in_library.clone(),
+            worker_pid: self.shared.pool.latest_pid(),
+        }
+    }
+
+    /// Pids of the worker processes alive right now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared.pool.live_pids()
+    }
+
+    /// Counters: calls, errors by kind, timeouts, crashes, restarts, live workers.
+    pub fn stats(&self) -> Stats {
+        self.shared.pool.stats()
+    }
+
+    /// Clears a failed plugin (restart budget spent) so calls may restart workers again.
+    pub fn reset(&self) {
+        self.shared.pool.reset()
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("plugin", &self.shared.info.plugin_name)
+            .field("path", &self.shared.path)
+            .field("workers", &self.worker_pids())
+            .finish()
+    }
+}

@@ -1,0 +1,120 @@
+//! Per-plugin counters: lock-free increments on the call path, snapshots on demand.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::CallError;
+
+/// Every [`CallError::kind`] name, in a fixed order (indexes into the counters).
+const KINDS: [&str; 19] = [
+    "buffer_too_small",
+    "serialization",
+    "deserialization",
+    "argument_encoding",
+    "plugin",
+    "panic",
+    "unknown_status",
+    "invalid_method_index",
+    "unsupported",
+    "contract",
+    "worker_died",
+    "timeout",
+    "protocol",
+    "busy",
+    "overloaded",
+    "failed",
+    "backoff",
+    "restart",
+    "shut_down",
+];
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    calls: AtomicU64,
+    ok: AtomicU64,
+    restarts: AtomicU64,
+    errors: [AtomicU64; KINDS.len()],
+}
+
+impl Counters {
+    pub(crate) fn call_started(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn call_finished(&self, err: Option<&CallError>) {
+        match err {
+            None => self.ok.fetch_add(1, Ordering::Relaxed),
+            Some(e) => {
+                let i = KINDS.iter().position(|k| *k == e.kind()).expect("every kind is listed");
+                self.errors[i].fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, live_workers: usize, events_dropped: u64) -> Stats {
+        let errors: BTreeMap<&'static str, u64> = KINDS
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        Stats {
+            calls: self.calls.load(Ordering::Relaxed),
+            ok: self.ok.load(Ordering::Relaxed),
+            timeouts: errors.get("timeout").copied().unwrap_or(0),
+            crashes: errors.get("worker_died").copied().unwrap_or(0),
+            protocol_errors: errors.get("protocol").copied().unwrap_or(0),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            errors,
+            live_workers,
+            events_dropped,
+        }
+    }
+}
+
+/// A snapshot of a plugin's counters ([`Plugin::stats`](crate::Plugin::stats)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Calls started.
+    pub calls: u64,
+    /// Calls that returned `Ok`.
+    pub ok: u64,
+    /// Failed calls by [`CallError::kind`] (kinds with a zero count are omitted).
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Calls that hit their deadline.
+    pub timeouts: u64,
+    /// Calls during which the worker died.
+    pub crashes: u64,
+    /// Calls that ended in a protocol violation.
+    pub protocol_errors: u64,
+    /// Replacement workers started.
+    pub restarts: u64,
+    /// Worker processes alive right now.
+    pub live_workers: usize,
+    /// Lifecycle events dropped because a subscriber was not keeping up.
+    pub events_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_kind() {
+        let c = Counters::default();
+        c.call_started();
+        c.call_finished(None);
+        c.call_started();
+        c.call_finished(Some(&CallError::Serialization));
+        c.call_started();
+        c.call_finished(Some(&CallError::Timeout { elapsed: Default::default(), limit: Default::default() }));
+        let s = c.snapshot(1, 0);
+        assert_eq!((s.calls, s.ok, s.timeouts, s.crashes), (3, 1, 1, 0));
+        assert_eq!(s.errors.get("serialization"), Some(&1));
+        assert_eq!(s.errors.len(), 2);
+    }
+}

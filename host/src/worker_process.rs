@@ -1,0 +1,339 @@
+//! One worker process: spawn, handshake, kill, reap.
+//!
+//! Reaping is owned by a small watcher thread per worker. It blocks in
+//! `waitid(WEXITED | WNOWAIT)` — which observes the exit *without* reaping, so the
+//! pid (and the process group named after it) cannot be recycled yet — then,
+//! under the same lock every killer takes, SIGKILLs the whole process group (the
+//! plugin's own children die too), reaps the worker, records its [`Exit`], and
+//! shuts the host's socket end so a reader blocked on it wakes at once. A
+//! signal is therefore never sent to a pid that has been reaped.
+//!
+//! Workers are spawned from one long-lived thread: Linux delivers the
+//! parent-death signal when the *thread* that forked the child exits, so spawning
+//! from a caller's short-lived thread would kill the worker with it.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bulkhead_shared::abi::MAX_METHOD_COUNT;
+use bulkhead_shared::protocol::{HostMsg, PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::call::{self, IoFail};
+use crate::error::{Exit, LoadError, ProtocolError};
+use crate::output::{self, OutputCallback, StderrTail};
+
+/// How long to wait for a worker that closed its socket to actually exit
+/// before concluding it closed the socket and kept running.
+pub(crate) const EOF_GRACE: Duration = Duration::from_millis(1000);
+/// How long to wait for the stderr pipe to drain after the worker died.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// Upper bound on waiting for the kernel to deliver a SIGKILL'd worker's exit.
+pub(crate) const KILL_REAP_BOUND: Duration = Duration::from_secs(10);
+/// Largest handshake answer accepted.
+const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
+
+/// Everything needed to start a worker for one plugin.
+pub(crate) struct Launch {
+    pub worker: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub path: PathBuf,
+    pub label: Arc<str>,
+    pub load_frame: Vec<u8>,
+    pub load_timeout: Duration,
+    pub max_frame: u32,
+    pub output: Option<OutputCallback>,
+}
+
+/// Exit bookkeeping shared between the watcher (which reaps) and killers.
+pub(crate) struct ProcState {
+    pid: u32,
+    exit: Mutex<Option<Exit>>,
+    // Never sent on: the watcher drops its sender after recording the exit, which
+    // wakes every waiter at once.
+    exited: Receiver<()>,
+}
+
+impl ProcState {
+    /// SIGKILLs the worker's process group unless the worker has been reaped.
+    pub(crate) fn kill(&self) {
+        let exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_none() {
+            // The leader is alive or an unreaped zombie: its pid, and so the
+            // group id, cannot have been recycled.
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Waits until `deadline` for the worker to be reaped.
+    pub(crate) fn wait(&self, deadline: Instant) -> Option<Exit> {
+        match self.exited.recv_deadline(deadline) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => self.exit(),
+            Err(RecvTimeoutError::Timeout) => None,
+        }
+    }
+
+    /// The exit, if reaped.
+    pub(crate) fn exit(&self) -> Option<Exit> {
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// A running worker that finished its handshake.
+pub(crate) struct WorkerProcess {
+    pub(crate) pid: u32,
+    pub(crate) sock: UnixStream,
+    pub(crate) proc: Arc<ProcState>,
+    pub(crate) stderr: StderrTail,
+    pub(crate) rx: Vec<u8>,
+    pub(crate) tx: Vec<u8>,
+    pub(crate) next_id: u64,
+    pub(crate) max_frame: u32,
+}
+
+type SpawnJob = (Command, Sender<io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("bulkhead-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let child = cmd.spawn();
+                    // Close our copy of the worker's socket end before anyone
+                    // waits on the host end, so a dead worker reads as EOF.
+                    drop(cmd);
+                    let _ = reply.send(child);
+                }
+            })
+            .expect("cannot start the bulkhead spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    spawner()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
+    rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
+}
+
+impl WorkerProcess {
+    /// Starts a worker and completes the handshake before `launch.load_timeout`.
+    /// The handshake must finish before `deadline` (at most the load timeout).
+    pub(crate) fn start(launch: &Launch, deadline: Instant) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+        let started = Instant::now();
+        let limit = launch.load_timeout.min(deadline.saturating_duration_since(started));
+        let deadline = started + limit;
+        let spawn_err = |e: io::Error| LoadError::Spawn { worker: launch.worker.clone(), message: e.to_string() };
+        let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
+        let mut cmd = Command::new(&launch.worker);
+        cmd.arg("--parent-pid")
+            .arg(std::process::id().to_string())
+            .args(&launch.args)
+            .env_clear()
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(OwnedFd::from(worker_end)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = spawn_on_spawner(cmd).map_err(spawn_err)?;
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = output::forward(launch.label.clone(), pid, stdout, stderr_pipe, launch.output.clone());
+
+        let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
+        let proc = Arc::new(ProcState { pid, exit: Mutex::new(None), exited });
+        let wake = host_end.try_clone().map_err(spawn_err)?;
+        let watcher_state = proc.clone();
+        let watcher = std::thread::Builder::new()
+            .name("bulkhead-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || watch(child, watcher_state, exited_tx, wake));
+        if let Err(e) = watcher {
+            // The closure (and the Child inside it) is gone; kill by group while
+            // the unreaped pid still pins it. std cannot reap it now; this is
+            // the one path where a zombie may remain until the host exits.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            return Err(spawn_err(e));
+        }
+        host_end.set_nonblocking(true).map_err(spawn_err)?;
+        let mut w = WorkerProcess {
+            pid,
+            sock: host_end,
+            proc,
+            stderr,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            next_id: 1,
+            max_frame: launch.max_frame,
+        };
+        match w.handshake(launch, deadline) {
+            Ok(info) => Ok((w, info)),
+            Err(e) => {
+                w.kill_and_reap();
+                let e = match e {
+                    HandshakeFail::Load(e) => e,
+                    HandshakeFail::Timeout => LoadError::Timeout {
+                        path: launch.path.clone(),
+                        elapsed: started.elapsed(),
+                        limit,
+                    },
+                };
+                Err(e)
+            }
+        }
+    }
+
+    fn handshake(&mut self, launch: &Launch, deadline: Instant) -> Result<PluginInfoWire, HandshakeFail> {
+        let path = || launch.path.clone();
+        let protocol = |error| HandshakeFail::Load(LoadError::Protocol { path: path(), error });
+        let sent = call::write_all(&self.sock, &launch.load_frame, deadline);
+        let got = sent.and_then(|()| call::read_frame(&self.sock, &mut self.rx, MAX_HANDSHAKE_FRAME, deadline));
+        let len = match got {
+            Ok(len) => len,
+            Err(IoFail::Timeout) => return Err(HandshakeFail::Timeout),
+            Err(IoFail::Eof) | Err(IoFail::Io(_)) => return Err(self.died_while_loading(launch, deadline)),
+            Err(IoFail::Frame(e)) => return Err(protocol(e)),
+        };
+        match WorkerMsg::decode(&self.rx[..len]) {
+            Ok(WorkerMsg::Loaded(info)) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    return Err(protocol(ProtocolError::Version { host: PROTOCOL_VERSION, worker: info.protocol_version }));
+                }
+                validate_info(&info).map_err(|m| protocol(ProtocolError::BadInfo(m)))?;
+                Ok(*info)
+            }
+            Ok(WorkerMsg::LoadFailed(reason)) => {
+                // The worker exits after saying why; reap it.
+                Err(HandshakeFail::Load(LoadError::Rejected { path: path(), reason }))
+            }
+            Ok(other) => Err(protocol(ProtocolError::Unexpected { got: msg_name(&other) })),
+            Err(e) => Err(protocol(ProtocolError::Malformed(e.to_string()))),
+        }
+    }
+
+    fn died_while_loading(&self, launch: &Launch, deadline: Instant) -> HandshakeFail {
+        let wait_until = deadline.min(Instant::now() + EOF_GRACE);
+        match self.proc.wait(wait_until) {
+            Some(exit) => HandshakeFail::Load(LoadError::WorkerDied {
+                path: launch.path.clone(),
+                exit,
+                stderr: self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE),
+            }),
+            None if Instant::now() >= deadline => HandshakeFail::Timeout,
+            None => HandshakeFail::Load(LoadError::Protocol {
+                path: launch.path.clone(),
+                error: ProtocolError::ChannelClosed,
+            }),
+        }
+    }
+
+    /// The exit and stderr tail of a worker whose socket reached EOF, or `None`
+    /// if it is still running after [`EOF_GRACE`].
+    pub(crate) fn exit_after_eof(&self) -> Option<(Exit, String)> {
+        let exit = self.proc.wait(Instant::now() + EOF_GRACE)?;
+        Some((exit, self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE)))
+    }
+
+    /// SIGKILLs the process group and waits for the reaper. Returns the exit.
+    pub(crate) fn kill_and_reap(&self) -> Option<Exit> {
+        self.proc.kill();
+        self.proc.wait(Instant::now() + KILL_REAP_BOUND)
+    }
+
+    /// Polite shutdown: a `Shutdown` frame, up to `grace` for the worker to exit,
+    /// then SIGKILL to the group. Returns the exit and whether it was forced.
+    pub(crate) fn shutdown(mut self, grace: Duration) -> (u32, Option<Exit>, bool) {
+        let deadline = Instant::now() + grace;
+        HostMsg::Shutdown.encode(&mut self.tx);
+        let _ = call::write_all(&self.sock, &self.tx, deadline);
+        if let Some(exit) = self.proc.wait(deadline) {
+            return (self.pid, Some(exit), false);
+        }
+        (self.pid, self.kill_and_reap(), true)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Never leave a worker behind: the reaper thread collects it.
+        self.proc.kill();
+    }
+}
+
+enum HandshakeFail {
+    Load(LoadError),
+    Timeout,
+}
+
+fn validate_info(info: &PluginInfoWire) -> Result<(), String> {
+    if info.method_count > MAX_METHOD_COUNT {
+        return Err(format!("method_count {} exceeds {MAX_METHOD_COUNT}", info.method_count));
+    }
+    if !info.method_metadata.is_empty() && info.method_metadata.len() != info.method_count as usize {
+        return Err(format!(
+            "{} method metadata entries for {} methods",
+            info.method_metadata.len(),
+            info.method_count
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
+    match m {
+        WorkerMsg::Loaded(_) => "Loaded",
+        WorkerMsg::LoadFailed(_) => "LoadFailed",
+        WorkerMsg::Reply { .. } => "Reply",
+        WorkerMsg::Fault { .. } => "Fault",
+    }
+}
+
+/// The reaper: see the module docs.
+fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream) {
+    let pid = Pid::from_raw(child.id() as i32);
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => break,
+        }
+    }
+    let mut exit = state.exit.lock().unwrap_or_else(|e| e.into_inner());
+    // The leader is a zombie: the group id is still ours. Take the plugin's
+    // children down with it.
+    let _ = killpg(pid, Signal::SIGKILL);
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break Exit::from_status(s),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Only possible if someone else reaped it; report it as killed.
+            Err(_) => break Exit::Signal { signal: Signal::SIGKILL as i32, core_dumped: false },
+        }
+    };
+    *exit = Some(status);
+    drop(exit);
+    drop(exited);
+    let _ = wake.shutdown(std::net::Shutdown::Both);
+}
