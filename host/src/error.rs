@@ -247,7 +247,7 @@ pub enum CallError {
     WorkerDied {
         /// How it ended.
         exit: Exit,
-        /// The last bytes (at most 4 KiB) it wrote to stderr.
+        /// The last bytes (at most 16 KiB) it wrote to stderr.
         stderr: String,
     },
     /// The call hit its deadline; the worker (and its process group) was killed.

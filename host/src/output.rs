@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 /// Bytes of stderr kept for [`CallError::WorkerDied`](crate::CallError::WorkerDied).
-pub const STDERR_TAIL: usize = 4096;
+pub const STDERR_TAIL: usize = 16 * 1024;
 /// Longest line forwarded in one piece; longer lines are split.
 const MAX_LINE: usize = 8192;
 

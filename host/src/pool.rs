@@ -45,6 +45,8 @@ pub(crate) struct Pool {
     pub(crate) label: Arc<str>,
     launch: Launch,
     size: usize,
+    /// Slots put into circulation (less than `size` only if start-up failed).
+    slots: AtomicUsize,
     idle_tx: Sender<Slot>,
     idle_rx: Receiver<Slot>,
     waiting: AtomicUsize,
@@ -79,6 +81,7 @@ impl Pool {
             label,
             launch,
             size,
+            slots: AtomicUsize::new(0),
             idle_tx,
             idle_rx,
             waiting: AtomicUsize::new(0),
@@ -96,11 +99,11 @@ impl Pool {
         });
         let mut info = None;
         for _ in 0..size {
-            let deadline = Instant::now() + pool.launch.load_timeout;
-            let (w, i) = WorkerProcess::start(&pool.launch, deadline)?;
+            let (w, i) = WorkerProcess::start(&pool.launch, None)?;
             pool.register(&w);
             info.get_or_insert(i);
             pool.idle_tx.try_send(Slot::Live(w)).ok().expect("pool channel has room for every slot");
+            pool.slots.fetch_add(1, Ordering::AcqRel);
         }
         Ok((pool, info.expect("size >= 1")))
     }
@@ -231,7 +234,7 @@ impl Pool {
             st.total_restarts()
         };
         self.counters.restarted();
-        match WorkerProcess::start(&self.launch, deadline) {
+        match WorkerProcess::start(&self.launch, Some(deadline)) {
             Ok((w, _info)) => {
                 self.register(&w);
                 self.events.emit(&self.label, EventKind::Restarted { pid: w.pid, restarts });
@@ -288,7 +291,8 @@ impl Pool {
         let deadline = Instant::now() + self.grace;
         let mut reports = Vec::new();
         let mut collected = 0;
-        while collected < self.size {
+        let slots = self.slots.load(Ordering::Acquire);
+        while collected < slots {
             match self.idle_rx.recv_deadline(deadline) {
                 Ok(Slot::Live(w)) => {
                     collected += 1;

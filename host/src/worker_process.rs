@@ -140,10 +140,14 @@ fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
 
 impl WorkerProcess {
     /// Starts a worker and completes the handshake before `launch.load_timeout`.
-    /// The handshake must finish before `deadline` (at most the load timeout).
-    pub(crate) fn start(launch: &Launch, deadline: Instant) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+    /// The handshake must finish within the load timeout and, if given, before
+    /// `deadline` (a call's own deadline when a call starts a replacement).
+    pub(crate) fn start(launch: &Launch, deadline: Option<Instant>) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
         let started = Instant::now();
-        let limit = launch.load_timeout.min(deadline.saturating_duration_since(started));
+        let limit = match deadline {
+            Some(d) => launch.load_timeout.min(d.saturating_duration_since(started)),
+            None => launch.load_timeout,
+        };
         let deadline = started + limit;
         let spawn_err = |e: io::Error| LoadError::Spawn { worker: launch.worker.clone(), message: e.to_string() };
         let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;

@@ -1,1 +1,182 @@
-//! placeholder
+//! Test support for bulkhead's integration tests: builds the worker binary and
+//! the fixture plugins once per test process (`cargo test` alone does not
+//! produce `.so` files or other packages' binaries), and offers deadline-bounded
+//! waits on process state.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bulkhead::{PluginSpec, Supervisor};
+
+/// Every fixture package built for the tests.
+pub const FIXTURES: &[&str] = &[
+    "fx-basic",
+    "fx-arena",
+    "fx-greeter",
+    "fx-configured",
+    "fx-liar",
+    "fx-dlopen-crash",
+    "fx-dlopen-hang",
+    "fx-noregistry",
+];
+
+/// Slots of the `Basic` interface (PluginAllocated).
+pub mod basic {
+    pub const GREET: u32 = 0;
+    pub const ADD: u32 = 1;
+    pub const ECHO_RAW: u32 = 2;
+    pub const ECHO: u32 = 3;
+    pub const FAIL: u32 = 4;
+    pub const PANIC: u32 = 5;
+    pub const ABORT: u32 = 6;
+    pub const SEGFAULT: u32 = 7;
+    pub const EXIT: u32 = 8;
+    pub const SLEEP_MS: u32 = 9;
+    pub const SPIN: u32 = 10;
+    pub const STACK_OVERFLOW: u32 = 11;
+    pub const ALLOC: u32 = 12;
+    pub const FORK_SLEEPER: u32 = 13;
+    pub const PRINT: u32 = 14;
+    pub const PID: u32 = 15;
+    pub const SPAWN_THREAD: u32 = 16;
+    pub const CLOSE_FDS: u32 = 17;
+    pub const GARBAGE_FDS: u32 = 18;
+    pub const SIGSTOP: u32 = 19;
+    pub const IGNORE_TERM_SPIN: u32 = 20;
+    pub const FORK_HOLDER: u32 = 21;
+    pub const WORK: u32 = 22;
+    pub const COUNT: u32 = 23;
+}
+
+/// Slots of the `Blob` interface (Arena).
+pub mod blob {
+    pub const REPEAT: u32 = 0;
+    pub const ADD: u32 = 1;
+    pub const PANIC: u32 = 2;
+    pub const FAIL: u32 = 3;
+    pub const ECHO_RAW: u32 = 4;
+}
+
+/// Paths of the built worker and fixtures.
+pub struct Fixtures {
+    pub worker: PathBuf,
+    dir: PathBuf,
+}
+
+impl Fixtures {
+    /// The `.so` of fixture package `name` (e.g. `"fx-basic"`).
+    pub fn lib(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("lib{}.so", name.replace('-', "_")))
+    }
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds the worker and every fixture (once per process) and returns their paths.
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = workspace_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(&root).args(["build", "--quiet", "-p", "bulkhead-worker"]);
+        for f in FIXTURES {
+            cmd.args(["-p", f]);
+        }
+        let status = cmd.status().expect("run cargo build for the worker and fixtures");
+        assert!(status.success(), "building the worker and fixtures failed: {status}");
+        let dir = target.join("debug");
+        Fixtures { worker: dir.join("bulkhead-worker"), dir }
+    })
+}
+
+/// A supervisor using the freshly built worker.
+pub fn supervisor() -> Supervisor {
+    Supervisor::builder().worker_path(&fixtures().worker).build().expect("worker binary exists")
+}
+
+/// A spec for fixture package `name`.
+pub fn spec(name: &str) -> PluginSpec {
+    PluginSpec::new(fixtures().lib(name))
+}
+
+/// Blocks until process `pid` (not necessarily our child) has terminated, on a
+/// pidfd that becomes readable at its exit. Fails the test after `limit`.
+#[track_caller]
+pub fn wait_gone(pid: u32, limit: Duration) {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        // ESRCH: already gone (and reaped).
+        assert!(!alive(pid), "pidfd_open({pid}) failed but the process exists");
+        return;
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(ms).unwrap()).expect("poll pidfd");
+    assert!(n == 1, "process {pid} still running after {limit:?}");
+}
+
+/// The process state letter from `/proc/<pid>/stat` (`R`, `S`, `Z`, ...), or
+/// `None` if no such process exists.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// `(pid, ppid, pgrp, state)` of every process on the system.
+pub fn all_processes() -> Vec<(u32, u32, u32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let mut f = rest.split_whitespace();
+        let state = f.next()?.chars().next()?;
+        let ppid = f.next()?.parse().ok()?;
+        let pgrp = f.next()?.parse().ok()?;
+        Some((pid, ppid, pgrp, state))
+    })
+    .collect()
+}
+
+/// Children (any state) of this test process.
+pub fn my_children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    all_processes().into_iter().filter(|p| p.1 == me).map(|p| (p.0, p.3)).collect()
+}
+
+/// Live processes in process group `pgrp`.
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    all_processes().into_iter().filter(|p| p.2 == pgrp && p.3 != 'Z').map(|p| p.0).collect()
+}
+
+/// Open descriptors of process `pid` (from `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut fds: Vec<(u32, String)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
+            Some((fd, target))
+        })
+        .collect();
+    fds.sort();
+    fds
+}

@@ -175,28 +175,26 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
     Ok((plugin, info))
 }
 
-/// Rejects directories, empty/text files, non-ELF and foreign-architecture files
-/// with a precise reason before dlopen sees them.
+/// Rejects directories, empty/text files, non-ELF, foreign-architecture and
+/// truncated files with a precise reason before dlopen sees them (a truncated
+/// library would otherwise die of SIGBUS inside the dynamic loader).
 fn check_elf(path: &Path) -> Result<(), LoadFailure> {
-    let meta = std::fs::metadata(path).map_err(|e| LoadFailure::FileUnreadable { message: e.to_string() })?;
+    use std::io::{Seek, SeekFrom};
+    let unreadable = |e: std::io::Error| LoadFailure::FileUnreadable { message: e.to_string() };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
         return Err(LoadFailure::NotAFile);
     }
-    let mut head = [0u8; 20];
-    let mut f = std::fs::File::open(path).map_err(|e| LoadFailure::FileUnreadable { message: e.to_string() })?;
-    let mut got = 0;
-    while got < head.len() {
-        match f.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => return Err(LoadFailure::FileUnreadable { message: e.to_string() }),
-        }
-    }
-    if got < head.len() {
-        return Err(LoadFailure::NotElf { reason: format!("file is {got} bytes, shorter than an ELF header") });
+    let size = meta.len();
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let mut head = [0u8; 64];
+    let got = read_up_to(&mut f, &mut head).map_err(unreadable)?;
+    let not_elf = |reason: String| Err(LoadFailure::NotElf { reason });
+    if got < 20 {
+        return not_elf(format!("file is {got} bytes, shorter than an ELF header"));
     }
     if head[..4] != *b"\x7fELF" {
-        return Err(LoadFailure::NotElf { reason: format!("magic is {:02x?}, not 7f 45 4c 46", &head[..4]) });
+        return not_elf(format!("magic is {:02x?}, not 7f 45 4c 46", &head[..4]));
     }
     let class = head[4];
     let machine = if head[5] == 2 {
@@ -206,10 +204,63 @@ fn check_elf(path: &Path) -> Result<(), LoadFailure> {
     };
     let expected = native_machine();
     let native_class = if cfg!(target_pointer_width = "64") { 2 } else { 1 };
-    if machine != expected || class != native_class {
+    let native_data = if cfg!(target_endian = "little") { 1 } else { 2 };
+    if machine != expected || class != native_class || head[5] != native_data {
         return Err(LoadFailure::WrongArchitecture { found: machine, class, expected });
     }
+    if class != 2 {
+        // Structural checks below are for ELF64, the only class we build for.
+        return Ok(());
+    }
+    if got < 64 {
+        return not_elf(format!("file is {got} bytes, shorter than an ELF64 header"));
+    }
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([head[o], head[o + 1]]));
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    let e_type = u16_at(16);
+    if e_type != 3 {
+        return not_elf(format!("ELF type {e_type} is not a shared object (ET_DYN = 3)"));
+    }
+    let (phoff, phentsize, phnum) = (u64_at(&head, 32), u16_at(54), u16_at(56));
+    let (shoff, shentsize, shnum) = (u64_at(&head, 40), u16_at(58), u16_at(60));
+    let table_end = |off: u64, ent: u64, num: u64| off.checked_add(ent * num).unwrap_or(u64::MAX);
+    if phnum == 0 || phentsize < 56 {
+        return not_elf(format!("{phnum} program headers of {phentsize} bytes"));
+    }
+    if table_end(phoff, phentsize, phnum) > size {
+        return not_elf(format!("truncated: program headers end past the file's {size} bytes"));
+    }
+    if shoff != 0 && table_end(shoff, shentsize, shnum) > size {
+        return not_elf(format!("truncated: section headers end at {} past the file's {size} bytes", table_end(shoff, shentsize, shnum)));
+    }
+    let mut phdrs = vec![0u8; (phentsize * phnum) as usize];
+    f.seek(SeekFrom::Start(phoff)).map_err(unreadable)?;
+    if read_up_to(&mut f, &mut phdrs).map_err(unreadable)? != phdrs.len() {
+        return not_elf("truncated program header table".into());
+    }
+    for ph in phdrs.chunks_exact(phentsize as usize) {
+        let p_type = u32::from_le_bytes(ph[0..4].try_into().expect("4 bytes"));
+        let (offset, filesz) = (u64_at(ph, 8), u64_at(ph, 32));
+        const PT_LOAD: u32 = 1;
+        if p_type == PT_LOAD && offset.checked_add(filesz).is_none_or(|end| end > size) {
+            return not_elf(format!(
+                "truncated: a loadable segment spans bytes {offset}..{} of a {size}-byte file",
+                offset.saturating_add(filesz)
+            ));
+        }
+    }
     Ok(())
+}
+
+fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 /// `e_machine` of the architecture this worker was built for.
