@@ -59,6 +59,10 @@ pub(crate) struct Pool {
     pub(crate) counters: Counters,
     events: Arc<EventHub>,
     closed: AtomicBool,
+    /// Dropped at shutdown to cut short a background restart's backoff wait.
+    closing: Mutex<Option<Sender<()>>>,
+    closing_rx: Receiver<()>,
+    me: std::sync::Weak<Pool>,
     grace: Duration,
     started: SystemTime,
     started_at: Instant,
@@ -77,7 +81,8 @@ impl Pool {
     ) -> Result<(Arc<Pool>, bulkhead_shared::protocol::PluginInfoWire), LoadError> {
         let size = size.max(1);
         let (idle_tx, idle_rx) = crossbeam_channel::bounded(size);
-        let pool = Arc::new(Pool {
+        let (closing_tx, closing_rx) = crossbeam_channel::bounded(0);
+        let pool = Arc::new_cyclic(|me| Pool {
             label,
             launch,
             size,
@@ -93,6 +98,9 @@ impl Pool {
             counters: Counters::default(),
             events,
             closed: AtomicBool::new(false),
+            closing: Mutex::new(Some(closing_tx)),
+            closing_rx,
+            me: me.clone(),
             grace,
             started: SystemTime::now(),
             started_at: Instant::now(),
@@ -201,7 +209,7 @@ impl Pool {
                     Err(CallError::Overloaded { limit: self.queue_limit })
                 } else {
                     self.idle_rx.recv_deadline(deadline).map_err(|e| match e {
-                        RecvTimeoutError::Timeout => CallError::Busy { waited: start.elapsed() },
+                        RecvTimeoutError::Timeout => self.busy_or_backoff(start),
                         RecvTimeoutError::Disconnected => CallError::ShutDown,
                     })
                 };
@@ -217,7 +225,18 @@ impl Pool {
         Ok(SlotGuard { pool: self, slot })
     }
 
-    /// Starts a replacement in an empty slot, honouring the policy and backoff.
+    /// No slot came free in time: say so, or say that a restart is backing off.
+    fn busy_or_backoff(&self, start: Instant) -> CallError {
+        let now = Instant::now();
+        match self.restart.lock().unwrap_or_else(|e| e.into_inner()).not_before() {
+            Some(at) if at > now => CallError::Backoff { retry_in: at - now },
+            _ => CallError::Busy { waited: start.elapsed() },
+        }
+    }
+
+    /// A call found an empty slot (a failed plugin that was reset or cooled
+    /// down, or a replacement that failed to load): start one now, within the
+    /// call's deadline.
     fn replace(&self, slot: &mut SlotGuard<'_>, deadline: Instant) -> Result<(), CallError> {
         let now = Instant::now();
         self.check_failed(now)?;
@@ -228,23 +247,86 @@ impl Pool {
             }
             std::thread::sleep(at - now);
         }
+        let w = self.start_replacement(Some(deadline)).map_err(|e| CallError::Restart(Box::new(e)))?;
+        slot.slot = Slot::Live(w);
+        Ok(())
+    }
+
+    /// Starts a replacement worker and does the bookkeeping.
+    fn start_replacement(&self, deadline: Option<Instant>) -> Result<WorkerProcess, LoadError> {
         let restarts = {
             let mut st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
             st.on_restart(Instant::now());
             st.total_restarts()
         };
         self.counters.restarted();
-        match WorkerProcess::start(&self.launch, Some(deadline)) {
+        match WorkerProcess::start(&self.launch, deadline) {
             Ok((w, _info)) => {
                 self.register(&w);
                 self.events.emit(&self.label, EventKind::Restarted { pid: w.pid, restarts });
-                slot.slot = Slot::Live(w);
-                Ok(())
+                Ok(w)
             }
             Err(e) => {
                 self.policy_failure(&format!("replacement worker failed to load: {e}"));
-                Err(CallError::Restart(Box::new(e)))
+                Err(e)
             }
+        }
+    }
+
+    /// Replaces a dead worker in the background (after the policy's backoff),
+    /// so the pool is back to strength without waiting for the next call.
+    fn restart_in_background(&self) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new().name("bulkhead-restart".into()).spawn(move || {
+            let Some(pool) = me.upgrade() else { return };
+            let slot = pool.background_replacement();
+            pool.put_back(slot);
+        });
+        if spawned.is_err() {
+            // No thread: leave the slot empty; the next call that takes it restarts it.
+            let _ = self.idle_tx.try_send(Slot::Empty);
+        }
+    }
+
+    fn background_replacement(&self) -> Slot {
+        let not_before = self.restart.lock().unwrap_or_else(|e| e.into_inner()).not_before();
+        if let Some(at) = not_before {
+            // Wait out the backoff, unless the pool shuts down first.
+            if self.closing_rx.recv_deadline(at).is_ok() || self.closed.load(Ordering::Acquire) {
+                return Slot::Empty;
+            }
+        }
+        if self.closed.load(Ordering::Acquire) || self.is_failed() {
+            return Slot::Empty;
+        }
+        match self.start_replacement(None) {
+            Ok(w) => Slot::Live(w),
+            Err(_) => Slot::Empty,
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        self.restart.lock().unwrap_or_else(|e| e.into_inner()).failed().is_some()
+    }
+
+    /// Returns a slot to circulation: idle workers to the channel, empty slots
+    /// to a background restart (unless the plugin is failed), everything to
+    /// shutdown if the pool is closed.
+    fn put_back(&self, slot: Slot) {
+        if self.closed.load(Ordering::Acquire) {
+            if let Slot::Live(w) = slot {
+                self.stop(w);
+            }
+            let _ = self.idle_tx.try_send(Slot::Closed);
+            return;
+        }
+        if matches!(slot, Slot::Empty) && !self.is_failed() {
+            return self.restart_in_background();
+        }
+        if let Err(e) = self.idle_tx.try_send(slot) {
+            // Cannot happen (one token per slot); if it did, the worker is
+            // killed by its Drop rather than leaked.
+            drop(e.into_inner());
         }
     }
 
@@ -288,6 +370,7 @@ impl Pool {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Vec::new();
         }
+        drop(self.closing.lock().unwrap_or_else(|e| e.into_inner()).take());
         let deadline = Instant::now() + self.grace;
         let mut reports = Vec::new();
         let mut collected = 0;
@@ -349,17 +432,6 @@ struct SlotGuard<'a> {
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         let slot = std::mem::replace(&mut self.slot, Slot::Empty);
-        if self.pool.closed.load(Ordering::Acquire) {
-            if let Slot::Live(w) = slot {
-                self.pool.stop(w);
-            }
-            let _ = self.pool.idle_tx.try_send(Slot::Closed);
-            return;
-        }
-        if let Err(e) = self.pool.idle_tx.try_send(slot) {
-            // Cannot happen (one token per slot); if it did, the worker is
-            // killed by its Drop rather than leaked.
-            drop(e.into_inner());
-        }
+        self.pool.put_back(slot);
     }
 }

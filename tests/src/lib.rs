@@ -48,7 +48,8 @@ pub mod basic {
     pub const IGNORE_TERM_SPIN: u32 = 20;
     pub const FORK_HOLDER: u32 = 21;
     pub const WORK: u32 = 22;
-    pub const COUNT: u32 = 23;
+    pub const ANNOUNCE_THEN_SLEEP: u32 = 23;
+    pub const COUNT: u32 = 24;
 }
 
 /// Slots of the `Blob` interface (Arena).
