@@ -90,7 +90,10 @@ impl WorkerProcess {
             Ok(WorkerMsg::Reply { status, .. }) => {
                 // Re-borrow: the payload is everything after the fixed reply fields.
                 let start = bulkhead_shared::protocol::REPLY_PREFIX_LEN - HEADER_LEN;
-                Ok(Answer::Reply { status, payload: &self.rx[start..len] })
+                Ok(Answer::Reply {
+                    status,
+                    payload: &self.rx[start..len],
+                })
             }
             Ok(WorkerMsg::Fault { fault, .. }) => Ok(Answer::Fault(fault)),
             Ok(other) => {

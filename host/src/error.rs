@@ -26,7 +26,10 @@ impl Exit {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
             (Some(code), _) => Exit::Code(code),
-            (None, Some(signal)) => Exit::Signal { signal, core_dumped: status.core_dumped() },
+            (None, Some(signal)) => Exit::Signal {
+                signal,
+                core_dumped: status.core_dumped(),
+            },
             // Neither code nor signal only happens for stopped/continued statuses,
             // which `wait` never returns for a terminated child.
             (None, None) => Exit::Code(-1),
@@ -39,7 +42,9 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(code) => write!(f, "exit code {code}"),
             Exit::Signal { signal, core_dumped } => {
-                let name = nix::sys::signal::Signal::try_from(*signal).map(|s| s.as_str()).unwrap_or("unknown");
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
                 write!(f, "signal {signal} ({name})")?;
                 if *core_dumped {
                     write!(f, ", core dumped")?;
@@ -125,7 +130,11 @@ pub enum BuildError {
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Loading a plugin failed. The host process is unaffected.
@@ -331,14 +340,31 @@ mod tests {
     #[test]
     fn exit_display() {
         assert_eq!(Exit::Code(3).to_string(), "exit code 3");
-        assert_eq!(Exit::Signal { signal: 11, core_dumped: false }.to_string(), "signal 11 (SIGSEGV)");
-        assert_eq!(Exit::Signal { signal: 6, core_dumped: true }.to_string(), "signal 6 (SIGABRT), core dumped");
+        assert_eq!(
+            Exit::Signal {
+                signal: 11,
+                core_dumped: false
+            }
+            .to_string(),
+            "signal 11 (SIGSEGV)"
+        );
+        assert_eq!(
+            Exit::Signal {
+                signal: 6,
+                core_dumped: true
+            }
+            .to_string(),
+            "signal 6 (SIGABRT), core dumped"
+        );
     }
 
     #[test]
     fn messages_do_not_repeat_sources() {
         let e = CallError::Protocol(ProtocolError::ChannelClosed);
         assert_eq!(e.to_string(), "worker broke the protocol");
-        assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "worker closed its socket without exiting");
+        assert_eq!(
+            std::error::Error::source(&e).unwrap().to_string(),
+            "worker closed its socket without exiting"
+        );
     }
 }

@@ -77,7 +77,10 @@ impl EventHub {
         if subs.is_empty() {
             return;
         }
-        let event = Event { plugin: plugin.clone(), kind };
+        let event = Event {
+            plugin: plugin.clone(),
+            kind,
+        };
         subs.retain(|s| match s.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {

@@ -78,10 +78,22 @@ mod tests {
     #[test]
     fn args() {
         assert!(Limits::new().to_args().is_empty());
-        let l = Limits::new().address_space(1 << 30).cpu_seconds(2).open_files(64).core_dumps(true);
+        let l = Limits::new()
+            .address_space(1 << 30)
+            .cpu_seconds(2)
+            .open_files(64)
+            .core_dumps(true);
         assert_eq!(
             l.to_args(),
-            ["--limit-as", "1073741824", "--limit-cpu", "2", "--limit-nofile", "64", "--core-dumps"]
+            [
+                "--limit-as",
+                "1073741824",
+                "--limit-cpu",
+                "2",
+                "--limit-nofile",
+                "64",
+                "--core-dumps"
+            ]
         );
     }
 }

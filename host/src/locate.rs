@@ -42,15 +42,23 @@ pub(crate) fn find(explicit: Option<&Path>) -> Result<PathBuf, BuildError> {
         return if is_executable(p) {
             Ok(p.to_path_buf())
         } else {
-            Err(BuildError::WorkerNotFound { searched: vec![p.to_path_buf()] })
+            Err(BuildError::WorkerNotFound {
+                searched: vec![p.to_path_buf()],
+            })
         };
     }
-    searched.iter().find(|p| is_executable(p)).cloned().ok_or(BuildError::WorkerNotFound { searched })
+    searched
+        .iter()
+        .find(|p| is_executable(p))
+        .cloned()
+        .ok_or(BuildError::WorkerNotFound { searched })
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -76,7 +76,12 @@ pub(crate) fn forward(
     let bytes = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let (p, cb) = (plugin.clone(), callback.clone());
-    spawn_reader("bulkhead-stdout", stdout, move |line| emit(&p, pid, Stream::Stdout, line, &cb), None);
+    spawn_reader(
+        "bulkhead-stdout",
+        stdout,
+        move |line| emit(&p, pid, Stream::Stdout, line, &cb),
+        None,
+    );
     let tail = bytes.clone();
     spawn_reader(
         "bulkhead-stderr",
@@ -104,7 +109,12 @@ fn emit(plugin: &str, pid: u32, stream: Stream, line: &[u8], cb: &Option<OutputC
         Stream::Stderr => tracing::warn!(target: "bulkhead::plugin", plugin, pid, stream = "stderr", "{line}"),
     }
     if let Some(cb) = cb {
-        cb(OutputLine { plugin, pid, stream, line: &line });
+        cb(OutputLine {
+            plugin,
+            pid,
+            stream,
+            line: &line,
+        });
     }
 }
 
@@ -143,5 +153,8 @@ fn spawn_reader(
     };
     // If the thread cannot be started the pipe is simply never drained; the
     // worker then blocks on a full pipe and its calls time out, visibly.
-    let _ = std::thread::Builder::new().name(name.into()).stack_size(64 * 1024).spawn(body);
+    let _ = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(64 * 1024)
+        .spawn(body);
 }

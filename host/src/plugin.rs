@@ -236,7 +236,9 @@ impl Plugin {
     /// [`call_raw`](Self::call_raw) with this call's own timeout.
     pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
         self.check_index(index)?;
-        self.shared.pool.call(index, input, timeout, |answer| self.interpret(answer).map(<[u8]>::to_vec))
+        self.shared.pool.call(index, input, timeout, |answer| {
+            self.interpret(answer).map(<[u8]>::to_vec)
+        })
     }
 
     fn check_index(&self, index: u32) -> Result<(), CallError> {
@@ -245,7 +247,10 @@ impl Plugin {
             return Err(CallError::InvalidMethodIndex { index, count });
         }
         if self.shared.streaming.contains(&index) {
-            return Err(CallError::Unsupported { index, what: "server-streaming methods are not supported" });
+            return Err(CallError::Unsupported {
+                index,
+                what: "server-streaming methods are not supported",
+            });
         }
         Ok(())
     }
@@ -266,7 +271,11 @@ impl Plugin {
             }),
             Status::SerializationError => Err(CallError::Serialization),
             Status::PluginError => match wire::decode::<WirePluginError>(payload) {
-                Ok(e) => Err(CallError::Plugin(PluginError { code: e.code, message: e.message, details: e.details })),
+                Ok(e) => Err(CallError::Plugin(PluginError {
+                    code: e.code,
+                    message: e.message,
+                    details: e.details,
+                })),
                 Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
             },
             Status::Panic if payload.is_empty() => Err(CallError::Panic(match self.shared.info.buffer_strategy {

@@ -110,7 +110,9 @@ impl Pool {
             let (w, i) = WorkerProcess::start(&pool.launch, None)?;
             pool.register(&w);
             info.get_or_insert(i);
-            pool.idle_tx.try_send(Slot::Live(w)).ok().expect("pool channel has room for every slot");
+            if pool.idle_tx.try_send(Slot::Live(w)).is_err() {
+                unreachable!("the pool channel has room for every slot");
+            }
             pool.slots.fetch_add(1, Ordering::AcqRel);
         }
         Ok((pool, info.expect("size >= 1")))
@@ -206,7 +208,9 @@ impl Pool {
             Err(_) => {
                 let waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
                 let got = if waiting > self.queue_limit {
-                    Err(CallError::Overloaded { limit: self.queue_limit })
+                    Err(CallError::Overloaded {
+                        limit: self.queue_limit,
+                    })
                 } else {
                     self.idle_rx.recv_deadline(deadline).map_err(|e| match e {
                         RecvTimeoutError::Timeout => self.busy_or_backoff(start),
@@ -230,7 +234,9 @@ impl Pool {
         let now = Instant::now();
         match self.restart.lock().unwrap_or_else(|e| e.into_inner()).not_before() {
             Some(at) if at > now => CallError::Backoff { retry_in: at - now },
-            _ => CallError::Busy { waited: start.elapsed() },
+            _ => CallError::Busy {
+                waited: start.elapsed(),
+            },
         }
     }
 
@@ -247,7 +253,9 @@ impl Pool {
             }
             std::thread::sleep(at - now);
         }
-        let w = self.start_replacement(Some(deadline)).map_err(|e| CallError::Restart(Box::new(e)))?;
+        let w = self
+            .start_replacement(Some(deadline))
+            .map_err(|e| CallError::Restart(Box::new(e)))?;
         slot.slot = Slot::Live(w);
         Ok(())
     }
@@ -263,7 +271,8 @@ impl Pool {
         match WorkerProcess::start(&self.launch, deadline) {
             Ok((w, _info)) => {
                 self.register(&w);
-                self.events.emit(&self.label, EventKind::Restarted { pid: w.pid, restarts });
+                self.events
+                    .emit(&self.label, EventKind::Restarted { pid: w.pid, restarts });
                 Ok(w)
             }
             Err(e) => {
@@ -277,11 +286,13 @@ impl Pool {
     /// so the pool is back to strength without waiting for the next call.
     fn restart_in_background(&self) {
         let me = self.me.clone();
-        let spawned = std::thread::Builder::new().name("bulkhead-restart".into()).spawn(move || {
-            let Some(pool) = me.upgrade() else { return };
-            let slot = pool.background_replacement();
-            pool.put_back(slot);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("bulkhead-restart".into())
+            .spawn(move || {
+                let Some(pool) = me.upgrade() else { return };
+                let slot = pool.background_replacement();
+                pool.put_back(slot);
+            });
         if spawned.is_err() {
             // No thread: leave the slot empty; the next call that takes it restarts it.
             let _ = self.idle_tx.try_send(Slot::Empty);
@@ -306,7 +317,11 @@ impl Pool {
     }
 
     fn is_failed(&self) -> bool {
-        self.restart.lock().unwrap_or_else(|e| e.into_inner()).failed().is_some()
+        self.restart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed()
+            .is_some()
     }
 
     /// Returns a slot to circulation: idle workers to the channel, empty slots
@@ -336,7 +351,10 @@ impl Pool {
         let err = match failure {
             Failure::Timeout => {
                 self.events.emit(&self.label, EventKind::Timeout { pid, limit });
-                CallError::Timeout { elapsed: start.elapsed(), limit }
+                CallError::Timeout {
+                    elapsed: start.elapsed(),
+                    limit,
+                }
             }
             Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
             Failure::Protocol(e) => CallError::Protocol(e),
@@ -355,7 +373,12 @@ impl Pool {
         let was_failed = st.failed().is_some();
         if st.on_failure(Instant::now(), reason) == Decision::GiveUp && !was_failed {
             drop(st);
-            self.events.emit(&self.label, EventKind::GaveUp { reason: reason.to_string() });
+            self.events.emit(
+                &self.label,
+                EventKind::GaveUp {
+                    reason: reason.to_string(),
+                },
+            );
         }
     }
 
@@ -391,7 +414,12 @@ impl Pool {
         for p in procs.iter().filter(|p| p.exit().is_none()) {
             p.kill();
             let exit = p.wait(Instant::now() + KILL_REAP_BOUND);
-            reports.push(WorkerReport { plugin: self.label.clone(), pid: p.pid(), exit, forced: true });
+            reports.push(WorkerReport {
+                plugin: self.label.clone(),
+                pid: p.pid(),
+                exit,
+                forced: true,
+            });
         }
         for _ in 0..self.size {
             let _ = self.idle_tx.try_send(Slot::Closed);
@@ -404,7 +432,12 @@ impl Pool {
         if let Some(exit) = exit {
             self.events.emit(&self.label, EventKind::WorkerExited { pid, exit });
         }
-        WorkerReport { plugin: self.label.clone(), pid, exit, forced }
+        WorkerReport {
+            plugin: self.label.clone(),
+            pid,
+            exit,
+            forced,
+        }
     }
 
     /// A snapshot of the counters.
@@ -414,7 +447,9 @@ impl Pool {
 }
 
 fn source_suffix(e: &CallError) -> String {
-    std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default()
+    std::error::Error::source(e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
 }
 
 impl Drop for Pool {

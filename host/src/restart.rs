@@ -31,14 +31,22 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(50), factor: 2.0, max: Duration::from_secs(5) }
+        Self {
+            initial: Duration::from_millis(50),
+            factor: 2.0,
+            max: Duration::from_secs(5),
+        }
     }
 }
 
 impl Backoff {
     /// No delay at all between restarts.
     pub fn none() -> Self {
-        Self { initial: Duration::ZERO, factor: 1.0, max: Duration::ZERO }
+        Self {
+            initial: Duration::ZERO,
+            factor: 1.0,
+            max: Duration::ZERO,
+        }
     }
 
     /// Delay before the `n`th consecutive restart (1-based).
@@ -82,11 +90,19 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// Never restart.
     pub fn never() -> Self {
-        Self { mode: RestartMode::Never, ..Self::default() }
+        Self {
+            mode: RestartMode::Never,
+            ..Self::default()
+        }
     }
     /// Restart on failure, at most `max_restarts` times within `window`.
     pub fn on_failure(max_restarts: u32, window: Duration) -> Self {
-        Self { mode: RestartMode::OnFailure, max_restarts, window, ..Self::default() }
+        Self {
+            mode: RestartMode::OnFailure,
+            max_restarts,
+            window,
+            ..Self::default()
+        }
     }
     /// Sets the backoff.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
@@ -156,7 +172,11 @@ impl RestartState {
         self.prune(now);
         let over_budget = self.recent.len() as u32 >= self.policy.max_restarts;
         if self.policy.mode == RestartMode::Never || over_budget {
-            self.failed = Some(Failed { reason: reason.to_string(), since: now, restarts: self.recent.len() as u32 });
+            self.failed = Some(Failed {
+                reason: reason.to_string(),
+                since: now,
+                restarts: self.recent.len() as u32,
+            });
             self.not_before = None;
             return Decision::GiveUp;
         }
@@ -265,9 +285,15 @@ mod tests {
         let t0 = Instant::now();
         let mut s = RestartState::new(RestartPolicy::on_failure(2, Duration::from_secs(10)).backoff(Backoff::none()));
         assert!(matches!(crash(&mut s, t0), Decision::Restart { .. }));
-        assert!(matches!(crash(&mut s, t0 + Duration::from_secs(5)), Decision::Restart { .. }));
+        assert!(matches!(
+            crash(&mut s, t0 + Duration::from_secs(5)),
+            Decision::Restart { .. }
+        ));
         // The first restart left the window at t0+10s.
-        assert!(matches!(crash(&mut s, t0 + Duration::from_secs(11)), Decision::Restart { .. }));
+        assert!(matches!(
+            crash(&mut s, t0 + Duration::from_secs(11)),
+            Decision::Restart { .. }
+        ));
         assert_eq!(crash(&mut s, t0 + Duration::from_secs(12)), Decision::GiveUp);
     }
 
@@ -281,23 +307,34 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_caps_and_resets_on_success() {
-        let b = Backoff { initial: ms(100), factor: 2.0, max: ms(350) };
-        assert_eq!([b.delay(1), b.delay(2), b.delay(3), b.delay(4), b.delay(50)], [
-            Duration::ZERO,
-            ms(100),
-            ms(200),
-            ms(350),
-            ms(350)
-        ]);
+        let b = Backoff {
+            initial: ms(100),
+            factor: 2.0,
+            max: ms(350),
+        };
+        assert_eq!(
+            [b.delay(1), b.delay(2), b.delay(3), b.delay(4), b.delay(50)],
+            [Duration::ZERO, ms(100), ms(200), ms(350), ms(350)]
+        );
         let t0 = Instant::now();
         let mut s = RestartState::new(RestartPolicy::on_failure(10, Duration::from_secs(60)).backoff(b));
         assert_eq!(crash(&mut s, t0), Decision::Restart { not_before: t0 });
-        assert_eq!(s.on_failure(t0 + ms(1), "x"), Decision::Restart { not_before: t0 + ms(101) });
+        assert_eq!(
+            s.on_failure(t0 + ms(1), "x"),
+            Decision::Restart {
+                not_before: t0 + ms(101)
+            }
+        );
         assert_eq!(s.not_before(), Some(t0 + ms(101)));
         s.on_restart(t0 + ms(101));
         assert_eq!(s.not_before(), None);
         s.on_success();
-        assert_eq!(s.on_failure(t0 + ms(200), "y"), Decision::Restart { not_before: t0 + ms(200) });
+        assert_eq!(
+            s.on_failure(t0 + ms(200), "y"),
+            Decision::Restart {
+                not_before: t0 + ms(200)
+            }
+        );
     }
 
     #[test]

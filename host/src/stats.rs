@@ -111,7 +111,10 @@ mod tests {
         c.call_started();
         c.call_finished(Some(&CallError::Serialization));
         c.call_started();
-        c.call_finished(Some(&CallError::Timeout { elapsed: Default::default(), limit: Default::default() }));
+        c.call_finished(Some(&CallError::Timeout {
+            elapsed: Default::default(),
+            limit: Default::default(),
+        }));
         let s = c.snapshot(1, 0);
         assert_eq!((s.calls, s.ok, s.timeouts, s.crashes), (3, 1, 1, 0));
         assert_eq!(s.errors.get("serialization"), Some(&1));

@@ -113,7 +113,12 @@ impl Supervisor {
         let config = spec.config.clone().map_err(LoadError::Config)?;
         let label: Arc<str> = match &spec.plugin {
             Some(name) => name.as_str().into(),
-            None => spec.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default().into(),
+            None => spec
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .into(),
         };
         let path = std::path::absolute(&spec.path).unwrap_or_else(|_| spec.path.clone());
         let mut load_frame = Vec::new();
@@ -183,7 +188,11 @@ impl Supervisor {
 
     fn stop_all(&self) -> Vec<WorkerReport> {
         let plugins = std::mem::take(&mut *self.plugins.lock().unwrap_or_else(|e| e.into_inner()));
-        plugins.iter().filter_map(Weak::upgrade).flat_map(|p| p.shutdown()).collect()
+        plugins
+            .iter()
+            .filter_map(Weak::upgrade)
+            .flat_map(|p| p.shutdown())
+            .collect()
     }
 }
 
@@ -195,6 +204,8 @@ impl Drop for Supervisor {
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").field("worker", &self.worker).finish_non_exhaustive()
+        f.debug_struct("Supervisor")
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
     }
 }

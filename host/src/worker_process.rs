@@ -142,14 +142,20 @@ impl WorkerProcess {
     /// Starts a worker and completes the handshake before `launch.load_timeout`.
     /// The handshake must finish within the load timeout and, if given, before
     /// `deadline` (a call's own deadline when a call starts a replacement).
-    pub(crate) fn start(launch: &Launch, deadline: Option<Instant>) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+    pub(crate) fn start(
+        launch: &Launch,
+        deadline: Option<Instant>,
+    ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
         let started = Instant::now();
         let limit = match deadline {
             Some(d) => launch.load_timeout.min(d.saturating_duration_since(started)),
             None => launch.load_timeout,
         };
         let deadline = started + limit;
-        let spawn_err = |e: io::Error| LoadError::Spawn { worker: launch.worker.clone(), message: e.to_string() };
+        let spawn_err = |e: io::Error| LoadError::Spawn {
+            worker: launch.worker.clone(),
+            message: e.to_string(),
+        };
         let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
         let mut cmd = Command::new(&launch.worker);
         cmd.arg("--parent-pid")
@@ -168,7 +174,11 @@ impl WorkerProcess {
         let stderr = output::forward(launch.label.clone(), pid, stdout, stderr_pipe, launch.output.clone());
 
         let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
-        let proc = Arc::new(ProcState { pid, exit: Mutex::new(None), exited });
+        let proc = Arc::new(ProcState {
+            pid,
+            exit: Mutex::new(None),
+            exited,
+        });
         let wake = host_end.try_clone().map_err(spawn_err)?;
         let watcher_state = proc.clone();
         let watcher = std::thread::Builder::new()
@@ -224,7 +234,10 @@ impl WorkerProcess {
         match WorkerMsg::decode(&self.rx[..len]) {
             Ok(WorkerMsg::Loaded(info)) => {
                 if info.protocol_version != PROTOCOL_VERSION {
-                    return Err(protocol(ProtocolError::Version { host: PROTOCOL_VERSION, worker: info.protocol_version }));
+                    return Err(protocol(ProtocolError::Version {
+                        host: PROTOCOL_VERSION,
+                        worker: info.protocol_version,
+                    }));
                 }
                 validate_info(&info).map_err(|m| protocol(ProtocolError::BadInfo(m)))?;
                 Ok(*info)
@@ -318,12 +331,7 @@ pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
 /// The reaper: see the module docs.
 fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream) {
     let pid = Pid::from_raw(child.id() as i32);
-    loop {
-        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => break,
-        }
-    }
+    while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
     let mut exit = state.exit.lock().unwrap_or_else(|e| e.into_inner());
     // The leader is a zombie: the group id is still ours. Take the plugin's
     // children down with it.
@@ -333,7 +341,12 @@ fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: Unix
             Ok(s) => break Exit::from_status(s),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Only possible if someone else reaped it; report it as killed.
-            Err(_) => break Exit::Signal { signal: Signal::SIGKILL as i32, core_dumped: false },
+            Err(_) => {
+                break Exit::Signal {
+                    signal: Signal::SIGKILL as i32,
+                    core_dumped: false,
+                }
+            }
         }
     };
     *exit = Some(status);

@@ -83,11 +83,9 @@ pub type ConstructFn = unsafe extern "C" fn(*const u8, u32) -> *mut c_void;
 /// Destroys an instance returned by [`ConstructFn`].
 pub type DestroyFn = unsafe extern "C" fn(*mut c_void);
 /// ABI 500 PluginAllocated method: `(inst, in, in_len, out, out_len) -> status`.
-pub type AllocMethod500 =
-    unsafe extern "C" fn(*mut c_void, *const u8, u32, *mut *mut u8, *mut u32) -> i32;
+pub type AllocMethod500 = unsafe extern "C" fn(*mut c_void, *const u8, u32, *mut *mut u8, *mut u32) -> i32;
 /// ABI 500 Arena method: `(inst, in, in_len, arena, cap, out_off, out_len) -> status`.
-pub type ArenaMethod500 =
-    unsafe extern "C" fn(*mut c_void, *const u8, u32, *mut u8, u32, *mut u32, *mut u32) -> i32;
+pub type ArenaMethod500 = unsafe extern "C" fn(*mut c_void, *const u8, u32, *mut u8, u32, *mut u32, *mut u32) -> i32;
 /// ABI 400 PluginAllocated method: no instance pointer.
 pub type AllocMethod400 = unsafe extern "C" fn(*const u8, u32, *mut *mut u8, *mut u32) -> i32;
 /// ABI 400 Arena method: no instance pointer.

@@ -76,7 +76,12 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: u32) -> Result<bool
     while got < HEADER_LEN {
         match r.read(&mut header[got..]) {
             Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(FrameError::Truncated { got, expected: HEADER_LEN }),
+            Ok(0) => {
+                return Err(FrameError::Truncated {
+                    got,
+                    expected: HEADER_LEN,
+                })
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -87,7 +92,10 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: u32) -> Result<bool
     // `take` + `read_to_end` grows the buffer only as data arrives.
     r.take(len as u64).read_to_end(buf)?;
     if buf.len() != len {
-        return Err(FrameError::Truncated { got: buf.len(), expected: len });
+        return Err(FrameError::Truncated {
+            got: buf.len(),
+            expected: len,
+        });
     }
     Ok(true)
 }
@@ -120,7 +128,13 @@ mod tests {
         bytes.push(1);
         let mut buf = Vec::new();
         let err = read_frame(&mut &bytes[..], &mut buf, 1024).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len: u32::MAX, max: 1024 }));
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                len: u32::MAX,
+                max: 1024
+            }
+        ));
         assert_eq!(buf.capacity(), 0);
     }
 
@@ -130,14 +144,23 @@ mod tests {
         bytes.extend_from_slice(&[7; 10]);
         let mut buf = Vec::new();
         let err = read_frame(&mut &bytes[..], &mut buf, 64 << 20).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { got: 10, expected: 1_048_576 }));
+        assert!(matches!(
+            err,
+            FrameError::Truncated {
+                got: 10,
+                expected: 1_048_576
+            }
+        ));
         assert!(buf.capacity() < 4096, "capacity {}", buf.capacity());
     }
 
     #[test]
     fn empty_and_truncated_headers() {
         let mut buf = Vec::new();
-        assert!(matches!(read_frame(&mut &[0u8, 0, 0, 0][..], &mut buf, 9), Err(FrameError::Empty)));
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0, 0, 0][..], &mut buf, 9),
+            Err(FrameError::Empty)
+        ));
         assert!(matches!(
             read_frame(&mut &[1u8, 0][..], &mut buf, 9),
             Err(FrameError::Truncated { got: 2, expected: 4 })

@@ -345,11 +345,18 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(bytes: &'a [u8], what: &'static str) -> Self {
-        Self { bytes, what, len: bytes.len() }
+        Self {
+            bytes,
+            what,
+            len: bytes.len(),
+        }
     }
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         if self.bytes.len() < N {
-            return Err(DecodeError::Truncated { what: self.what, len: self.len });
+            return Err(DecodeError::Truncated {
+                what: self.what,
+                len: self.len,
+            });
         }
         let (head, rest) = self.bytes.split_at(N);
         self.bytes = rest;
@@ -435,7 +442,11 @@ impl<'a> HostMsg<'a> {
                 let mut c = Cursor::new(rest, "call");
                 let id = c.u64()?;
                 let method = c.u32()?;
-                Ok(HostMsg::Call { id, method, payload: c.rest() })
+                Ok(HostMsg::Call {
+                    id,
+                    method,
+                    payload: c.rest(),
+                })
             }
             TAG_SHUTDOWN => Cursor::new(rest, "shutdown").end().map(|()| HostMsg::Shutdown),
             other => Err(DecodeError::UnknownTag(other)),
@@ -474,12 +485,19 @@ impl<'a> WorkerMsg<'a> {
                 let mut c = Cursor::new(rest, "reply");
                 let id = c.u64()?;
                 let status = c.i32()?;
-                Ok(WorkerMsg::Reply { id, status, payload: c.rest() })
+                Ok(WorkerMsg::Reply {
+                    id,
+                    status,
+                    payload: c.rest(),
+                })
             }
             TAG_FAULT => {
                 let mut c = Cursor::new(rest, "fault");
                 let id = c.u64()?;
-                Ok(WorkerMsg::Fault { id, fault: wire::decode(c.rest())? })
+                Ok(WorkerMsg::Fault {
+                    id,
+                    fault: wire::decode(c.rest())?,
+                })
             }
             other => Err(DecodeError::UnknownTag(other)),
         }
@@ -525,8 +543,16 @@ mod tests {
                 arena_capacity: 4096,
                 max_output: 1 << 20,
             }),
-            HostMsg::Call { id: u64::MAX, method: 3, payload: b"payload" },
-            HostMsg::Call { id: 0, method: 0, payload: b"" },
+            HostMsg::Call {
+                id: u64::MAX,
+                method: 3,
+                payload: b"payload",
+            },
+            HostMsg::Call {
+                id: 0,
+                method: 0,
+                payload: b"",
+            },
             HostMsg::Shutdown,
         ];
         for msg in msgs {
@@ -545,8 +571,19 @@ mod tests {
                 found: 600,
                 supported: vec![500, 400],
             }),
-            WorkerMsg::Reply { id: 9, status: -3, payload: b"err" },
-            WorkerMsg::Fault { id: 10, fault: CallFault::ArenaOutOfBounds { offset: 1, len: 2, capacity: 3 } },
+            WorkerMsg::Reply {
+                id: 9,
+                status: -3,
+                payload: b"err",
+            },
+            WorkerMsg::Fault {
+                id: 10,
+                fault: CallFault::ArenaOutOfBounds {
+                    offset: 1,
+                    len: 2,
+                    capacity: 3,
+                },
+            },
         ];
         for msg in msgs {
             msg.encode(&mut buf);
@@ -559,9 +596,18 @@ mod tests {
         assert_eq!(WorkerMsg::decode(&[]), Err(DecodeError::Empty));
         assert_eq!(WorkerMsg::decode(&[0x42]), Err(DecodeError::UnknownTag(0x42)));
         assert_eq!(WorkerMsg::decode(&[TAG_CALL]), Err(DecodeError::UnknownTag(TAG_CALL)));
-        assert!(matches!(WorkerMsg::decode(&[TAG_REPLY, 1, 2, 3]), Err(DecodeError::Truncated { .. })));
-        assert!(matches!(WorkerMsg::decode(&[TAG_LOADED, 1, 2, 3]), Err(DecodeError::Body(_))));
-        assert!(matches!(HostMsg::decode(&[TAG_SHUTDOWN, 0]), Err(DecodeError::Trailing { extra: 1, .. })));
+        assert!(matches!(
+            WorkerMsg::decode(&[TAG_REPLY, 1, 2, 3]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            WorkerMsg::decode(&[TAG_LOADED, 1, 2, 3]),
+            Err(DecodeError::Body(_))
+        ));
+        assert!(matches!(
+            HostMsg::decode(&[TAG_SHUTDOWN, 0]),
+            Err(DecodeError::Trailing { extra: 1, .. })
+        ));
         assert_eq!(HostMsg::decode(&[TAG_REPLY]), Err(DecodeError::UnknownTag(TAG_REPLY)));
     }
 }

@@ -1,8 +1,8 @@
 //! The `i32` status codes fidius plugin methods return.
 
 use crate::abi::{
-    STATUS_BUFFER_TOO_SMALL, STATUS_OK, STATUS_PANIC, STATUS_PLUGIN_ERROR,
-    STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END,
+    STATUS_BUFFER_TOO_SMALL, STATUS_OK, STATUS_PANIC, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR,
+    STATUS_STREAM_END,
 };
 
 /// A decoded status code. Unknown codes are kept, never guessed at.

@@ -76,7 +76,10 @@ impl Fixtures {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Builds the worker and every fixture (once per process) and returns their paths.
@@ -84,22 +87,31 @@ pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
         let root = workspace_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(&root).args(["build", "--quiet", "-p", "bulkhead-worker"]);
+        cmd.current_dir(&root)
+            .args(["build", "--quiet", "-p", "bulkhead-worker"]);
         for f in FIXTURES {
             cmd.args(["-p", f]);
         }
         let status = cmd.status().expect("run cargo build for the worker and fixtures");
         assert!(status.success(), "building the worker and fixtures failed: {status}");
         let dir = target.join("debug");
-        Fixtures { worker: dir.join("bulkhead-worker"), dir }
+        Fixtures {
+            worker: dir.join("bulkhead-worker"),
+            dir,
+        }
     })
 }
 
 /// A supervisor using the freshly built worker.
 pub fn supervisor() -> Supervisor {
-    Supervisor::builder().worker_path(&fixtures().worker).build().expect("worker binary exists")
+    Supervisor::builder()
+        .worker_path(&fixtures().worker)
+        .build()
+        .expect("worker binary exists")
 }
 
 /// A spec for fixture package `name`.
@@ -142,7 +154,9 @@ pub fn alive(pid: u32) -> bool {
 
 /// `(pid, ppid, pgrp, state)` of every process on the system.
 pub fn all_processes() -> Vec<(u32, u32, u32, char)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -159,17 +173,27 @@ pub fn all_processes() -> Vec<(u32, u32, u32, char)> {
 /// Children (any state) of this test process.
 pub fn my_children() -> Vec<(u32, char)> {
     let me = std::process::id();
-    all_processes().into_iter().filter(|p| p.1 == me).map(|p| (p.0, p.3)).collect()
+    all_processes()
+        .into_iter()
+        .filter(|p| p.1 == me)
+        .map(|p| (p.0, p.3))
+        .collect()
 }
 
 /// Live processes in process group `pgrp`.
 pub fn group_members(pgrp: u32) -> Vec<u32> {
-    all_processes().into_iter().filter(|p| p.2 == pgrp && p.3 != 'Z').map(|p| p.0).collect()
+    all_processes()
+        .into_iter()
+        .filter(|p| p.2 == pgrp && p.3 != 'Z')
+        .map(|p| p.0)
+        .collect()
 }
 
 /// Open descriptors of process `pid` (from `/proc/<pid>/fd`).
 pub fn open_fds(pid: u32) -> Vec<(u32, String)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
     let mut fds: Vec<(u32, String)> = dir
         .filter_map(|e| {
             let e = e.ok()?;

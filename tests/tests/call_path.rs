@@ -58,8 +58,12 @@ fn raw_and_typed_echo_preserve_bytes() {
 fn plugin_error_is_returned_exactly() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
-    let err = plugin.call::<_, String>(basic::FAIL, &("E42".to_string(),)).unwrap_err();
-    let CallError::Plugin(e) = err else { panic!("expected Plugin, got {err:?}") };
+    let err = plugin
+        .call::<_, String>(basic::FAIL, &("E42".to_string(),))
+        .unwrap_err();
+    let CallError::Plugin(e) = err else {
+        panic!("expected Plugin, got {err:?}")
+    };
     assert_eq!(
         e,
         PluginError {
@@ -75,7 +79,9 @@ fn panic_is_caught_and_worker_survives() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let pid = plugin.info().worker_pid;
-    let err = plugin.call::<_, String>(basic::PANIC, &("kaboom at 12".to_string(),)).unwrap_err();
+    let err = plugin
+        .call::<_, String>(basic::PANIC, &("kaboom at 12".to_string(),))
+        .unwrap_err();
     assert!(matches!(&err, CallError::Panic(m) if m == "kaboom at 12"), "{err:?}");
     let sum: i64 = plugin.call(basic::ADD, &(1i64, 2i64)).unwrap();
     assert_eq!(sum, 3);
@@ -87,8 +93,20 @@ fn crashes_are_contained_with_exact_causes() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let cases: [(u32, Exit); 3] = [
-        (basic::SEGFAULT, Exit::Signal { signal: 11, core_dumped: false }),
-        (basic::ABORT, Exit::Signal { signal: 6, core_dumped: false }),
+        (
+            basic::SEGFAULT,
+            Exit::Signal {
+                signal: 11,
+                core_dumped: false,
+            },
+        ),
+        (
+            basic::ABORT,
+            Exit::Signal {
+                signal: 6,
+                core_dumped: false,
+            },
+        ),
         (basic::EXIT, Exit::Code(3)),
     ];
     for (method, expected) in cases {
@@ -117,7 +135,9 @@ fn invalid_method_index_makes_no_round_trip() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let err = plugin.call::<_, ()>(basic::COUNT, &()).unwrap_err();
-    assert!(matches!(err, CallError::InvalidMethodIndex { index, count } if index == basic::COUNT && count == basic::COUNT));
+    assert!(
+        matches!(err, CallError::InvalidMethodIndex { index, count } if index == basic::COUNT && count == basic::COUNT)
+    );
     let err = plugin.call_raw(u32::MAX, b"").unwrap_err();
     assert!(matches!(err, CallError::InvalidMethodIndex { index: u32::MAX, .. }));
     assert_eq!(plugin.stats().calls, 0, "rejected before reaching the worker");
@@ -132,7 +152,9 @@ fn deserialization_and_serialization_errors() {
     assert!(matches!(err, CallError::Serialization), "{err:?}");
     // A u64 result cannot be decoded from a String return value's 8-byte prefix + text?
     // Ask for a type whose encoding is longer than what comes back.
-    let err = plugin.call::<_, (u64, u64, u64)>(basic::ADD, &(1i64, 2i64)).unwrap_err();
+    let err = plugin
+        .call::<_, (u64, u64, u64)>(basic::ADD, &(1i64, 2i64))
+        .unwrap_err();
     assert!(matches!(err, CallError::Deserialization(_)), "{err:?}");
 }
 
@@ -150,16 +172,27 @@ fn arena_strategy_grows_once_and_reports_everything() {
     assert_eq!(sum, -2);
     let data: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
     assert_eq!(plugin.call_raw(blob::ECHO_RAW, &data).unwrap(), data);
-    let err = plugin.call::<_, String>(blob::FAIL, &("ARENA".to_string(),)).unwrap_err();
-    assert!(matches!(&err, CallError::Plugin(e) if e.code == "ARENA" && e.message == "requested failure"), "{err:?}");
-    let err = plugin.call::<_, String>(blob::PANIC, &("lost".to_string(),)).unwrap_err();
+    let err = plugin
+        .call::<_, String>(blob::FAIL, &("ARENA".to_string(),))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Plugin(e) if e.code == "ARENA" && e.message == "requested failure"),
+        "{err:?}"
+    );
+    let err = plugin
+        .call::<_, String>(blob::PANIC, &("lost".to_string(),))
+        .unwrap_err();
     assert!(matches!(&err, CallError::Panic(m) if m.contains("Arena")), "{err:?}");
 }
 
 #[test]
 fn configured_plugin_receives_its_config() {
     let sup = supervisor();
-    let cfg = ScaleConfig { prefix: "px".into(), factor: 3, crash: false };
+    let cfg = ScaleConfig {
+        prefix: "px".into(),
+        factor: 3,
+        crash: false,
+    };
     let plugin = sup.load(spec("fx-configured").config(&cfg)).unwrap();
     let d: String = plugin.call(0, &()).unwrap();
     assert_eq!(d, "pxx3");
@@ -177,7 +210,10 @@ fn two_plugins_in_one_library() {
     assert_eq!(s, "HELLO, BOB!");
     let s: String = hello.call(0, &("bob".to_string(),)).unwrap();
     assert_eq!(s, "Hello, bob!");
-    assert_eq!(shout.info().plugins_in_library, vec!["HelloGreeter".to_string(), "ShoutGreeter".to_string()]);
+    assert_eq!(
+        shout.info().plugins_in_library,
+        vec!["HelloGreeter".to_string(), "ShoutGreeter".to_string()]
+    );
     assert_ne!(shout.info().worker_pid, hello.info().worker_pid);
 }
 
@@ -186,7 +222,10 @@ fn streaming_slots_are_unsupported_not_crashes() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic").streaming_methods([basic::ECHO])).unwrap();
     let err = plugin.call::<_, Vec<u8>>(basic::ECHO, &(vec![1u8],)).unwrap_err();
-    assert!(matches!(err, CallError::Unsupported { index: basic::ECHO, .. }), "{err:?}");
+    assert!(
+        matches!(err, CallError::Unsupported { index: basic::ECHO, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -198,17 +237,32 @@ fn lying_plugin_outputs_are_typed_errors() {
     let s: String = alloc.call(1, &()).unwrap();
     assert_eq!(s, "liar");
     let err = alloc.call_raw(2, b"").unwrap_err();
-    assert!(matches!(err, CallError::Contract(CallFault::NullOutput { len: 0x7fff_ffff })), "{err:?}");
+    assert!(
+        matches!(err, CallError::Contract(CallFault::NullOutput { len: 0x7fff_ffff })),
+        "{err:?}"
+    );
 
-    let arena = sup.load(spec("fx-liar").plugin("LiarArena").arena_capacity(1024)).unwrap();
+    let arena = sup
+        .load(spec("fx-liar").plugin("LiarArena").arena_capacity(1024))
+        .unwrap();
     let err = arena.call_raw(0, b"").unwrap_err();
     assert!(
-        matches!(err, CallError::Contract(CallFault::ArenaOutOfBounds { offset: 1022, len: 16, capacity: 1024 })),
+        matches!(
+            err,
+            CallError::Contract(CallFault::ArenaOutOfBounds {
+                offset: 1022,
+                len: 16,
+                capacity: 1024
+            })
+        ),
         "{err:?}"
     );
     // Asks for 2048, gets it, then asks for 4096: BufferTooSmall after the one retry.
     let err = arena.call_raw(1, b"").unwrap_err();
-    assert!(matches!(err, CallError::BufferTooSmall { needed: Some(4096) }), "{err:?}");
+    assert!(
+        matches!(err, CallError::BufferTooSmall { needed: Some(4096) }),
+        "{err:?}"
+    );
     // None of this cost a worker.
     assert_eq!(alloc.stats().restarts + arena.stats().restarts, 0);
 }
@@ -218,7 +272,10 @@ fn abi_400_plugins_are_supported() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-liar").env("BULKHEAD_LIAR", "abi400")).unwrap();
     let info = plugin.info();
-    assert_eq!((info.abi_version, info.plugin_name.as_str(), info.method_count), (400, "Old400", 1));
+    assert_eq!(
+        (info.abi_version, info.plugin_name.as_str(), info.method_count),
+        (400, "Old400", 1)
+    );
     assert_eq!(plugin.call_raw(0, b"old but fine").unwrap(), b"old but fine");
 }
 
@@ -228,15 +285,36 @@ fn host_never_loads_plugin_code() {
     let sup = supervisor();
     let err = sup.load(spec("fx-dlopen-crash")).unwrap_err();
     assert!(
-        matches!(err, bulkhead::LoadError::WorkerDied { exit: Exit::Signal { signal: 11, .. }, .. }),
+        matches!(
+            err,
+            bulkhead::LoadError::WorkerDied {
+                exit: Exit::Signal { signal: 11, .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
     // A configure() that panics aborts its worker (no unwind guard across construct).
-    let cfg = ScaleConfig { prefix: String::new(), factor: 1, crash: true };
+    let cfg = ScaleConfig {
+        prefix: String::new(),
+        factor: 1,
+        crash: true,
+    };
     let err = sup.load(spec("fx-configured").config(&cfg)).unwrap_err();
-    let bulkhead::LoadError::WorkerDied { exit, stderr, .. } = &err else { panic!("{err:?}") };
-    assert_eq!(*exit, Exit::Signal { signal: 6, core_dumped: false });
-    assert!(stderr.contains("configure refused"), "stderr tail carries the panic: {stderr:?}");
+    let bulkhead::LoadError::WorkerDied { exit, stderr, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        *exit,
+        Exit::Signal {
+            signal: 6,
+            core_dumped: false
+        }
+    );
+    assert!(
+        stderr.contains("configure refused"),
+        "stderr tail carries the panic: {stderr:?}"
+    );
     // Still here, still working.
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let s: String = plugin.call(basic::GREET, &("host".to_string(),)).unwrap();
@@ -245,7 +323,10 @@ fn host_never_loads_plugin_code() {
 
 #[test]
 fn worker_binary_not_found_names_every_place() {
-    let err = bulkhead::Supervisor::builder().worker_path("/nonexistent/bulkhead-worker").build().unwrap_err();
+    let err = bulkhead::Supervisor::builder()
+        .worker_path("/nonexistent/bulkhead-worker")
+        .build()
+        .unwrap_err();
     let bulkhead::BuildError::WorkerNotFound { searched } = &err;
     assert_eq!(searched.len(), 1);
     assert!(err.to_string().contains("/nonexistent/bulkhead-worker"));
@@ -254,8 +335,13 @@ fn worker_binary_not_found_names_every_place() {
 #[test]
 fn per_call_timeout_default_comes_from_spec() {
     let sup = supervisor();
-    let plugin = sup.load(spec("fx-basic").call_timeout(Duration::from_millis(300))).unwrap();
+    let plugin = sup
+        .load(spec("fx-basic").call_timeout(Duration::from_millis(300)))
+        .unwrap();
     let err = plugin.call::<_, u64>(basic::SLEEP_MS, &(60_000u64,)).unwrap_err();
-    assert!(matches!(err, CallError::Timeout { limit, .. } if limit == Duration::from_millis(300)), "{err:?}");
+    assert!(
+        matches!(err, CallError::Timeout { limit, .. } if limit == Duration::from_millis(300)),
+        "{err:?}"
+    );
     let _ = PluginSpec::new("unused");
 }

@@ -24,7 +24,12 @@ fn sigkilled_host_leaves_no_worker() {
         if line == "ready" {
             break;
         }
-        workers.push(line.strip_prefix("worker ").expect("worker line").parse::<u32>().unwrap());
+        workers.push(
+            line.strip_prefix("worker ")
+                .expect("worker line")
+                .parse::<u32>()
+                .unwrap(),
+        );
     }
     assert_eq!(workers.len(), 2, "victim reported its two workers");
     for &w in &workers {

@@ -29,7 +29,10 @@ fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
 #[test]
 fn missing_file() {
     let r = rejected(PluginSpec::new("/nonexistent/libnothing.so"));
-    assert!(matches!(&r, LoadFailure::FileUnreadable { message } if message.contains("No such file")), "{r:?}");
+    assert!(
+        matches!(&r, LoadFailure::FileUnreadable { message } if message.contains("No such file")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -40,9 +43,18 @@ fn directory() {
 #[test]
 fn empty_and_text_files() {
     let r = rejected(PluginSpec::new(temp_file("empty.so", b"")));
-    assert!(matches!(&r, LoadFailure::NotElf { reason } if reason.contains("0 bytes")), "{r:?}");
-    let r = rejected(PluginSpec::new(temp_file("text.so", b"#!/bin/sh\necho this is not a library at all\n")));
-    assert!(matches!(&r, LoadFailure::NotElf { reason } if reason.contains("magic")), "{r:?}");
+    assert!(
+        matches!(&r, LoadFailure::NotElf { reason } if reason.contains("0 bytes")),
+        "{r:?}"
+    );
+    let r = rejected(PluginSpec::new(temp_file(
+        "text.so",
+        b"#!/bin/sh\necho this is not a library at all\n",
+    )));
+    assert!(
+        matches!(&r, LoadFailure::NotElf { reason } if reason.contains("magic")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -50,7 +62,17 @@ fn foreign_architecture() {
     let mut elf = std::fs::read(fixtures().lib("fx-basic")).unwrap();
     elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
     let r = rejected(PluginSpec::new(temp_file("aarch64.so", &elf)));
-    assert!(matches!(r, LoadFailure::WrongArchitecture { found: 183, class: 2, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            LoadFailure::WrongArchitecture {
+                found: 183,
+                class: 2,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -60,30 +82,52 @@ fn truncated_library() {
     // worker checks the ELF tables against the file size first.
     for cut in [100, 4096, elf.len() / 2, elf.len() - 1] {
         let r = rejected(PluginSpec::new(temp_file(&format!("truncated-{cut}.so"), &elf[..cut])));
-        assert!(matches!(&r, LoadFailure::NotElf { reason } if reason.contains("truncated")), "{cut}: {r:?}");
+        assert!(
+            matches!(&r, LoadFailure::NotElf { reason } if reason.contains("truncated")),
+            "{cut}: {r:?}"
+        );
     }
 }
 
 #[test]
 fn library_without_registry_symbol() {
     let r = rejected(spec("fx-noregistry"));
-    assert!(matches!(&r, LoadFailure::SymbolMissing { symbol, .. } if symbol == "fidius_get_registry"), "{r:?}");
+    assert!(
+        matches!(&r, LoadFailure::SymbolMissing { symbol, .. } if symbol == "fidius_get_registry"),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn registry_lies() {
-    assert_eq!(rejected(liar("bad_magic")), LoadFailure::BadMagic { found: *b"NOTFIDUS" });
-    assert_eq!(rejected(liar("bad_registry_version")), LoadFailure::RegistryVersion { found: 99, supported: 1 });
+    assert_eq!(
+        rejected(liar("bad_magic")),
+        LoadFailure::BadMagic { found: *b"NOTFIDUS" }
+    );
+    assert_eq!(
+        rejected(liar("bad_registry_version")),
+        LoadFailure::RegistryVersion {
+            found: 99,
+            supported: 1
+        }
+    );
     assert_eq!(rejected(liar("zero_plugins")), LoadFailure::NoPlugins);
 }
 
 #[test]
 fn descriptor_lies() {
     let r = rejected(liar("abi_600"));
-    assert!(matches!(&r, LoadFailure::AbiVersion { found: 600, supported, .. } if supported == &[500, 400]), "{r:?}");
+    assert!(
+        matches!(&r, LoadFailure::AbiVersion { found: 600, supported, .. } if supported == &[500, 400]),
+        "{r:?}"
+    );
     assert_eq!(
         rejected(liar("small_descriptor")),
-        LoadFailure::DescriptorTooSmall { index: 0, size: 40, minimum: 120 }
+        LoadFailure::DescriptorTooSmall {
+            index: 0,
+            size: 40,
+            minimum: 120
+        }
     );
     for (mode, needle) in [
         ("huge_method_count", "method_count 4294967295"),
@@ -92,7 +136,10 @@ fn descriptor_lies() {
         ("bad_strategy", "buffer_strategy 9"),
     ] {
         let r = rejected(liar(mode).plugin(if mode == "bad_utf8" { "BadUtf8" } else { "LiarAlloc" }));
-        assert!(matches!(&r, LoadFailure::BadDescriptor { reason, .. } if reason.contains(needle)), "{mode}: {r:?}");
+        assert!(
+            matches!(&r, LoadFailure::BadDescriptor { reason, .. } if reason.contains(needle)),
+            "{mode}: {r:?}"
+        );
     }
     let r = rejected(liar("construct_null").plugin("LiarArena"));
     assert!(matches!(r, LoadFailure::ConstructFailed { .. }), "{r:?}");
@@ -101,13 +148,23 @@ fn descriptor_lies() {
 #[test]
 fn bad_config_bytes_make_construct_fail() {
     let r = rejected(spec("fx-configured").config_bytes(vec![1, 2, 3]));
-    assert_eq!(r, LoadFailure::ConstructFailed { plugin: "ConfiguredPlugin".into() });
+    assert_eq!(
+        r,
+        LoadFailure::ConstructFailed {
+            plugin: "ConfiguredPlugin".into()
+        }
+    );
 }
 
 #[test]
 fn plugin_selection() {
     let r = rejected(spec("fx-greeter"));
-    assert_eq!(r, LoadFailure::Ambiguous { available: vec!["HelloGreeter".into(), "ShoutGreeter".into()] });
+    assert_eq!(
+        r,
+        LoadFailure::Ambiguous {
+            available: vec!["HelloGreeter".into(), "ShoutGreeter".into()]
+        }
+    );
     let r = rejected(spec("fx-greeter").plugin("Nope"));
     assert_eq!(
         r,
@@ -121,7 +178,12 @@ fn plugin_selection() {
 #[test]
 fn hanging_library_constructor_is_bounded_by_the_load_timeout() {
     let start = Instant::now();
-    let err = supervisor().load(spec("fx-dlopen-hang").load_timeout(Duration::from_millis(500))).unwrap_err();
-    assert!(matches!(err, LoadError::Timeout { limit, .. } if limit == Duration::from_millis(500)), "{err:?}");
+    let err = supervisor()
+        .load(spec("fx-dlopen-hang").load_timeout(Duration::from_millis(500)))
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Timeout { limit, .. } if limit == Duration::from_millis(500)),
+        "{err:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
 }

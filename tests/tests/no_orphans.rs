@@ -14,7 +14,9 @@ fn drop_and_shutdown_leave_no_children() {
     let b = sup.load(spec("fx-arena")).unwrap();
     // Crash one worker and time one out, so reaped-and-replaced workers are in the mix.
     assert!(a.call::<_, u32>(basic::SEGFAULT, &()).is_err());
-    assert!(a.call_with_timeout::<_, u64>(basic::SPIN, &(), Duration::from_millis(200)).is_err());
+    assert!(a
+        .call_with_timeout::<_, u64>(basic::SPIN, &(), Duration::from_millis(200))
+        .is_err());
     let x: i64 = a.call(basic::ADD, &(1i64, 1i64)).unwrap();
     assert_eq!(x, 2);
     // Both dead workers are replaced in the background.
@@ -31,9 +33,16 @@ fn drop_and_shutdown_leave_no_children() {
         assert!(children.contains(pid), "worker {pid} is our child");
     }
     drop(sup);
-    assert_eq!(my_children(), vec![], "no child process and no zombie after dropping the supervisor");
+    assert_eq!(
+        my_children(),
+        vec![],
+        "no child process and no zombie after dropping the supervisor"
+    );
     // Handles outlive the supervisor but are shut down.
-    assert!(matches!(a.call::<_, i64>(basic::ADD, &(1i64, 1i64)), Err(bulkhead::CallError::ShutDown)));
+    assert!(matches!(
+        a.call::<_, i64>(basic::ADD, &(1i64, 1i64)),
+        Err(bulkhead::CallError::ShutDown)
+    ));
 
     // shutdown() reports how each worker ended: politely, exit code 0.
     let sup = supervisor();

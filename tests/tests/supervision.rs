@@ -16,7 +16,10 @@ fn assert_timeout(err: &CallError, limit: Duration) {
         CallError::Timeout { elapsed, limit: l } => {
             assert_eq!(*l, limit);
             assert!(*elapsed >= limit, "error came before the deadline: {elapsed:?}");
-            assert!(*elapsed < limit + Duration::from_secs(5), "error came {elapsed:?} after the start");
+            assert!(
+                *elapsed < limit + Duration::from_secs(5),
+                "error came {elapsed:?} after the start"
+            );
         }
         other => panic!("expected Timeout, got {other:?}"),
     }
@@ -36,7 +39,9 @@ fn hung_calls_time_out_and_the_next_call_gets_a_fresh_worker() {
     // sleep(1h) with a per-call override.
     let limit = Duration::from_millis(400);
     let before = plugin.info().worker_pid;
-    let err = plugin.call_with_timeout::<_, u64>(basic::SLEEP_MS, &(3_600_000u64,), limit).unwrap_err();
+    let err = plugin
+        .call_with_timeout::<_, u64>(basic::SLEEP_MS, &(3_600_000u64,), limit)
+        .unwrap_err();
     assert_timeout(&err, limit);
     assert!(!alive(before));
     let v: u64 = plugin.call_with_timeout(basic::SLEEP_MS, &(1u64,), GENEROUS).unwrap();
@@ -52,11 +57,21 @@ fn timeout_kills_the_plugins_own_children() {
     let worker = plugin.info().worker_pid;
     let grandchild: u32 = plugin.call(basic::FORK_SLEEPER, &()).unwrap();
     assert!(alive(grandchild));
-    assert_eq!(group_members(worker).len(), 2, "worker and grandchild share the worker's group");
-    let err = plugin.call_with_timeout::<_, u64>(basic::SPIN, &(), Duration::from_millis(200)).unwrap_err();
+    assert_eq!(
+        group_members(worker).len(),
+        2,
+        "worker and grandchild share the worker's group"
+    );
+    let err = plugin
+        .call_with_timeout::<_, u64>(basic::SPIN, &(), Duration::from_millis(200))
+        .unwrap_err();
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
     wait_gone(grandchild, GENEROUS);
-    assert_eq!(group_members(worker), Vec::<u32>::new(), "no process of the group is left");
+    assert_eq!(
+        group_members(worker),
+        Vec::<u32>::new(),
+        "no process of the group is left"
+    );
 }
 
 #[test]
@@ -65,7 +80,16 @@ fn crash_kills_the_plugins_own_children() {
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let grandchild: u32 = plugin.call(basic::FORK_SLEEPER, &()).unwrap();
     let err = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
-    assert!(matches!(err, CallError::WorkerDied { exit: Exit::Signal { signal: 11, .. }, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CallError::WorkerDied {
+                exit: Exit::Signal { signal: 11, .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     wait_gone(grandchild, GENEROUS);
 }
 
@@ -83,18 +107,42 @@ fn crash_causes_are_exact_and_the_next_call_succeeds() {
         match &err {
             CallError::WorkerDied { exit: e, stderr } => {
                 assert_eq!(*e, exit, "{what}");
-                assert!(stderr.contains(stderr_needle), "{what}: stderr {stderr:?} lacks {stderr_needle:?}");
+                assert!(
+                    stderr.contains(stderr_needle),
+                    "{what}: stderr {stderr:?} lacks {stderr_needle:?}"
+                );
             }
             other => panic!("{what}: expected WorkerDied, got {other:?}"),
         }
         let x: i64 = plugin.call(basic::ADD, &(20i64, 22i64)).unwrap();
         assert_eq!(x, 42, "{what}: next call");
     };
-    let sigsegv = Exit::Signal { signal: 11, core_dumped: false };
-    let sigabrt = Exit::Signal { signal: 6, core_dumped: false };
-    check("segfault", plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err(), sigsegv, "");
-    check("abort", plugin.call::<_, u32>(basic::ABORT, &()).unwrap_err(), sigabrt, "");
-    check("exit(0)", plugin.call::<_, u32>(basic::EXIT, &(0i32,)).unwrap_err(), Exit::Code(0), "");
+    let sigsegv = Exit::Signal {
+        signal: 11,
+        core_dumped: false,
+    };
+    let sigabrt = Exit::Signal {
+        signal: 6,
+        core_dumped: false,
+    };
+    check(
+        "segfault",
+        plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err(),
+        sigsegv,
+        "",
+    );
+    check(
+        "abort",
+        plugin.call::<_, u32>(basic::ABORT, &()).unwrap_err(),
+        sigabrt,
+        "",
+    );
+    check(
+        "exit(0)",
+        plugin.call::<_, u32>(basic::EXIT, &(0i32,)).unwrap_err(),
+        Exit::Code(0),
+        "",
+    );
     check(
         "stack overflow",
         plugin.call::<_, u64>(basic::STACK_OVERFLOW, &(0u64,)).unwrap_err(),
@@ -115,9 +163,17 @@ fn crash_causes_are_exact_and_the_next_call_succeeds() {
 fn cpu_limit_surfaces_as_sigxcpu_and_the_worker_is_replaced() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic").limits(Limits::new().cpu_seconds(1))).unwrap();
-    let err = plugin.call_with_timeout::<_, u64>(basic::SPIN, &(), GENEROUS).unwrap_err();
+    let err = plugin
+        .call_with_timeout::<_, u64>(basic::SPIN, &(), GENEROUS)
+        .unwrap_err();
     assert!(
-        matches!(err, CallError::WorkerDied { exit: Exit::Signal { signal: 24 | 9, .. }, .. }),
+        matches!(
+            err,
+            CallError::WorkerDied {
+                exit: Exit::Signal { signal: 24 | 9, .. },
+                ..
+            }
+        ),
         "expected SIGXCPU (or SIGKILL at the hard limit): {err:?}"
     );
     let x: i64 = plugin.call(basic::ADD, &(1i64, 2i64)).unwrap();
@@ -132,12 +188,24 @@ fn limits_are_applied_to_the_worker() {
         .unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", plugin.info().worker_pid)).unwrap();
     let row = |name: &str| {
-        limits.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {limits}")).to_string()
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {limits}"))
+            .to_string()
     };
-    assert!(row("Max address space").contains("2147483648"), "{}", row("Max address space"));
+    assert!(
+        row("Max address space").contains("2147483648"),
+        "{}",
+        row("Max address space")
+    );
     assert!(row("Max open files").contains(" 64 "), "{}", row("Max open files"));
     assert!(row("Max cpu time").contains(" 100 "), "{}", row("Max cpu time"));
-    assert!(row("Max core file size").split_whitespace().nth(4) == Some("0"), "{}", row("Max core file size"));
+    assert!(
+        row("Max core file size").split_whitespace().nth(4) == Some("0"),
+        "{}",
+        row("Max core file size")
+    );
 }
 
 #[test]
@@ -153,7 +221,14 @@ fn restart_budget_is_spent_then_fails_fast_until_reset() {
         assert!(matches!(err, CallError::WorkerDied { .. }), "crash {i}: {err:?}");
     }
     let err = plugin.call::<_, i64>(basic::ADD, &(1i64, 1i64)).unwrap_err();
-    let CallError::Failed { reason, since, restarts } = &err else { panic!("expected Failed, got {err:?}") };
+    let CallError::Failed {
+        reason,
+        since,
+        restarts,
+    } = &err
+    else {
+        panic!("expected Failed, got {err:?}")
+    };
     assert_eq!(*restarts, 3);
     assert!(reason.contains("signal 11"), "{reason}");
     assert!(since.elapsed().unwrap() < Duration::from_secs(60));
@@ -162,16 +237,33 @@ fn restart_budget_is_spent_then_fails_fast_until_reset() {
     let stats = plugin.stats();
     assert_eq!((stats.restarts, stats.live_workers, stats.crashes), (3, 0, 4));
     for _ in 0..5 {
-        assert!(matches!(plugin.call::<_, i64>(basic::ADD, &(1i64, 1i64)), Err(CallError::Failed { .. })));
+        assert!(matches!(
+            plugin.call::<_, i64>(basic::ADD, &(1i64, 1i64)),
+            Err(CallError::Failed { .. })
+        ));
     }
     assert_eq!(plugin.stats().restarts, 3);
     let kinds: Vec<EventKind> = events.try_iter().map(|e| e.kind).collect();
-    let started = kinds.iter().filter(|k| matches!(k, EventKind::WorkerStarted { .. })).count();
-    let restarted = kinds.iter().filter(|k| matches!(k, EventKind::Restarted { .. })).count();
+    let started = kinds
+        .iter()
+        .filter(|k| matches!(k, EventKind::WorkerStarted { .. }))
+        .count();
+    let restarted = kinds
+        .iter()
+        .filter(|k| matches!(k, EventKind::Restarted { .. }))
+        .count();
     let gave_up = kinds.iter().filter(|k| matches!(k, EventKind::GaveUp { .. })).count();
     let exited = kinds
         .iter()
-        .filter(|k| matches!(k, EventKind::WorkerExited { exit: Exit::Signal { signal: 11, .. }, .. }))
+        .filter(|k| {
+            matches!(
+                k,
+                EventKind::WorkerExited {
+                    exit: Exit::Signal { signal: 11, .. },
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!((started, restarted, gave_up, exited), (4, 3, 1, 4), "{kinds:?}");
     // Reset: the plugin recovers.
@@ -185,15 +277,25 @@ fn restart_budget_is_spent_then_fails_fast_until_reset() {
 fn never_policy_fails_after_the_first_crash() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic").restart(RestartPolicy::never())).unwrap();
-    assert!(matches!(plugin.call::<_, u32>(basic::ABORT, &()), Err(CallError::WorkerDied { .. })));
-    assert!(matches!(plugin.call::<_, i64>(basic::ADD, &(1i64, 1i64)), Err(CallError::Failed { restarts: 0, .. })));
+    assert!(matches!(
+        plugin.call::<_, u32>(basic::ABORT, &()),
+        Err(CallError::WorkerDied { .. })
+    ));
+    assert!(matches!(
+        plugin.call::<_, i64>(basic::ADD, &(1i64, 1i64)),
+        Err(CallError::Failed { restarts: 0, .. })
+    ));
     assert_eq!(plugin.stats().restarts, 0);
 }
 
 #[test]
 fn backoff_delays_consecutive_restarts() {
     let sup = supervisor();
-    let backoff = Backoff { initial: Duration::from_millis(300), factor: 2.0, max: Duration::from_secs(1) };
+    let backoff = Backoff {
+        initial: Duration::from_millis(300),
+        factor: 2.0,
+        max: Duration::from_secs(1),
+    };
     let plugin = sup
         .load(spec("fx-basic").restart(RestartPolicy::on_failure(10, Duration::from_secs(60)).backoff(backoff)))
         .unwrap();
@@ -203,18 +305,33 @@ fn backoff_delays_consecutive_restarts() {
     let x: i64 = plugin.call(basic::ADD, &(2i64, 2i64)).unwrap();
     assert_eq!(x, 4);
     // The replacement starts in the background once the backoff has passed.
-    assert!(t.elapsed() >= Duration::from_millis(200), "restart waited out the backoff: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "restart waited out the backoff: {:?}",
+        t.elapsed()
+    );
     // A call whose deadline passes while the restart backs off gets a clear error.
     assert!(plugin.call::<_, u32>(basic::SEGFAULT, &()).is_err());
     assert!(plugin.call::<_, u32>(basic::SEGFAULT, &()).is_err());
-    let err = plugin.call_with_timeout::<_, i64>(basic::ADD, &(2i64, 2i64), Duration::from_millis(50)).unwrap_err();
-    assert!(matches!(err, CallError::Backoff { retry_in } if retry_in > Duration::from_millis(50)), "{err:?}");
+    let err = plugin
+        .call_with_timeout::<_, i64>(basic::ADD, &(2i64, 2i64), Duration::from_millis(50))
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Backoff { retry_in } if retry_in > Duration::from_millis(50)),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn pool_of_four_with_eight_threads_no_cross_talk_no_lost_calls() {
     let sup = supervisor();
-    let plugin = sup.load(spec("fx-basic").workers(4).restart(RestartPolicy::on_failure(1000, Duration::from_secs(60)).backoff(Backoff::none()))).unwrap();
+    let plugin = sup
+        .load(
+            spec("fx-basic")
+                .workers(4)
+                .restart(RestartPolicy::on_failure(1000, Duration::from_secs(60)).backoff(Backoff::none())),
+        )
+        .unwrap();
     assert_eq!(plugin.worker_pids().len(), 4);
     let hang_limit = Duration::from_millis(250);
     let threads: Vec<_> = (0..8u64)
@@ -226,7 +343,9 @@ fn pool_of_four_with_eight_threads_no_cross_talk_no_lost_calls() {
                     if (t + i) % 10 == 0 {
                         // A hang times out in its worker, or, if every worker
                         // was busy until its deadline, in the queue (Busy).
-                        let err = plugin.call_with_timeout::<_, u64>(basic::SPIN, &(), hang_limit).unwrap_err();
+                        let err = plugin
+                            .call_with_timeout::<_, u64>(basic::SPIN, &(), hang_limit)
+                            .unwrap_err();
                         match err {
                             CallError::Timeout { limit, .. } => assert_eq!(limit, hang_limit),
                             CallError::Busy { waited } => assert!(waited >= hang_limit),
@@ -235,9 +354,13 @@ fn pool_of_four_with_eight_threads_no_cross_talk_no_lost_calls() {
                         hangs += 1;
                     } else {
                         let name = format!("t{t}-i{i}");
-                        let s: String = plugin.call_with_timeout(basic::GREET, &(name.clone(),), GENEROUS).unwrap();
+                        let s: String = plugin
+                            .call_with_timeout(basic::GREET, &(name.clone(),), GENEROUS)
+                            .unwrap();
                         assert_eq!(s, format!("Hello, {name}!"));
-                        let x: i64 = plugin.call_with_timeout(basic::ADD, &(t as i64 * 1000, i as i64), GENEROUS).unwrap();
+                        let x: i64 = plugin
+                            .call_with_timeout(basic::ADD, &(t as i64 * 1000, i as i64), GENEROUS)
+                            .unwrap();
                         assert_eq!(x, t as i64 * 1000 + i as i64);
                         good += 2;
                     }
@@ -284,12 +407,20 @@ fn a_hang_in_one_worker_does_not_block_others() {
     assert!(rx.try_recv().is_err(), "the sleeping call is still in flight");
     drop(sup); // shut down: the busy worker is killed after the grace period
     let r = hanger.join().unwrap();
-    assert!(matches!(r, Err(CallError::WorkerDied { .. }) | Err(CallError::ShutDown)), "{r:?}");
+    assert!(
+        matches!(r, Err(CallError::WorkerDied { .. }) | Err(CallError::ShutDown)),
+        "{r:?}"
+    );
 }
 
 /// Starts `announce_then_sleep(tag, ms)` on its own thread and returns once the
 /// plugin has printed `tag` (so the call is known to occupy a worker).
-fn occupy(plugin: &bulkhead::Plugin, lines: &Receiver<String>, tag: &str, ms: u64) -> std::thread::JoinHandle<Result<u64, CallError>> {
+fn occupy(
+    plugin: &bulkhead::Plugin,
+    lines: &Receiver<String>,
+    tag: &str,
+    ms: u64,
+) -> std::thread::JoinHandle<Result<u64, CallError>> {
     let p = plugin.clone();
     let t = tag.to_string();
     let h = std::thread::spawn(move || p.call_with_timeout(basic::ANNOUNCE_THEN_SLEEP, &(t, ms), GENEROUS));
@@ -322,8 +453,13 @@ fn busy_pool_waits_within_the_deadline_then_reports_busy() {
     let plugin = sup.load(spec("fx-basic").workers(1)).unwrap();
     let busy = occupy(&plugin, &lines, "busy-1", 1000);
     // The caller waits for the only worker, and gives up at its own deadline.
-    let err = plugin.call_with_timeout::<_, i64>(basic::ADD, &(1i64, 1i64), Duration::from_millis(100)).unwrap_err();
-    assert!(matches!(err, CallError::Busy { waited } if waited >= Duration::from_millis(100)), "{err:?}");
+    let err = plugin
+        .call_with_timeout::<_, i64>(basic::ADD, &(1i64, 1i64), Duration::from_millis(100))
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Busy { waited } if waited >= Duration::from_millis(100)),
+        "{err:?}"
+    );
     // A caller with a longer deadline is served once the worker is free.
     let x: i64 = plugin.call_with_timeout(basic::ADD, &(2i64, 3i64), GENEROUS).unwrap();
     assert_eq!(x, 5);
@@ -337,9 +473,15 @@ fn full_queue_is_refused_at_once() {
     let plugin = sup.load(spec("fx-basic").workers(1).queue_limit(0)).unwrap();
     let busy = occupy(&plugin, &lines, "busy-2", 500);
     let t = Instant::now();
-    let err = plugin.call_with_timeout::<_, i64>(basic::ADD, &(1i64, 1i64), GENEROUS).unwrap_err();
+    let err = plugin
+        .call_with_timeout::<_, i64>(basic::ADD, &(1i64, 1i64), GENEROUS)
+        .unwrap_err();
     assert!(matches!(err, CallError::Overloaded { limit: 0 }), "{err:?}");
-    assert!(t.elapsed() < Duration::from_secs(5), "refused without waiting: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "refused without waiting: {:?}",
+        t.elapsed()
+    );
     assert_eq!(busy.join().unwrap().unwrap(), 500);
 }
 
@@ -357,9 +499,13 @@ fn plugin_output_is_forwarded_with_name_and_pid_and_never_stalls_calls() {
     let pid = plugin.info().worker_pid;
     let total = 20u64 << 20; // 20 MiB to stdout, 1 MiB to stderr
     let t = Instant::now();
-    let n: u64 = plugin.call_with_timeout(basic::PRINT, &(total, false), GENEROUS).unwrap();
+    let n: u64 = plugin
+        .call_with_timeout(basic::PRINT, &(total, false), GENEROUS)
+        .unwrap();
     assert_eq!(n, total);
-    let n: u64 = plugin.call_with_timeout(basic::PRINT, &(1u64 << 20, true), GENEROUS).unwrap();
+    let n: u64 = plugin
+        .call_with_timeout(basic::PRINT, &(1u64 << 20, true), GENEROUS)
+        .unwrap();
     assert_eq!(n, 1 << 20);
     // Calls keep flowing while output drains.
     let x: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
@@ -411,10 +557,22 @@ fn events_describe_the_lifecycle() {
         kinds,
         vec![
             EventKind::WorkerStarted { pid: first },
-            EventKind::Timeout { pid: first, limit: Duration::from_millis(200) },
-            EventKind::WorkerExited { pid: first, exit: Exit::Signal { signal: 9, core_dumped: false } },
+            EventKind::Timeout {
+                pid: first,
+                limit: Duration::from_millis(200)
+            },
+            EventKind::WorkerExited {
+                pid: first,
+                exit: Exit::Signal {
+                    signal: 9,
+                    core_dumped: false
+                }
+            },
             EventKind::WorkerStarted { pid: second },
-            EventKind::Restarted { pid: second, restarts: 1 },
+            EventKind::Restarted {
+                pid: second,
+                restarts: 1
+            },
         ]
     );
 }

@@ -32,7 +32,10 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
         Err(e) => return fail_load(&mut sock, &mut tx, e.to_string()),
     };
     if req.protocol_version != PROTOCOL_VERSION {
-        let why = LoadFailure::ProtocolVersion { host: req.protocol_version, worker: PROTOCOL_VERSION };
+        let why = LoadFailure::ProtocolVersion {
+            host: req.protocol_version,
+            worker: PROTOCOL_VERSION,
+        };
         return send_load_failure(&mut sock, &mut tx, why);
     }
     let max_in = req.max_output.saturating_add(ENVELOPE_OVERHEAD);

@@ -12,13 +12,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use bulkhead_shared::abi::{
-    self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv,
-    MethodMetaEntry, PluginDescriptor, PluginRegistry, ABI_400, ABI_500, FIDIUS_MAGIC,
-    MAX_METHOD_COUNT, MAX_PLUGIN_COUNT, REGISTRY_SYMBOL, REGISTRY_VERSION, STATUS_BUFFER_TOO_SMALL,
+    self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv, MethodMetaEntry,
+    PluginDescriptor, PluginRegistry, ABI_400, ABI_500, FIDIUS_MAGIC, MAX_METHOD_COUNT, MAX_PLUGIN_COUNT,
+    REGISTRY_SYMBOL, REGISTRY_VERSION, STATUS_BUFFER_TOO_SMALL,
 };
-use bulkhead_shared::protocol::{
-    CallFault, LoadFailure, LoadRequest, PluginInfoWire, PROTOCOL_VERSION,
-};
+use bulkhead_shared::protocol::{CallFault, LoadFailure, LoadRequest, PluginInfoWire, PROTOCOL_VERSION};
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 
 /// Longest C string (names, metadata) we read from a plugin.
@@ -81,7 +79,10 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         return Err(LoadFailure::BadMagic { found: reg.magic });
     }
     if reg.registry_version != REGISTRY_VERSION {
-        return Err(LoadFailure::RegistryVersion { found: reg.registry_version, supported: REGISTRY_VERSION });
+        return Err(LoadFailure::RegistryVersion {
+            found: reg.registry_version,
+            supported: REGISTRY_VERSION,
+        });
     }
     if reg.plugin_count == 0 {
         return Err(LoadFailure::NoPlugins);
@@ -92,7 +93,9 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         });
     }
     if reg.descriptors.is_null() {
-        return Err(LoadFailure::BadRegistry { reason: "descriptor table is NULL".into() });
+        return Err(LoadFailure::BadRegistry {
+            reason: "descriptor table is NULL".into(),
+        });
     }
 
     let mut descs = Vec::with_capacity(reg.plugin_count as usize);
@@ -106,17 +109,26 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         Some(want) => descs
             .iter()
             .position(|(_, n)| n == want)
-            .ok_or_else(|| LoadFailure::PluginNotFound { requested: want.clone(), available: names.clone() })?,
+            .ok_or_else(|| LoadFailure::PluginNotFound {
+                requested: want.clone(),
+                available: names.clone(),
+            })?,
         None if descs.len() == 1 => 0,
         None => return Err(LoadFailure::Ambiguous { available: names }),
     };
     let (desc, plugin_name) = descs.swap_remove(chosen);
-    let bad = |reason: String| LoadFailure::BadDescriptor { plugin: plugin_name.clone(), reason };
+    let bad = |reason: String| LoadFailure::BadDescriptor {
+        plugin: plugin_name.clone(),
+        reason,
+    };
 
     let strategy = BufferStrategy::from_raw(desc.buffer_strategy)
         .ok_or_else(|| bad(format!("buffer_strategy {} (expected 1 or 2)", desc.buffer_strategy)))?;
     if desc.method_count > MAX_METHOD_COUNT {
-        return Err(bad(format!("method_count {} exceeds {MAX_METHOD_COUNT}", desc.method_count)));
+        return Err(bad(format!(
+            "method_count {} exceeds {MAX_METHOD_COUNT}",
+            desc.method_count
+        )));
     }
     if desc.vtable.is_null() && desc.method_count > 0 {
         return Err(bad("vtable is NULL".into()));
@@ -128,8 +140,8 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         return Err(bad("ABI 500 plugin without construct".into()));
     }
     let interface_name = read_cstr(desc.interface_name).map_err(|r| bad(format!("interface_name {r}")))?;
-    let trait_metadata = read_meta(desc.trait_metadata, desc.trait_metadata_count)
-        .map_err(|r| bad(format!("trait metadata {r}")))?;
+    let trait_metadata =
+        read_meta(desc.trait_metadata, desc.trait_metadata_count).map_err(|r| bad(format!("trait metadata {r}")))?;
     let method_metadata = read_method_meta(&desc).map_err(|r| bad(format!("method metadata {r}")))?;
 
     let inst = match desc.construct {
@@ -162,7 +174,14 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         method_metadata,
         plugins_in_library: names,
     };
-    let arena = vec![0u8; if strategy == BufferStrategy::Arena { req.arena_capacity as usize } else { 0 }];
+    let arena = vec![
+        0u8;
+        if strategy == BufferStrategy::Arena {
+            req.arena_capacity as usize
+        } else {
+            0
+        }
+    ];
     let plugin = Plugin {
         abi: desc.abi_version,
         desc,
@@ -206,7 +225,11 @@ fn check_elf(path: &Path) -> Result<(), LoadFailure> {
     let native_class = if cfg!(target_pointer_width = "64") { 2 } else { 1 };
     let native_data = if cfg!(target_endian = "little") { 1 } else { 2 };
     if machine != expected || class != native_class || head[5] != native_data {
-        return Err(LoadFailure::WrongArchitecture { found: machine, class, expected });
+        return Err(LoadFailure::WrongArchitecture {
+            found: machine,
+            class,
+            expected,
+        });
     }
     if class != 2 {
         // Structural checks below are for ELF64, the only class we build for.
@@ -223,7 +246,7 @@ fn check_elf(path: &Path) -> Result<(), LoadFailure> {
     }
     let (phoff, phentsize, phnum) = (u64_at(&head, 32), u16_at(54), u16_at(56));
     let (shoff, shentsize, shnum) = (u64_at(&head, 40), u16_at(58), u16_at(60));
-    let table_end = |off: u64, ent: u64, num: u64| off.checked_add(ent * num).unwrap_or(u64::MAX);
+    let table_end = |off: u64, ent: u64, num: u64| off.saturating_add(ent * num);
     if phnum == 0 || phentsize < 56 {
         return not_elf(format!("{phnum} program headers of {phentsize} bytes"));
     }
@@ -231,7 +254,10 @@ fn check_elf(path: &Path) -> Result<(), LoadFailure> {
         return not_elf(format!("truncated: program headers end past the file's {size} bytes"));
     }
     if shoff != 0 && table_end(shoff, shentsize, shnum) > size {
-        return not_elf(format!("truncated: section headers end at {} past the file's {size} bytes", table_end(shoff, shentsize, shnum)));
+        return not_elf(format!(
+            "truncated: section headers end at {} past the file's {size} bytes",
+            table_end(shoff, shentsize, shnum)
+        ));
     }
     let mut phdrs = vec![0u8; (phentsize * phnum) as usize];
     f.seek(SeekFrom::Start(phoff)).map_err(unreadable)?;
@@ -285,7 +311,9 @@ fn native_machine() -> u16 {
 fn read_descriptor(dptr: *const PluginDescriptor, index: u32) -> Result<(PluginDescriptor, String), LoadFailure> {
     let label = || format!("#{index}");
     if dptr.is_null() {
-        return Err(LoadFailure::BadRegistry { reason: format!("descriptor {} is NULL", label()) });
+        return Err(LoadFailure::BadRegistry {
+            reason: format!("descriptor {} is NULL", label()),
+        });
     }
     // SAFETY: the first 8 bytes (size + abi_version) exist in every descriptor
     // layout; unaligned reads tolerate a misaligned lie.
@@ -373,15 +401,25 @@ impl Plugin {
     /// the output memory is still valid; plugin-allocated output is freed after.
     pub fn call<R>(&mut self, index: u32, input: &[u8], f: impl FnOnce(Outcome<'_>) -> R) -> R {
         if index >= self.desc.method_count {
-            return f(Outcome::Fault(CallFault::BadIndex { index, count: self.desc.method_count }));
+            return f(Outcome::Fault(CallFault::BadIndex {
+                index,
+                count: self.desc.method_count,
+            }));
         }
         let Ok(in_len) = u32::try_from(input.len()) else {
-            return f(Outcome::Fault(CallFault::InputTooLarge { len: input.len() as u64 }));
+            return f(Outcome::Fault(CallFault::InputTooLarge {
+                len: input.len() as u64,
+            }));
         };
         // SAFETY: index < method_count, the vtable length the descriptor declares;
         // each slot is a nullable function pointer (one machine word).
-        let slot: *const c_void =
-            unsafe { self.desc.vtable.cast::<*const c_void>().add(index as usize).read_unaligned() };
+        let slot: *const c_void = unsafe {
+            self.desc
+                .vtable
+                .cast::<*const c_void>()
+                .add(index as usize)
+                .read_unaligned()
+        };
         if slot.is_null() {
             return f(Outcome::Fault(CallFault::EmptySlot { index }));
         }
@@ -414,7 +452,10 @@ impl Plugin {
             };
         }
         let result = if out_len > self.max_output {
-            f(Outcome::Fault(CallFault::OutputTooLarge { len: out_len.into(), max: self.max_output }))
+            f(Outcome::Fault(CallFault::OutputTooLarge {
+                len: out_len.into(),
+                max: self.max_output,
+            }))
         } else {
             // SAFETY: the plugin returned a non-NULL buffer it owns of out_len bytes;
             // it stays valid until we free it below.
@@ -448,7 +489,10 @@ impl Plugin {
             };
             if status == STATUS_BUFFER_TOO_SMALL {
                 if len > self.max_output {
-                    return f(Outcome::Fault(CallFault::OutputTooLarge { len: len.into(), max: self.max_output }));
+                    return f(Outcome::Fault(CallFault::OutputTooLarge {
+                        len: len.into(),
+                        max: self.max_output,
+                    }));
                 }
                 if attempt == 0 && len > cap {
                     attempt += 1;
@@ -456,10 +500,17 @@ impl Plugin {
                     continue;
                 }
                 // Still too small after the one retry: report what it wanted.
-                return f(Outcome::Status { status, output: &len.to_le_bytes() });
+                return f(Outcome::Status {
+                    status,
+                    output: &len.to_le_bytes(),
+                });
             }
             if u64::from(off) + u64::from(len) > u64::from(cap) {
-                return f(Outcome::Fault(CallFault::ArenaOutOfBounds { offset: off, len, capacity: cap }));
+                return f(Outcome::Fault(CallFault::ArenaOutOfBounds {
+                    offset: off,
+                    len,
+                    capacity: cap,
+                }));
             }
             let output = &self.arena[off as usize..(off + len) as usize];
             return f(Outcome::Status { status, output });

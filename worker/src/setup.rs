@@ -97,9 +97,8 @@ fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
 }
 
 fn apply_limits(args: &Args) -> Result<(), String> {
-    let set = |res: Resource, v: u64, name: &str| {
-        setrlimit(res, v, v).map_err(|e| format!("setrlimit({name}, {v}): {e}"))
-    };
+    let set =
+        |res: Resource, v: u64, name: &str| setrlimit(res, v, v).map_err(|e| format!("setrlimit({name}, {v}): {e}"));
     if let Some(v) = args.limit_as {
         set(Resource::RLIMIT_AS, v, "RLIMIT_AS")?;
     }

@@ -21,24 +21,39 @@ fn main() {
     let info = plugin.info();
     println!(
         "loaded {} (interface {} v{}, {:?}, {} methods) in worker pid {}\n",
-        info.plugin_name, info.interface_name, info.interface_version, info.buffer_strategy, info.method_count, info.worker_pid
+        info.plugin_name,
+        info.interface_name,
+        info.interface_version,
+        info.buffer_strategy,
+        info.method_count,
+        info.worker_pid
     );
 
     step("1. normal call      greet(\"world\")", || {
-        plugin.call::<_, String>(basic::GREET, &("world".to_string(),)).map(|s| format!("{s:?}"))
+        plugin
+            .call::<_, String>(basic::GREET, &("world".to_string(),))
+            .map(|s| format!("{s:?}"))
     });
     step("2. plugin error     fail(\"E_DEMO\")", || {
-        plugin.call::<_, String>(basic::FAIL, &("E_DEMO".to_string(),)).map(|s| format!("{s:?}"))
+        plugin
+            .call::<_, String>(basic::FAIL, &("E_DEMO".to_string(),))
+            .map(|s| format!("{s:?}"))
     });
     step("3. panic            panic(\"demo panic\")", || {
-        plugin.call::<_, String>(basic::PANIC, &("demo panic".to_string(),)).map(|s| format!("{s:?}"))
+        plugin
+            .call::<_, String>(basic::PANIC, &("demo panic".to_string(),))
+            .map(|s| format!("{s:?}"))
     });
     let before = plugin.info().worker_pid;
-    step("4. segfault         segfault()", || plugin.call::<_, u32>(basic::SEGFAULT, &()).map(|v| v.to_string()));
+    step("4. segfault         segfault()", || {
+        plugin.call::<_, u32>(basic::SEGFAULT, &()).map(|v| v.to_string())
+    });
     step("5. infinite loop    spin() with a 500 ms timeout", || {
         plugin.call::<_, u64>(basic::SPIN, &()).map(|v| v.to_string())
     });
-    step("6. next call        add(40, 2)", || plugin.call::<_, i64>(basic::ADD, &(40i64, 2i64)).map(|v| v.to_string()));
+    step("6. next call        add(40, 2)", || {
+        plugin.call::<_, i64>(basic::ADD, &(40i64, 2i64)).map(|v| v.to_string())
+    });
     let stats = plugin.stats();
     println!(
         "\nworker pid {before} crashed and was replaced (now pid {}); calls {}, ok {}, crashes {}, timeouts {}, restarts {}",
@@ -51,7 +66,10 @@ fn main() {
     );
     let reports = sup.shutdown();
     for r in reports {
-        println!("shutdown: worker {} of {} ended with {:?} (forced: {})", r.pid, r.plugin, r.exit, r.forced);
+        println!(
+            "shutdown: worker {} of {} ended with {:?} (forced: {})",
+            r.pid, r.plugin, r.exit, r.forced
+        );
     }
     println!("host process {} is still alive. done.", std::process::id());
 }

@@ -10,7 +10,10 @@ use bulkhead::{PluginSpec, Supervisor};
 fn main() {
     let mut args = std::env::args().skip(1);
     let (worker, lib) = (args.next().expect("worker path"), args.next().expect("plugin path"));
-    let sup = Supervisor::builder().worker_path(worker).build().expect("worker exists");
+    let sup = Supervisor::builder()
+        .worker_path(worker)
+        .build()
+        .expect("worker exists");
     let plugin = sup.load(PluginSpec::new(lib).workers(2)).expect("plugin loads");
     let mut out = std::io::stdout().lock();
     for pid in plugin.worker_pids() {
