@@ -220,6 +220,14 @@ pub enum CallError {
     /// The host could not encode the arguments.
     #[error("cannot encode arguments: {0}")]
     ArgumentEncoding(String),
+    /// The input exceeds the plugin's maximum message size (not sent).
+    #[error("input of {len} bytes exceeds the {max}-byte message limit")]
+    InputTooLarge {
+        /// Input length.
+        len: usize,
+        /// The limit ([`PluginSpec::max_message_size`](crate::PluginSpec::max_message_size)).
+        max: u32,
+    },
     /// Status `-3`: the method returned `Err(PluginError)`.
     #[error("plugin error {0}")]
     Plugin(PluginError),
@@ -314,6 +322,7 @@ impl CallError {
             CallError::Serialization => "serialization",
             CallError::Deserialization(_) => "deserialization",
             CallError::ArgumentEncoding(_) => "argument_encoding",
+            CallError::InputTooLarge { .. } => "input_too_large",
             CallError::Plugin(_) => "plugin",
             CallError::Panic(_) => "panic",
             CallError::UnknownStatus { .. } => "unknown_status",

@@ -191,6 +191,7 @@ pub(crate) struct PluginShared {
     pub(crate) path: PathBuf,
     pub(crate) call_timeout: Duration,
     pub(crate) streaming: Vec<u32>,
+    pub(crate) max_message_size: u32,
 }
 
 /// A loaded plugin. Cheap to clone and share across threads; every call runs in
@@ -221,6 +222,7 @@ impl Plugin {
     ) -> Result<R, CallError> {
         self.check_index(index)?;
         let input = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.check_input(&input)?;
         self.shared.pool.call(index, &input, timeout, |answer| {
             let bytes = self.interpret(answer)?;
             wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
@@ -236,9 +238,18 @@ impl Plugin {
     /// [`call_raw`](Self::call_raw) with this call's own timeout.
     pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
         self.check_index(index)?;
+        self.check_input(input)?;
         self.shared.pool.call(index, input, timeout, |answer| {
             self.interpret(answer).map(<[u8]>::to_vec)
         })
+    }
+
+    fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
+        let max = self.shared.max_message_size;
+        if input.len() > max as usize {
+            return Err(CallError::InputTooLarge { len: input.len(), max });
+        }
+        Ok(())
     }
 
     fn check_index(&self, index: u32) -> Result<(), CallError> {

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::CallError;
 
 /// Every [`CallError::kind`] name, in a fixed order (indexes into the counters).
-const KINDS: [&str; 19] = [
+const KINDS: [&str; 20] = [
     "buffer_too_small",
     "serialization",
     "deserialization",
     "argument_encoding",
+    "input_too_large",
     "plugin",
     "panic",
     "unknown_status",

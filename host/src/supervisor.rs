@@ -169,6 +169,7 @@ impl Supervisor {
                 path,
                 call_timeout: spec.call_timeout,
                 streaming: spec.streaming,
+                max_message_size: spec.max_message_size,
             }),
         })
     }

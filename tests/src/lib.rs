@@ -49,7 +49,9 @@ pub mod basic {
     pub const FORK_HOLDER: u32 = 21;
     pub const WORK: u32 = 22;
     pub const ANNOUNCE_THEN_SLEEP: u32 = 23;
-    pub const COUNT: u32 = 24;
+    pub const INJECT: u32 = 24;
+    pub const CLOSE_SOCKET_AND_SLEEP: u32 = 25;
+    pub const COUNT: u32 = 26;
 }
 
 /// Slots of the `Blob` interface (Arena).
