@@ -211,3 +211,72 @@ pub(crate) fn read_frame(sock: &UnixStream, rx: &mut Vec<u8>, max: u32, deadline
     }
     Ok(len)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn pair_with(bytes: &[u8]) -> UnixStream {
+        let (host, mut worker) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        worker.write_all(bytes).unwrap();
+        drop(worker);
+        host
+    }
+
+    #[test]
+    fn lying_length_allocates_only_what_arrives() {
+        let mut bytes = (60u32 << 20).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0x83; 10]);
+        let sock = pair_with(&bytes);
+        let mut rx = Vec::new();
+        let r = read_frame(&sock, &mut rx, 64 << 20, Instant::now() + Duration::from_secs(5));
+        assert!(matches!(r, Err(IoFail::Eof)), "{r:?}");
+        assert!(rx.len() <= FIRST_CHUNK, "grew to {}", rx.len());
+    }
+
+    #[test]
+    fn over_cap_is_rejected_before_reading_the_body() {
+        let sock = pair_with(&1000u32.to_le_bytes());
+        let mut rx = Vec::new();
+        let r = read_frame(&sock, &mut rx, 999, Instant::now() + Duration::from_secs(5));
+        assert!(
+            matches!(
+                r,
+                Err(IoFail::Frame(ProtocolError::FrameTooLarge { len: 1000, max: 999 }))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(rx.capacity(), 0);
+    }
+
+    #[test]
+    fn silence_times_out_at_the_deadline() {
+        let (host, _worker) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let mut rx = Vec::new();
+        let start = Instant::now();
+        let r = read_frame(&host, &mut rx, 100, start + Duration::from_millis(50));
+        assert!(matches!(r, Err(IoFail::Timeout)), "{r:?}");
+        assert!(start.elapsed() >= Duration::from_millis(50));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+        /// Whatever a worker sends, the host's reader returns a frame or an error,
+        /// within the cap, without panicking.
+        #[test]
+        fn arbitrary_worker_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), max in 1u32..8192) {
+            let sock = pair_with(&bytes);
+            let mut rx = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Ok(len) = read_frame(&sock, &mut rx, max, deadline) {
+                proptest::prop_assert!(len <= max as usize);
+                let _ = WorkerMsg::decode(&rx[..len]);
+            }
+            proptest::prop_assert!(rx.len() <= FIRST_CHUNK.max(max as usize));
+        }
+    }
+}

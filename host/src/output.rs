@@ -40,15 +40,23 @@ pub struct OutputLine<'a> {
 /// A user callback for plugin output.
 pub type OutputCallback = Arc<dyn Fn(OutputLine<'_>) + Send + Sync>;
 
-/// The last [`STDERR_TAIL`] bytes a worker wrote to stderr, plus a signal when
-/// the stream has ended.
+/// The last [`STDERR_TAIL`] bytes a worker wrote to stderr, plus signals when
+/// each stream has ended.
 #[derive(Clone)]
 pub(crate) struct StderrTail {
     bytes: Arc<Mutex<VecDeque<u8>>>,
     done: Receiver<()>,
+    stdout_done: Receiver<()>,
 }
 
 impl StderrTail {
+    /// Waits (at most until `deadline`) until both output streams have ended and
+    /// their reader threads have released the pipes.
+    pub(crate) fn wait_drained(&self, deadline: Instant) {
+        let _ = self.done.recv_deadline(deadline);
+        let _ = self.stdout_done.recv_deadline(deadline);
+    }
+
     /// Waits (at most until `deadline`) for the stream to end, then returns the tail.
     pub(crate) fn snapshot_after_eof(&self, deadline: Instant) -> String {
         let _ = self.done.recv_deadline(deadline);
@@ -75,12 +83,13 @@ pub(crate) fn forward(
 ) -> StderrTail {
     let bytes = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     let (done_tx, done) = crossbeam_channel::bounded(1);
+    let (stdout_done_tx, stdout_done) = crossbeam_channel::bounded(1);
     let (p, cb) = (plugin.clone(), callback.clone());
     spawn_reader(
         "bulkhead-stdout",
         stdout,
         move |line| emit(&p, pid, Stream::Stdout, line, &cb),
-        None,
+        Some(stdout_done_tx),
     );
     let tail = bytes.clone();
     spawn_reader(
@@ -99,7 +108,11 @@ pub(crate) fn forward(
         },
         Some(done_tx),
     );
-    StderrTail { bytes, done }
+    StderrTail {
+        bytes,
+        done,
+        stdout_done,
+    }
 }
 
 fn emit(plugin: &str, pid: u32, stream: Stream, line: &[u8], cb: &Option<OutputCallback>) {
@@ -147,8 +160,11 @@ fn spawn_reader(
         if !line.is_empty() {
             on_line(&line);
         }
+        // Close the pipe before announcing the end.
+        drop(r);
         if let Some(done) = done {
-            let _ = done.send(());
+            // Dropping the sender wakes every waiter, now and later.
+            drop(done);
         }
     };
     // If the thread cannot be started the pipe is simply never drained; the

@@ -194,6 +194,14 @@ pub(crate) struct PluginShared {
     pub(crate) max_message_size: u32,
 }
 
+impl Drop for PluginShared {
+    fn drop(&mut self) {
+        // The last user handle is gone: stop the workers now, on this thread,
+        // rather than whenever a background restart lets go of the pool.
+        self.pool.shutdown();
+    }
+}
+
 /// A loaded plugin. Cheap to clone and share across threads; every call runs in
 /// a worker process. When the last clone is dropped, its workers are shut down.
 #[derive(Clone)]

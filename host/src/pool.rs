@@ -221,9 +221,10 @@ impl Pool {
                 got?
             }
         };
-        if let Slot::Closed = slot {
-            // Pass the wake-up on to the next waiter.
-            let _ = self.idle_tx.try_send(Slot::Closed);
+        if matches!(slot, Slot::Closed) || self.closed.load(Ordering::Acquire) {
+            // Hand the slot (or the wake-up) on: to the shutdown collecting
+            // slots, or to the next waiter.
+            let _ = self.idle_tx.try_send(slot);
             return Err(CallError::ShutDown);
         }
         Ok(SlotGuard { pool: self, slot })
@@ -244,6 +245,9 @@ impl Pool {
     /// down, or a replacement that failed to load): start one now, within the
     /// call's deadline.
     fn replace(&self, slot: &mut SlotGuard<'_>, deadline: Instant) -> Result<(), CallError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CallError::ShutDown);
+        }
         let now = Instant::now();
         self.check_failed(now)?;
         let not_before = self.restart.lock().unwrap_or_else(|e| e.into_inner()).not_before();
@@ -329,10 +333,9 @@ impl Pool {
     /// shutdown if the pool is closed.
     fn put_back(&self, slot: Slot) {
         if self.closed.load(Ordering::Acquire) {
-            if let Slot::Live(w) = slot {
-                self.stop(w);
-            }
-            let _ = self.idle_tx.try_send(Slot::Closed);
+            // The shutdown collects it (and stops a live worker). If the
+            // channel is full the worker is killed by its Drop instead.
+            let _ = self.idle_tx.try_send(slot);
             return;
         }
         if matches!(slot, Slot::Empty) && !self.is_failed() {
@@ -362,6 +365,7 @@ impl Pool {
         if let Some(exit) = exit {
             self.events.emit(&self.label, EventKind::WorkerExited { pid, exit });
         }
+        worker.wait_drained();
         drop(worker);
         self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
         err
@@ -394,22 +398,45 @@ impl Pool {
             return Vec::new();
         }
         drop(self.closing.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let deadline = Instant::now() + self.grace;
         let mut reports = Vec::new();
         let mut collected = 0;
+        // 1. Idle workers, and calls that finish within the grace period.
+        self.collect(Instant::now() + self.grace, &mut collected, &mut reports);
+        // 2. Workers still busy in a call are killed; their calls end at once.
+        self.kill_registered(&mut reports);
+        // 3. Every slot comes back: the killed calls', and any replacement that
+        //    was starting in the background (bounded by the load timeout).
+        self.collect(
+            Instant::now() + self.launch.load_timeout + KILL_REAP_BOUND,
+            &mut collected,
+            &mut reports,
+        );
+        self.kill_registered(&mut reports);
+        // 4. Wake callers still waiting for a slot.
+        for _ in 0..self.size {
+            let _ = self.idle_tx.try_send(Slot::Closed);
+        }
+        reports
+    }
+
+    /// Takes slots back until all are in or `deadline` passes, stopping live workers.
+    fn collect(&self, deadline: Instant, collected: &mut usize, reports: &mut Vec<WorkerReport>) {
         let slots = self.slots.load(Ordering::Acquire);
-        while collected < slots {
+        while *collected < slots {
             match self.idle_rx.recv_deadline(deadline) {
                 Ok(Slot::Live(w)) => {
-                    collected += 1;
+                    *collected += 1;
                     reports.push(self.stop(w));
                 }
-                Ok(Slot::Empty) => collected += 1,
+                Ok(Slot::Empty) => *collected += 1,
                 Ok(Slot::Closed) => {}
                 Err(_) => break,
             }
         }
-        // Whatever is still busy in a call is killed now.
+    }
+
+    /// SIGKILLs every registered worker that is still alive.
+    fn kill_registered(&self, reports: &mut Vec<WorkerReport>) {
         let procs: Vec<_> = self.procs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for p in procs.iter().filter(|p| p.exit().is_none()) {
             p.kill();
@@ -421,10 +448,6 @@ impl Pool {
                 forced: true,
             });
         }
-        for _ in 0..self.size {
-            let _ = self.idle_tx.try_send(Slot::Closed);
-        }
-        reports
     }
 
     fn stop(&self, w: WorkerProcess) -> WorkerReport {

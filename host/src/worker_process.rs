@@ -280,6 +280,12 @@ impl WorkerProcess {
         self.proc.wait(Instant::now() + KILL_REAP_BOUND)
     }
 
+    /// After the worker has been reaped: waits briefly for its output readers
+    /// to finish, so no descriptor of a dead worker outlives it in the host.
+    pub(crate) fn wait_drained(&self) {
+        self.stderr.wait_drained(Instant::now() + STDERR_GRACE);
+    }
+
     /// Polite shutdown: a `Shutdown` frame, up to `grace` for the worker to exit,
     /// then SIGKILL to the group. Returns the exit and whether it was forced.
     pub(crate) fn shutdown(mut self, grace: Duration) -> (u32, Option<Exit>, bool) {
@@ -287,9 +293,12 @@ impl WorkerProcess {
         HostMsg::Shutdown.encode(&mut self.tx);
         let _ = call::write_all(&self.sock, &self.tx, deadline);
         if let Some(exit) = self.proc.wait(deadline) {
+            self.wait_drained();
             return (self.pid, Some(exit), false);
         }
-        (self.pid, self.kill_and_reap(), true)
+        let exit = self.kill_and_reap();
+        self.wait_drained();
+        (self.pid, exit, true)
     }
 }
 
@@ -351,6 +360,7 @@ fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: Unix
     };
     *exit = Some(status);
     drop(exit);
-    drop(exited);
     let _ = wake.shutdown(std::net::Shutdown::Both);
+    drop(wake);
+    drop(exited);
 }

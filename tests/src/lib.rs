@@ -84,28 +84,36 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the worker and every fixture (once per process) and returns their paths.
+/// Builds the worker and every fixture in the debug profile (once per process)
+/// and returns their paths.
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
-    F.get_or_init(|| {
-        let root = workspace_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(&root)
-            .args(["build", "--quiet", "-p", "bulkhead-worker"]);
-        for f in FIXTURES {
-            cmd.args(["-p", f]);
-        }
-        let status = cmd.status().expect("run cargo build for the worker and fixtures");
-        assert!(status.success(), "building the worker and fixtures failed: {status}");
-        let dir = target.join("debug");
-        Fixtures {
-            worker: dir.join("bulkhead-worker"),
-            dir,
-        }
-    })
+    F.get_or_init(|| build_fixtures(false))
+}
+
+/// Builds the worker and every fixture with `cargo build` (`--release` if
+/// asked) and returns their paths.
+pub fn build_fixtures(release: bool) -> Fixtures {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "-p", "bulkhead-worker"]);
+    if release {
+        cmd.arg("--release");
+    }
+    for f in FIXTURES {
+        cmd.args(["-p", f]);
+    }
+    let status = cmd.status().expect("run cargo build for the worker and fixtures");
+    assert!(status.success(), "building the worker and fixtures failed: {status}");
+    let dir = target.join(if release { "release" } else { "debug" });
+    Fixtures {
+        worker: dir.join("bulkhead-worker"),
+        dir,
+    }
 }
 
 /// A supervisor using the freshly built worker.

@@ -1,0 +1,329 @@
+//! `bulkhead-bench`: what isolation costs, measured against baselines in the
+//! same run. Run with `cargo run --release -p bulkhead-bench` (add `--quick`
+//! for a smoke run). Prints a table and one JSON line per figure.
+
+mod floor;
+mod inproc;
+
+use std::time::{Duration, Instant};
+
+use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Supervisor};
+use bulkhead_tests::{basic, build_fixtures};
+
+use floor::Floor;
+use inproc::InProc;
+
+/// Median, p99 and count of a set of samples.
+#[derive(Clone, Copy)]
+struct Summary {
+    median: Duration,
+    p99: Duration,
+    n: usize,
+}
+
+fn summarize(mut v: Vec<Duration>) -> Summary {
+    v.sort();
+    let n = v.len();
+    Summary {
+        median: v[n / 2],
+        p99: v[((n * 99) / 100).min(n - 1)],
+        n,
+    }
+}
+
+/// Times `f` `n` times after `warm` warm-up runs.
+fn measure(warm: usize, n: usize, mut f: impl FnMut()) -> Summary {
+    for _ in 0..warm {
+        f();
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f();
+        v.push(t.elapsed());
+    }
+    summarize(v)
+}
+
+struct Report {
+    rows: Vec<(String, String, String)>,
+}
+
+impl Report {
+    fn json(&self, bench: &str, subject: &str, s: &Summary, extra: &str) {
+        println!(
+            "{{\"bench\":\"{bench}\",\"subject\":\"{subject}\",\"median_ns\":{},\"p99_ns\":{},\"n\":{}{extra}}}",
+            s.median.as_nanos(),
+            s.p99.as_nanos(),
+            s.n
+        );
+    }
+    fn row(&mut self, figure: String, value: String, note: String) {
+        self.rows.push((figure, value, note));
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--echo-peer") {
+        return floor::echo_peer();
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = |n: usize| if quick { (n / 20).max(3) } else { n };
+    let started = Instant::now();
+    let fx = build_fixtures(true);
+    let lib = fx.lib("fx-basic");
+    let sup = Supervisor::builder().worker_path(&fx.worker).build().expect("worker");
+    let mut report = Report { rows: Vec::new() };
+    let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(Backoff::none());
+
+    // --- small call: add(i64, i64) -------------------------------------------------
+    let plugin = sup.load(PluginSpec::new(&lib).restart(policy.clone())).expect("load");
+    let inproc = InProc::load(&lib);
+    let mut floor = Floor::start();
+    let mut out = Vec::new();
+    let n = scale(20_000);
+    let b = measure(2000.min(n), n, || {
+        let v: i64 = plugin.call(basic::ADD, &(3i64, 4i64)).unwrap();
+        assert_eq!(v, 7);
+    });
+    let i = measure(2000.min(n), n, || {
+        let input = bincode::serialize(&(3i64, 4i64)).unwrap();
+        assert_eq!(inproc.call(basic::ADD, &input, &mut out), 0);
+        let v: i64 = bincode::deserialize(&out).unwrap();
+        assert_eq!(v, 7);
+    });
+    // Same byte counts as the bulkhead call: 33-byte request, 25-byte reply frames.
+    let f = measure(2000.min(n), n, || floor.round_trip(33, 25));
+    report.json("small_call", "bulkhead", &b, "");
+    report.json("small_call", "in_process", &i, "");
+    report.json("small_call", "socketpair", &f, "");
+    let ratio = b.median.as_secs_f64() / f.median.as_secs_f64();
+    println!(
+        "{{\"bench\":\"small_call\",\"ratio_vs_socketpair\":{ratio:.3},\"ratio_vs_in_process\":{:.1}}}",
+        b.median.as_secs_f64() / i.median.as_secs_f64()
+    );
+    report.row(
+        "add(i64,i64) median / p99".into(),
+        format!("{} / {}", us(b.median), us(b.p99)),
+        format!(
+            "in-process {} / {}; socketpair {} / {}; bulkhead = {ratio:.2}× socketpair",
+            us(i.median),
+            us(i.p99),
+            us(f.median),
+            us(f.p99)
+        ),
+    );
+
+    // --- echo ------------------------------------------------------------------------
+    for size in [64usize, 4 << 10, 256 << 10, 1 << 20, 16 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let n = scale(match size {
+            s if s <= 4096 => 5000,
+            s if s <= 1 << 20 => 500,
+            _ => 40,
+        });
+        let warm = (n / 10).max(1);
+        let raw = measure(warm, n, || {
+            let r = plugin.call_raw(basic::ECHO_RAW, &data).unwrap();
+            assert_eq!(r.len(), size);
+        });
+        let typed = measure(warm, n, || {
+            let r: Vec<u8> = plugin.call(basic::ECHO, &(data.clone(),)).unwrap();
+            assert_eq!(r.len(), size);
+        });
+        let inp = measure(warm, n, || {
+            assert_eq!(inproc.call(basic::ECHO_RAW, &data, &mut out), 0);
+            assert_eq!(out.len(), size);
+        });
+        let fl = measure(warm, n, || floor.round_trip(size + 17, size + 17));
+        let mut dst = vec![0u8; size];
+        let mc = measure(warm, n, || {
+            dst.copy_from_slice(std::hint::black_box(&data));
+            std::hint::black_box(&dst);
+        });
+        let label = match size {
+            s if s >= 1 << 20 => format!("{} MiB", s >> 20),
+            s if s >= 1 << 10 => format!("{} KiB", s >> 10),
+            s => format!("{s} B"),
+        };
+        for (subject, s) in [
+            ("bulkhead_raw", &raw),
+            ("bulkhead_typed", &typed),
+            ("in_process", &inp),
+            ("socketpair", &fl),
+            ("memcpy", &mc),
+        ] {
+            report.json(
+                "echo",
+                subject,
+                s,
+                &format!(",\"bytes\":{size},\"gb_per_s\":{:.3}", gbps(size, s.median)),
+            );
+        }
+        report.row(
+            format!("echo {label} raw / typed"),
+            format!(
+                "{} / {} ({:.2} GB/s)",
+                us(raw.median),
+                us(typed.median),
+                gbps(size, raw.median)
+            ),
+            format!(
+                "in-process {}; socketpair {} ({:.2}× of it); 2×memcpy {}",
+                us(inp.median),
+                us(fl.median),
+                raw.median.as_secs_f64() / fl.median.as_secs_f64(),
+                us(mc.median * 2)
+            ),
+        );
+    }
+    drop(floor);
+
+    // --- restart latency and spawn-to-ready -----------------------------------------
+    let n = scale(40);
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let e = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
+        assert!(matches!(e, CallError::WorkerDied { .. }));
+        let t = Instant::now();
+        let x: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
+        assert_eq!(x, 2);
+        v.push(t.elapsed());
+    }
+    let restart = summarize(v);
+    report.json("restart", "crash_to_next_answer", &restart, "");
+    report.row(
+        "crash → next answer".into(),
+        format!("{} / {}", us(restart.median), us(restart.p99)),
+        "no standby; median / p99".into(),
+    );
+    let spawn = measure(2, scale(40), || {
+        let p = sup.load(PluginSpec::new(&lib)).unwrap();
+        drop(p);
+    });
+    report.json("spawn", "load_to_ready", &spawn, "");
+    report.row(
+        "spawn → ready (load)".into(),
+        format!("{} / {}", us(spawn.median), us(spawn.p99)),
+        "spawn + exec + dlopen + construct + handshake".into(),
+    );
+
+    // --- timeout precision --------------------------------------------------------------
+    let limit = Duration::from_millis(20);
+    let n = scale(40);
+    let mut over = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let e = plugin.call_with_timeout::<_, u64>(basic::SPIN, &(), limit).unwrap_err();
+        let el = t.elapsed();
+        assert!(matches!(e, CallError::Timeout { .. }), "{e:?}");
+        over.push(el.saturating_sub(limit));
+        let _: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
+    }
+    let over = summarize(over);
+    report.json("timeout", "past_deadline", &over, "");
+    report.row(
+        "timeout error past the deadline".into(),
+        format!("{} / {}", us(over.median), us(over.p99)),
+        "20 ms limit, loop {} plugin; p50 / p99".into(),
+    );
+    drop(plugin);
+
+    // --- throughput: 1, 2, 4 workers from 4 threads ----------------------------------------
+    let iters = 100_000u64;
+    let mut base = 0.0;
+    for workers in [1usize, 2, 4] {
+        let p = sup.load(PluginSpec::new(&lib).workers(workers)).unwrap();
+        let dur = if quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(2)
+        };
+        let t = Instant::now();
+        let counts: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = p.clone();
+                    s.spawn(move || {
+                        let mut c = 0u64;
+                        while t.elapsed() < dur {
+                            let _: u64 = p.call(basic::WORK, &(iters,)).unwrap();
+                            c += 1;
+                        }
+                        c
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let rate = counts.iter().sum::<u64>() as f64 / t.elapsed().as_secs_f64();
+        if workers == 1 {
+            base = rate;
+        }
+        println!("{{\"bench\":\"throughput\",\"workers\":{workers},\"threads\":4,\"calls_per_s\":{rate:.0},\"vs_1_worker\":{:.2}}}", rate / base);
+        report.row(
+            format!("throughput, {workers} worker(s), 4 threads"),
+            format!("{rate:.0} calls/s"),
+            format!("CPU-bound work({iters}); {:.2}× 1 worker", rate / base),
+        );
+    }
+    let inproc_work = measure(3, scale(200), || {
+        let input = bincode::serialize(&(iters,)).unwrap();
+        inproc.call(basic::WORK, &input, &mut out);
+    });
+    report.row(
+        "work() in-process, one call".into(),
+        us(inproc_work.median),
+        "for scale".into(),
+    );
+
+    // --- memory ------------------------------------------------------------------------------
+    let rss = || status_kb("/proc/self/status", "VmRSS:");
+    let before = rss();
+    let plugins: Vec<_> = (0..10).map(|_| sup.load(PluginSpec::new(&lib)).unwrap()).collect();
+    let after = rss();
+    let worker_rss = status_kb(&format!("/proc/{}/status", plugins[0].info().worker_pid), "VmRSS:");
+    println!(
+        "{{\"bench\":\"memory\",\"host_kib_per_idle_plugin\":{},\"worker_rss_kib\":{worker_rss}}}",
+        (after.saturating_sub(before)) / 10
+    );
+    report.row(
+        "host memory per idle plugin".into(),
+        format!("{} KiB", after.saturating_sub(before) / 10),
+        "RSS delta over 10 plugins".into(),
+    );
+    report.row(
+        "worker RSS".into(),
+        format!("{worker_rss} KiB"),
+        "one idle fx-basic worker".into(),
+    );
+    drop(plugins);
+
+    println!();
+    println!("| figure | bulkhead | baselines / notes |");
+    println!("|---|---|---|");
+    for (a, b, c) in &report.rows {
+        println!("| {a} | {b} | {c} |");
+    }
+    println!(
+        "\nbench finished in {:.1?} ({} cores)",
+        started.elapsed(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+}
+
+fn status_kb(path: &str, field: &str) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
