@@ -8,15 +8,21 @@
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bulkhead_shared::frame::{self, FrameError, HEADER_LEN};
+use bulkhead_shared::frame::{self, FrameError, ENVELOPE_OVERHEAD, HEADER_LEN};
 use bulkhead_shared::protocol::{call_prefix, CallFault, WorkerMsg};
+use bulkhead_shared::shm;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::error::{Exit, ProtocolError};
 use crate::worker_process::{msg_name, WorkerProcess};
+
+/// How long the host spins (yielding) for an answer before sleeping on the futex.
+const HOST_SPIN: Duration = Duration::from_micros(50);
+/// While asleep on the futex, how often the host checks the socket.
+const SOCKET_CHECK: Duration = Duration::from_millis(20);
 
 /// Payloads up to this size are copied behind the call prefix and sent in one syscall.
 const SMALL_CALL: usize = 16 * 1024;
@@ -69,17 +75,29 @@ impl WorkerProcess {
     pub(crate) fn call(&mut self, method: u32, payload: &[u8], deadline: Instant) -> Result<Answer<'_>, Failure> {
         let id = self.next_id;
         self.next_id += 1;
+        if self.shm.is_some() {
+            return self.call_shm(id, method, payload, deadline);
+        }
+        self.send_call(id, method, payload, deadline)
+            .map_err(|f| self.fail(f))?;
+        self.receive_socket(id, deadline)
+    }
+
+    fn send_call(&mut self, id: u64, method: u32, payload: &[u8], deadline: Instant) -> Result<(), IoFail> {
         let prefix = call_prefix(id, method, payload.len());
-        let sent = if payload.len() <= SMALL_CALL {
+        if payload.len() <= SMALL_CALL {
             self.tx.clear();
             self.tx.extend_from_slice(&prefix);
             self.tx.extend_from_slice(payload);
             write_all(&self.sock, &self.tx, deadline)
         } else {
             write_all(&self.sock, &prefix, deadline).and_then(|()| write_all(&self.sock, payload, deadline))
-        };
-        let got = sent.and_then(|()| read_frame(&self.sock, &mut self.rx, self.max_frame, deadline));
-        let len = match got {
+        }
+    }
+
+    /// Reads the answer to request `id` from the socket.
+    fn receive_socket(&mut self, id: u64, deadline: Instant) -> Result<Answer<'_>, Failure> {
+        let len = match read_frame(&self.sock, &mut self.rx, self.max_frame, deadline) {
             Ok(len) => len,
             Err(fail) => return Err(self.fail(fail)),
         };
@@ -104,6 +122,84 @@ impl WorkerProcess {
         }
     }
 
+    /// The shared-memory path: the request goes into the region (or, if too
+    /// large, is announced there and sent on the socket); the answer comes back
+    /// the same way. Every field the worker wrote is read once and validated.
+    fn call_shm(&mut self, id: u64, method: u32, payload: &[u8], deadline: Instant) -> Result<Answer<'_>, Failure> {
+        let region = self.shm.clone().expect("shared-memory transport");
+        let last = region.resp_seq();
+        if payload.len() <= region.capacity() {
+            region.post_request(shm::REQ_CALL, id, method, payload);
+        } else {
+            region.post_request(shm::REQ_CALL_VIA_SOCKET, id, method, &[]);
+            self.send_call(id, method, payload, deadline)
+                .map_err(|f| self.fail(f))?;
+        }
+        loop {
+            let slice_end = deadline.min(Instant::now() + SOCKET_CHECK);
+            match region.wait_response(last, HOST_SPIN, slice_end) {
+                shm::Wait::Changed(_) => break,
+                shm::Wait::Dead => return Err(self.fail(IoFail::Eof)),
+                shm::Wait::TimedOut if Instant::now() >= deadline => return Err(self.fail(IoFail::Timeout)),
+                // Asleep for a while: make sure the worker has not closed its
+                // socket or started writing on it unasked.
+                shm::Wait::TimedOut => {
+                    if let Err(f) = socket_idle(&self.sock) {
+                        if region.resp_seq() == last {
+                            return Err(self.fail(f));
+                        }
+                    }
+                }
+            }
+        }
+        let r = region.response();
+        if r.id != id {
+            let f = if region.is_dead() {
+                IoFail::Eof
+            } else {
+                IoFail::Frame(ProtocolError::WrongRequestId {
+                    expected: id,
+                    got: r.id,
+                })
+            };
+            return Err(self.fail(f));
+        }
+        let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD);
+        match r.kind {
+            shm::RESP_VIA_SOCKET => return self.receive_socket(id, deadline),
+            shm::RESP_REPLY | shm::RESP_FAULT if r.len > max_payload => {
+                return Err(self.fail(IoFail::Frame(ProtocolError::FrameTooLarge {
+                    len: r.len,
+                    max: max_payload,
+                })))
+            }
+            shm::RESP_REPLY | shm::RESP_FAULT => {
+                if region.copy_response(r.off, r.len, &mut self.rx).is_none() {
+                    let why = format!("response at {}+{} lies outside the shared region", r.off, r.len);
+                    return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
+                }
+            }
+            other => {
+                let why = format!("unknown shared-memory response kind {other}");
+                return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
+            }
+        }
+        // Nothing may arrive on the socket when the answer came through the region.
+        if let Err(f) = socket_idle(&self.sock) {
+            return Err(self.fail(f));
+        }
+        if r.kind == shm::RESP_FAULT {
+            return match bulkhead_shared::wire::decode::<CallFault>(&self.rx) {
+                Ok(fault) => Ok(Answer::Fault(fault)),
+                Err(e) => Err(self.fail(IoFail::Frame(ProtocolError::Malformed(e.to_string())))),
+            };
+        }
+        Ok(Answer::Reply {
+            status: r.status,
+            payload: &self.rx[..r.len as usize],
+        })
+    }
+
     /// Turns an I/O failure into a call failure, killing the worker where needed.
     fn fail(&self, fail: IoFail) -> Failure {
         match fail {
@@ -126,6 +222,22 @@ impl WorkerProcess {
                 Failure::Protocol(e)
             }
         }
+    }
+}
+
+/// `Ok` if nothing is waiting on the socket; `Eof` if the worker closed it;
+/// a protocol error if it sent bytes nobody asked for.
+fn socket_idle(sock: &UnixStream) -> Result<(), IoFail> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match nix::sys::socket::recv(sock.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => Err(IoFail::Eof),
+        Ok(_) => Err(IoFail::Frame(ProtocolError::Unexpected {
+            got: "unsolicited data on the control socket",
+        })),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(()),
+        Err(nix::errno::Errno::ECONNRESET) => Err(IoFail::Eof),
+        Err(e) => Err(IoFail::Io(e.into())),
     }
 }
 

@@ -66,7 +66,8 @@ pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
 pub use plugin::{
-    Plugin, PluginInfo, PluginSpec, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT, DEFAULT_QUEUE_LIMIT,
+    Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
 pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};

@@ -27,6 +27,17 @@ pub const DEFAULT_ARENA: u32 = 64 * 1024;
 /// Default cap on calls waiting for a busy worker.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
 
+/// How requests and answers travel between host and worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A shared-memory region per worker with a spin-then-futex doorbell; the
+    /// socket stays the control channel and carries payloads larger than the
+    /// region. Falls back to [`Socket`](Self::Socket) if the region cannot be set up.
+    SharedMemory,
+    /// Every message over the Unix socket: the baseline and the fallback.
+    Socket,
+}
+
 /// Which plugin to load and how to run it. Every setter documents its default.
 #[derive(Clone)]
 pub struct PluginSpec {
@@ -43,6 +54,8 @@ pub struct PluginSpec {
     pub(crate) max_message_size: u32,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) streaming: Vec<u32>,
+    pub(crate) transport: Transport,
+    pub(crate) shm_capacity: u32,
 }
 
 impl PluginSpec {
@@ -62,7 +75,22 @@ impl PluginSpec {
             max_message_size: DEFAULT_MAX_MESSAGE,
             env: Vec::new(),
             streaming: Vec::new(),
+            transport: Transport::SharedMemory,
+            shm_capacity: bulkhead_shared::shm::DEFAULT_CAPACITY,
         }
+    }
+
+    /// How calls travel to the worker. Default: [`Transport::SharedMemory`].
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Bytes per direction of the shared-memory region; larger payloads go over
+    /// the socket. Default: 4 MiB (address space; pages are touched on use).
+    pub fn shm_capacity(mut self, bytes: u32) -> Self {
+        self.shm_capacity = bytes;
+        self
     }
 
     /// Selects the plugin (impl type name) within the library. Default: the
@@ -183,6 +211,8 @@ pub struct PluginInfo {
     pub plugins_in_library: Vec<String>,
     /// Pid of the most recently started worker.
     pub worker_pid: u32,
+    /// The transport the (first) worker actually uses.
+    pub transport: Transport,
 }
 
 pub(crate) struct PluginShared {
@@ -326,6 +356,11 @@ impl Plugin {
             method_metadata: i.method_metadata.clone(),
             plugins_in_library: i.plugins_in_library.clone(),
             worker_pid: self.shared.pool.latest_pid(),
+            transport: if i.shm {
+                Transport::SharedMemory
+            } else {
+                Transport::Socket
+            },
         }
     }
 

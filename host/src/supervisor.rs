@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
-use bulkhead_shared::protocol::{HostMsg, LoadRequest, PROTOCOL_VERSION};
+use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
 use crossbeam_channel::Receiver;
 
 use crate::error::{BuildError, LoadError};
 use crate::events::{Event, EventHub};
 use crate::locate;
 use crate::output::{OutputCallback, OutputLine};
-use crate::plugin::{Plugin, PluginShared, PluginSpec};
+use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, WorkerReport};
 use crate::worker_process::Launch;
 
@@ -121,16 +121,15 @@ impl Supervisor {
                 .into(),
         };
         let path = std::path::absolute(&spec.path).unwrap_or_else(|_| spec.path.clone());
-        let mut load_frame = Vec::new();
-        HostMsg::Load(LoadRequest {
+        let load = LoadRequest {
             protocol_version: PROTOCOL_VERSION,
             path: path.as_os_str().as_encoded_bytes().to_vec(),
             plugin: spec.plugin.clone(),
             config,
             arena_capacity: spec.arena_capacity,
             max_output: spec.max_message_size,
-        })
-        .encode(&mut load_frame);
+            shm_capacity: 0,
+        };
         let mut env: Vec<(String, String)> = self
             .env_allow
             .iter()
@@ -143,7 +142,11 @@ impl Supervisor {
             env,
             path: path.clone(),
             label: label.clone(),
-            load_frame,
+            load,
+            shm_capacity: match spec.transport {
+                Transport::SharedMemory => spec.shm_capacity,
+                Transport::Socket => 0,
+            },
             load_timeout: spec.load_timeout,
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),

@@ -13,7 +13,7 @@
 //! from a caller's short-lived thread would kill the worker with it.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
-use bulkhead_shared::protocol::{HostMsg, PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
+use bulkhead_shared::protocol::{HostMsg, LoadRequest, PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
+use bulkhead_shared::shm::{self, Region};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -49,7 +50,10 @@ pub(crate) struct Launch {
     pub env: Vec<(String, String)>,
     pub path: PathBuf,
     pub label: Arc<str>,
-    pub load_frame: Vec<u8>,
+    /// The load request; its `shm_capacity` is set per worker.
+    pub load: LoadRequest,
+    /// Bytes per direction of the shared-memory region; 0 = socket transport.
+    pub shm_capacity: u32,
     pub load_timeout: Duration,
     pub max_frame: u32,
     pub output: Option<OutputCallback>,
@@ -104,6 +108,8 @@ pub(crate) struct WorkerProcess {
     pub(crate) tx: Vec<u8>,
     pub(crate) next_id: u64,
     pub(crate) max_frame: u32,
+    /// The shared-memory data path, if the worker mapped it.
+    pub(crate) shm: Option<Arc<Region>>,
 }
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
@@ -157,6 +163,14 @@ impl WorkerProcess {
             message: e.to_string(),
         };
         let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
+        // A region that cannot be created (no memfd) means the socket transport.
+        let region = if launch.shm_capacity > 0 {
+            Region::create(launch.shm_capacity)
+                .ok()
+                .map(|(r, fd)| (Arc::new(r), fd))
+        } else {
+            None
+        };
         let mut cmd = Command::new(&launch.worker);
         cmd.arg("--parent-pid")
             .arg(std::process::id().to_string())
@@ -181,10 +195,11 @@ impl WorkerProcess {
         });
         let wake = host_end.try_clone().map_err(spawn_err)?;
         let watcher_state = proc.clone();
+        let watcher_region = region.as_ref().map(|(r, _)| r.clone());
         let watcher = std::thread::Builder::new()
             .name("bulkhead-reaper".into())
             .stack_size(64 * 1024)
-            .spawn(move || watch(child, watcher_state, exited_tx, wake));
+            .spawn(move || watch(child, watcher_state, exited_tx, wake, watcher_region));
         if let Err(e) = watcher {
             // The closure (and the Child inside it) is gone; kill by group while
             // the unreaped pid still pins it. std cannot reap it now; this is
@@ -202,8 +217,9 @@ impl WorkerProcess {
             tx: Vec::new(),
             next_id: 1,
             max_frame: launch.max_frame,
+            shm: None,
         };
-        match w.handshake(launch, deadline) {
+        match w.handshake(launch, region, deadline) {
             Ok(info) => Ok((w, info)),
             Err(e) => {
                 w.kill_and_reap();
@@ -220,10 +236,23 @@ impl WorkerProcess {
         }
     }
 
-    fn handshake(&mut self, launch: &Launch, deadline: Instant) -> Result<PluginInfoWire, HandshakeFail> {
+    fn handshake(
+        &mut self,
+        launch: &Launch,
+        region: Option<(Arc<Region>, OwnedFd)>,
+        deadline: Instant,
+    ) -> Result<PluginInfoWire, HandshakeFail> {
         let path = || launch.path.clone();
         let protocol = |error| HandshakeFail::Load(LoadError::Protocol { path: path(), error });
-        let sent = call::write_all(&self.sock, &launch.load_frame, deadline);
+        let load = LoadRequest {
+            shm_capacity: region.as_ref().map_or(0, |(r, _)| r.capacity() as u32),
+            ..launch.load.clone()
+        };
+        HostMsg::Load(load).encode(&mut self.tx);
+        let mut sent = call::write_all(&self.sock, &self.tx, deadline);
+        if let (Ok(()), Some((_, fd))) = (&sent, &region) {
+            sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
+        }
         let got = sent.and_then(|()| call::read_frame(&self.sock, &mut self.rx, MAX_HANDSHAKE_FRAME, deadline));
         let len = match got {
             Ok(len) => len,
@@ -240,6 +269,8 @@ impl WorkerProcess {
                     }));
                 }
                 validate_info(&info).map_err(|m| protocol(ProtocolError::BadInfo(m)))?;
+                // The worker says whether it mapped the region; if not, socket only.
+                self.shm = region.filter(|_| info.shm).map(|(r, _)| r);
                 Ok(*info)
             }
             Ok(WorkerMsg::LoadFailed(reason)) => {
@@ -290,8 +321,13 @@ impl WorkerProcess {
     /// then SIGKILL to the group. Returns the exit and whether it was forced.
     pub(crate) fn shutdown(mut self, grace: Duration) -> (u32, Option<Exit>, bool) {
         let deadline = Instant::now() + grace;
-        HostMsg::Shutdown.encode(&mut self.tx);
-        let _ = call::write_all(&self.sock, &self.tx, deadline);
+        match &self.shm {
+            Some(region) => region.post_request(shm::REQ_SHUTDOWN, 0, 0, &[]),
+            None => {
+                HostMsg::Shutdown.encode(&mut self.tx);
+                let _ = call::write_all(&self.sock, &self.tx, deadline);
+            }
+        }
         if let Some(exit) = self.proc.wait(deadline) {
             self.wait_drained();
             return (self.pid, Some(exit), false);
@@ -338,7 +374,7 @@ pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
 }
 
 /// The reaper: see the module docs.
-fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream) {
+fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream, region: Option<Arc<Region>>) {
     let pid = Pid::from_raw(child.id() as i32);
     while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
     let mut exit = state.exit.lock().unwrap_or_else(|e| e.into_inner());
@@ -362,5 +398,8 @@ fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: Unix
     drop(exit);
     let _ = wake.shutdown(std::net::Shutdown::Both);
     drop(wake);
+    if let Some(region) = region {
+        region.mark_dead();
+    }
     drop(exited);
 }

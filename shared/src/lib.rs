@@ -10,7 +10,9 @@
 //!   allocation.
 //! * [`protocol`] — the messages host and worker exchange over their socket.
 //!
-//! This crate contains no `unsafe` code: it only describes layouts and bytes.
+//! * [`shm`] — the shared-memory data path: a memfd region mapped by host and
+//!   worker, with a spin-then-futex doorbell. It is the crate's only `unsafe`
+//!   code (mapping, futex, descriptor passing).
 //!
 //! ```
 //! use bulkhead_shared::protocol::{HostMsg, WorkerMsg};
@@ -20,10 +22,11 @@
 //! assert_eq!(HostMsg::decode(body).unwrap(), HostMsg::Call { id: 7, method: 1, payload: b"abc" });
 //! # let _ = WorkerMsg::Reply { id: 7, status: 0, payload: b"" };
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod abi;
 pub mod frame;
 pub mod protocol;
+pub mod shm;
 pub mod status;
 pub mod wire;

@@ -21,7 +21,7 @@ use crate::frame::{self, HEADER_LEN};
 use crate::wire::{self, WireError};
 
 /// Version of this protocol; both sides refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 const TAG_LOAD: u8 = 0x01;
 const TAG_CALL: u8 = 0x02;
@@ -81,6 +81,9 @@ pub struct LoadRequest {
     pub arena_capacity: u32,
     /// Largest output the worker may send back in one reply.
     pub max_output: u32,
+    /// Bytes per direction of the shared-memory data path; 0 = socket only. When
+    /// non-zero, the region's memfd follows the Load frame (`SCM_RIGHTS`).
+    pub shm_capacity: u32,
 }
 
 /// What the worker reports about the plugin it loaded.
@@ -110,6 +113,8 @@ pub struct PluginInfoWire {
     pub method_metadata: Vec<Vec<(String, String)>>,
     /// Names of every plugin in the library's registry.
     pub plugins_in_library: Vec<String>,
+    /// Whether the worker mapped the shared-memory region (else: socket only).
+    pub shm: bool,
 }
 
 /// Why the worker could not load the plugin.
@@ -528,6 +533,7 @@ mod tests {
             trait_metadata: vec![("k".into(), "v".into())],
             method_metadata: vec![vec![], vec![("a".into(), "b".into())]],
             plugins_in_library: vec!["P".into(), "Q".into()],
+            shm: true,
         }
     }
 
@@ -542,6 +548,7 @@ mod tests {
                 config: vec![1, 2],
                 arena_capacity: 4096,
                 max_output: 1 << 20,
+                shm_capacity: 0,
             }),
             HostMsg::Call {
                 id: u64::MAX,

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bulkhead::{PluginSpec, Supervisor};
+use bulkhead::{PluginSpec, Supervisor, Transport};
 
 /// Every fixture package built for the tests.
 pub const FIXTURES: &[&str] = &[
@@ -51,7 +51,8 @@ pub mod basic {
     pub const ANNOUNCE_THEN_SLEEP: u32 = 23;
     pub const INJECT: u32 = 24;
     pub const CLOSE_SOCKET_AND_SLEEP: u32 = 25;
-    pub const COUNT: u32 = 26;
+    pub const SHM_FORGE: u32 = 26;
+    pub const COUNT: u32 = 27;
 }
 
 /// Slots of the `Blob` interface (Arena).
@@ -124,9 +125,19 @@ pub fn supervisor() -> Supervisor {
         .expect("worker binary exists")
 }
 
-/// A spec for fixture package `name`.
+/// The transport under test: `BULKHEAD_TEST_TRANSPORT=socket` selects the
+/// plain socket; the default is shared memory. CI runs the suite with both.
+pub fn transport() -> Transport {
+    match std::env::var("BULKHEAD_TEST_TRANSPORT").as_deref() {
+        Ok("socket") => Transport::Socket,
+        Ok("shm") | Err(_) => Transport::SharedMemory,
+        Ok(other) => panic!("BULKHEAD_TEST_TRANSPORT={other}: expected socket or shm"),
+    }
+}
+
+/// A spec for fixture package `name`, on the transport under test.
 pub fn spec(name: &str) -> PluginSpec {
-    PluginSpec::new(fixtures().lib(name))
+    PluginSpec::new(fixtures().lib(name)).transport(transport())
 }
 
 /// Blocks until process `pid` (not necessarily our child) has terminated, on a

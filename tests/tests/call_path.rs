@@ -37,6 +37,7 @@ fn typed_calls_and_info() {
     assert_ne!(info.interface_hash, 0);
     assert_ne!(info.worker_pid, std::process::id());
     assert!(alive(info.worker_pid));
+    assert_eq!(info.transport, bulkhead_tests::transport());
     // The method really ran in the worker, not in this process.
     let pid: u32 = plugin.call(basic::PID, &()).unwrap();
     assert_eq!(pid, info.worker_pid);

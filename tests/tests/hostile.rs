@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, CallFault, Exit, Plugin, ProtocolError, RestartPolicy, Supervisor};
+use bulkhead::{Backoff, CallError, CallFault, Exit, Plugin, ProtocolError, RestartPolicy, Supervisor, Transport};
 use bulkhead_shared::protocol::{PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_tests::{alive, basic, spec, supervisor, wait_gone};
 
@@ -37,6 +37,17 @@ fn case(max_message: Option<u32>) -> Case {
 }
 
 impl Case {
+    /// [`attack`](Self::attack) for forgeries written to the socket.
+    #[track_caller]
+    fn attack_socket(
+        &self,
+        what: &str,
+        run: impl FnOnce(&Plugin) -> CallError,
+        check: impl FnOnce(&CallError) -> bool,
+    ) {
+        self.attack(what, run, |e| socket_forgery(e, check))
+    }
+
     /// Runs the attack, checks the error, then that the worker was replaced,
     /// the plugin works again and the bystander never noticed.
     #[track_caller]
@@ -66,6 +77,18 @@ fn inject(p: &Plugin, bytes: Vec<u8>, sleep_ms: u64, timeout: Duration) -> CallE
         .unwrap_err()
 }
 
+/// Under the shared-memory transport the socket carries no answers, so any
+/// forged bytes on it are unsolicited data: a protocol error of its own.
+fn socket_forgery(e: &CallError, socket_case: impl FnOnce(&CallError) -> bool) -> bool {
+    match bulkhead_tests::transport() {
+        Transport::Socket => socket_case(e),
+        Transport::SharedMemory => {
+            matches!(e, CallError::Protocol(ProtocolError::Unexpected { got })
+                if *got == "unsolicited data on the control socket")
+        }
+    }
+}
+
 fn frame(msg: WorkerMsg<'_>) -> Vec<u8> {
     let mut v = Vec::new();
     msg.encode(&mut v);
@@ -75,7 +98,7 @@ fn frame(msg: WorkerMsg<'_>) -> Vec<u8> {
 #[test]
 fn forged_frames_are_protocol_errors() {
     let c = case(None);
-    c.attack(
+    c.attack_socket(
         "reply with another request's id",
         |p| {
             inject(
@@ -96,22 +119,22 @@ fn forged_frames_are_protocol_errors() {
             )
         },
     );
-    c.attack(
+    c.attack_socket(
         "length prefix of 4 GiB",
         |p| inject(p, u32::MAX.to_le_bytes().to_vec(), 0, GENEROUS),
         |e| matches!(e, CallError::Protocol(ProtocolError::FrameTooLarge { len: u32::MAX, max }) if *max == (64 << 20) + 64),
     );
-    c.attack(
+    c.attack_socket(
         "empty frame",
         |p| inject(p, 0u32.to_le_bytes().to_vec(), 0, GENEROUS),
         |e| matches!(e, CallError::Protocol(ProtocolError::EmptyFrame)),
     );
-    c.attack(
+    c.attack_socket(
         "unknown tag",
         |p| inject(p, vec![3, 0, 0, 0, 0x42, 0, 0], 0, GENEROUS),
         |e| matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m.contains("0x42")),
     );
-    c.attack(
+    c.attack_socket(
         "truncated reply header",
         |p| inject(p, vec![5, 0, 0, 0, 0x83, 1, 2, 3, 4], 0, GENEROUS),
         |e| matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m.contains("truncated")),
@@ -129,13 +152,14 @@ fn forged_frames_are_protocol_errors() {
         trait_metadata: vec![],
         method_metadata: vec![],
         plugins_in_library: vec![],
+        shm: false,
     };
-    c.attack(
+    c.attack_socket(
         "a second handshake mid-call",
         |p| inject(p, frame(WorkerMsg::Loaded(Box::new(info))), 0, GENEROUS),
         |e| matches!(e, CallError::Protocol(ProtocolError::Unexpected { got: "Loaded" })),
     );
-    c.attack(
+    c.attack_socket(
         "malformed bincode in a fault",
         |p| {
             inject(
@@ -153,7 +177,7 @@ fn forged_frames_are_protocol_errors() {
 fn lying_length_within_the_cap_never_blocks_past_the_deadline() {
     let c = case(None);
     let limit = Duration::from_millis(500);
-    c.attack(
+    c.attack_socket(
         "32 MiB promised, 10 bytes sent, then silence",
         |p| {
             let mut bytes = (32u32 << 20).to_le_bytes().to_vec();
@@ -195,7 +219,7 @@ fn message_size_limit_applies_both_ways() {
     );
     assert_eq!(c.plugin.info().worker_pid, pid);
     // A forged frame over the limit is a protocol error.
-    c.attack(
+    c.attack_socket(
         "frame over the configured limit",
         |p| inject(p, 5000u32.to_le_bytes().to_vec(), 0, GENEROUS),
         |e| {
@@ -210,7 +234,7 @@ fn message_size_limit_applies_both_ways() {
 #[test]
 fn garbage_on_every_descriptor() {
     let c = case(None);
-    c.attack(
+    c.attack_socket(
         "0xff written to every fd",
         |p| {
             p.call_with_timeout::<_, u32>(basic::GARBAGE_FDS, &(), GENEROUS)
@@ -306,4 +330,47 @@ fn lingering_thread_and_floods_of_output() {
     drop(c.plugin);
     drop(c.bystander);
     assert!(!alive(pid), "shutdown stops a worker with a lingering thread");
+}
+
+#[test]
+fn forged_shared_memory_responses_are_protocol_errors() {
+    if bulkhead_tests::transport() != Transport::SharedMemory {
+        // No region to forge into: the fixture says so and returns at once.
+        let c = case(None);
+        let r: u32 = c.plugin.call(basic::SHM_FORGE, &(1u32, 0i64, 0u32, 0u32)).unwrap();
+        assert_eq!(r, 0);
+        return;
+    }
+    let c = case(Some(1 << 20));
+    let forge = |kind: u32, id_delta: i64, off: u32, len: u32| {
+        move |p: &Plugin| {
+            p.call_with_timeout::<_, u32>(basic::SHM_FORGE, &(kind, id_delta, off, len), GENEROUS)
+                .unwrap_err()
+        }
+    };
+    c.attack("answer for another request", forge(1, 5, 0, 0), |e| {
+        matches!(e, CallError::Protocol(ProtocolError::WrongRequestId { .. }))
+    });
+    c.attack("length over the message limit", forge(1, 0, 0, u32::MAX), |e| {
+        matches!(
+            e,
+            CallError::Protocol(ProtocolError::FrameTooLarge {
+                len: u32::MAX,
+                max: 1_048_576
+            })
+        )
+    });
+    c.attack(
+        "range outside the region",
+        forge(1, 0, (4 << 20) - 8, 64),
+        |e| matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m.contains("outside the shared region")),
+    );
+    c.attack(
+        "unknown response kind",
+        forge(77, 0, 0, 0),
+        |e| matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m.contains("kind 77")),
+    );
+    c.attack("fault with a body that does not decode", forge(3, 0, 0, 3), |e| {
+        matches!(e, CallError::Protocol(ProtocolError::Malformed(_)))
+    });
 }

@@ -1,20 +1,28 @@
-//! The worker's serve loop: read a request frame, run it through the plugin,
-//! write exactly one answer with the same request id.
+//! The worker's serve loop: read a request, run it through the plugin, write
+//! exactly one answer with the same request id — over the shared-memory region
+//! when the host set one up, else over the socket.
 
 use std::io::{IoSlice, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bulkhead_shared::frame::{self, ENVELOPE_OVERHEAD};
 use bulkhead_shared::protocol::{reply_prefix, HostMsg, LoadFailure, WorkerMsg, PROTOCOL_VERSION};
+use bulkhead_shared::shm::{self, Region};
 
-use crate::load::{self, Outcome};
+use crate::load::{self, Outcome, Plugin};
 
 /// Exit code when the host broke the protocol.
 const EXIT_PROTOCOL: u8 = 65;
 
 /// Payloads up to this size are copied next to their prefix and sent in one write.
 const SMALL_REPLY: usize = 16 * 1024;
+
+/// How long the worker spins (yielding) for the next request before sleeping
+/// on the futex. Back-to-back calls find it awake; an idle worker sleeps.
+const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// Loads the plugin the host asks for, then serves calls until told to stop.
 pub fn run(mut sock: UnixStream) -> ExitCode {
@@ -38,9 +46,23 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
         };
         return send_load_failure(&mut sock, &mut tx, why);
     }
+    // Map the shared region (sent right after the Load frame) before any plugin
+    // code runs. If it cannot be mapped, say so in the handshake and use the socket.
+    let region = if req.shm_capacity > 0 {
+        match shm::recv_fd(&sock).and_then(|fd| Region::open(fd.as_fd())) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("bulkhead-worker: shared memory unavailable, using the socket: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let max_in = req.max_output.saturating_add(ENVELOPE_OVERHEAD);
-    let mut plugin = match load::load(&req) {
-        Ok((plugin, info)) => {
+    let plugin = match load::load(&req) {
+        Ok((plugin, mut info)) => {
+            info.shm = region.is_some();
             WorkerMsg::Loaded(Box::new(info)).encode(&mut tx);
             if sock.write_all(&tx).is_err() {
                 return ExitCode::SUCCESS;
@@ -50,38 +72,151 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
     };
     drop(req);
+    let s = Server {
+        sock,
+        rx,
+        tx,
+        plugin,
+        max_in,
+    };
+    match region {
+        Some(region) => s.serve_shm(&region),
+        None => s.serve_socket(),
+    }
+}
 
-    loop {
-        match frame::read_frame(&mut sock, &mut rx, max_in) {
-            Ok(true) => {}
+struct Server {
+    sock: UnixStream,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    plugin: Plugin,
+    max_in: u32,
+}
+
+impl Server {
+    /// Reads the next frame from the host; `None` ends the worker with this code.
+    fn next_frame(&mut self) -> Result<(), ExitCode> {
+        match frame::read_frame(&mut self.sock, &mut self.rx, self.max_in) {
+            Ok(true) => Ok(()),
             // The host closed the socket: nothing left to serve.
-            Ok(false) => return ExitCode::SUCCESS,
+            Ok(false) => Err(ExitCode::SUCCESS),
             Err(e) => {
                 eprintln!("bulkhead-worker: bad frame from host: {e}");
-                return ExitCode::from(EXIT_PROTOCOL);
+                Err(ExitCode::from(EXIT_PROTOCOL))
             }
         }
-        match HostMsg::decode(&rx) {
-            Ok(HostMsg::Call { id, method, payload }) => {
-                let sent = plugin.call(method, payload, |outcome| reply(&mut sock, &mut tx, id, outcome));
-                if let Err(e) = sent {
-                    eprintln!("bulkhead-worker: cannot answer the host: {e}");
+    }
+
+    fn serve_socket(mut self) -> ExitCode {
+        loop {
+            if let Err(code) = self.next_frame() {
+                return code;
+            }
+            match HostMsg::decode(&self.rx) {
+                Ok(HostMsg::Call { id, method, payload }) => {
+                    let (sock, tx) = (&mut self.sock, &mut self.tx);
+                    let sent = self
+                        .plugin
+                        .call(method, payload, None, |outcome| reply(sock, tx, id, outcome));
+                    if let Err(e) = sent {
+                        eprintln!("bulkhead-worker: cannot answer the host: {e}");
+                        return ExitCode::SUCCESS;
+                    }
+                }
+                Ok(HostMsg::Shutdown) => {
+                    self.plugin.destroy();
                     return ExitCode::SUCCESS;
                 }
-            }
-            Ok(HostMsg::Shutdown) => {
-                plugin.destroy();
-                return ExitCode::SUCCESS;
-            }
-            Ok(HostMsg::Load(_)) => {
-                eprintln!("bulkhead-worker: second Load request");
-                return ExitCode::from(EXIT_PROTOCOL);
-            }
-            Err(e) => {
-                eprintln!("bulkhead-worker: bad message from host: {e}");
-                return ExitCode::from(EXIT_PROTOCOL);
+                Ok(HostMsg::Load(_)) => {
+                    eprintln!("bulkhead-worker: second Load request");
+                    return ExitCode::from(EXIT_PROTOCOL);
+                }
+                Err(e) => {
+                    eprintln!("bulkhead-worker: bad message from host: {e}");
+                    return ExitCode::from(EXIT_PROTOCOL);
+                }
             }
         }
+    }
+
+    fn serve_shm(mut self, region: &Region) -> ExitCode {
+        let mut last = 0u32;
+        loop {
+            last = region.wait_request(last, WORKER_SPIN);
+            let req = region.request();
+            let sent = match req.kind {
+                shm::REQ_CALL => {
+                    let Some(input) = region.request_payload(req.len) else {
+                        eprintln!("bulkhead-worker: request of {} bytes exceeds the region", req.len);
+                        return ExitCode::from(EXIT_PROTOCOL);
+                    };
+                    self.answer_shm(region, req.id, req.method, input)
+                }
+                shm::REQ_CALL_VIA_SOCKET => {
+                    if let Err(code) = self.next_frame() {
+                        return code;
+                    }
+                    let rx = std::mem::take(&mut self.rx);
+                    let sent = match HostMsg::decode(&rx) {
+                        Ok(HostMsg::Call { id, method, payload }) if id == req.id => {
+                            self.answer_shm(region, id, method, payload)
+                        }
+                        other => {
+                            eprintln!("bulkhead-worker: expected the announced call, got {other:?}");
+                            return ExitCode::from(EXIT_PROTOCOL);
+                        }
+                    };
+                    self.rx = rx;
+                    sent
+                }
+                shm::REQ_SHUTDOWN => {
+                    self.plugin.destroy();
+                    return ExitCode::SUCCESS;
+                }
+                other => {
+                    eprintln!("bulkhead-worker: unknown request kind {other}");
+                    return ExitCode::from(EXIT_PROTOCOL);
+                }
+            };
+            if let Err(e) = sent {
+                eprintln!("bulkhead-worker: cannot answer the host: {e}");
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+
+    /// Runs a call and answers through the region: output already in the
+    /// response area (Arena) is announced in place, other output is copied in,
+    /// and output too large for the region goes over the socket.
+    fn answer_shm(&mut self, region: &Region, id: u64, method: u32, input: &[u8]) -> std::io::Result<()> {
+        // Between a request and its response the worker owns the response area.
+        let area = region.response_area_raw();
+        let (sock, tx) = (&mut self.sock, &mut self.tx);
+        self.plugin.call(method, input, Some(area), |outcome| match outcome {
+            Outcome::Status { status, output } => {
+                if let Some(off) = region.offset_in_response_area(output) {
+                    region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
+                    Ok(())
+                } else if region.write_response(output) {
+                    region.post_response(shm::RESP_REPLY, id, status, 0, output.len() as u32);
+                    Ok(())
+                } else {
+                    region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
+                    reply(sock, tx, id, Outcome::Status { status, output })
+                }
+            }
+            Outcome::Fault(fault) => {
+                tx.clear();
+                bulkhead_shared::wire::encode_into(&fault, tx).expect("encoding into a Vec cannot fail");
+                if region.write_response(tx) {
+                    region.post_response(shm::RESP_FAULT, id, 0, 0, tx.len() as u32);
+                    Ok(())
+                } else {
+                    region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
+                    reply(sock, tx, id, Outcome::Fault(fault))
+                }
+            }
+        })
     }
 }
 

@@ -43,7 +43,10 @@ pub struct Plugin {
     abi: u32,
     strategy: BufferStrategy,
     inst: *mut c_void,
+    /// The worker's own arena (used when no area is lent or it is too small).
     arena: Vec<u8>,
+    /// Current arena size; starts at the requested capacity, grows on demand.
+    arena_cap: usize,
     max_output: u32,
     // Dropped last: every pointer above points into it.
     _lib: Library,
@@ -173,6 +176,7 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         trait_metadata,
         method_metadata,
         plugins_in_library: names,
+        shm: false,
     };
     let arena = vec![
         0u8;
@@ -188,6 +192,7 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         strategy,
         inst,
         arena,
+        arena_cap: req.arena_capacity as usize,
         max_output: req.max_output,
         _lib: lib,
     };
@@ -399,7 +404,16 @@ fn read_method_meta(desc: &PluginDescriptor) -> Result<Vec<Vec<(String, String)>
 impl Plugin {
     /// Calls vtable slot `index` with `input` and hands the outcome to `f` while
     /// the output memory is still valid; plugin-allocated output is freed after.
-    pub fn call<R>(&mut self, index: u32, input: &[u8], f: impl FnOnce(Outcome<'_>) -> R) -> R {
+    /// An Arena plugin writes into `arena` (pointer, length) when one is lent —
+    /// the shared-memory response area, which must stay valid and unaliased for
+    /// the call — else into the worker's own reused arena.
+    pub fn call<R>(
+        &mut self,
+        index: u32,
+        input: &[u8],
+        arena: Option<(*mut u8, usize)>,
+        f: impl FnOnce(Outcome<'_>) -> R,
+    ) -> R {
         if index >= self.desc.method_count {
             return f(Outcome::Fault(CallFault::BadIndex {
                 index,
@@ -425,7 +439,7 @@ impl Plugin {
         }
         match self.strategy {
             BufferStrategy::PluginAllocated => self.call_alloc(slot, input, in_len, f),
-            BufferStrategy::Arena => self.call_arena(slot, input, in_len, f),
+            BufferStrategy::Arena => self.call_arena(slot, input, in_len, arena, f),
         }
     }
 
@@ -470,12 +484,31 @@ impl Plugin {
         result
     }
 
-    fn call_arena<R>(&mut self, slot: *const c_void, input: &[u8], in_len: u32, f: impl FnOnce(Outcome<'_>) -> R) -> R {
+    fn call_arena<R>(
+        &mut self,
+        slot: *const c_void,
+        input: &[u8],
+        in_len: u32,
+        lent: Option<(*mut u8, usize)>,
+        f: impl FnOnce(Outcome<'_>) -> R,
+    ) -> R {
+        // The arena is `arena_cap` bytes: in the lent area while it fits there,
+        // else in the worker's own buffer. On BUFFER_TOO_SMALL it grows to the size
+        // asked for, once per call, and stays grown for later calls.
         let mut attempt = 0;
         loop {
-            let cap = self.arena.len() as u32;
+            let cap = self.arena_cap;
+            let arena: *mut u8 = match lent {
+                Some((ptr, len)) if cap <= len => ptr,
+                _ => {
+                    if self.arena.len() < cap {
+                        self.arena.resize(cap, 0);
+                    }
+                    self.arena.as_mut_ptr()
+                }
+            };
+            let cap = u32::try_from(cap).unwrap_or(u32::MAX);
             let (mut off, mut len) = (0u32, 0u32);
-            let arena = self.arena.as_mut_ptr();
             let status = if self.abi == ABI_400 {
                 // SAFETY: a non-NULL slot of an ABI 400 Arena vtable has this signature.
                 let m: ArenaMethod400 = unsafe { std::mem::transmute::<*const c_void, ArenaMethod400>(slot) };
@@ -496,7 +529,7 @@ impl Plugin {
                 }
                 if attempt == 0 && len > cap {
                     attempt += 1;
-                    self.arena.resize(len as usize, 0);
+                    self.arena_cap = len as usize;
                     continue;
                 }
                 // Still too small after the one retry: report what it wanted.
@@ -512,7 +545,8 @@ impl Plugin {
                     capacity: cap,
                 }));
             }
-            let output = &self.arena[off as usize..(off + len) as usize];
+            // SAFETY: off + len <= cap (checked above), inside the arena we lent.
+            let output = unsafe { std::slice::from_raw_parts(arena.add(off as usize), len as usize) };
             return f(Outcome::Status { status, output });
         }
     }

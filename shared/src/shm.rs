@@ -1,0 +1,584 @@
+//! The shared-memory data path between host and worker.
+//!
+//! A memfd region, created by the host and passed to the worker over the
+//! socket (`SCM_RIGHTS`), holds a 4 KiB header and two data areas of
+//! `capacity` bytes: requests (host writes, worker reads) and responses (worker
+//! writes, host reads; an Arena plugin's arena *is* this area). Each direction
+//! has a sequence word that doubles as a futex: the writer fills the data and
+//! metadata, bumps the sequence with `Release`, and wakes the reader only if the
+//! reader said it was going to sleep. The reader spins briefly — yielding the
+//! CPU on every turn, so host and worker sharing one CPU still make progress —
+//! then sleeps on the futex. Nothing busy-waits while idle.
+//!
+//! The socket stays the control channel: handshake, descriptor passing, payloads
+//! larger than `capacity` (announced through the region, carried as ordinary
+//! frames), and death detection.
+//!
+//! Trust: the worker can write anything into the region at any time. The host
+//! reads each metadata field once, validates it, and copies response bytes out
+//! of the region before decoding them.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+/// Version of the region layout.
+pub const SHM_VERSION: u32 = 1;
+const MAGIC: u64 = u64::from_le_bytes(*b"BLKHDSHM");
+/// Bytes before the first data area.
+pub const HEADER_SIZE: usize = 4096;
+/// Default capacity of each data area (requests, responses).
+pub const DEFAULT_CAPACITY: u32 = 4 << 20;
+
+/// Request kind: call with the payload in the request area.
+pub const REQ_CALL: u32 = 1;
+/// Request kind: call whose payload follows on the socket as a `Call` frame.
+pub const REQ_CALL_VIA_SOCKET: u32 = 2;
+/// Request kind: destroy the instance and exit.
+pub const REQ_SHUTDOWN: u32 = 3;
+/// Response kind: the plugin's status and output (at `off`, `len` in the response area).
+pub const RESP_REPLY: u32 = 1;
+/// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.
+pub const RESP_VIA_SOCKET: u32 = 2;
+/// Response kind: a bincode `CallFault` at offset 0 of the response area.
+pub const RESP_FAULT: u32 = 3;
+
+/// The region's header. Every field is atomic: the other process may write it
+/// at any time.
+#[repr(C, align(64))]
+pub struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    capacity: AtomicU32,
+    _pad0: [u8; 48],
+    req_seq: AtomicU32,
+    worker_sleeping: AtomicU32,
+    req_kind: AtomicU32,
+    req_method: AtomicU32,
+    req_id: AtomicU64,
+    req_len: AtomicU64,
+    _pad1: [u8; 32],
+    resp_seq: AtomicU32,
+    host_sleeping: AtomicU32,
+    resp_kind: AtomicU32,
+    resp_status: AtomicI32,
+    resp_id: AtomicU64,
+    resp_off: AtomicU32,
+    resp_len: AtomicU32,
+    _pad2: [u8; 32],
+    dead: AtomicU32,
+}
+
+/// A request as the worker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// `REQ_*`.
+    pub kind: u32,
+    /// Request id.
+    pub id: u64,
+    /// Vtable slot.
+    pub method: u32,
+    /// Payload length in the request area.
+    pub len: u64,
+}
+
+/// A response as the host sees it (unvalidated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// `RESP_*`.
+    pub kind: u32,
+    /// Request id it answers.
+    pub id: u64,
+    /// Plugin status code.
+    pub status: i32,
+    /// Offset of the output in the response area.
+    pub off: u32,
+    /// Length of the output.
+    pub len: u32,
+}
+
+/// Outcome of waiting for the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The sequence moved to this value.
+    Changed(u32),
+    /// The deadline passed.
+    TimedOut,
+    /// The worker was marked dead.
+    Dead,
+}
+
+/// A mapped region. Accessed only through atomics and through the data area
+/// owned by whichever side has the turn.
+pub struct Region {
+    base: NonNull<u8>,
+    map_len: usize,
+    capacity: usize,
+}
+
+// SAFETY: the mapping is process-wide memory; all shared fields are atomics and
+// the data areas are handed back and forth by the sequence protocol.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Host side: creates a memfd region with `capacity` bytes per direction.
+    pub fn create(capacity: u32) -> io::Result<(Region, OwnedFd)> {
+        let name = CStr::from_bytes_with_nul(b"bulkhead-shm\0").expect("literal is NUL-terminated");
+        let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+        let map_len = HEADER_SIZE + 2 * capacity as usize;
+        nix::unistd::ftruncate(&fd, map_len as i64)?;
+        let region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
+        let h = region.header();
+        h.version.store(SHM_VERSION, Ordering::Relaxed);
+        h.capacity.store(capacity, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok((region, fd))
+    }
+
+    /// Worker side: maps a region received from the host and checks its header
+    /// against its actual size.
+    pub fn open(fd: BorrowedFd<'_>) -> io::Result<Region> {
+        let size = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size as usize;
+        if size < HEADER_SIZE {
+            return Err(io::Error::other(format!("shared region of {size} bytes is too small")));
+        }
+        let capacity = (size - HEADER_SIZE) / 2;
+        let region = Region::map(fd, size, capacity)?;
+        let h = region.header();
+        if h.magic.load(Ordering::Acquire) != MAGIC || h.version.load(Ordering::Relaxed) != SHM_VERSION {
+            return Err(io::Error::other("shared region has a bad magic or version"));
+        }
+        if h.capacity.load(Ordering::Relaxed) as usize != capacity {
+            return Err(io::Error::other("shared region capacity does not match its size"));
+        }
+        Ok(region)
+    }
+
+    fn map(fd: BorrowedFd<'_>, map_len: usize, capacity: usize) -> io::Result<Region> {
+        let len = NonZeroUsize::new(map_len).ok_or_else(|| io::Error::other("empty region"))?;
+        // SAFETY: a fresh shared mapping of a memfd we hold; no existing memory is affected.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }?;
+        Ok(Region {
+            base: ptr.cast(),
+            map_len,
+            capacity,
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a page-aligned, HEADER_SIZE-byte header
+        // made only of atomics, which are valid for any bit pattern.
+        unsafe { self.base.cast::<Header>().as_ref() }
+    }
+
+    /// Bytes available per direction.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn req_area(&self) -> *mut u8 {
+        // SAFETY: HEADER_SIZE < map_len; the request area follows the header.
+        unsafe { self.base.as_ptr().add(HEADER_SIZE) }
+    }
+
+    fn resp_area(&self) -> *mut u8 {
+        // SAFETY: the response area follows the request area, inside the mapping.
+        unsafe { self.base.as_ptr().add(HEADER_SIZE + self.capacity) }
+    }
+
+    // ----- host side -------------------------------------------------------------
+
+    /// Host: publishes a request (payload copied into the request area when it
+    /// fits; otherwise the caller sends it on the socket under `REQ_CALL_VIA_SOCKET`).
+    pub fn post_request(&self, kind: u32, id: u64, method: u32, payload: &[u8]) {
+        let h = self.header();
+        if kind == REQ_CALL {
+            assert!(payload.len() <= self.capacity, "caller checks the capacity");
+            // SAFETY: the host owns the request area until it bumps req_seq; the
+            // payload fits (checked above) and does not overlap the mapping.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.req_area(), payload.len()) };
+        }
+        h.req_kind.store(kind, Ordering::Relaxed);
+        h.req_id.store(id, Ordering::Relaxed);
+        h.req_method.store(method, Ordering::Relaxed);
+        h.req_len.store(payload.len() as u64, Ordering::Relaxed);
+        h.req_seq.fetch_add(1, Ordering::SeqCst);
+        if h.worker_sleeping.load(Ordering::SeqCst) != 0 {
+            futex_wake(&h.req_seq);
+        }
+    }
+
+    /// Host: the current response sequence (read before posting a request).
+    pub fn resp_seq(&self) -> u32 {
+        self.header().resp_seq.load(Ordering::Acquire)
+    }
+
+    /// Host: waits for the response sequence to move past `last`.
+    pub fn wait_response(&self, last: u32, spin: Duration, deadline: Instant) -> Wait {
+        let h = self.header();
+        wait_change(&h.resp_seq, &h.host_sleeping, last, spin, Some(deadline), Some(&h.dead))
+    }
+
+    /// Host: reads the response metadata, each field once.
+    pub fn response(&self) -> Response {
+        let h = self.header();
+        Response {
+            kind: h.resp_kind.load(Ordering::Relaxed),
+            id: h.resp_id.load(Ordering::Relaxed),
+            status: h.resp_status.load(Ordering::Relaxed),
+            off: h.resp_off.load(Ordering::Relaxed),
+            len: h.resp_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Host: copies `len` bytes at `off` of the response area into `out`
+    /// (replacing its contents). `None` if the range lies outside the area.
+    pub fn copy_response(&self, off: u32, len: u32, out: &mut Vec<u8>) -> Option<()> {
+        let end = (off as usize).checked_add(len as usize)?;
+        if end > self.capacity {
+            return None;
+        }
+        out.clear();
+        out.reserve(len as usize);
+        // SAFETY: the range is inside the response area (checked). The worker
+        // could be scribbling on it right now; we only copy bytes, which any
+        // value makes valid, and validate them after the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.resp_area().add(off as usize), out.as_mut_ptr(), len as usize);
+            out.set_len(len as usize);
+        }
+        Some(())
+    }
+
+    /// Host (reaper): marks the worker dead and wakes a host waiting on it.
+    /// The sequence moves too, so a waiter about to sleep cannot miss the wake.
+    pub fn mark_dead(&self) {
+        let h = self.header();
+        h.dead.store(1, Ordering::SeqCst);
+        h.resp_seq.fetch_add(1, Ordering::SeqCst);
+        futex_wake(&h.resp_seq);
+    }
+
+    /// Host: whether the reaper has marked the worker dead.
+    pub fn is_dead(&self) -> bool {
+        self.header().dead.load(Ordering::SeqCst) != 0
+    }
+
+    // ----- worker side -----------------------------------------------------------
+
+    /// Worker: waits (spinning, then on the futex, indefinitely) for a request after `last`.
+    pub fn wait_request(&self, last: u32, spin: Duration) -> u32 {
+        let h = self.header();
+        loop {
+            if let Wait::Changed(v) = wait_change(&h.req_seq, &h.worker_sleeping, last, spin, None, None) {
+                return v;
+            }
+        }
+    }
+
+    /// Worker: reads the request metadata.
+    pub fn request(&self) -> Request {
+        let h = self.header();
+        Request {
+            kind: h.req_kind.load(Ordering::Relaxed),
+            id: h.req_id.load(Ordering::Relaxed),
+            method: h.req_method.load(Ordering::Relaxed),
+            len: h.req_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Worker: the request payload, if `len` fits the area.
+    pub fn request_payload(&self, len: u64) -> Option<&[u8]> {
+        if len > self.capacity as u64 {
+            return None;
+        }
+        // SAFETY: inside the request area; the host does not touch it until we answer.
+        Some(unsafe { std::slice::from_raw_parts(self.req_area(), len as usize) })
+    }
+
+    /// Worker: the response area as (pointer, length), to lend as an Arena.
+    /// The worker may write it between a request and its response.
+    pub fn response_area_raw(&self) -> (*mut u8, usize) {
+        (self.resp_area(), self.capacity)
+    }
+
+    /// Worker: copies `bytes` (which must not lie in the response area) to the
+    /// start of the response area; `false` if they do not fit.
+    pub fn write_response(&self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.capacity || self.offset_in_response_area(bytes).is_some() {
+            return false;
+        }
+        // SAFETY: the destination range is inside the response area, which the
+        // worker owns until it posts the response; the source is elsewhere.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.resp_area(), bytes.len()) };
+        true
+    }
+
+    /// Worker: the offset of `bytes` if they lie inside the response area.
+    pub fn offset_in_response_area(&self, bytes: &[u8]) -> Option<u32> {
+        let start = self.resp_area() as usize;
+        let p = bytes.as_ptr() as usize;
+        (p >= start && p + bytes.len() <= start + self.capacity).then(|| (p - start) as u32)
+    }
+
+    /// Worker: publishes a response.
+    pub fn post_response(&self, kind: u32, id: u64, status: i32, off: u32, len: u32) {
+        let h = self.header();
+        h.resp_kind.store(kind, Ordering::Relaxed);
+        h.resp_id.store(id, Ordering::Relaxed);
+        h.resp_status.store(status, Ordering::Relaxed);
+        h.resp_off.store(off, Ordering::Relaxed);
+        h.resp_len.store(len, Ordering::Relaxed);
+        h.resp_seq.fetch_add(1, Ordering::SeqCst);
+        if h.host_sleeping.load(Ordering::SeqCst) != 0 {
+            futex_wake(&h.resp_seq);
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once; no references into it outlive self.
+        let _ = unsafe { munmap(self.base.cast(), self.map_len) };
+    }
+}
+
+/// Spins (yielding the CPU each turn) for up to `spin`, then sleeps on the
+/// futex, until `word` differs from `last`, the deadline passes, or `dead` is set.
+fn wait_change(
+    word: &AtomicU32,
+    sleeping: &AtomicU32,
+    last: u32,
+    spin: Duration,
+    deadline: Option<Instant>,
+    dead: Option<&AtomicU32>,
+) -> Wait {
+    let is_dead = || dead.is_some_and(|d| d.load(Ordering::Acquire) != 0);
+    let start = Instant::now();
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if v != last {
+            return Wait::Changed(v);
+        }
+        if is_dead() {
+            return Wait::Dead;
+        }
+        if start.elapsed() >= spin {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    loop {
+        let timeout = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Wait::TimedOut;
+                }
+                Some(d - now)
+            }
+            None => None,
+        };
+        sleeping.store(1, Ordering::SeqCst);
+        let v = word.load(Ordering::SeqCst);
+        if v != last {
+            sleeping.store(0, Ordering::SeqCst);
+            return Wait::Changed(v);
+        }
+        if is_dead() {
+            sleeping.store(0, Ordering::SeqCst);
+            return Wait::Dead;
+        }
+        futex_wait(word, last, timeout);
+        sleeping.store(0, Ordering::SeqCst);
+        let v = word.load(Ordering::Acquire);
+        if v != last {
+            return Wait::Changed(v);
+        }
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a 4-byte aligned word inside a live shared mapping
+    // (not FUTEX_PRIVATE: the word is shared between processes). The kernel
+    // returns at once if the word no longer equals `expected`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a word inside a live shared mapping; wakes all waiters.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+/// Sends `fd` over `sock` with one marker byte (`SCM_RIGHTS`).
+pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(&[0xFD])];
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(1) => return Ok(()),
+            Ok(_) => return Err(io::Error::other("short sendmsg")),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => {
+                let mut p = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLOUT)];
+                nix::poll::poll(&mut p, nix::poll::PollTimeout::from(1000u16))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives a descriptor sent with [`send_fd`] (blocking).
+pub fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut received = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor for us; we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if received.is_none() {
+                    received = Some(owned);
+                }
+            }
+        }
+    }
+    received.ok_or_else(|| io::Error::other("no descriptor received"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn header_layout_fits_and_separates_directions() {
+        assert!(size_of::<Header>() <= HEADER_SIZE);
+        assert_eq!(offset_of!(Header, req_seq), 64);
+        assert_eq!(offset_of!(Header, resp_seq), 128);
+        assert_eq!(offset_of!(Header, dead), 192);
+    }
+
+    #[test]
+    fn request_response_round_trip_across_threads() {
+        let (host, fd) = Region::create(4096).unwrap();
+        let worker = Region::open(fd.as_fd()).unwrap();
+        assert_eq!(worker.capacity(), 4096);
+        let t = std::thread::spawn(move || {
+            let seq = worker.wait_request(0, Duration::from_micros(10));
+            let r = worker.request();
+            let input = worker.request_payload(r.len).unwrap().to_vec();
+            let mut reversed = input.clone();
+            reversed.reverse();
+            assert!(worker.write_response(&reversed));
+            worker.post_response(RESP_REPLY, r.id, 0, 0, input.len() as u32);
+            (seq, r)
+        });
+        let last = host.resp_seq();
+        host.post_request(REQ_CALL, 9, 3, b"abc");
+        assert_eq!(
+            host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),
+            Wait::Changed(last + 1)
+        );
+        let resp = host.response();
+        assert_eq!((resp.kind, resp.id, resp.len), (RESP_REPLY, 9, 3));
+        let mut out = Vec::new();
+        host.copy_response(resp.off, resp.len, &mut out).unwrap();
+        assert_eq!(out, b"cba");
+        let (seq, req) = t.join().unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(
+            req,
+            Request {
+                kind: REQ_CALL,
+                id: 9,
+                method: 3,
+                len: 3
+            }
+        );
+        assert!(
+            host.copy_response(4000, 200, &mut out).is_none(),
+            "out-of-area ranges are refused"
+        );
+    }
+
+    #[test]
+    fn waits_time_out_and_see_death() {
+        let (host, _fd) = Region::create(64).unwrap();
+        let start = Instant::now();
+        let w = host.wait_response(
+            host.resp_seq(),
+            Duration::from_micros(50),
+            start + Duration::from_millis(30),
+        );
+        assert_eq!(w, Wait::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        let last = host.resp_seq();
+        host.mark_dead();
+        assert!(host.is_dead());
+        // The sequence moved (no missed wake-up) and the flag says why.
+        let w = host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(5));
+        assert_eq!(w, Wait::Changed(last + 1));
+        let w = host.wait_response(last + 1, Duration::ZERO, Instant::now() + Duration::from_secs(5));
+        assert_eq!(w, Wait::Dead);
+    }
+
+    #[test]
+    fn descriptor_passing() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_region, fd) = Region::create(128).unwrap();
+        send_fd(&a, fd.as_fd()).unwrap();
+        let got = recv_fd(&b).unwrap();
+        assert_eq!(Region::open(got.as_fd()).unwrap().capacity(), 128);
+    }
+}
