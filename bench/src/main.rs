@@ -7,7 +7,7 @@ mod inproc;
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Supervisor};
+use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Supervisor, Transport};
 use bulkhead_tests::{basic, build_fixtures};
 
 use floor::Floor;
@@ -86,12 +86,18 @@ fn main() {
 
     // --- small call: add(i64, i64) -------------------------------------------------
     let plugin = sup.load(PluginSpec::new(&lib).restart(policy.clone())).expect("load");
+    assert_eq!(plugin.info().transport, Transport::SharedMemory);
+    let sock_plugin = sup.load(PluginSpec::new(&lib).transport(Transport::Socket)).expect("load");
     let inproc = InProc::load(&lib);
     let mut floor = Floor::start();
     let mut out = Vec::new();
     let n = scale(20_000);
     let b = measure(2000.min(n), n, || {
         let v: i64 = plugin.call(basic::ADD, &(3i64, 4i64)).unwrap();
+        assert_eq!(v, 7);
+    });
+    let bs = measure(2000.min(n), n, || {
+        let v: i64 = sock_plugin.call(basic::ADD, &(3i64, 4i64)).unwrap();
         assert_eq!(v, 7);
     });
     let i = measure(2000.min(n), n, || {
@@ -102,7 +108,8 @@ fn main() {
     });
     // Same byte counts as the bulkhead call: 33-byte request, 25-byte reply frames.
     let f = measure(2000.min(n), n, || floor.round_trip(33, 25));
-    report.json("small_call", "bulkhead", &b, "");
+    report.json("small_call", "bulkhead_shm", &b, "");
+    report.json("small_call", "bulkhead_socket", &bs, "");
     report.json("small_call", "in_process", &i, "");
     report.json("small_call", "socketpair", &f, "");
     let ratio = b.median.as_secs_f64() / f.median.as_secs_f64();
@@ -114,7 +121,9 @@ fn main() {
         "add(i64,i64) median / p99".into(),
         format!("{} / {}", us(b.median), us(b.p99)),
         format!(
-            "in-process {} / {}; socketpair {} / {}; bulkhead = {ratio:.2}× socketpair",
+            "**{ratio:.3}× socketpair**; socket transport {} / {}; in-process {} / {}; socketpair {} / {}",
+            us(bs.median),
+            us(bs.p99),
             us(i.median),
             us(i.p99),
             us(f.median),
@@ -137,6 +146,10 @@ fn main() {
         });
         let typed = measure(warm, n, || {
             let r: Vec<u8> = plugin.call(basic::ECHO, &(data.clone(),)).unwrap();
+            assert_eq!(r.len(), size);
+        });
+        let sock_raw = measure(warm, n, || {
+            let r = sock_plugin.call_raw(basic::ECHO_RAW, &data).unwrap();
             assert_eq!(r.len(), size);
         });
         let inp = measure(warm, n, || {
@@ -177,15 +190,17 @@ fn main() {
                 gbps(size, raw.median)
             ),
             format!(
-                "in-process {}; socketpair {} ({:.2}× of it); 2×memcpy {}",
+                "**{:.2}× socketpair**; socket transport {}; in-process {}; socketpair {}; 2×memcpy {}",
+                raw.median.as_secs_f64() / fl.median.as_secs_f64(),
+                us(sock_raw.median),
                 us(inp.median),
                 us(fl.median),
-                raw.median.as_secs_f64() / fl.median.as_secs_f64(),
                 us(mc.median * 2)
             ),
         );
     }
     drop(floor);
+    drop(sock_plugin);
 
     // --- restart latency and spawn-to-ready -----------------------------------------
     let n = scale(40);

@@ -20,7 +20,7 @@ use crate::error::{Exit, ProtocolError};
 use crate::worker_process::{msg_name, WorkerProcess};
 
 /// How long the host spins (yielding) for an answer before sleeping on the futex.
-const HOST_SPIN: Duration = Duration::from_micros(50);
+const HOST_SPIN: Duration = Duration::from_micros(200);
 /// While asleep on the futex, how often the host checks the socket.
 const SOCKET_CHECK: Duration = Duration::from_millis(20);
 
@@ -51,6 +51,14 @@ pub(crate) enum Answer<'a> {
         /// Output bytes, borrowed from the worker's receive buffer.
         payload: &'a [u8],
     },
+    /// The plugin's status code and output, already copied into a fresh
+    /// buffer the caller keeps (the one-copy path for raw calls over shared memory).
+    Owned {
+        /// Raw status.
+        status: i32,
+        /// Output bytes.
+        payload: Vec<u8>,
+    },
     /// The plugin broke the ABI contract.
     Fault(CallFault),
 }
@@ -72,11 +80,19 @@ pub(crate) enum Failure {
 
 impl WorkerProcess {
     /// Sends one request and waits for its answer until `deadline`.
-    pub(crate) fn call(&mut self, method: u32, payload: &[u8], deadline: Instant) -> Result<Answer<'_>, Failure> {
+    /// With `owned`, a shared-memory answer is copied once, straight into a
+    /// buffer handed to the caller ([`Answer::Owned`]).
+    pub(crate) fn call(
+        &mut self,
+        method: u32,
+        payload: &[u8],
+        deadline: Instant,
+        owned: bool,
+    ) -> Result<Answer<'_>, Failure> {
         let id = self.next_id;
         self.next_id += 1;
         if self.shm.is_some() {
-            return self.call_shm(id, method, payload, deadline);
+            return self.call_shm(id, method, payload, deadline, owned);
         }
         self.send_call(id, method, payload, deadline)
             .map_err(|f| self.fail(f))?;
@@ -125,7 +141,14 @@ impl WorkerProcess {
     /// The shared-memory path: the request goes into the region (or, if too
     /// large, is announced there and sent on the socket); the answer comes back
     /// the same way. Every field the worker wrote is read once and validated.
-    fn call_shm(&mut self, id: u64, method: u32, payload: &[u8], deadline: Instant) -> Result<Answer<'_>, Failure> {
+    fn call_shm(
+        &mut self,
+        id: u64,
+        method: u32,
+        payload: &[u8],
+        deadline: Instant,
+        owned: bool,
+    ) -> Result<Answer<'_>, Failure> {
         let region = self.shm.clone().expect("shared-memory transport");
         let last = region.resp_seq();
         if payload.len() <= region.capacity() {
@@ -165,6 +188,7 @@ impl WorkerProcess {
             return Err(self.fail(f));
         }
         let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD);
+        let mut owned_buf = None;
         match r.kind {
             shm::RESP_VIA_SOCKET => return self.receive_socket(id, deadline),
             shm::RESP_REPLY | shm::RESP_FAULT if r.len > max_payload => {
@@ -174,7 +198,13 @@ impl WorkerProcess {
                 })))
             }
             shm::RESP_REPLY | shm::RESP_FAULT => {
-                if region.copy_response(r.off, r.len, &mut self.rx).is_none() {
+                let copied = if owned && r.kind == shm::RESP_REPLY {
+                    let out = owned_buf.insert(Vec::new());
+                    region.copy_response(r.off, r.len, out)
+                } else {
+                    region.copy_response(r.off, r.len, &mut self.rx)
+                };
+                if copied.is_none() {
                     let why = format!("response at {}+{} lies outside the shared region", r.off, r.len);
                     return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
                 }
@@ -194,10 +224,10 @@ impl WorkerProcess {
                 Err(e) => Err(self.fail(IoFail::Frame(ProtocolError::Malformed(e.to_string())))),
             };
         }
-        Ok(Answer::Reply {
-            status: r.status,
-            payload: &self.rx[..r.len as usize],
-        })
+        if let Some(payload) = owned_buf {
+            return Ok(Answer::Owned { status: r.status, payload });
+        }
+        Ok(Answer::Reply { status: r.status, payload: &self.rx[..r.len as usize] })
     }
 
     /// Turns an I/O failure into a call failure, killing the worker where needed.

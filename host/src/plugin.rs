@@ -86,8 +86,10 @@ impl PluginSpec {
         self
     }
 
-    /// Bytes per direction of the shared-memory region; larger payloads go over
-    /// the socket. Default: 4 MiB (address space; pages are touched on use).
+    /// Bytes per direction of the shared-memory region (at most the maximum
+    /// message size); larger payloads go over the socket. Default: 64 MiB of
+    /// address space — pages are only allocated once a payload touches them, and
+    /// stay allocated for the worker's life.
     pub fn shm_capacity(mut self, bytes: u32) -> Self {
         self.shm_capacity = bytes;
         self
@@ -259,11 +261,23 @@ impl Plugin {
         timeout: Duration,
     ) -> Result<R, CallError> {
         self.check_index(index)?;
-        let input = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
-        self.check_input(&input)?;
-        self.shared.pool.call(index, &input, timeout, |answer| {
-            let bytes = self.interpret(answer)?;
-            wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+        // Arguments are encoded into a per-thread buffer: no allocation per call.
+        thread_local! {
+            static ARGS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ARGS.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            // A call made from inside a call on this thread (e.g. from an output
+            // callback) gets its own buffer.
+            let input: &mut Vec<u8> = guard.as_deref_mut().unwrap_or(&mut fresh);
+            input.clear();
+            wire::encode_into(args, input).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+            self.check_input(input)?;
+            self.shared.pool.call(index, input, timeout, false, |answer| {
+                let bytes = self.interpret(&answer)?;
+                wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+            })
         })
     }
 
@@ -277,8 +291,13 @@ impl Plugin {
     pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
         self.check_index(index)?;
         self.check_input(input)?;
-        self.shared.pool.call(index, input, timeout, |answer| {
-            self.interpret(answer).map(<[u8]>::to_vec)
+        self.shared.pool.call(index, input, timeout, true, |answer| {
+            self.interpret(&answer)?;
+            Ok(match answer {
+                Answer::Owned { payload, .. } => payload,
+                Answer::Reply { payload, .. } => payload.to_vec(),
+                Answer::Fault(_) => unreachable!("interpret turns faults into errors"),
+            })
         })
     }
 
@@ -305,13 +324,14 @@ impl Plugin {
     }
 
     /// Maps the worker's answer to the fidius status contract.
-    fn interpret<'a>(&self, answer: Answer<'a>) -> Result<&'a [u8], CallError> {
-        let (status, payload) = match answer {
-            Answer::Reply { status, payload } => (status, payload),
+    fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+        let (status, payload): (i32, &[u8]) = match answer {
+            Answer::Reply { status, payload } => (*status, payload),
+            Answer::Owned { status, payload } => (*status, payload),
             Answer::Fault(CallFault::BadIndex { index, count }) => {
-                return Err(CallError::InvalidMethodIndex { index, count })
+                return Err(CallError::InvalidMethodIndex { index: *index, count: *count })
             }
-            Answer::Fault(fault) => return Err(CallError::Contract(fault)),
+            Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
         };
         match Status::from_raw(status) {
             Status::Ok => Ok(payload),

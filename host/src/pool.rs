@@ -138,21 +138,24 @@ impl Pool {
     }
 
     /// Runs one call: `f` interprets the worker's answer while its buffer is borrowed.
+    /// With `owned`, the answer is preferably delivered as [`Answer::Owned`].
     pub(crate) fn call<R>(
         &self,
         method: u32,
         payload: &[u8],
         limit: Duration,
+        owned: bool,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
         let deadline = start + limit;
         self.counters.call_started();
-        let result = self.call_inner(method, payload, start, deadline, limit, f);
+        let result = self.call_inner(method, payload, start, deadline, limit, owned, f);
         self.counters.call_finished(result.as_ref().err());
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn call_inner<R>(
         &self,
         method: u32,
@@ -160,6 +163,7 @@ impl Pool {
         start: Instant,
         deadline: Instant,
         limit: Duration,
+        owned: bool,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         if self.closed.load(Ordering::Acquire) {
@@ -175,7 +179,7 @@ impl Pool {
         let Slot::Live(worker) = &mut slot.slot else {
             return Err(CallError::ShutDown);
         };
-        match worker.call(method, payload, deadline) {
+        match worker.call(method, payload, deadline, owned) {
             Ok(answer) => {
                 let result = f(answer);
                 if self.unhealthy.load(Ordering::Acquire) {

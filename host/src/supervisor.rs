@@ -144,7 +144,7 @@ impl Supervisor {
             label: label.clone(),
             load,
             shm_capacity: match spec.transport {
-                Transport::SharedMemory => spec.shm_capacity,
+                Transport::SharedMemory => spec.shm_capacity.min(spec.max_message_size),
                 Transport::Socket => 0,
             },
             load_timeout: spec.load_timeout,

@@ -35,8 +35,9 @@ pub const SHM_VERSION: u32 = 1;
 const MAGIC: u64 = u64::from_le_bytes(*b"BLKHDSHM");
 /// Bytes before the first data area.
 pub const HEADER_SIZE: usize = 4096;
-/// Default capacity of each data area (requests, responses).
-pub const DEFAULT_CAPACITY: u32 = 4 << 20;
+/// Default capacity of each data area (requests, responses): the default
+/// maximum message size, so every message fits.
+pub const DEFAULT_CAPACITY: u32 = crate::frame::DEFAULT_MAX_MESSAGE;
 
 /// Request kind: call with the payload in the request area.
 pub const REQ_CALL: u32 = 1;
@@ -133,7 +134,7 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Host side: creates a memfd region with `capacity` bytes per direction.
     pub fn create(capacity: u32) -> io::Result<(Region, OwnedFd)> {
-        let name = CStr::from_bytes_with_nul(b"bulkhead-shm\0").expect("literal is NUL-terminated");
+        let name: &CStr = c"bulkhead-shm";
         let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
         let map_len = HEADER_SIZE + 2 * capacity as usize;
         nix::unistd::ftruncate(&fd, map_len as i64)?;

@@ -255,7 +255,7 @@ fn soak(duration: Duration) {
         .map(|t| {
             let (a, b, c, stop, total) = (a.clone(), b.clone(), c.clone(), stop.clone(), total.clone());
             std::thread::spawn(move || {
-                let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1) * 0x1000_0001);
+                let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t + 1) * 0x1000_0001));
                 let mut tally = Tally::default();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
