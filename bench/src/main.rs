@@ -216,10 +216,33 @@ fn main() {
     let restart = summarize(v);
     report.json("restart", "crash_to_next_answer", &restart, "");
     report.row(
-        "crash → next answer".into(),
+        "crash → next answer, no standby".into(),
         format!("{} / {}", us(restart.median), us(restart.p99)),
-        "no standby; median / p99".into(),
+        "median / p99".into(),
     );
+    {
+        let events = sup.events();
+        let warm = sup.load(PluginSpec::new(&lib).restart(policy.clone()).standby(true)).expect("load");
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let _ = events.try_iter().count();
+            let e = warm.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
+            assert!(matches!(e, CallError::WorkerDied { .. }));
+            let t = Instant::now();
+            let x: i64 = warm.call(basic::ADD, &(1i64, 1i64)).unwrap();
+            assert_eq!(x, 2);
+            v.push(t.elapsed());
+            // Let the next standby come up before crashing again.
+            while !matches!(events.recv().map(|e| e.kind), Ok(bulkhead::EventKind::WorkerStarted { .. })) {}
+        }
+        let warm_restart = summarize(v);
+        report.json("restart", "crash_to_next_answer_standby", &warm_restart, "");
+        report.row(
+            "crash → next answer, warm standby".into(),
+            format!("{} / {}", us(warm_restart.median), us(warm_restart.p99)),
+            "median / p99; the standby is promoted, the next one starts in the background".into(),
+        );
+    }
     let spawn = measure(2, scale(40), || {
         let p = sup.load(PluginSpec::new(&lib)).unwrap();
         drop(p);

@@ -231,16 +231,18 @@ impl WorkerProcess {
     }
 
     /// Turns an I/O failure into a call failure, killing the worker where needed.
+    /// Workers that hang or misbehave are SIGKILLed here; reaping them is the
+    /// pool's job, off the caller's path.
     fn fail(&self, fail: IoFail) -> Failure {
         match fail {
             IoFail::Timeout => {
-                self.kill_and_reap();
+                self.proc.kill();
                 Failure::Timeout
             }
             IoFail::Eof | IoFail::Io(_) => match self.exit_after_eof() {
                 Some((exit, stderr)) => Failure::Died { exit, stderr },
                 None => {
-                    self.kill_and_reap();
+                    self.proc.kill();
                     Failure::Protocol(match fail {
                         IoFail::Io(e) => ProtocolError::Io(e.to_string()),
                         _ => ProtocolError::ChannelClosed,
@@ -248,7 +250,7 @@ impl WorkerProcess {
                 }
             },
             IoFail::Frame(e) => {
-                self.kill_and_reap();
+                self.proc.kill();
                 Failure::Protocol(e)
             }
         }

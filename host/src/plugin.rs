@@ -56,6 +56,7 @@ pub struct PluginSpec {
     pub(crate) streaming: Vec<u32>,
     pub(crate) transport: Transport,
     pub(crate) shm_capacity: u32,
+    pub(crate) standby: bool,
 }
 
 impl PluginSpec {
@@ -77,7 +78,16 @@ impl PluginSpec {
             streaming: Vec::new(),
             transport: Transport::SharedMemory,
             shm_capacity: bulkhead_shared::shm::DEFAULT_CAPACITY,
+            standby: false,
         }
+    }
+
+    /// Keeps one extra worker loaded and idle, so replacing a failed worker is
+    /// a promotion instead of a spawn; the next standby starts in the
+    /// background. Costs one more process. Default: `false`.
+    pub fn standby(mut self, on: bool) -> Self {
+        self.standby = on;
+        self
     }
 
     /// How calls travel to the worker. Default: [`Transport::SharedMemory`].

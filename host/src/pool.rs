@@ -3,9 +3,15 @@
 //! Each of the plugin's `n` workers lives in a *slot*; idle slots wait in a
 //! bounded `crossbeam-channel`. A call takes a slot (waiting at most until its
 //! deadline, with a cap on how many calls may wait), uses the worker, and puts
-//! the slot back. A worker that crashed, hung or broke the protocol leaves its
-//! slot empty; the next call that takes the slot starts a replacement, as the
-//! restart policy allows. Only the worker that ran a failing call is affected.
+//! the slot back. Only the worker that ran a failing call is affected.
+//!
+//! A worker that crashed, hung or broke the protocol is signalled at once and
+//! the call returns; its slot becomes *dying*. A dying slot is recovered off
+//! the caller's path: if a warm standby is ready (and the policy allows a
+//! restart now) the standby is promoted on the spot; otherwise a background job
+//! reaps the dead worker first (a slot never holds two workers), waits out the
+//! policy's backoff, and starts a replacement. A standby is refilled in the
+//! background after each promotion.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,8 @@ use crate::worker_process::{Launch, ProcState, WorkerProcess, KILL_REAP_BOUND};
 
 enum Slot {
     Live(WorkerProcess),
+    /// Its worker failed and has been signalled; reap it before reuse.
+    Dying(WorkerProcess),
     /// Needs a replacement worker.
     Empty,
     /// The pool is shut down (wakes waiting callers).
@@ -41,6 +49,15 @@ pub struct WorkerReport {
     pub forced: bool,
 }
 
+/// Settings of a pool, from the [`PluginSpec`](crate::PluginSpec).
+pub(crate) struct PoolConfig {
+    pub size: usize,
+    pub queue_limit: usize,
+    pub policy: RestartPolicy,
+    pub standby: bool,
+    pub grace: Duration,
+}
+
 pub(crate) struct Pool {
     pub(crate) label: Arc<str>,
     launch: Launch,
@@ -54,14 +71,20 @@ pub(crate) struct Pool {
     restart: Mutex<RestartState>,
     /// Mirrors "the restart state has something to say" so healthy calls skip the lock.
     unhealthy: AtomicBool,
+    standby_enabled: bool,
+    standby: Mutex<Option<WorkerProcess>>,
     procs: Mutex<Vec<Arc<ProcState>>>,
     latest_pid: AtomicU64,
     pub(crate) counters: Counters,
     events: Arc<EventHub>,
     closed: AtomicBool,
-    /// Dropped at shutdown to cut short a background restart's backoff wait.
+    /// Dropped at shutdown to cut short a background job's backoff wait.
     closing: Mutex<Option<Sender<()>>>,
     closing_rx: Receiver<()>,
+    /// Background jobs in flight, and a signal each sends when done.
+    jobs: AtomicUsize,
+    jobs_done_tx: Sender<()>,
+    jobs_done_rx: Receiver<()>,
     me: std::sync::Weak<Pool>,
     grace: Duration,
     started: SystemTime,
@@ -69,19 +92,18 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Starts `size` workers; fails (and stops any started) if one cannot load.
+    /// Starts `size` workers (and a standby, if asked); fails (stopping any
+    /// started) if one cannot load.
     pub(crate) fn start(
         label: Arc<str>,
         launch: Launch,
-        size: usize,
-        queue_limit: usize,
-        policy: RestartPolicy,
+        config: PoolConfig,
         events: Arc<EventHub>,
-        grace: Duration,
     ) -> Result<(Arc<Pool>, bulkhead_shared::protocol::PluginInfoWire), LoadError> {
-        let size = size.max(1);
+        let size = config.size.max(1);
         let (idle_tx, idle_rx) = crossbeam_channel::bounded(size);
         let (closing_tx, closing_rx) = crossbeam_channel::bounded(0);
+        let (jobs_done_tx, jobs_done_rx) = crossbeam_channel::unbounded();
         let pool = Arc::new_cyclic(|me| Pool {
             label,
             launch,
@@ -90,9 +112,11 @@ impl Pool {
             idle_tx,
             idle_rx,
             waiting: AtomicUsize::new(0),
-            queue_limit,
-            restart: Mutex::new(RestartState::new(policy)),
+            queue_limit: config.queue_limit,
+            restart: Mutex::new(RestartState::new(config.policy)),
             unhealthy: AtomicBool::new(false),
+            standby_enabled: config.standby,
+            standby: Mutex::new(None),
             procs: Mutex::new(Vec::new()),
             latest_pid: AtomicU64::new(0),
             counters: Counters::default(),
@@ -100,8 +124,11 @@ impl Pool {
             closed: AtomicBool::new(false),
             closing: Mutex::new(Some(closing_tx)),
             closing_rx,
+            jobs: AtomicUsize::new(0),
+            jobs_done_tx,
+            jobs_done_rx,
             me: me.clone(),
-            grace,
+            grace: config.grace,
             started: SystemTime::now(),
             started_at: Instant::now(),
         });
@@ -114,6 +141,11 @@ impl Pool {
                 unreachable!("the pool channel has room for every slot");
             }
             pool.slots.fetch_add(1, Ordering::AcqRel);
+        }
+        if pool.standby_enabled {
+            let (w, _) = WorkerProcess::start(&pool.launch, None)?;
+            pool.register(&w);
+            *pool.standby.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
         }
         Ok((pool, info.expect("size >= 1")))
     }
@@ -131,7 +163,7 @@ impl Pool {
         self.latest_pid.load(Ordering::Relaxed) as u32
     }
 
-    /// Pids of the workers currently alive.
+    /// Pids of the workers currently alive (standby included).
     pub(crate) fn live_pids(&self) -> Vec<u32> {
         let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         procs.iter().filter(|p| p.exit().is_none()).map(|p| p.pid()).collect()
@@ -148,24 +180,22 @@ impl Pool {
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
-        let deadline = start + limit;
         self.counters.call_started();
-        let result = self.call_inner(method, payload, start, deadline, limit, owned, f);
+        let result = self.call_inner(method, payload, start, limit, owned, f);
         self.counters.call_finished(result.as_ref().err());
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn call_inner<R>(
         &self,
         method: u32,
         payload: &[u8],
         start: Instant,
-        deadline: Instant,
         limit: Duration,
         owned: bool,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
+        let deadline = start + limit;
         if self.closed.load(Ordering::Acquire) {
             return Err(CallError::ShutDown);
         }
@@ -183,8 +213,7 @@ impl Pool {
             Ok(answer) => {
                 let result = f(answer);
                 if self.unhealthy.load(Ordering::Acquire) {
-                    let mut st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
-                    st.on_success();
+                    self.restart.lock().unwrap_or_else(|e| e.into_inner()).on_success();
                 }
                 result
             }
@@ -192,7 +221,20 @@ impl Pool {
                 let Slot::Live(worker) = std::mem::replace(&mut slot.slot, Slot::Empty) else {
                     unreachable!("slot was live")
                 };
-                Err(self.worker_failed(worker, failure, start, limit))
+                let pid = worker.pid;
+                let err = match failure {
+                    Failure::Timeout => {
+                        self.events.emit(&self.label, EventKind::Timeout { pid, limit });
+                        CallError::Timeout { elapsed: start.elapsed(), limit }
+                    }
+                    Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
+                    Failure::Protocol(e) => CallError::Protocol(e),
+                };
+                self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
+                // The guard hands the dying worker on (standby promotion or a
+                // background reap-and-restart); the caller gets its answer now.
+                slot.slot = Slot::Dying(worker);
+                Err(err)
             }
         }
     }
@@ -212,9 +254,7 @@ impl Pool {
             Err(_) => {
                 let waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
                 let got = if waiting > self.queue_limit {
-                    Err(CallError::Overloaded {
-                        limit: self.queue_limit,
-                    })
+                    Err(CallError::Overloaded { limit: self.queue_limit })
                 } else {
                     self.idle_rx.recv_deadline(deadline).map_err(|e| match e {
                         RecvTimeoutError::Timeout => self.busy_or_backoff(start),
@@ -239,9 +279,7 @@ impl Pool {
         let now = Instant::now();
         match self.restart.lock().unwrap_or_else(|e| e.into_inner()).not_before() {
             Some(at) if at > now => CallError::Backoff { retry_in: at - now },
-            _ => CallError::Busy {
-                waited: start.elapsed(),
-            },
+            _ => CallError::Busy { waited: start.elapsed() },
         }
     }
 
@@ -261,26 +299,28 @@ impl Pool {
             }
             std::thread::sleep(at - now);
         }
-        let w = self
-            .start_replacement(Some(deadline))
-            .map_err(|e| CallError::Restart(Box::new(e)))?;
+        let w = self.start_replacement(Some(deadline)).map_err(|e| CallError::Restart(Box::new(e)))?;
         slot.slot = Slot::Live(w);
         Ok(())
     }
 
-    /// Starts a replacement worker and does the bookkeeping.
-    fn start_replacement(&self, deadline: Option<Instant>) -> Result<WorkerProcess, LoadError> {
+    /// Counts a restart against the policy and emits `Restarted`.
+    fn note_restart(&self, pid: u32) {
         let restarts = {
             let mut st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
             st.on_restart(Instant::now());
             st.total_restarts()
         };
         self.counters.restarted();
+        self.events.emit(&self.label, EventKind::Restarted { pid, restarts });
+    }
+
+    /// Starts a replacement worker and does the bookkeeping.
+    fn start_replacement(&self, deadline: Option<Instant>) -> Result<WorkerProcess, LoadError> {
         match WorkerProcess::start(&self.launch, deadline) {
             Ok((w, _info)) => {
                 self.register(&w);
-                self.events
-                    .emit(&self.label, EventKind::Restarted { pid: w.pid, restarts });
+                self.note_restart(w.pid);
                 Ok(w)
             }
             Err(e) => {
@@ -290,20 +330,71 @@ impl Pool {
         }
     }
 
-    /// Replaces a dead worker in the background (after the policy's backoff),
-    /// so the pool is back to strength without waiting for the next call.
-    fn restart_in_background(&self) {
+    /// Whether a restart may happen right now (not failed, no backoff pending).
+    fn may_restart_now(&self) -> bool {
+        let st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
+        st.failed().is_none() && st.not_before().is_none_or(|at| at <= Instant::now())
+    }
+
+    fn is_failed(&self) -> bool {
+        self.restart.lock().unwrap_or_else(|e| e.into_inner()).failed().is_some()
+    }
+
+    /// Runs `job` on a background thread holding the pool; shutdown waits for it.
+    fn background(&self, name: &str, job: impl FnOnce(&Pool) + Send + 'static) -> bool {
+        while self.jobs_done_rx.try_recv().is_ok() {}
         let me = self.me.clone();
-        let spawned = std::thread::Builder::new()
-            .name("bulkhead-restart".into())
-            .spawn(move || {
-                let Some(pool) = me.upgrade() else { return };
-                let slot = pool.background_replacement();
-                pool.put_back(slot);
-            });
+        self.jobs.fetch_add(1, Ordering::AcqRel);
+        let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+            if let Some(pool) = me.upgrade() {
+                job(&pool);
+                pool.jobs.fetch_sub(1, Ordering::AcqRel);
+                let _ = pool.jobs_done_tx.send(());
+            }
+        });
         if spawned.is_err() {
+            self.jobs.fetch_sub(1, Ordering::AcqRel);
+        }
+        spawned.is_ok()
+    }
+
+    /// Reaps a failed worker (bounded) and reports how it ended.
+    fn bury(&self, dying: WorkerProcess) {
+        let exit = dying.kill_and_reap();
+        dying.wait_drained();
+        if let Some(exit) = exit {
+            self.events.emit(&self.label, EventKind::WorkerExited { pid: dying.pid, exit });
+        }
+    }
+
+    /// Recovers a slot whose worker failed: promote the standby now if there is
+    /// one and the policy allows, else reap and restart in the background.
+    fn recover(&self, dying: WorkerProcess) {
+        let promoted = if self.standby_enabled && self.may_restart_now() {
+            self.standby.lock().unwrap_or_else(|e| e.into_inner()).take()
+        } else {
+            None
+        };
+        if let Some(w) = promoted {
+            self.note_restart(w.pid);
+            self.to_channel(Slot::Live(w));
+            if !self.background("bulkhead-standby", move |pool| {
+                pool.bury(dying);
+                pool.refill_standby();
+            }) {
+                // No thread: the standby is not refilled; the dying worker is
+                // killed by its Drop and reaped by its reaper.
+            }
+            return;
+        }
+        let started = self.background("bulkhead-restart", move |pool| {
+            pool.bury(dying);
+            let slot = pool.background_replacement();
+            pool.put_back(slot);
+        });
+        if !started {
             // No thread: leave the slot empty; the next call that takes it restarts it.
-            let _ = self.idle_tx.try_send(Slot::Empty);
+            self.to_channel(Slot::Empty);
         }
     }
 
@@ -318,61 +409,66 @@ impl Pool {
         if self.closed.load(Ordering::Acquire) || self.is_failed() {
             return Slot::Empty;
         }
+        if self.standby_enabled {
+            if let Some(w) = self.standby.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                self.note_restart(w.pid);
+                self.refill_standby();
+                return Slot::Live(w);
+            }
+        }
         match self.start_replacement(None) {
             Ok(w) => Slot::Live(w),
             Err(_) => Slot::Empty,
         }
     }
 
-    fn is_failed(&self) -> bool {
-        self.restart
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .failed()
-            .is_some()
-    }
-
-    /// Returns a slot to circulation: idle workers to the channel, empty slots
-    /// to a background restart (unless the plugin is failed), everything to
-    /// shutdown if the pool is closed.
-    fn put_back(&self, slot: Slot) {
-        if self.closed.load(Ordering::Acquire) {
-            // The shutdown collects it (and stops a live worker). If the
-            // channel is full the worker is killed by its Drop instead.
-            let _ = self.idle_tx.try_send(slot);
+    /// Starts a fresh standby (not a restart: it serves nothing until promoted).
+    fn refill_standby(&self) {
+        if self.closed.load(Ordering::Acquire) || self.is_failed() {
             return;
         }
-        if matches!(slot, Slot::Empty) && !self.is_failed() {
-            return self.restart_in_background();
+        if let Ok((w, _)) = WorkerProcess::start(&self.launch, None) {
+            self.register(&w);
+            let mut standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+            if self.closed.load(Ordering::Acquire) || standby.is_some() {
+                drop(standby);
+                self.stop(w);
+            } else {
+                *standby = Some(w);
+            }
         }
+    }
+
+    fn to_channel(&self, slot: Slot) {
         if let Err(e) = self.idle_tx.try_send(slot) {
-            // Cannot happen (one token per slot); if it did, the worker is
+            // Cannot happen (one token per slot); if it did, a worker inside is
             // killed by its Drop rather than leaked.
             drop(e.into_inner());
         }
     }
 
-    fn worker_failed(&self, worker: WorkerProcess, failure: Failure, start: Instant, limit: Duration) -> CallError {
-        let pid = worker.pid;
-        let exit = worker.proc.wait(Instant::now() + KILL_REAP_BOUND);
-        let err = match failure {
-            Failure::Timeout => {
-                self.events.emit(&self.label, EventKind::Timeout { pid, limit });
-                CallError::Timeout {
-                    elapsed: start.elapsed(),
-                    limit,
+    /// Returns a slot to circulation: idle workers to the channel, failed ones
+    /// to recovery, empty slots to a background restart (unless the plugin is
+    /// failed), everything to the shutdown if the pool is closed.
+    fn put_back(&self, slot: Slot) {
+        if self.closed.load(Ordering::Acquire) {
+            // The shutdown collects it. If the channel is full, a worker inside
+            // is killed by its Drop instead.
+            let _ = self.idle_tx.try_send(slot);
+            return;
+        }
+        match slot {
+            Slot::Dying(w) => self.recover(w),
+            Slot::Empty if !self.is_failed() => {
+                if !self.background("bulkhead-restart", |pool| {
+                    let slot = pool.background_replacement();
+                    pool.put_back(slot);
+                }) {
+                    self.to_channel(Slot::Empty);
                 }
             }
-            Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
-            Failure::Protocol(e) => CallError::Protocol(e),
-        };
-        if let Some(exit) = exit {
-            self.events.emit(&self.label, EventKind::WorkerExited { pid, exit });
+            other => self.to_channel(other),
         }
-        worker.wait_drained();
-        drop(worker);
-        self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
-        err
     }
 
     fn policy_failure(&self, reason: &str) {
@@ -381,12 +477,7 @@ impl Pool {
         let was_failed = st.failed().is_some();
         if st.on_failure(Instant::now(), reason) == Decision::GiveUp && !was_failed {
             drop(st);
-            self.events.emit(
-                &self.label,
-                EventKind::GaveUp {
-                    reason: reason.to_string(),
-                },
-            );
+            self.events.emit(&self.label, EventKind::GaveUp { reason: reason.to_string() });
         }
     }
 
@@ -406,17 +497,18 @@ impl Pool {
         let mut collected = 0;
         // 1. Idle workers, and calls that finish within the grace period.
         self.collect(Instant::now() + self.grace, &mut collected, &mut reports);
+        self.stop_standby(&mut reports);
         // 2. Workers still busy in a call are killed; their calls end at once.
         self.kill_registered(&mut reports);
-        // 3. Every slot comes back: the killed calls', and any replacement that
-        //    was starting in the background (bounded by the load timeout).
-        self.collect(
-            Instant::now() + self.launch.load_timeout + KILL_REAP_BOUND,
-            &mut collected,
-            &mut reports,
-        );
+        // 3. Background jobs (reaping, restarts, standby) finish; they see the
+        //    pool closed and hand their slots back.
+        let bound = Instant::now() + self.launch.load_timeout + KILL_REAP_BOUND;
+        while self.jobs.load(Ordering::Acquire) > 0 && self.jobs_done_rx.recv_deadline(bound).is_ok() {}
+        // 4. Every slot comes back.
+        self.collect(bound, &mut collected, &mut reports);
+        self.stop_standby(&mut reports);
         self.kill_registered(&mut reports);
-        // 4. Wake callers still waiting for a slot.
+        // 5. Wake callers still waiting for a slot.
         for _ in 0..self.size {
             let _ = self.idle_tx.try_send(Slot::Closed);
         }
@@ -432,10 +524,21 @@ impl Pool {
                     *collected += 1;
                     reports.push(self.stop(w));
                 }
+                Ok(Slot::Dying(w)) => {
+                    *collected += 1;
+                    self.bury(w);
+                }
                 Ok(Slot::Empty) => *collected += 1,
                 Ok(Slot::Closed) => {}
                 Err(_) => break,
             }
+        }
+    }
+
+    fn stop_standby(&self, reports: &mut Vec<WorkerReport>) {
+        let standby = self.standby.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = standby {
+            reports.push(self.stop(w));
         }
     }
 
@@ -445,12 +548,7 @@ impl Pool {
         for p in procs.iter().filter(|p| p.exit().is_none()) {
             p.kill();
             let exit = p.wait(Instant::now() + KILL_REAP_BOUND);
-            reports.push(WorkerReport {
-                plugin: self.label.clone(),
-                pid: p.pid(),
-                exit,
-                forced: true,
-            });
+            reports.push(WorkerReport { plugin: self.label.clone(), pid: p.pid(), exit, forced: true });
         }
     }
 
@@ -459,12 +557,7 @@ impl Pool {
         if let Some(exit) = exit {
             self.events.emit(&self.label, EventKind::WorkerExited { pid, exit });
         }
-        WorkerReport {
-            plugin: self.label.clone(),
-            pid,
-            exit,
-            forced,
-        }
+        WorkerReport { plugin: self.label.clone(), pid, exit, forced }
     }
 
     /// A snapshot of the counters.
@@ -474,9 +567,7 @@ impl Pool {
 }
 
 fn source_suffix(e: &CallError) -> String {
-    std::error::Error::source(e)
-        .map(|s| format!(": {s}"))
-        .unwrap_or_default()
+    std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 impl Drop for Pool {

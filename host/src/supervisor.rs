@@ -14,7 +14,7 @@ use crate::events::{Event, EventHub};
 use crate::locate;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
-use crate::pool::{Pool, WorkerReport};
+use crate::pool::{Pool, PoolConfig, WorkerReport};
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
@@ -151,15 +151,14 @@ impl Supervisor {
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
         };
-        let (pool, info) = Pool::start(
-            label,
-            launch,
-            spec.workers,
-            spec.queue_limit,
-            spec.restart.clone(),
-            self.events.clone(),
-            self.grace,
-        )?;
+        let config = PoolConfig {
+            size: spec.workers,
+            queue_limit: spec.queue_limit,
+            policy: spec.restart.clone(),
+            standby: spec.standby,
+            grace: self.grace,
+        };
+        let (pool, info) = Pool::start(label, launch, config, self.events.clone())?;
         {
             let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
             plugins.retain(|p| p.strong_count() > 0);

@@ -121,7 +121,7 @@ fn crashes_are_contained_with_exact_causes() {
             CallError::WorkerDied { exit, .. } => assert_eq!(*exit, expected, "method {method}"),
             other => panic!("method {method}: expected WorkerDied, got {other:?}"),
         }
-        assert!(!alive(before), "crashed worker {before} is gone");
+        bulkhead_tests::wait_gone(before, Duration::from_secs(20));
         // The next call runs on a fresh worker.
         let s: String = plugin.call(basic::GREET, &("again".to_string(),)).unwrap();
         assert_eq!(s, "Hello, again!");

@@ -33,7 +33,7 @@ fn hung_calls_time_out_and_the_next_call_gets_a_fresh_worker() {
     // loop {} (default timeout from the spec)
     let before = plugin.info().worker_pid;
     assert_timeout(&plugin.call::<_, u64>(basic::SPIN, &()).unwrap_err(), limit);
-    assert!(!alive(before));
+    wait_gone(before, GENEROUS);
     let s: String = plugin.call(basic::GREET, &("again".to_string(),)).unwrap();
     assert_eq!(s, "Hello, again!");
     // sleep(1h) with a per-call override.
@@ -43,7 +43,7 @@ fn hung_calls_time_out_and_the_next_call_gets_a_fresh_worker() {
         .call_with_timeout::<_, u64>(basic::SLEEP_MS, &(3_600_000u64,), limit)
         .unwrap_err();
     assert_timeout(&err, limit);
-    assert!(!alive(before));
+    wait_gone(before, GENEROUS);
     let v: u64 = plugin.call_with_timeout(basic::SLEEP_MS, &(1u64,), GENEROUS).unwrap();
     assert_eq!(v, 1);
     let stats = plugin.stats();
@@ -67,6 +67,7 @@ fn timeout_kills_the_plugins_own_children() {
         .unwrap_err();
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
     wait_gone(grandchild, GENEROUS);
+    wait_gone(worker, GENEROUS);
     assert_eq!(
         group_members(worker),
         Vec::<u32>::new(),
@@ -243,7 +244,13 @@ fn restart_budget_is_spent_then_fails_fast_until_reset() {
         ));
     }
     assert_eq!(plugin.stats().restarts, 3);
-    let kinds: Vec<EventKind> = events.try_iter().map(|e| e.kind).collect();
+    // The last worker is reaped off the caller's path: wait for its exit event.
+    let mut kinds: Vec<EventKind> = Vec::new();
+    let deadline = Instant::now() + GENEROUS;
+    while kinds.iter().filter(|k| matches!(k, EventKind::WorkerExited { .. })).count() < 4 {
+        kinds.push(events.recv_deadline(deadline).expect("four exits reported").kind);
+    }
+    kinds.extend(events.try_iter().map(|e| e.kind));
     let started = kinds
         .iter()
         .filter(|k| matches!(k, EventKind::WorkerStarted { .. }))
@@ -593,4 +600,43 @@ fn distinct_workers_really_run_in_parallel() {
         plugin.worker_pids().into_iter().collect()
     });
     assert_eq!(seen, pids, "no worker was replaced");
+}
+
+#[test]
+fn warm_standby_is_promoted_and_refilled() {
+    let sup = supervisor();
+    let events = sup.events();
+    let plugin = sup.load(spec("fx-basic").standby(true)).unwrap();
+    let active: u32 = plugin.call(basic::PID, &()).unwrap();
+    let pids = plugin.worker_pids();
+    assert_eq!(pids.len(), 2, "one worker and one standby: {pids:?}");
+    let standby = *pids.iter().find(|&&p| p != active).unwrap();
+    let _ = events.try_iter().count();
+
+    let err = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
+    assert!(matches!(err, CallError::WorkerDied { exit: Exit::Signal { signal: 11, .. }, .. }), "{err:?}");
+    let now: u32 = plugin.call(basic::PID, &()).unwrap();
+    assert_eq!(now, standby, "the standby was promoted");
+    // A new standby is started in the background and the dead worker reported.
+    let deadline = Instant::now() + GENEROUS;
+    let (mut refilled, mut exited) = (None, false);
+    while refilled.is_none() || !exited {
+        match events.recv_deadline(deadline).expect("refill and exit events").kind {
+            EventKind::WorkerStarted { pid } => refilled = Some(pid),
+            EventKind::WorkerExited { pid, .. } => exited |= pid == active,
+            _ => {}
+        }
+    }
+    let mut pids = plugin.worker_pids();
+    pids.sort();
+    let mut expected = vec![standby, refilled.unwrap()];
+    expected.sort();
+    assert_eq!(pids, expected);
+    assert_eq!(plugin.stats().restarts, 1);
+    // Shutdown stops the standby too.
+    let reports = sup.shutdown();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for r in &reports {
+        assert_eq!((r.exit, r.forced), (Some(Exit::Code(0)), false), "{r:?}");
+    }
 }
