@@ -87,7 +87,9 @@ fn main() {
     // --- small call: add(i64, i64) -------------------------------------------------
     let plugin = sup.load(PluginSpec::new(&lib).restart(policy.clone())).expect("load");
     assert_eq!(plugin.info().transport, Transport::SharedMemory);
-    let sock_plugin = sup.load(PluginSpec::new(&lib).transport(Transport::Socket)).expect("load");
+    let sock_plugin = sup
+        .load(PluginSpec::new(&lib).transport(Transport::Socket))
+        .expect("load");
     let inproc = InProc::load(&lib);
     let mut floor = Floor::start();
     let mut out = Vec::new();
@@ -222,7 +224,9 @@ fn main() {
     );
     {
         let events = sup.events();
-        let warm = sup.load(PluginSpec::new(&lib).restart(policy.clone()).standby(true)).expect("load");
+        let warm = sup
+            .load(PluginSpec::new(&lib).restart(policy.clone()).standby(true))
+            .expect("load");
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let _ = events.try_iter().count();
@@ -233,7 +237,10 @@ fn main() {
             assert_eq!(x, 2);
             v.push(t.elapsed());
             // Let the next standby come up before crashing again.
-            while !matches!(events.recv().map(|e| e.kind), Ok(bulkhead::EventKind::WorkerStarted { .. })) {}
+            while !matches!(
+                events.recv().map(|e| e.kind),
+                Ok(bulkhead::EventKind::WorkerStarted { .. })
+            ) {}
         }
         let warm_restart = summarize(v);
         report.json("restart", "crash_to_next_answer_standby", &warm_restart, "");

@@ -225,9 +225,15 @@ impl WorkerProcess {
             };
         }
         if let Some(payload) = owned_buf {
-            return Ok(Answer::Owned { status: r.status, payload });
+            return Ok(Answer::Owned {
+                status: r.status,
+                payload,
+            });
         }
-        Ok(Answer::Reply { status: r.status, payload: &self.rx[..r.len as usize] })
+        Ok(Answer::Reply {
+            status: r.status,
+            payload: &self.rx[..r.len as usize],
+        })
     }
 
     /// Turns an I/O failure into a call failure, killing the worker where needed.

@@ -339,7 +339,10 @@ impl Plugin {
             Answer::Reply { status, payload } => (*status, payload),
             Answer::Owned { status, payload } => (*status, payload),
             Answer::Fault(CallFault::BadIndex { index, count }) => {
-                return Err(CallError::InvalidMethodIndex { index: *index, count: *count })
+                return Err(CallError::InvalidMethodIndex {
+                    index: *index,
+                    count: *count,
+                })
             }
             Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
         };

@@ -26,6 +26,9 @@ use crate::restart::{Decision, RestartPolicy, RestartState};
 use crate::stats::{Counters, Stats};
 use crate::worker_process::{Launch, ProcState, WorkerProcess, KILL_REAP_BOUND};
 
+/// Pause between promoting a standby and reaping/refilling in the background.
+const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(5);
+
 enum Slot {
     Live(WorkerProcess),
     /// Its worker failed and has been signalled; reap it before reuse.
@@ -225,7 +228,10 @@ impl Pool {
                 let err = match failure {
                     Failure::Timeout => {
                         self.events.emit(&self.label, EventKind::Timeout { pid, limit });
-                        CallError::Timeout { elapsed: start.elapsed(), limit }
+                        CallError::Timeout {
+                            elapsed: start.elapsed(),
+                            limit,
+                        }
                     }
                     Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
                     Failure::Protocol(e) => CallError::Protocol(e),
@@ -254,7 +260,9 @@ impl Pool {
             Err(_) => {
                 let waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
                 let got = if waiting > self.queue_limit {
-                    Err(CallError::Overloaded { limit: self.queue_limit })
+                    Err(CallError::Overloaded {
+                        limit: self.queue_limit,
+                    })
                 } else {
                     self.idle_rx.recv_deadline(deadline).map_err(|e| match e {
                         RecvTimeoutError::Timeout => self.busy_or_backoff(start),
@@ -279,7 +287,9 @@ impl Pool {
         let now = Instant::now();
         match self.restart.lock().unwrap_or_else(|e| e.into_inner()).not_before() {
             Some(at) if at > now => CallError::Backoff { retry_in: at - now },
-            _ => CallError::Busy { waited: start.elapsed() },
+            _ => CallError::Busy {
+                waited: start.elapsed(),
+            },
         }
     }
 
@@ -299,7 +309,9 @@ impl Pool {
             }
             std::thread::sleep(at - now);
         }
-        let w = self.start_replacement(Some(deadline)).map_err(|e| CallError::Restart(Box::new(e)))?;
+        let w = self
+            .start_replacement(Some(deadline))
+            .map_err(|e| CallError::Restart(Box::new(e)))?;
         slot.slot = Slot::Live(w);
         Ok(())
     }
@@ -337,7 +349,11 @@ impl Pool {
     }
 
     fn is_failed(&self) -> bool {
-        self.restart.lock().unwrap_or_else(|e| e.into_inner()).failed().is_some()
+        self.restart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed()
+            .is_some()
     }
 
     /// Runs `job` on a background thread holding the pool; shutdown waits for it.
@@ -363,7 +379,8 @@ impl Pool {
         let exit = dying.kill_and_reap();
         dying.wait_drained();
         if let Some(exit) = exit {
-            self.events.emit(&self.label, EventKind::WorkerExited { pid: dying.pid, exit });
+            self.events
+                .emit(&self.label, EventKind::WorkerExited { pid: dying.pid, exit });
         }
     }
 
@@ -377,8 +394,12 @@ impl Pool {
         };
         if let Some(w) = promoted {
             self.note_restart(w.pid);
+            w.wake();
             self.to_channel(Slot::Live(w));
             if !self.background("bulkhead-standby", move |pool| {
+                // Let the promoted worker take its first calls before the
+                // reaping and the next spawn compete with it for the CPUs.
+                let _ = pool.closing_rx.recv_timeout(STANDBY_REFILL_DELAY);
                 pool.bury(dying);
                 pool.refill_standby();
             }) {
@@ -477,7 +498,12 @@ impl Pool {
         let was_failed = st.failed().is_some();
         if st.on_failure(Instant::now(), reason) == Decision::GiveUp && !was_failed {
             drop(st);
-            self.events.emit(&self.label, EventKind::GaveUp { reason: reason.to_string() });
+            self.events.emit(
+                &self.label,
+                EventKind::GaveUp {
+                    reason: reason.to_string(),
+                },
+            );
         }
     }
 
@@ -548,7 +574,12 @@ impl Pool {
         for p in procs.iter().filter(|p| p.exit().is_none()) {
             p.kill();
             let exit = p.wait(Instant::now() + KILL_REAP_BOUND);
-            reports.push(WorkerReport { plugin: self.label.clone(), pid: p.pid(), exit, forced: true });
+            reports.push(WorkerReport {
+                plugin: self.label.clone(),
+                pid: p.pid(),
+                exit,
+                forced: true,
+            });
         }
     }
 
@@ -557,7 +588,12 @@ impl Pool {
         if let Some(exit) = exit {
             self.events.emit(&self.label, EventKind::WorkerExited { pid, exit });
         }
-        WorkerReport { plugin: self.label.clone(), pid, exit, forced }
+        WorkerReport {
+            plugin: self.label.clone(),
+            pid,
+            exit,
+            forced,
+        }
     }
 
     /// A snapshot of the counters.
@@ -567,7 +603,9 @@ impl Pool {
 }
 
 fn source_suffix(e: &CallError) -> String {
-    std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default()
+    std::error::Error::source(e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
 }
 
 impl Drop for Pool {

@@ -305,6 +305,14 @@ impl WorkerProcess {
         Some((exit, self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE)))
     }
 
+    /// Rings the worker's doorbell without work, so it is awake (spinning) for
+    /// the call that follows. A no-op on the socket transport.
+    pub(crate) fn wake(&self) {
+        if let Some(region) = &self.shm {
+            region.poke();
+        }
+    }
+
     /// SIGKILLs the process group and waits for the reaper. Returns the exit.
     pub(crate) fn kill_and_reap(&self) -> Option<Exit> {
         self.proc.kill();

@@ -66,7 +66,9 @@ pub struct Header {
     req_method: AtomicU32,
     req_id: AtomicU64,
     req_len: AtomicU64,
-    _pad1: [u8; 32],
+    /// Set by the host to make a sleeping worker spin again (no request).
+    poke: AtomicU32,
+    _pad1: [u8; 28],
     resp_seq: AtomicU32,
     host_sleeping: AtomicU32,
     resp_kind: AtomicU32,
@@ -139,6 +141,7 @@ impl Region {
         let map_len = HEADER_SIZE + 2 * capacity as usize;
         nix::unistd::ftruncate(&fd, map_len as i64)?;
         let region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
+        region.prefault();
         let h = region.header();
         h.version.store(SHM_VERSION, Ordering::Relaxed);
         h.capacity.store(capacity, Ordering::Relaxed);
@@ -162,6 +165,7 @@ impl Region {
         if h.capacity.load(Ordering::Relaxed) as usize != capacity {
             return Err(io::Error::other("shared region capacity does not match its size"));
         }
+        region.prefault();
         Ok(region)
     }
 
@@ -183,6 +187,19 @@ impl Region {
             map_len,
             capacity,
         })
+    }
+
+    /// Touches the first pages of both data areas so the first calls do not
+    /// pay for page faults (done by each side before any request is posted).
+    fn prefault(&self) {
+        const WARM: usize = 64 * 1024;
+        let n = WARM.min(self.capacity);
+        // SAFETY: both ranges lie inside the mapping, and no request is in
+        // flight yet (host: before spawning; worker: before the handshake answer).
+        unsafe {
+            std::ptr::write_bytes(self.req_area(), 0, n);
+            std::ptr::write_bytes(self.resp_area(), 0, n);
+        }
     }
 
     fn header(&self) -> &Header {
@@ -286,13 +303,26 @@ impl Region {
 
     // ----- worker side -----------------------------------------------------------
 
-    /// Worker: waits (spinning, then on the futex, indefinitely) for a request after `last`.
+    /// Host: wakes a sleeping worker without giving it work, so it spins,
+    /// ready for a call about to come (used when a standby is promoted).
+    pub fn poke(&self) {
+        let h = self.header();
+        h.poke.store(1, Ordering::SeqCst);
+        if h.worker_sleeping.load(Ordering::SeqCst) != 0 {
+            futex_wake(&h.req_seq);
+        }
+    }
+
+    /// Worker: waits (spinning, then on the futex, indefinitely) for a request
+    /// after `last`. A [`poke`](Self::poke) starts a new spin.
     pub fn wait_request(&self, last: u32, spin: Duration) -> u32 {
         let h = self.header();
         loop {
-            if let Wait::Changed(v) = wait_change(&h.req_seq, &h.worker_sleeping, last, spin, None, None) {
+            if let Wait::Changed(v) = wait_change(&h.req_seq, &h.worker_sleeping, last, spin, None, Some(&h.poke)) {
                 return v;
             }
+            // Poked: spin again.
+            h.poke.store(0, Ordering::SeqCst);
         }
     }
 
@@ -526,6 +556,7 @@ mod tests {
             (seq, r)
         });
         let last = host.resp_seq();
+        host.poke();
         host.post_request(REQ_CALL, 9, 3, b"abc");
         assert_eq!(
             host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),

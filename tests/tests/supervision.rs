@@ -247,7 +247,12 @@ fn restart_budget_is_spent_then_fails_fast_until_reset() {
     // The last worker is reaped off the caller's path: wait for its exit event.
     let mut kinds: Vec<EventKind> = Vec::new();
     let deadline = Instant::now() + GENEROUS;
-    while kinds.iter().filter(|k| matches!(k, EventKind::WorkerExited { .. })).count() < 4 {
+    while kinds
+        .iter()
+        .filter(|k| matches!(k, EventKind::WorkerExited { .. }))
+        .count()
+        < 4
+    {
         kinds.push(events.recv_deadline(deadline).expect("four exits reported").kind);
     }
     kinds.extend(events.try_iter().map(|e| e.kind));
@@ -614,7 +619,16 @@ fn warm_standby_is_promoted_and_refilled() {
     let _ = events.try_iter().count();
 
     let err = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
-    assert!(matches!(err, CallError::WorkerDied { exit: Exit::Signal { signal: 11, .. }, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CallError::WorkerDied {
+                exit: Exit::Signal { signal: 11, .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let now: u32 = plugin.call(basic::PID, &()).unwrap();
     assert_eq!(now, standby, "the standby was promoted");
     // A new standby is started in the background and the dead worker reported.
