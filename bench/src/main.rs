@@ -142,17 +142,18 @@ fn main() {
             _ => 40,
         });
         let warm = (n / 10).max(1);
+        let mut reply = Vec::new();
         let raw = measure(warm, n, || {
-            let r = plugin.call_raw(basic::ECHO_RAW, &data).unwrap();
-            assert_eq!(r.len(), size);
+            plugin.call_raw_into(basic::ECHO_RAW, &data, &mut reply).unwrap();
+            assert_eq!(reply.len(), size);
         });
         let typed = measure(warm, n, || {
             let r: Vec<u8> = plugin.call(basic::ECHO, &(data.clone(),)).unwrap();
             assert_eq!(r.len(), size);
         });
         let sock_raw = measure(warm, n, || {
-            let r = sock_plugin.call_raw(basic::ECHO_RAW, &data).unwrap();
-            assert_eq!(r.len(), size);
+            sock_plugin.call_raw_into(basic::ECHO_RAW, &data, &mut reply).unwrap();
+            assert_eq!(reply.len(), size);
         });
         let inp = measure(warm, n, || {
             assert_eq!(inproc.call(basic::ECHO_RAW, &data, &mut out), 0);

@@ -80,23 +80,34 @@ pub(crate) enum Failure {
 
 impl WorkerProcess {
     /// Sends one request and waits for its answer until `deadline`.
-    /// With `owned`, a shared-memory answer is copied once, straight into a
-    /// buffer handed to the caller ([`Answer::Owned`]).
+    /// With a `target` buffer, a shared-memory answer is copied once, straight
+    /// into it, and handed back as [`Answer::Owned`].
     pub(crate) fn call(
         &mut self,
         method: u32,
         payload: &[u8],
         deadline: Instant,
-        owned: bool,
+        target: Option<Vec<u8>>,
     ) -> Result<Answer<'_>, Failure> {
         let id = self.next_id;
         self.next_id += 1;
-        if self.shm.is_some() {
-            return self.call_shm(id, method, payload, deadline, owned);
-        }
-        self.send_call(id, method, payload, deadline)
-            .map_err(|f| self.fail(f))?;
-        self.receive_socket(id, deadline)
+        let mut target = target;
+        let answer = if self.shm.is_some() {
+            self.call_shm(id, method, payload, deadline, &mut target)?
+        } else {
+            self.send_call(id, method, payload, deadline)
+                .map_err(|f| self.fail(f))?;
+            self.receive_socket(id, deadline)?
+        };
+        // An answer that came over the socket is copied into the target too.
+        Ok(match (answer, target) {
+            (Answer::Reply { status, payload }, Some(mut buf)) => {
+                buf.clear();
+                buf.extend_from_slice(payload);
+                Answer::Owned { status, payload: buf }
+            }
+            (answer, _) => answer,
+        })
     }
 
     fn send_call(&mut self, id: u64, method: u32, payload: &[u8], deadline: Instant) -> Result<(), IoFail> {
@@ -147,7 +158,7 @@ impl WorkerProcess {
         method: u32,
         payload: &[u8],
         deadline: Instant,
-        owned: bool,
+        target: &mut Option<Vec<u8>>,
     ) -> Result<Answer<'_>, Failure> {
         let region = self.shm.clone().expect("shared-memory transport");
         let last = region.resp_seq();
@@ -198,8 +209,8 @@ impl WorkerProcess {
                 })))
             }
             shm::RESP_REPLY | shm::RESP_FAULT => {
-                let copied = if owned && r.kind == shm::RESP_REPLY {
-                    let out = owned_buf.insert(Vec::new());
+                let copied = if let (Some(buf), shm::RESP_REPLY) = (target.take(), r.kind) {
+                    let out = owned_buf.insert(buf);
                     region.copy_response(r.off, r.len, out)
                 } else {
                     region.copy_response(r.off, r.len, &mut self.rx)

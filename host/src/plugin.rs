@@ -284,7 +284,7 @@ impl Plugin {
             input.clear();
             wire::encode_into(args, input).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
             self.check_input(input)?;
-            self.shared.pool.call(index, input, timeout, false, |answer| {
+            self.shared.pool.call(index, input, timeout, None, |answer| {
                 let bytes = self.interpret(&answer)?;
                 wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
             })
@@ -299,16 +299,39 @@ impl Plugin {
 
     /// [`call_raw`](Self::call_raw) with this call's own timeout.
     pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let mut out = Vec::new();
+        self.call_raw_into_with_timeout(index, input, &mut out, timeout)?;
+        Ok(out)
+    }
+
+    /// [`call_raw`](Self::call_raw) into a buffer the caller reuses across
+    /// calls (cleared first; left empty on error): no allocation once it is
+    /// large enough.
+    pub fn call_raw_into(&self, index: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), CallError> {
+        self.call_raw_into_with_timeout(index, input, out, self.shared.call_timeout)
+    }
+
+    /// [`call_raw_into`](Self::call_raw_into) with this call's own timeout.
+    pub fn call_raw_into_with_timeout(
+        &self,
+        index: u32,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
         self.check_index(index)?;
         self.check_input(input)?;
-        self.shared.pool.call(index, input, timeout, true, |answer| {
+        let target = std::mem::take(out);
+        let result = self.shared.pool.call(index, input, timeout, Some(target), |answer| {
             self.interpret(&answer)?;
             Ok(match answer {
                 Answer::Owned { payload, .. } => payload,
                 Answer::Reply { payload, .. } => payload.to_vec(),
                 Answer::Fault(_) => unreachable!("interpret turns faults into errors"),
             })
-        })
+        });
+        *out = result?;
+        Ok(())
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), CallError> {

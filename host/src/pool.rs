@@ -173,18 +173,19 @@ impl Pool {
     }
 
     /// Runs one call: `f` interprets the worker's answer while its buffer is borrowed.
-    /// With `owned`, the answer is preferably delivered as [`Answer::Owned`].
+    /// With a `target` buffer, the answer is preferably delivered in it, as
+    /// [`Answer::Owned`].
     pub(crate) fn call<R>(
         &self,
         method: u32,
         payload: &[u8],
         limit: Duration,
-        owned: bool,
+        target: Option<Vec<u8>>,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
         self.counters.call_started();
-        let result = self.call_inner(method, payload, start, limit, owned, f);
+        let result = self.call_inner(method, payload, start, limit, target, f);
         self.counters.call_finished(result.as_ref().err());
         result
     }
@@ -195,7 +196,7 @@ impl Pool {
         payload: &[u8],
         start: Instant,
         limit: Duration,
-        owned: bool,
+        target: Option<Vec<u8>>,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let deadline = start + limit;
@@ -212,7 +213,7 @@ impl Pool {
         let Slot::Live(worker) = &mut slot.slot else {
             return Err(CallError::ShutDown);
         };
-        match worker.call(method, payload, deadline, owned) {
+        match worker.call(method, payload, deadline, target) {
             Ok(answer) => {
                 let result = f(answer);
                 if self.unhealthy.load(Ordering::Acquire) {

@@ -346,3 +346,18 @@ fn per_call_timeout_default_comes_from_spec() {
     );
     let _ = PluginSpec::new("unused");
 }
+
+#[test]
+fn raw_calls_into_a_reused_buffer() {
+    let sup = supervisor();
+    let plugin = sup.load(spec("fx-basic")).unwrap();
+    let mut out = vec![9u8; 3];
+    for len in [10usize, 100_000, 5] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 7) as u8).collect();
+        plugin.call_raw_into(basic::ECHO_RAW, &data, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+    assert!(out.capacity() >= 100_000, "the buffer is reused, not replaced");
+    let err = plugin.call_raw_into(basic::GREET, b"x", &mut out).unwrap_err();
+    assert!(matches!(err, CallError::Serialization), "{err:?}");
+}
