@@ -171,8 +171,9 @@ fn main() {
             s => format!("{s} B"),
         };
         for (subject, s) in [
-            ("bulkhead_raw", &raw),
-            ("bulkhead_typed", &typed),
+            ("bulkhead_shm_raw", &raw),
+            ("bulkhead_shm_typed", &typed),
+            ("bulkhead_socket_raw", &sock_raw),
             ("in_process", &inp),
             ("socketpair", &fl),
             ("memcpy", &mc),

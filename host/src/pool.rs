@@ -375,14 +375,19 @@ impl Pool {
         spawned.is_ok()
     }
 
-    /// Reaps a failed worker (bounded) and reports how it ended.
-    fn bury(&self, dying: WorkerProcess) {
-        let exit = dying.kill_and_reap();
-        dying.wait_drained();
-        if let Some(exit) = exit {
+    /// Reaps a failed worker (bounded) and reports how it ended; returns it
+    /// so its output pipes can drain off the critical path.
+    fn reap(&self, dying: WorkerProcess) -> WorkerProcess {
+        if let Some(exit) = dying.kill_and_reap() {
             self.events
                 .emit(&self.label, EventKind::WorkerExited { pid: dying.pid, exit });
         }
+        dying
+    }
+
+    /// Reaps a failed worker and waits for its output pipes to drain.
+    fn bury(&self, dying: WorkerProcess) {
+        self.reap(dying).wait_drained();
     }
 
     /// Recovers a slot whose worker failed: promote the standby now if there is
@@ -410,9 +415,12 @@ impl Pool {
             return;
         }
         let started = self.background("bulkhead-restart", move |pool| {
-            pool.bury(dying);
+            // Reaped first (a slot never holds two workers); its pipes drain
+            // once the replacement is serving.
+            let dead = pool.reap(dying);
             let slot = pool.background_replacement();
             pool.put_back(slot);
+            dead.wait_drained();
         });
         if !started {
             // No thread: leave the slot empty; the next call that takes it restarts it.

@@ -186,7 +186,6 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
             0
         }
     ];
-    prefault_library(path);
     let plugin = Plugin {
         abi: desc.abi_version,
         desc,
@@ -293,40 +292,6 @@ fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-/// Touches every readable page the plugin library is mapped at, so the first
-/// calls into a freshly started worker (a promoted standby, say) do not pay
-/// for page faults. Best effort.
-fn prefault_library(path: &Path) {
-    let Ok(canonical) = std::fs::canonicalize(path) else {
-        return;
-    };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if !perms.starts_with('r') || fields.nth(3).map(Path::new) != Some(canonical.as_path()) {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
-            continue;
-        };
-        let mut page = start;
-        while page < end {
-            // SAFETY: a readable mapping of the plugin library listed by the
-            // kernel for this process; one volatile byte read per page.
-            unsafe { std::ptr::read_volatile(page as *const u8) };
-            page += 4096;
-        }
-    }
 }
 
 /// `e_machine` of the architecture this worker was built for.
