@@ -24,6 +24,9 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default initial Arena size.
 pub const DEFAULT_ARENA: u32 = 64 * 1024;
+/// Largest per-thread argument buffer kept between typed calls.
+const ARGS_KEEP: usize = 1 << 20;
+
 /// Default cap on calls waiting for a busy worker.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
 
@@ -284,10 +287,15 @@ impl Plugin {
             input.clear();
             wire::encode_into(args, input).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
             self.check_input(input)?;
-            self.shared.pool.call(index, input, timeout, None, |answer| {
+            let result = self.shared.pool.call(index, input, timeout, None, |answer| {
                 let bytes = self.interpret(&answer)?;
                 wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
-            })
+            });
+            // Do not keep a huge argument buffer alive on this thread forever.
+            if input.capacity() > ARGS_KEEP {
+                *input = Vec::new();
+            }
+            result
         })
     }
 

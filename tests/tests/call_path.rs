@@ -361,3 +361,31 @@ fn raw_calls_into_a_reused_buffer() {
     let err = plugin.call_raw_into(basic::GREET, b"x", &mut out).unwrap_err();
     assert!(matches!(err, CallError::Serialization), "{err:?}");
 }
+
+#[test]
+fn payloads_larger_than_the_shared_region_travel_over_the_socket() {
+    // With a 4 KiB region, big requests and answers are announced in the region
+    // and carried as socket frames (under the socket transport, everything is).
+    let sup = supervisor();
+    let plugin = sup.load(spec("fx-basic").shm_capacity(4096)).unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(plugin.call_raw(basic::ECHO_RAW, &big).unwrap(), big);
+    let back: Vec<u8> = plugin.call(basic::ECHO, &(big.clone(),)).unwrap();
+    assert_eq!(back, big);
+    assert_eq!(plugin.call_raw(basic::ECHO_RAW, b"small").unwrap(), b"small");
+    let err = plugin
+        .call::<_, String>(basic::FAIL, &("X".repeat(10_000),))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Plugin(e) if e.code.len() == 10_000),
+        "{err:?}"
+    );
+
+    let arena = sup
+        .load(spec("fx-arena").shm_capacity(4096).arena_capacity(1024))
+        .unwrap();
+    let v: Vec<u8> = arena.call(blob::REPEAT, &(3u8, 50_000u64)).unwrap();
+    assert_eq!(v, vec![3u8; 50_000]);
+    let v: Vec<u8> = arena.call(blob::REPEAT, &(4u8, 100u64)).unwrap();
+    assert_eq!(v, vec![4u8; 100]);
+}
