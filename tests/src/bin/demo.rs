@@ -16,7 +16,7 @@ fn main() {
     println!("worker binary: {}", sup.worker_path().display());
 
     let plugin = sup
-        .load(PluginSpec::new(fx.lib("fx-basic")).call_timeout(Duration::from_millis(500)))
+        .load(PluginSpec::new(fx.lib("fx-basic")).plugin("BasicPlugin").call_timeout(Duration::from_millis(500)))
         .expect("load fx-basic");
     let info = plugin.info();
     println!(
@@ -78,8 +78,9 @@ fn step(what: &str, f: impl FnOnce() -> Result<String, CallError>) {
     let t = Instant::now();
     let out = match f() {
         Ok(v) => format!("Ok({v})"),
+        // A crash report carries the worker's stderr tail; show the cause.
+        Err(CallError::WorkerDied { exit, .. }) => format!("Err(worker_died): worker died: {exit}"),
         Err(e) => format!("Err({}): {e}", e.kind()),
     };
-    let out = out.lines().next().unwrap_or_default().to_string();
     println!("{what:<48} -> {out}  [{:.1?}]", t.elapsed());
 }
