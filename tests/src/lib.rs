@@ -21,6 +21,7 @@ pub const FIXTURES: &[&str] = &[
     "fx-dlopen-crash",
     "fx-dlopen-hang",
     "fx-noregistry",
+    "fx-old",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).

@@ -269,6 +269,31 @@ fn lying_plugin_outputs_are_typed_errors() {
 }
 
 #[test]
+fn real_fidius_0_4_plugin_speaks_abi_400() {
+    let sup = supervisor();
+    let plugin = sup.load(spec("fx-old")).unwrap();
+    let info = plugin.info();
+    assert_eq!(
+        (
+            info.abi_version,
+            info.plugin_name.as_str(),
+            info.interface_name.as_str()
+        ),
+        (400, "OldPlugin", "Legacy")
+    );
+    assert_eq!(info.method_count, 3);
+    let s: String = plugin.call(0, &("bob".to_string(),)).unwrap();
+    assert_eq!(s, "Old hello, bob!");
+    let x: i64 = plugin.call(1, &(40i64, 2i64)).unwrap();
+    assert_eq!(x, 42);
+    let err = plugin.call::<_, String>(2, &("OLD".to_string(),)).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Plugin(e) if e.code == "OLD" && e.message == "old failure"),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn abi_400_plugins_are_supported() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-liar").env("BULKHEAD_LIAR", "abi400")).unwrap();

@@ -16,7 +16,11 @@ fn main() {
     println!("worker binary: {}", sup.worker_path().display());
 
     let plugin = sup
-        .load(PluginSpec::new(fx.lib("fx-basic")).plugin("BasicPlugin").call_timeout(Duration::from_millis(500)))
+        .load(
+            PluginSpec::new(fx.lib("fx-basic"))
+                .plugin("BasicPlugin")
+                .call_timeout(Duration::from_millis(500)),
+        )
         .expect("load fx-basic");
     let info = plugin.info();
     println!(
