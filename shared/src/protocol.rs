@@ -1,4 +1,4 @@
-//! The host <-> worker protocol, carried in [`frame`](crate::frame)s over a
+//! The host <-> worker protocol, carried in [`frame`]s over a
 //! Unix socket pair.
 //!
 //! 1. Host sends [`HostMsg::Load`] with its [`PROTOCOL_VERSION`]; the worker
