@@ -394,16 +394,18 @@ impl Drop for Region {
 }
 
 /// Spins (yielding the CPU each turn) for up to `spin`, then sleeps on the
-/// futex, until `word` differs from `last`, the deadline passes, or `dead` is set.
+/// futex, until `word` differs from `last`, the deadline passes, or the `stop`
+/// flag is set (reported as [`Wait::Dead`]: for the host the flag is the
+/// worker's death, for the worker it is a poke).
 fn wait_change(
     word: &AtomicU32,
     sleeping: &AtomicU32,
     last: u32,
     spin: Duration,
     deadline: Option<Instant>,
-    dead: Option<&AtomicU32>,
+    stop: Option<&AtomicU32>,
 ) -> Wait {
-    let is_dead = || dead.is_some_and(|d| d.load(Ordering::Acquire) != 0);
+    let is_dead = || stop.is_some_and(|d| d.load(Ordering::Acquire) != 0);
     let start = Instant::now();
     loop {
         let v = word.load(Ordering::Acquire);
