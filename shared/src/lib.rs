@@ -9,6 +9,8 @@
 //! * [`frame`] — length-prefixed frames with a hard size cap checked before any
 //!   allocation.
 //! * [`protocol`] — the messages host and worker exchange over their socket.
+//! * [`sandbox`] — the sandbox policy sent with a load request and the
+//!   per-layer report sent back.
 //!
 //! * [`shm`] — the shared-memory data path: a memfd region mapped by host and
 //!   worker, with a spin-then-futex doorbell. It is the crate's only `unsafe`
@@ -27,6 +29,7 @@
 pub mod abi;
 pub mod frame;
 pub mod protocol;
+pub mod sandbox;
 pub mod shm;
 pub mod status;
 pub mod wire;

@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::BufferStrategy;
 use crate::frame::{self, HEADER_LEN};
+use crate::sandbox::{Layer, SandboxPolicy, SandboxReport};
 use crate::wire::{self, WireError};
 
 /// Version of this protocol; both sides refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const TAG_LOAD: u8 = 0x01;
 const TAG_CALL: u8 = 0x02;
@@ -84,6 +85,8 @@ pub struct LoadRequest {
     /// Bytes per direction of the shared-memory data path; 0 = socket only. When
     /// non-zero, the region's memfd follows the Load frame (`SCM_RIGHTS`).
     pub shm_capacity: u32,
+    /// The sandbox to apply before the library is opened.
+    pub sandbox: SandboxPolicy,
 }
 
 /// What the worker reports about the plugin it loaded.
@@ -115,6 +118,8 @@ pub struct PluginInfoWire {
     pub plugins_in_library: Vec<String>,
     /// Whether the worker mapped the shared-memory region (else: socket only).
     pub shm: bool,
+    /// How each sandbox layer ended up.
+    pub sandbox: SandboxReport,
 }
 
 /// Why the worker could not load the plugin.
@@ -246,6 +251,15 @@ pub enum LoadFailure {
     #[error("worker could not decode the load request: {reason}")]
     BadRequest {
         /// The decode error.
+        reason: String,
+    },
+    /// A sandbox layer the policy requires could not be applied (or the sandbox
+    /// could not be set up at all). No plugin code ran.
+    #[error("sandbox layer {layer} could not be applied: {reason}")]
+    Sandbox {
+        /// The layer.
+        layer: Layer,
+        /// Why.
         reason: String,
     },
 }
@@ -534,6 +548,7 @@ mod tests {
             method_metadata: vec![vec![], vec![("a".into(), "b".into())]],
             plugins_in_library: vec!["P".into(), "Q".into()],
             shm: true,
+            sandbox: SandboxReport::off(7),
         }
     }
 
@@ -549,6 +564,7 @@ mod tests {
                 arena_capacity: 4096,
                 max_output: 1 << 20,
                 shm_capacity: 0,
+                sandbox: crate::sandbox::SandboxPolicy::none(),
             }),
             HostMsg::Call {
                 id: u64::MAX,

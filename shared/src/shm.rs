@@ -28,7 +28,15 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::MemFdCreateFlag;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+/// Seals every region carries before its fd leaves the host: its size can never
+/// change again, and no seal can be removed or added.
+pub const REGION_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
 
 /// Version of the region layout.
 pub const SHM_VERSION: u32 = 1;
@@ -137,9 +145,14 @@ impl Region {
     /// Host side: creates a memfd region with `capacity` bytes per direction.
     pub fn create(capacity: u32) -> io::Result<(Region, OwnedFd)> {
         let name: &CStr = c"bulkhead-shm";
-        let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+        let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+        let fd = nix::sys::memfd::memfd_create(name, flags)?;
         let map_len = HEADER_SIZE + 2 * capacity as usize;
         nix::unistd::ftruncate(&fd, map_len as i64)?;
+        // The worker is hostile: if it could shrink the file, the host's next access
+        // to the mapping would die of SIGBUS. Seal the size for good before the fd
+        // is ever passed on (a worker can reopen it through /proc/self/map_files).
+        fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(REGION_SEALS))?;
         let region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
         region.prefault();
         let h = region.header();
@@ -152,6 +165,10 @@ impl Region {
     /// Worker side: maps a region received from the host and checks its header
     /// against its actual size.
     pub fn open(fd: BorrowedFd<'_>) -> io::Result<Region> {
+        let seals = SealFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(REGION_SEALS) {
+            return Err(io::Error::other("shared region is not sealed against resizing"));
+        }
         let size = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size as usize;
         if size < HEADER_SIZE {
             return Err(io::Error::other(format!("shared region of {size} bytes is too small")));

@@ -1,0 +1,254 @@
+//! The sandbox policy the host sends with a load request, and the per-layer
+//! report the worker sends back.
+//!
+//! The worker applies every layer to itself before the plugin library is opened
+//! (library constructors run inside `dlopen`). Each layer is best effort unless
+//! the policy requires it: a layer the kernel refuses is reported as
+//! [`LayerState::Unavailable`] with the reason, and a required layer that is not
+//! fully enforced fails the load.
+
+use serde::{Deserialize, Serialize};
+
+/// One isolation layer of the worker sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Layer {
+    /// A user namespace: the worker is root only inside it, and holds no
+    /// capability over the host's processes or files. When the host runs as
+    /// root, the worker first switches to an unprivileged uid.
+    UserNs,
+    /// A pid namespace with a fresh `/proc`: the host and other workers are
+    /// invisible, and everything the plugin starts dies with its worker.
+    PidNs,
+    /// A network namespace: no network at all (unless the policy allows it).
+    NetNs,
+    /// A mount namespace with a minimal read-only view of the filesystem.
+    MountNs,
+    /// An IPC namespace (System V IPC and POSIX message queues).
+    IpcNs,
+    /// A UTS namespace (hostname).
+    UtsNs,
+    /// Landlock: filesystem allow-list, TCP bind/connect rules, signal and
+    /// abstract-socket scopes.
+    Landlock,
+    /// A seccomp-bpf deny-list of the system calls a plugin uses to attack.
+    Seccomp,
+}
+
+impl Layer {
+    /// Every layer, in the order the worker applies them.
+    pub const ALL: [Layer; 8] = [
+        Layer::UserNs,
+        Layer::PidNs,
+        Layer::NetNs,
+        Layer::MountNs,
+        Layer::IpcNs,
+        Layer::UtsNs,
+        Layer::Landlock,
+        Layer::Seccomp,
+    ];
+
+    /// The layer's bit in a [`LayerSet`].
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// A short lowercase name (`"user-ns"`, `"landlock"`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Layer::UserNs => "user-ns",
+            Layer::PidNs => "pid-ns",
+            Layer::NetNs => "net-ns",
+            Layer::MountNs => "mount-ns",
+            Layer::IpcNs => "ipc-ns",
+            Layer::UtsNs => "uts-ns",
+            Layer::Landlock => "landlock",
+            Layer::Seccomp => "seccomp",
+        }
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of [`Layer`]s, as a bit mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LayerSet(pub u32);
+
+impl LayerSet {
+    /// No layer.
+    pub const EMPTY: LayerSet = LayerSet(0);
+
+    /// Every layer.
+    pub const fn all() -> LayerSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < Layer::ALL.len() {
+            bits |= Layer::ALL[i].bit();
+            i += 1;
+        }
+        LayerSet(bits)
+    }
+
+    /// Whether `layer` is in the set.
+    pub const fn contains(self, layer: Layer) -> bool {
+        self.0 & layer.bit() != 0
+    }
+
+    /// The set with `layer` added.
+    pub const fn with(self, layer: Layer) -> LayerSet {
+        LayerSet(self.0 | layer.bit())
+    }
+
+    /// The set with `layer` removed.
+    pub const fn without(self, layer: Layer) -> LayerSet {
+        LayerSet(self.0 & !layer.bit())
+    }
+}
+
+/// What the plugin may reach over the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetPolicy {
+    /// Nothing: the worker gets its own, empty network namespace.
+    None,
+    /// TCP connections to these ports only (any address: neither Landlock nor
+    /// seccomp can filter by address); no listening, no UDP, no raw sockets.
+    /// The worker shares the host's network namespace.
+    ConnectTcp(Vec<u16>),
+    /// Unrestricted network access (the host's network namespace, no rules).
+    All,
+}
+
+/// The sandbox a worker applies to itself before loading the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPolicy {
+    /// Layers to apply (the others are [`LayerState::Off`]).
+    pub layers: LayerSet,
+    /// Layers whose absence fails the load instead of being reported.
+    pub required: LayerSet,
+    /// Layers to treat as unavailable, as if the kernel refused them (for
+    /// testing how degradation is reported; never set in production).
+    pub simulate_unavailable: LayerSet,
+    /// Paths (raw OS bytes) the plugin may read, besides the system libraries
+    /// and its own library.
+    pub read: Vec<Vec<u8>>,
+    /// Paths (raw OS bytes) the plugin may read and write.
+    pub write: Vec<Vec<u8>>,
+    /// Network access.
+    pub net: NetPolicy,
+    /// Size of the private `/tmp` (and `/dev/shm`) in bytes.
+    pub tmp_size: u64,
+}
+
+impl SandboxPolicy {
+    /// No sandbox at all: the worker runs with the host's uid, namespaces and
+    /// filesystem (only the process hygiene every worker gets).
+    pub fn none() -> SandboxPolicy {
+        SandboxPolicy {
+            layers: LayerSet::EMPTY,
+            required: LayerSet::EMPTY,
+            simulate_unavailable: LayerSet::EMPTY,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: NetPolicy::None,
+            tmp_size: 0,
+        }
+    }
+
+    /// Whether any layer is on.
+    pub fn enabled(&self) -> bool {
+        self.layers != LayerSet::EMPTY
+    }
+}
+
+/// How a layer ended up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerState {
+    /// Applied in full.
+    Enforced,
+    /// Applied, but weaker than asked (the reason says what is missing).
+    Partial(String),
+    /// Asked for but could not be applied (the reason says why).
+    Unavailable(String),
+    /// Not asked for by the policy.
+    Off,
+}
+
+impl LayerState {
+    /// Whether the layer is applied in full.
+    pub fn is_enforced(&self) -> bool {
+        matches!(self, LayerState::Enforced)
+    }
+}
+
+/// The state of every layer, as the worker applied them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// One entry per [`Layer`], in [`Layer::ALL`] order.
+    pub layers: Vec<(Layer, LayerState)>,
+    /// The uid the worker runs as, seen from the host.
+    pub host_uid: u32,
+}
+
+impl SandboxReport {
+    /// A report with every layer [`LayerState::Off`].
+    pub fn off(host_uid: u32) -> SandboxReport {
+        SandboxReport {
+            layers: Layer::ALL.iter().map(|&l| (l, LayerState::Off)).collect(),
+            host_uid,
+        }
+    }
+
+    /// The state of `layer` (`Off` if the report does not mention it).
+    pub fn state(&self, layer: Layer) -> &LayerState {
+        self.layers
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, s)| s)
+            .unwrap_or(&LayerState::Off)
+    }
+
+    /// Records the state of `layer`.
+    pub fn set(&mut self, layer: Layer, state: LayerState) {
+        match self.layers.iter_mut().find(|(l, _)| *l == layer) {
+            Some(entry) => entry.1 = state,
+            None => self.layers.push((layer, state)),
+        }
+    }
+
+    /// Layers that are neither enforced nor off, with their state.
+    pub fn degraded(&self) -> impl Iterator<Item = (Layer, &LayerState)> {
+        self.layers
+            .iter()
+            .filter(|(_, s)| !matches!(s, LayerState::Enforced | LayerState::Off))
+            .map(|(l, s)| (*l, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_sets() {
+        let all = LayerSet::all();
+        for l in Layer::ALL {
+            assert!(all.contains(l));
+            assert!(!all.without(l).contains(l));
+            assert!(LayerSet::EMPTY.with(l).contains(l));
+        }
+        assert_eq!(all.0.count_ones() as usize, Layer::ALL.len());
+    }
+
+    #[test]
+    fn report_tracks_degraded_layers() {
+        let mut r = SandboxReport::off(0);
+        r.set(Layer::Landlock, LayerState::Enforced);
+        r.set(Layer::NetNs, LayerState::Unavailable("no".into()));
+        assert_eq!(r.state(Layer::Landlock), &LayerState::Enforced);
+        let d: Vec<_> = r.degraded().map(|(l, _)| l).collect();
+        assert_eq!(d, vec![Layer::NetNs]);
+    }
+}
