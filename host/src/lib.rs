@@ -55,6 +55,7 @@ mod output;
 mod plugin;
 mod pool;
 mod restart;
+mod sandbox;
 mod stats;
 mod supervisor;
 mod worker_process;
@@ -70,6 +71,7 @@ pub use plugin::{
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
+pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, DEFAULT_TMP_SIZE};
 pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
 pub use stats::Stats;
 pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};

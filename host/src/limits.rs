@@ -13,9 +13,17 @@ pub struct Limits {
     pub cpu_seconds: Option<u64>,
     /// `RLIMIT_NOFILE`: maximum open file descriptors. Default: unset.
     pub open_files: Option<u64>,
-    /// `RLIMIT_NPROC`: maximum processes for the user (Linux counts per real
-    /// uid, so this also counts the user's other processes). Default: unset.
+    /// `RLIMIT_NPROC`: maximum processes (threads included) of the worker.
+    /// Under the default sandbox each worker has its own user namespace, where
+    /// Linux counts them per worker, and a root host's worker runs as uid 65534,
+    /// so the limit binds even for a root host (real root is exempt from it).
+    /// Without the sandbox Linux counts every process of the host's uid, and
+    /// not at all for root. Default: unset.
     pub processes: Option<u64>,
+    /// `RLIMIT_FSIZE`: largest file the plugin may write, in bytes. A write past
+    /// it raises SIGXFSZ, which kills the worker unless the plugin ignores the
+    /// signal (then the write fails with `EFBIG`). Default: unset.
+    pub file_size: Option<u64>,
     /// Allow core dumps (`RLIMIT_CORE` unlimited vs 0). Default: `false`.
     pub core_dumps: bool,
 }
@@ -45,6 +53,11 @@ impl Limits {
         self.processes = Some(n);
         self
     }
+    /// Sets the file-size limit in bytes.
+    pub fn file_size(mut self, bytes: u64) -> Self {
+        self.file_size = Some(bytes);
+        self
+    }
     /// Enables or disables core dumps.
     pub fn core_dumps(mut self, on: bool) -> Self {
         self.core_dumps = on;
@@ -64,6 +77,7 @@ impl Limits {
         push("--limit-cpu", self.cpu_seconds);
         push("--limit-nofile", self.open_files);
         push("--limit-nproc", self.processes);
+        push("--limit-fsize", self.file_size);
         if self.core_dumps {
             args.push("--core-dumps".into());
         }

@@ -12,6 +12,7 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::call::Answer;
+use crate::sandbox::{Sandbox, SandboxReport};
 use crate::error::{CallError, PluginError};
 use crate::limits::Limits;
 use crate::pool::Pool;
@@ -60,6 +61,7 @@ pub struct PluginSpec {
     pub(crate) transport: Transport,
     pub(crate) shm_capacity: u32,
     pub(crate) standby: bool,
+    pub(crate) sandbox: Sandbox,
 }
 
 impl PluginSpec {
@@ -82,7 +84,16 @@ impl PluginSpec {
             transport: Transport::SharedMemory,
             shm_capacity: bulkhead_shared::shm::DEFAULT_CAPACITY,
             standby: false,
+            sandbox: Sandbox::strict(),
         }
+    }
+
+    /// What the worker may touch. Default: [`Sandbox::strict`] — every layer on,
+    /// no network, no host files but the system libraries and the plugin.
+    /// [`Sandbox::none`] turns the sandbox off.
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     /// Keeps one extra worker loaded and idle, so replacing a failed worker is
@@ -228,6 +239,9 @@ pub struct PluginInfo {
     pub worker_pid: u32,
     /// The transport the (first) worker actually uses.
     pub transport: Transport,
+    /// How each sandbox layer ended up in the (first) worker: enforced,
+    /// partial, unavailable (with the reason) or off.
+    pub sandbox: SandboxReport,
 }
 
 pub(crate) struct PluginShared {
@@ -425,6 +439,7 @@ impl Plugin {
             } else {
                 Transport::Socket
             },
+            sandbox: i.sandbox.clone(),
         }
     }
 

@@ -129,6 +129,7 @@ impl Supervisor {
             arena_capacity: spec.arena_capacity,
             max_output: spec.max_message_size,
             shm_capacity: 0,
+            sandbox: spec.sandbox.to_policy(),
         };
         let mut env: Vec<(String, String)> = self
             .env_allow
@@ -158,7 +159,10 @@ impl Supervisor {
             standby: spec.standby,
             grace: self.grace,
         };
-        let (pool, info) = Pool::start(label, launch, config, self.events.clone())?;
+        let (pool, info) = Pool::start(label.clone(), launch, config, self.events.clone())?;
+        for (layer, state) in info.sandbox.degraded() {
+            tracing::warn!(plugin = %label, %layer, state = ?state, "sandbox layer not fully enforced");
+        }
         {
             let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
             plugins.retain(|p| p.strong_count() > 0);

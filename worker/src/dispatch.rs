@@ -13,6 +13,9 @@ use bulkhead_shared::protocol::{reply_prefix, HostMsg, LoadFailure, WorkerMsg, P
 use bulkhead_shared::shm::{self, Region};
 
 use crate::load::{self, Outcome, Plugin};
+use crate::sandbox;
+use crate::setup::{self, Args};
+use std::os::unix::ffi::OsStrExt;
 
 /// Exit code when the host broke the protocol.
 const EXIT_PROTOCOL: u8 = 65;
@@ -25,7 +28,7 @@ const SMALL_REPLY: usize = 16 * 1024;
 const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// Loads the plugin the host asks for, then serves calls until told to stop.
-pub fn run(mut sock: UnixStream) -> ExitCode {
+pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
     let mut rx = Vec::with_capacity(4096);
     let mut tx = Vec::with_capacity(SMALL_REPLY + 64);
 
@@ -60,9 +63,21 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
         None
     };
     let max_in = req.max_output.saturating_add(ENVELOPE_OVERHEAD);
+    // The sandbox and the limits, before the library is opened. With a pid
+    // namespace this process becomes the outer waiter inside `enter`, and what
+    // follows runs in the sandboxed worker.
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&req.path));
+    let entered = match sandbox::enter(&req.sandbox, path) {
+        Ok(e) => e,
+        Err(why) => return send_load_failure(&mut sock, &mut tx, why),
+    };
+    if let Err(e) = setup::apply_limits(args, entered.helper_processes) {
+        return fail_load(&mut sock, &mut tx, e);
+    }
     let plugin = match load::load(&req) {
         Ok((plugin, mut info)) => {
             info.shm = region.is_some();
+            info.sandbox = entered.report;
             WorkerMsg::Loaded(Box::new(info)).encode(&mut tx);
             if sock.write_all(&tx).is_err() {
                 return ExitCode::SUCCESS;

@@ -177,6 +177,7 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         method_metadata,
         plugins_in_library: names,
         shm: false,
+        sandbox: bulkhead_shared::sandbox::SandboxReport::off(0),
     };
     let arena = vec![
         0u8;

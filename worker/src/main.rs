@@ -5,19 +5,22 @@
 //! environment. The worker then:
 //!
 //! 1. moves the socket off fd 0 and puts `/dev/null` there, closes every other
-//!    inherited descriptor, asks for SIGKILL when its parent dies, sets
-//!    `no_new_privs` and applies its resource limits ([`setup`]);
-//! 2. reads the `Load` request, loads and validates the plugin ([`load`]) and
-//!    answers with its info or the reason it could not load;
+//!    inherited descriptor, asks for SIGKILL when its parent dies and sets
+//!    `no_new_privs` ([`setup`]);
+//! 2. reads the `Load` request, maps the shared region, enters the sandbox the
+//!    request describes ([`sandbox`]) and applies its resource limits — all
+//!    before any plugin code runs — then loads and validates the plugin
+//!    ([`load`]) and answers with its info or the reason it could not load;
 //! 3. serves calls until the host says `Shutdown` or closes the socket
 //!    ([`dispatch`]).
 //!
 //! Usage (the host builds this command line): `bulkhead-worker --parent-pid PID
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
-//! [--core-dumps]`.
+//! [--limit-fsize BYTES] [--core-dumps]`.
 
 mod dispatch;
 mod load;
+mod sandbox;
 mod setup;
 
 use std::process::ExitCode;
@@ -42,5 +45,5 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     };
-    dispatch::run(sock)
+    dispatch::run(sock, &args)
 }

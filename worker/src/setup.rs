@@ -9,7 +9,8 @@ use std::os::unix::net::UnixStream;
 use nix::sys::prctl;
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::Signal;
-use nix::unistd::getppid;
+use nix::unistd::{getppid, Pid};
+use std::sync::OnceLock;
 
 /// The worker's command line.
 #[derive(Debug, Default)]
@@ -19,6 +20,7 @@ pub struct Args {
     limit_cpu: Option<u64>,
     limit_nofile: Option<u64>,
     limit_nproc: Option<u64>,
+    limit_fsize: Option<u64>,
     core_dumps: bool,
 }
 
@@ -39,6 +41,7 @@ impl Args {
                 "--limit-cpu" => a.limit_cpu = Some(num()?),
                 "--limit-nofile" => a.limit_nofile = Some(num()?),
                 "--limit-nproc" => a.limit_nproc = Some(num()?),
+                "--limit-fsize" => a.limit_fsize = Some(num()?),
                 _ => return Err(format!("unknown argument {flag}")),
             }
         }
@@ -49,19 +52,29 @@ impl Args {
     }
 }
 
-/// Prepares the process and returns the protocol socket.
-pub fn prepare(args: &Args) -> Result<UnixStream, String> {
-    // Die with the host. Checking the parent *after* arming the signal closes the
-    // race where the host died between fork and prctl (we would have been
-    // reparented already and the signal would never come).
+/// The host's pid, checked once at start.
+static PARENT: OnceLock<Pid> = OnceLock::new();
+
+/// Asks for SIGKILL when the host dies, then checks the host is still our
+/// parent. Checking *after* arming closes the race where the host died first
+/// (we would have been reparented and the signal would never come). Called at
+/// start and again after every credential change, which clears the setting.
+pub fn die_with_parent() -> Result<(), String> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    if args.parent_pid != Some(getppid().as_raw()) {
-        return Err(format!(
-            "parent {:?} is gone (now {}), exiting",
-            args.parent_pid,
-            getppid()
-        ));
+    let now = getppid();
+    match PARENT.get() {
+        Some(&p) if p == now => Ok(()),
+        expected => Err(format!("parent {expected:?} is gone (now {now}), exiting")),
     }
+}
+
+/// Prepares the process and returns the protocol socket. Limits are applied
+/// later, by [`apply_limits`], once the sandbox is in place.
+pub fn prepare(args: &Args) -> Result<UnixStream, String> {
+    if let Some(p) = args.parent_pid {
+        let _ = PARENT.set(Pid::from_raw(p));
+    }
+    die_with_parent()?;
     prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
 
     // The socket arrives as fd 0; plugin code reads stdin, so move it away
@@ -78,8 +91,6 @@ pub fn prepare(args: &Args) -> Result<UnixStream, String> {
     nix::unistd::dup2(devnull.as_raw_fd(), 0).map_err(|e| format!("dup2 /dev/null: {e}"))?;
     drop(devnull);
     close_inherited_fds(sock.as_raw_fd())?;
-
-    apply_limits(args)?;
     Ok(UnixStream::from(sock))
 }
 
@@ -96,7 +107,11 @@ fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_limits(args: &Args) -> Result<(), String> {
+/// Applies the resource limits to this process (the one that loads the
+/// plugin). `helpers` is how many processes the sandbox itself keeps under the
+/// worker's uid (its outer process and init); `RLIMIT_NPROC` counts them too,
+/// so they are added to the limit.
+pub fn apply_limits(args: &Args, helpers: u64) -> Result<(), String> {
     let set =
         |res: Resource, v: u64, name: &str| setrlimit(res, v, v).map_err(|e| format!("setrlimit({name}, {v}): {e}"));
     if let Some(v) = args.limit_as {
@@ -111,7 +126,10 @@ fn apply_limits(args: &Args) -> Result<(), String> {
         set(Resource::RLIMIT_NOFILE, v, "RLIMIT_NOFILE")?;
     }
     if let Some(v) = args.limit_nproc {
-        set(Resource::RLIMIT_NPROC, v, "RLIMIT_NPROC")?;
+        set(Resource::RLIMIT_NPROC, v.saturating_add(helpers), "RLIMIT_NPROC")?;
+    }
+    if let Some(v) = args.limit_fsize {
+        set(Resource::RLIMIT_FSIZE, v, "RLIMIT_FSIZE")?;
     }
     if !args.core_dumps {
         set(Resource::RLIMIT_CORE, 0, "RLIMIT_CORE")?;

@@ -1,0 +1,204 @@
+//! The sandbox policy users set on a [`PluginSpec`](crate::PluginSpec), and the
+//! report of what the worker actually enforced.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use bulkhead_shared::sandbox::{LayerSet, NetPolicy, SandboxPolicy};
+
+pub use bulkhead_shared::sandbox::{Layer, LayerState, SandboxReport};
+
+/// Default size of the sandbox's private `/tmp` (and of its `/dev/shm`): 64 MiB.
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+
+/// What a plugin's worker may touch. The default, [`Sandbox::strict`], applies
+/// every layer bulkhead has: user, pid, net, mount, ipc and uts namespaces,
+/// Landlock and a seccomp deny-list — without privileges, applied by the worker
+/// to itself before the plugin library is opened.
+///
+/// Every layer is best effort: one the kernel refuses is reported in
+/// [`PluginInfo::sandbox`](crate::PluginInfo::sandbox) (and logged as a
+/// warning) instead of failing the load — unless it is [`required`](Self::require).
+///
+/// ```
+/// use bulkhead::{Layer, Sandbox};
+/// let sandbox = Sandbox::strict()
+///     .allow_read("/etc/myapp/model.bin")   // one more file, read-only
+///     .allow_write("/var/lib/myapp/cache")  // a directory it may write
+///     .allow_connect_tcp(443)               // TCP to port 443, nothing else
+///     .tmp_size(16 << 20)
+///     .require(Layer::Seccomp);
+/// # let _ = sandbox;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Sandbox {
+    layers: LayerSet,
+    required: LayerSet,
+    simulate_unavailable: LayerSet,
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+    net: NetPolicy,
+    tmp_size: u64,
+}
+
+impl Default for Sandbox {
+    /// [`Sandbox::strict`].
+    fn default() -> Self {
+        Sandbox::strict()
+    }
+}
+
+impl Sandbox {
+    /// Every layer on; no network; the filesystem shows only the system
+    /// libraries (read-only), the plugin library, a private 64 MiB `/tmp` and a
+    /// few devices. The default for every [`PluginSpec`](crate::PluginSpec).
+    pub fn strict() -> Sandbox {
+        Sandbox {
+            layers: LayerSet::all(),
+            required: LayerSet::EMPTY,
+            simulate_unavailable: LayerSet::EMPTY,
+            read: Vec::new(),
+            write: Vec::new(),
+            net: NetPolicy::None,
+            tmp_size: DEFAULT_TMP_SIZE,
+        }
+    }
+
+    /// No sandbox: the worker runs with the host's uid, filesystem, network and
+    /// namespaces. Process isolation (crash containment, timeouts, limits, a
+    /// scrubbed environment, `no_new_privs`) still applies; nothing stops a
+    /// hostile plugin from attacking the host.
+    pub fn none() -> Sandbox {
+        Sandbox {
+            layers: LayerSet::EMPTY,
+            ..Sandbox::strict()
+        }
+    }
+
+    /// Turns `layer` off. Turning off the user namespace also makes the other
+    /// namespaces unavailable to an unprivileged host.
+    pub fn without(mut self, layer: Layer) -> Sandbox {
+        self.layers = self.layers.without(layer);
+        self
+    }
+
+    /// Makes a load fail with [`LoadFailure::Sandbox`](crate::LoadFailure::Sandbox)
+    /// unless `layer` is fully enforced. Default: nothing is required.
+    pub fn require(mut self, layer: Layer) -> Sandbox {
+        self.required = self.required.with(layer);
+        self
+    }
+
+    /// Requires every layer that is on.
+    pub fn require_all(mut self) -> Sandbox {
+        self.required = self.layers;
+        self
+    }
+
+    /// Lets the plugin read `path` (a file, or a directory and everything under
+    /// it) at the same path inside the sandbox. When the host runs as root the
+    /// worker runs as uid 65534, so the file must be readable by that uid.
+    pub fn allow_read(mut self, path: impl AsRef<Path>) -> Sandbox {
+        self.read.push(absolute(path.as_ref()));
+        self
+    }
+
+    /// Lets the plugin read and write `path` (a file or a directory); it must
+    /// exist. As with [`allow_read`](Self::allow_read), a root host's worker
+    /// runs as uid 65534.
+    pub fn allow_write(mut self, path: impl AsRef<Path>) -> Sandbox {
+        self.write.push(absolute(path.as_ref()));
+        self
+    }
+
+    /// Lets the plugin open TCP connections to `port` (on any address: neither
+    /// Landlock nor seccomp can filter by address). The worker then shares the
+    /// host's network namespace; binding, UDP and raw sockets stay denied.
+    pub fn allow_connect_tcp(mut self, port: u16) -> Sandbox {
+        match &mut self.net {
+            NetPolicy::ConnectTcp(ports) => ports.push(port),
+            NetPolicy::None => self.net = NetPolicy::ConnectTcp(vec![port]),
+            NetPolicy::All => {}
+        }
+        self
+    }
+
+    /// Unrestricted network access: the host's network namespace, no rules.
+    pub fn allow_network(mut self) -> Sandbox {
+        self.net = NetPolicy::All;
+        self
+    }
+
+    /// Size of the private `/tmp` and `/dev/shm` (each). Default:
+    /// [`DEFAULT_TMP_SIZE`].
+    pub fn tmp_size(mut self, bytes: u64) -> Sandbox {
+        self.tmp_size = bytes;
+        self
+    }
+
+    /// Makes the worker treat `layer` as if the kernel refused it — to see how
+    /// degradation is reported and how [`require`](Self::require) reacts.
+    /// For tests; never useful in production.
+    #[doc(hidden)]
+    pub fn simulate_unavailable(mut self, layer: Layer) -> Sandbox {
+        self.simulate_unavailable = self.simulate_unavailable.with(layer);
+        self
+    }
+
+    /// Whether any layer is on.
+    pub fn is_enabled(&self) -> bool {
+        self.layers != LayerSet::EMPTY
+    }
+
+    /// The policy as the worker receives it.
+    pub(crate) fn to_policy(&self) -> SandboxPolicy {
+        let bytes = |p: &PathBuf| p.as_os_str().as_bytes().to_vec();
+        SandboxPolicy {
+            layers: self.layers,
+            required: self.required,
+            simulate_unavailable: self.simulate_unavailable,
+            read: self.read.iter().map(bytes).collect(),
+            write: self.write.iter().map(bytes).collect(),
+            net: self.net.clone(),
+            tmp_size: self.tmp_size,
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_is_the_default_and_has_every_layer() {
+        let p = Sandbox::default().to_policy();
+        for l in Layer::ALL {
+            assert!(p.layers.contains(l), "{l}");
+        }
+        assert_eq!(p.net, NetPolicy::None);
+        assert!(!Sandbox::none().is_enabled());
+    }
+
+    #[test]
+    fn builder_collects_the_opt_ins() {
+        let p = Sandbox::strict()
+            .allow_read("/a")
+            .allow_write("/b")
+            .allow_connect_tcp(80)
+            .allow_connect_tcp(443)
+            .without(Layer::IpcNs)
+            .require(Layer::Seccomp)
+            .to_policy();
+        assert_eq!(p.read, vec![b"/a".to_vec()]);
+        assert_eq!(p.write, vec![b"/b".to_vec()]);
+        assert_eq!(p.net, NetPolicy::ConnectTcp(vec![80, 443]));
+        assert!(!p.layers.contains(Layer::IpcNs));
+        assert!(p.required.contains(Layer::Seccomp));
+        assert_eq!(Sandbox::strict().allow_network().allow_connect_tcp(1).to_policy().net, NetPolicy::All);
+    }
+}

@@ -1,0 +1,95 @@
+//! Landlock: the filesystem allow-list, TCP bind/connect rules, and the signal
+//! and abstract-unix-socket scopes. Needs no privilege and no namespace, so it
+//! is also what still holds on a kernel without unprivileged user namespaces.
+//!
+//! Allowed: read (and execute) the system library directories, the plugin
+//! library, `/proc` (inside a pid namespace: the worker's own) and the harmless
+//! devices; read and write `/tmp`, `/dev/shm` and the policy's writable paths;
+//! read the policy's readable paths. TCP: no bind; connect only to the
+//! policy's ports. Scopes: no signal to, and no abstract socket of, any process
+//! outside the worker's Landlock domain.
+
+use std::path::PathBuf;
+
+use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxReport};
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+
+use super::Plan;
+
+/// The newest Landlock ABI whose features bulkhead uses (scopes: ABI 6).
+const TARGET: ABI = ABI::V6;
+
+/// Applies the ruleset; records the outcome.
+pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport) {
+    if !plan.wants(Layer::Landlock) {
+        return;
+    }
+    if let Some(state) = plan.simulated_unavailable(Layer::Landlock) {
+        report.set(Layer::Landlock, state);
+        return;
+    }
+    let state = match restrict(plan) {
+        Ok(RulesetStatus::FullyEnforced) => LayerState::Enforced,
+        Ok(RulesetStatus::PartiallyEnforced) => LayerState::Partial(
+            "the kernel's Landlock ABI lacks some of the rules (TCP rules need ABI 4, scopes ABI 6)".into(),
+        ),
+        Ok(RulesetStatus::NotEnforced) => LayerState::Unavailable("Landlock is not supported or not enabled".into()),
+        Err(e) => LayerState::Unavailable(e),
+    };
+    report.set(Layer::Landlock, state);
+}
+
+fn existing(paths: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    paths.into_iter().filter(|p| p.exists()).collect()
+}
+
+fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
+    let err = |e: landlock::RulesetError| e.to_string();
+    let read = AccessFs::from_read(TARGET);
+    let all = AccessFs::from_all(TARGET);
+
+    let mut readable: Vec<PathBuf> = ["/usr", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache", "/etc/localtime", "/proc"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    readable.push(plan.library.clone());
+    readable.extend(plan.read.iter().cloned());
+    if !matches!(plan.policy.net, NetPolicy::None) {
+        readable.extend(
+            ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"].map(PathBuf::from),
+        );
+    }
+    let readable_dev = ["/dev/random", "/dev/urandom"].map(PathBuf::from);
+    let mut writable: Vec<PathBuf> = ["/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full"].map(PathBuf::from).into();
+    writable.extend(plan.write.iter().cloned());
+
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(all)
+        .map_err(err)?;
+    if !matches!(plan.policy.net, NetPolicy::All) {
+        ruleset = ruleset.handle_access(AccessNet::from_all(TARGET)).map_err(err)?;
+    }
+    let mut created = ruleset
+        .scope(Scope::from_all(TARGET))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(existing(readable), read))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(existing(readable_dev), read))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(existing(writable), all))
+        .map_err(err)?;
+    if let NetPolicy::ConnectTcp(ports) = &plan.policy.net {
+        for &port in ports {
+            created = created.add_rule(NetPort::new(port, AccessNet::ConnectTcp)).map_err(err)?;
+        }
+    }
+    let status = created.restrict_self().map_err(err)?;
+    Ok(status.ruleset)
+}
+

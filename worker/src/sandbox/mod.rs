@@ -1,0 +1,153 @@
+//! The worker's sandbox, applied by the worker to itself after the host's load
+//! request arrives and before the plugin library is opened (its constructors run
+//! inside `dlopen`, so everything here happens before any plugin code).
+//!
+//! Layers, in the order they are applied — each in its own module:
+//!
+//! 1. [`identity`]: a worker started by a root host switches to an unprivileged
+//!    uid/gid first, so `RLIMIT_NPROC` binds and DAC protects the host's files;
+//! 2. [`namespaces`]: user, pid, net, mount, ipc and uts namespaces;
+//! 3. [`init`]: with a pid namespace the worker splits into three processes — the
+//!    *outer* one the host started (it stays in the host's pid namespace, waits,
+//!    and mirrors the real worker's exit status), a tiny *init* (pid 1: reaps, and
+//!    when it exits the kernel kills everything left in the namespace) and the
+//!    worker proper (pid 2), which loads the plugin;
+//! 4. [`mounts`]: a minimal read-only view of the filesystem, a private
+//!    size-limited `/tmp`, a fresh `/proc`, cwd `/`;
+//! 5. [`capabilities`]: every capability dropped (the worker is root only in its
+//!    own user namespace, and not even that afterwards);
+//! 6. [`landlock`]: filesystem allow-list, TCP rules, signal and abstract-socket
+//!    scopes — the layer that still holds where namespaces are unavailable;
+//! 7. [`seccomp`]: a deny-list of the system calls an attacker needs, last,
+//!    because it forbids the mount and namespace calls the steps above make.
+//!
+//! Every layer is best effort unless the policy requires it; the report sent to
+//! the host says, per layer, enforced / partial / unavailable and why.
+
+mod capabilities;
+mod identity;
+mod init;
+mod landlock;
+mod mounts;
+mod namespaces;
+mod seccomp;
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use bulkhead_shared::protocol::LoadFailure;
+use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
+
+/// What the worker's limits code needs to know from the sandbox.
+pub struct Entered {
+    /// The per-layer report for the host.
+    pub report: SandboxReport,
+    /// Processes bulkhead itself added to the worker's uid count (the outer
+    /// process and init), to add to `RLIMIT_NPROC`.
+    pub helper_processes: u64,
+}
+
+/// The paths and policy one sandbox is built from.
+pub(crate) struct Plan<'a> {
+    pub(crate) policy: &'a SandboxPolicy,
+    pub(crate) library: PathBuf,
+    pub(crate) read: Vec<PathBuf>,
+    pub(crate) write: Vec<PathBuf>,
+}
+
+impl Plan<'_> {
+    /// Whether `layer` is asked for.
+    pub(crate) fn wants(&self, layer: Layer) -> bool {
+        self.policy.layers.contains(layer)
+    }
+
+    /// `Some(reason)` when the policy's test knob makes `layer` unavailable.
+    pub(crate) fn simulated_unavailable(&self, layer: Layer) -> Option<LayerState> {
+        self.policy
+            .simulate_unavailable
+            .contains(layer)
+            .then(|| LayerState::Unavailable("made unavailable by the policy (simulate_unavailable)".into()))
+    }
+
+    /// Whether the plugin keeps the host's network.
+    pub(crate) fn shares_host_network(&self) -> bool {
+        !matches!(self.policy.net, NetPolicy::None)
+    }
+}
+
+/// Applies `policy` to this process; returns (in the process that goes on to
+/// load the plugin) the report. With a pid namespace, the process that called
+/// this never returns: it becomes the outer waiter (see [`init`]).
+pub fn enter(policy: &SandboxPolicy, library: &Path) -> Result<Entered, LoadFailure> {
+    let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
+    if !policy.enabled() {
+        return Ok(Entered {
+            report,
+            helper_processes: 0,
+        });
+    }
+    let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
+    let plan = Plan {
+        policy,
+        library: library.to_path_buf(),
+        read: policy.read.iter().map(os).collect(),
+        write: policy.write.iter().map(os).collect(),
+    };
+
+    // The filesystem view is built from descriptors opened now, with the
+    // identity the host gave us: after the switch below the paths may no
+    // longer be reachable (a root-only directory on the way, say).
+    let sources = mounts::Sources::open(&plan).map_err(|reason| LoadFailure::Sandbox {
+        layer: Layer::MountNs,
+        reason,
+    })?;
+
+    identity::drop_root(&plan, &mut report)?;
+    let ns = namespaces::unshare(&plan, &mut report);
+
+    let mut helper_processes = 0;
+    if ns.pid {
+        // Returns only in the worker proper; the caller of `enter` turned into
+        // the outer waiter, and init runs `build` before forking the worker.
+        init::split(|| {
+            if ns.uts {
+                namespaces::set_hostname();
+            }
+            mounts::build(&plan, &sources, ns.mount, true, &mut report);
+        })
+        .map_err(|reason| LoadFailure::Sandbox {
+            layer: Layer::PidNs,
+            reason,
+        })?;
+        helper_processes = 2;
+    } else {
+        if ns.uts {
+            namespaces::set_hostname();
+        }
+        mounts::build(&plan, &sources, ns.mount, false, &mut report);
+    }
+    drop(sources);
+
+    capabilities::drop_all();
+    landlock::apply(&plan, &mut report);
+    seccomp::apply(&plan, &mut report);
+
+    for layer in Layer::ALL {
+        if policy.required.contains(layer) {
+            let state = report.state(layer);
+            if !state.is_enforced() {
+                let reason = match state {
+                    LayerState::Partial(why) => format!("only partly enforced: {why}"),
+                    LayerState::Unavailable(why) => why.clone(),
+                    LayerState::Off => "required but not enabled in the policy".to_string(),
+                    LayerState::Enforced => unreachable!("checked above"),
+                };
+                return Err(LoadFailure::Sandbox { layer, reason });
+            }
+        }
+    }
+    Ok(Entered {
+        report,
+        helper_processes,
+    })
+}

@@ -1,0 +1,239 @@
+//! The minimal filesystem view, built in the worker's own mount namespace.
+//!
+//! A fresh tmpfs becomes the root. Into it go, read-only: the system library
+//! directories (`/usr`, `/lib*`; merged-usr symlinks recreated as symlinks),
+//! `/etc/ld.so.cache`, the plugin library itself (at its own path, nothing else
+//! of its directory), and the paths the policy allows to be read; read-write:
+//! the paths it allows to be written. `/dev` holds only null, zero, full, random
+//! and urandom; `/tmp` and `/dev/shm` are private tmpfs of the policy's size;
+//! `/proc` is a fresh procfs of the worker's pid namespace. Then `pivot_root`,
+//! the old root is detached, the new root made read-only, cwd `/`.
+//!
+//! Bind sources are opened as `O_PATH` descriptors before the worker gives up
+//! its identity and before anything is mounted over them, and bound through
+//! `/proc/self/fd/N`.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxReport};
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, pivot_root};
+
+use super::Plan;
+
+/// Where the new root is assembled: any directory works, since the mount
+/// namespace is private. `/tmp` always exists.
+const STAGE: &str = "/tmp";
+
+/// System directories the dynamic loader and libc need, bound read-only.
+const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/libx32"];
+/// Single system files bound read-only when present.
+const SYSTEM_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
+/// Files a networked plugin needs to resolve names and verify certificates.
+const NETWORK_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"];
+/// Device nodes bound into the private `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+/// One bind source, opened before the switch.
+struct Source {
+    /// Where it appears inside the sandbox (its path on the host).
+    path: PathBuf,
+    fd: OwnedFd,
+    writable: bool,
+}
+
+/// Every bind source of a plan.
+pub struct Sources(Vec<Source>);
+
+impl Sources {
+    /// Opens the library and the policy's paths. A library that cannot be
+    /// opened is skipped (loading it then fails with the precise reason); an
+    /// allowed path that cannot be opened is an error.
+    pub fn open(plan: &Plan<'_>) -> Result<Sources, String> {
+        let mut out = Vec::new();
+        if !plan.wants(Layer::MountNs) {
+            return Ok(Sources(out));
+        }
+        if let Ok(fd) = open_path(&plan.library) {
+            out.push(Source {
+                path: plan.library.clone(),
+                fd,
+                writable: false,
+            });
+        }
+        for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
+            for p in paths {
+                let fd = open_path(p).map_err(|e| format!("allowed path {}: {e}", p.display()))?;
+                out.push(Source {
+                    path: p.clone(),
+                    fd,
+                    writable,
+                });
+            }
+        }
+        Ok(Sources(out))
+    }
+}
+
+fn open_path(p: &Path) -> nix::Result<OwnedFd> {
+    let fd = open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    // SAFETY: `open` just returned this descriptor; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Builds the view if a mount namespace is active; records the outcome.
+pub fn build(plan: &Plan<'_>, sources: &Sources, active: bool, fresh_proc: bool, report: &mut SandboxReport) {
+    if !active {
+        return;
+    }
+    let state = match assemble(plan, sources, fresh_proc) {
+        Ok(()) if fresh_proc => LayerState::Enforced,
+        Ok(()) => LayerState::Partial("no /proc: a fresh one needs the pid namespace".into()),
+        Err(why) => LayerState::Unavailable(why),
+    };
+    report.set(Layer::MountNs, state);
+}
+
+fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), String> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // Nothing done here may propagate back to the host's mounts.
+    mount_(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    mount_(Some(Path::new("tmpfs")), STAGE, Some("tmpfs"), nosuid_nodev, Some("size=1m,mode=0755"))?;
+    let root = Path::new(STAGE);
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+
+    for dir in SYSTEM_DIRS {
+        let p = Path::new(dir);
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(p).map_err(|e| format!("readlink {dir}: {e}"))?;
+                symlink(&target, inside(p)).map_err(|e| format!("symlink {dir}: {e}"))?;
+            }
+            Ok(m) if m.is_dir() => bind(p, &inside(p), false)?,
+            _ => {}
+        }
+    }
+    let mut files: Vec<&str> = SYSTEM_FILES.to_vec();
+    if !matches!(plan.policy.net, NetPolicy::None) {
+        files.extend_from_slice(NETWORK_FILES);
+    }
+    for f in files {
+        let p = Path::new(f);
+        if p.exists() {
+            bind(p, &inside(p), false)?;
+        }
+    }
+
+    // /dev: a small tmpfs with the harmless devices, and a private /dev/shm.
+    let dev = root.join("dev");
+    mkdirs(&dev)?;
+    mount_(Some(Path::new("tmpfs")), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("size=64k,mode=0755"))?;
+    for d in DEVICES {
+        let host = Path::new("/dev").join(d);
+        if host.exists() {
+            bind_as(&host, &dev.join(d), false, true)?;
+        }
+    }
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        symlink(target, dev.join(name)).map_err(|e| format!("symlink /dev/{name}: {e}"))?;
+    }
+    let tmp_opts = format!("size={},mode=1777", plan.policy.tmp_size.max(4096));
+    for t in [dev.join("shm"), root.join("tmp")] {
+        mkdirs(&t)?;
+        mount_(Some(Path::new("tmpfs")), &t, Some("tmpfs"), nosuid_nodev, Some(&tmp_opts))?;
+    }
+    // After the private /tmp, so that allowed paths under /tmp stay visible.
+    for s in &sources.0 {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", s.fd.as_raw_fd()));
+        let is_dir = fs::metadata(&via).map(|m| m.is_dir()).unwrap_or(false);
+        bind_as(&via, &inside(&s.path), is_dir, s.writable)?;
+    }
+    if fresh_proc {
+        // Mounted before the old root goes: the kernel only allows a new procfs
+        // while a fully visible one exists in the namespace.
+        let proc_dir = root.join("proc");
+        mkdirs(&proc_dir)?;
+        mount_(Some(Path::new("proc")), &proc_dir, Some("proc"), nosuid_nodev | MsFlags::MS_NOEXEC, None)?;
+    }
+
+    chdir(root).map_err(|e| format!("chdir to the new root: {e}"))?;
+    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    mount_(
+        None,
+        "/",
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | nosuid_nodev,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Binds host directory or file `src` at `dst` (read-only unless `writable`).
+fn bind(src: &Path, dst: &Path, writable: bool) -> Result<(), String> {
+    let is_dir = fs::metadata(src).map(|m| m.is_dir()).unwrap_or(false);
+    bind_as(src, dst, is_dir, writable)
+}
+
+fn bind_as(src: &Path, dst: &Path, is_dir: bool, writable: bool) -> Result<(), String> {
+    if is_dir {
+        mkdirs(dst)?;
+    } else {
+        if let Some(parent) = dst.parent() {
+            mkdirs(parent)?;
+        }
+        fs::write(dst, b"").map_err(|e| format!("creating mount point {}: {e}", dst.display()))?;
+    }
+    mount_(Some(src), dst, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    // A bind mount keeps the source's flags; a remount inside a user namespace
+    // must repeat the locked ones (nosuid, nodev, noexec, atime) or it fails.
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID;
+    if !writable {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if let Ok(st) = statvfs(dst) {
+        let f = st.flags();
+        for (fs_flag, ms_flag) in [
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        ] {
+            if f.contains(fs_flag) {
+                flags |= ms_flag;
+            }
+        }
+    }
+    mount_(None, dst, None, flags, None)
+}
+
+fn mkdirs(p: &Path) -> Result<(), String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(|e| format!("mkdir {}: {e}", p.display()))
+}
+
+fn mount_(
+    src: Option<&Path>,
+    dst: impl AsRef<Path>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, dst.as_ref(), fstype, flags, data).map_err(|e| {
+        let from = src.map(|s| format!("{} on ", s.display())).unwrap_or_default();
+        format!("mount {from}{}: {e}", dst.as_ref().display())
+    })
+}
+
