@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bulkhead::{BufferStrategy, CallError, CallFault, Exit, PluginError, PluginSpec};
+use bulkhead::{BufferStrategy, CallError, CallFault, Exit, Layer, LayerState, PluginError, PluginSpec};
 use bulkhead_tests::{alive, basic, blob, spec, supervisor};
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +38,14 @@ fn typed_calls_and_info() {
     assert_ne!(info.worker_pid, std::process::id());
     assert!(alive(info.worker_pid));
     assert_eq!(info.transport, bulkhead_tests::transport());
-    // The method really ran in the worker, not in this process.
+    // The default sandbox is fully in force on this machine.
+    for layer in Layer::ALL {
+        assert_eq!(info.sandbox.state(layer), &LayerState::Enforced, "{layer}");
+    }
+    // The method really ran in the worker, not in this process: in its own pid
+    // namespace, where it is pid 2 (init is pid 1; the host knows the outer pid).
     let pid: u32 = plugin.call(basic::PID, &()).unwrap();
-    assert_eq!(pid, info.worker_pid);
+    assert_eq!(pid, 2);
 }
 
 #[test]

@@ -30,6 +30,10 @@ pub fn drop_root(plan: &Plan<'_>, report: &mut SandboxReport) -> Result<(), Load
     setgroups(&[]).map_err(|e| fail("setgroups", e))?;
     setresgid(gid, gid, gid).map_err(|e| fail("setresgid", e))?;
     setresuid(uid, uid, uid).map_err(|e| fail("setresuid", e))?;
+    // Changing uid made the process non-dumpable, which hands its /proc files
+    // to real root: it could not write its own uid map. Its pid namespace keeps
+    // other processes of the same uid from seeing it.
+    nix::sys::prctl::set_dumpable(true).map_err(|e| fail("PR_SET_DUMPABLE", e))?;
     // A credential change clears the parent-death signal: arm it again, and
     // make sure the host did not die in between.
     crate::setup::die_with_parent().map_err(|reason| LoadFailure::Sandbox {

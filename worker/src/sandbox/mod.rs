@@ -94,39 +94,48 @@ pub fn enter(policy: &SandboxPolicy, library: &Path) -> Result<Entered, LoadFail
         write: policy.write.iter().map(os).collect(),
     };
 
-    // The filesystem view is built from descriptors opened now, with the
-    // identity the host gave us: after the switch below the paths may no
-    // longer be reachable (a root-only directory on the way, say).
-    let sources = mounts::Sources::open(&plan).map_err(|reason| LoadFailure::Sandbox {
-        layer: Layer::MountNs,
-        reason,
-    })?;
-
     identity::drop_root(&plan, &mut report)?;
     let ns = namespaces::unshare(&plan, &mut report);
 
+    // Runs in the process whose children the worker's mounts are inherited by:
+    // init with a pid namespace, else this one.
+    let mut fatal = None;
+    let mut build = |report: &mut SandboxReport| {
+        if ns.uts {
+            namespaces::set_hostname();
+        }
+        if !ns.mount {
+            return;
+        }
+        // Bind sources are opened here, inside the new mount namespace (a bind
+        // mount of a path from another namespace is refused) and with the
+        // identity the plugin will have.
+        match mounts::Sources::open(&plan) {
+            Ok(sources) => mounts::build(&plan, &sources, ns.pid, report),
+            Err(reason) => {
+                fatal = Some(LoadFailure::Sandbox {
+                    layer: Layer::MountNs,
+                    reason,
+                })
+            }
+        }
+    };
     let mut helper_processes = 0;
     if ns.pid {
         // Returns only in the worker proper; the caller of `enter` turned into
-        // the outer waiter, and init runs `build` before forking the worker.
-        init::split(|| {
-            if ns.uts {
-                namespaces::set_hostname();
-            }
-            mounts::build(&plan, &sources, ns.mount, true, &mut report);
-        })
-        .map_err(|reason| LoadFailure::Sandbox {
+        // the outer waiter, and init ran `build` before forking the worker
+        // (which inherits the mounts, and a copy of `report` and `fatal`).
+        init::split(|| build(&mut report)).map_err(|reason| LoadFailure::Sandbox {
             layer: Layer::PidNs,
             reason,
         })?;
         helper_processes = 2;
     } else {
-        if ns.uts {
-            namespaces::set_hostname();
-        }
-        mounts::build(&plan, &sources, ns.mount, false, &mut report);
+        build(&mut report);
     }
-    drop(sources);
+    if let Some(failure) = fatal {
+        return Err(failure);
+    }
 
     capabilities::drop_all();
     landlock::apply(&plan, &mut report);

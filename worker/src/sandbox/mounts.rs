@@ -52,24 +52,30 @@ struct Source {
 pub struct Sources(Vec<Source>);
 
 impl Sources {
-    /// Opens the library and the policy's paths. A library that cannot be
-    /// opened is skipped (loading it then fails with the precise reason); an
-    /// allowed path that cannot be opened is an error.
+    /// Opens the library and the policy's paths. A library that does not
+    /// exist is skipped (loading it then fails with the precise reason); one
+    /// the worker's uid cannot reach, and an allowed path that cannot be
+    /// opened, are errors.
     pub fn open(plan: &Plan<'_>) -> Result<Sources, String> {
         let mut out = Vec::new();
-        if !plan.wants(Layer::MountNs) {
-            return Ok(Sources(out));
-        }
-        if let Ok(fd) = open_path(&plan.library) {
-            out.push(Source {
+        let as_uid = || {
+            let uid = rustix::process::getuid().as_raw();
+            format!("(the sandboxed worker runs as uid {} outside its namespace; a root host's workers run as uid {})", owner_uid(uid), super::identity::NOBODY)
+        };
+        match open_path(&plan.library) {
+            Ok(fd) => out.push(Source {
                 path: plan.library.clone(),
                 fd,
                 writable: false,
-            });
+            }),
+            Err(nix::errno::Errno::EACCES) => {
+                return Err(format!("cannot reach the plugin library {}: permission denied {}", plan.library.display(), as_uid()))
+            }
+            Err(_) => {}
         }
         for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
             for p in paths {
-                let fd = open_path(p).map_err(|e| format!("allowed path {}: {e}", p.display()))?;
+                let fd = open_path(p).map_err(|e| format!("allowed path {}: {e} {}", p.display(), as_uid()))?;
                 out.push(Source {
                     path: p.clone(),
                     fd,
@@ -87,11 +93,21 @@ fn open_path(p: &Path) -> nix::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
-/// Builds the view if a mount namespace is active; records the outcome.
-pub fn build(plan: &Plan<'_>, sources: &Sources, active: bool, fresh_proc: bool, report: &mut SandboxReport) {
-    if !active {
-        return;
-    }
+/// The uid outside the user namespace that `uid` inside maps to.
+fn owner_uid(uid: u32) -> u32 {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let f: Vec<u32> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                (f.len() == 3 && uid >= f[0] && uid < f[0] + f[2]).then(|| f[1] + (uid - f[0]))
+            })
+        })
+        .unwrap_or(uid)
+}
+
+/// Builds the view (in a fresh mount namespace); records the outcome.
+pub fn build(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool, report: &mut SandboxReport) {
     let state = match assemble(plan, sources, fresh_proc) {
         Ok(()) if fresh_proc => LayerState::Enforced,
         Ok(()) => LayerState::Partial("no /proc: a fresh one needs the pid namespace".into()),
