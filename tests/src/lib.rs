@@ -227,3 +227,26 @@ pub fn open_fds(pid: u32) -> Vec<(u32, String)> {
     fds.sort();
     fds
 }
+
+/// The process that runs the plugin, as the host sees it. Under a sandbox with
+/// a pid namespace the worker the host started (`outer`) forks an init, which
+/// forks the plugin's process: that grandchild is returned. Without one, the
+/// worker itself. Waits (bounded) for the grandchild to exist.
+#[track_caller]
+pub fn plugin_process(outer: u32) -> u32 {
+    let child_of = |parent: u32| {
+        all_processes()
+            .into_iter()
+            .find(|&(_, ppid, _, state)| ppid == parent && state != 'Z')
+            .map(|(pid, ..)| pid)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match child_of(outer).and_then(child_of) {
+            Some(pid) => return pid,
+            None if child_of(outer).is_none() && std::time::Instant::now() > deadline => return outer,
+            None if std::time::Instant::now() > deadline => panic!("worker {outer} has no plugin process"),
+            None => std::thread::yield_now(),
+        }
+    }
+}

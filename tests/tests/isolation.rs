@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use bulkhead::Supervisor;
-use bulkhead_tests::{fixtures, open_fds, spec, supervisor};
+use bulkhead_tests::{fixtures, open_fds, plugin_process, spec, supervisor};
 
 fn environ(pid: u32) -> BTreeMap<String, String> {
     let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
@@ -55,7 +55,8 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
     };
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
-    let fds = open_fds(plugin.info().worker_pid);
+    let outer = plugin.info().worker_pid;
+    let fds = open_fds(plugin_process(outer));
     assert_eq!(fds.len(), 4, "stdin, stdout, stderr and the socket: {fds:?}");
     assert_eq!(fds[0], (0, "/dev/null".to_string()));
     assert!(
@@ -63,6 +64,9 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
         "{fds:?}"
     );
     assert!(fds[3].0 > 2 && fds[3].1.starts_with("socket:"), "{fds:?}");
+    // The sandbox's outer process (and init) keep only their own status pipes.
+    let outer_fds = open_fds(outer);
+    assert!(outer_fds.len() <= 2 && outer_fds.iter().all(|(_, t)| t.starts_with("pipe:")), "{outer_fds:?}");
     nix::unistd::close(leaky_fd).unwrap();
 }
 
@@ -71,11 +75,16 @@ fn no_new_privs_and_own_process_group() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let pid = plugin.info().worker_pid;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     let (ppid, pgrp): (u32, u32) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
     assert_eq!(ppid, std::process::id(), "the worker is our child");
     assert_eq!(pgrp, pid, "the worker leads its own process group");
+    // The process that runs the plugin: no_new_privs, same process group.
+    let inner = plugin_process(pid);
+    let status = std::fs::read_to_string(format!("/proc/{inner}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    let stat = std::fs::read_to_string(format!("/proc/{inner}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[2].parse::<u32>().unwrap(), pid, "the plugin's process stays in the worker's group");
 }

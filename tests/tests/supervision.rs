@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, EventKind, Exit, Limits, RestartPolicy, Stream, Supervisor};
-use bulkhead_tests::{alive, basic, fixtures, group_members, spec, supervisor, wait_gone};
+use bulkhead::{Backoff, CallError, EventKind, Exit, Layer, Limits, RestartPolicy, Sandbox, Stream, Supervisor};
+use bulkhead_tests::{alive, basic, fixtures, group_members, plugin_process, spec, supervisor, wait_gone};
 use crossbeam_channel::Receiver;
 
 const GENEROUS: Duration = Duration::from_secs(20);
@@ -50,36 +50,44 @@ fn hung_calls_time_out_and_the_next_call_gets_a_fresh_worker() {
     assert_eq!((stats.timeouts, stats.restarts, stats.ok), (2, 2, 2));
 }
 
+/// Starts a sleeping grandchild through the plugin and returns its host pid:
+/// the one new member of the worker's process group (the plugin itself only
+/// knows its pid inside the worker's pid namespace).
+fn fork_sleeper(plugin: &bulkhead::Plugin) -> u32 {
+    let worker = plugin.info().worker_pid;
+    plugin_process(worker);
+    let before: HashSet<u32> = group_members(worker).into_iter().collect();
+    let _: u32 = plugin.call(basic::FORK_SLEEPER, &()).unwrap();
+    let after: HashSet<u32> = group_members(worker).into_iter().collect();
+    let new: Vec<u32> = after.difference(&before).copied().collect();
+    assert_eq!(new.len(), 1, "one new process in the worker's group: {before:?} -> {after:?}");
+    assert!(alive(new[0]));
+    new[0]
+}
+
 #[test]
 fn timeout_kills_the_plugins_own_children() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let worker = plugin.info().worker_pid;
-    let grandchild: u32 = plugin.call(basic::FORK_SLEEPER, &()).unwrap();
-    assert!(alive(grandchild));
-    assert_eq!(
-        group_members(worker).len(),
-        2,
-        "worker and grandchild share the worker's group"
-    );
+    let grandchild = fork_sleeper(&plugin);
     let err = plugin
         .call_with_timeout::<_, u64>(basic::SPIN, &(), Duration::from_millis(200))
         .unwrap_err();
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
     wait_gone(grandchild, GENEROUS);
     wait_gone(worker, GENEROUS);
-    assert_eq!(
-        group_members(worker),
-        Vec::<u32>::new(),
-        "no process of the group is left"
-    );
+    // The whole group was SIGKILLed; each member is gone once it has exited.
+    for pid in group_members(worker) {
+        wait_gone(pid, GENEROUS);
+    }
 }
 
 #[test]
 fn crash_kills_the_plugins_own_children() {
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
-    let grandchild: u32 = plugin.call(basic::FORK_SLEEPER, &()).unwrap();
+    let grandchild = fork_sleeper(&plugin);
     let err = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
     assert!(
         matches!(
@@ -187,7 +195,8 @@ fn limits_are_applied_to_the_worker() {
     let plugin = sup
         .load(spec("fx-basic").limits(Limits::new().address_space(2 << 30).open_files(64).cpu_seconds(100)))
         .unwrap();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", plugin.info().worker_pid)).unwrap();
+    let inner = plugin_process(plugin.info().worker_pid);
+    let limits = std::fs::read_to_string(format!("/proc/{inner}/limits")).unwrap();
     let row = |name: &str| {
         limits
             .lines()
@@ -611,7 +620,11 @@ fn distinct_workers_really_run_in_parallel() {
 fn warm_standby_is_promoted_and_refilled() {
     let sup = supervisor();
     let events = sup.events();
-    let plugin = sup.load(spec("fx-basic").standby(true)).unwrap();
+    // The plugin reports its pid to identify the worker that answered: that
+    // takes the host's pid namespace (every other layer stays on).
+    let plugin = sup
+        .load(spec("fx-basic").standby(true).sandbox(Sandbox::strict().without(Layer::PidNs)))
+        .unwrap();
     let active: u32 = plugin.call(basic::PID, &()).unwrap();
     let pids = plugin.worker_pids();
     assert_eq!(pids.len(), 2, "one worker and one standby: {pids:?}");
