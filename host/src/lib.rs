@@ -71,8 +71,8 @@ pub use plugin::{
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
-pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, DEFAULT_TMP_SIZE};
 pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
+pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, DEFAULT_TMP_SIZE};
 pub use stats::Stats;
 pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};
 

@@ -12,11 +12,11 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::call::Answer;
-use crate::sandbox::{Sandbox, SandboxReport};
 use crate::error::{CallError, PluginError};
 use crate::limits::Limits;
 use crate::pool::Pool;
 use crate::restart::RestartPolicy;
+use crate::sandbox::{Sandbox, SandboxReport};
 use crate::stats::Stats;
 
 /// Default per-call timeout.

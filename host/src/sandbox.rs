@@ -199,6 +199,9 @@ mod tests {
         assert_eq!(p.net, NetPolicy::ConnectTcp(vec![80, 443]));
         assert!(!p.layers.contains(Layer::IpcNs));
         assert!(p.required.contains(Layer::Seccomp));
-        assert_eq!(Sandbox::strict().allow_network().allow_connect_tcp(1).to_policy().net, NetPolicy::All);
+        assert_eq!(
+            Sandbox::strict().allow_network().allow_connect_tcp(1).to_policy().net,
+            NetPolicy::All
+        );
     }
 }

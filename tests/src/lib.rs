@@ -22,6 +22,7 @@ pub const FIXTURES: &[&str] = &[
     "fx-dlopen-hang",
     "fx-noregistry",
     "fx-old",
+    "fx-hostile",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).
@@ -54,6 +55,30 @@ pub mod basic {
     pub const CLOSE_SOCKET_AND_SLEEP: u32 = 25;
     pub const SHM_FORGE: u32 = 26;
     pub const COUNT: u32 = 27;
+}
+
+/// Slots of the `Hostile` interface (fx-hostile: one attack per method).
+pub mod hostile {
+    pub const KILL_PID: u32 = 0;
+    pub const KILL_PARENT: u32 = 1;
+    pub const READ_FILE: u32 = 2;
+    pub const WRITE_FILE: u32 = 3;
+    pub const WRITE_MEM: u32 = 4;
+    pub const PTRACE_SEIZE: u32 = 5;
+    pub const EXEC_SHELL: u32 = 6;
+    pub const TCP_CONNECT: u32 = 7;
+    pub const TCP_LISTEN: u32 = 8;
+    pub const SETSID_ESCAPE: u32 = 9;
+    pub const FORK_BOMB: u32 = 10;
+    pub const FILL_TMP: u32 = 11;
+    pub const CAP_EFF: u32 = 12;
+    pub const SHM_SHRINK: u32 = 13;
+    pub const STEAL_FD: u32 = 14;
+    pub const SPIN: u32 = 15;
+    pub const NEW_NAMESPACE: u32 = 16;
+    pub const OPEN_PATH: u32 = 17;
+    pub const VM_READ: u32 = 18;
+    pub const PPID: u32 = 19;
 }
 
 /// Slots of the `Blob` interface (Arena).

@@ -66,7 +66,10 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
     assert!(fds[3].0 > 2 && fds[3].1.starts_with("socket:"), "{fds:?}");
     // The sandbox's outer process (and init) keep only their own status pipes.
     let outer_fds = open_fds(outer);
-    assert!(outer_fds.len() <= 2 && outer_fds.iter().all(|(_, t)| t.starts_with("pipe:")), "{outer_fds:?}");
+    assert!(
+        outer_fds.len() <= 2 && outer_fds.iter().all(|(_, t)| t.starts_with("pipe:")),
+        "{outer_fds:?}"
+    );
     nix::unistd::close(leaky_fd).unwrap();
 }
 
@@ -86,5 +89,9 @@ fn no_new_privs_and_own_process_group() {
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
     let stat = std::fs::read_to_string(format!("/proc/{inner}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    assert_eq!(fields[2].parse::<u32>().unwrap(), pid, "the plugin's process stays in the worker's group");
+    assert_eq!(
+        fields[2].parse::<u32>().unwrap(),
+        pid,
+        "the plugin's process stays in the worker's group"
+    );
 }

@@ -60,7 +60,11 @@ fn fork_sleeper(plugin: &bulkhead::Plugin) -> u32 {
     let _: u32 = plugin.call(basic::FORK_SLEEPER, &()).unwrap();
     let after: HashSet<u32> = group_members(worker).into_iter().collect();
     let new: Vec<u32> = after.difference(&before).copied().collect();
-    assert_eq!(new.len(), 1, "one new process in the worker's group: {before:?} -> {after:?}");
+    assert_eq!(
+        new.len(),
+        1,
+        "one new process in the worker's group: {before:?} -> {after:?}"
+    );
     assert!(alive(new[0]));
     new[0]
 }
@@ -623,7 +627,11 @@ fn warm_standby_is_promoted_and_refilled() {
     // The plugin reports its pid to identify the worker that answered: that
     // takes the host's pid namespace (every other layer stays on).
     let plugin = sup
-        .load(spec("fx-basic").standby(true).sandbox(Sandbox::strict().without(Layer::PidNs)))
+        .load(
+            spec("fx-basic")
+                .standby(true)
+                .sandbox(Sandbox::strict().without(Layer::PidNs)),
+        )
         .unwrap();
     let active: u32 = plugin.call(basic::PID, &()).unwrap();
     let pids = plugin.worker_pids();

@@ -51,19 +51,37 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
     let read = AccessFs::from_read(TARGET);
     let all = AccessFs::from_all(TARGET);
 
-    let mut readable: Vec<PathBuf> = ["/usr", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache", "/etc/localtime", "/proc"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+    let mut readable: Vec<PathBuf> = [
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/lib32",
+        "/libx32",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/proc",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
     readable.push(plan.library.clone());
     readable.extend(plan.read.iter().cloned());
     if !matches!(plan.policy.net, NetPolicy::None) {
         readable.extend(
-            ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"].map(PathBuf::from),
+            [
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/etc/nsswitch.conf",
+                "/etc/ssl",
+                "/etc/ca-certificates",
+            ]
+            .map(PathBuf::from),
         );
     }
     let readable_dev = ["/dev/random", "/dev/urandom"].map(PathBuf::from);
-    let mut writable: Vec<PathBuf> = ["/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full"].map(PathBuf::from).into();
+    let mut writable: Vec<PathBuf> = ["/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full"]
+        .map(PathBuf::from)
+        .into();
     writable.extend(plan.write.iter().cloned());
 
     let mut ruleset = Ruleset::default()
@@ -86,10 +104,11 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
         .map_err(err)?;
     if let NetPolicy::ConnectTcp(ports) = &plan.policy.net {
         for &port in ports {
-            created = created.add_rule(NetPort::new(port, AccessNet::ConnectTcp)).map_err(err)?;
+            created = created
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(err)?;
         }
     }
     let status = created.restrict_self().map_err(err)?;
     Ok(status.ruleset)
 }
-

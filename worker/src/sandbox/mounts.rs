@@ -36,7 +36,13 @@ const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/libx32"];
 /// Single system files bound read-only when present.
 const SYSTEM_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
 /// Files a networked plugin needs to resolve names and verify certificates.
-const NETWORK_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"];
+const NETWORK_FILES: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+];
 /// Device nodes bound into the private `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -60,7 +66,11 @@ impl Sources {
         let mut out = Vec::new();
         let as_uid = || {
             let uid = rustix::process::getuid().as_raw();
-            format!("(the sandboxed worker runs as uid {} outside its namespace; a root host's workers run as uid {})", owner_uid(uid), super::identity::NOBODY)
+            format!(
+                "(the sandboxed worker runs as uid {} outside its namespace; a root host's workers run as uid {})",
+                owner_uid(uid),
+                super::identity::NOBODY
+            )
         };
         match open_path(&plan.library) {
             Ok(fd) => out.push(Source {
@@ -69,7 +79,11 @@ impl Sources {
                 writable: false,
             }),
             Err(nix::errno::Errno::EACCES) => {
-                return Err(format!("cannot reach the plugin library {}: permission denied {}", plan.library.display(), as_uid()))
+                return Err(format!(
+                    "cannot reach the plugin library {}: permission denied {}",
+                    plan.library.display(),
+                    as_uid()
+                ))
             }
             Err(_) => {}
         }
@@ -120,7 +134,13 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Nothing done here may propagate back to the host's mounts.
     mount_(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-    mount_(Some(Path::new("tmpfs")), STAGE, Some("tmpfs"), nosuid_nodev, Some("size=1m,mode=0755"))?;
+    mount_(
+        Some(Path::new("tmpfs")),
+        STAGE,
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some("size=1m,mode=0755"),
+    )?;
     let root = Path::new(STAGE);
     let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
 
@@ -149,20 +169,37 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
     // /dev: a small tmpfs with the harmless devices, and a private /dev/shm.
     let dev = root.join("dev");
     mkdirs(&dev)?;
-    mount_(Some(Path::new("tmpfs")), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("size=64k,mode=0755"))?;
+    mount_(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("size=64k,mode=0755"),
+    )?;
     for d in DEVICES {
         let host = Path::new("/dev").join(d);
         if host.exists() {
             bind_as(&host, &dev.join(d), false, true)?;
         }
     }
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         symlink(target, dev.join(name)).map_err(|e| format!("symlink /dev/{name}: {e}"))?;
     }
     let tmp_opts = format!("size={},mode=1777", plan.policy.tmp_size.max(4096));
     for t in [dev.join("shm"), root.join("tmp")] {
         mkdirs(&t)?;
-        mount_(Some(Path::new("tmpfs")), &t, Some("tmpfs"), nosuid_nodev, Some(&tmp_opts))?;
+        mount_(
+            Some(Path::new("tmpfs")),
+            &t,
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some(&tmp_opts),
+        )?;
     }
     // After the private /tmp, so that allowed paths under /tmp stay visible.
     for s in &sources.0 {
@@ -175,7 +212,13 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
         // while a fully visible one exists in the namespace.
         let proc_dir = root.join("proc");
         mkdirs(&proc_dir)?;
-        mount_(Some(Path::new("proc")), &proc_dir, Some("proc"), nosuid_nodev | MsFlags::MS_NOEXEC, None)?;
+        mount_(
+            Some(Path::new("proc")),
+            &proc_dir,
+            Some("proc"),
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        )?;
     }
 
     chdir(root).map_err(|e| format!("chdir to the new root: {e}"))?;
@@ -252,4 +295,3 @@ fn mount_(
         format!("mount {from}{}: {e}", dst.as_ref().display())
     })
 }
-

@@ -154,7 +154,8 @@ fn deny_rules(me: u64, net: &NetPolicy) -> Result<BTreeMap<i64, Vec<SeccompRule>
 
     // Signals: only to the worker itself (its own pid; 0 and negative pids
     // would reach its process group, which includes the host-side processes).
-    let not_me = |arg: u8| -> Result<Vec<SeccompRule>, String> { Ok(vec![rule(vec![cond(arg, Len::Dword, Op::Ne, me)?])?]) };
+    let not_me =
+        |arg: u8| -> Result<Vec<SeccompRule>, String> { Ok(vec![rule(vec![cond(arg, Len::Dword, Op::Ne, me)?])?]) };
     rules.insert(libc::SYS_kill, not_me(0)?);
     rules.insert(libc::SYS_tgkill, not_me(0)?);
     rules.insert(libc::SYS_rt_sigqueueinfo, not_me(0)?);
