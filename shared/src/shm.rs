@@ -551,6 +551,35 @@ mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
 
+    /// The attack a hostile worker makes on its region: reopen the memfd by
+    /// path (as `/proc/self/map_files/...` allows) and resize it, so the host
+    /// dies of SIGBUS on its next access. It works on an unsealed memfd and is
+    /// refused on every region bulkhead creates.
+    #[test]
+    fn regions_cannot_be_resized_through_a_reopened_path() {
+        let reopen = |fd: &OwnedFd| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+        };
+        let unsealed = nix::sys::memfd::memfd_create(c"plain", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&unsealed, 8192).unwrap();
+        reopen(&unsealed).set_len(0).expect("an unsealed memfd can be shrunk by anyone holding it");
+
+        let (_region, fd) = Region::create(4096).unwrap();
+        for len in [0, 1 << 30] {
+            let e = reopen(&fd).set_len(len).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "resize to {len}");
+        }
+        // Nor can the seals be lifted or changed.
+        let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE));
+        assert_eq!(seals, Err(nix::errno::Errno::EPERM));
+        // A region that arrives unsealed is refused by the worker side.
+        assert!(Region::open(unsealed.as_fd()).is_err());
+    }
+
     #[test]
     fn header_layout_fits_and_separates_directions() {
         assert!(size_of::<Header>() <= HEADER_SIZE);
