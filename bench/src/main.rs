@@ -7,7 +7,7 @@ mod inproc;
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Supervisor, Transport};
+use bulkhead::{Backoff, CallError, Plugin, PluginSpec, RestartPolicy, Sandbox, Supervisor, Transport};
 use bulkhead_tests::{basic, build_fixtures};
 
 use floor::Floor;
@@ -90,6 +90,7 @@ fn main() {
     let sock_plugin = sup
         .load(PluginSpec::new(&lib).transport(Transport::Socket))
         .expect("load");
+    let unsandboxed = sup.load(PluginSpec::new(&lib).sandbox(Sandbox::none())).expect("load");
     let inproc = InProc::load(&lib);
     let mut floor = Floor::start();
     let mut out = Vec::new();
@@ -98,6 +99,11 @@ fn main() {
         let v: i64 = plugin.call(basic::ADD, &(3i64, 4i64)).unwrap();
         assert_eq!(v, 7);
     });
+    let bn = measure(2000.min(n), n, || {
+        let v: i64 = unsandboxed.call(basic::ADD, &(3i64, 4i64)).unwrap();
+        assert_eq!(v, 7);
+    });
+    drop(unsandboxed);
     let bs = measure(2000.min(n), n, || {
         let v: i64 = sock_plugin.call(basic::ADD, &(3i64, 4i64)).unwrap();
         assert_eq!(v, 7);
@@ -111,7 +117,10 @@ fn main() {
     // Same byte counts as the bulkhead call: 33-byte request, 25-byte reply frames.
     let f = measure(2000.min(n), n, || floor.round_trip(33, 25));
     report.json("small_call", "bulkhead_shm", &b, "");
+    report.json("small_call", "bulkhead_shm_no_sandbox", &bn, "");
     report.json("small_call", "bulkhead_socket", &bs, "");
+    let sandbox_ratio = b.median.as_secs_f64() / bn.median.as_secs_f64();
+    println!("{{\"bench\":\"small_call\",\"ratio_sandbox_vs_none\":{sandbox_ratio:.3}}}");
     report.json("small_call", "in_process", &i, "");
     report.json("small_call", "socketpair", &f, "");
     let ratio = b.median.as_secs_f64() / f.median.as_secs_f64();
@@ -123,7 +132,8 @@ fn main() {
         "add(i64,i64) median / p99".into(),
         format!("{} / {}", us(b.median), us(b.p99)),
         format!(
-            "**{ratio:.3}× socketpair**; socket transport {} / {}; in-process {} / {}; socketpair {} / {}",
+            "**{ratio:.3}× socketpair**; sandbox off {} ({sandbox_ratio:.2}× with it on); socket transport {} / {}; in-process {} / {}; socketpair {} / {}",
+            us(bn.median),
             us(bs.median),
             us(bs.p99),
             us(i.median),
@@ -206,62 +216,65 @@ fn main() {
     drop(floor);
     drop(sock_plugin);
 
-    // --- restart latency and spawn-to-ready -----------------------------------------
+    // --- restart latency and spawn-to-ready, with the sandbox on (default) and off ---
     let n = scale(40);
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let e = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
-        assert!(matches!(e, CallError::WorkerDied { .. }));
-        let t = Instant::now();
-        let x: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
-        assert_eq!(x, 2);
-        v.push(t.elapsed());
-    }
-    let restart = summarize(v);
-    report.json("restart", "crash_to_next_answer", &restart, "");
-    report.row(
-        "crash → next answer, no standby".into(),
-        format!("{} / {}", us(restart.median), us(restart.p99)),
-        "median / p99".into(),
-    );
-    {
+    for (label, sandbox) in [("sandbox on", Sandbox::strict()), ("sandbox off", Sandbox::none())] {
+        let subject = if sandbox.is_enabled() { "sandbox" } else { "no_sandbox" };
+        let p = sup
+            .load(PluginSpec::new(&lib).restart(policy.clone()).sandbox(sandbox.clone()))
+            .expect("load");
+        let restart = crash_to_next_answer(&p, n, || {});
+        report.json("restart", &format!("crash_to_next_answer_{subject}"), &restart, "");
+        report.row(
+            format!("crash → next answer, no standby, {label}"),
+            format!("{} / {}", us(restart.median), us(restart.p99)),
+            "median / p99".into(),
+        );
+        drop(p);
         let events = sup.events();
         let warm = sup
-            .load(PluginSpec::new(&lib).restart(policy.clone()).standby(true))
+            .load(
+                PluginSpec::new(&lib)
+                    .restart(policy.clone())
+                    .standby(true)
+                    .sandbox(sandbox.clone()),
+            )
             .expect("load");
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let _ = events.try_iter().count();
-            let e = warm.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
-            assert!(matches!(e, CallError::WorkerDied { .. }));
-            let t = Instant::now();
-            let x: i64 = warm.call(basic::ADD, &(1i64, 1i64)).unwrap();
-            assert_eq!(x, 2);
-            v.push(t.elapsed());
+        let warm_restart = crash_to_next_answer(&warm, n, || {
             // Let the next standby come up before crashing again.
             while !matches!(
                 events.recv().map(|e| e.kind),
                 Ok(bulkhead::EventKind::WorkerStarted { .. })
             ) {}
-        }
-        let warm_restart = summarize(v);
-        report.json("restart", "crash_to_next_answer_standby", &warm_restart, "");
+        });
+        let _ = events.try_iter().count();
+        drop(warm);
+        report.json(
+            "restart",
+            &format!("crash_to_next_answer_standby_{subject}"),
+            &warm_restart,
+            "",
+        );
         report.row(
-            "crash → next answer, warm standby".into(),
+            format!("crash → next answer, warm standby, {label}"),
             format!("{} / {}", us(warm_restart.median), us(warm_restart.p99)),
             "median / p99; the standby is promoted, the next one starts in the background".into(),
         );
+        let spawn = measure(2, scale(40), || {
+            let p = sup.load(PluginSpec::new(&lib).sandbox(sandbox.clone())).unwrap();
+            drop(p);
+        });
+        report.json("spawn", &format!("load_to_ready_{subject}"), &spawn, "");
+        report.row(
+            format!("spawn → ready (load), {label}"),
+            format!("{} / {}", us(spawn.median), us(spawn.p99)),
+            if sandbox.is_enabled() {
+                "spawn + exec + namespaces + mounts + Landlock + seccomp + dlopen + construct + handshake".into()
+            } else {
+                "spawn + exec + dlopen + construct + handshake".into()
+            },
+        );
     }
-    let spawn = measure(2, scale(40), || {
-        let p = sup.load(PluginSpec::new(&lib)).unwrap();
-        drop(p);
-    });
-    report.json("spawn", "load_to_ready", &spawn, "");
-    report.row(
-        "spawn → ready (load)".into(),
-        format!("{} / {}", us(spawn.median), us(spawn.p99)),
-        "spawn + exec + dlopen + construct + handshake".into(),
-    );
 
     // --- timeout precision --------------------------------------------------------------
     let limit = Duration::from_millis(20);
@@ -337,7 +350,17 @@ fn main() {
     let before = rss();
     let plugins: Vec<_> = (0..10).map(|_| sup.load(PluginSpec::new(&lib)).unwrap()).collect();
     let after = rss();
-    let worker_rss = status_kb(&format!("/proc/{}/status", plugins[0].info().worker_pid), "VmRSS:");
+    // The sandboxed worker is three processes: outer (the pid the host knows),
+    // init, and the process that runs the plugin.
+    let outer = plugins[0].info().worker_pid;
+    let inner = bulkhead_tests::plugin_process(outer);
+    let init = bulkhead_tests::all_processes()
+        .into_iter()
+        .find(|p| p.0 != inner && p.1 == outer)
+        .map_or(0, |p| p.0);
+    let helpers_rss =
+        status_kb(&format!("/proc/{outer}/status"), "VmRSS:") + status_kb(&format!("/proc/{init}/status"), "VmRSS:");
+    let worker_rss = status_kb(&format!("/proc/{inner}/status"), "VmRSS:");
     println!(
         "{{\"bench\":\"memory\",\"host_kib_per_idle_plugin\":{},\"worker_rss_kib\":{worker_rss}}}",
         (after.saturating_sub(before)) / 10
@@ -350,7 +373,7 @@ fn main() {
     report.row(
         "worker RSS".into(),
         format!("{worker_rss} KiB"),
-        "one idle fx-basic worker".into(),
+        format!("one idle fx-basic worker; its sandbox's outer process and init add {helpers_rss} KiB"),
     );
     drop(plugins);
 
@@ -365,6 +388,22 @@ fn main() {
         started.elapsed(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+}
+
+/// Crashes `plugin`'s worker `n` times and times the next good answer after
+/// each crash; `between` runs after each sample.
+fn crash_to_next_answer(plugin: &Plugin, n: usize, mut between: impl FnMut()) -> Summary {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let e = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
+        assert!(matches!(e, CallError::WorkerDied { .. }));
+        let t = Instant::now();
+        let x: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
+        assert_eq!(x, 2);
+        v.push(t.elapsed());
+        between();
+    }
+    summarize(v)
 }
 
 fn status_kb(path: &str, field: &str) -> u64 {

@@ -566,7 +566,9 @@ mod tests {
         };
         let unsealed = nix::sys::memfd::memfd_create(c"plain", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
         nix::unistd::ftruncate(&unsealed, 8192).unwrap();
-        reopen(&unsealed).set_len(0).expect("an unsealed memfd can be shrunk by anyone holding it");
+        reopen(&unsealed)
+            .set_len(0)
+            .expect("an unsealed memfd can be shrunk by anyone holding it");
 
         let (_region, fd) = Region::create(4096).unwrap();
         for len in [0, 1 << 30] {
