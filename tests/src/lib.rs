@@ -79,6 +79,7 @@ pub mod hostile {
     pub const OPEN_PATH: u32 = 17;
     pub const VM_READ: u32 = 18;
     pub const PPID: u32 = 19;
+    pub const HIJACK: u32 = 20;
 }
 
 /// Slots of the `Blob` interface (Arena).

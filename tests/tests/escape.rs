@@ -667,3 +667,55 @@ fn the_plugins_view_of_the_system() {
         .unwrap();
     assert!(r < 0, "the host is invisible");
 }
+
+#[test]
+fn file_size_limit_stops_a_runaway_writer() {
+    let sup = supervisor();
+    let p = sup
+        .load(spec("fx-hostile").limits(Limits::new().file_size(1 << 20)))
+        .unwrap();
+    // One MiB fits; the next write crosses RLIMIT_FSIZE and SIGXFSZ ends the worker.
+    let err = p
+        .call::<_, i64>(hostile::FILL_TMP, &("big".to_string(), 4u64))
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::WorkerDied { exit: bulkhead::Exit::Signal { signal, .. }, .. } if signal == libc::SIGXFSZ),
+        "{err:?}"
+    );
+    let written: i64 = p.call(hostile::FILL_TMP, &("small".to_string(), 1u64)).unwrap();
+    assert_eq!(written, 1 << 20, "a fresh worker writes up to the limit");
+}
+
+#[test]
+fn cannot_answer_a_neighbours_callers() {
+    let sup = supervisor();
+    for (name, sandbox) in both() {
+        // The neighbour speaks over its socket, the transport this attack forges.
+        let neighbour = sup
+            .load(
+                spec("fx-basic")
+                    .transport(bulkhead::Transport::Socket)
+                    .call_timeout(Duration::from_secs(5)),
+            )
+            .unwrap();
+        let (npid, nfd) = socket_of(&neighbour);
+        let p = hostile(&sup, sandbox);
+        let armed: i64 = p.call(hostile::HIJACK, &(npid as i32, nfd, 0x1337i64)).unwrap();
+        let answer = neighbour.call::<_, i64>(bulkhead_tests::basic::ADD, &(2i64, 3i64));
+        if name == "none" {
+            assert_eq!(armed, 0);
+            assert_eq!(
+                answer.unwrap(),
+                0x1337,
+                "without a sandbox a plugin forges its neighbour's answers"
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(npid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        } else {
+            assert!(armed < 0, "{armed}");
+            assert_eq!(answer.unwrap(), 5, "the neighbour's own answer");
+        }
+    }
+}
