@@ -34,7 +34,8 @@
 //! # Shape
 //! * [`Supervisor`] owns all worker processes; dropping it shuts them down.
 //! * [`PluginSpec`] says what to load and how: plugin name, config, timeouts,
-//!   pool size, restart policy, resource [`Limits`].
+//!   pool size, restart policy, resource [`Limits`], and the [`Sandbox`] the
+//!   worker applies to itself (default: [`Sandbox::strict`]).
 //! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call.
 //!
 //! # Guarantees
@@ -44,7 +45,13 @@
 //! * Bytes from a worker are untrusted: frames are capped before allocation, and
 //!   anything malformed is a [`ProtocolError`] that gets the worker replaced.
 //! * No orphans, no zombies: workers die with the host (parent-death signal),
-//!   their process groups are SIGKILLed on timeout, and every child is reaped.
+//!   their process groups are SIGKILLed on timeout, and every child is reaped;
+//!   under the sandbox each worker has its own pid namespace, so nothing a
+//!   plugin starts outlives it.
+//! * Plugins are treated as hostile: by default each worker enters user, pid,
+//!   net, mount, ipc and uts namespaces, drops every capability, and applies
+//!   Landlock and a seccomp filter before the plugin is opened;
+//!   [`PluginInfo::sandbox`] reports each layer.
 
 mod call;
 mod error;
