@@ -18,7 +18,8 @@ pub struct Limits {
     /// Linux counts them per worker, and a root host's worker runs as uid 65534,
     /// so the limit binds even for a root host (real root is exempt from it).
     /// Without the sandbox Linux counts every process of the host's uid, and
-    /// not at all for root. Default: unset.
+    /// not at all for root. Default: unset — which, for a worker in a user
+    /// namespace of its own (the default sandbox), means 1024.
     pub processes: Option<u64>,
     /// `RLIMIT_FSIZE`: largest file the plugin may write, in bytes. A write past
     /// it raises SIGXFSZ, which kills the worker unless the plugin ignores the

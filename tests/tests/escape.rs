@@ -407,6 +407,17 @@ fn process_limit_binds_even_for_a_root_host() {
 }
 
 #[test]
+fn a_fork_bomb_stops_at_the_sandbox_default() {
+    let sup = supervisor();
+    let p = hostile(&sup, Sandbox::strict());
+    let forked: i64 = p.call(hostile::FORK_BOMB, &(1100u32,)).unwrap();
+    assert!(
+        (1..1024).contains(&forked),
+        "{forked} forks under the default limit of 1024 tasks"
+    );
+}
+
+#[test]
 fn tmp_is_private_and_bounded() {
     let sup = supervisor();
     let name = format!("bulkhead-escape-fill-{}", std::process::id());

@@ -71,7 +71,11 @@ pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
         Ok(e) => e,
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
     };
-    if let Err(e) = setup::apply_limits(args, entered.helper_processes) {
+    let own_user_ns = entered
+        .report
+        .state(bulkhead_shared::sandbox::Layer::UserNs)
+        .is_enforced();
+    if let Err(e) = setup::apply_limits(args, entered.helper_processes, own_user_ns) {
         return fail_load(&mut sock, &mut tx, e);
     }
     let plugin = match load::load(&req) {

@@ -107,11 +107,18 @@ fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
     Ok(())
 }
 
+/// Process (and thread) limit of a worker in its own user namespace when the
+/// host sets none: a fork bomb stops here instead of at the machine's limits.
+/// Only applied with a user namespace, where Linux counts per worker; without
+/// one `RLIMIT_NPROC` would count every process of the host's uid.
+pub const SANDBOX_DEFAULT_NPROC: u64 = 1024;
+
 /// Applies the resource limits to this process (the one that loads the
 /// plugin). `helpers` is how many processes the sandbox itself keeps under the
 /// worker's uid (its outer process and init); `RLIMIT_NPROC` counts them too,
-/// so they are added to the limit.
-pub fn apply_limits(args: &Args, helpers: u64) -> Result<(), String> {
+/// so they are added to the limit. `own_user_ns`: the worker is in a user
+/// namespace of its own (then [`SANDBOX_DEFAULT_NPROC`] applies by default).
+pub fn apply_limits(args: &Args, helpers: u64, own_user_ns: bool) -> Result<(), String> {
     let set =
         |res: Resource, v: u64, name: &str| setrlimit(res, v, v).map_err(|e| format!("setrlimit({name}, {v}): {e}"));
     if let Some(v) = args.limit_as {
@@ -125,7 +132,8 @@ pub fn apply_limits(args: &Args, helpers: u64) -> Result<(), String> {
     if let Some(v) = args.limit_nofile {
         set(Resource::RLIMIT_NOFILE, v, "RLIMIT_NOFILE")?;
     }
-    if let Some(v) = args.limit_nproc {
+    let nproc = args.limit_nproc.or(own_user_ns.then_some(SANDBOX_DEFAULT_NPROC));
+    if let Some(v) = nproc {
         set(Resource::RLIMIT_NPROC, v.saturating_add(helpers), "RLIMIT_NPROC")?;
     }
     if let Some(v) = args.limit_fsize {
