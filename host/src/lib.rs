@@ -58,6 +58,7 @@ mod error;
 mod events;
 mod limits;
 mod locate;
+mod netns;
 mod output;
 mod plugin;
 mod pool;

@@ -2,7 +2,7 @@
 //! shuts everything down when dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
@@ -12,6 +12,7 @@ use crossbeam_channel::Receiver;
 use crate::error::{BuildError, LoadError};
 use crate::events::{Event, EventHub};
 use crate::locate;
+use crate::netns::NetNsHolder;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
@@ -81,6 +82,7 @@ impl SupervisorBuilder {
             grace: self.grace,
             events: Arc::new(EventHub::default()),
             plugins: Mutex::new(Vec::new()),
+            netns: OnceLock::new(),
         })
     }
 }
@@ -95,6 +97,9 @@ pub struct Supervisor {
     grace: Duration,
     events: Arc<EventHub>,
     plugins: Mutex<Vec<Weak<Pool>>>,
+    /// The shared empty network namespace, started with the first sandboxed
+    /// plugin that wants one (`None`: unavailable; workers make their own).
+    netns: OnceLock<Option<NetNsHolder>>,
 }
 
 impl Supervisor {
@@ -136,10 +141,23 @@ impl Supervisor {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
+        let mut args = spec.limits.to_args();
+        if load.sandbox.wants_own_netns() {
+            let holder = self.netns.get_or_init(|| match NetNsHolder::start(&self.worker, &env) {
+                Ok(h) => Some(h),
+                Err(why) => {
+                    tracing::debug!(%why, "no shared network namespace; each worker creates its own");
+                    None
+                }
+            });
+            if let Some(h) = holder {
+                args.extend(["--netns-of".to_string(), h.pid().to_string()]);
+            }
+        }
         env.extend(spec.env.iter().cloned());
         let launch = Launch {
             worker: self.worker.clone(),
-            args: spec.limits.to_args(),
+            args,
             env,
             path: path.clone(),
             label: label.clone(),

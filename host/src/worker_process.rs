@@ -134,7 +134,7 @@ fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
     })
 }
 
-fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
+pub(crate) fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     spawner()
         .lock()

@@ -80,6 +80,8 @@ pub mod hostile {
     pub const VM_READ: u32 = 18;
     pub const PPID: u32 = 19;
     pub const HIJACK: u32 = 20;
+    pub const ABSTRACT_LISTEN: u32 = 21;
+    pub const ABSTRACT_CONNECT: u32 = 22;
 }
 
 /// Slots of the `Blob` interface (Arena).
@@ -255,24 +257,20 @@ pub fn open_fds(pid: u32) -> Vec<(u32, String)> {
 }
 
 /// The process that runs the plugin, as the host sees it. Under a sandbox with
-/// a pid namespace the worker the host started (`outer`) forks an init, which
-/// forks the plugin's process: that grandchild is returned. Without one, the
-/// worker itself. Waits (bounded) for the grandchild to exist.
-#[track_caller]
+/// a pid namespace, the worker the host started (`outer`) has forked an init
+/// (pid 1 inside), which has forked the plugin's process (pid 2 inside): that
+/// grandchild is returned. Without one, the worker itself. (By the time a load
+/// returns, the plugin's process exists: it answered the handshake.)
 pub fn plugin_process(outer: u32) -> u32 {
-    let child_of = |parent: u32| {
-        all_processes()
-            .into_iter()
-            .find(|&(_, ppid, _, state)| ppid == parent && state != 'Z')
-            .map(|(pid, ..)| pid)
+    let procs = all_processes();
+    let child_of = |parent: u32| procs.iter().find(|p| p.1 == parent && p.3 != 'Z').map(|p| p.0);
+    let inner_pid = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        line.split_whitespace().nth(2)?.parse::<u32>().ok()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match child_of(outer).and_then(child_of) {
-            Some(pid) => return pid,
-            None if child_of(outer).is_none() && std::time::Instant::now() > deadline => return outer,
-            None if std::time::Instant::now() > deadline => panic!("worker {outer} has no plugin process"),
-            None => std::thread::yield_now(),
-        }
+    match child_of(outer).and_then(child_of) {
+        Some(pid) if inner_pid(pid) == Some(2) => pid,
+        _ => outer,
     }
 }

@@ -730,3 +730,30 @@ fn cannot_answer_a_neighbours_callers() {
         }
     }
 }
+
+#[test]
+fn workers_share_one_empty_network_namespace_but_cannot_meet_in_it() {
+    let sup = supervisor();
+    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    for (name, sandbox) in both() {
+        let a = hostile(&sup, sandbox.clone());
+        let b = hostile(&sup, sandbox);
+        let (pa, pb) = (plugin_process(a.info().worker_pid), plugin_process(b.info().worker_pid));
+        let socket = format!("bulkhead-escape-{name}-{}", std::process::id());
+        let listened: i64 = a.call(hostile::ABSTRACT_LISTEN, &(socket.clone(),)).unwrap();
+        assert_eq!(listened, 0, "{name}");
+        let connected: i64 = b.call(hostile::ABSTRACT_CONNECT, &(socket,)).unwrap();
+        if name == "none" {
+            assert_eq!(ns(pa), ns(std::process::id()));
+            assert_eq!(
+                connected, 0,
+                "without a sandbox workers reach each other's abstract sockets"
+            );
+        } else {
+            // One namespace, made once by the supervisor's holder, not the host's.
+            assert_eq!(ns(pa), ns(pb));
+            assert_ne!(ns(pa), ns(std::process::id()));
+            assert!(connected < 0, "Landlock's scope keeps them apart: {connected}");
+        }
+    }
+}

@@ -60,9 +60,15 @@ fn drop_and_shutdown_leave_no_children() {
     }
     assert_eq!(my_children(), vec![]);
 
-    // Dropping the last plugin handle also stops its workers.
+    // Dropping the last plugin handle also stops its workers. What is left is
+    // the supervisor's network-namespace holder, which goes with the supervisor.
     let sup = supervisor();
     let p = sup.load(spec("fx-basic")).unwrap();
     drop(p);
+    let left = my_children();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", left[0].0)).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("--hold-netns"), "{left:?}");
+    drop(sup);
     assert_eq!(my_children(), vec![]);
 }

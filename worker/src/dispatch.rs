@@ -67,7 +67,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
     // namespace this process becomes the outer waiter inside `enter`, and what
     // follows runs in the sandboxed worker.
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&req.path));
-    let entered = match sandbox::enter(&req.sandbox, path) {
+    let entered = match sandbox::enter(&req.sandbox, path, args.netns_of) {
         Ok(e) => e,
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
     };

@@ -19,7 +19,8 @@
 //!
 //! Usage (the host builds this command line): `bulkhead-worker --parent-pid PID
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
-//! [--limit-fsize BYTES] [--core-dumps]`.
+//! [--limit-fsize BYTES] [--core-dumps] [--netns-of PID]`, or `bulkhead-worker
+//! --parent-pid PID --hold-netns` for the supervisor's network-namespace holder.
 
 mod dispatch;
 mod load;
@@ -51,6 +52,9 @@ pub fn run_with_args(args: impl Iterator<Item = String>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.hold_netns {
+        return sandbox::hold_netns(&args);
+    }
     let sock = match setup::prepare(&args) {
         Ok(s) => s,
         Err(e) => {

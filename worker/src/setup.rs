@@ -22,6 +22,10 @@ pub struct Args {
     limit_nproc: Option<u64>,
     limit_fsize: Option<u64>,
     core_dumps: bool,
+    /// Run as the supervisor's network-namespace holder instead of a worker.
+    pub hold_netns: bool,
+    /// Pid of that holder, whose (empty) network namespace the worker joins.
+    pub netns_of: Option<i32>,
 }
 
 impl Args {
@@ -33,6 +37,10 @@ impl Args {
                 a.core_dumps = true;
                 continue;
             }
+            if flag == "--hold-netns" {
+                a.hold_netns = true;
+                continue;
+            }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let num = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
             match flag.as_str() {
@@ -42,6 +50,7 @@ impl Args {
                 "--limit-nofile" => a.limit_nofile = Some(num()?),
                 "--limit-nproc" => a.limit_nproc = Some(num()?),
                 "--limit-fsize" => a.limit_fsize = Some(num()?),
+                "--netns-of" => a.netns_of = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?),
                 _ => return Err(format!("unknown argument {flag}")),
             }
         }
@@ -71,11 +80,7 @@ pub fn die_with_parent() -> Result<(), String> {
 /// Prepares the process and returns the protocol socket. Limits are applied
 /// later, by [`apply_limits`], once the sandbox is in place.
 pub fn prepare(args: &Args) -> Result<UnixStream, String> {
-    if let Some(p) = args.parent_pid {
-        let _ = PARENT.set(Pid::from_raw(p));
-    }
-    die_with_parent()?;
-    prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
+    hygiene(args)?;
 
     // The socket arrives as fd 0; plugin code reads stdin, so move it away
     // (std duplicates with F_DUPFD_CLOEXEC at fd >= 3) and put /dev/null there.
@@ -92,6 +97,16 @@ pub fn prepare(args: &Args) -> Result<UnixStream, String> {
     drop(devnull);
     close_inherited_fds(sock.as_raw_fd())?;
     Ok(UnixStream::from(sock))
+}
+
+/// What every process the host starts does first: die with the host, and
+/// `no_new_privs`.
+pub fn hygiene(args: &Args) -> Result<(), String> {
+    if let Some(p) = args.parent_pid {
+        let _ = PARENT.set(Pid::from_raw(p));
+    }
+    die_with_parent()?;
+    prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))
 }
 
 /// Closes every descriptor above stderr except `keep`.

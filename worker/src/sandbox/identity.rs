@@ -19,13 +19,21 @@ pub fn drop_root(plan: &Plan<'_>, report: &mut SandboxReport) -> Result<(), Load
     if !plan.wants(Layer::UserNs) || plan.simulated_unavailable(Layer::UserNs).is_some() {
         return Ok(());
     }
-    if !Uid::effective().is_root() {
-        return Ok(());
-    }
-    let fail = |what: &str, e: nix::Error| LoadFailure::Sandbox {
+    if become_nobody().map_err(|reason| LoadFailure::Sandbox {
         layer: Layer::UserNs,
-        reason: format!("switching to uid {NOBODY}: {what}: {e}"),
-    };
+        reason,
+    })? {
+        report.host_uid = NOBODY;
+    }
+    Ok(())
+}
+
+/// Switches a root process to [`NOBODY`]; returns whether it did.
+pub fn become_nobody() -> Result<bool, String> {
+    if !Uid::effective().is_root() {
+        return Ok(false);
+    }
+    let fail = |what: &str, e: nix::Error| format!("switching to uid {NOBODY}: {what}: {e}");
     let (uid, gid) = (Uid::from_raw(NOBODY), Gid::from_raw(NOBODY));
     setgroups(&[]).map_err(|e| fail("setgroups", e))?;
     setresgid(gid, gid, gid).map_err(|e| fail("setresgid", e))?;
@@ -36,10 +44,6 @@ pub fn drop_root(plan: &Plan<'_>, report: &mut SandboxReport) -> Result<(), Load
     nix::sys::prctl::set_dumpable(true).map_err(|e| fail("PR_SET_DUMPABLE", e))?;
     // A credential change clears the parent-death signal: arm it again, and
     // make sure the host did not die in between.
-    crate::setup::die_with_parent().map_err(|reason| LoadFailure::Sandbox {
-        layer: Layer::UserNs,
-        reason,
-    })?;
-    report.host_uid = NOBODY;
-    Ok(())
+    crate::setup::die_with_parent()?;
+    Ok(true)
 }

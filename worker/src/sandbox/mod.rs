@@ -25,6 +25,7 @@
 //! the host says, per layer, enforced / partial / unavailable and why.
 
 mod capabilities;
+mod holder;
 mod identity;
 mod init;
 mod landlock;
@@ -34,6 +35,8 @@ mod seccomp;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+pub use holder::hold_netns;
 
 use bulkhead_shared::protocol::LoadFailure;
 use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
@@ -53,6 +56,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) library: PathBuf,
     pub(crate) read: Vec<PathBuf>,
     pub(crate) write: Vec<PathBuf>,
+    /// The supervisor's network-namespace holder, if it has one.
+    pub(crate) netns_of: Option<i32>,
 }
 
 impl Plan<'_> {
@@ -78,7 +83,7 @@ impl Plan<'_> {
 /// Applies `policy` to this process; returns (in the process that goes on to
 /// load the plugin) the report. With a pid namespace, the process that called
 /// this never returns: it becomes the outer waiter (see [`init`]).
-pub fn enter(policy: &SandboxPolicy, library: &Path) -> Result<Entered, LoadFailure> {
+pub fn enter(policy: &SandboxPolicy, library: &Path, netns_of: Option<i32>) -> Result<Entered, LoadFailure> {
     let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
     if !policy.enabled() {
         return Ok(Entered {
@@ -92,6 +97,7 @@ pub fn enter(policy: &SandboxPolicy, library: &Path) -> Result<Entered, LoadFail
         library: library.to_path_buf(),
         read: policy.read.iter().map(os).collect(),
         write: policy.write.iter().map(os).collect(),
+        netns_of,
     };
 
     identity::drop_root(&plan, &mut report)?;

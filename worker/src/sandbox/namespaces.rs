@@ -10,7 +10,7 @@
 use std::fs;
 
 use bulkhead_shared::sandbox::{Layer, LayerState, SandboxReport};
-use nix::sched::{unshare as sys_unshare, CloneFlags};
+use nix::sched::{setns, unshare as sys_unshare, CloneFlags};
 use nix::unistd::{Gid, Uid};
 
 use super::Plan;
@@ -38,6 +38,23 @@ const OTHERS: [(Layer, CloneFlags); 5] = [
 /// Creates every namespace the plan asks for, recording each one's state.
 pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport) -> Active {
     let mut active = Active::default();
+    let wants_net = plan.wants(Layer::NetNs) && !plan.shares_host_network();
+    // Join the supervisor's ready-made network namespace (and the user namespace
+    // that owns it) first; the worker's own user namespace then nests inside.
+    let joined_net = match plan.netns_of {
+        Some(holder)
+            if wants_net
+                && plan.wants(Layer::UserNs)
+                && plan.simulated_unavailable(Layer::UserNs).is_none()
+                && plan.simulated_unavailable(Layer::NetNs).is_none() =>
+        {
+            join_holder(holder).is_ok()
+        }
+        _ => false,
+    };
+    if joined_net {
+        report.set(Layer::NetNs, LayerState::Enforced);
+    }
     let user = if !plan.wants(Layer::UserNs) {
         false
     } else if let Some(state) = plan.simulated_unavailable(Layer::UserNs) {
@@ -58,7 +75,7 @@ pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport) -> Active {
 
     let mut wanted = Vec::new();
     for (layer, flag) in OTHERS {
-        if !plan.wants(layer) || (layer == Layer::NetNs && plan.shares_host_network()) {
+        if !plan.wants(layer) || (layer == Layer::NetNs && (!wants_net || joined_net)) {
             continue;
         }
         if let Some(state) = plan.simulated_unavailable(layer) {
@@ -96,8 +113,21 @@ pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport) -> Active {
     active
 }
 
-/// Creates the user namespace and maps uid/gid 0 inside to ours outside.
-fn enter_user_ns() -> Result<(), String> {
+/// Joins the user and network namespaces of the holder process `pid`. Any
+/// failure leaves the worker where it was (it then creates its own).
+fn join_holder(pid: i32) -> Result<(), String> {
+    let open =
+        |ns: &str| fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|e| format!("/proc/{pid}/ns/{ns}: {e}"));
+    let (user, net) = (open("user")?, open("net")?);
+    setns(&user, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("setns(user): {e}"))?;
+    // Inside the holder's user namespace we hold every capability, which is
+    // what joining its network namespace takes.
+    setns(&net, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns(net): {e}"))?;
+    Ok(())
+}
+
+/// Creates a user namespace and maps uid/gid 0 inside to ours outside.
+pub fn enter_user_ns() -> Result<(), String> {
     let (uid, gid) = (Uid::effective(), Gid::effective());
     sys_unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
     let write = |file: &str, data: String| {
