@@ -7,6 +7,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::error::Exit;
+use crate::health::Health;
+use crate::usage::ResourceUsage;
 
 /// Capacity of each subscriber's channel; events beyond it are dropped (and
 /// counted) rather than buffered without bound.
@@ -35,6 +37,9 @@ pub enum EventKind {
         pid: u32,
         /// How it ended.
         exit: Exit,
+        /// What it used (CPU time, peak RSS), from the reap; `None` if the
+        /// kernel's figures could not be read.
+        usage: Option<ResourceUsage>,
     },
     /// A call hit its deadline and the worker was killed.
     Timeout {
@@ -54,6 +59,22 @@ pub enum EventKind {
     GaveUp {
         /// The failure that spent it.
         reason: String,
+    },
+    /// The plugin's [`Health`] changed (healthy, degraded with a different
+    /// number of live workers, failed).
+    HealthChanged {
+        /// The new reading.
+        health: Health,
+    },
+    /// A worker nobody called for the idle timeout was stopped; the next call starts one.
+    IdleStopped {
+        /// Its pid.
+        pid: u32,
+    },
+    /// [`Plugin::reload`](crate::Plugin::reload) switched the plugin to a new library.
+    Reloaded {
+        /// The new library.
+        path: std::path::PathBuf,
     },
 }
 

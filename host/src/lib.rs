@@ -49,6 +49,7 @@
 mod call;
 mod error;
 mod events;
+mod health;
 mod limits;
 mod locate;
 mod output;
@@ -57,11 +58,13 @@ mod pool;
 mod restart;
 mod stats;
 mod supervisor;
+mod usage;
 mod worker_process;
 
 pub use bulkhead_shared::abi::BufferStrategy;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
 pub use events::{Event, EventKind, EVENT_BUFFER};
+pub use health::Health;
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
@@ -70,9 +73,10 @@ pub use plugin::{
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
-pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
+pub use restart::{Backoff, Budget, Decision, Failed, RestartMode, RestartPolicy, RestartState, DEFAULT_HEALTHY_AFTER};
 pub use stats::Stats;
 pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};
+pub use usage::{ResourceUsage, WorkerMemory};
 
 /// Re-exported so users can name the receiver type of [`Supervisor::events`].
 pub use crossbeam_channel;

@@ -1,7 +1,8 @@
 //! What users load ([`PluginSpec`]) and call ([`Plugin`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bulkhead_shared::abi::BufferStrategy;
@@ -12,11 +13,15 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::call::Answer;
-use crate::error::{CallError, PluginError};
+use crate::error::{CallError, LoadError, PluginError};
+use crate::events::EventKind;
+use crate::health::Health;
 use crate::limits::Limits;
-use crate::pool::Pool;
+use crate::pool::{Pool, WorkerReport};
 use crate::restart::RestartPolicy;
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
+use crate::supervisor::Core;
+use crate::usage::WorkerMemory;
 
 /// Default per-call timeout.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,6 +65,7 @@ pub struct PluginSpec {
     pub(crate) transport: Transport,
     pub(crate) shm_capacity: u32,
     pub(crate) standby: bool,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl PluginSpec {
@@ -82,7 +88,17 @@ impl PluginSpec {
             transport: Transport::SharedMemory,
             shm_capacity: bulkhead_shared::shm::DEFAULT_CAPACITY,
             standby: false,
+            idle_timeout: None,
         }
+    }
+
+    /// Stops the workers nobody has called for this long; the next call
+    /// starts a worker again (paying a worker start, not counted as a
+    /// restart). For hosts with many rarely used plugins. A warm standby is
+    /// kept. Default: `None` (workers stay up).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
     }
 
     /// Keeps one extra worker loaded and idle, so replacing a failed worker is
@@ -154,8 +170,9 @@ impl PluginSpec {
         self
     }
 
-    /// How dead workers are replaced. Default: [`RestartPolicy::default`]
-    /// (on failure, 5 restarts per 60 s, backoff 0 / 50 ms doubling to 5 s).
+    /// How dead workers are replaced. Default: [`RestartPolicy::default`]:
+    /// always, never giving up, with per-slot backoff 0 / 100 ms doubling to
+    /// 30 s that starts over after a successful call or 10 s of uptime.
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
         self
@@ -230,7 +247,9 @@ pub struct PluginInfo {
     pub transport: Transport,
 }
 
-pub(crate) struct PluginShared {
+/// One version of a loaded plugin: its pool and what its workers reported.
+/// A [`Plugin::reload`] replaces the current generation.
+pub(crate) struct Generation {
     pub(crate) pool: Arc<Pool>,
     pub(crate) info: PluginInfoWire,
     pub(crate) path: PathBuf,
@@ -239,12 +258,21 @@ pub(crate) struct PluginShared {
     pub(crate) max_message_size: u32,
 }
 
-impl Drop for PluginShared {
+impl Drop for Generation {
     fn drop(&mut self) {
-        // The last user handle is gone: stop the workers now, on this thread,
-        // rather than whenever a background restart lets go of the pool.
+        // The last user handle is gone (or a reload's drain is over): stop the
+        // workers now, on this thread, rather than whenever a background
+        // restart lets go of the pool.
         self.pool.shutdown();
     }
+}
+
+pub(crate) struct PluginShared {
+    pub(crate) core: Arc<Core>,
+    pub(crate) current: RwLock<Arc<Generation>>,
+    /// Serializes reloads.
+    pub(crate) reloading: Mutex<()>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// A loaded plugin. Cheap to clone and share across threads; every call runs in
@@ -260,10 +288,32 @@ const _: () = {
 };
 
 impl Plugin {
+    /// The generation calls go to now.
+    fn generation(&self) -> Arc<Generation> {
+        self.shared.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` on the current generation; a call refused because a reload
+    /// retired that generation meanwhile runs again on the new one, so every
+    /// call is answered by exactly one version.
+    fn on_current<R>(&self, mut f: impl FnMut(&Generation) -> Result<R, CallError>) -> Result<R, CallError> {
+        loop {
+            let g = self.generation();
+            match f(&g) {
+                Err(CallError::ShutDown) if g.pool.retired.load(Ordering::Acquire) => {
+                    if Arc::ptr_eq(&g, &self.generation()) {
+                        return Err(CallError::ShutDown);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Calls method `index` with bincode-1 tuple arguments (`&(a,)`, `&(a, b)`,
     /// `&()`) and decodes its return value, under the plugin's call timeout.
     pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, index: u32, args: &A) -> Result<R, CallError> {
-        self.call_with_timeout(index, args, self.shared.call_timeout)
+        self.call_with_timeout(index, args, self.generation().call_timeout)
     }
 
     /// [`call`](Self::call) with this call's own timeout.
@@ -273,7 +323,6 @@ impl Plugin {
         args: &A,
         timeout: Duration,
     ) -> Result<R, CallError> {
-        self.check_index(index)?;
         // Arguments are encoded into a per-thread buffer: no allocation per call.
         thread_local! {
             static ARGS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -286,10 +335,13 @@ impl Plugin {
             let input: &mut Vec<u8> = guard.as_deref_mut().unwrap_or(&mut fresh);
             input.clear();
             wire::encode_into(args, input).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
-            self.check_input(input)?;
-            let result = self.shared.pool.call(index, input, timeout, None, |answer| {
-                let bytes = self.interpret(&answer)?;
-                wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+            let result = self.on_current(|g| {
+                check_index(g, index)?;
+                check_input(g, input)?;
+                g.pool.call(index, input, timeout, None, |answer| {
+                    let bytes = interpret(g, &answer)?;
+                    wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+                })
             });
             // Do not keep a huge argument buffer alive on this thread forever.
             if input.capacity() > ARGS_KEEP {
@@ -302,7 +354,7 @@ impl Plugin {
     /// Calls a `#[wire(raw)]` method: `input` goes to the plugin as-is and its
     /// output bytes come back as-is.
     pub fn call_raw(&self, index: u32, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.call_raw_with_timeout(index, input, self.shared.call_timeout)
+        self.call_raw_with_timeout(index, input, self.generation().call_timeout)
     }
 
     /// [`call_raw`](Self::call_raw) with this call's own timeout.
@@ -316,7 +368,7 @@ impl Plugin {
     /// calls (cleared first; left empty on error): no allocation once it is
     /// large enough.
     pub fn call_raw_into(&self, index: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), CallError> {
-        self.call_raw_into_with_timeout(index, input, out, self.shared.call_timeout)
+        self.call_raw_into_with_timeout(index, input, out, self.generation().call_timeout)
     }
 
     /// [`call_raw_into`](Self::call_raw_into) with this call's own timeout.
@@ -327,87 +379,62 @@ impl Plugin {
         out: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        self.check_index(index)?;
-        self.check_input(input)?;
-        let target = std::mem::take(out);
-        let result = self.shared.pool.call(index, input, timeout, Some(target), |answer| {
-            self.interpret(&answer)?;
-            Ok(match answer {
-                Answer::Owned { payload, .. } => payload,
-                Answer::Reply { payload, .. } => payload.to_vec(),
-                Answer::Fault(_) => unreachable!("interpret turns faults into errors"),
+        let mut target = Some(std::mem::take(out));
+        let result = self.on_current(|g| {
+            check_index(g, index)?;
+            check_input(g, input)?;
+            g.pool.call(index, input, timeout, target.take(), |answer| {
+                interpret(g, &answer)?;
+                Ok(match answer {
+                    Answer::Owned { payload, .. } => payload,
+                    Answer::Reply { payload, .. } => payload.to_vec(),
+                    Answer::Fault(_) => unreachable!("interpret turns faults into errors"),
+                })
             })
         });
         *out = result?;
         Ok(())
     }
 
-    fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
-        let max = self.shared.max_message_size;
-        if input.len() > max as usize {
-            return Err(CallError::InputTooLarge { len: input.len(), max });
-        }
-        Ok(())
+    /// The plugin's health: healthy, degraded (some workers being replaced)
+    /// or failed (restart budget spent). Changes are also
+    /// [`EventKind::HealthChanged`](crate::EventKind::HealthChanged) events.
+    pub fn health(&self) -> Health {
+        self.generation().pool.health()
     }
 
-    fn check_index(&self, index: u32) -> Result<(), CallError> {
-        let count = self.shared.info.method_count;
-        if index >= count {
-            return Err(CallError::InvalidMethodIndex { index, count });
-        }
-        if self.shared.streaming.contains(&index) {
-            return Err(CallError::Unsupported {
-                index,
-                what: "server-streaming methods are not supported",
-            });
-        }
-        Ok(())
+    /// Current memory of each live worker (resident set of the worker and
+    /// its descendants, from `/proc`), the standby included.
+    pub fn memory(&self) -> Vec<WorkerMemory> {
+        self.generation().pool.memory()
     }
 
-    /// Maps the worker's answer to the fidius status contract.
-    fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
-        let (status, payload): (i32, &[u8]) = match answer {
-            Answer::Reply { status, payload } => (*status, payload),
-            Answer::Owned { status, payload } => (*status, payload),
-            Answer::Fault(CallFault::BadIndex { index, count }) => {
-                return Err(CallError::InvalidMethodIndex {
-                    index: *index,
-                    count: *count,
-                })
-            }
-            Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
-        };
-        match Status::from_raw(status) {
-            Status::Ok => Ok(payload),
-            Status::BufferTooSmall => Err(CallError::BufferTooSmall {
-                needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
-            }),
-            Status::SerializationError => Err(CallError::Serialization),
-            Status::PluginError => match wire::decode::<WirePluginError>(payload) {
-                Ok(e) => Err(CallError::Plugin(PluginError {
-                    code: e.code,
-                    message: e.message,
-                    details: e.details,
-                })),
-                Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
-            },
-            Status::Panic if payload.is_empty() => Err(CallError::Panic(match self.shared.info.buffer_strategy {
-                BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
-                BufferStrategy::PluginAllocated => "no message".into(),
-            })),
-            Status::Panic => match wire::decode::<String>(payload) {
-                Ok(msg) => Err(CallError::Panic(msg)),
-                Err(e) => Err(CallError::Deserialization(format!("PANIC payload: {e}"))),
-            },
-            Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
-        }
+    /// Switches the plugin to a new library (or new settings) without losing
+    /// a call: workers are started on `spec` and must all load; then new calls
+    /// go to them, calls in flight on the old workers finish within their own
+    /// deadlines, and the old workers are stopped (their reports are
+    /// returned). If the new workers fail to load, the old ones keep serving
+    /// and the [`LoadError`] is returned. Stats keep counting across reloads.
+    pub fn reload(&self, spec: PluginSpec) -> Result<Vec<WorkerReport>, LoadError> {
+        let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let new = self.shared.core.start(&spec, self.shared.counters.clone())?;
+        let path = new.path.clone();
+        let label = new.pool.label.clone();
+        let old = std::mem::replace(
+            &mut *self.shared.current.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(new),
+        );
+        tracing::info!(target: "bulkhead", plugin = &*label, path = %path.display(), "plugin reloaded");
+        self.shared.core.events.emit(&label, EventKind::Reloaded { path });
+        Ok(old.pool.drain())
     }
 
     /// What the worker reported at load, plus the current worker pid.
     pub fn info(&self) -> PluginInfo {
-        let i = &self.shared.info;
+        let g = self.generation();
+        let i = &g.info;
         PluginInfo {
-            path: self.shared.path.clone(),
+            path: g.path.clone(),
             plugin_name: i.plugin_name.clone(),
             interface_name: i.interface_name.clone(),
             interface_hash: i.interface_hash,
@@ -419,7 +446,7 @@ impl Plugin {
             trait_metadata: i.trait_metadata.clone(),
             method_metadata: i.method_metadata.clone(),
             plugins_in_library: i.plugins_in_library.clone(),
-            worker_pid: self.shared.pool.latest_pid(),
+            worker_pid: g.pool.latest_pid(),
             transport: if i.shm {
                 Transport::SharedMemory
             } else {
@@ -430,26 +457,88 @@ impl Plugin {
 
     /// Pids of the worker processes alive right now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.shared.pool.live_pids()
+        self.generation().pool.live_pids()
     }
 
     /// Counters: calls, errors by kind, timeouts, crashes, restarts, live workers.
     pub fn stats(&self) -> Stats {
-        self.shared.pool.stats()
+        self.generation().pool.stats()
     }
 
     /// Clears a failed plugin (restart budget spent) so calls may restart workers again.
     pub fn reset(&self) {
-        self.shared.pool.reset()
+        self.generation().pool.reset()
     }
 }
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.generation();
         f.debug_struct("Plugin")
-            .field("plugin", &self.shared.info.plugin_name)
-            .field("path", &self.shared.path)
+            .field("plugin", &g.info.plugin_name)
+            .field("path", &g.path)
             .field("workers", &self.worker_pids())
             .finish()
+    }
+}
+
+fn check_input(g: &Generation, input: &[u8]) -> Result<(), CallError> {
+    let max = g.max_message_size;
+    if input.len() > max as usize {
+        return Err(CallError::InputTooLarge { len: input.len(), max });
+    }
+    Ok(())
+}
+
+fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
+    let count = g.info.method_count;
+    if index >= count {
+        return Err(CallError::InvalidMethodIndex { index, count });
+    }
+    if g.streaming.contains(&index) {
+        return Err(CallError::Unsupported {
+            index,
+            what: "server-streaming methods are not supported",
+        });
+    }
+    Ok(())
+}
+
+/// Maps the worker's answer to the fidius status contract.
+fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+    let (status, payload): (i32, &[u8]) = match answer {
+        Answer::Reply { status, payload } => (*status, payload),
+        Answer::Owned { status, payload } => (*status, payload),
+        Answer::Fault(CallFault::BadIndex { index, count }) => {
+            return Err(CallError::InvalidMethodIndex {
+                index: *index,
+                count: *count,
+            })
+        }
+        Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
+    };
+    match Status::from_raw(status) {
+        Status::Ok => Ok(payload),
+        Status::BufferTooSmall => Err(CallError::BufferTooSmall {
+            needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
+        }),
+        Status::SerializationError => Err(CallError::Serialization),
+        Status::PluginError => match wire::decode::<WirePluginError>(payload) {
+            Ok(e) => Err(CallError::Plugin(PluginError {
+                code: e.code,
+                message: e.message,
+                details: e.details,
+            })),
+            Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
+        },
+        Status::Panic if payload.is_empty() => Err(CallError::Panic(match g.info.buffer_strategy {
+            BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
+            BufferStrategy::PluginAllocated => "no message".into(),
+        })),
+        Status::Panic => match wire::decode::<String>(payload) {
+            Ok(msg) => Err(CallError::Panic(msg)),
+            Err(e) => Err(CallError::Deserialization(format!("PANIC payload: {e}"))),
+        },
+        Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
     }
 }

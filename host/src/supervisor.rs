@@ -2,7 +2,8 @@
 //! shuts everything down when dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
@@ -13,8 +14,9 @@ use crate::error::{BuildError, LoadError};
 use crate::events::{Event, EventHub};
 use crate::locate;
 use crate::output::{OutputCallback, OutputLine};
-use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
+use crate::plugin::{Generation, Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
+use crate::stats::Counters;
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
@@ -75,41 +77,34 @@ impl SupervisorBuilder {
     pub fn build(self) -> Result<Supervisor, BuildError> {
         let worker = locate::find(self.worker.as_deref())?;
         Ok(Supervisor {
-            worker,
-            env_allow: self.env_allow,
-            output: self.output,
-            grace: self.grace,
-            events: Arc::new(EventHub::default()),
-            plugins: Mutex::new(Vec::new()),
+            core: Arc::new(Core {
+                worker,
+                env_allow: self.env_allow,
+                output: self.output,
+                grace: self.grace,
+                events: Arc::new(EventHub::default()),
+                plugins: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
         })
     }
 }
 
-/// Owns the worker processes of every plugin it loads. Dropping it (or calling
-/// [`shutdown`](Self::shutdown)) stops them all: a shutdown request, a grace
-/// period, then SIGKILL to each worker's process group; every child is reaped.
-pub struct Supervisor {
+/// What every plugin of a supervisor shares: how to start workers, where events
+/// go, and the list of pools to stop at shutdown. Plugins keep it for reloads.
+pub(crate) struct Core {
     worker: PathBuf,
     env_allow: Vec<String>,
     output: Option<OutputCallback>,
     grace: Duration,
-    events: Arc<EventHub>,
+    pub(crate) events: Arc<EventHub>,
     plugins: Mutex<Vec<Weak<Pool>>>,
+    closed: AtomicBool,
 }
 
-impl Supervisor {
-    /// A builder with every default.
-    pub fn builder() -> SupervisorBuilder {
-        SupervisorBuilder::default()
-    }
-
-    /// The worker binary in use.
-    pub fn worker_path(&self) -> &Path {
-        &self.worker
-    }
-
-    /// Starts the plugin's worker(s), loads the plugin in each and returns a handle.
-    pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
+impl Core {
+    /// Starts a pool for `spec` and checks that every worker loaded.
+    pub(crate) fn start(&self, spec: &PluginSpec, counters: Arc<Counters>) -> Result<Generation, LoadError> {
         let config = spec.config.clone().map_err(LoadError::Config)?;
         let label: Arc<str> = match &spec.plugin {
             Some(name) => name.as_str().into(),
@@ -157,40 +152,47 @@ impl Supervisor {
             policy: spec.restart.clone(),
             standby: spec.standby,
             grace: self.grace,
+            idle_timeout: spec.idle_timeout,
+            counters,
         };
-        let (pool, info) = Pool::start(label, launch, config, self.events.clone())?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LoadError::ShutDown);
+        }
+        let (pool, info) = Pool::start(label.clone(), launch, config, self.events.clone())?;
+        if spec.transport == Transport::SharedMemory && !info.shm {
+            tracing::warn!(
+                target: "bulkhead",
+                plugin = &*label,
+                "shared memory was asked for but the worker could not map its region: using the socket transport"
+            );
+        }
         {
             let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+            if self.closed.load(Ordering::Acquire) {
+                // Shut down while this pool started: it is not served.
+                drop(plugins);
+                pool.shutdown();
+                return Err(LoadError::ShutDown);
+            }
             plugins.retain(|p| p.strong_count() > 0);
             plugins.push(Arc::downgrade(&pool));
         }
-        Ok(Plugin {
-            shared: Arc::new(PluginShared {
-                pool,
-                info,
-                path,
-                call_timeout: spec.call_timeout,
-                streaming: spec.streaming,
-                max_message_size: spec.max_message_size,
-            }),
+        Ok(Generation {
+            pool,
+            info,
+            path,
+            call_timeout: spec.call_timeout,
+            streaming: spec.streaming.clone(),
+            max_message_size: spec.max_message_size,
         })
     }
 
-    /// Subscribes to lifecycle events of every plugin of this supervisor. Each
-    /// subscriber has a bounded buffer; events it does not consume in time are
-    /// dropped and counted in [`Stats::events_dropped`](crate::Stats::events_dropped).
-    pub fn events(&self) -> Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// Stops every worker of every plugin and reports how each ended. Plugin
-    /// handles still held return [`CallError::ShutDown`](crate::CallError::ShutDown).
-    pub fn shutdown(self) -> Vec<WorkerReport> {
-        self.stop_all()
-    }
-
     fn stop_all(&self) -> Vec<WorkerReport> {
-        let plugins = std::mem::take(&mut *self.plugins.lock().unwrap_or_else(|e| e.into_inner()));
+        let plugins = {
+            let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *plugins)
+        };
         plugins
             .iter()
             .filter_map(Weak::upgrade)
@@ -199,16 +201,62 @@ impl Supervisor {
     }
 }
 
+/// Owns the worker processes of every plugin it loads. Dropping it (or calling
+/// [`shutdown`](Self::shutdown)) stops them all: a shutdown request, a grace
+/// period, then SIGKILL to each worker's process group; every child is reaped.
+pub struct Supervisor {
+    core: Arc<Core>,
+}
+
+impl Supervisor {
+    /// A builder with every default.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::default()
+    }
+
+    /// The worker binary in use.
+    pub fn worker_path(&self) -> &Path {
+        &self.core.worker
+    }
+
+    /// Starts the plugin's worker(s), loads the plugin in each and returns a handle.
+    pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let counters = Arc::new(Counters::default());
+        let generation = self.core.start(&spec, counters.clone())?;
+        Ok(Plugin {
+            shared: Arc::new(PluginShared {
+                core: self.core.clone(),
+                current: RwLock::new(Arc::new(generation)),
+                reloading: Mutex::new(()),
+                counters,
+            }),
+        })
+    }
+
+    /// Subscribes to lifecycle events of every plugin of this supervisor. Each
+    /// subscriber has a bounded buffer; events it does not consume in time are
+    /// dropped and counted in [`Stats::events_dropped`](crate::Stats::events_dropped).
+    pub fn events(&self) -> Receiver<Event> {
+        self.core.events.subscribe()
+    }
+
+    /// Stops every worker of every plugin and reports how each ended. Plugin
+    /// handles still held return [`CallError::ShutDown`](crate::CallError::ShutDown).
+    pub fn shutdown(self) -> Vec<WorkerReport> {
+        self.core.stop_all()
+    }
+}
+
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.stop_all();
+        self.core.stop_all();
     }
 }
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("worker", &self.worker)
+            .field("worker", &self.core.worker)
             .finish_non_exhaustive()
     }
 }

@@ -18,6 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use nix::unistd::Pid;
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
 use crate::output::{self, OutputCallback, StderrTail};
+use crate::usage::ResourceUsage;
 
 /// How long to wait for a worker that closed its socket to actually exit
 /// before concluding it closed the socket and kept running.
@@ -63,6 +65,10 @@ pub(crate) struct Launch {
 pub(crate) struct ProcState {
     pid: u32,
     exit: Mutex<Option<Exit>>,
+    /// What the worker used, recorded by the reaper before it wakes waiters.
+    usage: Mutex<Option<ResourceUsage>>,
+    /// Set while a call runs on the worker (shutdown kills only these early).
+    pub(crate) busy: AtomicBool,
     // Never sent on: the watcher drops its sender after recording the exit, which
     // wakes every waiter at once.
     exited: Receiver<()>,
@@ -92,6 +98,11 @@ impl ProcState {
         *self.exit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What the worker used, once reaped.
+    pub(crate) fn usage(&self) -> Option<ResourceUsage> {
+        *self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The worker's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
@@ -110,6 +121,10 @@ pub(crate) struct WorkerProcess {
     pub(crate) max_frame: u32,
     /// The shared-memory data path, if the worker mapped it.
     pub(crate) shm: Option<Arc<Region>>,
+    /// The pool slot this worker serves (set by the pool).
+    pub(crate) slot: usize,
+    /// When it last finished a call (or started).
+    pub(crate) last_used: Instant,
 }
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
@@ -191,6 +206,8 @@ impl WorkerProcess {
         let proc = Arc::new(ProcState {
             pid,
             exit: Mutex::new(None),
+            usage: Mutex::new(None),
+            busy: AtomicBool::new(false),
             exited,
         });
         let wake = host_end.try_clone().map_err(spawn_err)?;
@@ -218,6 +235,8 @@ impl WorkerProcess {
             next_id: 1,
             max_frame: launch.max_frame,
             shm: None,
+            slot: 0,
+            last_used: Instant::now(),
         };
         match w.handshake(launch, region, deadline) {
             Ok(info) => Ok((w, info)),
@@ -389,19 +408,32 @@ fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: Unix
     // The leader is a zombie: the group id is still ours. Take the plugin's
     // children down with it.
     let _ = killpg(pid, Signal::SIGKILL);
-    let status = loop {
-        match child.wait() {
-            Ok(s) => break Exit::from_status(s),
+    // wait4 reaps and returns the kernel's rusage of the worker and of the
+    // descendants it waited for.
+    let (status, usage) = loop {
+        match wait4::Wait4::wait4(&mut child) {
+            Ok(r) => {
+                let usage = ResourceUsage {
+                    user: r.rusage.utime,
+                    system: r.rusage.stime,
+                    max_rss: r.rusage.maxrss,
+                };
+                break (Exit::from_status(r.status), Some(usage));
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Only possible if someone else reaped it; report it as killed.
             Err(_) => {
-                break Exit::Signal {
-                    signal: Signal::SIGKILL as i32,
-                    core_dumped: false,
-                }
+                break (
+                    Exit::Signal {
+                        signal: Signal::SIGKILL as i32,
+                        core_dumped: false,
+                    },
+                    None,
+                )
             }
         }
     };
+    *state.usage.lock().unwrap_or_else(|e| e.into_inner()) = usage;
     *exit = Some(status);
     drop(exit);
     let _ = wake.shutdown(std::net::Shutdown::Both);
