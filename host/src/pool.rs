@@ -246,7 +246,12 @@ impl Pool {
         let start = Instant::now();
         self.counters.call_started();
         let result = self.call_inner(method, payload, start, limit, target, f);
-        self.counters.call_finished(result.as_ref().err());
+        if matches!(result, Err(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
+            // Not a call of this pool: the plugin runs it again on its new one.
+            self.counters.call_retried();
+        } else {
+            self.counters.call_finished(result.as_ref().err());
+        }
         result
     }
 

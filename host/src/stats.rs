@@ -48,6 +48,11 @@ impl Counters {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A started call that will be counted again (it moves to a reloaded pool).
+    pub(crate) fn call_retried(&self) {
+        self.calls.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn call_finished(&self, err: Option<&CallError>) {
         match err {
             None => self.ok.fetch_add(1, Ordering::Relaxed),
