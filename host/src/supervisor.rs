@@ -139,7 +139,7 @@ impl Core {
             label: label.clone(),
             load,
             shm_capacity: match spec.transport {
-                Transport::SharedMemory => spec.shm_capacity.min(spec.max_message_size),
+                Transport::SharedMemory => shm_capacity(spec),
                 Transport::Socket => 0,
             },
             load_timeout: spec.load_timeout,
@@ -198,6 +198,20 @@ impl Core {
             .filter_map(Weak::upgrade)
             .flat_map(|p| p.shutdown())
             .collect()
+    }
+}
+
+/// Bytes per direction of a worker's shared region. The worker maps the region
+/// after it limited its own address space, so under `Limits::address_space`
+/// the region is sized to fit: both directions together take at most a quarter
+/// of the limit (larger payloads travel over the socket), leaving the rest to
+/// the worker and the plugin, instead of failing to map and silently falling
+/// back to the socket transport.
+fn shm_capacity(spec: &PluginSpec) -> u32 {
+    let cap = spec.shm_capacity.min(spec.max_message_size);
+    match spec.limits.address_space {
+        Some(limit) => cap.min(u32::try_from(limit / 8).unwrap_or(u32::MAX)),
+        None => cap,
     }
 }
 

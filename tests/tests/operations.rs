@@ -379,3 +379,21 @@ fn shutdown_racing_a_standby_refill_forces_nothing() {
         assert_eq!(started, exited, "{kinds:?}");
     }
 }
+
+/// A tight address-space limit no longer drops the plugin to the socket
+/// transport: the shared region is sized to fit the limit.
+#[test]
+fn address_space_limit_keeps_the_shared_memory_transport() {
+    if bulkhead_tests::transport() != bulkhead::Transport::SharedMemory {
+        return; // the socket transport is what this run asked for
+    }
+    let sup = supervisor();
+    let plugin = sup
+        .load(spec("fx-basic").limits(bulkhead::Limits::new().address_space(128 << 20)))
+        .unwrap();
+    assert_eq!(plugin.info().transport, bulkhead::Transport::SharedMemory);
+    assert_eq!(plugin.call::<_, i64>(basic::ADD, &(40i64, 2i64)).unwrap(), 42);
+    // A payload larger than the shrunken region still travels (over the socket).
+    let big = vec![7u8; 20 << 20];
+    assert_eq!(plugin.call_raw(basic::ECHO_RAW, &big).unwrap(), big);
+}
