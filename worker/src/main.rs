@@ -19,6 +19,7 @@
 mod dispatch;
 mod load;
 mod setup;
+mod sys;
 
 use std::process::ExitCode;
 
