@@ -37,6 +37,20 @@
 //!   pool size, restart policy, resource [`Limits`].
 //! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call.
 //!
+//! # Operations
+//! * Restarts never stop by default: [`RestartPolicy::default`] replaces every
+//!   dead worker with capped exponential backoff per pool slot (0, then 100 ms
+//!   doubling to 30 s, reset by a successful call or 10 s of uptime). Giving up
+//!   is opt-in with a [`Budget`] ([`RestartPolicy::on_failure`]), counted per
+//!   worker so a pool of `n` gets `n` times the room.
+//! * [`Plugin::health`] and [`EventKind::HealthChanged`] say whether a plugin is
+//!   healthy, degraded (and when the next restart is due) or failed; crashes,
+//!   timeouts and restarts are logged with `tracing` at `warn`.
+//! * [`Plugin::reload`] switches to a new library without losing a call.
+//! * [`PluginSpec::idle_timeout`] stops workers nobody calls.
+//! * [`EventKind::WorkerExited`] carries the worker's [`ResourceUsage`] (CPU
+//!   time, peak RSS); [`Plugin::memory`] samples the live workers.
+//!
 //! # Guarantees
 //! * The host never loads plugin code; a worker process does.
 //! * Every call ends with exactly one result before its deadline (plus the time

@@ -379,10 +379,14 @@ impl Pool {
                         limit: self.queue_limit,
                     })
                 } else {
-                    self.idle_rx.recv_deadline(deadline).map_err(|e| match e {
-                        RecvTimeoutError::Timeout => self.busy_or_backoff(start),
-                        RecvTimeoutError::Disconnected => CallError::ShutDown,
-                    })
+                    // Shutdown (or a reload's drain) wakes waiters at once: the
+                    // plugin re-runs their calls on its new pool.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    crossbeam_channel::select! {
+                        recv(self.idle_rx) -> got => got.map_err(|_| CallError::ShutDown),
+                        recv(self.closing_rx) -> _ => Err(CallError::ShutDown),
+                        default(left) => Err(self.busy_or_backoff(start)),
+                    }
                 };
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 got?
