@@ -127,6 +127,34 @@ pub enum BuildError {
         /// Every candidate path, in search order.
         searched: Vec<PathBuf>,
     },
+    /// The worker speaks another protocol version than this host (they come
+    /// from different bulkhead releases).
+    #[error(
+        "worker {} speaks protocol version {worker_version}, this host speaks {host}; \
+         use the worker from the same bulkhead release",
+        worker.display()
+    )]
+    WorkerVersion {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// The worker's protocol version.
+        worker_version: u32,
+    },
+    /// The worker did not answer the protocol-version query: not a bulkhead
+    /// worker, one too old to have the query, or (self-worker mode) an
+    /// executable whose `main` does not call
+    /// [`worker_main_if_requested`](crate::worker_main_if_requested).
+    #[error("worker {} is unusable (this host speaks protocol {host}): {reason}", worker.display())]
+    WorkerUnusable {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

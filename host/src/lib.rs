@@ -54,6 +54,7 @@ mod locate;
 mod output;
 mod plugin;
 mod pool;
+mod probe;
 mod restart;
 mod stats;
 mod supervisor;
@@ -72,7 +73,34 @@ pub use plugin::{
 pub use pool::WorkerReport;
 pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
 pub use stats::Stats;
-pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};
+pub use supervisor::{
+    Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
+};
+
+/// Self-worker mode's entry point: call it first thing in `main`. When this
+/// process was started by a bulkhead host as a worker (its first argument is
+/// [`SELF_WORKER_ARG`]), it runs the worker and exits the process with the
+/// worker's exit code; otherwise it returns at once and does nothing.
+///
+/// ```no_run
+/// fn main() {
+///     bulkhead::worker_main_if_requested();
+///     // ... the application, which may use `Supervisor::builder().self_worker()`.
+/// }
+/// ```
+///
+/// Call it before starting threads or doing other work: the worker takes over
+/// the process (it closes inherited descriptors and loads untrusted code).
+#[cfg(feature = "self-worker")]
+pub fn worker_main_if_requested() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(SELF_WORKER_ARG)) {
+        return;
+    }
+    let args = args.map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+    let code = bulkhead_worker::run_with_args(args.into_iter());
+    std::process::exit(i32::from(code));
+}
 
 /// Re-exported so users can name the receiver type of [`Supervisor::events`].
 pub use crossbeam_channel;

@@ -15,6 +15,7 @@ use crate::locate;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
+use crate::probe;
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
@@ -22,9 +23,31 @@ pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
 /// Default time a worker gets to exit after a shutdown request before SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The first argument that makes an executable act as a worker in self-worker
+/// mode (see [`SupervisorBuilder::self_worker`]).
+pub const SELF_WORKER_ARG: &str = "--bulkhead-worker";
+/// Set (to `1`) in the environment of every process the host starts in
+/// self-worker mode. A process that has it and builds a self-worker supervisor
+/// is an application whose `main` does not call
+/// [`worker_main_if_requested`](crate::worker_main_if_requested); `build()`
+/// then fails instead of starting yet another copy of the application.
+pub const SELF_WORKER_ENV: &str = "BULKHEAD_SELF_WORKER";
+
+/// Which executable serves as the worker.
+#[derive(Debug, Clone)]
+enum WorkerChoice {
+    /// Searched for (see [`SupervisorBuilder::worker_path`]).
+    Search,
+    /// This binary.
+    Path(PathBuf),
+    /// An application executable that calls `worker_main_if_requested`;
+    /// `None` = the current executable.
+    SelfExe(Option<PathBuf>),
+}
+
 /// Configures a [`Supervisor`].
 pub struct SupervisorBuilder {
-    worker: Option<PathBuf>,
+    worker: WorkerChoice,
     env_allow: Vec<String>,
     output: Option<OutputCallback>,
     grace: Duration,
@@ -33,7 +56,7 @@ pub struct SupervisorBuilder {
 impl Default for SupervisorBuilder {
     fn default() -> Self {
         Self {
-            worker: None,
+            worker: WorkerChoice::Search,
             env_allow: DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
             output: None,
             grace: DEFAULT_SHUTDOWN_GRACE,
@@ -44,8 +67,31 @@ impl Default for SupervisorBuilder {
 impl SupervisorBuilder {
     /// Uses this worker binary. Default: searched for — `$BULKHEAD_WORKER`, beside
     /// the current executable and in its parent directory, then `$PATH`.
+    /// Production deployments should name the binary (or use
+    /// [`self_worker`](Self::self_worker)) rather than rely on the search.
     pub fn worker_path(mut self, path: impl AsRef<Path>) -> Self {
-        self.worker = Some(path.as_ref().to_path_buf());
+        self.worker = WorkerChoice::Path(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Self-worker mode: the application's own executable serves as the worker.
+    /// Its `main` must begin with
+    /// [`bulkhead::worker_main_if_requested()`](crate::worker_main_if_requested),
+    /// which turns a process started with [`SELF_WORKER_ARG`] into a worker.
+    /// Host and worker then come from one build and one `Cargo.lock`, and
+    /// nothing needs installing. `build()` checks the wiring by asking the
+    /// executable for its protocol version.
+    pub fn self_worker(mut self) -> Self {
+        self.worker = WorkerChoice::SelfExe(None);
+        self
+    }
+
+    /// Like [`self_worker`](Self::self_worker), with another executable of the
+    /// application that calls `worker_main_if_requested` first thing in `main`
+    /// (for example a binary target run from an integration test as
+    /// `env!("CARGO_BIN_EXE_<name>")`).
+    pub fn self_worker_exe(mut self, path: impl AsRef<Path>) -> Self {
+        self.worker = WorkerChoice::SelfExe(Some(path.as_ref().to_path_buf()));
         self
     }
 
@@ -71,11 +117,49 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Finds the worker binary and builds the supervisor.
+    /// Finds the worker binary, checks that it speaks this host's protocol
+    /// version (it runs `WORKER --protocol-version`), and builds the supervisor.
     pub fn build(self) -> Result<Supervisor, BuildError> {
-        let worker = locate::find(self.worker.as_deref())?;
+        let (worker, worker_args, worker_env) = match &self.worker {
+            WorkerChoice::Search => (locate::find(None)?, Vec::new(), Vec::new()),
+            WorkerChoice::Path(p) => (locate::find(Some(p))?, Vec::new(), Vec::new()),
+            WorkerChoice::SelfExe(p) => {
+                let exe = match p {
+                    Some(p) => locate::find(Some(p))?,
+                    None => std::env::current_exe().map_err(|e| BuildError::WorkerUnusable {
+                        worker: PathBuf::from("/proc/self/exe"),
+                        host: PROTOCOL_VERSION,
+                        reason: format!("cannot find the current executable: {e}"),
+                    })?,
+                };
+                if std::env::var_os(SELF_WORKER_ENV).is_some() {
+                    return Err(BuildError::WorkerUnusable {
+                        worker: exe,
+                        host: PROTOCOL_VERSION,
+                        reason: format!(
+                            "this process was started as a self-worker but its main did not call \
+                             bulkhead::worker_main_if_requested() first ({SELF_WORKER_ENV} is set)"
+                        ),
+                    });
+                }
+                (
+                    exe,
+                    vec![SELF_WORKER_ARG.to_string()],
+                    vec![(SELF_WORKER_ENV.to_string(), "1".to_string())],
+                )
+            }
+        };
+        let mut probe_env: Vec<(String, String)> = self
+            .env_allow
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect();
+        probe_env.extend(worker_env.iter().cloned());
+        probe::check(&worker, &worker_args, &probe_env, !worker_args.is_empty())?;
         Ok(Supervisor {
             worker,
+            worker_args,
+            worker_env,
             env_allow: self.env_allow,
             output: self.output,
             grace: self.grace,
@@ -90,6 +174,8 @@ impl SupervisorBuilder {
 /// period, then SIGKILL to each worker's process group; every child is reaped.
 pub struct Supervisor {
     worker: PathBuf,
+    worker_args: Vec<String>,
+    worker_env: Vec<(String, String)>,
     env_allow: Vec<String>,
     output: Option<OutputCallback>,
     grace: Duration,
@@ -136,8 +222,10 @@ impl Supervisor {
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
         env.extend(spec.env.iter().cloned());
+        env.extend(self.worker_env.iter().cloned());
         let launch = Launch {
             worker: self.worker.clone(),
+            worker_args: self.worker_args.clone(),
             args: spec.limits.to_args(),
             env,
             path: path.clone(),

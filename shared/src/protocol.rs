@@ -21,7 +21,9 @@ use crate::frame::{self, HEADER_LEN};
 use crate::wire::{self, WireError};
 
 /// Version of this protocol; both sides refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 added the `--protocol-version` query every worker answers before
+/// any handshake (the host checks it when it builds a supervisor).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const TAG_LOAD: u8 = 0x01;
 const TAG_CALL: u8 = 0x02;

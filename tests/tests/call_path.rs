@@ -353,7 +353,9 @@ fn worker_binary_not_found_names_every_place() {
         .worker_path("/nonexistent/bulkhead-worker")
         .build()
         .unwrap_err();
-    let bulkhead::BuildError::WorkerNotFound { searched } = &err;
+    let bulkhead::BuildError::WorkerNotFound { searched } = &err else {
+        panic!("expected WorkerNotFound, got {err:?}")
+    };
     assert_eq!(searched.len(), 1);
     assert!(err.to_string().contains("/nonexistent/bulkhead-worker"));
 }
