@@ -83,10 +83,11 @@ pub use supervisor::{
 /// worker's exit code; otherwise it returns at once and does nothing.
 ///
 /// ```no_run
-/// fn main() {
-///     bulkhead::worker_main_if_requested();
-///     // ... the application, which may use `Supervisor::builder().self_worker()`.
-/// }
+/// // The first statement of the application's `main`:
+/// bulkhead::worker_main_if_requested();
+/// // ... then the application, which may use `Supervisor::builder().self_worker()`.
+/// let supervisor = bulkhead::Supervisor::builder().self_worker().build()?;
+/// # Ok::<(), bulkhead::BuildError>(())
 /// ```
 ///
 /// Call it before starting threads or doing other work: the worker takes over
