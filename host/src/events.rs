@@ -72,7 +72,7 @@ impl EventHub {
     }
 
     pub(crate) fn emit(&self, plugin: &Arc<str>, kind: EventKind) {
-        tracing::debug!(target: "bulkhead::events", plugin = &**plugin, ?kind, "worker event");
+        crate::observe::event(plugin, &kind);
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         if subs.is_empty() {
             return;

@@ -51,6 +51,7 @@ mod error;
 mod events;
 mod limits;
 mod locate;
+mod observe;
 mod output;
 mod plugin;
 mod pool;

@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::call::{Answer, Failure};
 use crate::error::{CallError, Exit, LoadError};
 use crate::events::{EventHub, EventKind};
+use crate::observe::{self, CallMetrics};
 use crate::restart::{Decision, RestartPolicy, RestartState};
 use crate::stats::{Counters, Stats};
 use crate::worker_process::{Launch, ProcState, WorkerProcess, KILL_REAP_BOUND};
@@ -79,6 +80,7 @@ pub(crate) struct Pool {
     procs: Mutex<Vec<Arc<ProcState>>>,
     latest_pid: AtomicU64,
     pub(crate) counters: Counters,
+    metrics: CallMetrics,
     events: Arc<EventHub>,
     closed: AtomicBool,
     /// Dropped at shutdown to cut short a background job's backoff wait.
@@ -108,6 +110,7 @@ impl Pool {
         let (closing_tx, closing_rx) = crossbeam_channel::bounded(0);
         let (jobs_done_tx, jobs_done_rx) = crossbeam_channel::unbounded();
         let pool = Arc::new_cyclic(|me| Pool {
+            metrics: CallMetrics::new(&label),
             label,
             launch,
             size,
@@ -184,9 +187,12 @@ impl Pool {
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
+        let span = observe::call_span(&self.label, method);
+        let _entered = span.enter();
         self.counters.call_started();
-        let result = self.call_inner(method, payload, start, limit, target, f);
+        let result = self.call_inner(method, payload, start, limit, target, &span, f);
         self.counters.call_finished(result.as_ref().err());
+        self.metrics.call_done(&span, start, result.as_ref().err());
         result
     }
 
@@ -197,6 +203,7 @@ impl Pool {
         start: Instant,
         limit: Duration,
         target: Option<Vec<u8>>,
+        span: &tracing::Span,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let deadline = start + limit;
@@ -213,6 +220,7 @@ impl Pool {
         let Slot::Live(worker) = &mut slot.slot else {
             return Err(CallError::ShutDown);
         };
+        span.record("worker_pid", worker.pid);
         match worker.call(method, payload, deadline, target) {
             Ok(answer) => {
                 let result = f(answer);
@@ -234,8 +242,14 @@ impl Pool {
                             limit,
                         }
                     }
-                    Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
-                    Failure::Protocol(e) => CallError::Protocol(e),
+                    Failure::Died { exit, stderr } => {
+                        observe::crashed(&self.label, pid, method, &exit);
+                        CallError::WorkerDied { exit, stderr }
+                    }
+                    Failure::Protocol(e) => {
+                        observe::protocol_failure(&self.label, pid, method, &e);
+                        CallError::Protocol(e)
+                    }
                 };
                 self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
                 // The guard hands the dying worker on (standby promotion or a

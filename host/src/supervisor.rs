@@ -12,6 +12,7 @@ use crossbeam_channel::Receiver;
 use crate::error::{BuildError, LoadError};
 use crate::events::{Event, EventHub};
 use crate::locate;
+use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
@@ -246,7 +247,11 @@ impl Supervisor {
             standby: spec.standby,
             grace: self.grace,
         };
-        let (pool, info) = Pool::start(label, launch, config, self.events.clone())?;
+        let span = observe::load_span(&label, &path);
+        let _entered = span.enter();
+        let started = Pool::start(label.clone(), launch, config, self.events.clone());
+        observe::load_done(&span, &label, started.as_ref().map(|(p, _)| p.latest_pid()));
+        let (pool, info) = started?;
         {
             let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
             plugins.retain(|p| p.strong_count() > 0);
