@@ -196,6 +196,7 @@ impl Pool {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn call_inner<R>(
         &self,
         method: u32,
