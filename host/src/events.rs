@@ -57,17 +57,59 @@ pub enum EventKind {
     },
 }
 
+/// One subscriber's sending end.
+enum Subscriber {
+    Sync(Sender<Event>),
+    #[cfg(feature = "tokio")]
+    Async(tokio::sync::mpsc::Sender<Event>),
+}
+
+/// Why an event did not reach a subscriber.
+enum Missed {
+    Full,
+    Gone,
+}
+
+impl Subscriber {
+    fn try_send(&self, event: Event) -> Result<(), Missed> {
+        match self {
+            Subscriber::Sync(tx) => tx.try_send(event).map_err(|e| match e {
+                TrySendError::Full(_) => Missed::Full,
+                TrySendError::Disconnected(_) => Missed::Gone,
+            }),
+            #[cfg(feature = "tokio")]
+            Subscriber::Async(tx) => tx.try_send(event).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => Missed::Full,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => Missed::Gone,
+            }),
+        }
+    }
+}
+
 /// Fan-out to subscribers; never blocks the caller.
 #[derive(Default)]
 pub(crate) struct EventHub {
-    subscribers: Mutex<Vec<Sender<Event>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     dropped: AtomicU64,
 }
 
 impl EventHub {
     pub(crate) fn subscribe(&self) -> Receiver<Event> {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_BUFFER);
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber::Sync(tx));
+        rx
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn subscribe_async(&self) -> tokio::sync::mpsc::Receiver<Event> {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber::Async(tx));
         rx
     }
 
@@ -83,11 +125,11 @@ impl EventHub {
         };
         subs.retain(|s| match s.try_send(event.clone()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
+            Err(Missed::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(Missed::Gone) => false,
         });
     }
 

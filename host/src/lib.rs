@@ -59,6 +59,8 @@ mod probe;
 mod restart;
 mod stats;
 mod supervisor;
+#[cfg(feature = "tokio")]
+mod tokio_api;
 mod worker_process;
 
 pub use bulkhead_shared::abi::BufferStrategy;
@@ -77,6 +79,8 @@ pub use stats::Stats;
 pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
 };
+#[cfg(feature = "tokio")]
+pub use tokio_api::EventStream;
 
 /// Self-worker mode's entry point: call it first thing in `main`. When this
 /// process was started by a bulkhead host as a worker (its first argument is

@@ -242,7 +242,12 @@ pub(crate) struct PluginShared {
 impl Drop for PluginShared {
     fn drop(&mut self) {
         // The last user handle is gone: stop the workers now, on this thread,
-        // rather than whenever a background restart lets go of the pool.
+        // rather than whenever a background restart lets go of the pool. In a
+        // tokio runtime (feature `tokio`), on its blocking pool instead.
+        #[cfg(feature = "tokio")]
+        if crate::tokio_api::shutdown_off_runtime(vec![self.pool.clone()]).is_ok() {
+            return;
+        }
         self.pool.shutdown();
     }
 }

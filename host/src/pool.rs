@@ -361,7 +361,7 @@ impl Pool {
     /// Whether a restart may happen right now (not failed, no backoff pending).
     fn may_restart_now(&self) -> bool {
         let st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
-        st.failed().is_none() && st.not_before().is_none_or(|at| at <= Instant::now())
+        st.failed().is_none() && st.not_before().map_or(true, |at| at <= Instant::now())
     }
 
     fn is_failed(&self) -> bool {

@@ -170,6 +170,39 @@ impl SupervisorBuilder {
     }
 }
 
+/// A load, prepared: runs (blocking) on any thread.
+pub(crate) struct LoadJob {
+    label: Arc<str>,
+    path: PathBuf,
+    launch: Launch,
+    config: PoolConfig,
+    events: Arc<EventHub>,
+    call_timeout: Duration,
+    streaming: Vec<u32>,
+    max_message_size: u32,
+}
+
+impl LoadJob {
+    /// Starts the workers and loads the plugin in each.
+    pub(crate) fn run(self) -> Result<Plugin, LoadError> {
+        let span = observe::load_span(&self.label, &self.path);
+        let _entered = span.enter();
+        let started = Pool::start(self.label.clone(), self.launch, self.config, self.events);
+        observe::load_done(&span, &self.label, started.as_ref().map(|(p, _)| p.latest_pid()));
+        let (pool, info) = started?;
+        Ok(Plugin {
+            shared: Arc::new(PluginShared {
+                pool,
+                info,
+                path: self.path,
+                call_timeout: self.call_timeout,
+                streaming: self.streaming,
+                max_message_size: self.max_message_size,
+            }),
+        })
+    }
+}
+
 /// Owns the worker processes of every plugin it loads. Dropping it (or calling
 /// [`shutdown`](Self::shutdown)) stops them all: a shutdown request, a grace
 /// period, then SIGKILL to each worker's process group; every child is reaped.
@@ -180,7 +213,7 @@ pub struct Supervisor {
     env_allow: Vec<String>,
     output: Option<OutputCallback>,
     grace: Duration,
-    events: Arc<EventHub>,
+    pub(crate) events: Arc<EventHub>,
     plugins: Mutex<Vec<Weak<Pool>>>,
 }
 
@@ -197,6 +230,13 @@ impl Supervisor {
 
     /// Starts the plugin's worker(s), loads the plugin in each and returns a handle.
     pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let plugin = self.load_job(spec)?.run()?;
+        self.track(&plugin);
+        Ok(plugin)
+    }
+
+    /// Everything `load` needs, owned (so it can run on another thread).
+    pub(crate) fn load_job(&self, spec: PluginSpec) -> Result<LoadJob, LoadError> {
         let config = spec.config.clone().map_err(LoadError::Config)?;
         let label: Arc<str> = match &spec.plugin {
             Some(name) => name.as_str().into(),
@@ -247,26 +287,23 @@ impl Supervisor {
             standby: spec.standby,
             grace: self.grace,
         };
-        let span = observe::load_span(&label, &path);
-        let _entered = span.enter();
-        let started = Pool::start(label.clone(), launch, config, self.events.clone());
-        observe::load_done(&span, &label, started.as_ref().map(|(p, _)| p.latest_pid()));
-        let (pool, info) = started?;
-        {
-            let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-            plugins.retain(|p| p.strong_count() > 0);
-            plugins.push(Arc::downgrade(&pool));
-        }
-        Ok(Plugin {
-            shared: Arc::new(PluginShared {
-                pool,
-                info,
-                path,
-                call_timeout: spec.call_timeout,
-                streaming: spec.streaming,
-                max_message_size: spec.max_message_size,
-            }),
+        Ok(LoadJob {
+            label,
+            path,
+            launch,
+            config,
+            events: self.events.clone(),
+            call_timeout: spec.call_timeout,
+            streaming: spec.streaming,
+            max_message_size: spec.max_message_size,
         })
+    }
+
+    /// Registers a loaded plugin's pool so shutdown reaches it.
+    pub(crate) fn track(&self, plugin: &Plugin) {
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        plugins.retain(|p| p.strong_count() > 0);
+        plugins.push(Arc::downgrade(&plugin.shared.pool));
     }
 
     /// Subscribes to lifecycle events of every plugin of this supervisor. Each
@@ -283,17 +320,28 @@ impl Supervisor {
     }
 
     fn stop_all(&self) -> Vec<WorkerReport> {
+        self.take_pools().iter().flat_map(|p| p.shutdown()).collect()
+    }
+
+    /// Every live pool, removed from this supervisor.
+    pub(crate) fn take_pools(&self) -> Vec<Arc<Pool>> {
         let plugins = std::mem::take(&mut *self.plugins.lock().unwrap_or_else(|e| e.into_inner()));
-        plugins
-            .iter()
-            .filter_map(Weak::upgrade)
-            .flat_map(|p| p.shutdown())
-            .collect()
+        plugins.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        #[cfg(feature = "tokio")]
+        {
+            // In a runtime: never block one of its threads.
+            if let Err(pools) = crate::tokio_api::shutdown_off_runtime(self.take_pools()) {
+                for p in pools {
+                    p.shutdown();
+                }
+            }
+        }
+        #[cfg(not(feature = "tokio"))]
         self.stop_all();
     }
 }
