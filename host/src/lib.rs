@@ -46,6 +46,12 @@
 //! * No orphans, no zombies: workers die with the host (parent-death signal),
 //!   their process groups are SIGKILLed on timeout, and every child is reaped.
 
+#![forbid(unsafe_code)]
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
+);
+
 mod call;
 mod error;
 mod events;

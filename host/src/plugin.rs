@@ -43,6 +43,7 @@ pub enum Transport {
 
 /// Which plugin to load and how to run it. Every setter documents its default.
 #[derive(Clone)]
+#[must_use = "a PluginSpec does nothing until passed to Supervisor::load"]
 pub struct PluginSpec {
     pub(crate) path: PathBuf,
     pub(crate) plugin: Option<String>,
@@ -60,6 +61,24 @@ pub struct PluginSpec {
     pub(crate) transport: Transport,
     pub(crate) shm_capacity: u32,
     pub(crate) standby: bool,
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("path", &self.path)
+            .field("plugin", &self.plugin)
+            .field("config_len", &self.config.as_ref().map(Vec::len))
+            .field("call_timeout", &self.call_timeout)
+            .field("load_timeout", &self.load_timeout)
+            .field("workers", &self.workers)
+            .field("queue_limit", &self.queue_limit)
+            .field("restart", &self.restart)
+            .field("limits", &self.limits)
+            .field("transport", &self.transport)
+            .field("standby", &self.standby)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginSpec {

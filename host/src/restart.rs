@@ -61,6 +61,7 @@ impl Backoff {
 
 /// How a plugin's workers are restarted.
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a RestartPolicy does nothing until passed to PluginSpec::restart"]
 pub struct RestartPolicy {
     /// Whether to restart at all. Default [`RestartMode::OnFailure`].
     pub mode: RestartMode,

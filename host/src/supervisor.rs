@@ -47,6 +47,7 @@ enum WorkerChoice {
 }
 
 /// Configures a [`Supervisor`].
+#[must_use = "a SupervisorBuilder does nothing until build() is called"]
 pub struct SupervisorBuilder {
     worker: WorkerChoice,
     env_allow: Vec<String>,
@@ -62,6 +63,17 @@ impl Default for SupervisorBuilder {
             output: None,
             grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+}
+
+impl std::fmt::Debug for SupervisorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorBuilder")
+            .field("worker", &self.worker)
+            .field("env_allow", &self.env_allow)
+            .field("on_output", &self.output.is_some())
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
     }
 }
 

@@ -23,6 +23,10 @@
 //! # let _ = WorkerMsg::Reply { id: 7, status: 0, payload: b"" };
 //! ```
 #![deny(unsafe_code)]
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
+);
 
 pub mod abi;
 pub mod frame;

@@ -19,6 +19,11 @@
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
 //! [--core-dumps]`, or `--version`, or `--protocol-version`.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
+);
+
 mod dispatch;
 mod load;
 mod setup;
