@@ -71,7 +71,7 @@ mod worker_process;
 
 pub use bulkhead_shared::abi::BufferStrategy;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
-pub use events::{Event, EventKind, EVENT_BUFFER};
+pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
@@ -80,7 +80,7 @@ pub use plugin::{
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
-pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
+pub use restart::{Backoff, Failed, RestartMode, RestartPolicy};
 pub use stats::Stats;
 pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
@@ -113,6 +113,3 @@ pub fn worker_main_if_requested() {
     let code = bulkhead_worker::run_with_args(args.into_iter());
     std::process::exit(i32::from(code));
 }
-
-/// Re-exported so users can name the receiver type of [`Supervisor::events`].
-pub use crossbeam_channel;

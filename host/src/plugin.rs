@@ -218,6 +218,7 @@ impl PluginSpec {
 
 /// What the worker reported about a loaded plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginInfo {
     /// The library path.
     pub path: PathBuf,

@@ -42,6 +42,7 @@ enum Slot {
 
 /// How one worker ended at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerReport {
     /// The plugin's name.
     pub plugin: Arc<str>,

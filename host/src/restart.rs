@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 /// When a dead worker is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RestartMode {
     /// Never: the first crash or timeout marks the plugin failed.
     Never,
@@ -119,7 +120,7 @@ impl RestartPolicy {
 
 /// What to do after a worker failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Start a replacement, not before this instant.
     Restart {
         /// Earliest start of the replacement.
@@ -131,6 +132,7 @@ pub enum Decision {
 
 /// The failed state: why and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Failed {
     /// The failure that spent the budget.
     pub reason: String,
@@ -142,7 +144,7 @@ pub struct Failed {
 
 /// Restart bookkeeping for one plugin (all its workers).
 #[derive(Debug, Clone)]
-pub struct RestartState {
+pub(crate) struct RestartState {
     policy: RestartPolicy,
     /// Start times of restarts within the window (at most `max_restarts`).
     recent: VecDeque<Instant>,

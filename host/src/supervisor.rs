@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
-use crossbeam_channel::Receiver;
 
 use crate::error::{BuildError, LoadError};
-use crate::events::{Event, EventHub};
+use crate::events::{EventHub, EventReceiver};
 use crate::locate;
 use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
@@ -321,7 +320,7 @@ impl Supervisor {
     /// Subscribes to lifecycle events of every plugin of this supervisor. Each
     /// subscriber has a bounded buffer; events it does not consume in time are
     /// dropped and counted in [`Stats::events_dropped`](crate::Stats::events_dropped).
-    pub fn events(&self) -> Receiver<Event> {
+    pub fn events(&self) -> EventReceiver {
         self.events.subscribe()
     }
 

@@ -121,6 +121,7 @@ pub struct PluginInfoWire {
 
 /// Why the worker could not load the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadFailure {
     /// Host and worker speak different protocol versions.
     #[error("protocol version mismatch: host speaks {host}, worker speaks {worker}")]
@@ -254,6 +255,7 @@ pub enum LoadFailure {
 
 /// Ways a plugin broke the ABI contract during one call, detected by the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallFault {
     /// Arena output range lies outside the arena.
     #[error("arena output out of bounds: offset {offset} + length {len} > capacity {capacity}")]
