@@ -9,8 +9,10 @@
 //! use std::time::Duration;
 //! use bulkhead::{CallError, Exit, PluginSpec, Supervisor};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let supervisor = Supervisor::builder().build()?; // finds the bulkhead-worker binary
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Self-worker mode: this executable is also the worker (no install step).
+//! bulkhead::worker_main_if_requested();
+//! let supervisor = Supervisor::builder().self_worker().build()?;
 //! let plugin = supervisor.load(
 //!     PluginSpec::new("target/debug/libfx_basic.so")
 //!         .call_timeout(Duration::from_secs(2)),
@@ -28,8 +30,13 @@
 //! // ... and the next call runs on a fresh worker.
 //! let sum: i64 = plugin.call(1, &(2i64, 40i64))?;
 //! assert_eq!(sum, 42);
-//! # Ok(()) }
+//! Ok(())
+//! }
 //! ```
+//!
+//! Runnable versions (run in CI): the `examples/` directory of the repository.
+//! See the README for installing the worker, the async API (feature `tokio`),
+//! observability (`tracing`, feature `metrics`) and the `bulkhead` CLI.
 //!
 //! # Shape
 //! * [`Supervisor`] owns all worker processes; dropping it shuts them down.
