@@ -47,15 +47,19 @@
 //!   their process groups are SIGKILLed on timeout, and every child is reaped.
 
 mod call;
+mod client;
 mod error;
 mod events;
+mod hostfn;
 mod limits;
 mod locate;
 mod output;
 mod plugin;
 mod pool;
 mod restart;
+mod signing;
 mod stats;
+mod stream;
 mod supervisor;
 mod worker_process;
 
@@ -65,8 +69,13 @@ pub use events::{Event, EventKind, EVENT_BUFFER};
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
+pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
+pub use signing::{signature_path, VerifyingKey};
+pub use stream::PluginStream;
+/// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
+pub use ed25519_dalek;
 pub use plugin::{
-    Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
+    MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;

@@ -9,6 +9,7 @@ use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
 use crossbeam_channel::Receiver;
 
+use crate::hostfn::HostImports;
 use crate::error::{BuildError, LoadError};
 use crate::events::{Event, EventHub};
 use crate::locate;
@@ -129,7 +130,22 @@ impl Supervisor {
             arena_capacity: spec.arena_capacity,
             max_output: spec.max_message_size,
             shm_capacity: 0,
+            interface_hash: spec.interface_hash,
+            library_fd: spec.signature_keys.is_some(),
+            host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
         };
+        // A signed plugin is verified once, here, and every worker loads the
+        // verified bytes from the sealed memfd.
+        let library = match &spec.signature_keys {
+            Some(keys) => Some(Arc::new(crate::signing::verified_library(&path, keys)?)),
+            None => None,
+        };
+        let imports = (!spec.host_interfaces.is_empty()).then(|| {
+            Arc::new(HostImports {
+                interfaces: spec.host_interfaces.clone(),
+                max_callbacks: spec.max_callbacks,
+            })
+        });
         let mut env: Vec<(String, String)> = self
             .env_allow
             .iter()
@@ -150,6 +166,8 @@ impl Supervisor {
             load_timeout: spec.load_timeout,
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
+            library,
+            imports,
         };
         let config = PoolConfig {
             size: spec.workers,
@@ -167,11 +185,17 @@ impl Supervisor {
         Ok(Plugin {
             shared: Arc::new(PluginShared {
                 pool,
+                host_imports: info
+                    .bound_imports
+                    .iter()
+                    .filter_map(|&i| spec.host_interfaces.get(i as usize).map(|h| h.name.clone()))
+                    .collect(),
                 info,
                 path,
                 call_timeout: spec.call_timeout,
                 streaming: spec.streaming,
                 max_message_size: spec.max_message_size,
+                stream_timeout: spec.stream_timeout,
             }),
         })
     }

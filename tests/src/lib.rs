@@ -22,6 +22,8 @@ pub const FIXTURES: &[&str] = &[
     "fx-dlopen-hang",
     "fx-noregistry",
     "fx-old",
+    "fx-stream",
+    "fx-host",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).

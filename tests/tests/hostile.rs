@@ -153,6 +153,7 @@ fn forged_frames_are_protocol_errors() {
         method_metadata: vec![],
         plugins_in_library: vec![],
         shm: false,
+        bound_imports: vec![],
     };
     c.attack_socket(
         "a second handshake mid-call",

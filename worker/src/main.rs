@@ -16,8 +16,11 @@
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
 //! [--core-dumps]`.
 
+mod channel;
 mod dispatch;
+mod imports;
 mod load;
+mod streams;
 mod setup;
 
 use std::process::ExitCode;
