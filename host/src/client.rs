@@ -101,6 +101,7 @@ macro_rules! client {
 
     (@methods $m:ident;) => {};
     (@methods $m:ident; $(#[$mm:meta])* stream fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty = $slot:ident; $($rest:tt)*) => {
+        #[doc = concat!("Opens the plugin's stream `", stringify!($f), "`.")]
         $(#[$mm])*
         pub fn $f(&self, $($a: $t),*) -> ::std::result::Result<$crate::PluginStream<$r>, $crate::CallError> {
             self.plugin.stream($m::$slot, &($($a,)*))
@@ -108,6 +109,7 @@ macro_rules! client {
         $crate::client!(@methods $m; $($rest)*);
     };
     (@methods $m:ident; $(#[$mm:meta])* optional($cap:ident) fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty = $slot:ident; $($rest:tt)*) => {
+        #[doc = concat!("Calls the plugin's optional method `", stringify!($f), "`.")]
         $(#[$mm])*
         pub fn $f(&self, $($a: $t),*) -> ::std::result::Result<$r, $crate::CallError> {
             self.plugin.call_optional($m::$slot, $m::$cap, &($($a,)*))
@@ -115,6 +117,7 @@ macro_rules! client {
         $crate::client!(@methods $m; $($rest)*);
     };
     (@methods $m:ident; $(#[$mm:meta])* fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty = $slot:ident; $($rest:tt)*) => {
+        #[doc = concat!("Calls the plugin's method `", stringify!($f), "`.")]
         $(#[$mm])*
         pub fn $f(&self, $($a: $t),*) -> ::std::result::Result<$r, $crate::CallError> {
             self.plugin.call($m::$slot, &($($a,)*))
