@@ -95,6 +95,17 @@ impl<T> PluginStream<T> {
 
     /// One request on the leased worker; a failure ends the stream.
     fn request(&mut self, msg: SessionMsg<'_>) -> Result<(i32, Vec<u8>), CallError> {
+        let opening = matches!(msg, SessionMsg::StreamOpen { .. });
+        let result = self.request_inner(msg);
+        // The opening counts as a call (started by `open_stream`); failures of
+        // later requests count as that call's errors.
+        if opening || result.is_err() {
+            self.plugin.shared.pool.counters.call_finished(result.as_ref().err());
+        }
+        result
+    }
+
+    fn request_inner(&mut self, msg: SessionMsg<'_>) -> Result<(i32, Vec<u8>), CallError> {
         let (deadline, limit, start) = self.deadline();
         let lease = self.lease.as_mut().ok_or(CallError::ShutDown)?;
         let input = &mut self.input;
@@ -215,8 +226,10 @@ impl Plugin {
         let pool = self.shared.pool.clone();
         let opened = Instant::now();
         pool.counters.call_started();
-        let result = (|| {
-            let lease = pool.lease(opened, opened + self.shared.call_timeout)?;
+        let lease = pool.lease(opened, opened + self.shared.call_timeout).inspect_err(|e| {
+            pool.counters.call_finished(Some(e));
+        })?;
+        {
             let mut s = PluginStream {
                 plugin: self.clone(),
                 lease: Some(lease),
@@ -238,9 +251,7 @@ impl Plugin {
                 return Err(self.interpret(&answer).expect_err("non-zero status is an error"));
             }
             Ok(s)
-        })();
-        pool.counters.call_finished(result.as_ref().err());
-        result
+        }
     }
 
     /// Calls client-streaming method `index` (`fn m(&self, input: Stream<I>, ..)
