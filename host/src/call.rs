@@ -10,13 +10,11 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use bulkhead_shared::abi::{HOST_CALL_NOT_BOUND, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END};
 use bulkhead_shared::frame::{self, FrameError, ENVELOPE_OVERHEAD, HEADER_LEN};
-use bulkhead_shared::abi::{
-    HOST_CALL_NOT_BOUND, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END,
-};
 use bulkhead_shared::protocol::{call_prefix, CallFault, HostMsg, WorkerMsg};
-use bulkhead_shared::wire::{self, WirePluginError};
 use bulkhead_shared::shm;
+use bulkhead_shared::wire::{self, WirePluginError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
@@ -88,7 +86,11 @@ pub(crate) enum SessionMsg<'a> {
     /// An ordinary call.
     Call { method: u32, payload: &'a [u8] },
     /// Open a server (or, with `input`, bidirectional) stream.
-    StreamOpen { method: u32, input: bool, payload: &'a [u8] },
+    StreamOpen {
+        method: u32,
+        input: bool,
+        payload: &'a [u8],
+    },
     /// Next item of the open stream.
     StreamNext,
     /// Drop the open stream.

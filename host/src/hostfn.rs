@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use bulkhead_shared::abi::{STATUS_INVALID_INDEX, STATUS_OK, STATUS_PANIC, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR};
+use bulkhead_shared::abi::{
+    STATUS_INVALID_INDEX, STATUS_OK, STATUS_PANIC, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR,
+};
 use bulkhead_shared::protocol::HostImportWire;
 use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};

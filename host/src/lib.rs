@@ -64,23 +64,23 @@ mod supervisor;
 mod worker_process;
 
 pub use bulkhead_shared::abi::BufferStrategy;
+/// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
+pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
 pub use events::{Event, EventKind, EVENT_BUFFER};
+pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
-pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
-pub use signing::{signature_path, VerifyingKey};
-pub use stream::PluginStream;
-/// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
-pub use ed25519_dalek;
 pub use plugin::{
     MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
 pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
+pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
+pub use stream::PluginStream;
 pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};
 
 /// Re-exported so users can name the receiver type of [`Supervisor::events`].

@@ -440,7 +440,12 @@ impl Plugin {
     /// [`call_raw`](Self::call_raw) into a buffer the caller reuses across
     /// calls (cleared first; left empty on error): no allocation once it is
     /// large enough.
-    pub fn call_raw_into(&self, index: impl Into<MethodIndex>, input: &[u8], out: &mut Vec<u8>) -> Result<(), CallError> {
+    pub fn call_raw_into(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
         self.call_raw_into_with_timeout(index, input, out, self.shared.call_timeout)
     }
 

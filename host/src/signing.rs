@@ -55,13 +55,20 @@ pub(crate) fn verified_library(path: &Path, keys: &[VerifyingKey]) -> Result<Own
         path: path.to_path_buf(),
         reason,
     };
-    let signature = Signature::from_slice(&sig_bytes)
-        .map_err(|_| invalid(format!("{} is {} bytes, not a 64-byte ed25519 signature", sig_path.display(), sig_bytes.len())))?;
+    let signature = Signature::from_slice(&sig_bytes).map_err(|_| {
+        invalid(format!(
+            "{} is {} bytes, not a 64-byte ed25519 signature",
+            sig_path.display(),
+            sig_bytes.len()
+        ))
+    })?;
 
     let mut file = File::open(path).map_err(io(path))?;
     let len = file.metadata().map_err(io(path))?.len();
     if len > MAX_LIBRARY {
-        return Err(io(path)(std::io::Error::other(format!("{len} bytes exceeds {MAX_LIBRARY}"))));
+        return Err(io(path)(std::io::Error::other(format!(
+            "{len} bytes exceeds {MAX_LIBRARY}"
+        ))));
     }
     let fd = memfd_create(
         c"bulkhead-plugin",
@@ -82,6 +89,9 @@ pub(crate) fn verified_library(path: &Path, keys: &[VerifyingKey]) -> Result<Own
     } else if keys.is_empty() {
         Err(invalid("no trusted keys given".into()))
     } else {
-        Err(invalid(format!("no trusted key ({} given) verifies the library's bytes", keys.len())))
+        Err(invalid(format!(
+            "no trusted key ({} given) verifies the library's bytes",
+            keys.len()
+        )))
     }
 }

@@ -173,7 +173,10 @@ impl<T: DeserializeOwned> Iterator for PluginStream<T> {
                     status,
                     payload: &payload,
                 };
-                Some(Err(self.plugin.interpret(&answer).expect_err("non-zero status is an error")))
+                Some(Err(self
+                    .plugin
+                    .interpret(&answer)
+                    .expect_err("non-zero status is an error")))
             }
         }
     }

@@ -9,9 +9,9 @@ use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
 use crossbeam_channel::Receiver;
 
-use crate::hostfn::HostImports;
 use crate::error::{BuildError, LoadError};
 use crate::events::{Event, EventHub};
+use crate::hostfn::HostImports;
 use crate::locate;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};

@@ -849,7 +849,10 @@ mod tests {
                 status: -3,
                 payload: b"e",
             },
-            HostMsg::Item { status: -5, payload: b"" },
+            HostMsg::Item {
+                status: -5,
+                payload: b"",
+            },
             HostMsg::Call {
                 id: u64::MAX,
                 method: 3,

@@ -11,23 +11,28 @@ use fx_host_iface::__fidius_UsesHost as U;
 use fx_host_iface::__fidius_host_Host as H;
 
 fn host(counter: Arc<AtomicU64>) -> HostInterface {
-    HostInterface::new("Host", H::Host_HOST_INTERFACE_HASH, H::Host_HOST_INTERFACE_VERSION, H::Host_HOST_FN_COUNT)
-        .function(H::HOST_FN_LOOKUP, move |(key,): (String,)| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            format!("value-of-{key}")
-        })
-        .fallible(H::HOST_FN_CHECK, |(n,): (u64,)| {
-            if n % 2 == 1 {
-                Err(PluginError {
-                    code: "ODD".into(),
-                    message: format!("{n} is odd"),
-                    details: None,
-                })
-            } else {
-                Ok(n * 2)
-            }
-        })
-        .function(H::HOST_FN_BOOM, |(): ()| -> u64 { panic!("handler exploded") })
+    HostInterface::new(
+        "Host",
+        H::Host_HOST_INTERFACE_HASH,
+        H::Host_HOST_INTERFACE_VERSION,
+        H::Host_HOST_FN_COUNT,
+    )
+    .function(H::HOST_FN_LOOKUP, move |(key,): (String,)| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        format!("value-of-{key}")
+    })
+    .fallible(H::HOST_FN_CHECK, |(n,): (u64,)| {
+        if n % 2 == 1 {
+            Err(PluginError {
+                code: "ODD".into(),
+                message: format!("{n} is odd"),
+                details: None,
+            })
+        } else {
+            Ok(n * 2)
+        }
+    })
+    .function(H::HOST_FN_BOOM, |(): ()| -> u64 { panic!("handler exploded") })
 }
 
 fn load(sup: &Supervisor, s: PluginSpec) -> (Plugin, Arc<AtomicU64>) {
@@ -65,12 +70,18 @@ fn handler_errors_reach_the_plugin_as_plugin_errors_and_panics_are_contained() {
     let sup = supervisor();
     let (p, _) = load(&sup, spec("fx-host"));
     assert_eq!(p.call::<_, String>(U::METHOD_CHECK, &(4u64,)).unwrap(), "ok 8");
-    assert_eq!(p.call::<_, String>(U::METHOD_CHECK, &(3u64,)).unwrap(), "err ODD: 3 is odd");
+    assert_eq!(
+        p.call::<_, String>(U::METHOD_CHECK, &(3u64,)).unwrap(),
+        "err ODD: 3 is odd"
+    );
     let pid = p.info().worker_pid;
     let s: String = p.call(U::METHOD_BOOM, &()).unwrap();
     assert_eq!(s, "err host function panicked: handler exploded");
     // The host and the worker carry on.
-    assert_eq!(p.call::<_, String>(U::METHOD_ASK, &("x".to_string(),)).unwrap(), "got value-of-x");
+    assert_eq!(
+        p.call::<_, String>(U::METHOD_ASK, &("x".to_string(),)).unwrap(),
+        "got value-of-x"
+    );
     assert_eq!(p.worker_pids(), [pid]);
 }
 
@@ -89,7 +100,12 @@ fn a_flood_of_callbacks_stays_within_the_bound() {
 #[test]
 fn callbacks_count_against_the_call_deadline() {
     let sup = supervisor();
-    let (p, _) = load(&sup, spec("fx-host").max_callbacks(u32::MAX).call_timeout(Duration::from_millis(300)));
+    let (p, _) = load(
+        &sup,
+        spec("fx-host")
+            .max_callbacks(u32::MAX)
+            .call_timeout(Duration::from_millis(300)),
+    );
     let e = p.call::<_, (u64, String)>(U::METHOD_FLOOD, &(u64::MAX,)).unwrap_err();
     assert!(matches!(e, bulkhead::CallError::Timeout { .. }), "{e:?}");
 }
@@ -106,20 +122,46 @@ fn unregistered_or_mismatched_imports_are_load_errors() {
     let wrong = HostInterface::new("Host", 0xdead_beef, 3, H::Host_HOST_FN_COUNT);
     let e = sup.load(spec("fx-host").host_interface(wrong)).unwrap_err();
     assert!(
-        matches!(&e, LoadError::Rejected { reason: LoadFailure::ImportMismatch { host_hash: 0xdead_beef, plugin_version: 3, .. }, .. }),
+        matches!(
+            &e,
+            LoadError::Rejected {
+                reason: LoadFailure::ImportMismatch {
+                    host_hash: 0xdead_beef,
+                    plugin_version: 3,
+                    ..
+                },
+                ..
+            }
+        ),
         "{e:?}"
     );
     let old = HostInterface::new("Host", H::Host_HOST_INTERFACE_HASH, 2, H::Host_HOST_FN_COUNT);
     let e = sup.load(spec("fx-host").host_interface(old)).unwrap_err();
     assert!(
-        matches!(&e, LoadError::Rejected { reason: LoadFailure::ImportMismatch { host_version: 2, plugin_version: 3, .. }, .. }),
+        matches!(
+            &e,
+            LoadError::Rejected {
+                reason: LoadFailure::ImportMismatch {
+                    host_version: 2,
+                    plugin_version: 3,
+                    ..
+                },
+                ..
+            }
+        ),
         "{e:?}"
     );
     // The plugin's bind shim checks the function count too.
     let short = HostInterface::new("Host", H::Host_HOST_INTERFACE_HASH, 3, 2);
     let e = sup.load(spec("fx-host").host_interface(short)).unwrap_err();
     assert!(
-        matches!(&e, LoadError::Rejected { reason: LoadFailure::ImportBind { code: -6, .. }, .. }),
+        matches!(
+            &e,
+            LoadError::Rejected {
+                reason: LoadFailure::ImportBind { code: -6, .. },
+                ..
+            }
+        ),
         "{e:?}"
     );
 }

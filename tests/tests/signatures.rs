@@ -119,6 +119,8 @@ fn a_library_swapped_after_verification_is_not_the_one_that_runs() {
     assert_eq!(p.info().plugin_name, "BasicPlugin");
 
     // A fresh load verifies the new bytes, which the signature does not cover.
-    let e = sup.load(spec(&path).require_signature([k.verifying_key()])).unwrap_err();
+    let e = sup
+        .load(spec(&path).require_signature([k.verifying_key()]))
+        .unwrap_err();
     assert!(matches!(e, LoadError::SignatureInvalid { .. }), "{e:?}");
 }

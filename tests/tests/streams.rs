@@ -24,7 +24,10 @@ fn ten_thousand_items_arrive_in_order() {
     let s: PluginStream<u64> = p.stream(S::METHOD_COUNT, &(10_000u64,)).unwrap();
     let got: Vec<u64> = s.map(|r| r.unwrap()).collect();
     assert_eq!(got.len(), 10_000);
-    assert!(got.iter().enumerate().all(|(i, &v)| v == i as u64), "items out of order");
+    assert!(
+        got.iter().enumerate().all(|(i, &v)| v == i as u64),
+        "items out of order"
+    );
     // The worker went back to the pool: calls work, and the producer was dropped once.
     assert_eq!(p.call::<_, u64>(S::METHOD_DROPS, &()).unwrap(), 1);
 }
@@ -72,7 +75,13 @@ fn a_crash_mid_stream_ends_it_with_worker_died_and_the_worker_is_replaced() {
     let items: Vec<u64> = all[..5].iter().map(|r| *r.as_ref().unwrap()).collect();
     assert_eq!(items, [0, 1, 2, 3, 4]);
     assert!(
-        matches!(&all[5], Err(CallError::WorkerDied { exit: Exit::Signal { signal: 6, .. }, .. })),
+        matches!(
+            &all[5],
+            Err(CallError::WorkerDied {
+                exit: Exit::Signal { signal: 6, .. },
+                ..
+            })
+        ),
         "{:?}",
         all[5]
     );
@@ -131,7 +140,9 @@ fn client_streams_round_trip() {
     let p = load(&sup, Duration::from_secs(30));
     let total: u64 = p.call_client_stream(S::METHOD_SUM, 1..=1000u64, &(7u64,)).unwrap();
     assert_eq!(total, 7 + 500_500);
-    let empty: u64 = p.call_client_stream(S::METHOD_SUM, Vec::<u64>::new(), &(3u64,)).unwrap();
+    let empty: u64 = p
+        .call_client_stream(S::METHOD_SUM, Vec::<u64>::new(), &(3u64,))
+        .unwrap();
     assert_eq!(empty, 3);
 }
 
@@ -153,9 +164,7 @@ fn bidirectional_streams_round_trip() {
 #[test]
 fn streams_hold_one_worker_each_and_others_keep_serving() {
     let sup = supervisor();
-    let p = sup
-        .load(spec("fx-stream").plugin("StreamPlugin").workers(2))
-        .unwrap();
+    let p = sup.load(spec("fx-stream").plugin("StreamPlugin").workers(2)).unwrap();
     let mut a: PluginStream<u64> = p.stream(S::METHOD_COUNT, &(10u64,)).unwrap();
     let mut b: PluginStream<u64> = p.stream(S::METHOD_COUNT, &(10u64,)).unwrap();
     assert_eq!(a.next().unwrap().unwrap(), 0);

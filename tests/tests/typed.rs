@@ -36,7 +36,16 @@ fn generated_usize_constants_need_no_cast() {
     let n: String = p.call(1, &()).unwrap();
     assert_eq!(n, "hello");
     let e = p.call::<_, String>(usize::MAX, &()).unwrap_err();
-    assert!(matches!(e, CallError::InvalidMethodIndex { index: u32::MAX, count: 2 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            CallError::InvalidMethodIndex {
+                index: u32::MAX,
+                count: 2
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -45,10 +54,17 @@ fn interface_hash_mismatch_is_a_load_error_naming_both() {
     let want = __fidius_Streams::Streams_INTERFACE_HASH;
     let have = __fidius_Greeter::Greeter_INTERFACE_HASH;
     assert_ne!(want, have);
-    let e = sup.load(spec("fx-greeter").plugin("HelloGreeter").interface(want)).unwrap_err();
+    let e = sup
+        .load(spec("fx-greeter").plugin("HelloGreeter").interface(want))
+        .unwrap_err();
     match &e {
         LoadError::Rejected {
-            reason: LoadFailure::InterfaceMismatch { expected, found, plugin },
+            reason:
+                LoadFailure::InterfaceMismatch {
+                    expected,
+                    found,
+                    plugin,
+                },
             ..
         } => {
             assert_eq!((*expected, *found, plugin.as_str()), (want, have, "HelloGreeter"));
@@ -56,9 +72,14 @@ fn interface_hash_mismatch_is_a_load_error_naming_both() {
         other => panic!("expected InterfaceMismatch, got {other:?}"),
     }
     let text = e.to_string();
-    assert!(text.contains(&format!("{want:#018x}")) && text.contains(&format!("{have:#018x}")), "{text}");
+    assert!(
+        text.contains(&format!("{want:#018x}")) && text.contains(&format!("{have:#018x}")),
+        "{text}"
+    );
     // The right hash loads.
-    let ok = sup.load(spec("fx-greeter").plugin("HelloGreeter").interface(have)).unwrap();
+    let ok = sup
+        .load(spec("fx-greeter").plugin("HelloGreeter").interface(have))
+        .unwrap();
     assert_eq!(ok.info().interface_hash, have);
 }
 
@@ -72,12 +93,24 @@ fn typed_client_calls_by_name_and_checks_the_interface() {
     // A Streams client refuses the greeter, at load and when wrapping a handle.
     let e = StreamsClient::load(&sup, spec("fx-greeter").plugin("HelloGreeter")).unwrap_err();
     assert!(
-        matches!(e, LoadError::Rejected { reason: LoadFailure::InterfaceMismatch { .. }, .. }),
+        matches!(
+            e,
+            LoadError::Rejected {
+                reason: LoadFailure::InterfaceMismatch { .. },
+                ..
+            }
+        ),
         "{e:?}"
     );
     let e = StreamsClient::new(g.plugin().clone()).unwrap_err();
     assert!(
-        matches!(e, LoadError::Rejected { reason: LoadFailure::InterfaceMismatch { .. }, .. }),
+        matches!(
+            e,
+            LoadError::Rejected {
+                reason: LoadFailure::InterfaceMismatch { .. },
+                ..
+            }
+        ),
         "{e:?}"
     );
 
@@ -87,7 +120,10 @@ fn typed_client_calls_by_name_and_checks_the_interface() {
     assert_eq!(got, [0, 1, 2, 3]);
     assert!(s.pid().unwrap() > 0);
     // The client declared `count` a stream: the plain call path refuses it.
-    let e = s.plugin().call::<_, u64>(__fidius_Streams::METHOD_COUNT, &(1u64,)).unwrap_err();
+    let e = s
+        .plugin()
+        .call::<_, u64>(__fidius_Streams::METHOD_COUNT, &(1u64,))
+        .unwrap_err();
     assert!(matches!(e, CallError::Unsupported { index: 0, .. }), "{e:?}");
 }
 

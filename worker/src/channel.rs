@@ -53,7 +53,9 @@ pub fn exchange<R>(msg: WorkerMsg<'_>, f: impl FnOnce(HostMsg<'_>) -> R) -> Opti
     if !inner.open {
         return None;
     }
-    let Inner { sock, rx, tx, max_in, .. } = &mut *inner;
+    let Inner {
+        sock, rx, tx, max_in, ..
+    } = &mut *inner;
     msg.encode(tx);
     sock.write_all(tx).ok()?;
     match frame::read_frame(sock, rx, *max_in) {

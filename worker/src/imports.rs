@@ -24,11 +24,11 @@ const MIN_IMPORT_DESCRIPTOR: u32 = 40;
 pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, LoadFailure> {
     let bad = |reason: String| LoadFailure::BadImports { reason };
     // SAFETY: the optional getter's documented signature; absence is fine.
-    let getter: Symbol<unsafe extern "C" fn() -> *const HostImportRegistry> = match unsafe { lib.get(HOST_IMPORTS_SYMBOL) }
-    {
-        Ok(g) => g,
-        Err(_) => return Ok(Vec::new()),
-    };
+    let getter: Symbol<unsafe extern "C" fn() -> *const HostImportRegistry> =
+        match unsafe { lib.get(HOST_IMPORTS_SYMBOL) } {
+            Ok(g) => g,
+            Err(_) => return Ok(Vec::new()),
+        };
     // SAFETY: calling the exported getter; it takes no arguments.
     let reg_ptr = unsafe { getter() };
     if reg_ptr.is_null() {
@@ -43,7 +43,10 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, L
         return Err(bad(format!("registry version {}", reg.registry_version)));
     }
     if reg.import_count > MAX_HOST_IMPORTS {
-        return Err(bad(format!("{} imports (at most {MAX_HOST_IMPORTS})", reg.import_count)));
+        return Err(bad(format!(
+            "{} imports (at most {MAX_HOST_IMPORTS})",
+            reg.import_count
+        )));
     }
     if reg.import_count > 0 && reg.imports.is_null() {
         return Err(bad("NULL import table".into()));

@@ -478,7 +478,13 @@ impl Plugin {
     }
 
     /// Hands PluginAllocated output to `f`, then frees it with the plugin's `free_buffer`.
-    pub(crate) fn finish_alloc_output<R>(&mut self, status: i32, out: *mut u8, out_len: u32, f: impl FnOnce(Outcome<'_>) -> R) -> R {
+    pub(crate) fn finish_alloc_output<R>(
+        &mut self,
+        status: i32,
+        out: *mut u8,
+        out_len: u32,
+        f: impl FnOnce(Outcome<'_>) -> R,
+    ) -> R {
         if out.is_null() {
             return if out_len == 0 {
                 f(Outcome::Status { status, output: &[] })

@@ -20,8 +20,8 @@ mod channel;
 mod dispatch;
 mod imports;
 mod load;
-mod streams;
 mod setup;
+mod streams;
 
 use std::process::ExitCode;
 

@@ -157,7 +157,16 @@ impl Plugin {
         // SAFETY: a non-NULL client-streaming slot has this shape.
         let m: ClientStreamMethod = unsafe { std::mem::transmute::<*const c_void, ClientStreamMethod>(slot) };
         // SAFETY: inst from construct; the input handle is fresh and now the plugin's.
-        let status = unsafe { m(self.inst, input_handle(), args.as_ptr(), args.len() as u32, &mut out, &mut out_len) };
+        let status = unsafe {
+            m(
+                self.inst,
+                input_handle(),
+                args.as_ptr(),
+                args.len() as u32,
+                &mut out,
+                &mut out_len,
+            )
+        };
         self.finish_alloc_output(status, out, out_len, f)
     }
 }
