@@ -149,20 +149,21 @@ impl WorkerProcess {
                 Ok(WorkerMsg::Fault { fault, .. }) => return Ok(Answer::Fault(fault)),
                 Ok(WorkerMsg::Callback { import, index, payload }) => {
                     callbacks = callbacks.saturating_add(1);
-                    match &imports {
-                        Some(imps) if callbacks > imps.max_callbacks => {
-                            let e = WirePluginError {
-                                code: "CALLBACK_LIMIT".into(),
-                                message: format!("more than {} host callbacks in one request", imps.max_callbacks),
-                                details: None,
-                            };
-                            (STATUS_PLUGIN_ERROR, wire::encode(&e).unwrap_or_default())
-                        }
-                        Some(imps) => match imps.interfaces.get(import as usize) {
+                    let max = imports
+                        .as_ref()
+                        .map_or(crate::hostfn::DEFAULT_MAX_CALLBACKS, |i| i.max_callbacks);
+                    if callbacks > max {
+                        let e = WirePluginError {
+                            code: "CALLBACK_LIMIT".into(),
+                            message: format!("more than {max} host callbacks in one request"),
+                            details: None,
+                        };
+                        (STATUS_PLUGIN_ERROR, wire::encode(&e).unwrap_or_default())
+                    } else {
+                        match imports.as_ref().and_then(|i| i.interfaces.get(import as usize)) {
                             Some(iface) => iface.dispatch(index, payload),
                             None => (HOST_CALL_NOT_BOUND, Vec::new()),
-                        },
-                        None => (HOST_CALL_NOT_BOUND, Vec::new()),
+                        }
                     }
                 }
                 Ok(WorkerMsg::Pull) => match pull.as_mut() {
