@@ -380,8 +380,8 @@ fn stream_and_callback_rows(
 ) {
     use bulkhead::HostInterface;
     use bulkhead_tests::{streams, uses_host};
-    let n = scale(50_000) as u64;
-    let rounds = scale(40).max(3);
+    let n = scale(20_000) as u64;
+    let rounds = scale(20).max(3);
     for transport in [Transport::SharedMemory, Transport::Socket] {
         let name = if transport == Transport::Socket {
             "socket"

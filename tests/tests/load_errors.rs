@@ -158,14 +158,30 @@ fn bad_config_bytes_make_construct_fail() {
 
 #[test]
 fn plugin_selection() {
-    let r = rejected(spec("fx-greeter"));
+    // Registry order comes from fidius' `inventory` and is unspecified: sort.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let r = match rejected(spec("fx-greeter")) {
+        LoadFailure::Ambiguous { available } => LoadFailure::Ambiguous {
+            available: sorted(available),
+        },
+        other => other,
+    };
     assert_eq!(
         r,
         LoadFailure::Ambiguous {
             available: vec!["HelloGreeter".into(), "ShoutGreeter".into()]
         }
     );
-    let r = rejected(spec("fx-greeter").plugin("Nope"));
+    let r = match rejected(spec("fx-greeter").plugin("Nope")) {
+        LoadFailure::PluginNotFound { requested, available } => LoadFailure::PluginNotFound {
+            requested,
+            available: sorted(available),
+        },
+        other => other,
+    };
     assert_eq!(
         r,
         LoadFailure::PluginNotFound {
