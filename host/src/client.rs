@@ -28,12 +28,16 @@
 ///
 /// `load` checks the interface hash in the worker before the plugin is
 /// constructed; `new` checks an already loaded [`Plugin`](crate::Plugin).
-/// Streaming slots declared here are refused by the plain `call` path.
+/// Streaming slots declared here are refused by the plain `call` path. With
+/// `(hash = .., descriptor = <Trait>_WASM_DESCRIPTOR)`, every server-streaming
+/// (and bidirectional) slot the interface crate records is refused too, listed
+/// here or not — fidius keeps that flag in the interface crate, not in the
+/// binary. (Client-only streaming slots are recorded nowhere; declare them.)
 #[macro_export]
 macro_rules! client {
     (
         $(#[$meta:meta])*
-        $vis:vis struct $name:ident for $($iface:ident)::+ (hash = $hash:ident) {
+        $vis:vis struct $name:ident for $($iface:ident)::+ (hash = $hash:ident $(, descriptor = $desc:ident)?) {
             $($body:tt)*
         }
     ) => {
@@ -55,9 +59,20 @@ macro_rules! client {
                     supervisor: &$crate::Supervisor,
                     spec: $crate::PluginSpec,
                 ) -> ::std::result::Result<Self, $crate::LoadError> {
-                    let spec = spec
-                        .interface(Self::INTERFACE_HASH)
-                        .streaming_methods($crate::client!(@streams __iface; []; $($body)*));
+                    #[allow(unused_mut)]
+                    let mut streaming: ::std::vec::Vec<u32> = $crate::client!(@streams __iface; []; $($body)*);
+                    // Server-streaming slots the interface crate itself records.
+                    $(
+                        streaming.extend(
+                            __iface::$desc
+                                .methods
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, m)| m.streaming)
+                                .map(|(i, _)| $crate::MethodIndex::from(i).0),
+                        );
+                    )?
+                    let spec = spec.interface(Self::INTERFACE_HASH).streaming_methods(streaming);
                     supervisor.load(spec).map(|plugin| Self { plugin })
                 }
 

@@ -17,6 +17,13 @@ bulkhead::client! {
 }
 
 bulkhead::client! {
+    /// Lists no stream method, but names the interface's descriptor.
+    pub struct StreamsByDescriptor for fx_iface::__fidius_Streams (hash = Streams_INTERFACE_HASH, descriptor = Streams_WASM_DESCRIPTOR) {
+        fn pid() -> u32 = METHOD_PID;
+    }
+}
+
+bulkhead::client! {
     /// The greeter, whose hash differs from `Streams`'.
     pub struct GreeterClient for fx_iface::__fidius_Greeter (hash = Greeter_INTERFACE_HASH) {
         fn greet(name: String) -> String = METHOD_GREET;
@@ -125,6 +132,25 @@ fn typed_client_calls_by_name_and_checks_the_interface() {
         .call::<_, u64>(__fidius_Streams::METHOD_COUNT, &(1u64,))
         .unwrap_err();
     assert!(matches!(e, CallError::Unsupported { index: 0, .. }), "{e:?}");
+}
+
+#[test]
+fn streaming_slots_come_from_the_interface_descriptor() {
+    let sup = supervisor();
+    let c = StreamsByDescriptor::load(&sup, spec("fx-stream").plugin("StreamPlugin")).unwrap();
+    assert!(c.pid().unwrap() > 0);
+    for slot in [
+        __fidius_Streams::METHOD_COUNT,
+        __fidius_Streams::METHOD_CRASH_AT,
+        __fidius_Streams::METHOD_HANG_AT,
+        __fidius_Streams::METHOD_DOUBLE,
+        __fidius_Streams::METHOD_BLOBS,
+    ] {
+        let e = c.plugin().call::<_, u64>(slot, &(1u64,)).unwrap_err();
+        assert!(matches!(e, CallError::Unsupported { .. }), "slot {slot}: {e:?}");
+    }
+    // Not streaming: a plain call goes through.
+    assert!(c.plugin().call::<_, u64>(__fidius_Streams::METHOD_DROPS, &()).is_ok());
 }
 
 #[test]
