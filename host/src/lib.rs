@@ -35,7 +35,14 @@
 //! * [`Supervisor`] owns all worker processes; dropping it shuts them down.
 //! * [`PluginSpec`] says what to load and how: plugin name, config, timeouts,
 //!   pool size, restart policy, resource [`Limits`].
-//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call.
+//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call: plain and
+//!   raw calls, optional methods ([`Plugin::call_optional`]), server streams
+//!   ([`Plugin::stream`] → [`PluginStream`]), client and bidirectional streams.
+//! * [`client!`] declares a typed client for a fidius interface (one method per
+//!   plugin method, interface hash checked at load).
+//! * [`HostInterface`] implements a `#[fidius::host_interface]` the plugin calls back.
+//! * [`PluginSpec::require_signature`] loads only libraries signed like fidius
+//!   signs them, from a sealed in-memory copy of the verified bytes.
 //!
 //! # Guarantees
 //! * The host never loads plugin code; a worker process does.

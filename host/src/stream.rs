@@ -306,3 +306,8 @@ impl Plugin {
         result
     }
 }
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<PluginStream<u64>>();
+};
