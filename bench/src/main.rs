@@ -133,6 +133,38 @@ fn main() {
         ),
     );
 
+    // --- async small call: the same add through call_async (tokio) --------------------
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let ba = rt.block_on(async {
+        let one = || async {
+            let v: i64 = plugin.call_async(basic::ADD, &(3i64, 4i64)).await.unwrap();
+            assert_eq!(v, 7);
+        };
+        for _ in 0..2000.min(n) {
+            one().await;
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            one().await;
+            v.push(t.elapsed());
+        }
+        summarize(v)
+    });
+    drop(rt);
+    report.json("small_call", "bulkhead_shm_async", &ba, "");
+    report.row(
+        "add(i64,i64) via call_async (tokio, current-thread) median / p99".into(),
+        format!("{} / {}", us(ba.median), us(ba.p99)),
+        format!(
+            "sync call {} / {}; the call runs on tokio's blocking pool (spawn_blocking) and is awaited",
+            us(b.median),
+            us(b.p99)
+        ),
+    );
+
     // --- echo ------------------------------------------------------------------------
     for size in [64usize, 4 << 10, 256 << 10, 1 << 20, 16 << 20] {
         let data: Vec<u8> = (0..size).map(|i| i as u8).collect();

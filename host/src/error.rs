@@ -70,6 +70,7 @@ pub struct PluginError {
 /// The worker sent something the protocol does not allow. The worker is killed
 /// and replaced; nothing from it was trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// A frame's length prefix exceeds the configured maximum message size.
     #[error("worker sent a {len}-byte frame, over the {max}-byte limit")]
@@ -120,12 +121,41 @@ pub enum ProtocolError {
 
 /// Building a [`Supervisor`](crate::Supervisor) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// No worker binary in any place bulkhead looks.
     #[error("bulkhead-worker binary not found; looked in: {}", display_paths(searched))]
     WorkerNotFound {
         /// Every candidate path, in search order.
         searched: Vec<PathBuf>,
+    },
+    /// The worker speaks another protocol version than this host (they come
+    /// from different bulkhead releases).
+    #[error(
+        "worker {} speaks protocol version {worker_version}, this host speaks {host}; \
+         use the worker from the same bulkhead release",
+        worker.display()
+    )]
+    WorkerVersion {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// The worker's protocol version.
+        worker_version: u32,
+    },
+    /// The worker did not answer the protocol-version query: not a bulkhead
+    /// worker, one too old to have the query, or (self-worker mode) an
+    /// executable whose `main` does not call
+    /// [`worker_main_if_requested`](crate::worker_main_if_requested).
+    #[error("worker {} is unusable (this host speaks protocol {host}): {reason}", worker.display())]
+    WorkerUnusable {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// What went wrong.
+        reason: String,
     },
 }
 
@@ -139,6 +169,7 @@ fn display_paths(paths: &[PathBuf]) -> String {
 
 /// Loading a plugin failed. The host process is unaffected.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The worker examined the plugin and refused it; `reason` says why.
     #[error("cannot load {}: {reason}", path.display())]
@@ -228,6 +259,7 @@ fn stderr_suffix(stderr: &str) -> String {
 
 /// A call failed. Which variant says exactly what happened; the host is fine.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// Status `-1` even after the arena was grown once.
     #[error("plugin output does not fit the arena (needed {needed:?} bytes)")]

@@ -69,6 +69,7 @@ pub enum Transport {
 
 /// Which plugin to load and how to run it. Every setter documents its default.
 #[derive(Clone)]
+#[must_use = "a PluginSpec does nothing until passed to Supervisor::load"]
 pub struct PluginSpec {
     pub(crate) path: PathBuf,
     pub(crate) plugin: Option<String>,
@@ -91,6 +92,24 @@ pub struct PluginSpec {
     pub(crate) host_interfaces: Vec<HostInterface>,
     pub(crate) max_callbacks: u32,
     pub(crate) stream_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("path", &self.path)
+            .field("plugin", &self.plugin)
+            .field("config_len", &self.config.as_ref().map(Vec::len))
+            .field("call_timeout", &self.call_timeout)
+            .field("load_timeout", &self.load_timeout)
+            .field("workers", &self.workers)
+            .field("queue_limit", &self.queue_limit)
+            .field("restart", &self.restart)
+            .field("limits", &self.limits)
+            .field("transport", &self.transport)
+            .field("standby", &self.standby)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginSpec {
@@ -281,6 +300,7 @@ impl PluginSpec {
 
 /// What the worker reported about a loaded plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginInfo {
     /// The library path.
     pub path: PathBuf,
@@ -336,7 +356,12 @@ pub(crate) struct PluginShared {
 impl Drop for PluginShared {
     fn drop(&mut self) {
         // The last user handle is gone: stop the workers now, on this thread,
-        // rather than whenever a background restart lets go of the pool.
+        // rather than whenever a background restart lets go of the pool. In a
+        // tokio runtime (feature `tokio`), on its blocking pool instead.
+        #[cfg(feature = "tokio")]
+        if crate::tokio_api::shutdown_off_runtime(vec![self.pool.clone()]).is_ok() {
+            return;
+        }
         self.pool.shutdown();
     }
 }

@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::call::{Answer, Failure};
 use crate::error::{CallError, Exit, LoadError};
 use crate::events::{EventHub, EventKind};
+use crate::observe::{self, CallMetrics};
 use crate::restart::{Decision, RestartPolicy, RestartState};
 use crate::stats::{Counters, Stats};
 use crate::worker_process::{Launch, ProcState, WorkerProcess, KILL_REAP_BOUND};
@@ -41,6 +42,7 @@ pub(crate) enum Slot {
 
 /// How one worker ended at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerReport {
     /// The plugin's name.
     pub plugin: Arc<str>,
@@ -79,6 +81,7 @@ pub(crate) struct Pool {
     procs: Mutex<Vec<Arc<ProcState>>>,
     latest_pid: AtomicU64,
     pub(crate) counters: Counters,
+    metrics: CallMetrics,
     events: Arc<EventHub>,
     closed: AtomicBool,
     /// Dropped at shutdown to cut short a background job's backoff wait.
@@ -108,6 +111,7 @@ impl Pool {
         let (closing_tx, closing_rx) = crossbeam_channel::bounded(0);
         let (jobs_done_tx, jobs_done_rx) = crossbeam_channel::unbounded();
         let pool = Arc::new_cyclic(|me| Pool {
+            metrics: CallMetrics::new(&label),
             label,
             launch,
             size,
@@ -184,12 +188,16 @@ impl Pool {
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
+        let span = observe::call_span(&self.label, method);
+        let _entered = span.enter();
         self.counters.call_started();
-        let result = self.call_inner(method, payload, start, limit, target, f);
+        let result = self.call_inner(method, payload, start, limit, target, &span, f);
         self.counters.call_finished(result.as_ref().err());
+        self.metrics.call_done(&span, start, result.as_ref().err());
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn call_inner<R>(
         &self,
         method: u32,
@@ -197,6 +205,7 @@ impl Pool {
         start: Instant,
         limit: Duration,
         target: Option<Vec<u8>>,
+        span: &tracing::Span,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let deadline = start + limit;
@@ -213,13 +222,14 @@ impl Pool {
         let Slot::Live(worker) = &mut slot.slot else {
             return Err(CallError::ShutDown);
         };
+        span.record("worker_pid", worker.pid);
         match worker.call(method, payload, deadline, target) {
             Ok(answer) => {
                 let result = f(answer);
                 self.note_success();
                 result
             }
-            Err(failure) => Err(self.failed(&mut slot.slot, failure, start, limit)),
+            Err(failure) => Err(self.failed(&mut slot.slot, failure, method, start, limit)),
         }
     }
 
@@ -233,7 +243,14 @@ impl Pool {
     /// The live worker in `slot` failed a request started at `start` under
     /// `limit`: records it, leaves the worker dying in the slot (its guard
     /// hands it on to recovery), and returns the caller's error.
-    pub(crate) fn failed(&self, slot: &mut Slot, failure: Failure, start: Instant, limit: Duration) -> CallError {
+    pub(crate) fn failed(
+        &self,
+        slot: &mut Slot,
+        failure: Failure,
+        method: u32,
+        start: Instant,
+        limit: Duration,
+    ) -> CallError {
         let Slot::Live(worker) = std::mem::replace(slot, Slot::Empty) else {
             unreachable!("slot was live")
         };
@@ -246,10 +263,18 @@ impl Pool {
                     limit,
                 }
             }
-            Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
-            Failure::Protocol(e) => CallError::Protocol(e),
+            Failure::Died { exit, stderr } => {
+                observe::crashed(&self.label, pid, method, &exit);
+                CallError::WorkerDied { exit, stderr }
+            }
+            Failure::Protocol(e) => {
+                observe::protocol_failure(&self.label, pid, method, &e);
+                CallError::Protocol(e)
+            }
         };
         self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
+        // The slot's guard hands the dying worker on (standby promotion or a
+        // background reap-and-restart); the caller gets its answer now.
         *slot = Slot::Dying(worker);
         err
     }
@@ -379,7 +404,7 @@ impl Pool {
     /// Whether a restart may happen right now (not failed, no backoff pending).
     fn may_restart_now(&self) -> bool {
         let st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
-        st.failed().is_none() && st.not_before().is_none_or(|at| at <= Instant::now())
+        st.failed().is_none() && st.not_before().map_or(true, |at| at <= Instant::now())
     }
 
     fn is_failed(&self) -> bool {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 /// When a dead worker is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RestartMode {
     /// Never: the first crash or timeout marks the plugin failed.
     Never,
@@ -61,6 +62,7 @@ impl Backoff {
 
 /// How a plugin's workers are restarted.
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a RestartPolicy does nothing until passed to PluginSpec::restart"]
 pub struct RestartPolicy {
     /// Whether to restart at all. Default [`RestartMode::OnFailure`].
     pub mode: RestartMode,
@@ -118,7 +120,7 @@ impl RestartPolicy {
 
 /// What to do after a worker failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Start a replacement, not before this instant.
     Restart {
         /// Earliest start of the replacement.
@@ -130,6 +132,7 @@ pub enum Decision {
 
 /// The failed state: why and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Failed {
     /// The failure that spent the budget.
     pub reason: String,
@@ -141,7 +144,7 @@ pub struct Failed {
 
 /// Restart bookkeeping for one plugin (all its workers).
 #[derive(Debug, Clone)]
-pub struct RestartState {
+pub(crate) struct RestartState {
     policy: RestartPolicy,
     /// Start times of restarts within the window (at most `max_restarts`).
     recent: VecDeque<Instant>,

@@ -80,6 +80,7 @@ impl Counters {
 
 /// A snapshot of a plugin's counters ([`Plugin::stats`](crate::Plugin::stats)).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Calls started.
     pub calls: u64,

@@ -62,6 +62,7 @@ fn pull_from(input: &mut Option<Input>) -> (i32, Vec<u8>) {
 pub struct PluginStream<T> {
     plugin: Plugin,
     lease: Option<Lease>,
+    method: u32,
     opened: Instant,
     input: Option<Input>,
     items: u64,
@@ -130,7 +131,7 @@ impl<T> PluginStream<T> {
             }
             Err(failure) => {
                 let pool = lease.pool.clone();
-                let err = pool.failed(&mut lease.slot, failure, start, limit);
+                let err = pool.failed(&mut lease.slot, failure, self.method, start, limit);
                 // Dropping the lease hands the dying worker to recovery.
                 self.lease = None;
                 Err(err)
@@ -236,6 +237,7 @@ impl Plugin {
             let mut s = PluginStream {
                 plugin: self.clone(),
                 lease: Some(lease),
+                method: index,
                 opened,
                 input,
                 items: 0,
@@ -299,7 +301,7 @@ impl Plugin {
                     pool.note_success();
                     r
                 }
-                Err(failure) => Err(pool.failed(&mut lease.slot, failure, start, limit)),
+                Err(failure) => Err(pool.failed(&mut lease.slot, failure, index, start, limit)),
             }
         })();
         pool.counters.call_finished(result.as_ref().err());

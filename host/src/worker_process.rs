@@ -47,6 +47,8 @@ const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 /// Everything needed to start a worker for one plugin.
 pub(crate) struct Launch {
     pub worker: PathBuf,
+    /// Arguments before the worker's own (the self-worker marker, if any).
+    pub worker_args: Vec<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub path: PathBuf,
@@ -181,7 +183,8 @@ impl WorkerProcess {
             None
         };
         let mut cmd = Command::new(&launch.worker);
-        cmd.arg("--parent-pid")
+        cmd.args(&launch.worker_args)
+            .arg("--parent-pid")
             .arg(std::process::id().to_string())
             .args(&launch.args)
             .env_clear()

@@ -21,7 +21,11 @@ use crate::frame::{self, HEADER_LEN};
 use crate::wire::{self, WireError};
 
 /// Version of this protocol; both sides refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 3 added the `--protocol-version` query every worker answers before
+/// any handshake (the host checks it when it builds a supervisor). Version 4
+/// added streams, client streams, host callbacks, the interface check and the
+/// verified-library descriptor.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 const TAG_LOAD: u8 = 0x01;
 const TAG_CALL: u8 = 0x02;
@@ -154,6 +158,7 @@ pub struct PluginInfoWire {
 
 /// Why the worker could not load the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadFailure {
     /// Host and worker speak different protocol versions.
     #[error("protocol version mismatch: host speaks {host}, worker speaks {worker}")]
@@ -336,6 +341,7 @@ pub enum LoadFailure {
 
 /// Ways a plugin broke the ABI contract during one call, detected by the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallFault {
     /// Arena output range lies outside the arena.
     #[error("arena output out of bounds: offset {offset} + length {len} > capacity {capacity}")]

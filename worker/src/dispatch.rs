@@ -5,7 +5,6 @@
 use std::io::{IoSlice, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use bulkhead_shared::frame::{self, ENVELOPE_OVERHEAD};
@@ -31,7 +30,7 @@ const SMALL_REPLY: usize = 16 * 1024;
 const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// Loads the plugin the host asks for, then serves calls until told to stop.
-pub fn run(mut sock: UnixStream) -> ExitCode {
+pub fn run(mut sock: UnixStream) -> u8 {
     let mut rx = Vec::with_capacity(4096);
     let mut tx = Vec::with_capacity(SMALL_REPLY + 64);
 
@@ -42,7 +41,7 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
             Ok(other) => return fail_load(&mut sock, &mut tx, format!("expected Load, got {other:?}")),
             Err(e) => return fail_load(&mut sock, &mut tx, e.to_string()),
         },
-        Ok(false) => return ExitCode::SUCCESS,
+        Ok(false) => return 0,
         Err(e) => return fail_load(&mut sock, &mut tx, e.to_string()),
     };
     if req.protocol_version != PROTOCOL_VERSION {
@@ -87,7 +86,7 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
             info.shm = region.is_some();
             WorkerMsg::Loaded(Box::new(info)).encode(&mut tx);
             if sock.write_all(&tx).is_err() {
-                return ExitCode::SUCCESS;
+                return 0;
             }
             plugin
         }
@@ -110,7 +109,7 @@ pub fn run(mut sock: UnixStream) -> ExitCode {
 /// What the serve loop does after a socket request.
 enum Step {
     Continue,
-    Exit(ExitCode),
+    Exit(u8),
     Shutdown,
 }
 
@@ -124,19 +123,19 @@ struct Server {
 
 impl Server {
     /// Reads the next frame from the host; `None` ends the worker with this code.
-    fn next_frame(&mut self) -> Result<(), ExitCode> {
+    fn next_frame(&mut self) -> Result<(), u8> {
         match frame::read_frame(&mut self.sock, &mut self.rx, self.max_in) {
             Ok(true) => Ok(()),
             // The host closed the socket: nothing left to serve.
-            Ok(false) => Err(ExitCode::SUCCESS),
+            Ok(false) => Err(0),
             Err(e) => {
                 eprintln!("bulkhead-worker: bad frame from host: {e}");
-                Err(ExitCode::from(EXIT_PROTOCOL))
+                Err(EXIT_PROTOCOL)
             }
         }
     }
 
-    fn serve_socket(mut self) -> ExitCode {
+    fn serve_socket(mut self) -> u8 {
         loop {
             if let Err(code) = self.next_frame() {
                 return code;
@@ -146,7 +145,7 @@ impl Server {
                 Step::Exit(code) => return code,
                 Step::Shutdown => {
                     self.plugin.destroy();
-                    return ExitCode::SUCCESS;
+                    return 0;
                 }
             }
         }
@@ -166,7 +165,7 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("bulkhead-worker: bad message from host: {e}");
-                return Step::Exit(ExitCode::from(EXIT_PROTOCOL));
+                return Step::Exit(EXIT_PROTOCOL);
             }
         };
         let id = match &msg {
@@ -179,7 +178,7 @@ impl Server {
         };
         if expect_id.is_some() && id != expect_id {
             eprintln!("bulkhead-worker: expected the announced request, got {msg:?}");
-            return Step::Exit(ExitCode::from(EXIT_PROTOCOL));
+            return Step::Exit(EXIT_PROTOCOL);
         }
         let (sock, tx) = (&mut self.sock, &mut self.tx);
         // The channel closes (waiting out an exchange in flight) before the answer is written.
@@ -213,18 +212,18 @@ impl Server {
             other => {
                 channel::set_open(false);
                 eprintln!("bulkhead-worker: unexpected message from host: {other:?}");
-                return Step::Exit(ExitCode::from(EXIT_PROTOCOL));
+                return Step::Exit(EXIT_PROTOCOL);
             }
         };
         channel::set_open(false);
         if let Err(e) = sent {
             eprintln!("bulkhead-worker: cannot answer the host: {e}");
-            return Step::Exit(ExitCode::SUCCESS);
+            return Step::Exit(0);
         }
         Step::Continue
     }
 
-    fn serve_shm(mut self, region: &Region) -> ExitCode {
+    fn serve_shm(mut self, region: &Region) -> u8 {
         let mut last = 0u32;
         loop {
             last = region.wait_request(last, WORKER_SPIN);
@@ -233,7 +232,7 @@ impl Server {
                 shm::REQ_CALL => {
                     let Some(input) = region.request_payload(req.len) else {
                         eprintln!("bulkhead-worker: request of {} bytes exceeds the region", req.len);
-                        return ExitCode::from(EXIT_PROTOCOL);
+                        return EXIT_PROTOCOL;
                     };
                     self.answer_shm(region, req.id, req.method, input)
                 }
@@ -248,7 +247,7 @@ impl Server {
                         }
                         other => {
                             eprintln!("bulkhead-worker: expected the announced call, got {other:?}");
-                            return ExitCode::from(EXIT_PROTOCOL);
+                            return EXIT_PROTOCOL;
                         }
                     };
                     self.rx = rx;
@@ -263,22 +262,22 @@ impl Server {
                         Step::Exit(code) => return code,
                         Step::Shutdown => {
                             self.plugin.destroy();
-                            return ExitCode::SUCCESS;
+                            return 0;
                         }
                     }
                 }
                 shm::REQ_SHUTDOWN => {
                     self.plugin.destroy();
-                    return ExitCode::SUCCESS;
+                    return 0;
                 }
                 other => {
                     eprintln!("bulkhead-worker: unknown request kind {other}");
-                    return ExitCode::from(EXIT_PROTOCOL);
+                    return EXIT_PROTOCOL;
                 }
             };
             if let Err(e) = sent {
                 eprintln!("bulkhead-worker: cannot answer the host: {e}");
-                return ExitCode::SUCCESS;
+                return 0;
             }
         }
     }
@@ -353,12 +352,12 @@ fn write_all_vectored(sock: &mut UnixStream, a: &[u8], b: &[u8]) -> std::io::Res
     sock.write_all(b)
 }
 
-fn fail_load(sock: &mut UnixStream, tx: &mut Vec<u8>, reason: String) -> ExitCode {
+fn fail_load(sock: &mut UnixStream, tx: &mut Vec<u8>, reason: String) -> u8 {
     send_load_failure(sock, tx, LoadFailure::BadRequest { reason })
 }
 
-fn send_load_failure(sock: &mut UnixStream, tx: &mut Vec<u8>, why: LoadFailure) -> ExitCode {
+fn send_load_failure(sock: &mut UnixStream, tx: &mut Vec<u8>, why: LoadFailure) -> u8 {
     WorkerMsg::LoadFailed(why).encode(tx);
     let _ = sock.write_all(tx);
-    ExitCode::SUCCESS
+    0
 }

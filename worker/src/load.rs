@@ -289,7 +289,7 @@ fn check_elf(path: &Path) -> Result<(), LoadFailure> {
         let p_type = u32::from_le_bytes(ph[0..4].try_into().expect("4 bytes"));
         let (offset, filesz) = (u64_at(ph, 8), u64_at(ph, 32));
         const PT_LOAD: u32 = 1;
-        if p_type == PT_LOAD && offset.checked_add(filesz).is_none_or(|end| end > size) {
+        if p_type == PT_LOAD && offset.checked_add(filesz).map_or(true, |end| end > size) {
             return not_elf(format!(
                 "truncated: a loadable segment spans bytes {offset}..{} of a {size}-byte file",
                 offset.saturating_add(filesz)
