@@ -217,6 +217,30 @@ pub enum LoadError {
         /// The OS error.
         message: String,
     },
+    /// A signature is required and `<library>.sig` does not exist.
+    #[error("{} is not signed: {} not found", path.display(), sig.display())]
+    SignatureRequired {
+        /// The plugin path.
+        path: PathBuf,
+        /// Where the signature was looked for.
+        sig: PathBuf,
+    },
+    /// The signature is malformed or no trusted key verifies the library's bytes.
+    #[error("signature of {} rejected: {reason}", path.display())]
+    SignatureInvalid {
+        /// The plugin path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The library (or its signature) could not be read or sealed in memory.
+    #[error("cannot read {}: {message}", path.display())]
+    Library {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
     /// The config value could not be encoded with bincode.
     #[error("cannot encode plugin config: {0}")]
     Config(String),
@@ -279,6 +303,17 @@ pub enum CallError {
         index: u32,
         /// The plugin's method count.
         count: u32,
+    },
+    /// An optional method the plugin does not implement (its capability bit is
+    /// clear); no request was sent.
+    #[error("method {index} is not implemented by this plugin (capability {capability:#x} not in {capabilities:#x})")]
+    NotImplemented {
+        /// The method index.
+        index: u32,
+        /// The capability mask asked for.
+        capability: u64,
+        /// The plugin's capability bits.
+        capabilities: u64,
     },
     /// The method slot cannot be called this way (e.g. a server-streaming slot).
     #[error("method {index} is unsupported: {what}")]
@@ -360,6 +395,7 @@ impl CallError {
             CallError::UnknownStatus { .. } => "unknown_status",
             CallError::InvalidMethodIndex { .. } => "invalid_method_index",
             CallError::Unsupported { .. } => "unsupported",
+            CallError::NotImplemented { .. } => "not_implemented",
             CallError::Contract(_) => "contract",
             CallError::WorkerDied { .. } => "worker_died",
             CallError::Timeout { .. } => "timeout",

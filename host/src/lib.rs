@@ -42,7 +42,14 @@
 //! * [`Supervisor`] owns all worker processes; dropping it shuts them down.
 //! * [`PluginSpec`] says what to load and how: plugin name, config, timeouts,
 //!   pool size, restart policy, resource [`Limits`].
-//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call.
+//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call: plain and
+//!   raw calls, optional methods ([`Plugin::call_optional`]), server streams
+//!   ([`Plugin::stream`] → [`PluginStream`]), client and bidirectional streams.
+//! * [`client!`] declares a typed client for a fidius interface (one method per
+//!   plugin method, interface hash checked at load).
+//! * [`HostInterface`] implements a `#[fidius::host_interface]` the plugin calls back.
+//! * [`PluginSpec::require_signature`] loads only libraries signed like fidius
+//!   signs them, from a sealed in-memory copy of the verified bytes.
 //!
 //! # Guarantees
 //! * The host never loads plugin code; a worker process does.
@@ -60,8 +67,10 @@ compile_error!(
 );
 
 mod call;
+mod client;
 mod error;
 mod events;
+mod hostfn;
 mod limits;
 mod locate;
 mod observe;
@@ -70,25 +79,32 @@ mod plugin;
 mod pool;
 mod probe;
 mod restart;
+mod signing;
 mod stats;
+mod stream;
 mod supervisor;
 #[cfg(feature = "tokio")]
 mod tokio_api;
 mod worker_process;
 
 pub use bulkhead_shared::abi::BufferStrategy;
+/// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
+pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
 pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
+pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
 pub use plugin::{
-    Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
+    MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
 pub use restart::{Backoff, Failed, RestartMode, RestartPolicy};
+pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
+pub use stream::PluginStream;
 pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
 };

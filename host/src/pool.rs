@@ -30,7 +30,7 @@ use crate::worker_process::{Launch, ProcState, WorkerProcess, KILL_REAP_BOUND};
 /// Pause between promoting a standby and reaping/refilling in the background.
 const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(5);
 
-enum Slot {
+pub(crate) enum Slot {
     Live(WorkerProcess),
     /// Its worker failed and has been signalled; reap it before reuse.
     Dying(WorkerProcess),
@@ -226,40 +226,82 @@ impl Pool {
         match worker.call(method, payload, deadline, target) {
             Ok(answer) => {
                 let result = f(answer);
-                if self.unhealthy.load(Ordering::Acquire) {
-                    self.restart.lock().unwrap_or_else(|e| e.into_inner()).on_success();
-                }
+                self.note_success();
                 result
             }
-            Err(failure) => {
-                let Slot::Live(worker) = std::mem::replace(&mut slot.slot, Slot::Empty) else {
-                    unreachable!("slot was live")
-                };
-                let pid = worker.pid;
-                let err = match failure {
-                    Failure::Timeout => {
-                        self.events.emit(&self.label, EventKind::Timeout { pid, limit });
-                        CallError::Timeout {
-                            elapsed: start.elapsed(),
-                            limit,
-                        }
-                    }
-                    Failure::Died { exit, stderr } => {
-                        observe::crashed(&self.label, pid, method, &exit);
-                        CallError::WorkerDied { exit, stderr }
-                    }
-                    Failure::Protocol(e) => {
-                        observe::protocol_failure(&self.label, pid, method, &e);
-                        CallError::Protocol(e)
-                    }
-                };
-                self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
-                // The guard hands the dying worker on (standby promotion or a
-                // background reap-and-restart); the caller gets its answer now.
-                slot.slot = Slot::Dying(worker);
-                Err(err)
-            }
+            Err(failure) => Err(self.failed(&mut slot.slot, failure, method, start, limit)),
         }
+    }
+
+    /// Bookkeeping after a request that got an answer.
+    pub(crate) fn note_success(&self) {
+        if self.unhealthy.load(Ordering::Acquire) {
+            self.restart.lock().unwrap_or_else(|e| e.into_inner()).on_success();
+        }
+    }
+
+    /// The live worker in `slot` failed a request started at `start` under
+    /// `limit`: records it, leaves the worker dying in the slot (its guard
+    /// hands it on to recovery), and returns the caller's error.
+    pub(crate) fn failed(
+        &self,
+        slot: &mut Slot,
+        failure: Failure,
+        method: u32,
+        start: Instant,
+        limit: Duration,
+    ) -> CallError {
+        let Slot::Live(worker) = std::mem::replace(slot, Slot::Empty) else {
+            unreachable!("slot was live")
+        };
+        let pid = worker.pid;
+        let err = match failure {
+            Failure::Timeout => {
+                self.events.emit(&self.label, EventKind::Timeout { pid, limit });
+                CallError::Timeout {
+                    elapsed: start.elapsed(),
+                    limit,
+                }
+            }
+            Failure::Died { exit, stderr } => {
+                observe::crashed(&self.label, pid, method, &exit);
+                CallError::WorkerDied { exit, stderr }
+            }
+            Failure::Protocol(e) => {
+                observe::protocol_failure(&self.label, pid, method, &e);
+                CallError::Protocol(e)
+            }
+        };
+        self.policy_failure(&format!("worker {pid}: {err}{}", source_suffix(&err)));
+        // The slot's guard hands the dying worker on (standby promotion or a
+        // background reap-and-restart); the caller gets its answer now.
+        *slot = Slot::Dying(worker);
+        err
+    }
+
+    /// Takes a live worker for exclusive use until the [`Lease`] is dropped
+    /// (streams): the same checks and waits as a call, bounded by `deadline`.
+    pub(crate) fn lease(self: &Arc<Self>, start: Instant, deadline: Instant) -> Result<Lease, CallError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CallError::ShutDown);
+        }
+        if self.unhealthy.load(Ordering::Acquire) {
+            self.check_failed(start)?;
+        }
+        let mut guard = self.acquire(start, deadline)?;
+        if matches!(guard.slot, Slot::Empty) {
+            self.replace(&mut guard, deadline)?;
+        }
+        if !matches!(guard.slot, Slot::Live(_)) {
+            return Err(CallError::ShutDown);
+        }
+        let slot = std::mem::replace(&mut guard.slot, Slot::Empty);
+        // The guard now holds nothing; the lease gives the slot back instead.
+        std::mem::forget(guard);
+        Ok(Lease {
+            pool: self.clone(),
+            slot,
+        })
     }
 
     fn check_failed(&self, now: Instant) -> Result<(), CallError> {
@@ -636,6 +678,29 @@ fn source_suffix(e: &CallError) -> String {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A worker held for a stream; its slot goes back to the pool on drop.
+pub(crate) struct Lease {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) slot: Slot,
+}
+
+impl Lease {
+    /// The leased worker, while it is alive.
+    pub(crate) fn worker(&mut self) -> Option<&mut WorkerProcess> {
+        match &mut self.slot {
+            Slot::Live(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let slot = std::mem::replace(&mut self.slot, Slot::Empty);
+        self.pool.put_back(slot);
     }
 }
 

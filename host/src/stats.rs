@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::CallError;
 
 /// Every [`CallError::kind`] name, in a fixed order (indexes into the counters).
-const KINDS: [&str; 20] = [
+const KINDS: [&str; 21] = [
     "buffer_too_small",
     "serialization",
     "deserialization",
@@ -17,6 +17,7 @@ const KINDS: [&str; 20] = [
     "unknown_status",
     "invalid_method_index",
     "unsupported",
+    "not_implemented",
     "contract",
     "worker_died",
     "timeout",

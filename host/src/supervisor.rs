@@ -10,12 +10,14 @@ use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
 
 use crate::error::{BuildError, LoadError};
 use crate::events::{EventHub, EventReceiver};
+use crate::hostfn::{HostImports, HostInterface};
 use crate::locate;
 use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
 use crate::probe;
+use crate::signing::VerifyingKey;
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
@@ -191,16 +193,29 @@ pub(crate) struct LoadJob {
     call_timeout: Duration,
     streaming: Vec<u32>,
     max_message_size: u32,
+    stream_timeout: Option<Duration>,
+    signature_keys: Option<Vec<VerifyingKey>>,
+    host_interfaces: Vec<HostInterface>,
 }
 
 impl LoadJob {
     /// Starts the workers and loads the plugin in each.
-    pub(crate) fn run(self) -> Result<Plugin, LoadError> {
+    pub(crate) fn run(mut self) -> Result<Plugin, LoadError> {
         let span = observe::load_span(&self.label, &self.path);
         let _entered = span.enter();
+        // A signed plugin is verified once, here, and every worker (restarts
+        // included) loads the verified bytes from the sealed memfd.
+        if let Some(keys) = &self.signature_keys {
+            self.launch.library = Some(Arc::new(crate::signing::verified_library(&self.path, keys)?));
+        }
         let started = Pool::start(self.label.clone(), self.launch, self.config, self.events);
         observe::load_done(&span, &self.label, started.as_ref().map(|(p, _)| p.latest_pid()));
         let (pool, info) = started?;
+        let host_imports = info
+            .bound_imports
+            .iter()
+            .filter_map(|&i| self.host_interfaces.get(i as usize).map(|h| h.name.clone()))
+            .collect();
         Ok(Plugin {
             shared: Arc::new(PluginShared {
                 pool,
@@ -209,6 +224,8 @@ impl LoadJob {
                 call_timeout: self.call_timeout,
                 streaming: self.streaming,
                 max_message_size: self.max_message_size,
+                stream_timeout: self.stream_timeout,
+                host_imports,
             }),
         })
     }
@@ -267,7 +284,16 @@ impl Supervisor {
             arena_capacity: spec.arena_capacity,
             max_output: spec.max_message_size,
             shm_capacity: 0,
+            interface_hash: spec.interface_hash,
+            library_fd: spec.signature_keys.is_some(),
+            host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
         };
+        let imports = (!spec.host_interfaces.is_empty()).then(|| {
+            Arc::new(HostImports {
+                interfaces: spec.host_interfaces.clone(),
+                max_callbacks: spec.max_callbacks,
+            })
+        });
         let mut env: Vec<(String, String)> = self
             .env_allow
             .iter()
@@ -290,6 +316,9 @@ impl Supervisor {
             load_timeout: spec.load_timeout,
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
+            // Set by `LoadJob::run` once the library is verified.
+            library: None,
+            imports,
         };
         let config = PoolConfig {
             size: spec.workers,
@@ -307,6 +336,9 @@ impl Supervisor {
             call_timeout: spec.call_timeout,
             streaming: spec.streaming,
             max_message_size: spec.max_message_size,
+            stream_timeout: spec.stream_timeout,
+            signature_keys: spec.signature_keys,
+            host_interfaces: spec.host_interfaces,
         })
     }
 

@@ -45,6 +45,9 @@ pub const REQ_CALL: u32 = 1;
 pub const REQ_CALL_VIA_SOCKET: u32 = 2;
 /// Request kind: destroy the instance and exit.
 pub const REQ_SHUTDOWN: u32 = 3;
+/// Request kind: a conversation on the socket follows (streams, client
+/// streams, calls with host callbacks); the answer also comes on the socket.
+pub const REQ_SOCKET: u32 = 4;
 /// Response kind: the plugin's status and output (at `off`, `len` in the response area).
 pub const RESP_REPLY: u32 = 1;
 /// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.

@@ -11,6 +11,12 @@ use bulkhead_shared::frame::{self, ENVELOPE_OVERHEAD};
 use bulkhead_shared::protocol::{reply_prefix, HostMsg, LoadFailure, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_shared::shm::{self, Region};
 
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::channel;
 use crate::load::{self, Outcome, Plugin};
 
 /// Exit code when the host broke the protocol.
@@ -58,8 +64,24 @@ pub fn run(mut sock: UnixStream) -> u8 {
     } else {
         None
     };
+    // The verified library, when the host sent one, follows as a sealed memfd.
+    let library_fd = if req.library_fd {
+        match shm::recv_fd(&sock) {
+            Ok(fd) => Some(fd),
+            Err(e) => return fail_load(&mut sock, &mut tx, format!("library descriptor not received: {e}")),
+        }
+    } else {
+        None
+    };
+    let path = match &library_fd {
+        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => PathBuf::from(OsStr::from_bytes(&req.path)),
+    };
     let max_in = req.max_output.saturating_add(ENVELOPE_OVERHEAD);
-    let plugin = match load::load(&req) {
+    if let Err(e) = channel::install(&sock, max_in) {
+        return fail_load(&mut sock, &mut tx, format!("cannot clone the socket: {e}"));
+    }
+    let plugin = match load::load(&req, &path) {
         Ok((plugin, mut info)) => {
             info.shm = region.is_some();
             WorkerMsg::Loaded(Box::new(info)).encode(&mut tx);
@@ -82,6 +104,13 @@ pub fn run(mut sock: UnixStream) -> u8 {
         Some(region) => s.serve_shm(&region),
         None => s.serve_socket(),
     }
+}
+
+/// What the serve loop does after a socket request.
+enum Step {
+    Continue,
+    Exit(u8),
+    Shutdown,
 }
 
 struct Server {
@@ -111,31 +140,87 @@ impl Server {
             if let Err(code) = self.next_frame() {
                 return code;
             }
-            match HostMsg::decode(&self.rx) {
-                Ok(HostMsg::Call { id, method, payload }) => {
-                    let (sock, tx) = (&mut self.sock, &mut self.tx);
-                    let sent = self
-                        .plugin
-                        .call(method, payload, None, |outcome| reply(sock, tx, id, outcome));
-                    if let Err(e) = sent {
-                        eprintln!("bulkhead-worker: cannot answer the host: {e}");
-                        return 0;
-                    }
-                }
-                Ok(HostMsg::Shutdown) => {
+            match self.handle_socket_frame(None) {
+                Step::Continue => {}
+                Step::Exit(code) => return code,
+                Step::Shutdown => {
                     self.plugin.destroy();
                     return 0;
                 }
-                Ok(HostMsg::Load(_)) => {
-                    eprintln!("bulkhead-worker: second Load request");
-                    return EXIT_PROTOCOL;
-                }
-                Err(e) => {
-                    eprintln!("bulkhead-worker: bad message from host: {e}");
-                    return EXIT_PROTOCOL;
-                }
             }
         }
+    }
+
+    /// Handles the request in `self.rx` and answers on the socket. `expect_id`
+    /// is the id the region announced (shared-memory transport). `Some` ends the worker.
+    fn handle_socket_frame(&mut self, expect_id: Option<u64>) -> Step {
+        let rx = std::mem::take(&mut self.rx);
+        let result = self.handle_msg(&rx, expect_id);
+        self.rx = rx;
+        result
+    }
+
+    fn handle_msg(&mut self, rx: &[u8], expect_id: Option<u64>) -> Step {
+        let msg = match HostMsg::decode(rx) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("bulkhead-worker: bad message from host: {e}");
+                return Step::Exit(EXIT_PROTOCOL);
+            }
+        };
+        let id = match &msg {
+            HostMsg::Call { id, .. }
+            | HostMsg::StreamOpen { id, .. }
+            | HostMsg::StreamNext { id }
+            | HostMsg::StreamClose { id }
+            | HostMsg::ClientCall { id, .. } => Some(*id),
+            _ => None,
+        };
+        if expect_id.is_some() && id != expect_id {
+            eprintln!("bulkhead-worker: expected the announced request, got {msg:?}");
+            return Step::Exit(EXIT_PROTOCOL);
+        }
+        let (sock, tx) = (&mut self.sock, &mut self.tx);
+        // The channel closes (waiting out an exchange in flight) before the answer is written.
+        let answer = |id: u64| {
+            move |outcome: Outcome<'_>| {
+                channel::set_open(false);
+                reply(sock, tx, id, outcome)
+            }
+        };
+        // The plugin may reach the host (callbacks, pulls) only while the host
+        // is listening on the socket for this request's answer.
+        channel::set_open(true);
+        let sent = match msg {
+            HostMsg::Call { id, method, payload } => self.plugin.call(method, payload, None, answer(id)),
+            HostMsg::StreamOpen {
+                id,
+                method,
+                input,
+                payload,
+            } => self.plugin.stream_open(method, input, payload, answer(id)),
+            HostMsg::StreamNext { id } => self.plugin.stream_next(answer(id)),
+            HostMsg::StreamClose { id } => {
+                self.plugin.close_stream();
+                answer(id)(Outcome::Status { status: 0, output: &[] })
+            }
+            HostMsg::ClientCall { id, method, payload } => self.plugin.client_call(method, payload, answer(id)),
+            HostMsg::Shutdown => {
+                channel::set_open(false);
+                return Step::Shutdown;
+            }
+            other => {
+                channel::set_open(false);
+                eprintln!("bulkhead-worker: unexpected message from host: {other:?}");
+                return Step::Exit(EXIT_PROTOCOL);
+            }
+        };
+        channel::set_open(false);
+        if let Err(e) = sent {
+            eprintln!("bulkhead-worker: cannot answer the host: {e}");
+            return Step::Exit(0);
+        }
+        Step::Continue
     }
 
     fn serve_shm(mut self, region: &Region) -> u8 {
@@ -167,6 +252,19 @@ impl Server {
                     };
                     self.rx = rx;
                     sent
+                }
+                shm::REQ_SOCKET => {
+                    if let Err(code) = self.next_frame() {
+                        return code;
+                    }
+                    match self.handle_socket_frame(Some(req.id)) {
+                        Step::Continue => Ok(()),
+                        Step::Exit(code) => return code,
+                        Step::Shutdown => {
+                            self.plugin.destroy();
+                            return 0;
+                        }
+                    }
                 }
                 shm::REQ_SHUTDOWN => {
                     self.plugin.destroy();

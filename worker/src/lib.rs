@@ -24,9 +24,12 @@ compile_error!(
     "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
 );
 
+mod channel;
 mod dispatch;
+mod imports;
 mod load;
 mod setup;
+mod streams;
 
 use std::process::ExitCode;
 
