@@ -16,6 +16,7 @@ use crate::call::Answer;
 use crate::error::{CallError, LoadError, PluginError};
 use crate::events::EventKind;
 use crate::health::Health;
+use crate::hostfn::HostInterface;
 use crate::limits::Limits;
 use crate::pool::{Pool, WorkerReport};
 use crate::restart::RestartPolicy;
@@ -35,6 +36,31 @@ const ARGS_KEEP: usize = 1 << 20;
 /// Default cap on calls waiting for a busy worker.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
 
+/// A vtable slot. Built from the `usize` constants fidius generates
+/// (`__fidius_<Trait>::METHOD_<NAME>`), a `u32`, or an integer literal, so
+/// calls take any of them without casts. Values past `u32::MAX` (and negative
+/// literals) become `u32::MAX`, which no plugin has: `InvalidMethodIndex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodIndex(pub u32);
+
+impl From<u32> for MethodIndex {
+    fn from(i: u32) -> Self {
+        MethodIndex(i)
+    }
+}
+
+impl From<usize> for MethodIndex {
+    fn from(i: usize) -> Self {
+        MethodIndex(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+}
+
+impl From<i32> for MethodIndex {
+    fn from(i: i32) -> Self {
+        MethodIndex(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+}
+
 /// How requests and answers travel between host and worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -48,6 +74,7 @@ pub enum Transport {
 
 /// Which plugin to load and how to run it. Every setter documents its default.
 #[derive(Clone)]
+#[must_use = "a PluginSpec does nothing until passed to Supervisor::load"]
 pub struct PluginSpec {
     pub(crate) path: PathBuf,
     pub(crate) plugin: Option<String>,
@@ -65,7 +92,30 @@ pub struct PluginSpec {
     pub(crate) transport: Transport,
     pub(crate) shm_capacity: u32,
     pub(crate) standby: bool,
+    pub(crate) interface_hash: Option<u64>,
+    pub(crate) signature_keys: Option<Vec<crate::signing::VerifyingKey>>,
+    pub(crate) host_interfaces: Vec<HostInterface>,
+    pub(crate) max_callbacks: u32,
+    pub(crate) stream_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("path", &self.path)
+            .field("plugin", &self.plugin)
+            .field("config_len", &self.config.as_ref().map(Vec::len))
+            .field("call_timeout", &self.call_timeout)
+            .field("load_timeout", &self.load_timeout)
+            .field("workers", &self.workers)
+            .field("queue_limit", &self.queue_limit)
+            .field("restart", &self.restart)
+            .field("limits", &self.limits)
+            .field("transport", &self.transport)
+            .field("standby", &self.standby)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginSpec {
@@ -89,15 +139,56 @@ impl PluginSpec {
             shm_capacity: bulkhead_shared::shm::DEFAULT_CAPACITY,
             standby: false,
             idle_timeout: None,
+            interface_hash: None,
+            signature_keys: None,
+            host_interfaces: Vec::new(),
+            max_callbacks: crate::hostfn::DEFAULT_MAX_CALLBACKS,
+            stream_timeout: None,
         }
     }
 
-    /// Stops the workers nobody has called for this long; the next call
-    /// starts a worker again (paying a worker start, not counted as a
-    /// restart). For hosts with many rarely used plugins. A warm standby is
-    /// kept. Default: `None` (workers stay up).
-    pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = Some(idle);
+    /// Refuses, at load, a plugin whose interface hash is not `hash` (fidius'
+    /// generated `__fidius_<Trait>::<Trait>_INTERFACE_HASH`): a plugin built
+    /// against another version of the trait would have its slots misread. The
+    /// [`LoadError`](crate::LoadError) names both hashes. Default: no check.
+    pub fn interface(mut self, hash: u64) -> Self {
+        self.interface_hash = Some(hash);
+        self
+    }
+
+    /// Loads only a library signed by one of `keys`, as fidius does: the file
+    /// `<library>.sig` beside it (`libfoo.so` → `libfoo.so.sig`) holds a raw
+    /// 64-byte ed25519 signature of the library's exact bytes. The host reads
+    /// the library once into a sealed memfd, verifies those bytes, and every
+    /// worker (restarts included) loads that memfd: the file can be replaced
+    /// after the check without effect. Default: signatures not required.
+    pub fn require_signature(mut self, keys: impl IntoIterator<Item = crate::signing::VerifyingKey>) -> Self {
+        self.signature_keys = Some(keys.into_iter().collect());
+        self
+    }
+
+    /// Offers a host interface (`#[fidius::host_interface]`) to the plugin. Every
+    /// interface the plugin imports must be offered with the same name, hash and
+    /// version, or loading fails. A plugin that imports any interface has all its
+    /// calls made as socket conversations (shared memory only wakes the worker).
+    /// Default: none.
+    pub fn host_interface(mut self, iface: HostInterface) -> Self {
+        self.host_interfaces.push(iface);
+        self
+    }
+
+    /// Most host callbacks one call (or one stream item) may make; past it the
+    /// plugin's callback gets a `PluginError` with code `CALLBACK_LIMIT`.
+    /// Callbacks also run under the call's deadline. Default: 100 000.
+    pub fn max_callbacks(mut self, n: u32) -> Self {
+        self.max_callbacks = n;
+        self
+    }
+
+    /// Deadline of a whole stream, from its opening; each item also has the
+    /// call timeout. Default: none (only the per-item deadline).
+    pub fn stream_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_timeout = Some(timeout);
         self
     }
 
@@ -106,6 +197,15 @@ impl PluginSpec {
     /// background. Costs one more process. Default: `false`.
     pub fn standby(mut self, on: bool) -> Self {
         self.standby = on;
+        self
+    }
+
+    /// Stops the workers nobody has called for this long; the next call
+    /// starts a worker again (paying a worker start, not counted as a
+    /// restart). For hosts with many rarely used plugins. A warm standby is
+    /// kept. Default: `None` (workers stay up).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -204,10 +304,11 @@ impl PluginSpec {
         self
     }
 
-    /// Declares vtable slots that are server-streaming methods, which bulkhead
-    /// does not support yet: calls to them fail with [`CallError::Unsupported`]
-    /// instead of misreading a stream handle. Default: none. (Streaming slots
-    /// cannot be recognised from the binary descriptor, so this must be declared.)
+    /// Declares vtable slots that are streaming methods, so that a plain
+    /// [`Plugin::call`] on them fails with [`CallError::Unsupported`] instead of
+    /// misreading a stream handle (use [`Plugin::stream`] for them). Default:
+    /// none. Streaming slots cannot be recognised from the binary descriptor;
+    /// the typed clients of [`client!`](crate::client) know them from their declaration.
     pub fn streaming_methods(mut self, slots: impl IntoIterator<Item = u32>) -> Self {
         self.streaming.extend(slots);
         self
@@ -216,6 +317,7 @@ impl PluginSpec {
 
 /// What the worker reported about a loaded plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginInfo {
     /// The library path.
     pub path: PathBuf,
@@ -245,6 +347,16 @@ pub struct PluginInfo {
     pub worker_pid: u32,
     /// The transport the (first) worker actually uses.
     pub transport: Transport,
+    /// Names of the host interfaces the plugin imported (and the worker bound).
+    pub host_imports: Vec<String>,
+}
+
+impl PluginInfo {
+    /// Whether the optional method of capability `mask` is implemented (fidius'
+    /// `<Trait>_CAP_<NAME>` constants are such masks: bit N for the Nth optional method).
+    pub fn has_capability(&self, mask: u64) -> bool {
+        mask != 0 && self.capabilities & mask == mask
+    }
 }
 
 /// One version of a loaded plugin: its pool and what its workers reported.
@@ -256,13 +368,19 @@ pub(crate) struct Generation {
     pub(crate) call_timeout: Duration,
     pub(crate) streaming: Vec<u32>,
     pub(crate) max_message_size: u32,
+    pub(crate) stream_timeout: Option<Duration>,
+    pub(crate) host_imports: Vec<String>,
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        // The last user handle is gone (or a reload's drain is over): stop the
-        // workers now, on this thread, rather than whenever a background
-        // restart lets go of the pool.
+        // The last user handle is gone (or a reload's drain is over): stop the workers now, on this thread,
+        // rather than whenever a background restart lets go of the pool. In a
+        // tokio runtime (feature `tokio`), on its blocking pool instead.
+        #[cfg(feature = "tokio")]
+        if crate::tokio_api::shutdown_off_runtime(vec![self.pool.clone()]).is_ok() {
+            return;
+        }
         self.pool.shutdown();
     }
 }
@@ -289,7 +407,7 @@ const _: () = {
 
 impl Plugin {
     /// The generation calls go to now.
-    fn generation(&self) -> Arc<Generation> {
+    pub(crate) fn generation(&self) -> Arc<Generation> {
         self.shared.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -312,17 +430,43 @@ impl Plugin {
 
     /// Calls method `index` with bincode-1 tuple arguments (`&(a,)`, `&(a, b)`,
     /// `&()`) and decodes its return value, under the plugin's call timeout.
-    pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, index: u32, args: &A) -> Result<R, CallError> {
+    pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: impl Into<MethodIndex>,
+        args: &A,
+    ) -> Result<R, CallError> {
         self.call_with_timeout(index, args, self.generation().call_timeout)
+    }
+
+    /// Calls optional method `index`, whose capability mask is `capability`
+    /// (fidius' `<Trait>_CAP_<NAME>`). A plugin that lacks it gets no request:
+    /// the answer is [`CallError::NotImplemented`].
+    pub fn call_optional<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: impl Into<MethodIndex>,
+        capability: u64,
+        args: &A,
+    ) -> Result<R, CallError> {
+        let index = index.into().0;
+        let caps = self.generation().info.capabilities;
+        if capability == 0 || caps & capability != capability || index >= self.generation().info.method_count {
+            return Err(CallError::NotImplemented {
+                index,
+                capability,
+                capabilities: caps,
+            });
+        }
+        self.call(index, args)
     }
 
     /// [`call`](Self::call) with this call's own timeout.
     pub fn call_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         args: &A,
         timeout: Duration,
     ) -> Result<R, CallError> {
+        let index = index.into().0;
         // Arguments are encoded into a per-thread buffer: no allocation per call.
         thread_local! {
             static ARGS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -353,12 +497,17 @@ impl Plugin {
 
     /// Calls a `#[wire(raw)]` method: `input` goes to the plugin as-is and its
     /// output bytes come back as-is.
-    pub fn call_raw(&self, index: u32, input: &[u8]) -> Result<Vec<u8>, CallError> {
+    pub fn call_raw(&self, index: impl Into<MethodIndex>, input: &[u8]) -> Result<Vec<u8>, CallError> {
         self.call_raw_with_timeout(index, input, self.generation().call_timeout)
     }
 
     /// [`call_raw`](Self::call_raw) with this call's own timeout.
-    pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+    pub fn call_raw_with_timeout(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
         self.call_raw_into_with_timeout(index, input, &mut out, timeout)?;
         Ok(out)
@@ -367,18 +516,24 @@ impl Plugin {
     /// [`call_raw`](Self::call_raw) into a buffer the caller reuses across
     /// calls (cleared first; left empty on error): no allocation once it is
     /// large enough.
-    pub fn call_raw_into(&self, index: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), CallError> {
+    pub fn call_raw_into(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
         self.call_raw_into_with_timeout(index, input, out, self.generation().call_timeout)
     }
 
     /// [`call_raw_into`](Self::call_raw_into) with this call's own timeout.
     pub fn call_raw_into_with_timeout(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         input: &[u8],
         out: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<(), CallError> {
+        let index = index.into().0;
         let mut target = Some(std::mem::take(out));
         let result = self.on_current(|g| {
             check_index(g, index)?;
@@ -394,6 +549,23 @@ impl Plugin {
         });
         *out = result?;
         Ok(())
+    }
+
+    pub(crate) fn check_input_len(&self, input: &[u8]) -> Result<(), CallError> {
+        check_input(&self.generation(), input)
+    }
+
+    pub(crate) fn check_range(&self, index: u32) -> Result<(), CallError> {
+        let count = self.generation().info.method_count;
+        if index >= count {
+            return Err(CallError::InvalidMethodIndex { index, count });
+        }
+        Ok(())
+    }
+
+    /// Maps the worker's answer to the fidius status contract.
+    pub(crate) fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+        interpret(&self.generation(), answer)
     }
 
     /// The plugin's health: healthy, degraded (some workers being replaced)
@@ -452,6 +624,7 @@ impl Plugin {
             } else {
                 Transport::Socket
             },
+            host_imports: g.host_imports.clone(),
         }
     }
 
@@ -498,7 +671,7 @@ fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
     if g.streaming.contains(&index) {
         return Err(CallError::Unsupported {
             index,
-            what: "server-streaming methods are not supported",
+            what: "a streaming method: use Plugin::stream",
         });
     }
     Ok(())

@@ -33,6 +33,7 @@ use crate::call::{Answer, Failure};
 use crate::error::{CallError, Exit, LoadError};
 use crate::events::{EventHub, EventKind};
 use crate::health::Health;
+use crate::observe::{self, CallMetrics};
 use crate::restart::{Decision, RestartPolicy, RestartState};
 use crate::stats::{Counters, Stats};
 use crate::usage::{self, ResourceUsage, WorkerMemory};
@@ -41,7 +42,7 @@ use crate::worker_process::{Launch, ProcState, WorkerProcess, KILL_REAP_BOUND};
 /// Pause between promoting a standby and reaping/refilling in the background.
 const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(5);
 
-enum Slot {
+pub(crate) enum Slot {
     Live(WorkerProcess),
     /// Its worker failed and has been signalled; reap it before reuse.
     Dying(WorkerProcess),
@@ -63,6 +64,7 @@ enum SlotHealth {
 
 /// How one worker ended at shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerReport {
     /// The plugin's name.
     pub plugin: Arc<str>,
@@ -115,6 +117,7 @@ pub(crate) struct Pool {
     procs: Mutex<Vec<Arc<ProcState>>>,
     latest_pid: AtomicU64,
     pub(crate) counters: Arc<Counters>,
+    metrics: CallMetrics,
     events: Arc<EventHub>,
     closed: AtomicBool,
     /// Set when a reload replaced this pool: callers retry on the new one.
@@ -151,6 +154,7 @@ impl Pool {
         let (closing_tx, closing_rx) = crossbeam_channel::bounded(0);
         let (jobs_done_tx, jobs_done_rx) = crossbeam_channel::unbounded();
         let pool = Arc::new_cyclic(|me| Pool {
+            metrics: CallMetrics::new(&label),
             label,
             launch,
             size,
@@ -244,17 +248,21 @@ impl Pool {
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
+        let span = observe::call_span(&self.label, method);
+        let _entered = span.enter();
         self.counters.call_started();
-        let result = self.call_inner(method, payload, start, limit, target, f);
+        let result = self.call_inner(method, payload, start, limit, target, &span, f);
         if matches!(result, Err(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
             // Not a call of this pool: the plugin runs it again on its new one.
             self.counters.call_retried();
         } else {
             self.counters.call_finished(result.as_ref().err());
+            self.metrics.call_done(&span, start, result.as_ref().err());
         }
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn call_inner<R>(
         &self,
         method: u32,
@@ -262,6 +270,7 @@ impl Pool {
         start: Instant,
         limit: Duration,
         target: Option<Vec<u8>>,
+        span: &tracing::Span,
         f: impl FnOnce(Answer<'_>) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let deadline = start + limit;
@@ -282,6 +291,7 @@ impl Pool {
         let Slot::Live(worker) = &mut slot.slot else {
             return Err(CallError::ShutDown);
         };
+        span.record("worker_pid", worker.pid);
         let (index, proc) = (worker.slot, worker.proc.clone());
         proc.busy.store(true, Ordering::Release);
         let answer = worker.call(method, payload, deadline, target);
@@ -289,54 +299,100 @@ impl Pool {
         match answer {
             Ok(answer) => {
                 let result = f(answer);
-                if self.unhealthy.load(Ordering::Acquire) {
-                    let mut st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
-                    st.on_success(index);
-                    if st.is_quiet() {
-                        self.unhealthy.store(false, Ordering::Release);
-                    }
-                }
+                self.note_success(index);
                 result
             }
-            Err(failure) => {
-                let Slot::Live(worker) = std::mem::replace(&mut slot.slot, Slot::Closed) else {
-                    unreachable!("slot was live")
-                };
-                let pid = worker.pid;
-                let err = match failure {
-                    Failure::Timeout => {
-                        self.events.emit(&self.label, EventKind::Timeout { pid, limit });
-                        CallError::Timeout {
-                            elapsed: start.elapsed(),
-                            limit,
-                        }
-                    }
-                    Failure::Died { exit, stderr } => CallError::WorkerDied { exit, stderr },
-                    Failure::Protocol(e) => CallError::Protocol(e),
-                };
-                let cause = format!("{err}{}", source_suffix(&err));
-                tracing::warn!(
-                    target: "bulkhead",
-                    plugin = &*self.label,
-                    pid,
-                    method,
-                    kind = err.kind(),
-                    cause = %cause,
-                    "worker failed during a call"
-                );
-                self.mark(worker.slot, SlotHealth::Down);
-                self.lost.lock().unwrap_or_else(|e| e.into_inner())[worker.slot] = Some(Lost {
-                    pid,
-                    method: Some(method),
-                    cause: cause.clone(),
-                });
-                self.policy_failure(worker.slot, &format!("worker {pid}: {cause}"));
-                // The guard hands the dying worker on (standby promotion or a
-                // background reap-and-restart); the caller gets its answer now.
-                slot.slot = Slot::Dying(worker);
-                Err(err)
+            Err(failure) => Err(self.failed(&mut slot.slot, failure, method, start, limit)),
+        }
+    }
+
+    /// Bookkeeping after a request on slot `index` got an answer: the
+    /// slot's backoff starts over.
+    pub(crate) fn note_success(&self, index: usize) {
+        if self.unhealthy.load(Ordering::Acquire) {
+            let mut st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
+            st.on_success(index);
+            if st.is_quiet() {
+                self.unhealthy.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// The live worker in `slot` failed a request started at `start` under
+    /// `limit`: records it, leaves the worker dying in the slot (its guard
+    /// hands it on to recovery), and returns the caller's error.
+    pub(crate) fn failed(
+        &self,
+        slot: &mut Slot,
+        failure: Failure,
+        method: u32,
+        start: Instant,
+        limit: Duration,
+    ) -> CallError {
+        let Slot::Live(worker) = std::mem::replace(slot, Slot::Closed) else {
+            unreachable!("slot was live")
+        };
+        let pid = worker.pid;
+        let err = match failure {
+            Failure::Timeout => {
+                self.events.emit(&self.label, EventKind::Timeout { pid, limit });
+                CallError::Timeout {
+                    elapsed: start.elapsed(),
+                    limit,
+                }
+            }
+            Failure::Died { exit, stderr } => {
+                observe::crashed(&self.label, pid, method, &exit);
+                CallError::WorkerDied { exit, stderr }
+            }
+            Failure::Protocol(e) => {
+                observe::protocol_failure(&self.label, pid, method, &e);
+                CallError::Protocol(e)
+            }
+        };
+        let cause = format!("{err}{}", source_suffix(&err));
+        self.mark(worker.slot, SlotHealth::Down);
+        self.lost.lock().unwrap_or_else(|e| e.into_inner())[worker.slot] = Some(Lost {
+            pid,
+            method: Some(method),
+            cause: cause.clone(),
+        });
+        self.policy_failure(worker.slot, &format!("worker {pid}: {cause}"));
+        // The slot's guard hands the dying worker on (standby promotion or a
+        // background reap-and-restart); the caller gets its answer now.
+        *slot = Slot::Dying(worker);
+        err
+    }
+
+    /// Takes a live worker for exclusive use until the [`Lease`] is dropped
+    /// (streams): the same checks and waits as a call, bounded by `deadline`.
+    pub(crate) fn lease(self: &Arc<Self>, start: Instant, deadline: Instant) -> Result<Lease, CallError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CallError::ShutDown);
+        }
+        if self.unhealthy.load(Ordering::Acquire) {
+            self.check_failed(start)?;
+        }
+        let mut guard = self.acquire(start, deadline)?;
+        match guard.slot {
+            Slot::Empty(i) => self.replace(&mut guard, i, deadline)?,
+            Slot::Idle(i) => self.wake_idle(&mut guard, i, deadline)?,
+            _ => {}
+        }
+        if !matches!(guard.slot, Slot::Live(_)) {
+            return Err(CallError::ShutDown);
+        }
+        let slot = std::mem::replace(&mut guard.slot, Slot::Closed);
+        if let Slot::Live(w) = &slot {
+            // A stream is a call in progress: shutdown kills it after the grace period.
+            w.proc.busy.store(true, Ordering::Release);
+        }
+        // The guard now holds nothing; the lease gives the slot back instead.
+        std::mem::forget(guard);
+        Ok(Lease {
+            pool: self.clone(),
+            slot,
+        })
     }
 
     fn check_failed(&self, now: Instant) -> Result<(), CallError> {
@@ -467,7 +523,7 @@ impl Pool {
             None => (None, None, "unknown"),
         };
         tracing::warn!(
-            target: "bulkhead",
+            target: "bulkhead::supervision",
             plugin = &*self.label,
             pid,
             replaced = ?old,
@@ -491,7 +547,7 @@ impl Pool {
             }
             Err(e) => {
                 let cause = format!("replacement worker failed to load: {e}");
-                tracing::warn!(target: "bulkhead", plugin = &*self.label, slot = i, cause = %cause, "restart failed");
+                tracing::warn!(target: "bulkhead::supervision", plugin = &*self.label, slot = i, cause = %cause, "restart failed");
                 self.lost.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Lost {
                     pid: 0,
                     method: None,
@@ -506,7 +562,7 @@ impl Pool {
     /// Whether slot `i` may restart right now (not failed, no backoff pending).
     fn may_restart_now(&self, i: usize) -> bool {
         let st = self.restart.lock().unwrap_or_else(|e| e.into_inner());
-        st.failed().is_none() && st.not_before(i).is_none_or(|at| at <= Instant::now())
+        st.failed().is_none() && st.not_before(i).map_or(true, |at| at <= Instant::now())
     }
 
     fn is_failed(&self) -> bool {
@@ -713,7 +769,6 @@ impl Pool {
         let gave_up = st.on_failure(i, Instant::now(), reason) == Decision::GiveUp && !was_failed;
         drop(st);
         if gave_up {
-            tracing::warn!(target: "bulkhead", plugin = &*self.label, reason, "restart budget spent: plugin failed");
             self.events.emit(
                 &self.label,
                 EventKind::GaveUp {
@@ -775,9 +830,9 @@ impl Pool {
             return;
         }
         match &now {
-            Health::Healthy => tracing::info!(target: "bulkhead", plugin = &*self.label, "plugin healthy"),
+            Health::Healthy => tracing::info!(target: "bulkhead::supervision", plugin = &*self.label, "plugin healthy"),
             other => {
-                tracing::warn!(target: "bulkhead", plugin = &*self.label, health = ?other, "plugin health changed")
+                tracing::warn!(target: "bulkhead::supervision", plugin = &*self.label, health = ?other, "plugin health changed")
             }
         }
         *last = now.clone();
@@ -933,6 +988,40 @@ fn source_suffix(e: &CallError) -> String {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A worker held for a stream; its slot goes back to the pool on drop.
+pub(crate) struct Lease {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) slot: Slot,
+}
+
+impl Lease {
+    /// Bookkeeping after a request on the leased worker got an answer.
+    pub(crate) fn note_success(&self) {
+        if let Slot::Live(w) = &self.slot {
+            self.pool.note_success(w.slot);
+        }
+    }
+
+    /// The leased worker, while it is alive.
+    pub(crate) fn worker(&mut self) -> Option<&mut WorkerProcess> {
+        match &mut self.slot {
+            Slot::Live(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut slot = std::mem::replace(&mut self.slot, Slot::Closed);
+        if let Slot::Live(w) = &mut slot {
+            w.proc.busy.store(false, Ordering::Release);
+            w.last_used = Instant::now();
+        }
+        self.pool.put_back(slot);
     }
 }
 

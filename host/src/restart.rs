@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 /// When a dead worker is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RestartMode {
     /// Never: the first crash or timeout marks the plugin failed.
     Never,
@@ -80,6 +81,7 @@ pub struct Budget {
 
 /// How a plugin's workers are restarted.
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a RestartPolicy does nothing until passed to PluginSpec::restart"]
 pub struct RestartPolicy {
     /// Whether to restart at all. Default [`RestartMode::OnFailure`].
     pub mode: RestartMode,
@@ -151,7 +153,7 @@ impl RestartPolicy {
 
 /// What to do after a worker failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Start a replacement, not before this instant.
     Restart {
         /// Earliest start of the replacement.
@@ -163,6 +165,7 @@ pub enum Decision {
 
 /// The failed state: why and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Failed {
     /// The failure that spent the budget.
     pub reason: String,
@@ -183,7 +186,7 @@ struct SlotState {
 
 /// Restart bookkeeping for one plugin: a budget for the pool, backoff per slot.
 #[derive(Debug, Clone)]
-pub struct RestartState {
+pub(crate) struct RestartState {
     policy: RestartPolicy,
     /// Start times of restarts within the budget's window.
     recent: VecDeque<Instant>,

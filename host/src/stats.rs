@@ -8,7 +8,7 @@ use crate::error::CallError;
 use crate::usage::ResourceUsage;
 
 /// Every [`CallError::kind`] name, in a fixed order (indexes into the counters).
-const KINDS: [&str; 20] = [
+const KINDS: [&str; 21] = [
     "buffer_too_small",
     "serialization",
     "deserialization",
@@ -19,6 +19,7 @@ const KINDS: [&str; 20] = [
     "unknown_status",
     "invalid_method_index",
     "unsupported",
+    "not_implemented",
     "contract",
     "worker_died",
     "timeout",
@@ -102,6 +103,7 @@ impl Counters {
 
 /// A snapshot of a plugin's counters ([`Plugin::stats`](crate::Plugin::stats)).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Calls started.
     pub calls: u64,

@@ -32,6 +32,7 @@ use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
+use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
 
@@ -48,6 +49,8 @@ const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 /// Everything needed to start a worker for one plugin.
 pub(crate) struct Launch {
     pub worker: PathBuf,
+    /// Arguments before the worker's own (the self-worker marker, if any).
+    pub worker_args: Vec<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub path: PathBuf,
@@ -59,6 +62,10 @@ pub(crate) struct Launch {
     pub load_timeout: Duration,
     pub max_frame: u32,
     pub output: Option<OutputCallback>,
+    /// The verified library as a sealed memfd, sent to every worker.
+    pub library: Option<Arc<OwnedFd>>,
+    /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
+    pub imports: Option<Arc<HostImports>>,
 }
 
 /// Exit bookkeeping shared between the watcher (which reaps) and killers.
@@ -121,6 +128,10 @@ pub(crate) struct WorkerProcess {
     pub(crate) max_frame: u32,
     /// The shared-memory data path, if the worker mapped it.
     pub(crate) shm: Option<Arc<Region>>,
+    /// Host interfaces the plugin may call back into.
+    pub(crate) imports: Option<Arc<HostImports>>,
+    /// Every call is a socket conversation (the plugin imports host interfaces).
+    pub(crate) sessions: bool,
     /// The pool slot this worker serves (set by the pool).
     pub(crate) slot: usize,
     /// When it last finished a call (or started).
@@ -187,7 +198,8 @@ impl WorkerProcess {
             None
         };
         let mut cmd = Command::new(&launch.worker);
-        cmd.arg("--parent-pid")
+        cmd.args(&launch.worker_args)
+            .arg("--parent-pid")
             .arg(std::process::id().to_string())
             .args(&launch.args)
             .env_clear()
@@ -235,6 +247,8 @@ impl WorkerProcess {
             next_id: 1,
             max_frame: launch.max_frame,
             shm: None,
+            imports: launch.imports.clone(),
+            sessions: launch.imports.is_some(),
             slot: 0,
             last_used: Instant::now(),
         };
@@ -272,6 +286,9 @@ impl WorkerProcess {
         if let (Ok(()), Some((_, fd))) = (&sent, &region) {
             sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
         }
+        if let (Ok(()), Some(fd)) = (&sent, &launch.library) {
+            sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
+        }
         let got = sent.and_then(|()| call::read_frame(&self.sock, &mut self.rx, MAX_HANDSHAKE_FRAME, deadline));
         let len = match got {
             Ok(len) => len,
@@ -288,6 +305,12 @@ impl WorkerProcess {
                     }));
                 }
                 validate_info(&info).map_err(|m| protocol(ProtocolError::BadInfo(m)))?;
+                let offered = launch.load.host_imports.len();
+                if let Some(bad) = info.bound_imports.iter().find(|&&i| i as usize >= offered) {
+                    return Err(protocol(ProtocolError::BadInfo(format!(
+                        "bound import {bad} of {offered} offered"
+                    ))));
+                }
                 // The worker says whether it mapped the region; if not, socket only.
                 self.shm = region.filter(|_| info.shm).map(|(r, _)| r);
                 Ok(*info)
@@ -397,6 +420,8 @@ pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
         WorkerMsg::LoadFailed(_) => "LoadFailed",
         WorkerMsg::Reply { .. } => "Reply",
         WorkerMsg::Fault { .. } => "Fault",
+        WorkerMsg::Callback { .. } => "Callback",
+        WorkerMsg::Pull => "Pull",
     }
 }
 

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::crossbeam_channel::Receiver;
-use bulkhead::{Backoff, CallError, Event, EventKind, Exit, Health, LoadError, RestartPolicy, Supervisor};
+use bulkhead::{Backoff, CallError, EventKind, EventReceiver, Exit, Health, LoadError, RestartPolicy, Supervisor};
 use bulkhead_tests::{basic, spec, supervisor};
 use serde::Serialize;
 
@@ -32,7 +31,7 @@ fn version(factor: i64) -> bulkhead::PluginSpec {
 
 /// Waits for the first event matching `want`, failing the test at the deadline.
 #[track_caller]
-fn wait_for(events: &Receiver<Event>, what: &str, mut want: impl FnMut(&EventKind) -> bool) -> EventKind {
+fn wait_for(events: &EventReceiver, what: &str, mut want: impl FnMut(&EventKind) -> bool) -> EventKind {
     let deadline = Instant::now() + GENEROUS;
     loop {
         match events.recv_deadline(deadline) {
@@ -209,7 +208,7 @@ fn health_goes_degraded_then_healthy_and_failed_only_under_a_budget() {
 
 #[test]
 fn reload_drains_in_flight_calls_then_serves_the_new_version() {
-    let (lines_tx, lines) = bulkhead::crossbeam_channel::unbounded::<(u32, String)>();
+    let (lines_tx, lines) = crossbeam_channel::unbounded::<(u32, String)>();
     let sup = Supervisor::builder()
         .worker_path(&bulkhead_tests::fixtures().worker)
         .on_output(move |l| {
