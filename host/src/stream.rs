@@ -198,7 +198,13 @@ impl Plugin {
         index: impl Into<MethodIndex>,
         args: &A,
     ) -> Result<PluginStream<T>, CallError> {
-        self.open_stream(index.into().0, args, None)
+        let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.open_stream(index.into().0, payload, None)
+    }
+
+    /// [`stream`](Self::stream) with arguments already encoded.
+    pub(crate) fn stream_encoded<T>(&self, index: u32, payload: Vec<u8>) -> Result<PluginStream<T>, CallError> {
+        self.open_stream(index, payload, None)
     }
 
     /// Opens bidirectional method `index` (`fn m(&self, input: Stream<I>, ..) ->
@@ -215,17 +221,12 @@ impl Plugin {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.open_stream(index.into().0, args, Some(encode_input(items)))
+        let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.open_stream(index.into().0, payload, Some(encode_input(items)))
     }
 
-    fn open_stream<A: Serialize + ?Sized, T>(
-        &self,
-        index: u32,
-        args: &A,
-        input: Option<Input>,
-    ) -> Result<PluginStream<T>, CallError> {
+    fn open_stream<T>(&self, index: u32, payload: Vec<u8>, input: Option<Input>) -> Result<PluginStream<T>, CallError> {
         self.check_range(index)?;
-        let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
         self.check_input_len(&payload)?;
         let pool = self.shared.pool.clone();
         let opened = Instant::now();
