@@ -150,6 +150,9 @@ impl Plugin {
     }
 }
 
+/// The stream and the item one blocking pull produced.
+type Pulled<T> = (PluginStream<T>, Option<Result<T, CallError>>);
+
 /// A [`PluginStream`] as a [`Stream`](futures_core::Stream) (feature `tokio`):
 /// each item is pulled on tokio's blocking pool, one at a time, so the plugin
 /// still never runs ahead of the consumer. Dropping it drops the stream on the
@@ -157,7 +160,7 @@ impl Plugin {
 /// being pulled at that moment is pulled to its end first.
 pub struct AsyncPluginStream<T: 'static> {
     inner: Option<PluginStream<T>>,
-    pending: Option<tokio::task::JoinHandle<(PluginStream<T>, Option<Result<T, CallError>>)>>,
+    pending: Option<tokio::task::JoinHandle<Pulled<T>>>,
 }
 
 impl<T: 'static> std::fmt::Debug for AsyncPluginStream<T> {
