@@ -205,3 +205,20 @@ async fn async_streams_pull_on_the_blocking_pool_and_cancel_on_drop() {
     // The worker is back in the pool once the close finished; the call waits for it.
     assert_eq!(p.call_async::<_, u64>(S::METHOD_DROPS, &()).await.unwrap(), 2);
 }
+
+#[test]
+fn streams_on_plugins_that_cannot_stream_are_contract_errors() {
+    let sup = supervisor();
+    // An Arena plugin has no stream slots (fidius requires PluginAllocated).
+    let p = sup.load(spec("fx-arena")).unwrap();
+    let e = p.stream::<_, u64>(0u32, &(1u8, 1u64)).unwrap_err();
+    assert!(
+        matches!(&e, CallError::Contract(bulkhead::CallFault::StreamState { what }) if what.contains("PluginAllocated")),
+        "{e:?}"
+    );
+    let e = p.stream::<_, u64>(99u32, &()).unwrap_err();
+    assert!(matches!(e, CallError::InvalidMethodIndex { index: 99, .. }), "{e:?}");
+    // The worker is fine.
+    let sum: i64 = p.call(1u32, &(40i64, 2i64)).unwrap();
+    assert_eq!(sum, 42);
+}
