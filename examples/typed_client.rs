@@ -1,72 +1,41 @@
-//! A typed client for a fidius interface, its streams, and a host callback.
+//! A typed client: `bulkhead::client!` turns a fidius interface into Rust
+//! methods (no slot numbers in calling code), and its `load` refuses a plugin
+//! built against another version of the interface — the worker checks the
+//! interface hash before the plugin is constructed.
 //!
-//! `cargo build -p fx-stream -p fx-host && cargo run -p bulkhead-examples --example typed_client`
-//!
-//! `bulkhead::client!` turns the interface crate's generated constants into one
-//! Rust method per plugin method, checks the interface hash at load, answers
-//! optional methods the plugin lacks with `NotImplemented` (no round trip), and
-//! knows the streaming slots from the interface crate's descriptor.
+//! `cargo build -p fx-basic && cargo run -p bulkhead-examples --example typed_client`
 
-use bulkhead::{CallError, HostInterface, PluginSpec, Supervisor};
-use bulkhead_examples::fixture_library;
-use fx_host_iface::__fidius_UsesHost as uses_host;
-use fx_host_iface::__fidius_host_Host as host;
-use fx_iface::__fidius_Streams as streams;
+use std::time::Duration;
+
+use bulkhead::{CallError, PluginSpec, Supervisor};
+use bulkhead_examples::plugin_library;
 
 bulkhead::client! {
-    /// Typed access to plugins implementing the `Streams` interface.
-    pub struct StreamsClient for fx_iface::__fidius_Streams
-        (hash = Streams_INTERFACE_HASH, descriptor = Streams_WASM_DESCRIPTOR) {
+    /// Typed access to plugins of the fixture's `Basic` interface.
+    pub struct BasicClient for fx_iface::__fidius_Basic (hash = Basic_INTERFACE_HASH) {
+        fn greet(name: String) -> String = METHOD_GREET;
+        fn add(a: i64, b: i64) -> i64 = METHOD_ADD;
+        fn sleep_ms(ms: u64) -> u64 = METHOD_SLEEP_MS;
         fn pid() -> u32 = METHOD_PID;
-        optional(Streams_CAP_EXTRA) fn extra(x: u64) -> u64 = METHOD_EXTRA;
-        stream fn count(n: u64) -> u64 = METHOD_COUNT;
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     bulkhead::worker_main_if_requested();
+
     let supervisor = Supervisor::builder().self_worker().build()?;
-    let lib = fixture_library("fx-stream");
-
-    // The current plugin implements the optional `extra`; the old one does not.
-    let client = StreamsClient::load(&supervisor, PluginSpec::new(&lib).plugin("StreamPlugin"))?;
-    let old = StreamsClient::load(&supervisor, PluginSpec::new(&lib).plugin("OldStreamPlugin"))?;
-    println!("extra(41) = {}", client.extra(41)?);
-    match old.extra(41) {
-        Err(CallError::NotImplemented { capabilities, .. }) => {
-            println!("old plugin: extra not implemented (capabilities {capabilities:#x}), no request sent")
-        }
-        other => return Err(format!("expected NotImplemented, got {other:?}").into()),
+    let spec = PluginSpec::new(plugin_library()).call_timeout(Duration::from_millis(500));
+    let client = BasicClient::load(&supervisor, spec)?;
+    println!("interface hash {:#018x} checked at load", BasicClient::INTERFACE_HASH);
+    println!("{}", client.greet("typed client".to_string())?);
+    println!("2 + 40 = {}", client.add(2, 40)?);
+    println!("slept {} ms in worker {}", client.sleep_ms(10)?, client.pid()?);
+    // Every typed method keeps the call contract: a call past its deadline is
+    // an error value and the worker is replaced.
+    match client.sleep_ms(5_000) {
+        Err(CallError::Timeout { limit, .. }) => println!("a call over its {limit:?} deadline is an error value"),
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
-
-    // A server stream is an iterator; items are produced one per pull.
-    let items: Vec<u64> = client.count(5)?.collect::<Result<_, _>>()?;
-    println!("count(5) = {items:?}");
-    // Dropping a stream early cancels it in the plugin.
-    let first_two: Vec<u64> = client.count(1_000_000)?.take(2).collect::<Result<_, _>>()?;
-    println!("first two of a million: {first_two:?} (the rest never produced)");
-    // Client and bidirectional streams: the plugin pulls the host's items.
-    let sum: u64 = client
-        .plugin()
-        .call_client_stream(streams::METHOD_SUM, 1..=100u64, &(0u64,))?;
-    let doubled: Vec<u64> = client
-        .plugin()
-        .bidi_stream(streams::METHOD_DOUBLE, [1u64, 2, 3], &())?
-        .collect::<Result<_, _>>()?;
-    println!("sum(1..=100) = {sum}, double([1, 2, 3]) = {doubled:?}");
-
-    // A plugin that calls back into the host (`#[fidius::host_interface]`).
-    let host_impl = HostInterface::new(
-        "Host",
-        host::Host_HOST_INTERFACE_HASH,
-        host::Host_HOST_INTERFACE_VERSION,
-        host::Host_HOST_FN_COUNT,
-    )
-    .function(host::HOST_FN_LOOKUP, |(key,): (String,)| {
-        format!("<{key} from the host>")
-    });
-    let caller = supervisor.load(PluginSpec::new(fixture_library("fx-host")).host_interface(host_impl))?;
-    let answer: String = caller.call(uses_host::METHOD_ASK, &("colour".to_string(),))?;
-    println!("plugin asked the host: {answer}");
+    println!("next call on worker {}", client.pid()?);
     Ok(())
 }

@@ -142,7 +142,7 @@ async fn dropping_the_supervisor_does_not_block_the_runtime() {
         .unwrap();
     let plugin = sup.load_async(spec("fx-basic")).await.unwrap();
     let pid = plugin.info().worker_pid;
-    let busy = tokio::spawn(plugin.call_async::<_, u64>(basic::SLEEP_MS, &(1500u64,)));
+    let busy = tokio::spawn(plugin.call_async::<_, u64>(basic::SLEEP_MS, &(3000u64,)));
     // Let the call reach the worker.
     while plugin.stats().calls == 0 {
         tokio::task::yield_now().await;
@@ -153,7 +153,7 @@ async fn dropping_the_supervisor_does_not_block_the_runtime() {
     assert!(alive(pid), "drop returned only after the worker was stopped");
     assert!(!busy.is_finished());
     // The abandoned call still completes, then the worker is stopped.
-    assert_eq!(busy.await.unwrap().unwrap(), 1500);
+    assert_eq!(busy.await.unwrap().unwrap(), 3000);
     tokio::task::spawn_blocking(move || wait_gone(pid, GENEROUS))
         .await
         .unwrap();
