@@ -27,6 +27,24 @@ pub fn plugin_library() -> PathBuf {
     lib
 }
 
+/// The workspace's debug build of fixture package `name` (e.g. `"fx-stream"`);
+/// exits with a hint if it has not been built.
+pub fn fixture_library(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("examples/ lives in the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let lib = target.join("debug").join(format!("lib{}.so", name.replace('-', "_")));
+    if !lib.exists() {
+        eprintln!("{} not found: run `cargo build -p {name}` first", lib.display());
+        std::process::exit(2);
+    }
+    lib
+}
+
 /// Vtable slots of the `Basic` fixture interface used by the examples.
 pub mod basic {
     /// `greet(name: String) -> String`

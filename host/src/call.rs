@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bulkhead_shared::abi::{HOST_CALL_NOT_BOUND, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END};
 use bulkhead_shared::frame::{self, FrameError, ENVELOPE_OVERHEAD, HEADER_LEN};
 use bulkhead_shared::protocol::{call_prefix, CallFault, HostMsg, WorkerMsg};
-use bulkhead_shared::shm;
+use bulkhead_shared::shm::{self, Region};
 use bulkhead_shared::wire::{self, WirePluginError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
@@ -290,6 +290,35 @@ impl WorkerProcess {
             self.send_call(id, method, payload, deadline)
                 .map_err(|f| self.fail(f))?;
         }
+        self.await_shm(&region, last, id, deadline, target)
+    }
+
+    /// Whether stream items may travel through the shared-memory region: there
+    /// is one, and requests need no conversation (no host callbacks).
+    pub(crate) fn region_streams(&self) -> bool {
+        self.shm.is_some() && !self.sessions
+    }
+
+    /// The next item of the open stream through the shared-memory region
+    /// (only when [`region_streams`](Self::region_streams)).
+    pub(crate) fn stream_next_shm(&mut self, deadline: Instant) -> Result<Answer<'_>, Failure> {
+        let region = self.shm.clone().expect("shared-memory transport");
+        let id = self.next_id;
+        self.next_id += 1;
+        let last = region.resp_seq();
+        region.post_request(shm::REQ_STREAM_NEXT, id, 0, &[]);
+        self.await_shm(&region, last, id, deadline, &mut None)
+    }
+
+    /// Waits for the region's answer to request `id` (posted after `last`).
+    fn await_shm(
+        &mut self,
+        region: &Region,
+        last: u32,
+        id: u64,
+        deadline: Instant,
+        target: &mut Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, Failure> {
         loop {
             let slice_end = deadline.min(Instant::now() + SOCKET_CHECK);
             match region.wait_response(last, HOST_SPIN, slice_end) {

@@ -126,7 +126,7 @@ pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
 };
 #[cfg(feature = "tokio")]
-pub use tokio_api::EventStream;
+pub use tokio_api::{AsyncPluginStream, EventStream};
 pub use usage::{ResourceUsage, WorkerMemory};
 
 /// Self-worker mode's entry point: call it first thing in `main`. When this

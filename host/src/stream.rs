@@ -113,12 +113,20 @@ impl<T> PluginStream<T> {
     fn request_inner(&mut self, msg: SessionMsg<'_>) -> Result<(i32, Vec<u8>), CallError> {
         let (deadline, limit, start) = self.deadline();
         let lease = self.lease.as_mut().ok_or(CallError::ShutDown)?;
+        // A plain next item travels through the shared region when there is one.
+        let fast = matches!(msg, SessionMsg::StreamNext) && self.input.is_none();
         let input = &mut self.input;
         let mut pull = || pull_from(input);
         let Some(worker) = lease.worker() else {
             return Err(CallError::ShutDown);
         };
-        let result = match worker.session(msg, deadline, Some(&mut pull)) {
+        let fast = fast && worker.region_streams();
+        let answered = if fast {
+            worker.stream_next_shm(deadline)
+        } else {
+            worker.session(msg, deadline, Some(&mut pull))
+        };
+        let result = match answered {
             Ok(Answer::Reply { status, payload }) => Ok(Ok((status, payload.to_vec()))),
             Ok(Answer::Owned { status, payload }) => Ok(Ok((status, payload))),
             Ok(Answer::Fault(f)) => Ok(Err(f)),
@@ -202,7 +210,14 @@ impl Plugin {
         index: impl Into<MethodIndex>,
         args: &A,
     ) -> Result<PluginStream<T>, CallError> {
-        self.open_stream(index.into().0, args, None)
+        let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.open_stream(index.into().0, payload, None)
+    }
+
+    /// [`stream`](Self::stream) with arguments already encoded.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stream_encoded<T>(&self, index: u32, payload: Vec<u8>) -> Result<PluginStream<T>, CallError> {
+        self.open_stream(index, payload, None)
     }
 
     /// Opens bidirectional method `index` (`fn m(&self, input: Stream<I>, ..) ->
@@ -219,17 +234,12 @@ impl Plugin {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.open_stream(index.into().0, args, Some(encode_input(items)))
+        let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.open_stream(index.into().0, payload, Some(encode_input(items)))
     }
 
-    fn open_stream<A: Serialize + ?Sized, T>(
-        &self,
-        index: u32,
-        args: &A,
-        input: Option<Input>,
-    ) -> Result<PluginStream<T>, CallError> {
+    fn open_stream<T>(&self, index: u32, payload: Vec<u8>, input: Option<Input>) -> Result<PluginStream<T>, CallError> {
         self.check_range(index)?;
-        let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
         self.check_input_len(&payload)?;
         let pool = self.generation().pool.clone();
         let opened = Instant::now();

@@ -22,6 +22,7 @@
 //! moves the (up to grace-period long) shutdown to the blocking pool too, so it
 //! never blocks a runtime thread; outside a runtime it stays synchronous.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,8 +33,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{CallError, LoadError};
 use crate::events::Event;
-use crate::plugin::{Plugin, PluginSpec};
+use crate::plugin::{MethodIndex, Plugin, PluginSpec};
 use crate::pool::{Pool, WorkerReport};
+use crate::stream::PluginStream;
 use crate::supervisor::Supervisor;
 
 /// Runs `f` on tokio's blocking pool and awaits it; a panic in `f` resumes here.
@@ -100,7 +102,7 @@ impl Plugin {
     /// dropping the future does (the call completes; the worker is kept).
     pub fn call_async<A: Serialize + ?Sized, R: DeserializeOwned + Send + 'static>(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         args: &A,
     ) -> impl std::future::Future<Output = Result<R, CallError>> + Send + 'static {
         self.call_async_with_timeout(index, args, self.generation().call_timeout)
@@ -109,10 +111,11 @@ impl Plugin {
     /// [`call_async`](Self::call_async) with this call's own timeout.
     pub fn call_async_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned + Send + 'static>(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         args: &A,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<R, CallError>> + Send + 'static {
+        let index = index.into().0;
         let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
         let plugin = self.clone();
         async move {
@@ -128,7 +131,7 @@ impl Plugin {
     /// [`call_raw`](Self::call_raw) as a future.
     pub fn call_raw_async(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         input: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
         self.call_raw_async_with_timeout(index, input, self.generation().call_timeout)
@@ -137,12 +140,100 @@ impl Plugin {
     /// [`call_raw_async`](Self::call_raw_async) with this call's own timeout.
     pub fn call_raw_async_with_timeout(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         input: Vec<u8>,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
+        let index = index.into().0;
         let plugin = self.clone();
         async move { blocking(move || plugin.call_raw_with_timeout(index, &input, timeout)).await }
+    }
+}
+
+/// The stream and the item one blocking pull produced.
+type Pulled<T> = (PluginStream<T>, Option<Result<T, CallError>>);
+
+/// A [`PluginStream`] as a [`Stream`](futures_core::Stream) (feature `tokio`):
+/// each item is pulled on tokio's blocking pool, one at a time, so the plugin
+/// still never runs ahead of the consumer. Dropping it drops the stream on the
+/// blocking pool (the plugin's `drop_fn` runs there, exactly once); an item
+/// being pulled at that moment is pulled to its end first.
+pub struct AsyncPluginStream<T: 'static> {
+    inner: Option<PluginStream<T>>,
+    pending: Option<tokio::task::JoinHandle<Pulled<T>>>,
+}
+
+impl<T: 'static> std::fmt::Debug for AsyncPluginStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncPluginStream")
+            .field("pulling", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for AsyncPluginStream<T> {
+    type Item = Result<T, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.pending.is_none() {
+            let Some(mut s) = self.inner.take() else {
+                return Poll::Ready(None);
+            };
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let item = s.next();
+                (s, item)
+            }));
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        match Pin::new(pending).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(joined) => {
+                self.pending = None;
+                match joined {
+                    Ok((s, item)) => {
+                        if item.is_some() {
+                            self.inner = Some(s);
+                        }
+                        Poll::Ready(item)
+                    }
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Poll::Ready(Some(Err(CallError::ShutDown))),
+                }
+            }
+        }
+    }
+}
+
+impl<T: 'static> Drop for AsyncPluginStream<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.inner.take() {
+            // Closing talks to the worker: keep it off the runtime's threads.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                drop(handle.spawn_blocking(move || drop(s)));
+            }
+        }
+    }
+}
+
+impl Plugin {
+    /// [`stream`](Self::stream) as an async [`Stream`](futures_core::Stream):
+    /// the stream opens on the blocking pool.
+    pub fn stream_async<A: Serialize + ?Sized, T: DeserializeOwned + Send + 'static>(
+        &self,
+        index: impl Into<MethodIndex>,
+        args: &A,
+    ) -> impl std::future::Future<Output = Result<AsyncPluginStream<T>, CallError>> + Send + 'static {
+        let index = index.into();
+        let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
+        let plugin = self.clone();
+        async move {
+            let input = encoded?;
+            let inner = blocking(move || plugin.stream_encoded::<T>(index.0, input)).await?;
+            Ok(AsyncPluginStream {
+                inner: Some(inner),
+                pending: None,
+            })
+        }
     }
 }
 

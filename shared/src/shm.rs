@@ -48,6 +48,8 @@ pub const REQ_SHUTDOWN: u32 = 3;
 /// Request kind: a conversation on the socket follows (streams, client
 /// streams, calls with host callbacks); the answer also comes on the socket.
 pub const REQ_SOCKET: u32 = 4;
+/// Request kind: the next item of the open stream, answered like a call.
+pub const REQ_STREAM_NEXT: u32 = 5;
 /// Response kind: the plugin's status and output (at `off`, `len` in the response area).
 pub const RESP_REPLY: u32 = 1;
 /// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.

@@ -178,3 +178,47 @@ fn streams_hold_one_worker_each_and_others_keep_serving() {
     assert!(p.call::<_, u32>(S::METHOD_PID, &()).is_ok());
     assert_eq!(b.next().unwrap().unwrap(), 1);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_streams_pull_on_the_blocking_pool_and_cancel_on_drop() {
+    use futures_core::Stream as _;
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    let sup = supervisor();
+    let p = sup.load_async(spec("fx-stream").plugin("StreamPlugin")).await.unwrap();
+    let mut s = p.stream_async::<_, u64>(S::METHOD_COUNT, &(1000u64,)).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = poll_fn(|cx| Pin::new(&mut s).poll_next(cx)).await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got, (0..1000).collect::<Vec<u64>>());
+    assert_eq!(p.call_async::<_, u64>(S::METHOD_DROPS, &()).await.unwrap(), 1);
+
+    // Dropped after two items: the plugin's producer is dropped (on the blocking pool).
+    let mut s = p.stream_async::<_, u64>(S::METHOD_COUNT, &(u64::MAX,)).await.unwrap();
+    for want in 0..2u64 {
+        let item = poll_fn(|cx| Pin::new(&mut s).poll_next(cx)).await.unwrap().unwrap();
+        assert_eq!(item, want);
+    }
+    drop(s);
+    // The worker is back in the pool once the close finished; the call waits for it.
+    assert_eq!(p.call_async::<_, u64>(S::METHOD_DROPS, &()).await.unwrap(), 2);
+}
+
+#[test]
+fn streams_on_plugins_that_cannot_stream_are_contract_errors() {
+    let sup = supervisor();
+    // An Arena plugin has no stream slots (fidius requires PluginAllocated).
+    let p = sup.load(spec("fx-arena")).unwrap();
+    let e = p.stream::<_, u64>(0u32, &(1u8, 1u64)).unwrap_err();
+    assert!(
+        matches!(&e, CallError::Contract(bulkhead::CallFault::StreamState { what }) if what.contains("PluginAllocated")),
+        "{e:?}"
+    );
+    let e = p.stream::<_, u64>(99u32, &()).unwrap_err();
+    assert!(matches!(e, CallError::InvalidMethodIndex { index: 99, .. }), "{e:?}");
+    // The worker is fine.
+    let sum: i64 = p.call(1u32, &(40i64, 2i64)).unwrap();
+    assert_eq!(sum, 42);
+}

@@ -253,6 +253,7 @@ impl Server {
                     self.rx = rx;
                     sent
                 }
+                shm::REQ_STREAM_NEXT => self.answer_shm_stream_next(region, req.id),
                 shm::REQ_SOCKET => {
                     if let Err(code) = self.next_frame() {
                         return code;
@@ -289,31 +290,53 @@ impl Server {
         // Between a request and its response the worker owns the response area.
         let area = region.response_area_raw();
         let (sock, tx) = (&mut self.sock, &mut self.tx);
-        self.plugin.call(method, input, Some(area), |outcome| match outcome {
-            Outcome::Status { status, output } => {
-                if let Some(off) = region.offset_in_response_area(output) {
-                    region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
-                    Ok(())
-                } else if region.write_response(output) {
-                    region.post_response(shm::RESP_REPLY, id, status, 0, output.len() as u32);
-                    Ok(())
-                } else {
-                    region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
-                    reply(sock, tx, id, Outcome::Status { status, output })
-                }
-            }
-            Outcome::Fault(fault) => {
-                tx.clear();
-                bulkhead_shared::wire::encode_into(&fault, tx).expect("encoding into a Vec cannot fail");
-                if region.write_response(tx) {
-                    region.post_response(shm::RESP_FAULT, id, 0, 0, tx.len() as u32);
-                    Ok(())
-                } else {
-                    region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
-                    reply(sock, tx, id, Outcome::Fault(fault))
-                }
-            }
+        self.plugin.call(method, input, Some(area), |outcome| {
+            post_outcome(region, sock, tx, id, outcome)
         })
+    }
+
+    /// The next item of the open stream, answered through the region.
+    fn answer_shm_stream_next(&mut self, region: &Region, id: u64) -> std::io::Result<()> {
+        let (sock, tx) = (&mut self.sock, &mut self.tx);
+        self.plugin
+            .stream_next(|outcome| post_outcome(region, sock, tx, id, outcome))
+    }
+}
+
+/// Answers request `id` through the region: output already in the response
+/// area (Arena) is announced in place, other output is copied in, and output
+/// too large for the region goes over the socket.
+fn post_outcome(
+    region: &Region,
+    sock: &mut UnixStream,
+    tx: &mut Vec<u8>,
+    id: u64,
+    outcome: Outcome<'_>,
+) -> std::io::Result<()> {
+    match outcome {
+        Outcome::Status { status, output } => {
+            if let Some(off) = region.offset_in_response_area(output) {
+                region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
+                Ok(())
+            } else if region.write_response(output) {
+                region.post_response(shm::RESP_REPLY, id, status, 0, output.len() as u32);
+                Ok(())
+            } else {
+                region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
+                reply(sock, tx, id, Outcome::Status { status, output })
+            }
+        }
+        Outcome::Fault(fault) => {
+            tx.clear();
+            bulkhead_shared::wire::encode_into(&fault, tx).expect("encoding into a Vec cannot fail");
+            if region.write_response(tx) {
+                region.post_response(shm::RESP_FAULT, id, 0, 0, tx.len() as u32);
+                Ok(())
+            } else {
+                region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
+                reply(sock, tx, id, Outcome::Fault(fault))
+            }
+        }
     }
 }
 
