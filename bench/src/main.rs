@@ -143,6 +143,38 @@ fn main() {
         ),
     );
 
+    // --- async small call: the same add through call_async (tokio) --------------------
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let ba = rt.block_on(async {
+        let one = || async {
+            let v: i64 = plugin.call_async(basic::ADD, &(3i64, 4i64)).await.unwrap();
+            assert_eq!(v, 7);
+        };
+        for _ in 0..2000.min(n) {
+            one().await;
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            one().await;
+            v.push(t.elapsed());
+        }
+        summarize(v)
+    });
+    drop(rt);
+    report.json("small_call", "bulkhead_shm_async", &ba, "");
+    report.row(
+        "add(i64,i64) via call_async (tokio, current-thread) median / p99".into(),
+        format!("{} / {}", us(ba.median), us(ba.p99)),
+        format!(
+            "sync call {} / {}; the call runs on tokio's blocking pool (spawn_blocking) and is awaited",
+            us(b.median),
+            us(b.p99)
+        ),
+    );
+
     // --- echo ------------------------------------------------------------------------
     for size in [64usize, 4 << 10, 256 << 10, 1 << 20, 16 << 20] {
         let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
@@ -345,6 +377,9 @@ fn main() {
         "for scale".into(),
     );
 
+    // --- streams and host callbacks ----------------------------------------------------------
+    stream_and_callback_rows(&sup, &fx, &mut report, scale);
+
     // --- memory ------------------------------------------------------------------------------
     let rss = || status_kb("/proc/self/status", "VmRSS:");
     let before = rss();
@@ -404,6 +439,117 @@ fn crash_to_next_answer(plugin: &Plugin, n: usize, mut between: impl FnMut()) ->
         between();
     }
     summarize(v)
+}
+
+/// Per-item cost of server and client streams, per-round-trip cost of host
+/// callbacks, and the cost of a call on a plugin that imports a host interface.
+fn stream_and_callback_rows(
+    sup: &Supervisor,
+    fx: &bulkhead_tests::Fixtures,
+    report: &mut Report,
+    scale: impl Fn(usize) -> usize,
+) {
+    use bulkhead::HostInterface;
+    use bulkhead_tests::{streams, uses_host};
+    let n = scale(20_000) as u64;
+    let rounds = scale(20).max(3);
+    for transport in [Transport::SharedMemory, Transport::Socket] {
+        let name = if transport == Transport::Socket {
+            "socket"
+        } else {
+            "shm"
+        };
+        let p = sup
+            .load(
+                PluginSpec::new(fx.lib("fx-stream"))
+                    .plugin("StreamPlugin")
+                    .transport(transport),
+            )
+            .expect("load fx-stream");
+        let per_item = |s: Summary| Summary {
+            median: s.median / n as u32,
+            p99: s.p99 / n as u32,
+            n: s.n,
+        };
+        let server = per_item(measure(1, rounds, || {
+            let got = p.stream::<_, u64>(streams::COUNT, &(n,)).unwrap().count();
+            assert_eq!(got as u64, n);
+        }));
+        let client = per_item(measure(1, rounds, || {
+            let total: u64 = p.call_client_stream(streams::SUM, 0..n, &(0u64,)).unwrap();
+            assert_eq!(total, n * (n - 1) / 2);
+        }));
+        let open = measure(10, scale(2000), || {
+            assert_eq!(p.stream::<_, u64>(streams::COUNT, &(0u64,)).unwrap().count(), 0);
+        });
+        report.json("stream_item", &format!("server_{name}"), &server, "");
+        report.json("stream_item", &format!("client_{name}"), &client, "");
+        report.json("stream_open_close", name, &open, "");
+        report.row(
+            format!("streamed item, server / client ({name})"),
+            format!("{} / {}", us(server.median), us(client.median)),
+            format!(
+                "median over {rounds} streams of {n} u64 items; open + end + close of an empty stream {}",
+                us(open.median)
+            ),
+        );
+    }
+    // Host callbacks: the hash is whatever the fixture was built with; read it
+    // from a failed load's error rather than linking the interface crate here.
+    let lib = fx.lib("fx-host");
+    let (hash, version) = match sup.load(PluginSpec::new(&lib)) {
+        Err(bulkhead::LoadError::Rejected {
+            reason: bulkhead::LoadFailure::ImportNotProvided { hash, version, .. },
+            ..
+        }) => (hash, version),
+        other => panic!("expected ImportNotProvided, got {other:?}"),
+    };
+    for transport in [Transport::SharedMemory, Transport::Socket] {
+        let name = if transport == Transport::Socket {
+            "socket"
+        } else {
+            "shm"
+        };
+        let iface = HostInterface::new("Host", hash, version, 3)
+            .function(0, |(k,): (String,)| k)
+            .fallible(1, |(v,): (u64,)| Ok(v * 2));
+        let p = sup
+            .load(
+                PluginSpec::new(&lib)
+                    .transport(transport)
+                    .host_interface(iface)
+                    .max_callbacks(u32::MAX),
+            )
+            .expect("load fx-host");
+        let per_cb = |s: Summary| Summary {
+            median: s.median / n as u32,
+            p99: s.p99 / n as u32,
+            n: s.n,
+        };
+        let cb = per_cb(measure(1, rounds, || {
+            let (ok, _): (u64, String) = p.call(uses_host::FLOOD, &(n,)).unwrap();
+            assert_eq!(ok, n);
+        }));
+        let plain = measure(200, scale(5000), || {
+            assert!(p.call::<_, bool>(uses_host::BOUND, &()).unwrap());
+        });
+        let one = measure(200, scale(5000), || {
+            let s: String = p.call(uses_host::ASK, &("k".to_string(),)).unwrap();
+            assert_eq!(s, "got k");
+        });
+        report.json("callback", &format!("round_trip_{name}"), &cb, "");
+        report.json("callback", &format!("call_no_callback_{name}"), &plain, "");
+        report.json("callback", &format!("call_one_callback_{name}"), &one, "");
+        report.row(
+            format!("host callback round trip ({name})"),
+            us(cb.median),
+            format!(
+                "median over {rounds} calls of {n} callbacks; a call on a plugin with host imports {}, with one callback {}",
+                us(plain.median),
+                us(one.median)
+            ),
+        );
+    }
 }
 
 fn status_kb(path: &str, field: &str) -> u64 {

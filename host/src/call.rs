@@ -10,9 +10,11 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use bulkhead_shared::abi::{HOST_CALL_NOT_BOUND, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END};
 use bulkhead_shared::frame::{self, FrameError, ENVELOPE_OVERHEAD, HEADER_LEN};
-use bulkhead_shared::protocol::{call_prefix, CallFault, WorkerMsg};
-use bulkhead_shared::shm;
+use bulkhead_shared::protocol::{call_prefix, CallFault, HostMsg, WorkerMsg};
+use bulkhead_shared::shm::{self, Region};
+use bulkhead_shared::wire::{self, WirePluginError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
@@ -78,7 +80,124 @@ pub(crate) enum Failure {
     Protocol(ProtocolError),
 }
 
+/// A request answered through a conversation on the socket, during which the
+/// plugin may call back into the host or pull items from it.
+pub(crate) enum SessionMsg<'a> {
+    /// An ordinary call.
+    Call { method: u32, payload: &'a [u8] },
+    /// Open a server (or, with `input`, bidirectional) stream.
+    StreamOpen {
+        method: u32,
+        input: bool,
+        payload: &'a [u8],
+    },
+    /// Next item of the open stream.
+    StreamNext,
+    /// Drop the open stream.
+    StreamClose,
+    /// A client-streaming call.
+    ClientCall { method: u32, payload: &'a [u8] },
+}
+
+/// Where a plugin's pulls are answered from: `(0, item)`, `(-5, [])` at the end.
+pub(crate) type PullSource<'a> = &'a mut dyn FnMut() -> (i32, Vec<u8>);
+
 impl WorkerProcess {
+    /// Runs `msg` as a conversation on the socket until its answer, answering
+    /// the worker's callbacks and pulls on the way, all before `deadline`.
+    pub(crate) fn session(
+        &mut self,
+        msg: SessionMsg<'_>,
+        deadline: Instant,
+        mut pull: Option<PullSource<'_>>,
+    ) -> Result<Answer<'_>, Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let host_msg = match msg {
+            SessionMsg::Call { method, payload } => HostMsg::Call { id, method, payload },
+            SessionMsg::StreamOpen { method, input, payload } => HostMsg::StreamOpen {
+                id,
+                method,
+                input,
+                payload,
+            },
+            SessionMsg::StreamNext => HostMsg::StreamNext { id },
+            SessionMsg::StreamClose => HostMsg::StreamClose { id },
+            SessionMsg::ClientCall { method, payload } => HostMsg::ClientCall { id, method, payload },
+        };
+        host_msg.encode(&mut self.tx);
+        if let Some(region) = &self.shm {
+            region.post_request(shm::REQ_SOCKET, id, 0, &[]);
+        }
+        if let Err(f) = write_all(&self.sock, &self.tx, deadline) {
+            return Err(self.fail(f));
+        }
+        let imports = self.imports.clone();
+        let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD) as usize;
+        let mut callbacks: u32 = 0;
+        let mut reply_buf = Vec::new();
+        let (status, len) = loop {
+            let len = match read_frame(&self.sock, &mut self.rx, self.max_frame, deadline) {
+                Ok(len) => len,
+                Err(fail) => return Err(self.fail(fail)),
+            };
+            let (status, out) = match WorkerMsg::decode(&self.rx[..len]) {
+                Ok(WorkerMsg::Reply { id: got, .. }) | Ok(WorkerMsg::Fault { id: got, .. }) if got != id => {
+                    return Err(self.fail(IoFail::Frame(ProtocolError::WrongRequestId { expected: id, got })))
+                }
+                Ok(WorkerMsg::Reply { status, .. }) => break (status, len),
+                Ok(WorkerMsg::Fault { fault, .. }) => return Ok(Answer::Fault(fault)),
+                Ok(WorkerMsg::Callback { import, index, payload }) => {
+                    callbacks = callbacks.saturating_add(1);
+                    let max = imports
+                        .as_ref()
+                        .map_or(crate::hostfn::DEFAULT_MAX_CALLBACKS, |i| i.max_callbacks);
+                    if callbacks > max {
+                        let e = WirePluginError {
+                            code: "CALLBACK_LIMIT".into(),
+                            message: format!("more than {max} host callbacks in one request"),
+                            details: None,
+                        };
+                        (STATUS_PLUGIN_ERROR, wire::encode(&e).unwrap_or_default())
+                    } else {
+                        match imports.as_ref().and_then(|i| i.interfaces.get(import as usize)) {
+                            Some(iface) => iface.dispatch(index, payload),
+                            None => (HOST_CALL_NOT_BOUND, Vec::new()),
+                        }
+                    }
+                }
+                Ok(WorkerMsg::Pull) => match pull.as_mut() {
+                    Some(p) => p(),
+                    None => (STATUS_STREAM_END, Vec::new()),
+                },
+                Ok(other) => {
+                    let got = msg_name(&other);
+                    return Err(self.fail(IoFail::Frame(ProtocolError::Unexpected { got })));
+                }
+                Err(e) => return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(e.to_string())))),
+            };
+            let (status, out) = if out.len() > max_payload {
+                (STATUS_SERIALIZATION_ERROR, Vec::new())
+            } else {
+                (status, out)
+            };
+            let answer = if self.rx[..len].first() == Some(&bulkhead_shared::protocol::TAG_PULL_BYTE) {
+                HostMsg::Item { status, payload: &out }
+            } else {
+                HostMsg::CallbackReply { status, payload: &out }
+            };
+            answer.encode(&mut reply_buf);
+            if let Err(f) = write_all(&self.sock, &reply_buf, deadline) {
+                return Err(self.fail(f));
+            }
+        };
+        let start = bulkhead_shared::protocol::REPLY_PREFIX_LEN - HEADER_LEN;
+        Ok(Answer::Reply {
+            status,
+            payload: &self.rx[start..len],
+        })
+    }
+
     /// Sends one request and waits for its answer until `deadline`.
     /// With a `target` buffer, a shared-memory answer is copied once, straight
     /// into it, and handed back as [`Answer::Owned`].
@@ -92,7 +211,9 @@ impl WorkerProcess {
         let id = self.next_id;
         self.next_id += 1;
         let mut target = target;
-        let answer = if self.shm.is_some() {
+        let answer = if self.sessions {
+            self.session(SessionMsg::Call { method, payload }, deadline, None)?
+        } else if self.shm.is_some() {
             self.call_shm(id, method, payload, deadline, &mut target)?
         } else {
             self.send_call(id, method, payload, deadline)
@@ -169,6 +290,35 @@ impl WorkerProcess {
             self.send_call(id, method, payload, deadline)
                 .map_err(|f| self.fail(f))?;
         }
+        self.await_shm(&region, last, id, deadline, target)
+    }
+
+    /// Whether stream items may travel through the shared-memory region: there
+    /// is one, and requests need no conversation (no host callbacks).
+    pub(crate) fn region_streams(&self) -> bool {
+        self.shm.is_some() && !self.sessions
+    }
+
+    /// The next item of the open stream through the shared-memory region
+    /// (only when [`region_streams`](Self::region_streams)).
+    pub(crate) fn stream_next_shm(&mut self, deadline: Instant) -> Result<Answer<'_>, Failure> {
+        let region = self.shm.clone().expect("shared-memory transport");
+        let id = self.next_id;
+        self.next_id += 1;
+        let last = region.resp_seq();
+        region.post_request(shm::REQ_STREAM_NEXT, id, 0, &[]);
+        self.await_shm(&region, last, id, deadline, &mut None)
+    }
+
+    /// Waits for the region's answer to request `id` (posted after `last`).
+    fn await_shm(
+        &mut self,
+        region: &Region,
+        last: u32,
+        id: u64,
+        deadline: Instant,
+        target: &mut Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, Failure> {
         loop {
             let slice_end = deadline.min(Instant::now() + SOCKET_CHECK);
             match region.wait_response(last, HOST_SPIN, slice_end) {

@@ -70,6 +70,7 @@ pub struct PluginError {
 /// The worker sent something the protocol does not allow. The worker is killed
 /// and replaced; nothing from it was trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// A frame's length prefix exceeds the configured maximum message size.
     #[error("worker sent a {len}-byte frame, over the {max}-byte limit")]
@@ -120,12 +121,41 @@ pub enum ProtocolError {
 
 /// Building a [`Supervisor`](crate::Supervisor) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// No worker binary in any place bulkhead looks.
     #[error("bulkhead-worker binary not found; looked in: {}", display_paths(searched))]
     WorkerNotFound {
         /// Every candidate path, in search order.
         searched: Vec<PathBuf>,
+    },
+    /// The worker speaks another protocol version than this host (they come
+    /// from different bulkhead releases).
+    #[error(
+        "worker {} speaks protocol version {worker_version}, this host speaks {host}; \
+         use the worker from the same bulkhead release",
+        worker.display()
+    )]
+    WorkerVersion {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// The worker's protocol version.
+        worker_version: u32,
+    },
+    /// The worker did not answer the protocol-version query: not a bulkhead
+    /// worker, one too old to have the query, or (self-worker mode) an
+    /// executable whose `main` does not call
+    /// [`worker_main_if_requested`](crate::worker_main_if_requested).
+    #[error("worker {} is unusable (this host speaks protocol {host}): {reason}", worker.display())]
+    WorkerUnusable {
+        /// The worker binary.
+        worker: PathBuf,
+        /// The host's protocol version.
+        host: u32,
+        /// What went wrong.
+        reason: String,
     },
 }
 
@@ -139,6 +169,7 @@ fn display_paths(paths: &[PathBuf]) -> String {
 
 /// Loading a plugin failed. The host process is unaffected.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The worker examined the plugin and refused it; `reason` says why.
     #[error("cannot load {}: {reason}", path.display())]
@@ -186,6 +217,30 @@ pub enum LoadError {
         /// The OS error.
         message: String,
     },
+    /// A signature is required and `<library>.sig` does not exist.
+    #[error("{} is not signed: {} not found", path.display(), sig.display())]
+    SignatureRequired {
+        /// The plugin path.
+        path: PathBuf,
+        /// Where the signature was looked for.
+        sig: PathBuf,
+    },
+    /// The signature is malformed or no trusted key verifies the library's bytes.
+    #[error("signature of {} rejected: {reason}", path.display())]
+    SignatureInvalid {
+        /// The plugin path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The library (or its signature) could not be read or sealed in memory.
+    #[error("cannot read {}: {message}", path.display())]
+    Library {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
     /// The config value could not be encoded with bincode.
     #[error("cannot encode plugin config: {0}")]
     Config(String),
@@ -204,6 +259,7 @@ fn stderr_suffix(stderr: &str) -> String {
 
 /// A call failed. Which variant says exactly what happened; the host is fine.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// Status `-1` even after the arena was grown once.
     #[error("plugin output does not fit the arena (needed {needed:?} bytes)")]
@@ -247,6 +303,17 @@ pub enum CallError {
         index: u32,
         /// The plugin's method count.
         count: u32,
+    },
+    /// An optional method the plugin does not implement (its capability bit is
+    /// clear); no request was sent.
+    #[error("method {index} is not implemented by this plugin (capability {capability:#x} not in {capabilities:#x})")]
+    NotImplemented {
+        /// The method index.
+        index: u32,
+        /// The capability mask asked for.
+        capability: u64,
+        /// The plugin's capability bits.
+        capabilities: u64,
     },
     /// The method slot cannot be called this way (e.g. a server-streaming slot).
     #[error("method {index} is unsupported: {what}")]
@@ -328,6 +395,7 @@ impl CallError {
             CallError::UnknownStatus { .. } => "unknown_status",
             CallError::InvalidMethodIndex { .. } => "invalid_method_index",
             CallError::Unsupported { .. } => "unsupported",
+            CallError::NotImplemented { .. } => "not_implemented",
             CallError::Contract(_) => "contract",
             CallError::WorkerDied { .. } => "worker_died",
             CallError::Timeout { .. } => "timeout",

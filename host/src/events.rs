@@ -2,11 +2,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::error::Exit;
+use crate::health::Health;
+use crate::usage::ResourceUsage;
 
 /// Capacity of each subscriber's channel; events beyond it are dropped (and
 /// counted) rather than buffered without bound.
@@ -14,6 +16,7 @@ pub const EVENT_BUFFER: usize = 4096;
 
 /// Something that happened to a plugin's workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Event {
     /// The plugin's name (as loaded).
     pub plugin: Arc<str>,
@@ -23,6 +26,7 @@ pub struct Event {
 
 /// The kinds of [`Event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventKind {
     /// A worker finished its handshake and is serving.
     WorkerStarted {
@@ -35,6 +39,9 @@ pub enum EventKind {
         pid: u32,
         /// How it ended.
         exit: Exit,
+        /// What it used (CPU time, peak RSS), from the reap; `None` if the
+        /// kernel's figures could not be read.
+        usage: Option<ResourceUsage>,
     },
     /// A call hit its deadline and the worker was killed.
     Timeout {
@@ -55,24 +62,171 @@ pub enum EventKind {
         /// The failure that spent it.
         reason: String,
     },
+    /// The plugin's [`Health`] changed (healthy, degraded with a different
+    /// number of live workers, failed).
+    HealthChanged {
+        /// The new reading.
+        health: Health,
+    },
+    /// A worker nobody called for the idle timeout was stopped; the next call starts one.
+    IdleStopped {
+        /// Its pid.
+        pid: u32,
+    },
+    /// [`Plugin::reload`](crate::Plugin::reload) switched the plugin to a new library.
+    Reloaded {
+        /// The new library.
+        path: std::path::PathBuf,
+    },
+}
+
+/// The receiving end of [`Supervisor::events`](crate::Supervisor::events): a
+/// bounded queue of lifecycle events. Clones share the queue (each event goes
+/// to one of them). Disconnected once the supervisor is gone and the queue is
+/// drained.
+#[derive(Debug, Clone)]
+pub struct EventReceiver {
+    rx: Receiver<Event>,
+}
+
+/// [`EventReceiver::recv`] failed: the supervisor is gone and no event is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the supervisor is gone and no events are left")]
+pub struct RecvError;
+
+/// Why [`EventReceiver::try_recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No event is queued now.
+    #[error("no event queued")]
+    Empty,
+    /// The supervisor is gone and no event is left.
+    #[error("the supervisor is gone and no events are left")]
+    Disconnected,
+}
+
+/// Why [`EventReceiver::recv_timeout`] or [`recv_deadline`](EventReceiver::recv_deadline)
+/// returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No event arrived in time.
+    #[error("no event arrived in time")]
+    Timeout,
+    /// The supervisor is gone and no event is left.
+    #[error("the supervisor is gone and no events are left")]
+    Disconnected,
+}
+
+impl EventReceiver {
+    /// Blocks until the next event.
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        self.rx.recv().map_err(|_| RecvError)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        self.rx.try_recv().map_err(|e| match e {
+            crossbeam_channel::TryRecvError::Empty => TryRecvError::Empty,
+            crossbeam_channel::TryRecvError::Disconnected => TryRecvError::Disconnected,
+        })
+    }
+
+    /// Blocks up to `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout).map_err(timeout_error)
+    }
+
+    /// Blocks until `deadline` for the next event.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Event, RecvTimeoutError> {
+        self.rx.recv_deadline(deadline).map_err(timeout_error)
+    }
+
+    /// The events queued now, without blocking.
+    pub fn try_iter(&self) -> impl Iterator<Item = Event> + '_ {
+        self.rx.try_iter()
+    }
+
+    /// Every event, blocking for each, until the supervisor is gone.
+    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
+        self.rx.iter()
+    }
+
+    /// Number of events queued.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+fn timeout_error(e: crossbeam_channel::RecvTimeoutError) -> RecvTimeoutError {
+    match e {
+        crossbeam_channel::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
+        crossbeam_channel::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
+    }
+}
+
+/// One subscriber's sending end.
+enum Subscriber {
+    Sync(Sender<Event>),
+    #[cfg(feature = "tokio")]
+    Async(tokio::sync::mpsc::Sender<Event>),
+}
+
+/// Why an event did not reach a subscriber.
+enum Missed {
+    Full,
+    Gone,
+}
+
+impl Subscriber {
+    fn try_send(&self, event: Event) -> Result<(), Missed> {
+        match self {
+            Subscriber::Sync(tx) => tx.try_send(event).map_err(|e| match e {
+                TrySendError::Full(_) => Missed::Full,
+                TrySendError::Disconnected(_) => Missed::Gone,
+            }),
+            #[cfg(feature = "tokio")]
+            Subscriber::Async(tx) => tx.try_send(event).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => Missed::Full,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => Missed::Gone,
+            }),
+        }
+    }
 }
 
 /// Fan-out to subscribers; never blocks the caller.
 #[derive(Default)]
 pub(crate) struct EventHub {
-    subscribers: Mutex<Vec<Sender<Event>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     dropped: AtomicU64,
 }
 
 impl EventHub {
-    pub(crate) fn subscribe(&self) -> Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> EventReceiver {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_BUFFER);
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber::Sync(tx));
+        EventReceiver { rx }
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn subscribe_async(&self) -> tokio::sync::mpsc::Receiver<Event> {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber::Async(tx));
         rx
     }
 
     pub(crate) fn emit(&self, plugin: &Arc<str>, kind: EventKind) {
-        tracing::debug!(target: "bulkhead::events", plugin = &**plugin, ?kind, "worker event");
+        crate::observe::event(plugin, &kind);
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         if subs.is_empty() {
             return;
@@ -83,11 +237,11 @@ impl EventHub {
         };
         subs.retain(|s| match s.try_send(event.clone()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
+            Err(Missed::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(Missed::Gone) => false,
         });
     }
 

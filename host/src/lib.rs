@@ -9,8 +9,10 @@
 //! use std::time::Duration;
 //! use bulkhead::{CallError, Exit, PluginSpec, Supervisor};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let supervisor = Supervisor::builder().build()?; // finds the bulkhead-worker binary
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Self-worker mode: this executable is also the worker (no install step).
+//! bulkhead::worker_main_if_requested();
+//! let supervisor = Supervisor::builder().self_worker().build()?;
 //! let plugin = supervisor.load(
 //!     PluginSpec::new("target/debug/libfx_basic.so")
 //!         .call_timeout(Duration::from_secs(2)),
@@ -28,15 +30,41 @@
 //! // ... and the next call runs on a fresh worker.
 //! let sum: i64 = plugin.call(1, &(2i64, 40i64))?;
 //! assert_eq!(sum, 42);
-//! # Ok(()) }
+//! Ok(())
+//! }
 //! ```
+//!
+//! Runnable versions (run in CI): the `examples/` directory of the repository.
+//! See the README for installing the worker, the async API (feature `tokio`),
+//! observability (`tracing`, feature `metrics`) and the `bulkhead` CLI.
 //!
 //! # Shape
 //! * [`Supervisor`] owns all worker processes; dropping it shuts them down.
 //! * [`PluginSpec`] says what to load and how: plugin name, config, timeouts,
 //!   pool size, restart policy, resource [`Limits`], and the [`Sandbox`] the
 //!   worker applies to itself (default: [`Sandbox::strict`]).
-//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call.
+//! * [`Plugin`] is the cheap, `Clone + Send + Sync` handle you call: plain and
+//!   raw calls, optional methods ([`Plugin::call_optional`]), server streams
+//!   ([`Plugin::stream`] → [`PluginStream`]), client and bidirectional streams.
+//! * [`client!`] declares a typed client for a fidius interface (one method per
+//!   plugin method, interface hash checked at load).
+//! * [`HostInterface`] implements a `#[fidius::host_interface]` the plugin calls back.
+//! * [`PluginSpec::require_signature`] loads only libraries signed like fidius
+//!   signs them, from a sealed in-memory copy of the verified bytes.
+//!
+//! # Operations
+//! * Restarts never stop by default: [`RestartPolicy::default`] replaces every
+//!   dead worker with capped exponential backoff per pool slot (0, then 100 ms
+//!   doubling to 30 s, reset by a successful call or 10 s of uptime). Giving up
+//!   is opt-in with a [`Budget`] ([`RestartPolicy::on_failure`]), counted per
+//!   worker so a pool of `n` gets `n` times the room.
+//! * [`Plugin::health`] and [`EventKind::HealthChanged`] say whether a plugin is
+//!   healthy, degraded (and when the next restart is due) or failed; crashes,
+//!   timeouts and restarts are logged with `tracing` at `warn`.
+//! * [`Plugin::reload`] switches to a new library without losing a call.
+//! * [`PluginSpec::idle_timeout`] stops workers nobody calls.
+//! * [`EventKind::WorkerExited`] carries the worker's [`ResourceUsage`] (CPU
+//!   time, peak RSS); [`Plugin::memory`] samples the live workers.
 //!
 //! # Guarantees
 //! * The host never loads plugin code; a worker process does.
@@ -53,36 +81,86 @@
 //!   Landlock and a seccomp filter before the plugin is opened;
 //!   [`PluginInfo::sandbox`] reports each layer.
 
+#![forbid(unsafe_code)]
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
+);
+
 mod call;
+mod client;
 mod error;
 mod events;
+mod health;
+mod hostfn;
 mod limits;
 mod locate;
 mod netns;
+mod observe;
 mod output;
 mod plugin;
 mod pool;
+mod probe;
 mod restart;
 mod sandbox;
+mod signing;
 mod stats;
+mod stream;
 mod supervisor;
+#[cfg(feature = "tokio")]
+mod tokio_api;
+mod usage;
 mod worker_process;
 
 pub use bulkhead_shared::abi::BufferStrategy;
+/// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
+pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
-pub use events::{Event, EventKind, EVENT_BUFFER};
+pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
+pub use health::Health;
+pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputLine, Stream, STDERR_TAIL};
 pub use plugin::{
-    Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
+    MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
-pub use restart::{Backoff, Decision, Failed, RestartMode, RestartPolicy, RestartState};
+pub use restart::{Backoff, Budget, Failed, RestartMode, RestartPolicy, DEFAULT_HEALTHY_AFTER};
 pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, DEFAULT_TMP_SIZE};
+pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
-pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE};
+pub use stream::PluginStream;
+pub use supervisor::{
+    Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
+};
+#[cfg(feature = "tokio")]
+pub use tokio_api::{AsyncPluginStream, EventStream};
+pub use usage::{ResourceUsage, WorkerMemory};
 
-/// Re-exported so users can name the receiver type of [`Supervisor::events`].
-pub use crossbeam_channel;
+/// Self-worker mode's entry point: call it first thing in `main`. When this
+/// process was started by a bulkhead host as a worker (its first argument is
+/// [`SELF_WORKER_ARG`]), it runs the worker and exits the process with the
+/// worker's exit code; otherwise it returns at once and does nothing.
+///
+/// ```no_run
+/// // The first statement of the application's `main`:
+/// bulkhead::worker_main_if_requested();
+/// // ... then the application, which may use `Supervisor::builder().self_worker()`.
+/// let supervisor = bulkhead::Supervisor::builder().self_worker().build()?;
+/// # Ok::<(), bulkhead::BuildError>(())
+/// ```
+///
+/// Call it before starting threads or doing other work: the worker takes over
+/// the process (it closes inherited descriptors and loads untrusted code).
+#[cfg(feature = "self-worker")]
+pub fn worker_main_if_requested() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(SELF_WORKER_ARG)) {
+        return;
+    }
+    let args = args.map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+    let code = bulkhead_worker::run_with_args(args.into_iter());
+    std::process::exit(i32::from(code));
+}

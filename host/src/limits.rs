@@ -4,6 +4,8 @@
 /// Resource limits for a plugin's worker processes (`setrlimit`). Unset limits
 /// are inherited from the host. Core dumps are off unless enabled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "Limits do nothing until passed to PluginSpec::limits"]
+#[non_exhaustive]
 pub struct Limits {
     /// `RLIMIT_AS`: address space in bytes. Allocations beyond it fail (a Rust
     /// plugin then aborts with "memory allocation failed"). Default: unset.

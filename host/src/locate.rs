@@ -68,7 +68,9 @@ mod tests {
     #[test]
     fn explicit_missing_path_is_reported() {
         let err = find(Some(Path::new("/nonexistent/bulkhead-worker"))).unwrap_err();
-        let BuildError::WorkerNotFound { searched } = err;
+        let BuildError::WorkerNotFound { searched } = err else {
+            panic!("expected WorkerNotFound, got {err:?}")
+        };
         assert_eq!(searched, vec![PathBuf::from("/nonexistent/bulkhead-worker")]);
     }
 

@@ -20,9 +20,10 @@ pub(crate) struct NetNsHolder {
 impl NetNsHolder {
     /// Starts the holder; `Err` says why it is not available (workers then
     /// create network namespaces of their own).
-    pub(crate) fn start(worker: &Path, env: &[(String, String)]) -> Result<NetNsHolder, String> {
+    pub(crate) fn start(worker: &Path, worker_args: &[String], env: &[(String, String)]) -> Result<NetNsHolder, String> {
         let mut cmd = Command::new(worker);
-        cmd.arg("--parent-pid")
+        cmd.args(worker_args)
+            .arg("--parent-pid")
             .arg(std::process::id().to_string())
             .arg("--hold-netns")
             .env_clear()

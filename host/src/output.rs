@@ -26,6 +26,7 @@ pub enum Stream {
 
 /// One line a plugin printed, as handed to [`SupervisorBuilder::on_output`](crate::SupervisorBuilder::on_output).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct OutputLine<'a> {
     /// The plugin's name (as loaded).
     pub plugin: &'a str,

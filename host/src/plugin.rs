@@ -1,7 +1,8 @@
 //! What users load ([`PluginSpec`]) and call ([`Plugin`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bulkhead_shared::abi::BufferStrategy;
@@ -12,12 +13,17 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::call::Answer;
-use crate::error::{CallError, PluginError};
+use crate::error::{CallError, LoadError, PluginError};
+use crate::events::EventKind;
+use crate::health::Health;
+use crate::hostfn::HostInterface;
 use crate::limits::Limits;
-use crate::pool::Pool;
+use crate::pool::{Pool, WorkerReport};
 use crate::restart::RestartPolicy;
 use crate::sandbox::{Sandbox, SandboxReport};
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
+use crate::supervisor::Core;
+use crate::usage::WorkerMemory;
 
 /// Default per-call timeout.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +36,31 @@ const ARGS_KEEP: usize = 1 << 20;
 
 /// Default cap on calls waiting for a busy worker.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
+
+/// A vtable slot. Built from the `usize` constants fidius generates
+/// (`__fidius_<Trait>::METHOD_<NAME>`), a `u32`, or an integer literal, so
+/// calls take any of them without casts. Values past `u32::MAX` (and negative
+/// literals) become `u32::MAX`, which no plugin has: `InvalidMethodIndex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodIndex(pub u32);
+
+impl From<u32> for MethodIndex {
+    fn from(i: u32) -> Self {
+        MethodIndex(i)
+    }
+}
+
+impl From<usize> for MethodIndex {
+    fn from(i: usize) -> Self {
+        MethodIndex(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+}
+
+impl From<i32> for MethodIndex {
+    fn from(i: i32) -> Self {
+        MethodIndex(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+}
 
 /// How requests and answers travel between host and worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +75,7 @@ pub enum Transport {
 
 /// Which plugin to load and how to run it. Every setter documents its default.
 #[derive(Clone)]
+#[must_use = "a PluginSpec does nothing until passed to Supervisor::load"]
 pub struct PluginSpec {
     pub(crate) path: PathBuf,
     pub(crate) plugin: Option<String>,
@@ -62,6 +94,31 @@ pub struct PluginSpec {
     pub(crate) shm_capacity: u32,
     pub(crate) standby: bool,
     pub(crate) sandbox: Sandbox,
+    pub(crate) interface_hash: Option<u64>,
+    pub(crate) signature_keys: Option<Vec<crate::signing::VerifyingKey>>,
+    pub(crate) host_interfaces: Vec<HostInterface>,
+    pub(crate) max_callbacks: u32,
+    pub(crate) stream_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("path", &self.path)
+            .field("plugin", &self.plugin)
+            .field("config_len", &self.config.as_ref().map(Vec::len))
+            .field("call_timeout", &self.call_timeout)
+            .field("load_timeout", &self.load_timeout)
+            .field("workers", &self.workers)
+            .field("queue_limit", &self.queue_limit)
+            .field("restart", &self.restart)
+            .field("limits", &self.limits)
+            .field("transport", &self.transport)
+            .field("standby", &self.standby)
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginSpec {
@@ -85,6 +142,12 @@ impl PluginSpec {
             shm_capacity: bulkhead_shared::shm::DEFAULT_CAPACITY,
             standby: false,
             sandbox: Sandbox::strict(),
+            idle_timeout: None,
+            interface_hash: None,
+            signature_keys: None,
+            host_interfaces: Vec::new(),
+            max_callbacks: crate::hostfn::DEFAULT_MAX_CALLBACKS,
+            stream_timeout: None,
         }
     }
 
@@ -96,11 +159,65 @@ impl PluginSpec {
         self
     }
 
+    /// Refuses, at load, a plugin whose interface hash is not `hash` (fidius'
+    /// generated `__fidius_<Trait>::<Trait>_INTERFACE_HASH`): a plugin built
+    /// against another version of the trait would have its slots misread. The
+    /// [`LoadError`](crate::LoadError) names both hashes. Default: no check.
+    pub fn interface(mut self, hash: u64) -> Self {
+        self.interface_hash = Some(hash);
+        self
+    }
+
+    /// Loads only a library signed by one of `keys`, as fidius does: the file
+    /// `<library>.sig` beside it (`libfoo.so` → `libfoo.so.sig`) holds a raw
+    /// 64-byte ed25519 signature of the library's exact bytes. The host reads
+    /// the library once into a sealed memfd, verifies those bytes, and every
+    /// worker (restarts included) loads that memfd: the file can be replaced
+    /// after the check without effect. Default: signatures not required.
+    pub fn require_signature(mut self, keys: impl IntoIterator<Item = crate::signing::VerifyingKey>) -> Self {
+        self.signature_keys = Some(keys.into_iter().collect());
+        self
+    }
+
+    /// Offers a host interface (`#[fidius::host_interface]`) to the plugin. Every
+    /// interface the plugin imports must be offered with the same name, hash and
+    /// version, or loading fails. A plugin that imports any interface has all its
+    /// calls made as socket conversations (shared memory only wakes the worker).
+    /// Default: none.
+    pub fn host_interface(mut self, iface: HostInterface) -> Self {
+        self.host_interfaces.push(iface);
+        self
+    }
+
+    /// Most host callbacks one call (or one stream item) may make; past it the
+    /// plugin's callback gets a `PluginError` with code `CALLBACK_LIMIT`.
+    /// Callbacks also run under the call's deadline. Default: 100 000.
+    pub fn max_callbacks(mut self, n: u32) -> Self {
+        self.max_callbacks = n;
+        self
+    }
+
+    /// Deadline of a whole stream, from its opening; each item also has the
+    /// call timeout. Default: none (only the per-item deadline).
+    pub fn stream_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_timeout = Some(timeout);
+        self
+    }
+
     /// Keeps one extra worker loaded and idle, so replacing a failed worker is
     /// a promotion instead of a spawn; the next standby starts in the
     /// background. Costs one more process. Default: `false`.
     pub fn standby(mut self, on: bool) -> Self {
         self.standby = on;
+        self
+    }
+
+    /// Stops the workers nobody has called for this long; the next call
+    /// starts a worker again (paying a worker start, not counted as a
+    /// restart). For hosts with many rarely used plugins. A warm standby is
+    /// kept. Default: `None` (workers stay up).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -165,8 +282,9 @@ impl PluginSpec {
         self
     }
 
-    /// How dead workers are replaced. Default: [`RestartPolicy::default`]
-    /// (on failure, 5 restarts per 60 s, backoff 0 / 50 ms doubling to 5 s).
+    /// How dead workers are replaced. Default: [`RestartPolicy::default`]:
+    /// always, never giving up, with per-slot backoff 0 / 100 ms doubling to
+    /// 30 s that starts over after a successful call or 10 s of uptime.
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
         self
@@ -198,10 +316,11 @@ impl PluginSpec {
         self
     }
 
-    /// Declares vtable slots that are server-streaming methods, which bulkhead
-    /// does not support yet: calls to them fail with [`CallError::Unsupported`]
-    /// instead of misreading a stream handle. Default: none. (Streaming slots
-    /// cannot be recognised from the binary descriptor, so this must be declared.)
+    /// Declares vtable slots that are streaming methods, so that a plain
+    /// [`Plugin::call`] on them fails with [`CallError::Unsupported`] instead of
+    /// misreading a stream handle (use [`Plugin::stream`] for them). Default:
+    /// none. Streaming slots cannot be recognised from the binary descriptor;
+    /// the typed clients of [`client!`](crate::client) know them from their declaration.
     pub fn streaming_methods(mut self, slots: impl IntoIterator<Item = u32>) -> Self {
         self.streaming.extend(slots);
         self
@@ -210,6 +329,7 @@ impl PluginSpec {
 
 /// What the worker reported about a loaded plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginInfo {
     /// The library path.
     pub path: PathBuf,
@@ -242,23 +362,50 @@ pub struct PluginInfo {
     /// How each sandbox layer ended up in the (first) worker: enforced,
     /// partial, unavailable (with the reason) or off.
     pub sandbox: SandboxReport,
+    /// Names of the host interfaces the plugin imported (and the worker bound).
+    pub host_imports: Vec<String>,
 }
 
-pub(crate) struct PluginShared {
+impl PluginInfo {
+    /// Whether the optional method of capability `mask` is implemented (fidius'
+    /// `<Trait>_CAP_<NAME>` constants are such masks: bit N for the Nth optional method).
+    pub fn has_capability(&self, mask: u64) -> bool {
+        mask != 0 && self.capabilities & mask == mask
+    }
+}
+
+/// One version of a loaded plugin: its pool and what its workers reported.
+/// A [`Plugin::reload`] replaces the current generation.
+pub(crate) struct Generation {
     pub(crate) pool: Arc<Pool>,
     pub(crate) info: PluginInfoWire,
     pub(crate) path: PathBuf,
     pub(crate) call_timeout: Duration,
     pub(crate) streaming: Vec<u32>,
     pub(crate) max_message_size: u32,
+    pub(crate) stream_timeout: Option<Duration>,
+    pub(crate) host_imports: Vec<String>,
 }
 
-impl Drop for PluginShared {
+impl Drop for Generation {
     fn drop(&mut self) {
-        // The last user handle is gone: stop the workers now, on this thread,
-        // rather than whenever a background restart lets go of the pool.
+        // The last user handle is gone (or a reload's drain is over): stop the workers now, on this thread,
+        // rather than whenever a background restart lets go of the pool. In a
+        // tokio runtime (feature `tokio`), on its blocking pool instead.
+        #[cfg(feature = "tokio")]
+        if crate::tokio_api::shutdown_off_runtime(vec![self.pool.clone()]).is_ok() {
+            return;
+        }
         self.pool.shutdown();
     }
+}
+
+pub(crate) struct PluginShared {
+    pub(crate) core: Arc<Core>,
+    pub(crate) current: RwLock<Arc<Generation>>,
+    /// Serializes reloads.
+    pub(crate) reloading: Mutex<()>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// A loaded plugin. Cheap to clone and share across threads; every call runs in
@@ -274,20 +421,67 @@ const _: () = {
 };
 
 impl Plugin {
+    /// The generation calls go to now.
+    pub(crate) fn generation(&self) -> Arc<Generation> {
+        self.shared.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` on the current generation; a call refused because a reload
+    /// retired that generation meanwhile runs again on the new one, so every
+    /// call is answered by exactly one version.
+    fn on_current<R>(&self, mut f: impl FnMut(&Generation) -> Result<R, CallError>) -> Result<R, CallError> {
+        loop {
+            let g = self.generation();
+            match f(&g) {
+                Err(CallError::ShutDown) if g.pool.retired.load(Ordering::Acquire) => {
+                    if Arc::ptr_eq(&g, &self.generation()) {
+                        return Err(CallError::ShutDown);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Calls method `index` with bincode-1 tuple arguments (`&(a,)`, `&(a, b)`,
     /// `&()`) and decodes its return value, under the plugin's call timeout.
-    pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, index: u32, args: &A) -> Result<R, CallError> {
-        self.call_with_timeout(index, args, self.shared.call_timeout)
+    pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: impl Into<MethodIndex>,
+        args: &A,
+    ) -> Result<R, CallError> {
+        self.call_with_timeout(index, args, self.generation().call_timeout)
+    }
+
+    /// Calls optional method `index`, whose capability mask is `capability`
+    /// (fidius' `<Trait>_CAP_<NAME>`). A plugin that lacks it gets no request:
+    /// the answer is [`CallError::NotImplemented`].
+    pub fn call_optional<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: impl Into<MethodIndex>,
+        capability: u64,
+        args: &A,
+    ) -> Result<R, CallError> {
+        let index = index.into().0;
+        let caps = self.generation().info.capabilities;
+        if capability == 0 || caps & capability != capability || index >= self.generation().info.method_count {
+            return Err(CallError::NotImplemented {
+                index,
+                capability,
+                capabilities: caps,
+            });
+        }
+        self.call(index, args)
     }
 
     /// [`call`](Self::call) with this call's own timeout.
     pub fn call_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         args: &A,
         timeout: Duration,
     ) -> Result<R, CallError> {
-        self.check_index(index)?;
+        let index = index.into().0;
         // Arguments are encoded into a per-thread buffer: no allocation per call.
         thread_local! {
             static ARGS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -300,10 +494,13 @@ impl Plugin {
             let input: &mut Vec<u8> = guard.as_deref_mut().unwrap_or(&mut fresh);
             input.clear();
             wire::encode_into(args, input).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
-            self.check_input(input)?;
-            let result = self.shared.pool.call(index, input, timeout, None, |answer| {
-                let bytes = self.interpret(&answer)?;
-                wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+            let result = self.on_current(|g| {
+                check_index(g, index)?;
+                check_input(g, input)?;
+                g.pool.call(index, input, timeout, None, |answer| {
+                    let bytes = interpret(g, &answer)?;
+                    wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+                })
             });
             // Do not keep a huge argument buffer alive on this thread forever.
             if input.capacity() > ARGS_KEEP {
@@ -315,12 +512,17 @@ impl Plugin {
 
     /// Calls a `#[wire(raw)]` method: `input` goes to the plugin as-is and its
     /// output bytes come back as-is.
-    pub fn call_raw(&self, index: u32, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.call_raw_with_timeout(index, input, self.shared.call_timeout)
+    pub fn call_raw(&self, index: impl Into<MethodIndex>, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.call_raw_with_timeout(index, input, self.generation().call_timeout)
     }
 
     /// [`call_raw`](Self::call_raw) with this call's own timeout.
-    pub fn call_raw_with_timeout(&self, index: u32, input: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+    pub fn call_raw_with_timeout(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
         self.call_raw_into_with_timeout(index, input, &mut out, timeout)?;
         Ok(out)
@@ -329,99 +531,97 @@ impl Plugin {
     /// [`call_raw`](Self::call_raw) into a buffer the caller reuses across
     /// calls (cleared first; left empty on error): no allocation once it is
     /// large enough.
-    pub fn call_raw_into(&self, index: u32, input: &[u8], out: &mut Vec<u8>) -> Result<(), CallError> {
-        self.call_raw_into_with_timeout(index, input, out, self.shared.call_timeout)
+    pub fn call_raw_into(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
+        self.call_raw_into_with_timeout(index, input, out, self.generation().call_timeout)
     }
 
     /// [`call_raw_into`](Self::call_raw_into) with this call's own timeout.
     pub fn call_raw_into_with_timeout(
         &self,
-        index: u32,
+        index: impl Into<MethodIndex>,
         input: &[u8],
         out: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        self.check_index(index)?;
-        self.check_input(input)?;
-        let target = std::mem::take(out);
-        let result = self.shared.pool.call(index, input, timeout, Some(target), |answer| {
-            self.interpret(&answer)?;
-            Ok(match answer {
-                Answer::Owned { payload, .. } => payload,
-                Answer::Reply { payload, .. } => payload.to_vec(),
-                Answer::Fault(_) => unreachable!("interpret turns faults into errors"),
+        let index = index.into().0;
+        let mut target = Some(std::mem::take(out));
+        let result = self.on_current(|g| {
+            check_index(g, index)?;
+            check_input(g, input)?;
+            g.pool.call(index, input, timeout, target.take(), |answer| {
+                interpret(g, &answer)?;
+                Ok(match answer {
+                    Answer::Owned { payload, .. } => payload,
+                    Answer::Reply { payload, .. } => payload.to_vec(),
+                    Answer::Fault(_) => unreachable!("interpret turns faults into errors"),
+                })
             })
         });
         *out = result?;
         Ok(())
     }
 
-    fn check_input(&self, input: &[u8]) -> Result<(), CallError> {
-        let max = self.shared.max_message_size;
-        if input.len() > max as usize {
-            return Err(CallError::InputTooLarge { len: input.len(), max });
-        }
-        Ok(())
+    pub(crate) fn check_input_len(&self, input: &[u8]) -> Result<(), CallError> {
+        check_input(&self.generation(), input)
     }
 
-    fn check_index(&self, index: u32) -> Result<(), CallError> {
-        let count = self.shared.info.method_count;
+    pub(crate) fn check_range(&self, index: u32) -> Result<(), CallError> {
+        let count = self.generation().info.method_count;
         if index >= count {
             return Err(CallError::InvalidMethodIndex { index, count });
-        }
-        if self.shared.streaming.contains(&index) {
-            return Err(CallError::Unsupported {
-                index,
-                what: "server-streaming methods are not supported",
-            });
         }
         Ok(())
     }
 
     /// Maps the worker's answer to the fidius status contract.
-    fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
-        let (status, payload): (i32, &[u8]) = match answer {
-            Answer::Reply { status, payload } => (*status, payload),
-            Answer::Owned { status, payload } => (*status, payload),
-            Answer::Fault(CallFault::BadIndex { index, count }) => {
-                return Err(CallError::InvalidMethodIndex {
-                    index: *index,
-                    count: *count,
-                })
-            }
-            Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
-        };
-        match Status::from_raw(status) {
-            Status::Ok => Ok(payload),
-            Status::BufferTooSmall => Err(CallError::BufferTooSmall {
-                needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
-            }),
-            Status::SerializationError => Err(CallError::Serialization),
-            Status::PluginError => match wire::decode::<WirePluginError>(payload) {
-                Ok(e) => Err(CallError::Plugin(PluginError {
-                    code: e.code,
-                    message: e.message,
-                    details: e.details,
-                })),
-                Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
-            },
-            Status::Panic if payload.is_empty() => Err(CallError::Panic(match self.shared.info.buffer_strategy {
-                BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
-                BufferStrategy::PluginAllocated => "no message".into(),
-            })),
-            Status::Panic => match wire::decode::<String>(payload) {
-                Ok(msg) => Err(CallError::Panic(msg)),
-                Err(e) => Err(CallError::Deserialization(format!("PANIC payload: {e}"))),
-            },
-            Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
-        }
+    pub(crate) fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+        interpret(&self.generation(), answer)
+    }
+
+    /// The plugin's health: healthy, degraded (some workers being replaced)
+    /// or failed (restart budget spent). Changes are also
+    /// [`EventKind::HealthChanged`](crate::EventKind::HealthChanged) events.
+    pub fn health(&self) -> Health {
+        self.generation().pool.health()
+    }
+
+    /// Current memory of each live worker (resident set of the worker and
+    /// its descendants, from `/proc`), the standby included.
+    pub fn memory(&self) -> Vec<WorkerMemory> {
+        self.generation().pool.memory()
+    }
+
+    /// Switches the plugin to a new library (or new settings) without losing
+    /// a call: workers are started on `spec` and must all load; then new calls
+    /// go to them, calls in flight on the old workers finish within their own
+    /// deadlines, and the old workers are stopped (their reports are
+    /// returned). If the new workers fail to load, the old ones keep serving
+    /// and the [`LoadError`] is returned. Stats keep counting across reloads.
+    pub fn reload(&self, spec: PluginSpec) -> Result<Vec<WorkerReport>, LoadError> {
+        let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let new = self.shared.core.start(&spec, self.shared.counters.clone())?;
+        let path = new.path.clone();
+        let label = new.pool.label.clone();
+        let old = std::mem::replace(
+            &mut *self.shared.current.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(new),
+        );
+        tracing::info!(target: "bulkhead", plugin = &*label, path = %path.display(), "plugin reloaded");
+        self.shared.core.events.emit(&label, EventKind::Reloaded { path });
+        Ok(old.pool.drain())
     }
 
     /// What the worker reported at load, plus the current worker pid.
     pub fn info(&self) -> PluginInfo {
-        let i = &self.shared.info;
+        let g = self.generation();
+        let i = &g.info;
         PluginInfo {
-            path: self.shared.path.clone(),
+            path: g.path.clone(),
             plugin_name: i.plugin_name.clone(),
             interface_name: i.interface_name.clone(),
             interface_hash: i.interface_hash,
@@ -433,38 +633,101 @@ impl Plugin {
             trait_metadata: i.trait_metadata.clone(),
             method_metadata: i.method_metadata.clone(),
             plugins_in_library: i.plugins_in_library.clone(),
-            worker_pid: self.shared.pool.latest_pid(),
+            worker_pid: g.pool.latest_pid(),
             transport: if i.shm {
                 Transport::SharedMemory
             } else {
                 Transport::Socket
             },
             sandbox: i.sandbox.clone(),
+            host_imports: g.host_imports.clone(),
         }
     }
 
     /// Pids of the worker processes alive right now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.shared.pool.live_pids()
+        self.generation().pool.live_pids()
     }
 
     /// Counters: calls, errors by kind, timeouts, crashes, restarts, live workers.
     pub fn stats(&self) -> Stats {
-        self.shared.pool.stats()
+        self.generation().pool.stats()
     }
 
     /// Clears a failed plugin (restart budget spent) so calls may restart workers again.
     pub fn reset(&self) {
-        self.shared.pool.reset()
+        self.generation().pool.reset()
     }
 }
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.generation();
         f.debug_struct("Plugin")
-            .field("plugin", &self.shared.info.plugin_name)
-            .field("path", &self.shared.path)
+            .field("plugin", &g.info.plugin_name)
+            .field("path", &g.path)
             .field("workers", &self.worker_pids())
             .finish()
+    }
+}
+
+fn check_input(g: &Generation, input: &[u8]) -> Result<(), CallError> {
+    let max = g.max_message_size;
+    if input.len() > max as usize {
+        return Err(CallError::InputTooLarge { len: input.len(), max });
+    }
+    Ok(())
+}
+
+fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
+    let count = g.info.method_count;
+    if index >= count {
+        return Err(CallError::InvalidMethodIndex { index, count });
+    }
+    if g.streaming.contains(&index) {
+        return Err(CallError::Unsupported {
+            index,
+            what: "a streaming method: use Plugin::stream",
+        });
+    }
+    Ok(())
+}
+
+/// Maps the worker's answer to the fidius status contract.
+fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+    let (status, payload): (i32, &[u8]) = match answer {
+        Answer::Reply { status, payload } => (*status, payload),
+        Answer::Owned { status, payload } => (*status, payload),
+        Answer::Fault(CallFault::BadIndex { index, count }) => {
+            return Err(CallError::InvalidMethodIndex {
+                index: *index,
+                count: *count,
+            })
+        }
+        Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
+    };
+    match Status::from_raw(status) {
+        Status::Ok => Ok(payload),
+        Status::BufferTooSmall => Err(CallError::BufferTooSmall {
+            needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
+        }),
+        Status::SerializationError => Err(CallError::Serialization),
+        Status::PluginError => match wire::decode::<WirePluginError>(payload) {
+            Ok(e) => Err(CallError::Plugin(PluginError {
+                code: e.code,
+                message: e.message,
+                details: e.details,
+            })),
+            Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
+        },
+        Status::Panic if payload.is_empty() => Err(CallError::Panic(match g.info.buffer_strategy {
+            BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
+            BufferStrategy::PluginAllocated => "no message".into(),
+        })),
+        Status::Panic => match wire::decode::<String>(payload) {
+            Ok(msg) => Err(CallError::Panic(msg)),
+            Err(e) => Err(CallError::Deserialization(format!("PANIC payload: {e}"))),
+        },
+        Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
     }
 }

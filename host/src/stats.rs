@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::error::CallError;
+use crate::usage::ResourceUsage;
 
 /// Every [`CallError::kind`] name, in a fixed order (indexes into the counters).
-const KINDS: [&str; 20] = [
+const KINDS: [&str; 21] = [
     "buffer_too_small",
     "serialization",
     "deserialization",
@@ -17,6 +19,7 @@ const KINDS: [&str; 20] = [
     "unknown_status",
     "invalid_method_index",
     "unsupported",
+    "not_implemented",
     "contract",
     "worker_died",
     "timeout",
@@ -35,11 +38,20 @@ pub(crate) struct Counters {
     ok: AtomicU64,
     restarts: AtomicU64,
     errors: [AtomicU64; KINDS.len()],
+    exited: AtomicU64,
+    cpu_user_us: AtomicU64,
+    cpu_system_us: AtomicU64,
+    max_rss: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn call_started(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A started call that will be counted again (it moves to a reloaded pool).
+    pub(crate) fn call_retried(&self) {
+        self.calls.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn call_finished(&self, err: Option<&CallError>) {
@@ -54,6 +66,14 @@ impl Counters {
 
     pub(crate) fn restarted(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_exited(&self, u: &ResourceUsage) {
+        self.exited.fetch_add(1, Ordering::Relaxed);
+        self.cpu_user_us.fetch_add(u.user.as_micros() as u64, Ordering::Relaxed);
+        self.cpu_system_us
+            .fetch_add(u.system.as_micros() as u64, Ordering::Relaxed);
+        self.max_rss.fetch_max(u.max_rss, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self, live_workers: usize, events_dropped: u64) -> Stats {
@@ -73,12 +93,17 @@ impl Counters {
             errors,
             live_workers,
             events_dropped,
+            exited_workers: self.exited.load(Ordering::Relaxed),
+            cpu_user: Duration::from_micros(self.cpu_user_us.load(Ordering::Relaxed)),
+            cpu_system: Duration::from_micros(self.cpu_system_us.load(Ordering::Relaxed)),
+            max_rss: self.max_rss.load(Ordering::Relaxed),
         }
     }
 }
 
 /// A snapshot of a plugin's counters ([`Plugin::stats`](crate::Plugin::stats)).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Calls started.
     pub calls: u64,
@@ -98,6 +123,14 @@ pub struct Stats {
     pub live_workers: usize,
     /// Lifecycle events dropped because a subscriber was not keeping up.
     pub events_dropped: u64,
+    /// Worker processes that exited and were reaped with their resource usage.
+    pub exited_workers: u64,
+    /// User CPU time of the exited workers (and the descendants they waited for).
+    pub cpu_user: Duration,
+    /// System CPU time of the exited workers (and the descendants they waited for).
+    pub cpu_system: Duration,
+    /// The largest peak RSS of any exited worker, in bytes.
+    pub max_rss: u64,
 }
 
 #[cfg(test)]

@@ -2,20 +2,25 @@
 //! shuts everything down when dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
-use crossbeam_channel::Receiver;
 
 use crate::error::{BuildError, LoadError};
-use crate::events::{Event, EventHub};
+use crate::events::{EventHub, EventReceiver};
+use crate::hostfn::{HostImports, HostInterface};
 use crate::locate;
 use crate::netns::NetNsHolder;
+use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
-use crate::plugin::{Plugin, PluginShared, PluginSpec, Transport};
+use crate::plugin::{Generation, Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
+use crate::probe;
+use crate::signing::VerifyingKey;
+use crate::stats::Counters;
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
@@ -23,9 +28,32 @@ pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
 /// Default time a worker gets to exit after a shutdown request before SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The first argument that makes an executable act as a worker in self-worker
+/// mode (see [`SupervisorBuilder::self_worker`]).
+pub const SELF_WORKER_ARG: &str = "--bulkhead-worker";
+/// Set (to `1`) in the environment of every process the host starts in
+/// self-worker mode. A process that has it and builds a self-worker supervisor
+/// is an application whose `main` does not call
+/// [`worker_main_if_requested`](crate::worker_main_if_requested); `build()`
+/// then fails instead of starting yet another copy of the application.
+pub const SELF_WORKER_ENV: &str = "BULKHEAD_SELF_WORKER";
+
+/// Which executable serves as the worker.
+#[derive(Debug, Clone)]
+enum WorkerChoice {
+    /// Searched for (see [`SupervisorBuilder::worker_path`]).
+    Search,
+    /// This binary.
+    Path(PathBuf),
+    /// An application executable that calls `worker_main_if_requested`;
+    /// `None` = the current executable.
+    SelfExe(Option<PathBuf>),
+}
+
 /// Configures a [`Supervisor`].
+#[must_use = "a SupervisorBuilder does nothing until build() is called"]
 pub struct SupervisorBuilder {
-    worker: Option<PathBuf>,
+    worker: WorkerChoice,
     env_allow: Vec<String>,
     output: Option<OutputCallback>,
     grace: Duration,
@@ -34,7 +62,7 @@ pub struct SupervisorBuilder {
 impl Default for SupervisorBuilder {
     fn default() -> Self {
         Self {
-            worker: None,
+            worker: WorkerChoice::Search,
             env_allow: DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
             output: None,
             grace: DEFAULT_SHUTDOWN_GRACE,
@@ -42,11 +70,45 @@ impl Default for SupervisorBuilder {
     }
 }
 
+impl std::fmt::Debug for SupervisorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorBuilder")
+            .field("worker", &self.worker)
+            .field("env_allow", &self.env_allow)
+            .field("on_output", &self.output.is_some())
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SupervisorBuilder {
     /// Uses this worker binary. Default: searched for — `$BULKHEAD_WORKER`, beside
     /// the current executable and in its parent directory, then `$PATH`.
+    /// Production deployments should name the binary (or use
+    /// [`self_worker`](Self::self_worker)) rather than rely on the search.
     pub fn worker_path(mut self, path: impl AsRef<Path>) -> Self {
-        self.worker = Some(path.as_ref().to_path_buf());
+        self.worker = WorkerChoice::Path(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Self-worker mode: the application's own executable serves as the worker.
+    /// Its `main` must begin with
+    /// [`bulkhead::worker_main_if_requested()`](crate::worker_main_if_requested),
+    /// which turns a process started with [`SELF_WORKER_ARG`] into a worker.
+    /// Host and worker then come from one build and one `Cargo.lock`, and
+    /// nothing needs installing. `build()` checks the wiring by asking the
+    /// executable for its protocol version.
+    pub fn self_worker(mut self) -> Self {
+        self.worker = WorkerChoice::SelfExe(None);
+        self
+    }
+
+    /// Like [`self_worker`](Self::self_worker), with another executable of the
+    /// application that calls `worker_main_if_requested` first thing in `main`
+    /// (for example a binary target run from an integration test as
+    /// `env!("CARGO_BIN_EXE_<name>")`).
+    pub fn self_worker_exe(mut self, path: impl AsRef<Path>) -> Self {
+        self.worker = WorkerChoice::SelfExe(Some(path.as_ref().to_path_buf()));
         self
     }
 
@@ -72,18 +134,177 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Finds the worker binary and builds the supervisor.
+    /// Finds the worker binary, checks that it speaks this host's protocol
+    /// version (it runs `WORKER --protocol-version`), and builds the supervisor.
     pub fn build(self) -> Result<Supervisor, BuildError> {
-        let worker = locate::find(self.worker.as_deref())?;
+        let (worker, worker_args, worker_env) = match &self.worker {
+            WorkerChoice::Search => (locate::find(None)?, Vec::new(), Vec::new()),
+            WorkerChoice::Path(p) => (locate::find(Some(p))?, Vec::new(), Vec::new()),
+            WorkerChoice::SelfExe(p) => {
+                let exe = match p {
+                    Some(p) => locate::find(Some(p))?,
+                    None => std::env::current_exe().map_err(|e| BuildError::WorkerUnusable {
+                        worker: PathBuf::from("/proc/self/exe"),
+                        host: PROTOCOL_VERSION,
+                        reason: format!("cannot find the current executable: {e}"),
+                    })?,
+                };
+                if std::env::var_os(SELF_WORKER_ENV).is_some() {
+                    return Err(BuildError::WorkerUnusable {
+                        worker: exe,
+                        host: PROTOCOL_VERSION,
+                        reason: format!(
+                            "this process was started as a self-worker but its main did not call \
+                             bulkhead::worker_main_if_requested() first ({SELF_WORKER_ENV} is set)"
+                        ),
+                    });
+                }
+                (
+                    exe,
+                    vec![SELF_WORKER_ARG.to_string()],
+                    vec![(SELF_WORKER_ENV.to_string(), "1".to_string())],
+                )
+            }
+        };
+        let mut probe_env: Vec<(String, String)> = self
+            .env_allow
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect();
+        probe_env.extend(worker_env.iter().cloned());
+        probe::check(&worker, &worker_args, &probe_env, !worker_args.is_empty())?;
         Ok(Supervisor {
-            worker,
-            env_allow: self.env_allow,
-            output: self.output,
-            grace: self.grace,
-            events: Arc::new(EventHub::default()),
-            plugins: Mutex::new(Vec::new()),
-            netns: OnceLock::new(),
+            core: Arc::new(Core {
+                worker,
+                worker_args,
+                worker_env,
+                env_allow: self.env_allow,
+                output: self.output,
+                grace: self.grace,
+                events: Arc::new(EventHub::default()),
+                plugins: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+                netns: Mutex::new(NetNs::Unstarted),
+            }),
         })
+    }
+}
+
+/// A load, prepared: runs (blocking) on any thread.
+pub(crate) struct LoadJob {
+    label: Arc<str>,
+    path: PathBuf,
+    launch: Launch,
+    config: PoolConfig,
+    events: Arc<EventHub>,
+    call_timeout: Duration,
+    streaming: Vec<u32>,
+    max_message_size: u32,
+    stream_timeout: Option<Duration>,
+    signature_keys: Option<Vec<VerifyingKey>>,
+    host_interfaces: Vec<HostInterface>,
+    transport: Transport,
+    core: Arc<Core>,
+    counters: Arc<Counters>,
+}
+
+impl LoadJob {
+    /// Starts the workers and loads the plugin in each.
+    pub(crate) fn run(self) -> Result<Plugin, LoadError> {
+        let (core, counters) = (self.core.clone(), self.counters.clone());
+        let generation = self.run_generation()?;
+        Ok(Plugin {
+            shared: Arc::new(PluginShared {
+                core,
+                current: RwLock::new(Arc::new(generation)),
+                reloading: Mutex::new(()),
+                counters,
+            }),
+        })
+    }
+
+    /// Starts the workers of one generation (a load or a reload).
+    pub(crate) fn run_generation(mut self) -> Result<Generation, LoadError> {
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(LoadError::ShutDown);
+        }
+        let span = observe::load_span(&self.label, &self.path);
+        let _entered = span.enter();
+        // A signed plugin is verified once, here, and every worker (restarts
+        // included) loads the verified bytes from the sealed memfd.
+        if let Some(keys) = &self.signature_keys {
+            self.launch.library = Some(Arc::new(crate::signing::verified_library(&self.path, keys)?));
+        }
+        let started = Pool::start(self.label.clone(), self.launch, self.config, self.events);
+        observe::load_done(&span, &self.label, started.as_ref().map(|(p, _)| p.latest_pid()));
+        let (pool, info) = started?;
+        let host_imports = info
+            .bound_imports
+            .iter()
+            .filter_map(|&i| self.host_interfaces.get(i as usize).map(|h| h.name.clone()))
+            .collect();
+        for (layer, state) in info.sandbox.degraded() {
+            tracing::warn!(target: "bulkhead", plugin = &*self.label, %layer, state = ?state, "sandbox layer not fully enforced");
+        }
+        if self.transport == Transport::SharedMemory && !info.shm {
+            tracing::warn!(
+                target: "bulkhead",
+                plugin = &*self.label,
+                "shared memory was asked for but the worker could not map its region: using the socket transport"
+            );
+        }
+        Ok(Generation {
+            pool,
+            info,
+            path: self.path,
+            call_timeout: self.call_timeout,
+            streaming: self.streaming,
+            max_message_size: self.max_message_size,
+            stream_timeout: self.stream_timeout,
+            host_imports,
+        })
+    }
+}
+
+/// What every plugin of a supervisor shares: how to start workers, where events
+/// go, and the pools to stop at shutdown. Plugins keep it for reloads.
+pub(crate) struct Core {
+    worker: PathBuf,
+    worker_args: Vec<String>,
+    worker_env: Vec<(String, String)>,
+    env_allow: Vec<String>,
+    output: Option<OutputCallback>,
+    grace: Duration,
+    pub(crate) events: Arc<EventHub>,
+    plugins: Mutex<Vec<Weak<Pool>>>,
+    /// Set at shutdown: no pool starts afterwards.
+    closed: AtomicBool,
+    /// The shared empty network namespace, started with the first sandboxed
+    /// plugin that wants one; stopped at shutdown.
+    netns: Mutex<NetNs>,
+}
+
+/// The state of a supervisor's network-namespace holder.
+enum NetNs {
+    /// No sandboxed plugin asked for it yet.
+    Unstarted,
+    /// Running: workers join its namespace.
+    Running(NetNsHolder),
+    /// Could not start, or stopped at shutdown: workers create their own.
+    Unavailable,
+}
+
+/// Bytes per direction of a worker's shared region. The worker maps the region
+/// after it limited its own address space, so under `Limits::address_space`
+/// the region is sized to fit: both directions together take at most a quarter
+/// of the limit (larger payloads travel over the socket), leaving the rest to
+/// the worker and the plugin, instead of failing to map and silently falling
+/// back to the socket transport.
+fn shm_capacity(spec: &PluginSpec) -> u32 {
+    let cap = spec.shm_capacity.min(spec.max_message_size);
+    match spec.limits.address_space {
+        Some(limit) => cap.min(u32::try_from(limit / 8).unwrap_or(u32::MAX)),
+        None => cap,
     }
 }
 
@@ -91,15 +312,7 @@ impl SupervisorBuilder {
 /// [`shutdown`](Self::shutdown)) stops them all: a shutdown request, a grace
 /// period, then SIGKILL to each worker's process group; every child is reaped.
 pub struct Supervisor {
-    worker: PathBuf,
-    env_allow: Vec<String>,
-    output: Option<OutputCallback>,
-    grace: Duration,
-    events: Arc<EventHub>,
-    plugins: Mutex<Vec<Weak<Pool>>>,
-    /// The shared empty network namespace, started with the first sandboxed
-    /// plugin that wants one (`None`: unavailable; workers make their own).
-    netns: OnceLock<Option<NetNsHolder>>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl Supervisor {
@@ -110,11 +323,111 @@ impl Supervisor {
 
     /// The worker binary in use.
     pub fn worker_path(&self) -> &Path {
-        &self.worker
+        &self.core.worker
     }
 
     /// Starts the plugin's worker(s), loads the plugin in each and returns a handle.
     pub fn load(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let plugin = self.load_job(spec)?.run()?;
+        self.track(&plugin);
+        Ok(plugin)
+    }
+
+    /// Everything `load` needs, owned (so it can run on another thread).
+    pub(crate) fn load_job(&self, spec: PluginSpec) -> Result<LoadJob, LoadError> {
+        self.core.load_job(spec, Arc::new(Counters::default()))
+    }
+
+    /// Registers a loaded plugin's pool so shutdown reaches it (a plugin
+    /// loaded while the supervisor shut down is stopped at once).
+    pub(crate) fn track(&self, plugin: &Plugin) {
+        let _ = self.core.track_pool(&plugin.generation().pool);
+    }
+
+    /// Subscribes to lifecycle events of every plugin of this supervisor. Each
+    /// subscriber has a bounded buffer; events it does not consume in time are
+    /// dropped and counted in [`Stats::events_dropped`](crate::Stats::events_dropped).
+    pub fn events(&self) -> EventReceiver {
+        self.core.events.subscribe()
+    }
+
+    /// Stops every worker of every plugin and reports how each ended. Plugin
+    /// handles still held return [`CallError::ShutDown`](crate::CallError::ShutDown).
+    pub fn shutdown(self) -> Vec<WorkerReport> {
+        self.stop_all()
+    }
+
+    fn stop_all(&self) -> Vec<WorkerReport> {
+        let reports = self.take_pools().iter().flat_map(|p| p.shutdown()).collect();
+        self.core.stop_netns();
+        reports
+    }
+
+    /// Every live pool, removed from this supervisor (which starts no more).
+    pub(crate) fn take_pools(&self) -> Vec<Arc<Pool>> {
+        self.core.take_pools()
+    }
+}
+
+impl Core {
+    /// Starts a generation for `spec` (a reload) and registers its pool.
+    pub(crate) fn start(self: &Arc<Self>, spec: &PluginSpec, counters: Arc<Counters>) -> Result<Generation, LoadError> {
+        let generation = self.load_job(spec.clone(), counters)?.run_generation()?;
+        self.track_pool(&generation.pool)?;
+        Ok(generation)
+    }
+
+    /// Registers a pool so shutdown reaches it; after shutdown, stops it instead.
+    pub(crate) fn track_pool(&self, pool: &Arc<Pool>) -> Result<(), LoadError> {
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            drop(plugins);
+            pool.shutdown();
+            return Err(LoadError::ShutDown);
+        }
+        plugins.retain(|p| p.strong_count() > 0);
+        plugins.push(Arc::downgrade(pool));
+        Ok(())
+    }
+
+    /// The pid of the network-namespace holder, started on first use (`None`:
+    /// unavailable, or the supervisor is shut down).
+    fn netns_holder(&self, env: &[(String, String)]) -> Option<u32> {
+        let mut netns = self.netns.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*netns, NetNs::Unstarted) && !self.closed.load(Ordering::Acquire) {
+            *netns = match NetNsHolder::start(&self.worker, &self.worker_args, env) {
+                Ok(h) => NetNs::Running(h),
+                Err(why) => {
+                    tracing::debug!(target: "bulkhead", %why, "no shared network namespace; each worker creates its own");
+                    NetNs::Unavailable
+                }
+            };
+        }
+        match &*netns {
+            NetNs::Running(h) => Some(h.pid()),
+            _ => None,
+        }
+    }
+
+    /// Stops the network-namespace holder (workers that joined keep the
+    /// namespace alive for as long as they run).
+    fn stop_netns(&self) {
+        let old = std::mem::replace(&mut *self.netns.lock().unwrap_or_else(|e| e.into_inner()), NetNs::Unavailable);
+        drop(old);
+    }
+
+    /// Every live pool, removed; no pool starts afterwards.
+    fn take_pools(&self) -> Vec<Arc<Pool>> {
+        let plugins = {
+            let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *plugins)
+        };
+        plugins.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Everything a load needs, owned (so it can run on another thread).
+    fn load_job(self: &Arc<Self>, spec: PluginSpec, counters: Arc<Counters>) -> Result<LoadJob, LoadError> {
         let config = spec.config.clone().map_err(LoadError::Config)?;
         let label: Arc<str> = match &spec.plugin {
             Some(name) => name.as_str().into(),
@@ -134,41 +447,48 @@ impl Supervisor {
             arena_capacity: spec.arena_capacity,
             max_output: spec.max_message_size,
             shm_capacity: 0,
+            interface_hash: spec.interface_hash,
+            library_fd: spec.signature_keys.is_some(),
+            host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
             sandbox: spec.sandbox.to_policy(),
         };
+        let imports = (!spec.host_interfaces.is_empty()).then(|| {
+            Arc::new(HostImports {
+                interfaces: spec.host_interfaces.clone(),
+                max_callbacks: spec.max_callbacks,
+            })
+        });
         let mut env: Vec<(String, String)> = self
             .env_allow
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
+        env.extend(self.worker_env.iter().cloned());
         let mut args = spec.limits.to_args();
         if load.sandbox.wants_own_netns() {
-            let holder = self.netns.get_or_init(|| match NetNsHolder::start(&self.worker, &env) {
-                Ok(h) => Some(h),
-                Err(why) => {
-                    tracing::debug!(%why, "no shared network namespace; each worker creates its own");
-                    None
-                }
-            });
-            if let Some(h) = holder {
-                args.extend(["--netns-of".to_string(), h.pid().to_string()]);
+            if let Some(pid) = self.netns_holder(&env) {
+                args.extend(["--netns-of".to_string(), pid.to_string()]);
             }
         }
         env.extend(spec.env.iter().cloned());
         let launch = Launch {
             worker: self.worker.clone(),
+            worker_args: self.worker_args.clone(),
             args,
             env,
             path: path.clone(),
             label: label.clone(),
             load,
             shm_capacity: match spec.transport {
-                Transport::SharedMemory => spec.shm_capacity.min(spec.max_message_size),
+                Transport::SharedMemory => shm_capacity(&spec),
                 Transport::Socket => 0,
             },
             load_timeout: spec.load_timeout,
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
+            // Set by `LoadJob::run` once the library is verified.
+            library: None,
+            imports,
         };
         let config = PoolConfig {
             size: spec.workers,
@@ -176,53 +496,42 @@ impl Supervisor {
             policy: spec.restart.clone(),
             standby: spec.standby,
             grace: self.grace,
+            idle_timeout: spec.idle_timeout,
+            counters: counters.clone(),
         };
-        let (pool, info) = Pool::start(label.clone(), launch, config, self.events.clone())?;
-        for (layer, state) in info.sandbox.degraded() {
-            tracing::warn!(plugin = %label, %layer, state = ?state, "sandbox layer not fully enforced");
-        }
-        {
-            let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-            plugins.retain(|p| p.strong_count() > 0);
-            plugins.push(Arc::downgrade(&pool));
-        }
-        Ok(Plugin {
-            shared: Arc::new(PluginShared {
-                pool,
-                info,
-                path,
-                call_timeout: spec.call_timeout,
-                streaming: spec.streaming,
-                max_message_size: spec.max_message_size,
-            }),
+        Ok(LoadJob {
+            label,
+            path,
+            launch,
+            config,
+            events: self.events.clone(),
+            call_timeout: spec.call_timeout,
+            streaming: spec.streaming,
+            max_message_size: spec.max_message_size,
+            stream_timeout: spec.stream_timeout,
+            signature_keys: spec.signature_keys,
+            host_interfaces: spec.host_interfaces,
+            transport: spec.transport,
+            core: self.clone(),
+            counters,
         })
-    }
-
-    /// Subscribes to lifecycle events of every plugin of this supervisor. Each
-    /// subscriber has a bounded buffer; events it does not consume in time are
-    /// dropped and counted in [`Stats::events_dropped`](crate::Stats::events_dropped).
-    pub fn events(&self) -> Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// Stops every worker of every plugin and reports how each ended. Plugin
-    /// handles still held return [`CallError::ShutDown`](crate::CallError::ShutDown).
-    pub fn shutdown(self) -> Vec<WorkerReport> {
-        self.stop_all()
-    }
-
-    fn stop_all(&self) -> Vec<WorkerReport> {
-        let plugins = std::mem::take(&mut *self.plugins.lock().unwrap_or_else(|e| e.into_inner()));
-        plugins
-            .iter()
-            .filter_map(Weak::upgrade)
-            .flat_map(|p| p.shutdown())
-            .collect()
     }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        #[cfg(feature = "tokio")]
+        {
+            // In a runtime: never block one of its threads.
+            if let Err(pools) = crate::tokio_api::shutdown_off_runtime(self.take_pools()) {
+                for p in pools {
+                    p.shutdown();
+                }
+            }
+            // The holder exits as soon as its stdin closes: no real wait.
+            self.core.stop_netns();
+        }
+        #[cfg(not(feature = "tokio"))]
         self.stop_all();
     }
 }
@@ -230,7 +539,7 @@ impl Drop for Supervisor {
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("worker", &self.worker)
+            .field("worker", &self.core.worker)
             .finish_non_exhaustive()
     }
 }

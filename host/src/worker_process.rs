@@ -18,6 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,9 @@ use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
+use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
+use crate::usage::ResourceUsage;
 
 /// How long to wait for a worker that closed its socket to actually exit
 /// before concluding it closed the socket and kept running.
@@ -46,6 +49,8 @@ const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 /// Everything needed to start a worker for one plugin.
 pub(crate) struct Launch {
     pub worker: PathBuf,
+    /// Arguments before the worker's own (the self-worker marker, if any).
+    pub worker_args: Vec<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub path: PathBuf,
@@ -57,12 +62,20 @@ pub(crate) struct Launch {
     pub load_timeout: Duration,
     pub max_frame: u32,
     pub output: Option<OutputCallback>,
+    /// The verified library as a sealed memfd, sent to every worker.
+    pub library: Option<Arc<OwnedFd>>,
+    /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
+    pub imports: Option<Arc<HostImports>>,
 }
 
 /// Exit bookkeeping shared between the watcher (which reaps) and killers.
 pub(crate) struct ProcState {
     pid: u32,
     exit: Mutex<Option<Exit>>,
+    /// What the worker used, recorded by the reaper before it wakes waiters.
+    usage: Mutex<Option<ResourceUsage>>,
+    /// Set while a call runs on the worker (shutdown kills only these early).
+    pub(crate) busy: AtomicBool,
     // Never sent on: the watcher drops its sender after recording the exit, which
     // wakes every waiter at once.
     exited: Receiver<()>,
@@ -92,6 +105,11 @@ impl ProcState {
         *self.exit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What the worker used, once reaped.
+    pub(crate) fn usage(&self) -> Option<ResourceUsage> {
+        *self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The worker's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
@@ -110,6 +128,14 @@ pub(crate) struct WorkerProcess {
     pub(crate) max_frame: u32,
     /// The shared-memory data path, if the worker mapped it.
     pub(crate) shm: Option<Arc<Region>>,
+    /// Host interfaces the plugin may call back into.
+    pub(crate) imports: Option<Arc<HostImports>>,
+    /// Every call is a socket conversation (the plugin imports host interfaces).
+    pub(crate) sessions: bool,
+    /// The pool slot this worker serves (set by the pool).
+    pub(crate) slot: usize,
+    /// When it last finished a call (or started).
+    pub(crate) last_used: Instant,
 }
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
@@ -172,7 +198,8 @@ impl WorkerProcess {
             None
         };
         let mut cmd = Command::new(&launch.worker);
-        cmd.arg("--parent-pid")
+        cmd.args(&launch.worker_args)
+            .arg("--parent-pid")
             .arg(std::process::id().to_string())
             .args(&launch.args)
             .env_clear()
@@ -191,6 +218,8 @@ impl WorkerProcess {
         let proc = Arc::new(ProcState {
             pid,
             exit: Mutex::new(None),
+            usage: Mutex::new(None),
+            busy: AtomicBool::new(false),
             exited,
         });
         let wake = host_end.try_clone().map_err(spawn_err)?;
@@ -218,6 +247,10 @@ impl WorkerProcess {
             next_id: 1,
             max_frame: launch.max_frame,
             shm: None,
+            imports: launch.imports.clone(),
+            sessions: launch.imports.is_some(),
+            slot: 0,
+            last_used: Instant::now(),
         };
         match w.handshake(launch, region, deadline) {
             Ok(info) => Ok((w, info)),
@@ -253,6 +286,9 @@ impl WorkerProcess {
         if let (Ok(()), Some((_, fd))) = (&sent, &region) {
             sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
         }
+        if let (Ok(()), Some(fd)) = (&sent, &launch.library) {
+            sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
+        }
         let got = sent.and_then(|()| call::read_frame(&self.sock, &mut self.rx, MAX_HANDSHAKE_FRAME, deadline));
         let len = match got {
             Ok(len) => len,
@@ -269,6 +305,12 @@ impl WorkerProcess {
                     }));
                 }
                 validate_info(&info).map_err(|m| protocol(ProtocolError::BadInfo(m)))?;
+                let offered = launch.load.host_imports.len();
+                if let Some(bad) = info.bound_imports.iter().find(|&&i| i as usize >= offered) {
+                    return Err(protocol(ProtocolError::BadInfo(format!(
+                        "bound import {bad} of {offered} offered"
+                    ))));
+                }
                 // The worker says whether it mapped the region; if not, socket only.
                 self.shm = region.filter(|_| info.shm).map(|(r, _)| r);
                 Ok(*info)
@@ -378,6 +420,8 @@ pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
         WorkerMsg::LoadFailed(_) => "LoadFailed",
         WorkerMsg::Reply { .. } => "Reply",
         WorkerMsg::Fault { .. } => "Fault",
+        WorkerMsg::Callback { .. } => "Callback",
+        WorkerMsg::Pull => "Pull",
     }
 }
 
@@ -389,19 +433,32 @@ fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: Unix
     // The leader is a zombie: the group id is still ours. Take the plugin's
     // children down with it.
     let _ = killpg(pid, Signal::SIGKILL);
-    let status = loop {
-        match child.wait() {
-            Ok(s) => break Exit::from_status(s),
+    // wait4 reaps and returns the kernel's rusage of the worker and of the
+    // descendants it waited for.
+    let (status, usage) = loop {
+        match wait4::Wait4::wait4(&mut child) {
+            Ok(r) => {
+                let usage = ResourceUsage {
+                    user: r.rusage.utime,
+                    system: r.rusage.stime,
+                    max_rss: r.rusage.maxrss,
+                };
+                break (Exit::from_status(r.status), Some(usage));
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Only possible if someone else reaped it; report it as killed.
             Err(_) => {
-                break Exit::Signal {
-                    signal: Signal::SIGKILL as i32,
-                    core_dumped: false,
-                }
+                break (
+                    Exit::Signal {
+                        signal: Signal::SIGKILL as i32,
+                        core_dumped: false,
+                    },
+                    None,
+                )
             }
         }
     };
+    *state.usage.lock().unwrap_or_else(|e| e.into_inner()) = usage;
     *exit = Some(status);
     drop(exit);
     let _ = wake.shutdown(std::net::Shutdown::Both);

@@ -169,6 +169,97 @@ pub fn min_descriptor_size(abi_version: u32) -> Option<u32> {
     }
 }
 
+/// Status a host function returns when its interface is not bound (fidius' `HOST_CALL_STATUS_NOT_BOUND`).
+pub const HOST_CALL_NOT_BOUND: i32 = -7;
+/// Status for an out-of-range host function index (fidius' `STATUS_INVALID_INDEX`).
+pub const STATUS_INVALID_INDEX: i32 = -6;
+/// Export naming the plugin's host-import registry (fidius >= 0.5.7, optional).
+pub const HOST_IMPORTS_SYMBOL: &[u8] = b"fidius_get_host_imports\0";
+/// `registry_version` of a host-import registry.
+pub const HOST_IMPORTS_VERSION: u32 = 1;
+/// Most host imports read from one registry.
+pub const MAX_HOST_IMPORTS: u32 = 64;
+
+/// A stream handle (fidius `FidiusStreamHandle`, 24 bytes): built by the plugin
+/// for a server stream, by the worker for the input of a client stream.
+#[repr(C)]
+pub struct StreamHandle {
+    /// `next(handle, buf, cap, &out_len) -> status`: 0 item in `buf[..out_len]`,
+    /// -5 end, -1 `out_len` = size needed (the item is kept for the retry).
+    pub next: StreamNextFn,
+    /// Drops the producer and frees the handle; called exactly once.
+    pub drop_fn: StreamDropFn,
+    /// Producer state, owned by whoever built the handle.
+    pub state: *mut c_void,
+}
+
+/// A stream handle's `next`.
+pub type StreamNextFn = unsafe extern "C" fn(*mut StreamHandle, *mut u8, u32, *mut u32) -> i32;
+/// A stream handle's `drop_fn`.
+pub type StreamDropFn = unsafe extern "C" fn(*mut StreamHandle);
+/// A client-streaming (or bidirectional) slot: the input handle comes second.
+pub type ClientStreamMethod =
+    unsafe extern "C" fn(*mut c_void, *mut StreamHandle, *const u8, u32, *mut *mut u8, *mut u32) -> i32;
+
+/// The plugin's list of host interfaces it imports (fidius `HostImportRegistry`, 24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HostImportRegistry {
+    /// [`FIDIUS_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`HOST_IMPORTS_VERSION`].
+    pub registry_version: u32,
+    /// Number of entries in `imports`.
+    pub import_count: u32,
+    /// `import_count` pointers to descriptors.
+    pub imports: *const *const HostImportDescriptor,
+}
+
+/// One imported host interface (fidius `HostImportDescriptor`, 40 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HostImportDescriptor {
+    /// Size of this struct as the plugin built it (read first).
+    pub descriptor_size: u32,
+    /// 500.
+    pub abi_version: u32,
+    /// Interface (trait) name, NUL-terminated.
+    pub interface_name: *const c_char,
+    /// Signature hash the plugin was built against.
+    pub interface_hash: u64,
+    /// Version the plugin was built against.
+    pub interface_version: u32,
+    /// Installs a [`HostFunctionTable`]; returns 0 or a `BIND_ERR_*` code (< 0).
+    pub bind: unsafe extern "C" fn(*const HostFunctionTable) -> i32,
+}
+
+/// Host function dispatch: `(ctx, index, in, in_len, &out, &out_len) -> status`.
+pub type HostDispatchFn = unsafe extern "C" fn(*mut c_void, u32, *const u8, u32, *mut *mut u8, *mut u32) -> i32;
+
+/// The table a host hands to a plugin's bind shim (fidius `HostFunctionTable`, 56 bytes).
+/// The plugin keeps the pointer for the life of the process.
+#[repr(C)]
+pub struct HostFunctionTable {
+    /// Size of this struct.
+    pub table_size: u32,
+    /// 500.
+    pub abi_version: u32,
+    /// Interface name, NUL-terminated.
+    pub interface_name: *const c_char,
+    /// Signature hash (must equal the plugin's).
+    pub interface_hash: u64,
+    /// Version (must equal the plugin's).
+    pub interface_version: u32,
+    /// Number of functions (must equal the plugin's).
+    pub fn_count: u32,
+    /// Passed back as `dispatch`'s first argument.
+    pub ctx: *mut c_void,
+    /// The one entry point.
+    pub dispatch: HostDispatchFn,
+    /// Frees buffers `dispatch` returned.
+    pub free_buffer: FreeBufferFn,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +303,24 @@ mod tests {
         assert_eq!(min_descriptor_size(ABI_400), Some(104));
         assert_eq!(min_descriptor_size(ABI_500), Some(120));
         assert_eq!(min_descriptor_size(600), None);
+    }
+
+    #[test]
+    fn stream_and_host_import_layouts() {
+        assert_eq!(size_of::<StreamHandle>(), 24);
+        assert_eq!(offset_of!(StreamHandle, drop_fn), 8);
+        assert_eq!(offset_of!(StreamHandle, state), 16);
+        assert_eq!(size_of::<HostImportRegistry>(), 24);
+        assert_eq!(offset_of!(HostImportRegistry, imports), 16);
+        assert_eq!(size_of::<HostImportDescriptor>(), 40);
+        assert_eq!(offset_of!(HostImportDescriptor, interface_hash), 16);
+        assert_eq!(offset_of!(HostImportDescriptor, interface_version), 24);
+        assert_eq!(offset_of!(HostImportDescriptor, bind), 32);
+        assert_eq!(size_of::<HostFunctionTable>(), 56);
+        assert_eq!(offset_of!(HostFunctionTable, fn_count), 28);
+        assert_eq!(offset_of!(HostFunctionTable, ctx), 32);
+        assert_eq!(offset_of!(HostFunctionTable, dispatch), 40);
+        assert_eq!(offset_of!(HostFunctionTable, free_buffer), 48);
     }
 
     #[test]

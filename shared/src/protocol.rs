@@ -22,15 +22,29 @@ use crate::sandbox::{Layer, SandboxPolicy, SandboxReport};
 use crate::wire::{self, WireError};
 
 /// Version of this protocol; both sides refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 3 added the `--protocol-version` query every worker answers before
+/// any handshake (the host checks it when it builds a supervisor). Version 4
+/// added streams, client streams, host callbacks, the interface check and the
+/// verified-library descriptor. Version 5 added the sandbox policy and report.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 const TAG_LOAD: u8 = 0x01;
 const TAG_CALL: u8 = 0x02;
 const TAG_SHUTDOWN: u8 = 0x03;
+const TAG_STREAM_OPEN: u8 = 0x04;
+const TAG_STREAM_NEXT: u8 = 0x05;
+const TAG_STREAM_CLOSE: u8 = 0x06;
+const TAG_CLIENT_CALL: u8 = 0x07;
+const TAG_CALLBACK_REPLY: u8 = 0x08;
+const TAG_ITEM: u8 = 0x09;
 const TAG_LOADED: u8 = 0x81;
 const TAG_LOAD_FAILED: u8 = 0x82;
 const TAG_REPLY: u8 = 0x83;
 const TAG_FAULT: u8 = 0x84;
+const TAG_CALLBACK: u8 = 0x85;
+const TAG_PULL: u8 = 0x86;
+/// The tag byte of a `Pull` message (lets a reader tell it apart cheaply).
+pub const TAG_PULL_BYTE: u8 = TAG_PULL;
 
 /// Length of a `Call` frame before its payload: header, tag, id, method.
 pub const CALL_PREFIX_LEN: usize = HEADER_LEN + 1 + 8 + 4;
@@ -87,6 +101,28 @@ pub struct LoadRequest {
     pub shm_capacity: u32,
     /// The sandbox to apply before the library is opened.
     pub sandbox: SandboxPolicy,
+    /// Refuse a plugin whose `interface_hash` differs from this one.
+    pub interface_hash: Option<u64>,
+    /// The library arrives as a sealed memfd (`SCM_RIGHTS`, after the region's
+    /// fd if any) holding exactly the bytes the host verified; the worker loads
+    /// it through `/proc/self/fd/N` instead of `path`.
+    pub library_fd: bool,
+    /// Host interfaces the host implements; the worker binds each import the
+    /// plugin declares to one of these, and refuses the plugin if it cannot.
+    pub host_imports: Vec<HostImportWire>,
+}
+
+/// One host interface the host offers to plugins (`#[fidius::host_interface]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostImportWire {
+    /// The interface (trait) name.
+    pub name: String,
+    /// Its signature hash.
+    pub hash: u64,
+    /// Its declared version.
+    pub version: u32,
+    /// Number of functions in it.
+    pub fn_count: u32,
 }
 
 /// What the worker reports about the plugin it loaded.
@@ -120,10 +156,14 @@ pub struct PluginInfoWire {
     pub shm: bool,
     /// How each sandbox layer ended up.
     pub sandbox: SandboxReport,
+    /// Indices (into the load request's `host_imports`) of the host interfaces
+    /// the plugin imported and the worker bound.
+    pub bound_imports: Vec<u32>,
 }
 
 /// Why the worker could not load the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadFailure {
     /// Host and worker speak different protocol versions.
     #[error("protocol version mismatch: host speaks {host}, worker speaks {worker}")]
@@ -247,6 +287,55 @@ pub enum LoadFailure {
         /// Plugin name.
         plugin: String,
     },
+    /// The plugin implements another interface than the one the host expects.
+    #[error("interface hash mismatch: the host expects {expected:#018x}, plugin `{plugin}` has {found:#018x}")]
+    InterfaceMismatch {
+        /// Plugin name.
+        plugin: String,
+        /// The hash the host asked for.
+        expected: u64,
+        /// The plugin's hash.
+        found: u64,
+    },
+    /// The plugin imports a host interface the host did not register.
+    #[error("plugin imports host interface `{name}` (hash {hash:#018x}, version {version}), which the host does not provide")]
+    ImportNotProvided {
+        /// Interface name.
+        name: String,
+        /// The plugin's hash for it.
+        hash: u64,
+        /// The plugin's version of it.
+        version: u32,
+    },
+    /// The plugin imports a host interface by a name the host registered, but
+    /// built against another version or signature set.
+    #[error("host interface `{name}`: plugin built against version {plugin_version} hash {plugin_hash:#018x}, host provides version {host_version} hash {host_hash:#018x}")]
+    ImportMismatch {
+        /// Interface name.
+        name: String,
+        /// The plugin's hash.
+        plugin_hash: u64,
+        /// The plugin's version.
+        plugin_version: u32,
+        /// The host's hash.
+        host_hash: u64,
+        /// The host's version.
+        host_version: u32,
+    },
+    /// The plugin's bind shim refused the host table (a fidius `BIND_ERR_*` code).
+    #[error("binding host interface `{name}` failed with status {code}")]
+    ImportBind {
+        /// Interface name.
+        name: String,
+        /// The bind status.
+        code: i32,
+    },
+    /// The host-import registry is malformed.
+    #[error("malformed host-import registry: {reason}")]
+    BadImports {
+        /// What was wrong.
+        reason: String,
+    },
     /// The worker could not understand the load request.
     #[error("worker could not decode the load request: {reason}")]
     BadRequest {
@@ -266,6 +355,7 @@ pub enum LoadFailure {
 
 /// Ways a plugin broke the ABI contract during one call, detected by the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallFault {
     /// Arena output range lies outside the arena.
     #[error("arena output out of bounds: offset {offset} + length {len} > capacity {capacity}")]
@@ -305,6 +395,18 @@ pub enum CallFault {
         /// The plugin's method count.
         count: u32,
     },
+    /// A stream's init returned status 0 but a NULL handle.
+    #[error("stream init of method {index} returned a NULL handle")]
+    NullStreamHandle {
+        /// Slot index.
+        index: u32,
+    },
+    /// A stream operation arrived with no stream open (or a second open).
+    #[error("stream protocol misuse: {what}")]
+    StreamState {
+        /// What was wrong.
+        what: String,
+    },
     /// The input is too large to pass through the ABI's `u32` length.
     #[error("input of {len} bytes does not fit the ABI's u32 length")]
     InputTooLarge {
@@ -329,6 +431,51 @@ pub enum HostMsg<'a> {
     },
     /// Destroy the instance and exit.
     Shutdown,
+    /// Start server-streaming (or, with `input`, bidirectional) method
+    /// `method`; answered by a `Reply` (status 0 = open, empty payload).
+    StreamOpen {
+        /// Request id.
+        id: u64,
+        /// Vtable slot.
+        method: u32,
+        /// Whether the plugin pulls an input stream from the host (bidirectional).
+        input: bool,
+        /// Arguments (bincode tuple of the non-stream arguments).
+        payload: &'a [u8],
+    },
+    /// Pull the next item of the open stream; answered by a `Reply`.
+    StreamNext {
+        /// Request id.
+        id: u64,
+    },
+    /// Drop the open stream (exactly once); answered by an empty `Reply`.
+    StreamClose {
+        /// Request id.
+        id: u64,
+    },
+    /// Call client-streaming method `method`; the plugin pulls its input with `Pull`.
+    ClientCall {
+        /// Request id.
+        id: u64,
+        /// Vtable slot.
+        method: u32,
+        /// Arguments (bincode tuple of the non-stream arguments).
+        payload: &'a [u8],
+    },
+    /// The host's answer to a `Callback`.
+    CallbackReply {
+        /// fidius status of the host function.
+        status: i32,
+        /// Its output bytes.
+        payload: &'a [u8],
+    },
+    /// The host's answer to a `Pull`: status 0 with an item, or `-5` (end).
+    Item {
+        /// fidius status.
+        status: i32,
+        /// The item's bytes.
+        payload: &'a [u8],
+    },
 }
 
 /// Messages from worker to host.
@@ -354,6 +501,18 @@ pub enum WorkerMsg<'a> {
         /// What the plugin did.
         fault: CallFault,
     },
+    /// The plugin called host function `index` of bound import `import` during
+    /// the request in flight; the host answers with `CallbackReply`.
+    Callback {
+        /// Index into the load request's `host_imports`.
+        import: u32,
+        /// Function index within the interface.
+        index: u32,
+        /// Arguments (bincode tuple).
+        payload: &'a [u8],
+    },
+    /// The plugin pulls the next item of its input stream; the host answers with `Item`.
+    Pull,
 }
 
 struct Cursor<'a> {
@@ -449,6 +608,54 @@ impl<'a> HostMsg<'a> {
                 out.push(TAG_SHUTDOWN);
                 frame::finish(out);
             }
+            HostMsg::StreamOpen {
+                id,
+                method,
+                input,
+                payload,
+            } => {
+                frame::begin(out);
+                out.push(TAG_STREAM_OPEN);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&method.to_le_bytes());
+                out.push(u8::from(*input));
+                out.extend_from_slice(payload);
+                frame::finish(out);
+            }
+            HostMsg::StreamNext { id } => {
+                frame::begin(out);
+                out.push(TAG_STREAM_NEXT);
+                out.extend_from_slice(&id.to_le_bytes());
+                frame::finish(out);
+            }
+            HostMsg::StreamClose { id } => {
+                frame::begin(out);
+                out.push(TAG_STREAM_CLOSE);
+                out.extend_from_slice(&id.to_le_bytes());
+                frame::finish(out);
+            }
+            HostMsg::ClientCall { id, method, payload } => {
+                frame::begin(out);
+                out.push(TAG_CLIENT_CALL);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&method.to_le_bytes());
+                out.extend_from_slice(payload);
+                frame::finish(out);
+            }
+            HostMsg::CallbackReply { status, payload } => {
+                frame::begin(out);
+                out.push(TAG_CALLBACK_REPLY);
+                out.extend_from_slice(&status.to_le_bytes());
+                out.extend_from_slice(payload);
+                frame::finish(out);
+            }
+            HostMsg::Item { status, payload } => {
+                frame::begin(out);
+                out.push(TAG_ITEM);
+                out.extend_from_slice(&status.to_le_bytes());
+                out.extend_from_slice(payload);
+                frame::finish(out);
+            }
         }
     }
 
@@ -468,6 +675,54 @@ impl<'a> HostMsg<'a> {
                 })
             }
             TAG_SHUTDOWN => Cursor::new(rest, "shutdown").end().map(|()| HostMsg::Shutdown),
+            TAG_STREAM_OPEN => {
+                let mut c = Cursor::new(rest, "stream open");
+                let id = c.u64()?;
+                let method = c.u32()?;
+                let [flag] = c.take::<1>()?;
+                Ok(HostMsg::StreamOpen {
+                    id,
+                    method,
+                    input: flag != 0,
+                    payload: c.rest(),
+                })
+            }
+            TAG_STREAM_NEXT => {
+                let mut c = Cursor::new(rest, "stream next");
+                let id = c.u64()?;
+                c.end().map(|()| HostMsg::StreamNext { id })
+            }
+            TAG_STREAM_CLOSE => {
+                let mut c = Cursor::new(rest, "stream close");
+                let id = c.u64()?;
+                c.end().map(|()| HostMsg::StreamClose { id })
+            }
+            TAG_CLIENT_CALL => {
+                let mut c = Cursor::new(rest, "client call");
+                let id = c.u64()?;
+                let method = c.u32()?;
+                Ok(HostMsg::ClientCall {
+                    id,
+                    method,
+                    payload: c.rest(),
+                })
+            }
+            TAG_CALLBACK_REPLY => {
+                let mut c = Cursor::new(rest, "callback reply");
+                let status = c.i32()?;
+                Ok(HostMsg::CallbackReply {
+                    status,
+                    payload: c.rest(),
+                })
+            }
+            TAG_ITEM => {
+                let mut c = Cursor::new(rest, "item");
+                let status = c.i32()?;
+                Ok(HostMsg::Item {
+                    status,
+                    payload: c.rest(),
+                })
+            }
             other => Err(DecodeError::UnknownTag(other)),
         }
     }
@@ -489,6 +744,19 @@ impl<'a> WorkerMsg<'a> {
                 out.push(TAG_FAULT);
                 out.extend_from_slice(&id.to_le_bytes());
                 wire::encode_into(fault, out).expect("bincode encoding into a Vec is infallible");
+                frame::finish(out);
+            }
+            WorkerMsg::Callback { import, index, payload } => {
+                frame::begin(out);
+                out.push(TAG_CALLBACK);
+                out.extend_from_slice(&import.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(payload);
+                frame::finish(out);
+            }
+            WorkerMsg::Pull => {
+                frame::begin(out);
+                out.push(TAG_PULL);
                 frame::finish(out);
             }
         }
@@ -518,6 +786,17 @@ impl<'a> WorkerMsg<'a> {
                     fault: wire::decode(c.rest())?,
                 })
             }
+            TAG_CALLBACK => {
+                let mut c = Cursor::new(rest, "callback");
+                let import = c.u32()?;
+                let index = c.u32()?;
+                Ok(WorkerMsg::Callback {
+                    import,
+                    index,
+                    payload: c.rest(),
+                })
+            }
+            TAG_PULL => Cursor::new(rest, "pull").end().map(|()| WorkerMsg::Pull),
             other => Err(DecodeError::UnknownTag(other)),
         }
     }
@@ -549,6 +828,7 @@ mod tests {
             plugins_in_library: vec!["P".into(), "Q".into()],
             shm: true,
             sandbox: SandboxReport::off(7),
+            bound_imports: vec![0],
         }
     }
 
@@ -565,7 +845,36 @@ mod tests {
                 max_output: 1 << 20,
                 shm_capacity: 0,
                 sandbox: crate::sandbox::SandboxPolicy::none(),
+                interface_hash: Some(7),
+                library_fd: true,
+                host_imports: vec![HostImportWire {
+                    name: "H".into(),
+                    hash: 1,
+                    version: 2,
+                    fn_count: 3,
+                }],
             }),
+            HostMsg::StreamOpen {
+                id: 4,
+                method: 2,
+                input: true,
+                payload: b"args",
+            },
+            HostMsg::StreamNext { id: 5 },
+            HostMsg::StreamClose { id: 6 },
+            HostMsg::ClientCall {
+                id: 7,
+                method: 1,
+                payload: b"a",
+            },
+            HostMsg::CallbackReply {
+                status: -3,
+                payload: b"e",
+            },
+            HostMsg::Item {
+                status: -5,
+                payload: b"",
+            },
             HostMsg::Call {
                 id: u64::MAX,
                 method: 3,
@@ -607,6 +916,12 @@ mod tests {
                     capacity: 3,
                 },
             },
+            WorkerMsg::Callback {
+                import: 1,
+                index: 2,
+                payload: b"xy",
+            },
+            WorkerMsg::Pull,
         ];
         for msg in msgs {
             msg.encode(&mut buf);

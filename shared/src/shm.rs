@@ -53,6 +53,11 @@ pub const REQ_CALL: u32 = 1;
 pub const REQ_CALL_VIA_SOCKET: u32 = 2;
 /// Request kind: destroy the instance and exit.
 pub const REQ_SHUTDOWN: u32 = 3;
+/// Request kind: a conversation on the socket follows (streams, client
+/// streams, calls with host callbacks); the answer also comes on the socket.
+pub const REQ_SOCKET: u32 = 4;
+/// Request kind: the next item of the open stream, answered like a call.
+pub const REQ_STREAM_NEXT: u32 = 5;
 /// Response kind: the plugin's status and output (at `off`, `len` in the response area).
 pub const RESP_REPLY: u32 = 1;
 /// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.
@@ -468,40 +473,21 @@ fn wait_change(
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
+    use rustix::thread::futex;
+    let ts = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
     });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: FUTEX_WAIT on a 4-byte aligned word inside a live shared mapping
-    // (not FUTEX_PRIVATE: the word is shared between processes). The kernel
-    // returns at once if the word no longer equals `expected`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0,
-        );
-    }
+    // FUTEX_WAIT on a word inside a live shared mapping (not FUTEX_PRIVATE: the
+    // word is shared between processes). The kernel returns at once if the
+    // word no longer equals `expected`; EINTR and timeouts just return.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
 fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a word inside a live shared mapping; wakes all waiters.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0,
-        );
-    }
+    use rustix::thread::futex;
+    // Wakes all waiters on the shared word.
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
 /// Sends `fd` over `sock` with one marker byte (`SCM_RIGHTS`).

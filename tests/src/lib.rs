@@ -23,6 +23,8 @@ pub const FIXTURES: &[&str] = &[
     "fx-noregistry",
     "fx-old",
     "fx-hostile",
+    "fx-stream",
+    "fx-host",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).
@@ -91,6 +93,20 @@ pub mod blob {
     pub const PANIC: u32 = 2;
     pub const FAIL: u32 = 3;
     pub const ECHO_RAW: u32 = 4;
+}
+
+/// Slots of the `Streams` interface (`fx-stream`).
+pub mod streams {
+    pub const COUNT: u32 = 0;
+    pub const SUM: u32 = 4;
+    pub const PID: u32 = 7;
+}
+
+/// Slots of the `UsesHost` interface (`fx-host`) and its host interface `Host`.
+pub mod uses_host {
+    pub const ASK: u32 = 0;
+    pub const FLOOD: u32 = 4;
+    pub const BOUND: u32 = 5;
 }
 
 /// Paths of the built worker and fixtures.

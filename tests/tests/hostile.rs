@@ -154,11 +154,29 @@ fn forged_frames_are_protocol_errors() {
         plugins_in_library: vec![],
         shm: false,
         sandbox: bulkhead::SandboxReport::off(0),
+        bound_imports: vec![],
     };
     c.attack_socket(
         "a second handshake mid-call",
         |p| inject(p, frame(WorkerMsg::Loaded(Box::new(info))), 0, GENEROUS),
         |e| matches!(e, CallError::Protocol(ProtocolError::Unexpected { got: "Loaded" })),
+    );
+    c.attack_socket(
+        "a forged host callback from a plugin that imports nothing",
+        |p| {
+            let cb = WorkerMsg::Callback {
+                import: 0,
+                index: 0,
+                payload: b"x",
+            };
+            inject(p, frame(cb), 0, GENEROUS)
+        },
+        |e| matches!(e, CallError::Protocol(ProtocolError::Unexpected { got: "Callback" })),
+    );
+    c.attack_socket(
+        "a forged pull outside a client stream",
+        |p| inject(p, frame(WorkerMsg::Pull), 0, GENEROUS),
+        |e| matches!(e, CallError::Protocol(ProtocolError::Unexpected { got: "Pull" })),
     );
     c.attack_socket(
         "malformed bincode in a fault",

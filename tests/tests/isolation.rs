@@ -57,7 +57,9 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let outer = plugin.info().worker_pid;
     let fds = open_fds(plugin_process(outer));
-    assert_eq!(fds.len(), 4, "stdin, stdout, stderr and the socket: {fds:?}");
+    // The socket, plus the duplicate the plugin threads' callback channel uses.
+    assert_eq!(fds.len(), 5, "stdin, stdout, stderr and the socket (twice): {fds:?}");
+    assert_eq!(fds[3].1, fds[4].1, "both are the worker's own socket: {fds:?}");
     assert_eq!(fds[0], (0, "/dev/null".to_string()));
     assert!(
         fds[1].1.starts_with("pipe:") && fds[2].1.starts_with("pipe:"),

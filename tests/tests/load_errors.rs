@@ -158,21 +158,23 @@ fn bad_config_bytes_make_construct_fail() {
 
 #[test]
 fn plugin_selection() {
-    let r = rejected(spec("fx-greeter"));
-    assert_eq!(
-        r,
-        LoadFailure::Ambiguous {
-            available: vec!["HelloGreeter".into(), "ShoutGreeter".into()]
+    // Registry order is the linker's (unspecified): compare sorted names.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let both = vec!["HelloGreeter".to_string(), "ShoutGreeter".to_string()];
+    match rejected(spec("fx-greeter")) {
+        LoadFailure::Ambiguous { available } => assert_eq!(sorted(available), both),
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+    match rejected(spec("fx-greeter").plugin("Nope")) {
+        LoadFailure::PluginNotFound { requested, available } => {
+            assert_eq!(requested, "Nope");
+            assert_eq!(sorted(available), both);
         }
-    );
-    let r = rejected(spec("fx-greeter").plugin("Nope"));
-    assert_eq!(
-        r,
-        LoadFailure::PluginNotFound {
-            requested: "Nope".into(),
-            available: vec!["HelloGreeter".into(), "ShoutGreeter".into()]
-        }
-    );
+        other => panic!("expected PluginNotFound, got {other:?}"),
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, EventKind, Exit, Layer, Limits, RestartPolicy, Sandbox, Stream, Supervisor};
+use bulkhead::{Backoff, CallError, EventKind, Exit, Health, Layer, Limits, RestartPolicy, Sandbox, Stream, Supervisor};
 use bulkhead_tests::{alive, basic, fixtures, group_members, plugin_process, spec, supervisor, wait_gone};
 use crossbeam_channel::Receiver;
 
@@ -576,7 +576,18 @@ fn events_describe_the_lifecycle() {
     assert_eq!(x, 2);
     let second = plugin.info().worker_pid;
     let got: Vec<(Arc<str>, EventKind)> = events.try_iter().map(|e| (e.plugin, e.kind)).collect();
-    let kinds: Vec<EventKind> = got.iter().map(|(_, k)| k.clone()).collect();
+    // The exit carries the worker's rusage: it spun for 200 ms.
+    let kinds: Vec<EventKind> = got
+        .iter()
+        .map(|(_, k)| match k.clone() {
+            EventKind::WorkerExited { pid, exit, usage } => {
+                let u = usage.expect("rusage from the reap");
+                assert!(u.user + u.system > Duration::ZERO && u.max_rss > 0, "{u:?}");
+                EventKind::WorkerExited { pid, exit, usage: None }
+            }
+            other => other,
+        })
+        .collect();
     assert!(got.iter().all(|(p, _)| &**p == "BasicPlugin"));
     assert_eq!(
         kinds,
@@ -586,14 +597,26 @@ fn events_describe_the_lifecycle() {
                 pid: first,
                 limit: Duration::from_millis(200)
             },
+            EventKind::HealthChanged {
+                health: Health::Degraded {
+                    live: 0,
+                    workers: 1,
+                    restarting: 1,
+                    next_attempt: None
+                }
+            },
             EventKind::WorkerExited {
                 pid: first,
                 exit: Exit::Signal {
                     signal: 9,
                     core_dumped: false
-                }
+                },
+                usage: None
             },
             EventKind::WorkerStarted { pid: second },
+            EventKind::HealthChanged {
+                health: Health::Healthy
+            },
             EventKind::Restarted {
                 pid: second,
                 restarts: 1

@@ -5,17 +5,21 @@
 use std::io::{IoSlice, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use bulkhead_shared::frame::{self, ENVELOPE_OVERHEAD};
 use bulkhead_shared::protocol::{reply_prefix, HostMsg, LoadFailure, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_shared::shm::{self, Region};
 
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::channel;
 use crate::load::{self, Outcome, Plugin};
 use crate::sandbox;
 use crate::setup::{self, Args};
-use std::os::unix::ffi::OsStrExt;
 
 /// Exit code when the host broke the protocol.
 const EXIT_PROTOCOL: u8 = 65;
@@ -28,7 +32,7 @@ const SMALL_REPLY: usize = 16 * 1024;
 const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// Loads the plugin the host asks for, then serves calls until told to stop.
-pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
+pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     let mut rx = Vec::with_capacity(4096);
     let mut tx = Vec::with_capacity(SMALL_REPLY + 64);
 
@@ -39,7 +43,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
             Ok(other) => return fail_load(&mut sock, &mut tx, format!("expected Load, got {other:?}")),
             Err(e) => return fail_load(&mut sock, &mut tx, e.to_string()),
         },
-        Ok(false) => return ExitCode::SUCCESS,
+        Ok(false) => return 0,
         Err(e) => return fail_load(&mut sock, &mut tx, e.to_string()),
     };
     if req.protocol_version != PROTOCOL_VERSION {
@@ -62,12 +66,26 @@ pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
     } else {
         None
     };
+    // The verified library, when the host sent one, follows as a sealed memfd.
+    let library_fd = if req.library_fd {
+        match shm::recv_fd(&sock) {
+            Ok(fd) => Some(fd),
+            Err(e) => return fail_load(&mut sock, &mut tx, format!("library descriptor not received: {e}")),
+        }
+    } else {
+        None
+    };
+    let path = match &library_fd {
+        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => PathBuf::from(OsStr::from_bytes(&req.path)),
+    };
     let max_in = req.max_output.saturating_add(ENVELOPE_OVERHEAD);
     // The sandbox and the limits, before the library is opened. With a pid
     // namespace this process becomes the outer waiter inside `enter`, and what
-    // follows runs in the sandboxed worker.
-    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&req.path));
-    let entered = match sandbox::enter(&req.sandbox, path, args.netns_of) {
+    // follows runs in the sandboxed worker. A verified library arrives as a
+    // memfd: nothing on disk to bind into the sandbox's filesystem view.
+    let on_disk = library_fd.is_none().then(|| PathBuf::from(OsStr::from_bytes(&req.path)));
+    let entered = match sandbox::enter(&req.sandbox, on_disk.as_deref(), args.netns_of) {
         Ok(e) => e,
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
     };
@@ -78,13 +96,16 @@ pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
     if let Err(e) = setup::apply_limits(args, entered.helper_processes, own_user_ns) {
         return fail_load(&mut sock, &mut tx, e);
     }
-    let plugin = match load::load(&req) {
+    if let Err(e) = channel::install(&sock, max_in) {
+        return fail_load(&mut sock, &mut tx, format!("cannot clone the socket: {e}"));
+    }
+    let plugin = match load::load(&req, &path) {
         Ok((plugin, mut info)) => {
             info.shm = region.is_some();
             info.sandbox = entered.report;
             WorkerMsg::Loaded(Box::new(info)).encode(&mut tx);
             if sock.write_all(&tx).is_err() {
-                return ExitCode::SUCCESS;
+                return 0;
             }
             plugin
         }
@@ -104,6 +125,13 @@ pub fn run(mut sock: UnixStream, args: &Args) -> ExitCode {
     }
 }
 
+/// What the serve loop does after a socket request.
+enum Step {
+    Continue,
+    Exit(u8),
+    Shutdown,
+}
+
 struct Server {
     sock: UnixStream,
     rx: Vec<u8>,
@@ -114,51 +142,107 @@ struct Server {
 
 impl Server {
     /// Reads the next frame from the host; `None` ends the worker with this code.
-    fn next_frame(&mut self) -> Result<(), ExitCode> {
+    fn next_frame(&mut self) -> Result<(), u8> {
         match frame::read_frame(&mut self.sock, &mut self.rx, self.max_in) {
             Ok(true) => Ok(()),
             // The host closed the socket: nothing left to serve.
-            Ok(false) => Err(ExitCode::SUCCESS),
+            Ok(false) => Err(0),
             Err(e) => {
                 eprintln!("bulkhead-worker: bad frame from host: {e}");
-                Err(ExitCode::from(EXIT_PROTOCOL))
+                Err(EXIT_PROTOCOL)
             }
         }
     }
 
-    fn serve_socket(mut self) -> ExitCode {
+    fn serve_socket(mut self) -> u8 {
         loop {
             if let Err(code) = self.next_frame() {
                 return code;
             }
-            match HostMsg::decode(&self.rx) {
-                Ok(HostMsg::Call { id, method, payload }) => {
-                    let (sock, tx) = (&mut self.sock, &mut self.tx);
-                    let sent = self
-                        .plugin
-                        .call(method, payload, None, |outcome| reply(sock, tx, id, outcome));
-                    if let Err(e) = sent {
-                        eprintln!("bulkhead-worker: cannot answer the host: {e}");
-                        return ExitCode::SUCCESS;
-                    }
-                }
-                Ok(HostMsg::Shutdown) => {
+            match self.handle_socket_frame(None) {
+                Step::Continue => {}
+                Step::Exit(code) => return code,
+                Step::Shutdown => {
                     self.plugin.destroy();
-                    return ExitCode::SUCCESS;
-                }
-                Ok(HostMsg::Load(_)) => {
-                    eprintln!("bulkhead-worker: second Load request");
-                    return ExitCode::from(EXIT_PROTOCOL);
-                }
-                Err(e) => {
-                    eprintln!("bulkhead-worker: bad message from host: {e}");
-                    return ExitCode::from(EXIT_PROTOCOL);
+                    return 0;
                 }
             }
         }
     }
 
-    fn serve_shm(mut self, region: &Region) -> ExitCode {
+    /// Handles the request in `self.rx` and answers on the socket. `expect_id`
+    /// is the id the region announced (shared-memory transport). `Some` ends the worker.
+    fn handle_socket_frame(&mut self, expect_id: Option<u64>) -> Step {
+        let rx = std::mem::take(&mut self.rx);
+        let result = self.handle_msg(&rx, expect_id);
+        self.rx = rx;
+        result
+    }
+
+    fn handle_msg(&mut self, rx: &[u8], expect_id: Option<u64>) -> Step {
+        let msg = match HostMsg::decode(rx) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("bulkhead-worker: bad message from host: {e}");
+                return Step::Exit(EXIT_PROTOCOL);
+            }
+        };
+        let id = match &msg {
+            HostMsg::Call { id, .. }
+            | HostMsg::StreamOpen { id, .. }
+            | HostMsg::StreamNext { id }
+            | HostMsg::StreamClose { id }
+            | HostMsg::ClientCall { id, .. } => Some(*id),
+            _ => None,
+        };
+        if expect_id.is_some() && id != expect_id {
+            eprintln!("bulkhead-worker: expected the announced request, got {msg:?}");
+            return Step::Exit(EXIT_PROTOCOL);
+        }
+        let (sock, tx) = (&mut self.sock, &mut self.tx);
+        // The channel closes (waiting out an exchange in flight) before the answer is written.
+        let answer = |id: u64| {
+            move |outcome: Outcome<'_>| {
+                channel::set_open(false);
+                reply(sock, tx, id, outcome)
+            }
+        };
+        // The plugin may reach the host (callbacks, pulls) only while the host
+        // is listening on the socket for this request's answer.
+        channel::set_open(true);
+        let sent = match msg {
+            HostMsg::Call { id, method, payload } => self.plugin.call(method, payload, None, answer(id)),
+            HostMsg::StreamOpen {
+                id,
+                method,
+                input,
+                payload,
+            } => self.plugin.stream_open(method, input, payload, answer(id)),
+            HostMsg::StreamNext { id } => self.plugin.stream_next(answer(id)),
+            HostMsg::StreamClose { id } => {
+                self.plugin.close_stream();
+                answer(id)(Outcome::Status { status: 0, output: &[] })
+            }
+            HostMsg::ClientCall { id, method, payload } => self.plugin.client_call(method, payload, answer(id)),
+            HostMsg::Shutdown => {
+                channel::set_open(false);
+                return Step::Shutdown;
+            }
+            other => {
+                channel::set_open(false);
+                eprintln!("bulkhead-worker: unexpected message from host: {other:?}");
+                return Step::Exit(EXIT_PROTOCOL);
+            }
+        };
+        channel::set_open(false);
+        if let Err(e) = sent {
+            eprintln!("bulkhead-worker: cannot answer the host: {e}");
+            return Step::Exit(0);
+        }
+        Step::Continue
+    }
+
+    fn serve_shm(mut self, region: &Region) -> u8 {
         let mut last = 0u32;
         loop {
             last = region.wait_request(last, WORKER_SPIN);
@@ -167,7 +251,7 @@ impl Server {
                 shm::REQ_CALL => {
                     let Some(input) = region.request_payload(req.len) else {
                         eprintln!("bulkhead-worker: request of {} bytes exceeds the region", req.len);
-                        return ExitCode::from(EXIT_PROTOCOL);
+                        return EXIT_PROTOCOL;
                     };
                     self.answer_shm(region, req.id, req.method, input)
                 }
@@ -182,24 +266,38 @@ impl Server {
                         }
                         other => {
                             eprintln!("bulkhead-worker: expected the announced call, got {other:?}");
-                            return ExitCode::from(EXIT_PROTOCOL);
+                            return EXIT_PROTOCOL;
                         }
                     };
                     self.rx = rx;
                     sent
                 }
+                shm::REQ_STREAM_NEXT => self.answer_shm_stream_next(region, req.id),
+                shm::REQ_SOCKET => {
+                    if let Err(code) = self.next_frame() {
+                        return code;
+                    }
+                    match self.handle_socket_frame(Some(req.id)) {
+                        Step::Continue => Ok(()),
+                        Step::Exit(code) => return code,
+                        Step::Shutdown => {
+                            self.plugin.destroy();
+                            return 0;
+                        }
+                    }
+                }
                 shm::REQ_SHUTDOWN => {
                     self.plugin.destroy();
-                    return ExitCode::SUCCESS;
+                    return 0;
                 }
                 other => {
                     eprintln!("bulkhead-worker: unknown request kind {other}");
-                    return ExitCode::from(EXIT_PROTOCOL);
+                    return EXIT_PROTOCOL;
                 }
             };
             if let Err(e) = sent {
                 eprintln!("bulkhead-worker: cannot answer the host: {e}");
-                return ExitCode::SUCCESS;
+                return 0;
             }
         }
     }
@@ -211,31 +309,53 @@ impl Server {
         // Between a request and its response the worker owns the response area.
         let area = region.response_area_raw();
         let (sock, tx) = (&mut self.sock, &mut self.tx);
-        self.plugin.call(method, input, Some(area), |outcome| match outcome {
-            Outcome::Status { status, output } => {
-                if let Some(off) = region.offset_in_response_area(output) {
-                    region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
-                    Ok(())
-                } else if region.write_response(output) {
-                    region.post_response(shm::RESP_REPLY, id, status, 0, output.len() as u32);
-                    Ok(())
-                } else {
-                    region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
-                    reply(sock, tx, id, Outcome::Status { status, output })
-                }
-            }
-            Outcome::Fault(fault) => {
-                tx.clear();
-                bulkhead_shared::wire::encode_into(&fault, tx).expect("encoding into a Vec cannot fail");
-                if region.write_response(tx) {
-                    region.post_response(shm::RESP_FAULT, id, 0, 0, tx.len() as u32);
-                    Ok(())
-                } else {
-                    region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
-                    reply(sock, tx, id, Outcome::Fault(fault))
-                }
-            }
+        self.plugin.call(method, input, Some(area), |outcome| {
+            post_outcome(region, sock, tx, id, outcome)
         })
+    }
+
+    /// The next item of the open stream, answered through the region.
+    fn answer_shm_stream_next(&mut self, region: &Region, id: u64) -> std::io::Result<()> {
+        let (sock, tx) = (&mut self.sock, &mut self.tx);
+        self.plugin
+            .stream_next(|outcome| post_outcome(region, sock, tx, id, outcome))
+    }
+}
+
+/// Answers request `id` through the region: output already in the response
+/// area (Arena) is announced in place, other output is copied in, and output
+/// too large for the region goes over the socket.
+fn post_outcome(
+    region: &Region,
+    sock: &mut UnixStream,
+    tx: &mut Vec<u8>,
+    id: u64,
+    outcome: Outcome<'_>,
+) -> std::io::Result<()> {
+    match outcome {
+        Outcome::Status { status, output } => {
+            if let Some(off) = region.offset_in_response_area(output) {
+                region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
+                Ok(())
+            } else if region.write_response(output) {
+                region.post_response(shm::RESP_REPLY, id, status, 0, output.len() as u32);
+                Ok(())
+            } else {
+                region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
+                reply(sock, tx, id, Outcome::Status { status, output })
+            }
+        }
+        Outcome::Fault(fault) => {
+            tx.clear();
+            bulkhead_shared::wire::encode_into(&fault, tx).expect("encoding into a Vec cannot fail");
+            if region.write_response(tx) {
+                region.post_response(shm::RESP_FAULT, id, 0, 0, tx.len() as u32);
+                Ok(())
+            } else {
+                region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
+                reply(sock, tx, id, Outcome::Fault(fault))
+            }
+        }
     }
 }
 
@@ -274,12 +394,12 @@ fn write_all_vectored(sock: &mut UnixStream, a: &[u8], b: &[u8]) -> std::io::Res
     sock.write_all(b)
 }
 
-fn fail_load(sock: &mut UnixStream, tx: &mut Vec<u8>, reason: String) -> ExitCode {
+fn fail_load(sock: &mut UnixStream, tx: &mut Vec<u8>, reason: String) -> u8 {
     send_load_failure(sock, tx, LoadFailure::BadRequest { reason })
 }
 
-fn send_load_failure(sock: &mut UnixStream, tx: &mut Vec<u8>, why: LoadFailure) -> ExitCode {
+fn send_load_failure(sock: &mut UnixStream, tx: &mut Vec<u8>, why: LoadFailure) -> u8 {
     WorkerMsg::LoadFailed(why).encode(tx);
     let _ = sock.write_all(tx);
-    ExitCode::SUCCESS
+    0
 }

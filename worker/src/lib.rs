@@ -19,20 +19,43 @@
 //!
 //! Usage (the host builds this command line): `bulkhead-worker --parent-pid PID
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
-//! [--limit-fsize BYTES] [--core-dumps] [--netns-of PID]`, or `bulkhead-worker
-//! --parent-pid PID --hold-netns` for the supervisor's network-namespace holder.
+//! [--limit-fsize BYTES] [--core-dumps] [--netns-of PID]`, or `--version`, or
+//! `--protocol-version`, or `bulkhead-worker --parent-pid PID --hold-netns` for
+//! the supervisor's network-namespace holder.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
+);
+
+mod channel;
 mod dispatch;
+mod imports;
 mod load;
 mod sandbox;
 mod setup;
+mod streams;
+mod sys;
 
 use std::process::ExitCode;
+
+use bulkhead_shared::protocol::PROTOCOL_VERSION;
 
 /// Exit code for a malformed command line.
 const EXIT_USAGE: u8 = 64;
 /// Exit code when the worker could not prepare itself (before any plugin code ran).
 const EXIT_SETUP: u8 = 71;
+
+/// The first argument that makes an application's own executable act as a
+/// worker (self-worker mode): the host starts `current_exe SELF_WORKER_ARG
+/// --parent-pid ...`, and the application's `main` hands such a command line
+/// to [`run_with_args`] before doing anything else.
+pub const SELF_WORKER_ARG: &str = "--bulkhead-worker";
+
+/// The line `--protocol-version` prints, before the number: the fixed prefix
+/// every worker version answers with, so a host can read the version of any
+/// worker without speaking its protocol. Frozen: never change it.
+pub const PROTOCOL_LINE_PREFIX: &str = "bulkhead-protocol ";
 
 /// Runs the worker with this process's command line (`std::env::args`, program
 /// name skipped) and returns the exit code the process should end with.
@@ -40,16 +63,37 @@ const EXIT_SETUP: u8 = 71;
 /// Call it only in a process started by the bulkhead host as a worker: it takes
 /// over fd 0, closes inherited descriptors and loads untrusted code.
 pub fn run() -> ExitCode {
-    run_with_args(std::env::args().skip(1))
+    ExitCode::from(run_with_args(std::env::args().skip(1)))
 }
 
-/// Runs the worker with the given arguments (the program name excluded).
-pub fn run_with_args(args: impl Iterator<Item = String>) -> ExitCode {
+/// Runs the worker with the given arguments (the program name excluded) and
+/// returns the process exit code.
+///
+/// Besides the host's command line, two queries answer at once and exit 0:
+/// `--version` prints the crate and protocol versions, and
+/// `--protocol-version` prints one line, [`PROTOCOL_LINE_PREFIX`] followed by
+/// the protocol version.
+pub fn run_with_args(args: impl Iterator<Item = String>) -> u8 {
+    let mut args = args.peekable();
+    match args.peek().map(String::as_str) {
+        Some("--version") => {
+            println!(
+                "bulkhead-worker {} (protocol {PROTOCOL_VERSION})",
+                env!("CARGO_PKG_VERSION")
+            );
+            return 0;
+        }
+        Some("--protocol-version") => {
+            println!("{PROTOCOL_LINE_PREFIX}{PROTOCOL_VERSION}");
+            return 0;
+        }
+        _ => {}
+    }
     let args = match setup::Args::parse(args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("bulkhead-worker: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return EXIT_USAGE;
         }
     };
     if args.hold_netns {
@@ -59,7 +103,7 @@ pub fn run_with_args(args: impl Iterator<Item = String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bulkhead-worker: setup failed: {e}");
-            return ExitCode::from(EXIT_SETUP);
+            return EXIT_SETUP;
         }
     };
     dispatch::run(sock, &args)

@@ -5,10 +5,9 @@
 //! Arena ranges are bounds-checked, and a descriptor is never read past its
 //! declared `descriptor_size`.
 
-use std::ffi::{c_char, c_void, OsStr};
+use std::ffi::{c_char, c_void};
 use std::io::Read;
 use std::mem::MaybeUninit;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use bulkhead_shared::abi::{
@@ -39,22 +38,26 @@ pub enum Outcome<'a> {
 
 /// A loaded, constructed plugin instance.
 pub struct Plugin {
-    desc: PluginDescriptor,
-    abi: u32,
-    strategy: BufferStrategy,
-    inst: *mut c_void,
+    pub(crate) desc: PluginDescriptor,
+    pub(crate) abi: u32,
+    pub(crate) strategy: BufferStrategy,
+    pub(crate) inst: *mut c_void,
+    /// The open server (or bidirectional) stream, if any.
+    pub(crate) stream: Option<*mut abi::StreamHandle>,
+    /// Buffer the stream's items are written into; grows on demand.
+    pub(crate) stream_buf: Vec<u8>,
     /// The worker's own arena (used when no area is lent or it is too small).
     arena: Vec<u8>,
     /// Current arena size; starts at the requested capacity, grows on demand.
     arena_cap: usize,
-    max_output: u32,
+    pub(crate) max_output: u32,
     // Dropped last: every pointer above points into it.
     _lib: Library,
 }
 
-/// Loads, validates and constructs the plugin `req` describes.
-pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> {
-    let path = Path::new(OsStr::from_bytes(&req.path));
+/// Loads, validates and constructs the plugin `req` describes, from `path`
+/// (the request's path, or the verified memfd's `/proc/self/fd/N`).
+pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), LoadFailure> {
     check_elf(path)?;
 
     // SAFETY: dlopen runs the library's initialisers, which is plugin code. That is
@@ -146,6 +149,16 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
     let trait_metadata =
         read_meta(desc.trait_metadata, desc.trait_metadata_count).map_err(|r| bad(format!("trait metadata {r}")))?;
     let method_metadata = read_method_meta(&desc).map_err(|r| bad(format!("method metadata {r}")))?;
+    if let Some(expected) = req.interface_hash {
+        if expected != desc.interface_hash {
+            return Err(LoadFailure::InterfaceMismatch {
+                plugin: plugin_name,
+                expected,
+                found: desc.interface_hash,
+            });
+        }
+    }
+    let bound_imports = crate::imports::bind_all(&lib, &req.host_imports)?;
 
     let inst = match desc.construct {
         Some(construct) if desc.abi_version == ABI_500 => {
@@ -178,6 +191,7 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         plugins_in_library: names,
         shm: false,
         sandbox: bulkhead_shared::sandbox::SandboxReport::off(0),
+        bound_imports,
     };
     let arena = vec![
         0u8;
@@ -192,6 +206,8 @@ pub fn load(req: &LoadRequest) -> Result<(Plugin, PluginInfoWire), LoadFailure> 
         desc,
         strategy,
         inst,
+        stream: None,
+        stream_buf: Vec::new(),
         arena,
         arena_cap: req.arena_capacity as usize,
         max_output: req.max_output,
@@ -274,7 +290,7 @@ fn check_elf(path: &Path) -> Result<(), LoadFailure> {
         let p_type = u32::from_le_bytes(ph[0..4].try_into().expect("4 bytes"));
         let (offset, filesz) = (u64_at(ph, 8), u64_at(ph, 32));
         const PT_LOAD: u32 = 1;
-        if p_type == PT_LOAD && offset.checked_add(filesz).is_none_or(|end| end > size) {
+        if p_type == PT_LOAD && offset.checked_add(filesz).map_or(true, |end| end > size) {
             return not_elf(format!(
                 "truncated: a loadable segment spans bytes {offset}..{} of a {size}-byte file",
                 offset.saturating_add(filesz)
@@ -356,7 +372,7 @@ fn read_descriptor(dptr: *const PluginDescriptor, index: u32) -> Result<(PluginD
 }
 
 /// Reads a NUL-terminated string of at most [`MAX_CSTR`] bytes as UTF-8.
-fn read_cstr(ptr: *const c_char) -> Result<String, String> {
+pub(crate) fn read_cstr(ptr: *const c_char) -> Result<String, String> {
     if ptr.is_null() {
         return Err("is NULL".into());
     }
@@ -459,6 +475,17 @@ impl Plugin {
             // SAFETY: inst came from construct; input is valid and non-NULL.
             unsafe { m(self.inst, input.as_ptr(), in_len, &mut out, &mut out_len) }
         };
+        self.finish_alloc_output(status, out, out_len, f)
+    }
+
+    /// Hands PluginAllocated output to `f`, then frees it with the plugin's `free_buffer`.
+    pub(crate) fn finish_alloc_output<R>(
+        &mut self,
+        status: i32,
+        out: *mut u8,
+        out_len: u32,
+        f: impl FnOnce(Outcome<'_>) -> R,
+    ) -> R {
         if out.is_null() {
             return if out_len == 0 {
                 f(Outcome::Status { status, output: &[] })
@@ -552,8 +579,10 @@ impl Plugin {
         }
     }
 
-    /// Destroys the instance (ABI 500); called once, on shutdown.
-    pub fn destroy(self) {
+    /// Destroys the instance (ABI 500); called once, on shutdown. An open
+    /// stream is dropped first.
+    pub fn destroy(mut self) {
+        self.close_stream();
         if let (Some(destroy), false) = (self.desc.destroy, self.inst.is_null()) {
             // SAFETY: inst came from this plugin's construct and is destroyed once.
             unsafe { destroy(self.inst) };

@@ -109,15 +109,29 @@ pub fn hygiene(args: &Args) -> Result<(), String> {
     prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))
 }
 
-/// Closes every descriptor above stderr except `keep`.
+/// Closes every descriptor above stderr except `keep`: with `close_range`
+/// (no `/proc` needed, so it works in a chroot or a minimal mount namespace);
+/// on kernels without it, descriptor by descriptor up to the open-files limit.
 fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| format!("list /proc/self/fd: {e}"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2 && fd != keep) {
-        // The directory handle used for listing is already closed: EBADF is fine.
-        let _ = nix::unistd::close(fd);
+    let keep = u32::try_from(keep).map_err(|_| format!("bad socket descriptor {keep}"))?;
+    let ranges = [(3, keep.saturating_sub(1)), (keep.saturating_add(1), u32::MAX)];
+    let mut fallback = false;
+    for (first, last) in ranges {
+        match crate::sys::close_range(first, last) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL) => fallback = true,
+            Err(e) => return Err(format!("close_range({first}, {last}): {e}")),
+        }
+    }
+    if fallback {
+        // Bounded by the open-files limit: no descriptor can be at or above it.
+        let (soft, _) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+            .map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
+        let end = soft.min(1 << 20) as RawFd;
+        for fd in (3..end).filter(|&fd| fd as u32 != keep) {
+            // EBADF (not open) is the common case and fine.
+            let _ = nix::unistd::close(fd);
+        }
     }
     Ok(())
 }

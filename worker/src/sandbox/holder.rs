@@ -14,7 +14,6 @@
 //! from connecting to another's abstract Unix sockets.
 
 use std::io::{Read, Write};
-use std::process::ExitCode;
 
 use nix::sched::{unshare, CloneFlags};
 
@@ -23,7 +22,7 @@ use crate::setup::Args;
 
 /// Runs the holder: prints `ready` once the namespaces exist (or `error <why>`
 /// and exits), then blocks until stdin reaches end-of-file.
-pub fn hold_netns(args: &Args) -> ExitCode {
+pub fn hold_netns(args: &Args) -> u8 {
     let mut out = std::io::stdout();
     let result = (|| {
         crate::setup::hygiene(args)?;
@@ -33,11 +32,11 @@ pub fn hold_netns(args: &Args) -> ExitCode {
     })();
     if let Err(why) = result {
         let _ = writeln!(out, "error {why}");
-        return ExitCode::from(1);
+        return 1;
     }
     let _ = writeln!(out, "ready");
     let _ = out.flush();
     let mut buf = [0u8; 64];
     while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
-    ExitCode::SUCCESS
+    0
 }

@@ -156,14 +156,7 @@ fn close_all_except(keep: &[RawFd]) {
 }
 
 fn close_range(first: u32, last: u32) {
-    if first > last {
-        return;
-    }
-    // SAFETY: close_range only closes descriptors. The callers are outer and
-    // init, which never touch the objects that owned these descriptors again
-    // (they end in `exit`), so nothing can use a closed or reused number.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
-    if rc != 0 {
+    if crate::sys::close_range(first, last).is_err() {
         // Kernels before 5.9: close one by one up to the descriptor limit.
         let max = nix::unistd::sysconf(nix::unistd::SysconfVar::OPEN_MAX)
             .ok()

@@ -64,7 +64,7 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
     .iter()
     .map(PathBuf::from)
     .collect();
-    readable.push(plan.library.clone());
+    readable.extend(plan.library.clone());
     readable.extend(plan.read.iter().cloned());
     if !matches!(plan.policy.net, NetPolicy::None) {
         readable.extend(

@@ -53,7 +53,8 @@ pub struct Entered {
 /// The paths and policy one sandbox is built from.
 pub(crate) struct Plan<'a> {
     pub(crate) policy: &'a SandboxPolicy,
-    pub(crate) library: PathBuf,
+    /// The plugin library on disk (`None`: it arrived as a verified memfd).
+    pub(crate) library: Option<PathBuf>,
     pub(crate) read: Vec<PathBuf>,
     pub(crate) write: Vec<PathBuf>,
     /// The supervisor's network-namespace holder, if it has one.
@@ -83,7 +84,7 @@ impl Plan<'_> {
 /// Applies `policy` to this process; returns (in the process that goes on to
 /// load the plugin) the report. With a pid namespace, the process that called
 /// this never returns: it becomes the outer waiter (see [`init`]).
-pub fn enter(policy: &SandboxPolicy, library: &Path, netns_of: Option<i32>) -> Result<Entered, LoadFailure> {
+pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i32>) -> Result<Entered, LoadFailure> {
     let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
     if !policy.enabled() {
         return Ok(Entered {
@@ -94,7 +95,7 @@ pub fn enter(policy: &SandboxPolicy, library: &Path, netns_of: Option<i32>) -> R
     let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
     let plan = Plan {
         policy,
-        library: library.to_path_buf(),
+        library: library.map(Path::to_path_buf),
         read: policy.read.iter().map(os).collect(),
         write: policy.write.iter().map(os).collect(),
         netns_of,

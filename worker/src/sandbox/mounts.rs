@@ -72,20 +72,22 @@ impl Sources {
                 super::identity::NOBODY
             )
         };
-        match open_path(&plan.library) {
-            Ok(fd) => out.push(Source {
-                path: plan.library.clone(),
-                fd,
-                writable: false,
-            }),
-            Err(nix::errno::Errno::EACCES) => {
-                return Err(format!(
-                    "cannot reach the plugin library {}: permission denied {}",
-                    plan.library.display(),
-                    as_uid()
-                ))
+        if let Some(library) = &plan.library {
+            match open_path(library) {
+                Ok(fd) => out.push(Source {
+                    path: library.clone(),
+                    fd,
+                    writable: false,
+                }),
+                Err(nix::errno::Errno::EACCES) => {
+                    return Err(format!(
+                        "cannot reach the plugin library {}: permission denied {}",
+                        library.display(),
+                        as_uid()
+                    ))
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
         for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
             for p in paths {

@@ -1,0 +1,73 @@
+//! Streams (server, client, bidirectional), an optional method, and a host
+//! callback, through a typed client.
+//!
+//! `cargo build -p fx-stream -p fx-host && cargo run -p bulkhead-examples --example streams_and_callbacks`
+//!
+//! `bulkhead::client!` turns the interface crate's generated constants into one
+//! Rust method per plugin method, checks the interface hash at load, answers
+//! optional methods the plugin lacks with `NotImplemented` (no round trip), and
+//! knows the streaming slots from the interface crate's descriptor.
+
+use bulkhead::{CallError, HostInterface, PluginSpec, Supervisor};
+use bulkhead_examples::fixture_library;
+use fx_host_iface::__fidius_UsesHost as uses_host;
+use fx_host_iface::__fidius_host_Host as host;
+use fx_iface::__fidius_Streams as streams;
+
+bulkhead::client! {
+    /// Typed access to plugins implementing the `Streams` interface.
+    pub struct StreamsClient for fx_iface::__fidius_Streams
+        (hash = Streams_INTERFACE_HASH, descriptor = Streams_WASM_DESCRIPTOR) {
+        fn pid() -> u32 = METHOD_PID;
+        optional(Streams_CAP_EXTRA) fn extra(x: u64) -> u64 = METHOD_EXTRA;
+        stream fn count(n: u64) -> u64 = METHOD_COUNT;
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    bulkhead::worker_main_if_requested();
+    let supervisor = Supervisor::builder().self_worker().build()?;
+    let lib = fixture_library("fx-stream");
+
+    // The current plugin implements the optional `extra`; the old one does not.
+    let client = StreamsClient::load(&supervisor, PluginSpec::new(&lib).plugin("StreamPlugin"))?;
+    let old = StreamsClient::load(&supervisor, PluginSpec::new(&lib).plugin("OldStreamPlugin"))?;
+    println!("extra(41) = {}", client.extra(41)?);
+    match old.extra(41) {
+        Err(CallError::NotImplemented { capabilities, .. }) => {
+            println!("old plugin: extra not implemented (capabilities {capabilities:#x}), no request sent")
+        }
+        other => return Err(format!("expected NotImplemented, got {other:?}").into()),
+    }
+
+    // A server stream is an iterator; items are produced one per pull.
+    let items: Vec<u64> = client.count(5)?.collect::<Result<_, _>>()?;
+    println!("count(5) = {items:?}");
+    // Dropping a stream early cancels it in the plugin.
+    let first_two: Vec<u64> = client.count(1_000_000)?.take(2).collect::<Result<_, _>>()?;
+    println!("first two of a million: {first_two:?} (the rest never produced)");
+    // Client and bidirectional streams: the plugin pulls the host's items.
+    let sum: u64 = client
+        .plugin()
+        .call_client_stream(streams::METHOD_SUM, 1..=100u64, &(0u64,))?;
+    let doubled: Vec<u64> = client
+        .plugin()
+        .bidi_stream(streams::METHOD_DOUBLE, [1u64, 2, 3], &())?
+        .collect::<Result<_, _>>()?;
+    println!("sum(1..=100) = {sum}, double([1, 2, 3]) = {doubled:?}");
+
+    // A plugin that calls back into the host (`#[fidius::host_interface]`).
+    let host_impl = HostInterface::new(
+        "Host",
+        host::Host_HOST_INTERFACE_HASH,
+        host::Host_HOST_INTERFACE_VERSION,
+        host::Host_HOST_FN_COUNT,
+    )
+    .function(host::HOST_FN_LOOKUP, |(key,): (String,)| {
+        format!("<{key} from the host>")
+    });
+    let caller = supervisor.load(PluginSpec::new(fixture_library("fx-host")).host_interface(host_impl))?;
+    let answer: String = caller.call(uses_host::METHOD_ASK, &("colour".to_string(),))?;
+    println!("plugin asked the host: {answer}");
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! A typed client: `bulkhead::client!` turns a fidius interface into Rust
+//! methods (no slot numbers in calling code), and its `load` refuses a plugin
+//! built against another version of the interface — the worker checks the
+//! interface hash before the plugin is constructed.
+//!
+//! `cargo build -p fx-basic && cargo run -p bulkhead-examples --example typed_client`
+
+use std::time::Duration;
+
+use bulkhead::{CallError, PluginSpec, Supervisor};
+use bulkhead_examples::plugin_library;
+
+bulkhead::client! {
+    /// Typed access to plugins of the fixture's `Basic` interface.
+    pub struct BasicClient for fx_iface::__fidius_Basic (hash = Basic_INTERFACE_HASH) {
+        fn greet(name: String) -> String = METHOD_GREET;
+        fn add(a: i64, b: i64) -> i64 = METHOD_ADD;
+        fn sleep_ms(ms: u64) -> u64 = METHOD_SLEEP_MS;
+        fn pid() -> u32 = METHOD_PID;
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    bulkhead::worker_main_if_requested();
+
+    let supervisor = Supervisor::builder().self_worker().build()?;
+    let spec = PluginSpec::new(plugin_library()).call_timeout(Duration::from_millis(500));
+    let client = BasicClient::load(&supervisor, spec)?;
+    println!("interface hash {:#018x} checked at load", BasicClient::INTERFACE_HASH);
+    println!("{}", client.greet("typed client".to_string())?);
+    println!("2 + 40 = {}", client.add(2, 40)?);
+    println!("slept {} ms in worker {}", client.sleep_ms(10)?, client.pid()?);
+    // Every typed method keeps the call contract: a call past its deadline is
+    // an error value and the worker is replaced.
+    match client.sleep_ms(5_000) {
+        Err(CallError::Timeout { limit, .. }) => println!("a call over its {limit:?} deadline is an error value"),
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+    println!("next call on worker {}", client.pid()?);
+    Ok(())
+}

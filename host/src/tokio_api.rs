@@ -1,0 +1,256 @@
+//! The async API (feature `tokio`).
+//!
+//! Calls and loads block on I/O with the worker (a call spins up to 200 µs, then
+//! waits on a futex), so the async methods run that blocking part on tokio's
+//! blocking pool (`spawn_blocking`) and await its result: no executor thread
+//! spins or blocks. Works on current-thread and multi-thread runtimes.
+//!
+//! # Cancellation
+//! Dropping a call's future (or aborting its task, or losing a
+//! `tokio::time::timeout` race) does **not** interrupt the call: it runs on to
+//! its answer or its own deadline on the blocking thread, its result is
+//! discarded, and the worker is neither killed nor restarted — the slot goes
+//! back to the pool for the next call. A worker stuck in a call is bounded by
+//! the call's timeout as usual (`call_async_with_timeout`), which is the way to
+//! bound a call's cost; an outer `tokio::time::timeout` only bounds the wait.
+//! Dropping a `load_async` future likewise lets the load finish; the plugin
+//! handle it produced is then dropped, which stops its workers.
+//!
+//! # Shutdown
+//! [`Supervisor::shutdown_async`] stops every worker on the blocking pool. In a
+//! tokio runtime, dropping the last [`Plugin`] handle or the [`Supervisor`]
+//! moves the (up to grace-period long) shutdown to the blocking pool too, so it
+//! never blocks a runtime thread; outside a runtime it stays synchronous.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bulkhead_shared::wire;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{CallError, LoadError};
+use crate::events::Event;
+use crate::plugin::{MethodIndex, Plugin, PluginSpec};
+use crate::pool::{Pool, WorkerReport};
+use crate::stream::PluginStream;
+use crate::supervisor::Supervisor;
+
+/// Runs `f` on tokio's blocking pool and awaits it; a panic in `f` resumes here.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime is shutting down.
+        Err(e) => panic!("bulkhead: blocking task cancelled: {e}"),
+    }
+}
+
+impl Supervisor {
+    /// [`load`](Self::load) without blocking the runtime: the workers start on
+    /// the blocking pool. Must be awaited within a tokio runtime.
+    pub async fn load_async(&self, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let job = self.load_job(spec)?;
+        let plugin = blocking(move || job.run()).await?;
+        self.track(&plugin);
+        Ok(plugin)
+    }
+
+    /// Lifecycle events as a [`Stream`](futures_core::Stream) (same events and
+    /// bounded buffer as [`events`](Self::events)).
+    pub fn event_stream(&self) -> EventStream {
+        EventStream {
+            rx: self.core.events.subscribe_async(),
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown) on the blocking pool: stops every worker
+    /// of every plugin and reports how each ended.
+    pub async fn shutdown_async(self) -> Vec<WorkerReport> {
+        let pools = self.take_pools();
+        blocking(move || pools.iter().flat_map(|p| p.shutdown()).collect()).await
+    }
+}
+
+/// Lifecycle events of a supervisor's plugins, as a stream; see
+/// [`Supervisor::event_stream`]. Ends when the supervisor is gone.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: tokio::sync::mpsc::Receiver<Event>,
+}
+
+impl EventStream {
+    /// The next event, or `None` once the supervisor is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Plugin {
+    /// [`call`](Self::call) as a future: the arguments are encoded now, the
+    /// call runs on tokio's blocking pool. See the module docs for what
+    /// dropping the future does (the call completes; the worker is kept).
+    pub fn call_async<A: Serialize + ?Sized, R: DeserializeOwned + Send + 'static>(
+        &self,
+        index: impl Into<MethodIndex>,
+        args: &A,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send + 'static {
+        self.call_async_with_timeout(index, args, self.generation().call_timeout)
+    }
+
+    /// [`call_async`](Self::call_async) with this call's own timeout.
+    pub fn call_async_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned + Send + 'static>(
+        &self,
+        index: impl Into<MethodIndex>,
+        args: &A,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send + 'static {
+        let index = index.into().0;
+        let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
+        let plugin = self.clone();
+        async move {
+            let input = encoded?;
+            blocking(move || {
+                let out = plugin.call_raw_with_timeout(index, &input, timeout)?;
+                wire::decode(&out).map_err(|e| CallError::Deserialization(e.to_string()))
+            })
+            .await
+        }
+    }
+
+    /// [`call_raw`](Self::call_raw) as a future.
+    pub fn call_raw_async(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
+        self.call_raw_async_with_timeout(index, input, self.generation().call_timeout)
+    }
+
+    /// [`call_raw_async`](Self::call_raw_async) with this call's own timeout.
+    pub fn call_raw_async_with_timeout(
+        &self,
+        index: impl Into<MethodIndex>,
+        input: Vec<u8>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
+        let index = index.into().0;
+        let plugin = self.clone();
+        async move { blocking(move || plugin.call_raw_with_timeout(index, &input, timeout)).await }
+    }
+}
+
+/// The stream and the item one blocking pull produced.
+type Pulled<T> = (PluginStream<T>, Option<Result<T, CallError>>);
+
+/// A [`PluginStream`] as a [`Stream`](futures_core::Stream) (feature `tokio`):
+/// each item is pulled on tokio's blocking pool, one at a time, so the plugin
+/// still never runs ahead of the consumer. Dropping it drops the stream on the
+/// blocking pool (the plugin's `drop_fn` runs there, exactly once); an item
+/// being pulled at that moment is pulled to its end first.
+pub struct AsyncPluginStream<T: 'static> {
+    inner: Option<PluginStream<T>>,
+    pending: Option<tokio::task::JoinHandle<Pulled<T>>>,
+}
+
+impl<T: 'static> std::fmt::Debug for AsyncPluginStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncPluginStream")
+            .field("pulling", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for AsyncPluginStream<T> {
+    type Item = Result<T, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.pending.is_none() {
+            let Some(mut s) = self.inner.take() else {
+                return Poll::Ready(None);
+            };
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let item = s.next();
+                (s, item)
+            }));
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        match Pin::new(pending).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(joined) => {
+                self.pending = None;
+                match joined {
+                    Ok((s, item)) => {
+                        if item.is_some() {
+                            self.inner = Some(s);
+                        }
+                        Poll::Ready(item)
+                    }
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Poll::Ready(Some(Err(CallError::ShutDown))),
+                }
+            }
+        }
+    }
+}
+
+impl<T: 'static> Drop for AsyncPluginStream<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.inner.take() {
+            // Closing talks to the worker: keep it off the runtime's threads.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                drop(handle.spawn_blocking(move || drop(s)));
+            }
+        }
+    }
+}
+
+impl Plugin {
+    /// [`stream`](Self::stream) as an async [`Stream`](futures_core::Stream):
+    /// the stream opens on the blocking pool.
+    pub fn stream_async<A: Serialize + ?Sized, T: DeserializeOwned + Send + 'static>(
+        &self,
+        index: impl Into<MethodIndex>,
+        args: &A,
+    ) -> impl std::future::Future<Output = Result<AsyncPluginStream<T>, CallError>> + Send + 'static {
+        let index = index.into();
+        let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
+        let plugin = self.clone();
+        async move {
+            let input = encoded?;
+            let inner = blocking(move || plugin.stream_encoded::<T>(index.0, input)).await?;
+            Ok(AsyncPluginStream {
+                inner: Some(inner),
+                pending: None,
+            })
+        }
+    }
+}
+
+/// Stops `pools` on the blocking pool when called inside a tokio runtime
+/// (returns at once), else right here. Returns whether it was moved off.
+pub(crate) fn shutdown_off_runtime(pools: Vec<Arc<Pool>>) -> Result<(), Vec<Arc<Pool>>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            // If the runtime is shutting down the closure is dropped unrun;
+            // dropping the last pool handle then shuts the pool down anyway.
+            drop(handle.spawn_blocking(move || {
+                for p in pools {
+                    p.shutdown();
+                }
+            }));
+            Ok(())
+        }
+        Err(_) => Err(pools),
+    }
+}

@@ -1,0 +1,16 @@
+//! An application that selects self-worker mode but forgets to call
+//! `bulkhead::worker_main_if_requested()` in `main`. `build()` must refuse
+//! (and the copy it starts to ask for the protocol version must not start
+//! copies of its own). Prints `built` or `build failed: <error>`.
+
+use bulkhead::Supervisor;
+
+fn main() {
+    match Supervisor::builder().self_worker().build() {
+        Ok(_) => println!("built"),
+        Err(e) => {
+            println!("build failed: {e}");
+            std::process::exit(3);
+        }
+    }
+}
