@@ -20,7 +20,11 @@ pub(crate) struct NetNsHolder {
 impl NetNsHolder {
     /// Starts the holder; `Err` says why it is not available (workers then
     /// create network namespaces of their own).
-    pub(crate) fn start(worker: &Path, worker_args: &[String], env: &[(String, String)]) -> Result<NetNsHolder, String> {
+    pub(crate) fn start(
+        worker: &Path,
+        worker_args: &[String],
+        env: &[(String, String)],
+    ) -> Result<NetNsHolder, String> {
         let mut cmd = Command::new(worker);
         cmd.args(worker_args)
             .arg("--parent-pid")

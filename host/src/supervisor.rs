@@ -412,7 +412,10 @@ impl Core {
     /// Stops the network-namespace holder (workers that joined keep the
     /// namespace alive for as long as they run).
     fn stop_netns(&self) {
-        let old = std::mem::replace(&mut *self.netns.lock().unwrap_or_else(|e| e.into_inner()), NetNs::Unavailable);
+        let old = std::mem::replace(
+            &mut *self.netns.lock().unwrap_or_else(|e| e.into_inner()),
+            NetNs::Unavailable,
+        );
         drop(old);
     }
 

@@ -218,7 +218,8 @@ fn reload_drains_in_flight_calls_then_serves_the_new_version() {
         .unwrap();
     let events = sup.events();
     let plugin = sup.load(spec("fx-basic")).unwrap();
-    let old_pid: u32 = plugin.call(basic::PID, &()).unwrap();
+    let _: u32 = plugin.call(basic::PID, &()).unwrap();
+    let old_pid = plugin.worker_pids()[0];
     let slow = {
         let plugin = plugin.clone();
         std::thread::spawn(move || plugin.call::<_, u64>(basic::ANNOUNCE_THEN_SLEEP, &("slow".to_string(), 1500u64)))
@@ -238,7 +239,8 @@ fn reload_drains_in_flight_calls_then_serves_the_new_version() {
         (reports[0].pid, reports[0].exit, reports[0].forced),
         (old_pid, Some(Exit::Code(0)), false)
     );
-    let new_pid: u32 = plugin.call(basic::PID, &()).unwrap();
+    let _: u32 = plugin.call(basic::PID, &()).unwrap();
+    let new_pid = plugin.worker_pids()[0];
     assert_ne!(new_pid, old_pid);
     assert_eq!(plugin.worker_pids(), vec![new_pid]);
     wait_for(&events, "reloaded", |k| matches!(k, EventKind::Reloaded { .. }));
@@ -307,7 +309,14 @@ fn idle_workers_stop_and_restart_on_the_next_call() {
     let sup = supervisor();
     let events = sup.events();
     let plugin = sup
-        .load(spec("fx-basic").workers(2).idle_timeout(Duration::from_millis(300)))
+        // The plugin reports its pid to name the worker that answered: that
+        // takes the host's pid namespace (every other sandbox layer stays on).
+        .load(
+            spec("fx-basic")
+                .workers(2)
+                .idle_timeout(Duration::from_millis(300))
+                .sandbox(bulkhead::Sandbox::strict().without(bulkhead::Layer::PidNs)),
+        )
         .unwrap();
     let first: u32 = plugin.call(basic::PID, &()).unwrap();
     let mut stopped = Vec::new();
@@ -335,7 +344,8 @@ fn resource_usage_of_a_cpu_burning_worker() {
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let mem = plugin.memory();
     assert_eq!(mem.len(), 1);
-    assert!(mem[0].rss > 0 && mem[0].processes == 1, "{mem:?}");
+    // The sandboxed worker is three processes: outer, init and the plugin's.
+    assert!(mem[0].rss > 0 && mem[0].processes == 3, "{mem:?}");
     let pid = plugin.info().worker_pid;
     let _: u64 = plugin.call(basic::WORK, &(30_000_000u64,)).unwrap();
     let _ = plugin.call::<_, u32>(basic::EXIT, &(0i32,)).unwrap_err();

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, EventKind, Exit, Health, Layer, Limits, RestartPolicy, Sandbox, Stream, Supervisor};
+use bulkhead::{
+    Backoff, CallError, EventKind, Exit, Health, Layer, Limits, RestartPolicy, Sandbox, Stream, Supervisor,
+};
 use bulkhead_tests::{alive, basic, fixtures, group_members, plugin_process, spec, supervisor, wait_gone};
 use crossbeam_channel::Receiver;
 

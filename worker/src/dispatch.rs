@@ -84,7 +84,9 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     // namespace this process becomes the outer waiter inside `enter`, and what
     // follows runs in the sandboxed worker. A verified library arrives as a
     // memfd: nothing on disk to bind into the sandbox's filesystem view.
-    let on_disk = library_fd.is_none().then(|| PathBuf::from(OsStr::from_bytes(&req.path)));
+    let on_disk = library_fd
+        .is_none()
+        .then(|| PathBuf::from(OsStr::from_bytes(&req.path)));
     let entered = match sandbox::enter(&req.sandbox, on_disk.as_deref(), args.netns_of) {
         Ok(e) => e,
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
