@@ -416,6 +416,9 @@ pub enum CallFault {
 }
 
 /// Messages from host to worker.
+// `Load` (with its sandbox policy) is larger than the hot messages, but it is
+// decoded once per worker, and boxing it would cost every encode and decode.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMsg<'a> {
     /// Load a plugin (first message).
