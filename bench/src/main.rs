@@ -273,11 +273,11 @@ fn main() {
             )
             .expect("load");
         let warm_restart = crash_to_next_answer(&warm, n, || {
-            // Let the next standby come up before crashing again.
-            while !matches!(
-                events.recv().map(|e| e.kind),
-                Ok(bulkhead::EventKind::WorkerStarted { .. })
-            ) {}
+            // Let the next standby come up (the pool holds the worker and the
+            // standby again) before crashing again; each event is a chance.
+            while warm.worker_pids().len() < 2 {
+                let _ = events.recv_timeout(Duration::from_secs(5));
+            }
         });
         let _ = events.try_iter().count();
         drop(warm);
