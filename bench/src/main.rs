@@ -275,8 +275,10 @@ fn main() {
         let warm_restart = crash_to_next_answer(&warm, n, || {
             // Let the next standby come up (the pool holds the worker and the
             // standby again) before crashing again; each event is a chance.
+            let deadline = Instant::now() + Duration::from_secs(30);
             while warm.worker_pids().len() < 2 {
-                let _ = events.recv_timeout(Duration::from_secs(5));
+                assert!(Instant::now() < deadline, "the standby did not come back");
+                let _ = events.recv_timeout(Duration::from_millis(100));
             }
         });
         let _ = events.try_iter().count();
