@@ -757,3 +757,22 @@ fn workers_share_one_empty_network_namespace_but_cannot_meet_in_it() {
         }
     }
 }
+
+#[test]
+fn a_library_in_a_private_directory_loads_in_the_sandbox() {
+    // A root host's worker runs as uid 65534, which cannot search a 0700
+    // directory of root's: the worker opens the library before giving up its
+    // identity and loads it through that descriptor.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("private");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let lib = dir.0.join("libprivate.so");
+    std::fs::copy(fixtures().lib("fx-basic"), &lib).unwrap();
+    let sup = supervisor();
+    let p = sup
+        .load(bulkhead::PluginSpec::new(&lib).transport(transport()))
+        .unwrap();
+    assert_eq!(p.info().sandbox.degraded().count(), 0, "{:?}", p.info().sandbox);
+    let sum: i64 = p.call(bulkhead_tests::basic::ADD, &(40i64, 2i64)).unwrap();
+    assert_eq!(sum, 42);
+}

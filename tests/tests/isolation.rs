@@ -57,9 +57,18 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
     let plugin = sup.load(spec("fx-basic")).unwrap();
     let outer = plugin.info().worker_pid;
     let fds = open_fds(plugin_process(outer));
-    // The socket, plus the duplicate the plugin threads' callback channel uses.
-    assert_eq!(fds.len(), 5, "stdin, stdout, stderr and the socket (twice): {fds:?}");
-    assert_eq!(fds[3].1, fds[4].1, "both are the worker's own socket: {fds:?}");
+    // The socket, plus the duplicate the plugin threads' callback channel uses,
+    // and the plugin library, opened before the sandbox and loaded through it.
+    assert_eq!(
+        fds.len(),
+        6,
+        "stdin, stdout, stderr, the socket (twice), the library: {fds:?}"
+    );
+    let sockets: Vec<_> = fds.iter().filter(|(_, t)| t.starts_with("socket:")).collect();
+    assert_eq!(sockets.len(), 2, "{fds:?}");
+    assert_eq!(sockets[0].1, sockets[1].1, "both are the worker's own socket: {fds:?}");
+    let lib = fixtures().lib("fx-basic");
+    assert!(fds.iter().any(|(_, t)| std::path::Path::new(t) == lib), "{fds:?}");
     assert_eq!(fds[0], (0, "/dev/null".to_string()));
     assert!(
         fds[1].1.starts_with("pipe:") && fds[2].1.starts_with("pipe:"),

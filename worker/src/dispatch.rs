@@ -98,6 +98,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     if let Err(e) = setup::apply_limits(args, entered.helper_processes, own_user_ns) {
         return fail_load(&mut sock, &mut tx, e);
     }
+    let path = entered.library.clone().unwrap_or(path);
     if let Err(e) = channel::install(&sock, max_in) {
         return fail_load(&mut sock, &mut tx, format!("cannot clone the socket: {e}"));
     }

@@ -9,12 +9,13 @@
 //! policy's ports. Scopes: no signal to, and no abstract socket of, any process
 //! outside the worker's Landlock domain.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxReport};
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 use super::Plan;
@@ -64,7 +65,6 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
     .iter()
     .map(PathBuf::from)
     .collect();
-    readable.extend(plan.library.clone());
     readable.extend(plan.read.iter().cloned());
     if !matches!(plan.policy.net, NetPolicy::None) {
         readable.extend(
@@ -102,6 +102,15 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
         .map_err(err)?
         .add_rules(path_beneath_rules(existing(writable), all))
         .map_err(err)?;
+    if let Some(library) = &plan.library {
+        // The library's own inode, reached through its descriptor.
+        created = created
+            .add_rule(PathBeneath::new(
+                library.as_fd(),
+                AccessFs::ReadFile | AccessFs::Execute,
+            ))
+            .map_err(err)?;
+    }
     if let NetPolicy::ConnectTcp(ports) = &plan.policy.net {
         for &port in ports {
             created = created

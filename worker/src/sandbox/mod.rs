@@ -33,6 +33,7 @@ mod mounts;
 mod namespaces;
 mod seccomp;
 
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,9 @@ use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxPolicy, Sand
 
 /// What the worker's limits code needs to know from the sandbox.
 pub struct Entered {
+    /// Where to `dlopen` the library from: `/proc/self/fd/N` of the descriptor
+    /// opened before the sandbox (`None`: the caller's own path).
+    pub library: Option<PathBuf>,
     /// The per-layer report for the host.
     pub report: SandboxReport,
     /// Processes bulkhead itself added to the worker's uid count (the outer
@@ -53,8 +57,13 @@ pub struct Entered {
 /// The paths and policy one sandbox is built from.
 pub(crate) struct Plan<'a> {
     pub(crate) policy: &'a SandboxPolicy,
-    /// The plugin library on disk (`None`: it arrived as a verified memfd).
-    pub(crate) library: Option<PathBuf>,
+    /// The plugin library, opened before the worker gave up its identity
+    /// (`None`: it arrived as a verified memfd, or could not be opened — then
+    /// loading it reports why).
+    pub(crate) library: Option<OwnedFd>,
+    /// The library's path on disk, bound into the filesystem view when the
+    /// view has no `/proc` to reach the descriptor through (no pid namespace).
+    pub(crate) library_path: Option<PathBuf>,
     pub(crate) read: Vec<PathBuf>,
     pub(crate) write: Vec<PathBuf>,
     /// The supervisor's network-namespace holder, if it has one.
@@ -88,14 +97,30 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
     let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
     if !policy.enabled() {
         return Ok(Entered {
+            library: None,
             report,
             helper_processes: 0,
         });
     }
     let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
-    let plan = Plan {
+    let mut plan = Plan {
         policy,
-        library: library.map(Path::to_path_buf),
+        // Opened now, with the identity the host gave us: the sandboxed worker
+        // loads it through its descriptor, so neither a directory on the way it
+        // could not search (a root host's worker runs as uid 65534) nor the
+        // minimal filesystem view stands between it and its library; only the
+        // file's own permissions count.
+        library_path: library.map(Path::to_path_buf),
+        library: library.and_then(|p| {
+            nix::fcntl::open(
+                p,
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+            // SAFETY: `open` just returned this descriptor; nothing else owns it.
+            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        }),
         read: policy.read.iter().map(os).collect(),
         write: policy.write.iter().map(os).collect(),
         netns_of,
@@ -117,7 +142,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         // Bind sources are opened here, inside the new mount namespace (a bind
         // mount of a path from another namespace is refused) and with the
         // identity the plugin will have.
-        match mounts::Sources::open(&plan) {
+        match mounts::Sources::open(&plan, !ns.pid) {
             Ok(sources) => mounts::build(&plan, &sources, ns.pid, report),
             Err(reason) => {
                 fatal = Some(LoadFailure::Sandbox {
@@ -162,7 +187,17 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
             }
         }
     }
+    // Kept open for the worker's life; the loader reopens it by this path.
+    // (Without a /proc in the view, the library is bound at its own path.)
+    let library = match plan.library.take() {
+        Some(fd) if Path::new("/proc/self/fd").exists() => Some(PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::IntoRawFd::into_raw_fd(fd)
+        ))),
+        _ => None,
+    };
     Ok(Entered {
+        library,
         report,
         helper_processes,
     })

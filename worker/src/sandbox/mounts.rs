@@ -2,8 +2,9 @@
 //!
 //! A fresh tmpfs becomes the root. Into it go, read-only: the system library
 //! directories (`/usr`, `/lib*`; merged-usr symlinks recreated as symlinks),
-//! `/etc/ld.so.cache`, the plugin library itself (at its own path, nothing else
-//! of its directory), and the paths the policy allows to be read; read-write:
+//! `/etc/ld.so.cache`, and the paths the policy allows to be read (the plugin
+//! library is not in the view at all: the worker loads it through a
+//! descriptor opened before the sandbox); read-write:
 //! the paths it allows to be written. `/dev` holds only null, zero, full, random
 //! and urandom; `/tmp` and `/dev/shm` are private tmpfs of the policy's size;
 //! `/proc` is a fresh procfs of the worker's pid namespace. Then `pivot_root`,
@@ -58,37 +59,28 @@ struct Source {
 pub struct Sources(Vec<Source>);
 
 impl Sources {
-    /// Opens the library and the policy's paths. A library that does not
-    /// exist is skipped (loading it then fails with the precise reason); one
-    /// the worker's uid cannot reach, and an allowed path that cannot be
-    /// opened, are errors.
-    pub fn open(plan: &Plan<'_>) -> Result<Sources, String> {
+    /// Opens the policy's paths; one that cannot be opened is an error. The
+    /// library is loaded through a descriptor opened before the sandbox and
+    /// needs no bind — unless the view has no `/proc` to reach that
+    /// descriptor through (`bind_library`).
+    pub fn open(plan: &Plan<'_>, bind_library: bool) -> Result<Sources, String> {
         let mut out = Vec::new();
-        let as_uid = || {
-            let uid = rustix::process::getuid().as_raw();
-            format!(
-                "(the sandboxed worker runs as uid {} outside its namespace; a root host's workers run as uid {})",
-                owner_uid(uid),
-                super::identity::NOBODY
-            )
-        };
-        if let Some(library) = &plan.library {
-            match open_path(library) {
-                Ok(fd) => out.push(Source {
+        if let Some(library) = plan.library_path.as_ref().filter(|_| bind_library) {
+            // Skipped if it cannot be opened: loading it then says why.
+            if let Ok(fd) = open_path(library) {
+                out.push(Source {
                     path: library.clone(),
                     fd,
                     writable: false,
-                }),
-                Err(nix::errno::Errno::EACCES) => {
-                    return Err(format!(
-                        "cannot reach the plugin library {}: permission denied {}",
-                        library.display(),
-                        as_uid()
-                    ))
-                }
-                Err(_) => {}
+                });
             }
         }
+        let as_uid = || {
+            format!(
+                "(opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
+                super::identity::NOBODY
+            )
+        };
         for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
             for p in paths {
                 let fd = open_path(p).map_err(|e| format!("allowed path {}: {e} {}", p.display(), as_uid()))?;
@@ -107,19 +99,6 @@ fn open_path(p: &Path) -> nix::Result<OwnedFd> {
     let fd = open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
     // SAFETY: `open` just returned this descriptor; nothing else owns it.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-}
-
-/// The uid outside the user namespace that `uid` inside maps to.
-fn owner_uid(uid: u32) -> u32 {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .ok()
-        .and_then(|m| {
-            m.lines().find_map(|l| {
-                let f: Vec<u32> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-                (f.len() == 3 && uid >= f[0] && uid < f[0] + f[2]).then(|| f[1] + (uid - f[0]))
-            })
-        })
-        .unwrap_or(uid)
 }
 
 /// Builds the view (in a fresh mount namespace); records the outcome.
