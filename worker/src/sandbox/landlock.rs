@@ -66,6 +66,9 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
     .map(PathBuf::from)
     .collect();
     readable.extend(plan.read.iter().cloned());
+    // The library's path: its copy in a view without /proc, or the file itself
+    // where there is no mount namespace.
+    readable.extend(plan.library_path.clone());
     if !matches!(plan.policy.net, NetPolicy::None) {
         readable.extend(
             [

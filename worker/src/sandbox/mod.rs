@@ -61,8 +61,9 @@ pub(crate) struct Plan<'a> {
     /// (`None`: it arrived as a verified memfd, or could not be opened — then
     /// loading it reports why).
     pub(crate) library: Option<OwnedFd>,
-    /// The library's path on disk, bound into the filesystem view when the
-    /// view has no `/proc` to reach the descriptor through (no pid namespace).
+    /// The library's path on disk, where a copy goes into the filesystem view
+    /// when the view has no `/proc` to reach the descriptor through (no pid
+    /// namespace).
     pub(crate) library_path: Option<PathBuf>,
     pub(crate) read: Vec<PathBuf>,
     pub(crate) write: Vec<PathBuf>,
@@ -142,7 +143,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         // Bind sources are opened here, inside the new mount namespace (a bind
         // mount of a path from another namespace is refused) and with the
         // identity the plugin will have.
-        match mounts::Sources::open(&plan, !ns.pid) {
+        match mounts::Sources::open(&plan) {
             Ok(sources) => mounts::build(&plan, &sources, ns.pid, report),
             Err(reason) => {
                 fatal = Some(LoadFailure::Sandbox {
@@ -188,7 +189,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         }
     }
     // Kept open for the worker's life; the loader reopens it by this path.
-    // (Without a /proc in the view, the library is bound at its own path.)
+    // (Without a /proc in the view, the view holds a copy at its own path.)
     let library = match plan.library.take() {
         Some(fd) if Path::new("/proc/self/fd").exists() => Some(PathBuf::from(format!(
             "/proc/self/fd/{}",

@@ -59,31 +59,19 @@ struct Source {
 pub struct Sources(Vec<Source>);
 
 impl Sources {
-    /// Opens the policy's paths; one that cannot be opened is an error. The
-    /// library is loaded through a descriptor opened before the sandbox and
-    /// needs no bind — unless the view has no `/proc` to reach that
-    /// descriptor through (`bind_library`).
-    pub fn open(plan: &Plan<'_>, bind_library: bool) -> Result<Sources, String> {
+    /// Opens the policy's paths; one that cannot be opened is an error. (The
+    /// library is loaded through a descriptor opened before the sandbox.)
+    pub fn open(plan: &Plan<'_>) -> Result<Sources, String> {
         let mut out = Vec::new();
-        if let Some(library) = plan.library_path.as_ref().filter(|_| bind_library) {
-            // Skipped if it cannot be opened: loading it then says why.
-            if let Ok(fd) = open_path(library) {
-                out.push(Source {
-                    path: library.clone(),
-                    fd,
-                    writable: false,
-                });
-            }
-        }
-        let as_uid = || {
-            format!(
-                "(opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
-                super::identity::NOBODY
-            )
-        };
         for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
             for p in paths {
-                let fd = open_path(p).map_err(|e| format!("allowed path {}: {e} {}", p.display(), as_uid()))?;
+                let fd = open_path(p).map_err(|e| {
+                    format!(
+                        "allowed path {}: {e} (opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
+                        p.display(),
+                        super::identity::NOBODY
+                    )
+                })?;
                 out.push(Source {
                     path: p.clone(),
                     fd,
@@ -115,12 +103,18 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Nothing done here may propagate back to the host's mounts.
     mount_(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    // Without a fresh /proc the worker cannot reach its library's descriptor
+    // by path, so a copy of it goes into the view (room made for it here).
+    let library_copy = plan.library.as_ref().filter(|_| !fresh_proc);
+    let copy_size = library_copy
+        .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok())
+        .map_or(0, |st| st.st_size.max(0) as u64);
     mount_(
         Some(Path::new("tmpfs")),
         STAGE,
         Some("tmpfs"),
         nosuid_nodev,
-        Some("size=1m,mode=0755"),
+        Some(&format!("size={},mode=0755", (1u64 << 20) + copy_size)),
     )?;
     let root = Path::new(STAGE);
     let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
@@ -182,6 +176,9 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
             Some(&tmp_opts),
         )?;
     }
+    if let (Some(fd), Some(path)) = (library_copy, &plan.library_path) {
+        copy_library(fd, &inside(path))?;
+    }
     // After the private /tmp, so that allowed paths under /tmp stay visible.
     for s in &sources.0 {
         let via = PathBuf::from(format!("/proc/self/fd/{}", s.fd.as_raw_fd()));
@@ -214,6 +211,19 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
         None,
     )?;
     Ok(())
+}
+
+/// Copies the library (read through the descriptor opened before the sandbox)
+/// to `dst`, read-only.
+fn copy_library(fd: &OwnedFd, dst: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = dst.parent() {
+        mkdirs(parent)?;
+    }
+    let mut src = fs::File::from(fd.try_clone().map_err(|e| format!("dup library: {e}"))?);
+    let mut out = fs::File::create(dst).map_err(|e| format!("copying the library to {}: {e}", dst.display()))?;
+    std::io::copy(&mut src, &mut out).map_err(|e| format!("copying the library: {e}"))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o555)).map_err(|e| format!("chmod library copy: {e}"))
 }
 
 /// Binds host directory or file `src` at `dst` (read-only unless `writable`).
