@@ -4,7 +4,7 @@
 //! worker's `sandbox::holder`). It runs no plugin code. It exits when its stdin
 //! closes (the supervisor is dropped) or the host dies (parent-death signal).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
@@ -40,7 +40,8 @@ impl NetNsHolder {
         let stdout = child.stdout.take().expect("stdout is piped");
         // One short line from our own code (no plugin runs in the holder).
         let mut line = String::new();
-        let read = BufReader::new(stdout).take_line(&mut line);
+        // At most 4 KiB: the holder prints `ready` or `error <reason>`.
+        let read = BufReader::new(stdout.take(4096)).read_line(&mut line);
         let holder = NetNsHolder {
             pid: child.id(),
             child: Mutex::new(Some((child, stdin))),
@@ -54,17 +55,6 @@ impl NetNsHolder {
     /// The holder's pid, for the workers' `--netns-of`.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
-    }
-}
-
-trait TakeLine {
-    fn take_line(self, line: &mut String) -> std::io::Result<usize>;
-}
-
-impl<R: BufRead> TakeLine for R {
-    fn take_line(self, line: &mut String) -> std::io::Result<usize> {
-        // At most 4 KiB: the holder prints `ready` or `error <reason>`.
-        std::io::Read::take(self, 4096).read_line(line)
     }
 }
 

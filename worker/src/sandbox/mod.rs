@@ -112,16 +112,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         // minimal filesystem view stands between it and its library; only the
         // file's own permissions count.
         library_path: library.map(Path::to_path_buf),
-        library: library.and_then(|p| {
-            nix::fcntl::open(
-                p,
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .ok()
-            // SAFETY: `open` just returned this descriptor; nothing else owns it.
-            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-        }),
+        library: library.and_then(|p| mounts::open_owned(p, nix::fcntl::OFlag::O_RDONLY).ok()),
         read: policy.read.iter().map(os).collect(),
         write: policy.write.iter().map(os).collect(),
         netns_of,

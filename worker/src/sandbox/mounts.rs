@@ -84,7 +84,12 @@ impl Sources {
 }
 
 fn open_path(p: &Path) -> nix::Result<OwnedFd> {
-    let fd = open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    open_owned(p, OFlag::O_PATH)
+}
+
+/// `open(p, flags | O_CLOEXEC)`, owned at once.
+pub(super) fn open_owned(p: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let fd = open(p, flags | OFlag::O_CLOEXEC, Mode::empty())?;
     // SAFETY: `open` just returned this descriptor; nothing else owns it.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
