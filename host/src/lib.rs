@@ -91,6 +91,7 @@ mod call;
 mod client;
 mod error;
 mod events;
+mod forkserver;
 mod health;
 mod hostfn;
 mod limits;

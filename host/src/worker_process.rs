@@ -12,6 +12,7 @@
 //! parent-death signal when the *thread* that forked the child exits, so spawning
 //! from a caller's short-lived thread would kill the worker with it.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -32,6 +33,7 @@ use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
+use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
@@ -66,6 +68,8 @@ pub(crate) struct Launch {
     pub library: Option<Arc<OwnedFd>>,
     /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
     pub imports: Option<Arc<HostImports>>,
+    /// The fork-server of this plugin's sandbox profile, if fork-servers are on.
+    pub fork_server: Option<Arc<ForkServerSlot>>,
 }
 
 /// Exit bookkeeping shared between the watcher (which reaps) and killers.
@@ -188,7 +192,6 @@ impl WorkerProcess {
             worker: launch.worker.clone(),
             message: e.to_string(),
         };
-        let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
         // A region that cannot be created (no memfd) means the socket transport.
         let region = if launch.shm_capacity > 0 {
             Region::create(launch.shm_capacity)
@@ -197,21 +200,37 @@ impl WorkerProcess {
         } else {
             None
         };
-        let mut cmd = Command::new(&launch.worker);
-        cmd.args(&launch.worker_args)
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .args(&launch.args)
-            .env_clear()
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::from(OwnedFd::from(worker_end)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = spawn_on_spawner(cmd).map_err(spawn_err)?;
-        let pid = child.id();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
+        args.extend(launch.args.iter().cloned());
+        // Forked by the profile's fork-server if there is one (a verified
+        // library travels as a memfd after the load request, so the on-disk
+        // file is not handed over then); else started with exec.
+        let forked = launch.fork_server.as_ref().and_then(|server| {
+            let (host_end, worker_end) = UnixStream::pair().ok()?;
+            let library = launch.library.is_none().then_some(launch.path.as_path());
+            let forked = server.spawn(&args, &launch.env, OwnedFd::from(worker_end), library, deadline)?;
+            Some((host_end, forked))
+        });
+        let (host_end, pid, reapable, stdout, stderr_pipe) = match forked {
+            Some((host_end, f)) => (host_end, f.pid, Reapable::Pid(f.pid), f.stdout, f.stderr),
+            None => {
+                let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
+                let mut cmd = Command::new(&launch.worker);
+                cmd.args(&launch.worker_args)
+                    .args(&args)
+                    .env_clear()
+                    .envs(launch.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::from(OwnedFd::from(worker_end)))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                let mut child = spawn_on_spawner(cmd).map_err(spawn_err)?;
+                let pid = child.id();
+                let stdout = File::from(OwnedFd::from(child.stdout.take().expect("stdout is piped")));
+                let stderr = File::from(OwnedFd::from(child.stderr.take().expect("stderr is piped")));
+                (host_end, pid, Reapable::Child(child), stdout, stderr)
+            }
+        };
         let stderr = output::forward(launch.label.clone(), pid, stdout, stderr_pipe, launch.output.clone());
 
         let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
@@ -228,7 +247,7 @@ impl WorkerProcess {
         let watcher = std::thread::Builder::new()
             .name("bulkhead-reaper".into())
             .stack_size(64 * 1024)
-            .spawn(move || watch(child, watcher_state, exited_tx, wake, watcher_region));
+            .spawn(move || watch(reapable, watcher_state, exited_tx, wake, watcher_region));
         if let Err(e) = watcher {
             // The closure (and the Child inside it) is gone; kill by group while
             // the unreaped pid still pins it. std cannot reap it now; this is
@@ -425,9 +444,47 @@ pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
     }
 }
 
+/// A worker to reap: one std started, or one a fork-server forked (the host's
+/// child all the same, through `CLONE_PARENT`).
+enum Reapable {
+    Child(Child),
+    Pid(u32),
+}
+
+impl Reapable {
+    fn pid(&self) -> u32 {
+        match self {
+            Reapable::Child(c) => c.id(),
+            Reapable::Pid(p) => *p,
+        }
+    }
+
+    /// Reaps it (blocking) with its resource usage.
+    fn reap(&mut self) -> io::Result<(std::process::ExitStatus, ResourceUsage)> {
+        match self {
+            Reapable::Child(child) => wait4::Wait4::wait4(child).map(|r| {
+                let usage = ResourceUsage {
+                    user: r.rusage.utime,
+                    system: r.rusage.stime,
+                    max_rss: r.rusage.maxrss,
+                };
+                (r.status, usage)
+            }),
+            Reapable::Pid(pid) => bulkhead_shared::reap::wait4(*pid).map(|r| {
+                let usage = ResourceUsage {
+                    user: r.user,
+                    system: r.system,
+                    max_rss: r.max_rss,
+                };
+                (r.status, usage)
+            }),
+        }
+    }
+}
+
 /// The reaper: see the module docs.
-fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream, region: Option<Arc<Region>>) {
-    let pid = Pid::from_raw(child.id() as i32);
+fn watch(mut child: Reapable, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream, region: Option<Arc<Region>>) {
+    let pid = Pid::from_raw(child.pid() as i32);
     while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
     let mut exit = state.exit.lock().unwrap_or_else(|e| e.into_inner());
     // The leader is a zombie: the group id is still ours. Take the plugin's
@@ -436,15 +493,8 @@ fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: Unix
     // wait4 reaps and returns the kernel's rusage of the worker and of the
     // descendants it waited for.
     let (status, usage) = loop {
-        match wait4::Wait4::wait4(&mut child) {
-            Ok(r) => {
-                let usage = ResourceUsage {
-                    user: r.rusage.utime,
-                    system: r.rusage.stime,
-                    max_rss: r.rusage.maxrss,
-                };
-                break (Exit::from_status(r.status), Some(usage));
-            }
+        match child.reap() {
+            Ok((status, usage)) => break (Exit::from_status(status), Some(usage)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Only possible if someone else reaped it; report it as killed.
             Err(_) => {

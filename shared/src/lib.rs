@@ -24,9 +24,13 @@ compile_error!(
 
 pub mod abi;
 #[doc(hidden)]
+pub mod forkserver;
+#[doc(hidden)]
 pub mod frame;
 #[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
+pub mod reap;
 pub mod sandbox;
 #[doc(hidden)]
 pub mod shm;

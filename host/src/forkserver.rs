@@ -1,0 +1,254 @@
+//! Fork-servers: one `bulkhead-worker --fork-server` process per supervisor
+//! and sandbox profile, started on first use. It prepares the sandbox's shared
+//! part once (identity, user/network/uts namespaces, the static filesystem
+//! view) and then forks each new worker, so a restart skips `exec`, dynamic
+//! linking and those namespaces. No plugin code ever runs in it (see the
+//! worker's `forkserver` module).
+//!
+//! Workers it forks are the host's own children (`CLONE_PARENT`): reaped,
+//! killed and accounted exactly like workers the host starts itself. The
+//! server is treated as untrusted input all the same: every answer is bounded
+//! and checked — the pid it reports must be an unreaped child of this host —
+//! and a server that dies, hangs past the load deadline or answers nonsense is
+//! killed and reaped, the worker at hand is started the ordinary way, and the
+//! next spawn starts a fresh server.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bulkhead_shared::forkserver::{self, FromServer, ToServer};
+use bulkhead_shared::sandbox::SandboxPolicy;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::{setpgid, Pid};
+
+use crate::worker_process::spawn_on_spawner;
+
+/// How long a new server may take to prepare its profile.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive failed starts after which a profile stops trying a server.
+const MAX_START_FAILURES: u32 = 3;
+
+/// A worker a fork-server made: the host's child, leader of its own group.
+pub(crate) struct Forked {
+    pub(crate) pid: u32,
+    pub(crate) stdout: File,
+    pub(crate) stderr: File,
+}
+
+/// How to start the servers of one supervisor.
+pub(crate) struct ServerCommand {
+    pub(crate) worker: PathBuf,
+    pub(crate) worker_args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// The fork-server of one sandbox profile, (re)started on demand.
+pub(crate) struct ForkServerSlot {
+    command: ServerCommand,
+    policy: SandboxPolicy,
+    netns_of: Option<u32>,
+    state: Mutex<SlotState>,
+}
+
+enum SlotState {
+    /// Not running; the next spawn starts one.
+    Idle { failures: u32 },
+    Running(ForkServer),
+    /// This profile cannot use a server here (said once, at `debug`), or the
+    /// supervisor is shutting down.
+    Off,
+}
+
+impl ForkServerSlot {
+    pub(crate) fn new(command: ServerCommand, policy: SandboxPolicy, netns_of: Option<u32>) -> ForkServerSlot {
+        ForkServerSlot {
+            command,
+            policy,
+            netns_of,
+            state: Mutex::new(SlotState::Idle { failures: 0 }),
+        }
+    }
+
+    /// The profile this slot serves.
+    pub(crate) fn policy(&self) -> &SandboxPolicy {
+        &self.policy
+    }
+
+    /// Forks a worker with `args` and `env`, handing it `sock` (its end of the
+    /// control socket) and its library. `None`: no server for this profile
+    /// (or it just failed); the caller starts the worker itself.
+    pub(crate) fn spawn(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        sock: OwnedFd,
+        library: Option<&Path>,
+        deadline: Instant,
+    ) -> Option<Forked> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let SlotState::Idle { failures } = *state {
+            *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
+                Ok(server) => SlotState::Running(server),
+                Err(why) if failures + 1 >= MAX_START_FAILURES => {
+                    tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
+                    SlotState::Off
+                }
+                Err(why) => {
+                    tracing::debug!(target: "bulkhead::supervision", %why, "fork-server did not start");
+                    SlotState::Idle { failures: failures + 1 }
+                }
+            };
+        }
+        let SlotState::Running(server) = &*state else {
+            return None;
+        };
+        let lib = library.and_then(|p| {
+            // Nonblocking, so a path that names a FIFO cannot stall the host;
+            // the worker reopens it through /proc/self/fd anyway.
+            File::options()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(p)
+                .ok()
+        });
+        match server.spawn(args, env, sock, lib.as_ref().map(|f| f.as_fd()), deadline) {
+            Ok(forked) => Some(forked),
+            Err(SpawnError::Refused(why)) => {
+                tracing::warn!(target: "bulkhead::supervision", %why, "fork-server could not fork a worker");
+                None
+            }
+            Err(SpawnError::Broken(why)) => {
+                tracing::warn!(target: "bulkhead::supervision", pid = server.pid, %why, "fork-server failed; it is replaced on the next spawn");
+                *state = SlotState::Idle { failures: 0 };
+                None
+            }
+        }
+    }
+
+    /// The running server's pid, if any (for tests and diagnostics).
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            SlotState::Running(s) => Some(s.pid),
+            _ => None,
+        }
+    }
+
+    /// Stops the server for good (supervisor shutdown).
+    pub(crate) fn stop(&self) {
+        let old = std::mem::replace(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()), SlotState::Off);
+        drop(old);
+    }
+}
+
+enum SpawnError {
+    /// The server answered that it could not fork; it keeps serving.
+    Refused(String),
+    /// The server is dead, hung or broke the protocol.
+    Broken(String),
+}
+
+/// One running server.
+struct ForkServer {
+    pid: u32,
+    chan: OwnedFd,
+    child: Child,
+}
+
+impl ForkServer {
+    fn start(command: &ServerCommand, policy: &SandboxPolicy, netns_of: Option<u32>) -> Result<ForkServer, String> {
+        let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mut cmd = Command::new(&command.worker);
+        cmd.args(&command.worker_args)
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string());
+        if let Some(pid) = netns_of {
+            cmd.arg("--netns-of").arg(pid.to_string());
+        }
+        cmd.arg("--fork-server")
+            .env_clear()
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        // From the long-lived spawner thread: the workers this server forks
+        // are children of the thread that started it, and their parent-death
+        // signal fires when that thread ends.
+        let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.display()))?;
+        let server = ForkServer {
+            pid: child.id(),
+            chan: ours,
+            child,
+        };
+        forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
+            .map_err(|e| format!("sending the profile: {e}"))?;
+        match forkserver::recv::<FromServer>(server.chan.as_fd(), Some(Instant::now() + START_TIMEOUT)) {
+            Ok((FromServer::Ready, fds)) if fds.is_empty() => Ok(server),
+            Ok((FromServer::Unavailable(why), _)) => Err(format!("profile unavailable: {why}")),
+            Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn spawn(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        sock: OwnedFd,
+        library: Option<BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> Result<Forked, SpawnError> {
+        let broken = |what: String| SpawnError::Broken(what);
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
+        let msg = ToServer::Spawn {
+            args: args.to_vec(),
+            env: env.to_vec(),
+            library: library.is_some(),
+        };
+        let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        fds.extend(library);
+        forkserver::send(self.chan.as_fd(), &msg, &fds).map_err(|e| broken(format!("sending a spawn request: {e}")))?;
+        // The worker holds its own copies now: only the read ends stay here,
+        // so they reach end-of-file when the worker's last holder is gone.
+        drop(fds);
+        drop((sock, out_w, err_w));
+        let pid = match forkserver::recv::<FromServer>(self.chan.as_fd(), Some(deadline)) {
+            Ok((FromServer::Spawned { pid }, fds)) if fds.is_empty() => pid,
+            Ok((FromServer::SpawnFailed(why), fds)) if fds.is_empty() => return Err(SpawnError::Refused(why)),
+            Ok((other, _)) => return Err(broken(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(broken(e.to_string())),
+        };
+        // Only an unreaped child of ours is a worker we may later signal and
+        // reap; anything else is a broken server.
+        if pid <= 0 {
+            return Err(broken(format!("reported pid {pid}")));
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        if let Err(e) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+            return Err(broken(format!("reported pid {pid}, which is not a child of this host: {e}")));
+        }
+        // The worker makes itself a group leader first thing; doing it here
+        // too means the group exists before anyone may kill it.
+        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+        Ok(Forked {
+            pid: pid as u32,
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+        })
+    }
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        // It holds no state worth a polite exit: kill and reap at once.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
