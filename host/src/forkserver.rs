@@ -48,7 +48,9 @@ pub(crate) struct ServerCommand {
     pub(crate) env: Vec<(String, String)>,
 }
 
-/// The fork-server of one sandbox profile, (re)started on demand.
+/// The fork-server of one profile — a sandbox policy and the workers' whole
+/// environment, which a forked worker inherits from its server — (re)started
+/// on demand.
 pub(crate) struct ForkServerSlot {
     command: ServerCommand,
     policy: SandboxPolicy,
@@ -58,7 +60,9 @@ pub(crate) struct ForkServerSlot {
 
 enum SlotState {
     /// Not running; the next spawn starts one.
-    Idle { failures: u32 },
+    Idle {
+        failures: u32,
+    },
     Running(ForkServer),
     /// This profile cannot use a server here (said once, at `debug`), or the
     /// supervisor is shutting down.
@@ -75,18 +79,22 @@ impl ForkServerSlot {
         }
     }
 
-    /// The profile this slot serves.
+    /// The sandbox policy this slot serves.
     pub(crate) fn policy(&self) -> &SandboxPolicy {
         &self.policy
     }
 
-    /// Forks a worker with `args` and `env`, handing it `sock` (its end of the
+    /// Whether this slot serves workers with `policy` and `env`.
+    pub(crate) fn serves(&self, policy: &SandboxPolicy, env: &[(String, String)]) -> bool {
+        self.policy == *policy && self.command.env == env
+    }
+
+    /// Forks a worker with `args`, handing it `sock` (its end of the
     /// control socket) and its library. `None`: no server for this profile
     /// (or it just failed); the caller starts the worker itself.
     pub(crate) fn spawn(
         &self,
         args: &[String],
-        env: &[(String, String)],
         sock: OwnedFd,
         library: Option<&Path>,
         deadline: Instant,
@@ -117,7 +125,7 @@ impl ForkServerSlot {
                 .open(p)
                 .ok()
         });
-        match server.spawn(args, env, sock, lib.as_ref().map(|f| f.as_fd()), deadline) {
+        match server.spawn(args, sock, lib.as_ref().map(|f| f.as_fd()), deadline) {
             Ok(forked) => Some(forked),
             Err(SpawnError::Refused(why)) => {
                 tracing::warn!(target: "bulkhead::supervision", %why, "fork-server could not fork a worker");
@@ -141,7 +149,10 @@ impl ForkServerSlot {
 
     /// Stops the server for good (supervisor shutdown).
     pub(crate) fn stop(&self) {
-        let old = std::mem::replace(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()), SlotState::Off);
+        let old = std::mem::replace(
+            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            SlotState::Off,
+        );
         drop(old);
     }
 }
@@ -199,17 +210,17 @@ impl ForkServer {
     fn spawn(
         &self,
         args: &[String],
-        env: &[(String, String)],
         sock: OwnedFd,
         library: Option<BorrowedFd<'_>>,
         deadline: Instant,
     ) -> Result<Forked, SpawnError> {
         let broken = |what: String| SpawnError::Broken(what);
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
         let msg = ToServer::Spawn {
             args: args.to_vec(),
-            env: env.to_vec(),
             library: library.is_some(),
         };
         let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
@@ -232,7 +243,9 @@ impl ForkServer {
         }
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         if let Err(e) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {
-            return Err(broken(format!("reported pid {pid}, which is not a child of this host: {e}")));
+            return Err(broken(format!(
+                "reported pid {pid}, which is not a child of this host: {e}"
+            )));
         }
         // The worker makes itself a group leader first thing; doing it here
         // too means the group exists before anyone may kill it.

@@ -12,6 +12,7 @@ use bulkhead_shared::sandbox::SandboxPolicy;
 
 use crate::error::{BuildError, LoadError};
 use crate::events::{EventHub, EventReceiver};
+use crate::forkserver::{ForkServerSlot, ServerCommand};
 use crate::hostfn::{HostImports, HostInterface};
 use crate::locate;
 use crate::netns::NetNsHolder;
@@ -22,7 +23,6 @@ use crate::pool::{Pool, PoolConfig, WorkerReport};
 use crate::probe;
 use crate::signing::VerifyingKey;
 use crate::stats::Counters;
-use crate::forkserver::{ForkServerSlot, ServerCommand};
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
@@ -451,7 +451,12 @@ impl Core {
 
     /// The fork-server slot of `policy` (created on first use), or `None` when
     /// fork-servers are off or the supervisor is shut down.
-    fn fork_server_slot(&self, policy: &SandboxPolicy, netns_of: Option<u32>) -> Option<Arc<ForkServerSlot>> {
+    fn fork_server_slot(
+        &self,
+        policy: &SandboxPolicy,
+        env: &[(String, String)],
+        netns_of: Option<u32>,
+    ) -> Option<Arc<ForkServerSlot>> {
         if !self.fork_server {
             return None;
         }
@@ -459,20 +464,14 @@ impl Core {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
-        if let Some(slot) = slots.iter().find(|s| s.policy() == policy) {
+        if let Some(slot) = slots.iter().find(|s| s.serves(policy, env)) {
             return Some(slot.clone());
         }
-        let mut env: Vec<(String, String)> = self
-            .env_allow
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect();
-        env.extend(self.worker_env.iter().cloned());
         let slot = Arc::new(ForkServerSlot::new(
             ServerCommand {
                 worker: self.worker.clone(),
                 worker_args: self.worker_args.clone(),
-                env,
+                env: env.to_vec(),
             },
             policy.clone(),
             netns_of,
@@ -483,7 +482,10 @@ impl Core {
 
     fn fork_server_pid(&self, policy: &SandboxPolicy) -> Option<u32> {
         let slots = self.fork_servers.lock().unwrap_or_else(|e| e.into_inner());
-        slots.iter().find(|s| s.policy() == policy).and_then(|s| s.server_pid())
+        slots
+            .iter()
+            .filter(|s| s.policy() == policy)
+            .find_map(|s| s.server_pid())
     }
 
     /// Stops every fork-server (workers they forked are the host's children
@@ -561,8 +563,8 @@ impl Core {
                 netns_of = Some(pid);
             }
         }
-        let fork_server = self.fork_server_slot(&load.sandbox, netns_of);
         env.extend(spec.env.iter().cloned());
+        let fork_server = self.fork_server_slot(&load.sandbox, &env, netns_of);
         let launch = Launch {
             worker: self.worker.clone(),
             worker_args: self.worker_args.clone(),

@@ -208,7 +208,7 @@ impl WorkerProcess {
         let forked = launch.fork_server.as_ref().and_then(|server| {
             let (host_end, worker_end) = UnixStream::pair().ok()?;
             let library = launch.library.is_none().then_some(launch.path.as_path());
-            let forked = server.spawn(&args, &launch.env, OwnedFd::from(worker_end), library, deadline)?;
+            let forked = server.spawn(&args, OwnedFd::from(worker_end), library, deadline)?;
             Some((host_end, forked))
         });
         let (host_end, pid, reapable, stdout, stderr_pipe) = match forked {
@@ -483,7 +483,13 @@ impl Reapable {
 }
 
 /// The reaper: see the module docs.
-fn watch(mut child: Reapable, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream, region: Option<Arc<Region>>) {
+fn watch(
+    mut child: Reapable,
+    state: Arc<ProcState>,
+    exited: Sender<()>,
+    wake: UnixStream,
+    region: Option<Arc<Region>>,
+) {
     let pid = Pid::from_raw(child.pid() as i32);
     while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
     let mut exit = state.exit.lock().unwrap_or_else(|e| e.into_inner());

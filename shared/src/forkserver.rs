@@ -47,10 +47,9 @@ pub enum ToServer {
     /// Fork a worker. Descriptors, in order: its socket end, stdout, stderr,
     /// and its library when `library` is set.
     Spawn {
-        /// The worker's command-line arguments (limits, parent pid, ...).
+        /// The worker's command-line arguments (limits, parent pid, ...). Its
+        /// environment is the server's own, set when the host started it.
         args: Vec<String>,
-        /// Its whole environment.
-        env: Vec<(String, String)>,
         /// A fourth descriptor is the plugin library, opened by the host.
         library: bool,
     },
@@ -204,7 +203,6 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         let msg = ToServer::Spawn {
             args: vec!["--parent-pid".into(), "1".into()],
-            env: vec![("K".into(), "V".into())],
             library: false,
         };
         send(a.as_fd(), &msg, &[r.as_fd(), w.as_fd()]).unwrap();
@@ -223,7 +221,10 @@ mod tests {
         nix::sys::socket::send(a.as_raw_fd(), &[0xFF; 7], MsgFlags::empty()).unwrap();
         assert!(matches!(recv::<FromServer>(b.as_fd(), None), Err(RecvError::Bad(_))));
         let deadline = Some(Instant::now() + std::time::Duration::from_millis(20));
-        assert!(matches!(recv::<FromServer>(b.as_fd(), deadline), Err(RecvError::Timeout)));
+        assert!(matches!(
+            recv::<FromServer>(b.as_fd(), deadline),
+            Err(RecvError::Timeout)
+        ));
         drop(a);
         assert!(matches!(recv::<FromServer>(b.as_fd(), None), Err(RecvError::Closed)));
     }

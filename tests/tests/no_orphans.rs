@@ -61,14 +61,38 @@ fn drop_and_shutdown_leave_no_children() {
     assert_eq!(my_children(), vec![]);
 
     // Dropping the last plugin handle also stops its workers. What is left is
-    // the supervisor's network-namespace holder, which goes with the supervisor.
+    // the supervisor's network-namespace holder and its fork-server, which go
+    // with the supervisor.
     let sup = supervisor();
     let p = sup.load(spec("fx-basic")).unwrap();
     drop(p);
     let left = my_children();
-    assert_eq!(left.len(), 1, "{left:?}");
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", left[0].0)).unwrap();
-    assert!(String::from_utf8_lossy(&cmdline).contains("--hold-netns"), "{left:?}");
+    let mut roles: Vec<String> = left
+        .iter()
+        .map(|c| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", c.0)).unwrap();
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            ["--hold-netns", "--fork-server"]
+                .into_iter()
+                .find(|r| cmdline.contains(r))
+                .unwrap_or("a worker")
+                .to_string()
+        })
+        .collect();
+    roles.sort();
+    assert_eq!(roles, ["--fork-server", "--hold-netns"], "{left:?}");
+    assert_eq!(
+        sup.fork_server_pid(),
+        Some(
+            left.iter()
+                .map(|c| c.0)
+                .find(|&pid| {
+                    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+                        .contains("--fork-server")
+                })
+                .unwrap()
+        )
+    );
     drop(sup);
     assert_eq!(my_children(), vec![]);
 }

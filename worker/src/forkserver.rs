@@ -15,8 +15,8 @@
 //! for any worker, its parent-death signal follows the host, and the server's
 //! own death leaves its workers running. The child becomes the worker at once:
 //! its own process group, the host's descriptors on 0/1/2 and the socket,
-//! everything else (the server's channel included) closed, its environment set,
-//! then the ordinary worker path — load request, the worker's own sandbox part,
+//! everything else (the server's channel included) closed, then the ordinary
+//! worker path — load request, the worker's own sandbox part,
 //! limits, `dlopen`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -60,7 +60,7 @@ pub fn serve(args: &Args) -> u8 {
             Err(_) => return EXIT_PROTOCOL,
         };
         let answer = match msg {
-            ToServer::Spawn { args, env, library } => match spawn(&chan, fds, args, env, library) {
+            ToServer::Spawn { args, library } => match spawn(&chan, fds, args, library) {
                 Ok(pid) => FromServer::Spawned { pid },
                 Err(why) => FromServer::SpawnFailed(why),
             },
@@ -94,7 +94,7 @@ fn take_channel(args: &Args) -> Result<OwnedFd, String> {
 }
 
 /// Forks one worker; returns its pid.
-fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, env: Vec<(String, String)>, library: bool) -> Result<i32, String> {
+fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, library: bool) -> Result<i32, String> {
     let expected = 3 + usize::from(library);
     if fds.len() != expected {
         return Err(format!("{} descriptors for {expected} expected", fds.len()));
@@ -113,14 +113,14 @@ fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, env: Vec<(String,
     // sandboxed plugin itself runs in a grandchild made by a real `fork`).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
-        0 => become_worker(chan, fds, worker_args, env),
+        0 => become_worker(chan, fds, worker_args),
         p if p > 0 => Ok(p as i32),
         _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
     }
 }
 
 /// In the forked child: become a worker; never returns.
-fn become_worker(chan: &OwnedFd, mut fds: Vec<OwnedFd>, args: Args, env: Vec<(String, String)>) -> ! {
+fn become_worker(chan: &OwnedFd, mut fds: Vec<OwnedFd>, args: Args) -> ! {
     let code = (|| -> Result<u8, String> {
         // Its own group, before anything else can fail (the host sets it too).
         setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| format!("setpgid: {e}"))?;
@@ -138,12 +138,6 @@ fn become_worker(chan: &OwnedFd, mut fds: Vec<OwnedFd>, args: Args, env: Vec<(St
         // The server's channel goes with everything else not kept.
         let _ = chan;
         setup::close_inherited_fds(&keep)?;
-        for (k, _) in std::env::vars_os() {
-            std::env::remove_var(k);
-        }
-        for (k, v) in env {
-            std::env::set_var(k, v);
-        }
         if let Some(lib) = library {
             sandbox::set_preopened_library(lib);
         }

@@ -114,8 +114,14 @@ pub fn build_staged(plan: &Plan<'_>, fresh_proc: bool, report: &mut SandboxRepor
     // The staged root came from the server's mount namespace, so here it is
     // locked, and `pivot_root` refuses a locked new root: bind it onto itself
     // first (the bind is this namespace's own mount; what it covers stays locked).
-    let result = mount_(Some(Path::new(STAGE)), STAGE, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-        .and_then(|()| finish(plan, fresh_proc));
+    let result = mount_(
+        Some(Path::new(STAGE)),
+        STAGE,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .and_then(|()| finish(plan, fresh_proc));
     record(result, fresh_proc, report);
 }
 
