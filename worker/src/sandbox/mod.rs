@@ -154,6 +154,8 @@ pub fn prepare_profile(policy: &SandboxPolicy, netns_of: Option<i32>) -> Result<
         }
         let sources = mounts::Sources::open(&plan)?;
         mounts::stage(&plan, &sources, 0)?;
+        mounts::enter_stage()?;
+        seccomp::apply(&plan, &mut report, seccomp::Part::Base);
     }
     STAGED
         .set(Staged {
@@ -266,7 +268,12 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
 
     capabilities::drop_all();
     landlock::apply(&plan, &mut report);
-    seccomp::apply(&plan, &mut report);
+    let part = if staged.is_some() {
+        seccomp::Part::Late
+    } else {
+        seccomp::Part::Full
+    };
+    seccomp::apply(&plan, &mut report, part);
 
     for layer in Layer::ALL {
         if policy.required.contains(layer) {

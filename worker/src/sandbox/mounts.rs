@@ -104,25 +104,41 @@ pub fn build(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool, report: &mut 
         .filter(|_| !fresh_proc)
         .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok())
         .map_or(0, |st| st.st_size.max(0) as u64);
-    let result = stage(plan, sources, copy_size).and_then(|()| finish(plan, fresh_proc));
+    let result = stage(plan, sources, copy_size).and_then(|()| finish(plan, fresh_proc, false));
     record(result, fresh_proc, report);
 }
 
-/// Finishes a view a fork-server staged (in this forked worker's copy of the
-/// server's mount namespace); records the outcome.
+/// Finishes, in a worker a fork-server forked, the view the server already
+/// switched to ([`enter_stage`]); records the outcome.
 pub fn build_staged(plan: &Plan<'_>, fresh_proc: bool, report: &mut SandboxReport) {
-    // The staged root came from the server's mount namespace, so here it is
-    // locked, and `pivot_root` refuses a locked new root: bind it onto itself
-    // first (the bind is this namespace's own mount; what it covers stays locked).
-    let result = mount_(
-        Some(Path::new(STAGE)),
-        STAGE,
+    record(finish(plan, fresh_proc, true), fresh_proc, report);
+}
+
+/// The fork-server's switch into its staged view, once: the host's `/proc`
+/// bound at `/proc` (only so that each worker may mount a fresh procfs over it
+/// — the kernel allows a new procfs only where a fully visible one exists —
+/// and each worker does, before any plugin code runs), then `pivot_root`, the
+/// old root detached and the new root made read-only. Its workers then copy a
+/// namespace that holds nothing but the view: no `pivot_root` and no unmount
+/// per worker.
+pub fn enter_stage() -> Result<(), String> {
+    let root = Path::new(STAGE);
+    mount_(Some(Path::new("/proc")), root.join("proc"), None, MsFlags::MS_BIND, None)?;
+    switch_root(root)
+}
+
+fn switch_root(root: &Path) -> Result<(), String> {
+    chdir(root).map_err(|e| format!("chdir to the new root: {e}"))?;
+    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    mount_(
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        "/",
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )
-    .and_then(|()| finish(plan, fresh_proc));
-    record(result, fresh_proc, report);
 }
 
 fn record(result: Result<(), String>, fresh_proc: bool, report: &mut SandboxReport) {
@@ -215,12 +231,13 @@ fn under_private_tmp(path: &Path) -> bool {
     path.starts_with("/tmp") || path.starts_with("/dev/shm")
 }
 
-/// Each worker's own part of the view, then the switch to it: private `/tmp`
-/// and `/dev/shm` (with the policy's paths under them bound again on top, so
-/// they stay visible), a fresh `/proc`, `pivot_root`.
-fn finish(plan: &Plan<'_>, fresh_proc: bool) -> Result<(), String> {
+/// Each worker's own part of the view: private `/tmp` and `/dev/shm` (with the
+/// policy's paths under them bound again on top, so they stay visible), a
+/// fresh `/proc`; then, unless a fork-server already did (`switched`), the
+/// switch to the view.
+fn finish(plan: &Plan<'_>, fresh_proc: bool, switched: bool) -> Result<(), String> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let root = Path::new(STAGE);
+    let root = Path::new(if switched { "/" } else { STAGE });
     let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     // The staged binds the private tmpfs is about to cover, held open (in this
     // mount namespace) to bind them again on top of it.
@@ -260,19 +277,10 @@ fn finish(plan: &Plan<'_>, fresh_proc: bool) -> Result<(), String> {
             None,
         )?;
     }
-
-    chdir(root).map_err(|e| format!("chdir to the new root: {e}"))?;
-    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
-    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    mount_(
-        None,
-        "/",
-        None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | nosuid_nodev,
-        None,
-    )?;
-    Ok(())
+    if switched {
+        return Ok(());
+    }
+    switch_root(root)
 }
 
 /// Copies the library (read through the descriptor opened before the sandbox)
