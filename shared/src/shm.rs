@@ -211,10 +211,12 @@ impl Region {
         })
     }
 
-    /// Touches the first pages of both data areas so the first calls do not
-    /// pay for page faults (done by each side before any request is posted).
+    /// Touches the first page of both data areas so the first small calls do
+    /// not pay for page faults (done by each side before any request is
+    /// posted). Only one page: every page touched here is paid for on every
+    /// spawn and restart, and counts in the host's memory per idle plugin.
     fn prefault(&self) {
-        const WARM: usize = 64 * 1024;
+        const WARM: usize = 4096;
         let n = WARM.min(self.capacity);
         // SAFETY: both ranges lie inside the mapping, and no request is in
         // flight yet (host: before spawning; worker: before the handshake answer).
