@@ -46,7 +46,12 @@ pub fn rows(fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize)
                 .expect("load");
             let restart = crash_to_next_answer(&p, n, || {});
             drop(p);
-            report.json("restart", &format!("crash_to_next_answer_{how}_{subject}"), &restart, "");
+            report.json(
+                "restart",
+                &format!("crash_to_next_answer_{how}_{subject}"),
+                &restart,
+                "",
+            );
             let spawn = measure(2, scale(40), || {
                 let p = sup.load(PluginSpec::new(&lib).sandbox(sandbox.clone())).unwrap();
                 drop(p);

@@ -265,3 +265,121 @@ impl Drop for ForkServer {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The host's side of the protocol against a fake server answering what a
+    //! broken or hostile one might.
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A "server": a real child process (so `Drop` has something to kill and
+    /// reap) and, in a thread, a fake peer on the channel that answers `reply`.
+    fn fake(reply: impl FnOnce(&OwnedFd) + Send + 'static) -> (ForkServer, std::thread::JoinHandle<()>) {
+        let (ours, theirs) = forkserver::pair().unwrap();
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let peer = std::thread::spawn(move || {
+            let got = forkserver::recv::<ToServer>(theirs.as_fd(), Some(Instant::now() + Duration::from_secs(10)));
+            let (msg, fds) = got.unwrap();
+            assert!(matches!(msg, ToServer::Spawn { library: false, .. }), "{msg:?}");
+            assert_eq!(fds.len(), 3, "socket, stdout and stderr travel with the request");
+            reply(&theirs);
+        });
+        let server = ForkServer {
+            pid: child.id(),
+            chan: ours,
+            child,
+        };
+        (server, peer)
+    }
+
+    fn spawn(server: &ForkServer, within: Duration) -> Result<Forked, SpawnError> {
+        let (_host, worker) = UnixStream::pair().unwrap();
+        server.spawn(
+            &["--parent-pid".into(), "1".into()],
+            OwnedFd::from(worker),
+            None,
+            Instant::now() + within,
+        )
+    }
+
+    fn broken(r: Result<Forked, SpawnError>) -> String {
+        match r {
+            Err(SpawnError::Broken(why)) => why,
+            Err(SpawnError::Refused(why)) => panic!("refused, not broken: {why}"),
+            Ok(f) => panic!("accepted pid {}", f.pid),
+        }
+    }
+
+    #[test]
+    fn a_pid_that_is_not_our_child_is_refused() {
+        let (server, peer) = fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: 1 }, &[]).unwrap());
+        let why = broken(spawn(&server, Duration::from_secs(10)));
+        assert!(why.contains("not a child of this host"), "{why}");
+        peer.join().unwrap();
+        let (server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: -5 }, &[]).unwrap());
+        assert!(broken(spawn(&server, Duration::from_secs(10))).contains("-5"));
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn garbage_silence_and_closure_break_the_server() {
+        let (server, peer) = fake(|chan| {
+            nix::sys::socket::send(
+                std::os::fd::AsRawFd::as_raw_fd(chan),
+                &[0xEE; 40],
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+        });
+        assert!(broken(spawn(&server, Duration::from_secs(10))).contains("bad fork-server packet"));
+        peer.join().unwrap();
+
+        let (keep_tx, keep_rx) = std::sync::mpsc::channel::<()>();
+        let (server, peer) = fake(move |_chan| {
+            // Hold the channel open, answer nothing.
+            let _ = keep_rx.recv();
+        });
+        let t = Instant::now();
+        assert!(broken(spawn(&server, Duration::from_millis(200))).contains("in time"));
+        assert!(t.elapsed() < Duration::from_secs(10));
+        keep_tx.send(()).unwrap();
+        peer.join().unwrap();
+
+        // The peer takes the request and hangs up.
+        let (server, peer) = fake(|_chan| {});
+        assert!(broken(spawn(&server, Duration::from_secs(10))).contains("closed"));
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_real_child_is_accepted_and_a_refusal_is_not_fatal() {
+        // (A real worker never execs, so the host's setpgid applies to it; this
+        // stand-in has, so it makes itself the group leader.)
+        let worker = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
+        let pid = worker.id() as i32;
+        let (server, peer) =
+            fake(move |chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid }, &[]).unwrap());
+        let forked = spawn(&server, Duration::from_secs(10)).unwrap_or_else(|_| panic!("a real child"));
+        assert_eq!(forked.pid, pid as u32);
+        // A group leader, as the host requires.
+        assert_eq!(
+            nix::unistd::getpgid(Some(Pid::from_raw(pid))).unwrap(),
+            Pid::from_raw(pid)
+        );
+        peer.join().unwrap();
+        let mut worker = worker;
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+
+        let (server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::SpawnFailed("clone: EAGAIN".into()), &[]).unwrap());
+        assert!(matches!(spawn(&server, Duration::from_secs(10)), Err(SpawnError::Refused(w)) if w.contains("EAGAIN")));
+        peer.join().unwrap();
+        let server_pid = server.pid;
+        drop(server);
+        // Dropping a server kills and reaps it.
+        assert!(nix::sys::wait::waitpid(Pid::from_raw(server_pid as i32), Some(WaitPidFlag::WNOHANG)).is_err());
+    }
+}

@@ -1,10 +1,14 @@
+use bulkhead::{PluginSpec, Sandbox, Supervisor};
 use std::time::{Duration, Instant};
-use bulkhead::{PluginSpec, Supervisor, Sandbox};
 fn main() {
     let fx = bulkhead_tests::build_fixtures(true);
     let lib = fx.lib("fx-basic");
     let sup = Supervisor::builder().worker_path(&fx.worker).build().unwrap();
-    let sb = if std::env::args().any(|a| a == "--none") { Sandbox::none() } else { Sandbox::strict() };
+    let sb = if std::env::args().any(|a| a == "--none") {
+        Sandbox::none()
+    } else {
+        Sandbox::strict()
+    };
     let p = sup.load(PluginSpec::new(&lib).sandbox(sb.clone())).unwrap();
     drop(p);
     eprintln!("fs pid {:?}", sup.fork_server_pid_for(&sb));

@@ -123,7 +123,13 @@ pub fn build_staged(plan: &Plan<'_>, fresh_proc: bool, report: &mut SandboxRepor
 /// per worker.
 pub fn enter_stage() -> Result<(), String> {
     let root = Path::new(STAGE);
-    mount_(Some(Path::new("/proc")), root.join("proc"), None, MsFlags::MS_BIND, None)?;
+    mount_(
+        Some(Path::new("/proc")),
+        root.join("proc"),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
     switch_root(root)
 }
 

@@ -181,8 +181,11 @@ fn deny_rules(me: u64, net: &NetPolicy, part: Part) -> Result<BTreeMap<i64, Vec<
         Part::Base => !LATE.contains(nr),
         Part::Late => LATE.contains(nr),
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        always.iter().filter(|nr| in_part(nr)).map(|&nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = always
+        .iter()
+        .filter(|nr| in_part(nr))
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
 
     // Signals: only to the worker itself (its own pid; 0 and negative pids
     // would reach its process group, which includes the host-side processes).
