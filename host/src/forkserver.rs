@@ -113,7 +113,7 @@ impl ForkServerSlot {
                 }
             };
         }
-        let SlotState::Running(server) = &*state else {
+        let SlotState::Running(server) = &mut *state else {
             return None;
         };
         let lib = library.and_then(|p| {
@@ -164,11 +164,19 @@ enum SpawnError {
     Broken(String),
 }
 
+/// Most blanks a server may have announced and not yet assigned.
+const MAX_PENDING_BLANKS: usize = 8;
+/// How long a stopped server's channel is read for the last announcements.
+const DRAIN_BOUND: Duration = Duration::from_secs(2);
+
 /// One running server.
 struct ForkServer {
     pid: u32,
     chan: OwnedFd,
     child: Child,
+    /// Blanks (pre-forked workers, the host's children) announced and not yet
+    /// assigned: killed and reaped when the server gives them up or stops.
+    pending: Vec<u32>,
 }
 
 impl ForkServer {
@@ -192,23 +200,51 @@ impl ForkServer {
         // are children of the thread that started it, and their parent-death
         // signal fires when that thread ends.
         let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.display()))?;
-        let server = ForkServer {
+        let mut server = ForkServer {
             pid: child.id(),
             chan: ours,
             child,
+            pending: Vec::new(),
         };
         forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
             .map_err(|e| format!("sending the profile: {e}"))?;
-        match forkserver::recv::<FromServer>(server.chan.as_fd(), Some(Instant::now() + START_TIMEOUT)) {
-            Ok((FromServer::Ready, fds)) if fds.is_empty() => Ok(server),
-            Ok((FromServer::Unavailable(why), _)) => Err(format!("profile unavailable: {why}")),
-            Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
+        loop {
+            match forkserver::recv::<FromServer>(server.chan.as_fd(), Some(Instant::now() + START_TIMEOUT)) {
+                Ok((FromServer::Ready, fds)) if fds.is_empty() => return Ok(server),
+                Ok((FromServer::Blank { pid }, fds)) if fds.is_empty() => server.note_blank(pid).map_err(|e| match e {
+                    SpawnError::Broken(why) | SpawnError::Refused(why) => why,
+                })?,
+                Ok((FromServer::Unavailable(why), _)) => return Err(format!("profile unavailable: {why}")),
+                Ok((other, _)) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Records an announced blank: it must be an unreaped child of ours.
+    fn note_blank(&mut self, pid: i32) -> Result<(), SpawnError> {
+        let pid = own_child(pid)?;
+        if self.pending.len() >= MAX_PENDING_BLANKS {
+            // Keep it reapable all the same, then give up on this server.
+            self.pending.push(pid);
+            return Err(SpawnError::Broken(format!("more than {MAX_PENDING_BLANKS} blanks announced")));
+        }
+        self.pending.push(pid);
+        Ok(())
+    }
+
+    /// Kills and reaps the blanks in `dead` the server gave up on (only ones
+    /// it announced: any other pid may be a live worker of this host).
+    fn bury(&mut self, dead: &[i32]) {
+        for &pid in dead {
+            if let Some(i) = self.pending.iter().position(|&p| p as i32 == pid) {
+                kill_and_reap(self.pending.swap_remove(i));
+            }
         }
     }
 
     fn spawn(
-        &self,
+        &mut self,
         args: &[String],
         sock: OwnedFd,
         library: Option<BorrowedFd<'_>>,
@@ -230,32 +266,57 @@ impl ForkServer {
         // so they reach end-of-file when the worker's last holder is gone.
         drop(fds);
         drop((sock, out_w, err_w));
-        let pid = match forkserver::recv::<FromServer>(self.chan.as_fd(), Some(deadline)) {
-            Ok((FromServer::Spawned { pid }, fds)) if fds.is_empty() => pid,
-            Ok((FromServer::SpawnFailed(why), fds)) if fds.is_empty() => return Err(SpawnError::Refused(why)),
-            Ok((other, _)) => return Err(broken(format!("unexpected answer {other:?}"))),
-            Err(e) => return Err(broken(e.to_string())),
+        let pid = loop {
+            match forkserver::recv::<FromServer>(self.chan.as_fd(), Some(deadline)) {
+                Ok((FromServer::Blank { pid }, fds)) if fds.is_empty() => self.note_blank(pid)?,
+                Ok((FromServer::Spawned { pid, dead }, fds)) if fds.is_empty() => {
+                    self.bury(&dead);
+                    break pid;
+                }
+                Ok((FromServer::SpawnFailed { reason, dead }, fds)) if fds.is_empty() => {
+                    self.bury(&dead);
+                    return Err(SpawnError::Refused(reason));
+                }
+                Ok((other, _)) => return Err(broken(format!("unexpected answer {other:?}"))),
+                Err(e) => return Err(broken(e.to_string())),
+            }
         };
-        // Only an unreaped child of ours is a worker we may later signal and
-        // reap; anything else is a broken server.
-        if pid <= 0 {
-            return Err(broken(format!("reported pid {pid}")));
-        }
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        if let Err(e) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {
-            return Err(broken(format!(
-                "reported pid {pid}, which is not a child of this host: {e}"
-            )));
-        }
+        let pid = own_child(pid)?;
+        // A blank it assigned is a worker now.
+        self.pending.retain(|&p| p != pid);
         // The worker makes itself a group leader first thing; doing it here
         // too means the group exists before anyone may kill it.
-        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+        let _ = setpgid(Pid::from_raw(pid as i32), Pid::from_raw(pid as i32));
         Ok(Forked {
-            pid: pid as u32,
+            pid,
             stdout: File::from(out_r),
             stderr: File::from(err_r),
         })
     }
+}
+
+/// `pid` if it is an unreaped child of this host — the only kind of process
+/// the host may later signal and reap; anything else is a broken server.
+fn own_child(pid: i32) -> Result<u32, SpawnError> {
+    if pid <= 0 {
+        return Err(SpawnError::Broken(format!("reported pid {pid}")));
+    }
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+        Ok(_) => Ok(pid as u32),
+        Err(e) => Err(SpawnError::Broken(format!(
+            "reported pid {pid}, which is not a child of this host: {e}"
+        ))),
+    }
+}
+
+/// SIGKILLs an unassigned blank's group and reaps it.
+fn kill_and_reap(pid: u32) {
+    let p = Pid::from_raw(pid as i32);
+    // Unreaped, so neither the pid nor the group id can have been recycled.
+    let _ = nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(p, None) {}
 }
 
 impl Drop for ForkServer {
@@ -263,6 +324,21 @@ impl Drop for ForkServer {
         // It holds no state worth a polite exit: kill and reap at once.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every blank announces itself on this channel and then closes its
+        // copy, so reading to end-of-file learns of all of them.
+        let until = Instant::now() + DRAIN_BOUND;
+        while let Ok((msg, _)) = forkserver::recv::<FromServer>(self.chan.as_fd(), Some(until)) {
+            if let FromServer::Blank { pid } = msg {
+                if let Ok(pid) = own_child(pid) {
+                    if !self.pending.contains(&pid) {
+                        self.pending.push(pid);
+                    }
+                }
+            }
+        }
+        for pid in std::mem::take(&mut self.pending) {
+            kill_and_reap(pid);
+        }
     }
 }
 
@@ -285,15 +361,16 @@ mod tests {
             assert_eq!(fds.len(), 3, "socket, stdout and stderr travel with the request");
             reply(&theirs);
         });
-        let server = ForkServer {
+        let mut server = ForkServer {
             pid: child.id(),
             chan: ours,
             child,
+            pending: Vec::new(),
         };
         (server, peer)
     }
 
-    fn spawn(server: &ForkServer, within: Duration) -> Result<Forked, SpawnError> {
+    fn spawn(server: &mut ForkServer, within: Duration) -> Result<Forked, SpawnError> {
         let (_host, worker) = UnixStream::pair().unwrap();
         server.spawn(
             &["--parent-pid".into(), "1".into()],
@@ -313,19 +390,19 @@ mod tests {
 
     #[test]
     fn a_pid_that_is_not_our_child_is_refused() {
-        let (server, peer) = fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: 1 }, &[]).unwrap());
-        let why = broken(spawn(&server, Duration::from_secs(10)));
+        let (mut server, peer) = fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: 1, dead: vec![] }, &[]).unwrap());
+        let why = broken(spawn(&mut server, Duration::from_secs(10)));
         assert!(why.contains("not a child of this host"), "{why}");
         peer.join().unwrap();
-        let (server, peer) =
-            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: -5 }, &[]).unwrap());
-        assert!(broken(spawn(&server, Duration::from_secs(10))).contains("-5"));
+        let (mut server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: -5, dead: vec![] }, &[]).unwrap());
+        assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("-5"));
         peer.join().unwrap();
     }
 
     #[test]
     fn garbage_silence_and_closure_break_the_server() {
-        let (server, peer) = fake(|chan| {
+        let (mut server, peer) = fake(|chan| {
             nix::sys::socket::send(
                 std::os::fd::AsRawFd::as_raw_fd(chan),
                 &[0xEE; 40],
@@ -333,23 +410,23 @@ mod tests {
             )
             .unwrap();
         });
-        assert!(broken(spawn(&server, Duration::from_secs(10))).contains("bad fork-server packet"));
+        assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("bad fork-server packet"));
         peer.join().unwrap();
 
         let (keep_tx, keep_rx) = std::sync::mpsc::channel::<()>();
-        let (server, peer) = fake(move |_chan| {
+        let (mut server, peer) = fake(move |_chan| {
             // Hold the channel open, answer nothing.
             let _ = keep_rx.recv();
         });
         let t = Instant::now();
-        assert!(broken(spawn(&server, Duration::from_millis(200))).contains("in time"));
+        assert!(broken(spawn(&mut server, Duration::from_millis(200))).contains("in time"));
         assert!(t.elapsed() < Duration::from_secs(10));
         keep_tx.send(()).unwrap();
         peer.join().unwrap();
 
         // The peer takes the request and hangs up.
-        let (server, peer) = fake(|_chan| {});
-        assert!(broken(spawn(&server, Duration::from_secs(10))).contains("closed"));
+        let (mut server, peer) = fake(|_chan| {});
+        assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("closed"));
         peer.join().unwrap();
     }
 
@@ -359,9 +436,9 @@ mod tests {
         // stand-in has, so it makes itself the group leader.)
         let worker = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
         let pid = worker.id() as i32;
-        let (server, peer) =
-            fake(move |chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid }, &[]).unwrap());
-        let forked = spawn(&server, Duration::from_secs(10)).unwrap_or_else(|_| panic!("a real child"));
+        let (mut server, peer) =
+            fake(move |chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid, dead: vec![] }, &[]).unwrap());
+        let forked = spawn(&mut server, Duration::from_secs(10)).unwrap_or_else(|_| panic!("a real child"));
         assert_eq!(forked.pid, pid as u32);
         // A group leader, as the host requires.
         assert_eq!(
@@ -373,9 +450,9 @@ mod tests {
         worker.kill().unwrap();
         worker.wait().unwrap();
 
-        let (server, peer) =
+        let (mut server, peer) =
             fake(|chan| forkserver::send(chan.as_fd(), &FromServer::SpawnFailed("clone: EAGAIN".into()), &[]).unwrap());
-        assert!(matches!(spawn(&server, Duration::from_secs(10)), Err(SpawnError::Refused(w)) if w.contains("EAGAIN")));
+        assert!(matches!(spawn(&mut server, Duration::from_secs(10)), Err(SpawnError::Refused(w)) if w.contains("EAGAIN")));
         peer.join().unwrap();
         let server_pid = server.pid;
         drop(server);

@@ -55,21 +55,48 @@ pub enum ToServer {
     },
 }
 
-/// Fork-server → host.
+/// Fork-server → blank (a pre-forked worker waiting for its plugin), on the
+/// blank's own channel. Descriptors as for [`ToServer::Spawn`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assign {
+    /// The worker's command-line arguments.
+    pub args: Vec<String>,
+    /// A fourth descriptor is the plugin library.
+    pub library: bool,
+}
+
+/// Fork-server (or one of its blanks) → host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromServer {
+    /// Sent by a blank itself, first thing, on its inherited copy of the
+    /// server's channel: a pre-forked worker exists with this pid. It is the
+    /// host's child; until it is assigned, the host kills and reaps it if the
+    /// server gives it up or goes away. (Sent by the blank, not the server, so
+    /// that a blank can never exist without the host hearing of it: the host
+    /// reads the channel until every holder has closed it.)
+    Blank {
+        /// The blank's pid.
+        pid: i32,
+    },
     /// The profile is prepared; spawn requests may follow.
     Ready,
     /// The profile cannot be prepared here (the host starts workers itself).
     Unavailable(String),
-    /// A worker was forked: its pid (in the host's pid namespace), already
-    /// the leader of its own process group.
+    /// A worker was forked, or a blank assigned: its pid (in the host's pid
+    /// namespace), already the leader of its own process group.
     Spawned {
         /// The worker's pid.
         pid: i32,
+        /// Blanks the server gave up on (found dead when assigning).
+        dead: Vec<i32>,
     },
     /// The fork failed; the server keeps serving.
-    SpawnFailed(String),
+    SpawnFailed {
+        /// Why.
+        reason: String,
+        /// Blanks the server gave up on.
+        dead: Vec<i32>,
+    },
 }
 
 /// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec.

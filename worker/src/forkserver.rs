@@ -53,6 +53,9 @@ pub fn serve(args: &Args) -> u8 {
     if forkserver::send(chan.as_fd(), &ready, &[]).is_err() || !available {
         return 0;
     }
+    // One blank waits ready at all times, unless pre-forking stopped working.
+    let mut prefork = true;
+    let mut blank = fork_blank(&chan).ok();
     loop {
         let (msg, fds) = match forkserver::recv::<ToServer>(chan.as_fd(), None) {
             Ok(m) => m,
@@ -60,14 +63,138 @@ pub fn serve(args: &Args) -> u8 {
             Err(_) => return EXIT_PROTOCOL,
         };
         let answer = match msg {
-            ToServer::Spawn { args, library } => match spawn(&chan, fds, args, library) {
-                Ok(pid) => FromServer::Spawned { pid },
-                Err(why) => FromServer::SpawnFailed(why),
+            ToServer::Spawn { args, library } => {
+                let mut dead = Vec::new();
+                let assigned = blank.take().and_then(|b| match assign(&b, &fds, &args, library) {
+                    Ok(()) => Some(b.pid),
+                    Err(()) => {
+                        // It died waiting (its setup failed): stop pre-forking.
+                        dead.push(b.pid);
+                        prefork = false;
+                        None
+                    }
+                });
+                match assigned {
+                    Some(pid) => FromServer::Spawned { pid, dead },
+                    None => match spawn(&chan, fds, args, library) {
+                        Ok(pid) => FromServer::Spawned { pid, dead },
+                        Err(reason) => FromServer::SpawnFailed { reason, dead },
+                    },
+                }
+            }
+            ToServer::Profile(_) => FromServer::SpawnFailed {
+                reason: "the profile is already set".into(),
+                dead: Vec::new(),
             },
-            ToServer::Profile(_) => FromServer::SpawnFailed("the profile is already set".into()),
         };
         if forkserver::send(chan.as_fd(), &answer, &[]).is_err() {
             return 0;
+        }
+        if prefork && blank.is_none() {
+            blank = fork_blank(&chan).ok();
+        }
+    }
+}
+
+/// A pre-forked worker, waiting for its assignment.
+struct Blank {
+    pid: i32,
+    /// The server's end of the blank's own channel.
+    assign: OwnedFd,
+}
+
+/// Hands `fds` and `args` to `blank`. `Err`: the blank is gone.
+fn assign(blank: &Blank, fds: &[OwnedFd], args: &[String], library: bool) -> Result<(), ()> {
+    let msg = forkserver::Assign {
+        args: args.to_vec(),
+        library,
+    };
+    let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    forkserver::send(blank.assign.as_fd(), &msg, &fds).map_err(|_| ())
+}
+
+/// Pre-forks a blank: a worker that isolates itself at once (everything that
+/// does not depend on the plugin) and then waits for its assignment.
+fn fork_blank(chan: &OwnedFd) -> Result<Blank, String> {
+    let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
+    // SAFETY: as in `spawn`: a fork-like clone of this single-threaded process.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
+    match pid {
+        0 => {
+            drop(ours);
+            become_blank(chan, theirs)
+        }
+        p if p > 0 => Ok(Blank {
+            pid: p as i32,
+            assign: ours,
+        }),
+        _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
+    }
+}
+
+/// In a blank: announce itself, isolate, wait, then become the assigned
+/// worker; never returns.
+fn become_blank(chan: &OwnedFd, assign: OwnedFd) -> ! {
+    let code = (|| -> Result<u8, String> {
+        setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| format!("setpgid: {e}"))?;
+        // Tell the host first, so it can reap this process whatever happens next.
+        let me = FromServer::Blank {
+            pid: std::process::id() as i32,
+        };
+        forkserver::send(chan.as_fd(), &me, &[]).map_err(|e| format!("announcing the blank: {e}"))?;
+        setup::die_with_parent()?;
+        setup::close_inherited_fds(&[assign.as_raw_fd()])?;
+        sandbox::prebuild().map_err(|f| f.to_string())?;
+        let (msg, fds) = match forkserver::recv::<forkserver::Assign>(assign.as_fd(), None) {
+            Ok(m) => m,
+            // The server is gone and never assigned us.
+            Err(RecvError::Closed) => return Ok(0),
+            Err(e) => return Err(e.to_string()),
+        };
+        drop(assign);
+        let args = Args::parse(msg.args.into_iter())?;
+        let expected = 3 + usize::from(msg.library);
+        if fds.len() != expected {
+            return Err(format!("{} descriptors for {expected} expected", fds.len()));
+        }
+        Ok(run_assigned(fds, &args))
+    })();
+    exit_with(code)
+}
+
+fn exit_with(code: Result<u8, String>) -> ! {
+    let code = code.unwrap_or_else(|e| {
+        eprintln!("bulkhead-worker: forked worker setup failed: {e}");
+        EXIT_SETUP
+    });
+    std::process::exit(code.into())
+}
+
+/// Puts the host's descriptors in place (stdout, stderr, the socket, the
+/// library), closes everything else, and serves as the worker.
+fn run_assigned(mut fds: Vec<OwnedFd>, args: &Args) -> u8 {
+    let setup = (|| -> Result<UnixStream, String> {
+        let library = if fds.len() == 4 { fds.pop() } else { None };
+        let (err, out, sock) = match (fds.pop(), fds.pop(), fds.pop()) {
+            (Some(e), Some(o), Some(s)) => (e, o, s),
+            _ => return Err("descriptors missing".into()),
+        };
+        dup2(out.as_raw_fd(), 1).map_err(|e| format!("dup2 stdout: {e}"))?;
+        dup2(err.as_raw_fd(), 2).map_err(|e| format!("dup2 stderr: {e}"))?;
+        drop((out, err));
+        let mut keep = vec![sock.as_raw_fd()];
+        keep.extend(library.as_ref().map(|l| l.as_raw_fd()));
+        setup::close_inherited_fds(&keep)?;
+        if let Some(lib) = library {
+            sandbox::set_preopened_library(lib);
+        }
+        Ok(UnixStream::from(sock))
+    })();
+    match setup {
+        Ok(sock) => dispatch::run(sock, args),
+        Err(e) => {
+            eprintln!("bulkhead-worker: forked worker setup failed: {e}");
+            EXIT_SETUP
         }
     }
 }
@@ -120,32 +247,14 @@ fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, library: bool) ->
 }
 
 /// In the forked child: become a worker; never returns.
-fn become_worker(chan: &OwnedFd, mut fds: Vec<OwnedFd>, args: Args) -> ! {
+fn become_worker(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Args) -> ! {
     let code = (|| -> Result<u8, String> {
         // Its own group, before anything else can fail (the host sets it too).
         setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| format!("setpgid: {e}"))?;
         setup::die_with_parent()?;
-        let library = if fds.len() == 4 { fds.pop() } else { None };
-        let (err, out, sock) = match (fds.pop(), fds.pop(), fds.pop()) {
-            (Some(e), Some(o), Some(s)) => (e, o, s),
-            _ => return Err("descriptors missing".into()),
-        };
-        dup2(out.as_raw_fd(), 1).map_err(|e| format!("dup2 stdout: {e}"))?;
-        dup2(err.as_raw_fd(), 2).map_err(|e| format!("dup2 stderr: {e}"))?;
-        drop((out, err));
-        let mut keep = vec![sock.as_raw_fd()];
-        keep.extend(library.as_ref().map(|l| l.as_raw_fd()));
-        // The server's channel goes with everything else not kept.
+        // The server's channel is closed with everything else not handed over.
         let _ = chan;
-        setup::close_inherited_fds(&keep)?;
-        if let Some(lib) = library {
-            sandbox::set_preopened_library(lib);
-        }
-        Ok(dispatch::run(UnixStream::from(sock), &args))
+        Ok(run_assigned(fds, &args))
     })();
-    let code = code.unwrap_or_else(|e| {
-        eprintln!("bulkhead-worker: forked worker setup failed: {e}");
-        EXIT_SETUP
-    });
-    std::process::exit(code.into())
+    exit_with(code)
 }

@@ -165,6 +165,116 @@ pub fn prepare_profile(policy: &SandboxPolicy, netns_of: Option<i32>) -> Result<
         .map_err(|_| "the profile is already prepared".to_string())
 }
 
+/// A pre-forked worker's isolation, done before it is assigned a plugin.
+struct Prebuilt {
+    report: SandboxReport,
+    helper_processes: u64,
+}
+
+static PREBUILT: Mutex<Option<Prebuilt>> = Mutex::new(None);
+
+/// In a worker a fork-server pre-forks (a *blank*): everything of the sandbox
+/// that does not depend on the plugin — its own user, pid, mount and ipc
+/// namespaces, the process split, the per-worker mounts, no capabilities —
+/// done ahead of time, so that an assignment only adds Landlock (which names
+/// the library), the late seccomp filter, limits and `dlopen`. Returns in the
+/// process that will load the plugin (pid 2); `Err` if any of it failed (the
+/// blank then exits, and the server forks the worker the ordinary way, which
+/// reports the failure properly).
+pub fn prebuild() -> Result<(), LoadFailure> {
+    let staged = STAGED.get().ok_or_else(|| LoadFailure::Sandbox {
+        layer: Layer::UserNs,
+        reason: "not in a fork-server".into(),
+    })?;
+    let policy = &staged.policy;
+    if !policy.enabled() {
+        return Ok(());
+    }
+    let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
+    let plan = Plan {
+        policy,
+        library: None,
+        library_path: None,
+        read: policy.read.iter().map(os).collect(),
+        write: policy.write.iter().map(os).collect(),
+        netns_of: None,
+    };
+    let mut report = staged.report.clone();
+    let helper_processes = isolate(&plan, &mut report, true)?;
+    *PREBUILT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Prebuilt {
+        report,
+        helper_processes,
+    });
+    Ok(())
+}
+
+/// Identity, namespaces, the process split, the filesystem view and the
+/// capabilities (for a forked worker, only its own share: `staged`). Returns
+/// in the process that goes on to load the plugin, with the number of helper
+/// processes the split left under the worker's uid.
+fn isolate(plan: &Plan<'_>, report: &mut SandboxReport, staged: bool) -> Result<u64, LoadFailure> {
+    let ns = if staged {
+        let ns = namespaces::unshare(plan, report, namespaces::Stage::Forked);
+        if !ns.mount || !ns.pid {
+            // Never change the view in the server's own mount namespace.
+            return Err(LoadFailure::Sandbox {
+                layer: if ns.mount { Layer::PidNs } else { Layer::MountNs },
+                reason: "a forked worker could not create its own namespaces".into(),
+            });
+        }
+        ns
+    } else {
+        identity::drop_root(plan, report)?;
+        namespaces::unshare(plan, report, namespaces::Stage::All)
+    };
+
+    // Runs in the process whose children the worker's mounts are inherited by:
+    // init with a pid namespace, else this one.
+    let mut fatal = None;
+    let build = |report: &mut SandboxReport, fatal: &mut Option<LoadFailure>| {
+        if ns.uts {
+            namespaces::set_hostname();
+        }
+        if !ns.mount {
+            return;
+        }
+        if staged {
+            mounts::build_staged(plan, ns.pid, report);
+            return;
+        }
+        // Bind sources are opened here, inside the new mount namespace (a bind
+        // mount of a path from another namespace is refused) and with the
+        // identity the plugin will have.
+        match mounts::Sources::open(plan) {
+            Ok(sources) => mounts::build(plan, &sources, ns.pid, report),
+            Err(reason) => {
+                *fatal = Some(LoadFailure::Sandbox {
+                    layer: Layer::MountNs,
+                    reason,
+                })
+            }
+        }
+    };
+    let mut helper_processes = 0;
+    if ns.pid {
+        // Returns only in the worker proper; the caller turned into the outer
+        // waiter, and init ran `build` before forking the worker (which
+        // inherits the mounts, and a copy of `report` and `fatal`).
+        init::split(|| build(report, &mut fatal)).map_err(|reason| LoadFailure::Sandbox {
+            layer: Layer::PidNs,
+            reason,
+        })?;
+        helper_processes = 2;
+    } else {
+        build(report, &mut fatal);
+    }
+    if let Some(failure) = fatal {
+        return Err(failure);
+    }
+    capabilities::drop_all();
+    Ok(helper_processes)
+}
+
 /// Applies `policy` to this process; returns (in the process that goes on to
 /// load the plugin) the report. With a pid namespace, the process that called
 /// this never returns: it becomes the outer waiter (see [`init`]).
@@ -207,72 +317,21 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         netns_of,
     };
 
-    let ns = if staged.is_some() {
-        let ns = namespaces::unshare(&plan, &mut report, namespaces::Stage::Forked);
-        if !ns.mount || !ns.pid {
-            // Never finish (pivot) the view in the server's own mount namespace.
-            return Err(LoadFailure::Sandbox {
-                layer: if ns.mount { Layer::PidNs } else { Layer::MountNs },
-                reason: "a forked worker could not create its own namespaces".into(),
-            });
+    let prebuilt = PREBUILT.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let helper_processes = match prebuilt {
+        // A pre-forked worker isolated itself before it was assigned.
+        Some(done) => {
+            report = done.report;
+            done.helper_processes
         }
-        ns
-    } else {
-        identity::drop_root(&plan, &mut report)?;
-        namespaces::unshare(&plan, &mut report, namespaces::Stage::All)
+        None => isolate(&plan, &mut report, staged.is_some())?,
     };
-
-    // Runs in the process whose children the worker's mounts are inherited by:
-    // init with a pid namespace, else this one.
-    let mut fatal = None;
-    let mut build = |report: &mut SandboxReport| {
-        if ns.uts {
-            namespaces::set_hostname();
-        }
-        if !ns.mount {
-            return;
-        }
-        if staged.is_some() {
-            mounts::build_staged(&plan, ns.pid, report);
-            return;
-        }
-        // Bind sources are opened here, inside the new mount namespace (a bind
-        // mount of a path from another namespace is refused) and with the
-        // identity the plugin will have.
-        match mounts::Sources::open(&plan) {
-            Ok(sources) => mounts::build(&plan, &sources, ns.pid, report),
-            Err(reason) => {
-                fatal = Some(LoadFailure::Sandbox {
-                    layer: Layer::MountNs,
-                    reason,
-                })
-            }
-        }
-    };
-    let mut helper_processes = 0;
-    if ns.pid {
-        // Returns only in the worker proper; the caller of `enter` turned into
-        // the outer waiter, and init ran `build` before forking the worker
-        // (which inherits the mounts, and a copy of `report` and `fatal`).
-        init::split(|| build(&mut report)).map_err(|reason| LoadFailure::Sandbox {
-            layer: Layer::PidNs,
-            reason,
-        })?;
-        helper_processes = 2;
-    } else {
-        build(&mut report);
-    }
-    if let Some(failure) = fatal {
-        return Err(failure);
-    }
-
-    capabilities::drop_all();
-    landlock::apply(&plan, &mut report);
     let part = if staged.is_some() {
         seccomp::Part::Late
     } else {
         seccomp::Part::Full
     };
+    landlock::apply(&plan, &mut report);
     seccomp::apply(&plan, &mut report, part);
 
     for layer in Layer::ALL {
