@@ -126,7 +126,13 @@ impl ForkServerSlot {
                 .ok()
         });
         match server.spawn(args, sock, lib.as_ref().map(|f| f.as_fd()), deadline) {
-            Ok(forked) => Some(forked),
+            Ok(forked) => {
+                if server.gone {
+                    tracing::warn!(target: "bulkhead::supervision", pid = server.pid, "fork-server is gone; it is replaced on the next spawn");
+                    *state = SlotState::Idle { failures: 0 };
+                }
+                Some(forked)
+            }
             Err(SpawnError::Refused(why)) => {
                 tracing::warn!(target: "bulkhead::supervision", %why, "fork-server could not fork a worker");
                 None
@@ -165,18 +171,32 @@ enum SpawnError {
 }
 
 /// Most blanks a server may have announced and not yet assigned.
-const MAX_PENDING_BLANKS: usize = 8;
+const MAX_BLANKS: usize = 8;
 /// How long a stopped server's channel is read for the last announcements.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// Blanks found dead before the host stops asking for new ones.
+const MAX_DEAD_BLANKS: u32 = 3;
+
+/// A blank: a pre-forked worker, isolated already, waiting for its plugin.
+struct Blank {
+    pid: u32,
+    /// The host's end of its own channel.
+    chan: OwnedFd,
+}
 
 /// One running server.
 struct ForkServer {
     pid: u32,
     chan: OwnedFd,
     child: Child,
-    /// Blanks (pre-forked workers, the host's children) announced and not yet
-    /// assigned: killed and reaped when the server gives them up or stops.
-    pending: Vec<u32>,
+    /// Blanks announced and not yet assigned (the host's children): killed and
+    /// reaped if they turn out dead or the server stops.
+    blanks: Vec<Blank>,
+    /// Blanks that were dead when their turn came.
+    dead_blanks: u32,
+    /// The server itself did not take a request (it is replaced after the
+    /// spawn at hand, which a blank may still have served).
+    gone: bool,
 }
 
 impl ForkServer {
@@ -204,43 +224,71 @@ impl ForkServer {
             pid: child.id(),
             chan: ours,
             child,
-            pending: Vec::new(),
+            blanks: Vec::new(),
+            dead_blanks: 0,
+            gone: false,
         };
         forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
             .map_err(|e| format!("sending the profile: {e}"))?;
+        let until = Instant::now() + START_TIMEOUT;
         loop {
-            match forkserver::recv::<FromServer>(server.chan.as_fd(), Some(Instant::now() + START_TIMEOUT)) {
-                Ok((FromServer::Ready, fds)) if fds.is_empty() => return Ok(server),
-                Ok((FromServer::Blank { pid }, fds)) if fds.is_empty() => server.note_blank(pid).map_err(|e| match e {
-                    SpawnError::Broken(why) | SpawnError::Refused(why) => why,
-                })?,
-                Ok((FromServer::Unavailable(why), _)) => return Err(format!("profile unavailable: {why}")),
-                Ok((other, _)) => return Err(format!("unexpected answer {other:?}")),
-                Err(e) => return Err(e.to_string()),
+            match server.recv(Some(until)) {
+                Ok(FromServer::Ready) => return Ok(server),
+                Ok(FromServer::Unavailable(why)) => return Err(format!("profile unavailable: {why}")),
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(SpawnError::Broken(why) | SpawnError::Refused(why)) => return Err(why),
             }
         }
     }
 
-    /// Records an announced blank: it must be an unreaped child of ours.
-    fn note_blank(&mut self, pid: i32) -> Result<(), SpawnError> {
-        let pid = own_child(pid)?;
-        if self.pending.len() >= MAX_PENDING_BLANKS {
-            // Keep it reapable all the same, then give up on this server.
-            self.pending.push(pid);
-            return Err(SpawnError::Broken(format!("more than {MAX_PENDING_BLANKS} blanks announced")));
-        }
-        self.pending.push(pid);
-        Ok(())
-    }
-
-    /// Kills and reaps the blanks in `dead` the server gave up on (only ones
-    /// it announced: any other pid may be a live worker of this host).
-    fn bury(&mut self, dead: &[i32]) {
-        for &pid in dead {
-            if let Some(i) = self.pending.iter().position(|&p| p as i32 == pid) {
-                kill_and_reap(self.pending.swap_remove(i));
+    /// The next message from the server that is not a blank's announcement
+    /// (announcements are taken in on the way).
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<FromServer, SpawnError> {
+        loop {
+            match forkserver::recv::<FromServer>(self.chan.as_fd(), deadline) {
+                Ok((FromServer::Blank { pid }, mut fds)) if fds.len() == 1 => {
+                    let pid = own_child(pid)?;
+                    let chan = fds.pop().expect("one descriptor");
+                    self.blanks.push(Blank { pid, chan });
+                    if self.blanks.len() > MAX_BLANKS {
+                        // Reaped with the server all the same.
+                        return Err(SpawnError::Broken(format!("more than {MAX_BLANKS} blanks announced")));
+                    }
+                }
+                Ok((msg, fds)) if fds.is_empty() && !matches!(msg, FromServer::Blank { .. }) => return Ok(msg),
+                Ok((msg, fds)) => {
+                    return Err(SpawnError::Broken(format!(
+                        "unexpected answer {msg:?} with {} descriptors",
+                        fds.len()
+                    )))
+                }
+                Err(e) => return Err(SpawnError::Broken(e.to_string())),
             }
         }
+    }
+
+    /// Hands the worker's descriptors to a blank, if one is waiting; asks the
+    /// server for the next blank. `None`: no live blank.
+    fn assign_blank(&mut self, args: &[String], fds: &[BorrowedFd<'_>], library: bool) -> Option<u32> {
+        // Announcements that arrived since the last spawn, without waiting.
+        let _ = self.recv(Some(Instant::now()));
+        while let Some(blank) = self.blanks.pop() {
+            let msg = forkserver::Assign {
+                args: args.to_vec(),
+                library,
+            };
+            if forkserver::send(blank.chan.as_fd(), &msg, fds).is_ok() {
+                self.gone |= forkserver::send(self.chan.as_fd(), &ToServer::Blank, &[]).is_err();
+                return Some(blank.pid);
+            }
+            // It died waiting (its set-up failed, most likely).
+            kill_and_reap(blank.pid);
+            self.dead_blanks += 1;
+            if self.dead_blanks < MAX_DEAD_BLANKS {
+                self.gone |= forkserver::send(self.chan.as_fd(), &ToServer::Blank, &[]).is_err();
+            }
+        }
+        None
     }
 
     fn spawn(
@@ -255,38 +303,35 @@ impl ForkServer {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
-        let msg = ToServer::Spawn {
-            args: args.to_vec(),
-            library: library.is_some(),
-        };
         let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(library);
-        forkserver::send(self.chan.as_fd(), &msg, &fds).map_err(|e| broken(format!("sending a spawn request: {e}")))?;
+        let pid = match self.assign_blank(args, &fds, library.is_some()) {
+            Some(pid) => pid as i32,
+            None => {
+                let msg = ToServer::Spawn {
+                    args: args.to_vec(),
+                    library: library.is_some(),
+                };
+                forkserver::send(self.chan.as_fd(), &msg, &fds)
+                    .map_err(|e| broken(format!("sending a spawn request: {e}")))?;
+                match self.recv(Some(deadline))? {
+                    FromServer::Spawned { pid } => pid,
+                    FromServer::SpawnFailed(why) => return Err(SpawnError::Refused(why)),
+                    other => return Err(broken(format!("unexpected answer {other:?}"))),
+                }
+            }
+        };
         // The worker holds its own copies now: only the read ends stay here,
         // so they reach end-of-file when the worker's last holder is gone.
         drop(fds);
         drop((sock, out_w, err_w));
-        let pid = loop {
-            match forkserver::recv::<FromServer>(self.chan.as_fd(), Some(deadline)) {
-                Ok((FromServer::Blank { pid }, fds)) if fds.is_empty() => self.note_blank(pid)?,
-                Ok((FromServer::Spawned { pid, dead }, fds)) if fds.is_empty() => {
-                    self.bury(&dead);
-                    break pid;
-                }
-                Ok((FromServer::SpawnFailed { reason, dead }, fds)) if fds.is_empty() => {
-                    self.bury(&dead);
-                    return Err(SpawnError::Refused(reason));
-                }
-                Ok((other, _)) => return Err(broken(format!("unexpected answer {other:?}"))),
-                Err(e) => return Err(broken(e.to_string())),
-            }
-        };
         let pid = own_child(pid)?;
-        // A blank it assigned is a worker now.
-        self.pending.retain(|&p| p != pid);
         // The worker makes itself a group leader first thing; doing it here
         // too means the group exists before anyone may kill it.
-        let _ = setpgid(Pid::from_raw(pid as i32), Pid::from_raw(pid as i32));
+        let p = Pid::from_raw(pid as i32);
+        if nix::unistd::getpgid(Some(p)) != Ok(p) {
+            let _ = setpgid(p, p);
+        }
         Ok(Forked {
             pid,
             stdout: File::from(out_r),
@@ -327,17 +372,15 @@ impl Drop for ForkServer {
         // Every blank announces itself on this channel and then closes its
         // copy, so reading to end-of-file learns of all of them.
         let until = Instant::now() + DRAIN_BOUND;
-        while let Ok((msg, _)) = forkserver::recv::<FromServer>(self.chan.as_fd(), Some(until)) {
-            if let FromServer::Blank { pid } = msg {
+        while let Ok((msg, fds)) = forkserver::recv::<FromServer>(self.chan.as_fd(), Some(until)) {
+            if let (FromServer::Blank { pid }, 1) = (msg, fds.len()) {
                 if let Ok(pid) = own_child(pid) {
-                    if !self.pending.contains(&pid) {
-                        self.pending.push(pid);
-                    }
+                    kill_and_reap(pid);
                 }
             }
         }
-        for pid in std::mem::take(&mut self.pending) {
-            kill_and_reap(pid);
+        for blank in std::mem::take(&mut self.blanks) {
+            kill_and_reap(blank.pid);
         }
     }
 }
@@ -365,7 +408,9 @@ mod tests {
             pid: child.id(),
             chan: ours,
             child,
-            pending: Vec::new(),
+            blanks: Vec::new(),
+            dead_blanks: 0,
+            gone: false,
         };
         (server, peer)
     }
@@ -390,12 +435,13 @@ mod tests {
 
     #[test]
     fn a_pid_that_is_not_our_child_is_refused() {
-        let (mut server, peer) = fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: 1, dead: vec![] }, &[]).unwrap());
+        let (mut server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: 1 }, &[]).unwrap());
         let why = broken(spawn(&mut server, Duration::from_secs(10)));
         assert!(why.contains("not a child of this host"), "{why}");
         peer.join().unwrap();
         let (mut server, peer) =
-            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: -5, dead: vec![] }, &[]).unwrap());
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: -5 }, &[]).unwrap());
         assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("-5"));
         peer.join().unwrap();
     }
@@ -437,7 +483,7 @@ mod tests {
         let worker = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
         let pid = worker.id() as i32;
         let (mut server, peer) =
-            fake(move |chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid, dead: vec![] }, &[]).unwrap());
+            fake(move |chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid }, &[]).unwrap());
         let forked = spawn(&mut server, Duration::from_secs(10)).unwrap_or_else(|_| panic!("a real child"));
         assert_eq!(forked.pid, pid as u32);
         // A group leader, as the host requires.
@@ -452,7 +498,9 @@ mod tests {
 
         let (mut server, peer) =
             fake(|chan| forkserver::send(chan.as_fd(), &FromServer::SpawnFailed("clone: EAGAIN".into()), &[]).unwrap());
-        assert!(matches!(spawn(&mut server, Duration::from_secs(10)), Err(SpawnError::Refused(w)) if w.contains("EAGAIN")));
+        assert!(
+            matches!(spawn(&mut server, Duration::from_secs(10)), Err(SpawnError::Refused(w)) if w.contains("EAGAIN"))
+        );
         peer.join().unwrap();
         let server_pid = server.pid;
         drop(server);

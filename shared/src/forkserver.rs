@@ -12,7 +12,12 @@
 //! 3. then, repeatedly: host → server [`ToServer::Spawn`] carrying the new
 //!    worker's socket end, stdout and stderr pipes and (optionally) its library;
 //!    server → host [`FromServer::Spawned`] with the worker's pid, or
-//!    [`FromServer::SpawnFailed`].
+//!    [`FromServer::SpawnFailed`];
+//! 4. and, on the side, *blanks*: workers the server pre-forks (one at start,
+//!    one more per [`ToServer::Blank`]), which isolate themselves and announce
+//!    themselves to the host ([`FromServer::Blank`]) with a channel of their
+//!    own; the host then assigns a blank directly ([`Assign`], same
+//!    descriptors as a spawn), with no round trip through the server.
 //!
 //! The worker is created with `CLONE_PARENT`: it is the *host's* child, so the
 //! host reaps it, reads its exit status and rusage, and its parent-death signal
@@ -44,6 +49,8 @@ pub const MAX_FDS: usize = 4;
 pub enum ToServer {
     /// The sandbox profile every worker of this server gets. First and once.
     Profile(SandboxPolicy),
+    /// Pre-fork one more blank (no answer: the blank announces itself).
+    Blank,
     /// Fork a worker. Descriptors, in order: its socket end, stdout, stderr,
     /// and its library when `library` is set.
     Spawn {
@@ -55,8 +62,8 @@ pub enum ToServer {
     },
 }
 
-/// Fork-server → blank (a pre-forked worker waiting for its plugin), on the
-/// blank's own channel. Descriptors as for [`ToServer::Spawn`].
+/// Host → blank (a pre-forked worker waiting for its plugin), on the blank's
+/// own channel. Descriptors as for [`ToServer::Spawn`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assign {
     /// The worker's command-line arguments.
@@ -69,11 +76,12 @@ pub struct Assign {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromServer {
     /// Sent by a blank itself, first thing, on its inherited copy of the
-    /// server's channel: a pre-forked worker exists with this pid. It is the
-    /// host's child; until it is assigned, the host kills and reaps it if the
-    /// server gives it up or goes away. (Sent by the blank, not the server, so
-    /// that a blank can never exist without the host hearing of it: the host
-    /// reads the channel until every holder has closed it.)
+    /// server's channel, with one descriptor: the host's end of the blank's
+    /// own channel, over which the host assigns it ([`Assign`]). The blank is
+    /// the host's child; until it is assigned, the host kills and reaps it
+    /// when it turns out dead or the server goes away. (Sent by the blank, not
+    /// the server, so that a blank can never exist without the host hearing
+    /// of it: the host reads the channel until every holder has closed it.)
     Blank {
         /// The blank's pid.
         pid: i32,
@@ -82,21 +90,14 @@ pub enum FromServer {
     Ready,
     /// The profile cannot be prepared here (the host starts workers itself).
     Unavailable(String),
-    /// A worker was forked, or a blank assigned: its pid (in the host's pid
-    /// namespace), already the leader of its own process group.
+    /// A worker was forked: its pid (in the host's pid namespace), the
+    /// leader of its own process group.
     Spawned {
         /// The worker's pid.
         pid: i32,
-        /// Blanks the server gave up on (found dead when assigning).
-        dead: Vec<i32>,
     },
     /// The fork failed; the server keeps serving.
-    SpawnFailed {
-        /// Why.
-        reason: String,
-        /// Blanks the server gave up on.
-        dead: Vec<i32>,
-    },
+    SpawnFailed(String),
 }
 
 /// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec.
@@ -155,25 +156,26 @@ impl std::fmt::Display for RecvError {
     }
 }
 
-/// Receives one packet (waiting until `deadline`, or forever with `None`) and
-/// the descriptors attached to it. Descriptors arrive close-on-exec.
+/// Receives one packet (waiting until `deadline`, or forever with `None`; a
+/// deadline already passed makes it a non-blocking receive) and the
+/// descriptors attached to it. Descriptors arrive close-on-exec.
 pub fn recv<T: serde::de::DeserializeOwned>(
     sock: BorrowedFd<'_>,
     deadline: Option<Instant>,
 ) -> Result<(T, Vec<OwnedFd>), RecvError> {
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
+        let (timeout, last) = match deadline {
+            None => (PollTimeout::NONE, false),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(RecvError::Timeout);
-                }
-                PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                // A deadline already passed still looks once (a non-blocking receive).
+                let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+                (PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX), ms == 0)
             }
         };
         let mut p = [PollFd::new(sock, PollFlags::POLLIN)];
         match poll(&mut p, timeout) {
+            Ok(0) if last => return Err(RecvError::Timeout),
             Ok(0) => continue,
             Ok(_) => break,
             Err(nix::errno::Errno::EINTR) => continue,

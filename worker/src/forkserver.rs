@@ -53,9 +53,9 @@ pub fn serve(args: &Args) -> u8 {
     if forkserver::send(chan.as_fd(), &ready, &[]).is_err() || !available {
         return 0;
     }
-    // One blank waits ready at all times, unless pre-forking stopped working.
-    let mut prefork = true;
-    let mut blank = fork_blank(&chan).ok();
+    // One blank is forked at once; the host asks for each next one when it
+    // takes one (it assigns blanks itself, straight over their own channel).
+    let _ = fork_blank(&chan);
     loop {
         let (msg, fds) = match forkserver::recv::<ToServer>(chan.as_fd(), None) {
             Ok(m) => m,
@@ -63,85 +63,50 @@ pub fn serve(args: &Args) -> u8 {
             Err(_) => return EXIT_PROTOCOL,
         };
         let answer = match msg {
-            ToServer::Spawn { args, library } => {
-                let mut dead = Vec::new();
-                let assigned = blank.take().and_then(|b| match assign(&b, &fds, &args, library) {
-                    Ok(()) => Some(b.pid),
-                    Err(()) => {
-                        // It died waiting (its setup failed): stop pre-forking.
-                        dead.push(b.pid);
-                        prefork = false;
-                        None
-                    }
-                });
-                match assigned {
-                    Some(pid) => FromServer::Spawned { pid, dead },
-                    None => match spawn(&chan, fds, args, library) {
-                        Ok(pid) => FromServer::Spawned { pid, dead },
-                        Err(reason) => FromServer::SpawnFailed { reason, dead },
-                    },
-                }
-            }
-            ToServer::Profile(_) => FromServer::SpawnFailed {
-                reason: "the profile is already set".into(),
-                dead: Vec::new(),
+            ToServer::Spawn { args, library } => match spawn(&chan, fds, args, library) {
+                Ok(pid) => FromServer::Spawned { pid },
+                Err(reason) => FromServer::SpawnFailed(reason),
             },
+            ToServer::Blank if fds.is_empty() => {
+                // No answer: the blank announces itself.
+                let _ = fork_blank(&chan);
+                continue;
+            }
+            ToServer::Blank => return EXIT_PROTOCOL,
+            ToServer::Profile(_) => FromServer::SpawnFailed("the profile is already set".into()),
         };
         if forkserver::send(chan.as_fd(), &answer, &[]).is_err() {
             return 0;
         }
-        if prefork && blank.is_none() {
-            blank = fork_blank(&chan).ok();
-        }
     }
 }
 
-/// A pre-forked worker, waiting for its assignment.
-struct Blank {
-    pid: i32,
-    /// The server's end of the blank's own channel.
-    assign: OwnedFd,
-}
-
-/// Hands `fds` and `args` to `blank`. `Err`: the blank is gone.
-fn assign(blank: &Blank, fds: &[OwnedFd], args: &[String], library: bool) -> Result<(), ()> {
-    let msg = forkserver::Assign {
-        args: args.to_vec(),
-        library,
-    };
-    let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    forkserver::send(blank.assign.as_fd(), &msg, &fds).map_err(|_| ())
-}
-
 /// Pre-forks a blank: a worker that isolates itself at once (everything that
-/// does not depend on the plugin) and then waits for its assignment.
-fn fork_blank(chan: &OwnedFd) -> Result<Blank, String> {
-    let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
+/// does not depend on the plugin) and then waits for its assignment from the
+/// host. Returns its pid.
+fn fork_blank(chan: &OwnedFd) -> Result<i32, String> {
     // SAFETY: as in `spawn`: a fork-like clone of this single-threaded process.
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
-        0 => {
-            drop(ours);
-            become_blank(chan, theirs)
-        }
-        p if p > 0 => Ok(Blank {
-            pid: p as i32,
-            assign: ours,
-        }),
+        0 => become_blank(chan),
+        p if p > 0 => Ok(p as i32),
         _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
     }
 }
 
 /// In a blank: announce itself, isolate, wait, then become the assigned
 /// worker; never returns.
-fn become_blank(chan: &OwnedFd, assign: OwnedFd) -> ! {
+fn become_blank(chan: &OwnedFd) -> ! {
     let code = (|| -> Result<u8, String> {
         setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| format!("setpgid: {e}"))?;
-        // Tell the host first, so it can reap this process whatever happens next.
+        // Tell the host first, so it can reap this process whatever happens
+        // next, and hand it the host's end of this blank's own channel.
+        let (host_end, assign) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
         let me = FromServer::Blank {
             pid: std::process::id() as i32,
         };
-        forkserver::send(chan.as_fd(), &me, &[]).map_err(|e| format!("announcing the blank: {e}"))?;
+        forkserver::send(chan.as_fd(), &me, &[host_end.as_fd()]).map_err(|e| format!("announcing the blank: {e}"))?;
+        drop(host_end);
         setup::die_with_parent()?;
         setup::close_inherited_fds(&[assign.as_raw_fd()])?;
         sandbox::prebuild().map_err(|f| f.to_string())?;
