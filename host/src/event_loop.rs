@@ -1,0 +1,200 @@
+//! The host's event loops: a fixed number of threads serve every worker.
+//!
+//! Each worker needs three things watched for as long as it lives: its exit
+//! (to reap it, see [`worker_process`](crate::worker_process)) and its two
+//! output pipes (to drain them, see [`output`](crate::output)). Instead of a
+//! thread for each — 3 per worker, 3,000 for a thousand plugins — two
+//! process-wide threads each block in one `epoll` set:
+//!
+//! * `bulkhead-reaper` waits on a pidfd per worker. A pidfd becomes readable
+//!   when the process has exited and is still unreaped, which is exactly the
+//!   moment `waitid(WNOWAIT)` used to report; the reaping itself is unchanged.
+//!   Its work per event is a few system calls, never user code, so a worker's
+//!   death is noticed at once whatever the other workers or the user's
+//!   callbacks are doing.
+//! * `bulkhead-output` waits on the read ends of the stdout and stderr pipes
+//!   (nonblocking), splits lines, keeps the stderr tail and forwards lines to
+//!   `tracing` and the user's [`on_output`](crate::SupervisorBuilder::on_output)
+//!   callback, which therefore runs on this thread. A slow callback delays the
+//!   draining of every worker's output, never the reaping: while it runs no
+//!   pipe is read, so a worker that keeps printing blocks on its full pipe
+//!   (64 KiB in the kernel) and the host's memory stays bounded (one 64 KiB
+//!   read buffer for the loop, at most one partial line of 8 KiB and the
+//!   16 KiB stderr tail per worker). Each readiness event reads at most
+//!   [`READS_PER_EVENT`] times, so one chatty worker cannot starve the others.
+//!
+//! The loops are process-wide rather than per supervisor so the count stays
+//! fixed however many supervisors an application (or a test binary) builds;
+//! they start on first use and live as long as the process, like the spawner
+//! thread.
+//!
+//! A source is handed to a loop over a channel and the loop is woken through
+//! an eventfd; the loop adds it to its epoll set itself. Whatever a loop cannot
+//! take (no pidfd on kernels before 5.3, the loop thread could not start, the
+//! epoll set is full) is served the old way, on a thread of its own
+//! ([`Source::fallback`]): slower to scale, same behaviour.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+
+use crossbeam_channel::{Receiver, Sender};
+use rustix::event::{epoll, eventfd, EventfdFlags};
+use rustix::io::Errno;
+
+use crate::output::Pipe;
+use crate::worker_process::Reaping;
+
+/// Reads of one pipe per readiness event before the loop serves others.
+pub(crate) const READS_PER_EVENT: usize = 4;
+/// Size of the output loop's one read buffer.
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
+/// The epoll key of the loop's own wake-up eventfd.
+const WAKE_KEY: u64 = 0;
+
+/// Something a loop watches: one descriptor, and what to do when it is ready.
+pub(crate) trait Source: Send + Sized + 'static {
+    /// The descriptor to wait on (readable = ready); `None` if there is none
+    /// and the source must be served by [`fallback`](Self::fallback).
+    fn fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Handles readiness; returns `true` when the source is finished (the
+    /// loop then forgets and drops it).
+    fn ready(&mut self, scratch: &mut [u8]) -> bool;
+    /// Serves the source to its end on a thread of its own.
+    fn fallback(self);
+}
+
+/// A running loop: where to send sources, and how to wake it.
+pub(crate) struct EventLoop<S: Source> {
+    tx: Sender<S>,
+    wake: OwnedFd,
+}
+
+impl<S: Source> EventLoop<S> {
+    /// Starts a loop thread named `name`; `None` if it cannot be started.
+    fn start(name: &str, scratch: usize) -> Option<EventLoop<S>> {
+        let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok()?;
+        epoll::add(
+            &epoll_fd,
+            &wake,
+            epoll::EventData::new_u64(WAKE_KEY),
+            epoll::EventFlags::IN,
+        )
+        .ok()?;
+        let loop_wake = wake.try_clone().ok()?;
+        let (tx, rx) = crossbeam_channel::unbounded::<S>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(128 * 1024)
+            .spawn(move || run(epoll_fd, loop_wake, rx, scratch))
+            .ok()?;
+        Some(EventLoop { tx, wake })
+    }
+
+    /// Hands `source` to the loop (or to its fallback thread).
+    fn submit(&self, source: S) {
+        if source.fd().is_none() {
+            return source.fallback();
+        }
+        match self.tx.send(source) {
+            Ok(()) => {
+                // Cannot fail short of a counter overflow (2^64 - 1 wake-ups
+                // never read); the loop reads it on every wake-up.
+                let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+            }
+            Err(crossbeam_channel::SendError(source)) => source.fallback(),
+        }
+    }
+}
+
+/// Hands a worker's reaping to the reaper loop.
+pub(crate) fn watch_exit(reaping: Reaping) {
+    static REAPER: OnceLock<Option<EventLoop<Reaping>>> = OnceLock::new();
+    match REAPER.get_or_init(|| EventLoop::start("bulkhead-reaper", 0)) {
+        Some(lp) => lp.submit(reaping),
+        None => reaping.fallback(),
+    }
+}
+
+/// Hands one of a worker's output pipes to the output loop.
+pub(crate) fn watch_output(pipe: Pipe) {
+    static OUTPUT: OnceLock<Option<EventLoop<Pipe>>> = OnceLock::new();
+    match OUTPUT.get_or_init(|| EventLoop::start("bulkhead-output", READ_BUFFER)) {
+        Some(lp) => lp.submit(pipe),
+        None => pipe.fallback(),
+    }
+}
+
+/// The loop thread's body.
+fn run<S: Source>(epoll_fd: OwnedFd, wake: OwnedFd, rx: Receiver<S>, scratch: usize) {
+    let mut sources: HashMap<u64, S> = HashMap::new();
+    let mut next_key = WAKE_KEY + 1;
+    let blank = epoll::Event {
+        flags: epoll::EventFlags::empty(),
+        data: epoll::EventData::new_u64(WAKE_KEY),
+    };
+    let mut events = vec![blank; 128];
+    let mut scratch = vec![0u8; scratch];
+    loop {
+        let n = match epoll::wait(&epoll_fd, &mut events[..], None) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                // Cannot happen with a valid epoll fd and buffer; if it does,
+                // no source is left unserved.
+                tracing::error!(target: "bulkhead", error = %e, "event loop failed; serving workers on threads of their own");
+                break;
+            }
+        };
+        for ev in &events[..n] {
+            let key = { ev.data }.u64();
+            if key == WAKE_KEY {
+                let mut count = [0u8; 8];
+                let _ = rustix::io::read(&wake, &mut count);
+                for source in rx.try_iter() {
+                    let key = next_key;
+                    next_key += 1;
+                    let added = match source.fd() {
+                        Some(fd) => epoll::add(&epoll_fd, fd, epoll::EventData::new_u64(key), epoll::EventFlags::IN),
+                        None => Err(Errno::BADF),
+                    };
+                    match added {
+                        Ok(()) => {
+                            sources.insert(key, source);
+                        }
+                        Err(_) => source.fallback(),
+                    }
+                }
+                continue;
+            }
+            let finished = match sources.get_mut(&key) {
+                Some(source) => source.ready(&mut scratch),
+                None => false,
+            };
+            if finished {
+                if let Some(source) = sources.remove(&key) {
+                    if let Some(fd) = source.fd() {
+                        let _ = epoll::delete(&epoll_fd, fd);
+                    }
+                }
+            }
+        }
+    }
+    // Only after an impossible epoll failure: hand everything over.
+    drop(epoll_fd);
+    for (_, source) in sources.drain() {
+        source.fallback();
+    }
+    drop(wake);
+    let pending: Vec<S> = rx.try_iter().collect();
+    drop(rx);
+    for source in pending {
+        source.fallback();
+    }
+}
+
+/// Sets `fd` nonblocking (or back to blocking).
+pub(crate) fn set_nonblocking(fd: impl AsFd, on: bool) -> std::io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, on).map_err(std::io::Error::from)
+}
