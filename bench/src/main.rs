@@ -4,6 +4,7 @@
 
 mod floor;
 mod inproc;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,19 @@ impl Report {
     fn row(&mut self, figure: String, value: String, note: String) {
         self.rows.push((figure, value, note));
     }
+    fn print(&self, started: Instant) {
+        println!();
+        println!("| figure | bulkhead | baselines / notes |");
+        println!("|---|---|---|");
+        for (a, b, c) in &self.rows {
+            println!("| {a} | {b} | {c} |");
+        }
+        println!(
+            "\nbench finished in {:.1?} ({} cores)",
+            started.elapsed(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+    }
 }
 
 fn us(d: Duration) -> String {
@@ -82,6 +96,10 @@ fn main() {
     let lib = fx.lib("fx-basic");
     let sup = Supervisor::builder().worker_path(&fx.worker).build().expect("worker");
     let mut report = Report { rows: Vec::new() };
+    if std::env::args().any(|a| a == "--scale-only") {
+        scale::rows(&fx.worker, &lib, &mut report, quick);
+        return report.print(started);
+    }
     let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(Backoff::none());
 
     // --- small call: add(i64, i64) -------------------------------------------------
@@ -414,17 +432,10 @@ fn main() {
     );
     drop(plugins);
 
-    println!();
-    println!("| figure | bulkhead | baselines / notes |");
-    println!("|---|---|---|");
-    for (a, b, c) in &report.rows {
-        println!("| {a} | {b} | {c} |");
-    }
-    println!(
-        "\nbench finished in {:.1?} ({} cores)",
-        started.elapsed(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    // --- scale: 10, 100, 1,000 plugins ----------------------------------------------------
+    scale::rows(&fx.worker, &lib, &mut report, quick);
+
+    report.print(started);
 }
 
 /// Crashes `plugin`'s worker `n` times and times the next good answer after

@@ -353,7 +353,9 @@ impl Supervisor {
         let work = || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(slot) = specs.get(i) else { return };
-            let Some(spec) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() else { continue };
+            let Some(spec) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                continue;
+            };
             let result = self.load(spec);
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
         };

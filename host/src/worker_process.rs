@@ -39,8 +39,8 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
-use crate::event_loop;
 use crate::error::{Exit, LoadError, ProtocolError};
+use crate::event_loop;
 use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
@@ -223,7 +223,13 @@ impl WorkerProcess {
         let wake = host_end.try_clone();
         let region_for_reaper = region.as_ref().map(|(r, _)| r.clone());
         let (proc, stderr) = match wake {
-            Ok(wake) => adopt(spawned, launch.label.clone(), launch.output.clone(), wake, region_for_reaper),
+            Ok(wake) => adopt(
+                spawned,
+                launch.label.clone(),
+                launch.output.clone(),
+                wake,
+                region_for_reaper,
+            ),
             Err(e) => {
                 // Nothing watches this worker yet: kill it and reap it here.
                 spawned.abandon();
@@ -607,7 +613,9 @@ impl event_loop::Source for Reaping {
         let slot = Arc::new(Mutex::new(Some(self)));
         let theirs = slot.clone();
         let body = move || {
-            while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
+            while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+            {
+            }
             if let Some(mut this) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 this.reap_exited();
             }

@@ -17,7 +17,12 @@ use bulkhead_tests::{basic, fixtures, spec};
 const GENEROUS: Duration = Duration::from_secs(60);
 /// Names of threads that exist only while a job runs (a batch load, a
 /// background restart).
-const TRANSIENT: [&str; 4] = ["bulkhead-load", "bulkhead-restart", "bulkhead-standby", "bulkhead-probe"];
+const TRANSIENT: [&str; 4] = [
+    "bulkhead-load",
+    "bulkhead-restart",
+    "bulkhead-standby",
+    "bulkhead-probe",
+];
 
 /// Names of this process' threads that bulkhead started.
 fn bulkhead_threads() -> Vec<String> {
@@ -39,7 +44,10 @@ fn settled_threads() -> Vec<String> {
     loop {
         let names = bulkhead_threads();
         // `comm` keeps the first 15 bytes of a thread's name.
-        if !names.iter().any(|n| TRANSIENT.iter().any(|t| t.starts_with(n.as_str()))) {
+        if !names
+            .iter()
+            .any(|n| TRANSIENT.iter().any(|t| t.starts_with(n.as_str())))
+        {
             return names;
         }
         assert!(Instant::now() < deadline, "transient threads never ended: {names:?}");
@@ -79,7 +87,11 @@ fn host_threads_do_not_grow_with_plugins() {
     let at_10 = settled_threads();
 
     // 30 more: a batch and single loads.
-    plugins.extend(sup.load_many((0..20).map(|_| spec("fx-basic"))).into_iter().map(|r| r.unwrap()));
+    plugins.extend(
+        sup.load_many((0..20).map(|_| spec("fx-basic")))
+            .into_iter()
+            .map(|r| r.unwrap()),
+    );
     for _ in 0..10 {
         plugins.push(sup.load(spec("fx-basic")).unwrap());
     }
@@ -121,7 +133,11 @@ fn host_threads_do_not_grow_with_plugins() {
     // (Output lines of other workers do not start with "line ".)
     let deadline = Instant::now() + GENEROUS;
     while lines.load(Ordering::Relaxed) < 5056 {
-        assert!(Instant::now() < deadline, "{} lines forwarded", lines.load(Ordering::Relaxed));
+        assert!(
+            Instant::now() < deadline,
+            "{} lines forwarded",
+            lines.load(Ordering::Relaxed)
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let sum: i64 = victim.call(basic::ADD, &(1i64, 2i64)).unwrap();
