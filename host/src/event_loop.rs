@@ -23,6 +23,12 @@
 //!   16 KiB stderr tail per worker). Each readiness event reads at most
 //!   [`READS_PER_EVENT`] times, so one chatty worker cannot starve the others.
 //!
+//! A third thread, `bulkhead-timer`, started on first use, serves periodic
+//! wake-ups: the idle check of every pool with an
+//! [`idle_timeout`](crate::PluginSpec::idle_timeout) (before, a thread per such
+//! pool). A tick only sorts the pool's idle slots; stopping a worker (polite,
+//! up to the grace period) is handed to a short background job.
+//!
 //! The loops are process-wide rather than per supervisor so the count stays
 //! fixed however many supervisors an application (or a test binary) builds;
 //! they start on first use and live as long as the process, like the spawner
@@ -36,9 +42,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::event::{epoll, eventfd, EventfdFlags};
 use rustix::io::Errno;
 
@@ -67,22 +74,22 @@ pub(crate) trait Source: Send + Sized + 'static {
 /// A running loop: where to send sources, and how to wake it.
 pub(crate) struct EventLoop<S: Source> {
     tx: Sender<S>,
-    wake: OwnedFd,
+    wake: Arc<OwnedFd>,
 }
 
 impl<S: Source> EventLoop<S> {
     /// Starts a loop thread named `name`; `None` if it cannot be started.
     fn start(name: &str, scratch: usize) -> Option<EventLoop<S>> {
         let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
-        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok()?;
+        let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok()?);
         epoll::add(
             &epoll_fd,
-            &wake,
+            &*wake,
             epoll::EventData::new_u64(WAKE_KEY),
             epoll::EventFlags::IN,
         )
         .ok()?;
-        let loop_wake = wake.try_clone().ok()?;
+        let loop_wake = wake.clone();
         let (tx, rx) = crossbeam_channel::unbounded::<S>();
         std::thread::Builder::new()
             .name(name.into())
@@ -101,7 +108,7 @@ impl<S: Source> EventLoop<S> {
             Ok(()) => {
                 // Cannot fail short of a counter overflow (2^64 - 1 wake-ups
                 // never read); the loop reads it on every wake-up.
-                let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+                let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
             }
             Err(crossbeam_channel::SendError(source)) => source.fallback(),
         }
@@ -127,7 +134,7 @@ pub(crate) fn watch_output(pipe: Pipe) {
 }
 
 /// The loop thread's body.
-fn run<S: Source>(epoll_fd: OwnedFd, wake: OwnedFd, rx: Receiver<S>, scratch: usize) {
+fn run<S: Source>(epoll_fd: OwnedFd, wake: Arc<OwnedFd>, rx: Receiver<S>, scratch: usize) {
     let mut sources: HashMap<u64, S> = HashMap::new();
     let mut next_key = WAKE_KEY + 1;
     let blank = epoll::Event {
@@ -151,7 +158,7 @@ fn run<S: Source>(epoll_fd: OwnedFd, wake: OwnedFd, rx: Receiver<S>, scratch: us
             let key = { ev.data }.u64();
             if key == WAKE_KEY {
                 let mut count = [0u8; 8];
-                let _ = rustix::io::read(&wake, &mut count);
+                let _ = rustix::io::read(&*wake, &mut count);
                 for source in rx.try_iter() {
                     let key = next_key;
                     next_key += 1;
@@ -197,4 +204,82 @@ fn run<S: Source>(epoll_fd: OwnedFd, wake: OwnedFd, rx: Receiver<S>, scratch: us
 /// Sets `fd` nonblocking (or back to blocking).
 pub(crate) fn set_nonblocking(fd: impl AsFd, on: bool) -> std::io::Result<()> {
     rustix::io::ioctl_fionbio(fd, on).map_err(std::io::Error::from)
+}
+
+/// Something the timer thread calls periodically.
+pub(crate) trait Tick: Send + Sync {
+    /// One tick; returns `false` to stop ticking. Must not block.
+    fn tick(&self) -> bool;
+}
+
+/// A periodic wake-up of a target held weakly (a dropped target ends it).
+struct Timer {
+    due: Instant,
+    period: Duration,
+    target: Weak<dyn Tick>,
+}
+
+/// Calls `target.tick()` every `period` until it returns `false` or the
+/// target is dropped.
+pub(crate) fn every(period: Duration, target: Weak<dyn Tick>) {
+    static TIMER: OnceLock<Option<Sender<Timer>>> = OnceLock::new();
+    let timer = Timer {
+        due: Instant::now() + period,
+        period,
+        target,
+    };
+    let tx = TIMER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("bulkhead-timer".into())
+            .stack_size(128 * 1024)
+            .spawn(move || run_timers(Some(rx), Vec::new()))
+            .ok()
+            .map(|_| tx)
+    });
+    let timer = match tx {
+        Some(tx) => match tx.send(timer) {
+            Ok(()) => return,
+            Err(crossbeam_channel::SendError(timer)) => timer,
+        },
+        None => timer,
+    };
+    // No timer thread: this timer gets a thread of its own (if none can be
+    // started, the pool's idle workers are simply never stopped).
+    let _ = std::thread::Builder::new()
+        .name("bulkhead-timer".into())
+        .stack_size(128 * 1024)
+        .spawn(move || run_timers(None, vec![timer]));
+}
+
+/// The timer thread's body: waits for the next due timer (or a new one).
+fn run_timers(rx: Option<Receiver<Timer>>, mut timers: Vec<Timer>) {
+    let mut rx = rx;
+    loop {
+        let next = timers.iter().map(|t| t.due).min();
+        match (&rx, next) {
+            (Some(r), Some(due)) => match r.recv_deadline(due) {
+                Ok(t) => timers.push(t),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => rx = None,
+            },
+            (Some(r), None) => match r.recv() {
+                Ok(t) => timers.push(t),
+                Err(_) => rx = None,
+            },
+            // A timer of its own: the deadline is the only event to wait for.
+            (None, Some(due)) => std::thread::sleep(due.saturating_duration_since(Instant::now())),
+            (None, None) => return,
+        }
+        let now = Instant::now();
+        timers.retain_mut(|t| {
+            if t.due > now {
+                return true;
+            }
+            let Some(target) = t.target.upgrade() else { return false };
+            let keep = target.tick();
+            t.due = now + t.period;
+            keep
+        });
+    }
 }
