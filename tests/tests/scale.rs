@@ -77,9 +77,14 @@ fn host_threads_do_not_grow_with_plugins() {
         .build()
         .unwrap();
 
+    // Half the plugins stop idle workers: one timer thread serves them all.
+    let basic = |i: usize| match i % 2 {
+        0 => spec("fx-basic"),
+        _ => spec("fx-basic").idle_timeout(Duration::from_secs(3600)),
+    };
     // 10 plugins in one batch.
     let mut plugins: Vec<Plugin> = sup
-        .load_many((0..10).map(|_| spec("fx-basic")))
+        .load_many((0..10).map(basic))
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
@@ -99,7 +104,7 @@ fn host_threads_do_not_grow_with_plugins() {
     let at_40 = settled_threads();
     assert_eq!(at_10, at_40, "bulkhead threads grew with the plugin count");
     assert!(at_40.len() <= 16, "{} bulkhead threads: {at_40:?}", at_40.len());
-    for name in ["bulkhead-reaper", "bulkhead-output", "bulkhead-spawne"] {
+    for name in ["bulkhead-reaper", "bulkhead-output", "bulkhead-spawne", "bulkhead-timer"] {
         assert_eq!(at_40.iter().filter(|n| *n == name).count(), 1, "{name} in {at_40:?}");
     }
     let workers: Vec<u32> = plugins.iter().map(|p| p.info().worker_pid).collect();
