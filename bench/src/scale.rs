@@ -25,14 +25,28 @@ fn raise_nofile() -> u64 {
     }
 }
 
+/// Names of this process' threads; the main thread (named after the
+/// executable, `bulkhead-bench`) is reported as `main`.
 fn thread_names() -> Vec<String> {
+    let me = std::process::id().to_string();
     std::fs::read_dir("/proc/self/task")
         .map(|d| {
-            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .map(|c| c.trim_end().to_string())
-                .collect()
+            d.filter_map(|t| {
+                let t = t.ok()?;
+                if t.file_name().to_str() == Some(me.as_str()) {
+                    return Some("main".to_string());
+                }
+                std::fs::read_to_string(t.path().join("comm")).ok()
+            })
+            .map(|c| c.trim_end().to_string())
+            .collect()
         })
         .unwrap_or_default()
+}
+
+/// Open descriptors of this process.
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
 /// Threads of this process, and how many are bulkhead's, once the batch
@@ -62,13 +76,14 @@ pub(crate) fn rows(worker: &Path, lib: &Path, report: &mut Report, quick: bool) 
     let mut runs: Vec<(usize, bool)> = counts.iter().map(|&n| (n, true)).collect();
     runs.push((big, false));
     for (n, sandboxed) in runs {
-        let before = rss();
+        let (before, fds_before) = (rss(), fds());
         let t = Instant::now();
         let plugins = load(&sup, lib, n, sandboxed);
         let took = t.elapsed();
         let (all, ours) = settled_threads();
         let after = rss();
         let per_plugin = after.saturating_sub(before) as f64 / n as f64;
+        let fds_per_plugin = fds().saturating_sub(fds_before) as f64 / n as f64;
         // Every worker answers.
         for (i, p) in plugins.iter().enumerate() {
             let v: i64 = p.call(basic::ADD, &(i as i64, 1i64)).expect("call");
@@ -76,14 +91,14 @@ pub(crate) fn rows(worker: &Path, lib: &Path, report: &mut Report, quick: bool) 
         }
         let label = if sandboxed { "sandbox" } else { "no_sandbox" };
         println!(
-            "{{\"bench\":\"scale\",\"plugins\":{n},\"sandbox\":{sandboxed},\"load_ms\":{:.1},\"host_threads\":{all},\"bulkhead_threads\":{ours},\"host_rss_kib_per_plugin\":{per_plugin:.1},\"nofile\":{nofile}}}",
+            "{{\"bench\":\"scale\",\"plugins\":{n},\"sandbox\":{sandboxed},\"load_ms\":{:.1},\"host_threads\":{all},\"bulkhead_threads\":{ours},\"host_rss_kib_per_plugin\":{per_plugin:.1},\"host_fds_per_plugin\":{fds_per_plugin:.1},\"nofile\":{nofile}}}",
             took.as_secs_f64() * 1e3
         );
         report.row(
             format!("{n} plugins ({label}): load time / host threads / host RSS per idle plugin"),
             format!("{:.0} ms / {all} / {per_plugin:.0} KiB", took.as_secs_f64() * 1e3),
             format!(
-                "`load_many` ({} threads); {ours} of the threads are bulkhead's; RSS delta over the {n} plugins",
+                "`load_many` ({} threads); {ours} of the host's threads are bulkhead's; RSS delta over the {n} plugins; {fds_per_plugin:.0} host fds per plugin",
                 bulkhead::LOAD_MANY_THREADS
             ),
         );
