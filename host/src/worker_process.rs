@@ -16,9 +16,10 @@
 //! worker spawned by `std::process::Command` (reaped through its `Child`, which
 //! gives the rusage) or one created otherwise, known only by pid.
 //!
-//! Workers are spawned from one long-lived thread: Linux delivers the
-//! parent-death signal when the *thread* that forked the child exits, so spawning
-//! from a caller's short-lived thread would kill the worker with it.
+//! Workers are spawned from long-lived threads (one per core, at most four):
+//! Linux delivers the parent-death signal when the *thread* that forked the
+//! child exits, so spawning from a caller's short-lived thread would kill the
+//! worker with it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -149,31 +150,42 @@ pub(crate) struct WorkerProcess {
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
 
-fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
-    static SPAWNER: OnceLock<Mutex<Sender<SpawnJob>>> = OnceLock::new();
+/// Most spawner threads.
+const MAX_SPAWNERS: usize = 4;
+
+/// The spawner threads: one per core, at most [`MAX_SPAWNERS`], started on
+/// first use and never ending (see the module docs). More than one so a batch
+/// of loads is not serialised on a single fork/exec at a time.
+fn spawner() -> &'static Sender<SpawnJob> {
+    static SPAWNER: OnceLock<Sender<SpawnJob>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("bulkhead-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let child = cmd.spawn();
-                    // Close our copy of the worker's socket end before anyone
-                    // waits on the host end, so a dead worker reads as EOF.
-                    drop(cmd);
-                    let _ = reply.send(child);
-                }
-            })
-            .expect("cannot start the bulkhead spawner thread");
-        Mutex::new(tx)
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_SPAWNERS);
+        for _ in 0..n {
+            let rx = rx.clone();
+            // If none starts, every receiver is gone and spawning fails with
+            // "spawner thread is gone".
+            let _ = std::thread::Builder::new()
+                .name("bulkhead-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let child = cmd.spawn();
+                        // Close our copy of the worker's socket end before anyone
+                        // waits on the host end, so a dead worker reads as EOF.
+                        drop(cmd);
+                        let _ = reply.send(child);
+                    }
+                });
+        }
+        tx
     })
 }
 
 pub(crate) fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     spawner()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .send((cmd, tx))
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
     rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
