@@ -647,3 +647,67 @@ impl event_loop::Source for Reaping {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `sh -c script` in a process group of its own, with piped output.
+    fn sh(script: &str) -> Child {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("/bin/sh runs")
+    }
+
+    /// Adopts a child known only by its pid (as a fork server's would be):
+    /// the std `Child` is dropped, which neither waits for nor kills it.
+    fn adopt_by_pid(child: Child) -> (Arc<ProcState>, StderrTail, UnixStream) {
+        let mut spawned = Spawned::from_child(child);
+        spawned.reap = Reapee::Pid;
+        let (host, wake) = UnixStream::pair().unwrap();
+        let (proc, tail) = adopt(spawned, "test".into(), None, wake, None);
+        (proc, tail, host)
+    }
+
+    #[test]
+    fn a_child_known_only_by_pid_is_reaped_with_its_exit_and_stderr() {
+        let (proc, tail, host) = adopt_by_pid(sh("echo out; echo err >&2; exit 7"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        assert_eq!(proc.wait(deadline), Some(Exit::Code(7)));
+        assert_eq!(proc.usage(), None, "no rusage without a Child");
+        assert_eq!(tail.snapshot_after_eof(deadline), "err\n");
+        // The host end was shut down by the reaper: reads see EOF at once.
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &host, &mut buf).unwrap(), 0);
+        // Reaped: the pid no longer names our child.
+        assert_eq!(
+            waitid(
+                Id::Pid(Pid::from_raw(proc.pid() as i32)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG
+            ),
+            Err(nix::errno::Errno::ECHILD)
+        );
+    }
+
+    #[test]
+    fn a_child_known_only_by_pid_reports_its_signal() {
+        let (proc, _tail, _host) = adopt_by_pid(sh("kill -SEGV $$"));
+        let exit = proc.wait(Instant::now() + Duration::from_secs(30));
+        assert!(matches!(exit, Some(Exit::Signal { signal: 11, .. })), "{exit:?}");
+    }
+
+    #[test]
+    fn a_std_child_is_reaped_with_its_rusage() {
+        let spawned = Spawned::from_child(sh("exit 3"));
+        let (_host, wake) = UnixStream::pair().unwrap();
+        let (proc, _tail) = adopt(spawned, "test".into(), None, wake, None);
+        assert_eq!(proc.wait(Instant::now() + Duration::from_secs(30)), Some(Exit::Code(3)));
+        assert!(proc.usage().is_some_and(|u| u.max_rss > 0), "{:?}", proc.usage());
+    }
+}
