@@ -277,7 +277,8 @@ fn run_timers(rx: Option<Receiver<Timer>>, mut timers: Vec<Timer>) {
                 return true;
             }
             let Some(target) = t.target.upgrade() else { return false };
-            let keep = target.tick();
+            // A panicking tick ends its own timer, not the thread.
+            let keep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target.tick())).unwrap_or(false);
             t.due = now + t.period;
             keep
         });

@@ -210,7 +210,13 @@ impl Pipe {
                 t.push_back(b);
             }
         }
-        emit(&self.plugin, self.pid, self.stream, &self.line, &self.callback);
+        // The loop serves every worker: a panicking callback must not end it.
+        let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            emit(&self.plugin, self.pid, self.stream, &self.line, &self.callback)
+        }));
+        if forwarded.is_err() {
+            tracing::error!(target: "bulkhead", plugin = &*self.plugin, pid = self.pid, "the on_output callback panicked; the line is dropped");
+        }
         self.line.clear();
         if self.line.capacity() > 1024 {
             // Give back what one long line took.

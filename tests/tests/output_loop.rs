@@ -1,9 +1,10 @@
 //! The user's output callback runs on the process-wide output loop; a callback
 //! that blocks must not hold up the reaping of other workers (which has a loop
-//! of its own). Its own binary: while the callback blocks, no worker's output
-//! in this process is drained.
+//! of its own), and one that panics must not end the loop. Their own binary:
+//! while a callback blocks, no worker's output in this process is drained.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bulkhead::{CallError, Exit, Supervisor};
@@ -11,8 +12,13 @@ use bulkhead_tests::{basic, fixtures, spec};
 
 const GENEROUS: Duration = Duration::from_secs(60);
 
+/// The tests of this binary take turns: one of them blocks the output loop
+/// they all share.
+static TURNS: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_blocked_output_callback_does_not_delay_crash_detection() {
+    let _turn = TURNS.lock().unwrap_or_else(|e| e.into_inner());
     let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
     let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
     let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<String>();
@@ -58,4 +64,37 @@ fn a_blocked_output_callback_does_not_delay_crash_detection() {
         lines.push(seen_rx.recv_timeout(GENEROUS).expect("lines forwarded"));
     }
     assert_eq!(lines, ["line 1 of output", "line 1 of output", "line 2 of output"]);
+}
+
+#[test]
+fn a_panicking_output_callback_costs_only_its_line() {
+    let _turn = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+    let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<String>();
+    let sup = Supervisor::builder()
+        .worker_path(&fixtures().worker)
+        .on_output(move |line| {
+            if line.line == "line 1 of output" {
+                panic!("a bug in the application's callback");
+            }
+            if line.line.starts_with("line ") {
+                let _ = seen_tx.send(line.line.to_string());
+            }
+        })
+        .build()
+        .unwrap();
+    let printer = sup.load(spec("fx-basic")).unwrap();
+    for _ in 0..2 {
+        // "line 1 of output\nline 2 of output\n": the first line panics.
+        let printed: u64 = printer.call(basic::PRINT, &(34u64, false)).unwrap();
+        assert_eq!(printed, 34);
+        assert_eq!(seen_rx.recv_timeout(GENEROUS).unwrap(), "line 2 of output");
+    }
+    // The stderr tail is kept by the same loop: still there at a crash.
+    let _: u64 = printer.call(basic::PRINT, &(34u64, true)).unwrap();
+    match printer.call::<_, u32>(basic::ABORT, &()).unwrap_err() {
+        CallError::WorkerDied { stderr, .. } => {
+            assert_eq!(stderr, "line 1 of output\nline 2 of output\n")
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
 }
