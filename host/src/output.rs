@@ -148,8 +148,9 @@ pub(crate) struct Pipe {
     tail: Option<Arc<Mutex<VecDeque<u8>>>>,
     /// The partial line read so far (at most [`MAX_LINE`] bytes).
     line: Vec<u8>,
-    /// Dropped (never sent on) once the pipe is closed: wakes every waiter.
-    done: Option<Sender<()>>,
+    /// Held for its drop (never sent on), after the pipe is closed: wakes
+    /// every waiter.
+    _done: Sender<()>,
 }
 
 impl Pipe {
@@ -175,7 +176,7 @@ impl Pipe {
             callback,
             tail,
             line: Vec::new(),
-            done: Some(done),
+            _done: done,
         }
     }
 
@@ -224,14 +225,13 @@ impl Pipe {
         }
     }
 
-    /// The stream ended: forwards the last partial line, closes the pipe and
-    /// then announces the end.
+    /// The stream ended: forwards the last partial line. Dropping the `Pipe`
+    /// then closes the pipe and announces the end (in that order: `file` is
+    /// declared before `done`); the loop first takes it out of its epoll set.
     fn finish(&mut self) {
         if !self.line.is_empty() {
             self.flush_line();
         }
-        self.file = None;
-        self.done = None;
     }
 }
 

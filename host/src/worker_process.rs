@@ -86,7 +86,7 @@ pub(crate) struct ProcState {
     usage: Mutex<Option<ResourceUsage>>,
     /// Set while a call runs on the worker (shutdown kills only these early).
     pub(crate) busy: AtomicBool,
-    // Never sent on: the watcher drops its sender after recording the exit, which
+    // Never sent on: the reaper drops its sender after recording the exit, which
     // wakes every waiter at once.
     exited: Receiver<()>,
 }
@@ -564,7 +564,7 @@ pub(crate) fn adopt(
         pidfd,
         reap,
         state: proc.clone(),
-        exited: Some(exited_tx),
+        _exited: exited_tx,
         wake: Some(wake),
         region,
     });
@@ -577,8 +577,9 @@ pub(crate) struct Reaping {
     pidfd: Option<OwnedFd>,
     reap: Reapee,
     state: Arc<ProcState>,
-    /// Never sent on: dropped after the exit is recorded, which wakes every waiter.
-    exited: Option<Sender<()>>,
+    /// Held for its drop (never sent on), after the exit is recorded: wakes
+    /// every waiter.
+    _exited: Sender<()>,
     wake: Option<UnixStream>,
     region: Option<Arc<Region>>,
 }
@@ -604,8 +605,8 @@ impl Reaping {
         if let Some(region) = self.region.take() {
             region.mark_dead();
         }
-        self.pidfd = None;
-        self.exited = None;
+        // Dropping `_exited` (with the rest of this `Reaping`, right after the
+        // loop has taken its pidfd out of the epoll set) wakes every waiter.
     }
 }
 
