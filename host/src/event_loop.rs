@@ -42,7 +42,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -51,6 +51,38 @@ use rustix::io::Errno;
 
 use crate::output::Pipe;
 use crate::worker_process::Reaping;
+
+/// A process-wide service started on first use. Unlike a bare `OnceLock`,
+/// a failed start (no thread, no descriptor: a host at its limits) is not
+/// remembered: the next use tries again, and the uses in between fall back.
+pub(crate) struct Started<T> {
+    cell: OnceLock<T>,
+    starting: Mutex<()>,
+}
+
+impl<T> Started<T> {
+    /// Not started yet.
+    pub(crate) const fn new() -> Self {
+        Started {
+            cell: OnceLock::new(),
+            starting: Mutex::new(()),
+        }
+    }
+
+    /// The service, started now if need be; `None` if it cannot start.
+    pub(crate) fn get_or_start(&self, start: impl FnOnce() -> Option<T>) -> Option<&T> {
+        if let Some(t) = self.cell.get() {
+            return Some(t);
+        }
+        // One starter at a time, so a service is never started twice.
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.cell.get() {
+            return Some(t);
+        }
+        let t = start()?;
+        Some(self.cell.get_or_init(|| t))
+    }
+}
 
 /// Reads of one pipe per readiness event before the loop serves others.
 pub(crate) const READS_PER_EVENT: usize = 4;
@@ -117,8 +149,8 @@ impl<S: Source> EventLoop<S> {
 
 /// Hands a worker's reaping to the reaper loop.
 pub(crate) fn watch_exit(reaping: Reaping) {
-    static REAPER: OnceLock<Option<EventLoop<Reaping>>> = OnceLock::new();
-    match REAPER.get_or_init(|| EventLoop::start("bulkhead-reaper", 0)) {
+    static REAPER: Started<EventLoop<Reaping>> = Started::new();
+    match REAPER.get_or_start(|| EventLoop::start("bulkhead-reaper", 0)) {
         Some(lp) => lp.submit(reaping),
         None => reaping.fallback(),
     }
@@ -126,8 +158,8 @@ pub(crate) fn watch_exit(reaping: Reaping) {
 
 /// Hands one of a worker's output pipes to the output loop.
 pub(crate) fn watch_output(pipe: Pipe) {
-    static OUTPUT: OnceLock<Option<EventLoop<Pipe>>> = OnceLock::new();
-    match OUTPUT.get_or_init(|| EventLoop::start("bulkhead-output", READ_BUFFER)) {
+    static OUTPUT: Started<EventLoop<Pipe>> = Started::new();
+    match OUTPUT.get_or_start(|| EventLoop::start("bulkhead-output", READ_BUFFER)) {
         Some(lp) => lp.submit(pipe),
         None => pipe.fallback(),
     }
@@ -222,13 +254,13 @@ struct Timer {
 /// Calls `target.tick()` every `period` until it returns `false` or the
 /// target is dropped.
 pub(crate) fn every(period: Duration, target: Weak<dyn Tick>) {
-    static TIMER: OnceLock<Option<Sender<Timer>>> = OnceLock::new();
+    static TIMER: Started<Sender<Timer>> = Started::new();
     let timer = Timer {
         due: Instant::now() + period,
         period,
         target,
     };
-    let tx = TIMER.get_or_init(|| {
+    let tx = TIMER.get_or_start(|| {
         let (tx, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("bulkhead-timer".into())

@@ -28,7 +28,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
@@ -41,7 +41,7 @@ use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
-use crate::event_loop;
+use crate::event_loop::{self, Started};
 use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
@@ -156,18 +156,17 @@ const MAX_SPAWNERS: usize = 4;
 /// The spawner threads: one per core, at most [`MAX_SPAWNERS`], started on
 /// first use and never ending (see the module docs). More than one so a batch
 /// of loads is not serialised on a single fork/exec at a time.
-fn spawner() -> &'static Sender<SpawnJob> {
-    static SPAWNER: OnceLock<Sender<SpawnJob>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
+fn spawner() -> Option<&'static Sender<SpawnJob>> {
+    static SPAWNER: Started<Sender<SpawnJob>> = Started::new();
+    SPAWNER.get_or_start(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<SpawnJob>();
         let n = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, MAX_SPAWNERS);
+        let mut started = 0;
         for _ in 0..n {
             let rx = rx.clone();
-            // If none starts, every receiver is gone and spawning fails with
-            // "spawner thread is gone".
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("bulkhead-spawner".into())
                 .spawn(move || {
                     for (mut cmd, reply) in rx {
@@ -178,14 +177,17 @@ fn spawner() -> &'static Sender<SpawnJob> {
                         let _ = reply.send(child);
                     }
                 });
+            started += usize::from(spawned.is_ok());
         }
-        tx
+        // None started: spawning fails now and is tried again next time.
+        (started > 0).then_some(tx)
     })
 }
 
 pub(crate) fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     spawner()
+        .ok_or_else(|| io::Error::other("cannot start a spawner thread"))?
         .send((cmd, tx))
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
     rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
