@@ -5,6 +5,7 @@
 mod floor;
 mod inproc;
 mod restart;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,19 @@ impl Report {
     fn row(&mut self, figure: String, value: String, note: String) {
         self.rows.push((figure, value, note));
     }
+    fn print(&self, started: Instant) {
+        println!();
+        println!("| figure | bulkhead | baselines / notes |");
+        println!("|---|---|---|");
+        for (a, b, c) in &self.rows {
+            println!("| {a} | {b} | {c} |");
+        }
+        println!(
+            "\nbench finished in {:.1?} ({} cores)",
+            started.elapsed(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+    }
 }
 
 fn us(d: Duration) -> String {
@@ -80,18 +94,17 @@ fn main() {
     let scale = |n: usize| if quick { (n / 20).max(3) } else { n };
     let started = Instant::now();
     let fx = build_fixtures(true);
-    if std::env::args().any(|a| a == "--only-restart") {
-        // For iterating on spawn and restart paths: just those rows.
-        let mut report = Report { rows: Vec::new() };
-        restart::rows(&fx, &mut report, &scale);
-        for (figure, value, note) in &report.rows {
-            println!("| {figure} | {value} | {note} |");
-        }
-        return;
-    }
     let lib = fx.lib("fx-basic");
     let sup = Supervisor::builder().worker_path(&fx.worker).build().expect("worker");
     let mut report = Report { rows: Vec::new() };
+    if std::env::args().any(|a| a == "--scale-only") {
+        scale::rows(&fx.worker, &lib, &mut report, quick);
+        return report.print(started);
+    }
+    if std::env::args().any(|a| a == "--restart-only") {
+        restart::rows(&fx, &mut report, &scale);
+        return report.print(started);
+    }
     let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(Backoff::none());
 
     // --- small call: add(i64, i64) -------------------------------------------------
@@ -365,17 +378,10 @@ fn main() {
     );
     drop(plugins);
 
-    println!();
-    println!("| figure | bulkhead | baselines / notes |");
-    println!("|---|---|---|");
-    for (a, b, c) in &report.rows {
-        println!("| {a} | {b} | {c} |");
-    }
-    println!(
-        "\nbench finished in {:.1?} ({} cores)",
-        started.elapsed(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    // --- scale: 10, 100, 1,000 plugins ----------------------------------------------------
+    scale::rows(&fx.worker, &lib, &mut report, quick);
+
+    report.print(started);
 }
 
 /// Per-item cost of server and client streams, per-round-trip cost of host

@@ -159,7 +159,9 @@ impl Region {
         // is ever passed on (a worker can reopen it through /proc/self/map_files).
         fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(REGION_SEALS))?;
         let region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
-        region.prefault();
+        // No prefault here: the worker's (in `open`) allocates the pages, and
+        // the host maps them on first touch. Prefaulting in the host too would
+        // charge every idle worker's 128 KiB to the host's resident set.
         let h = region.header();
         h.version.store(SHM_VERSION, Ordering::Relaxed);
         h.capacity.store(capacity, Ordering::Relaxed);
@@ -212,14 +214,14 @@ impl Region {
     }
 
     /// Touches the first page of both data areas so the first small calls do
-    /// not pay for page faults (done by each side before any request is
-    /// posted). Only one page: every page touched here is paid for on every
-    /// spawn and restart, and counts in the host's memory per idle plugin.
+    /// not pay for allocating them (done by the worker before it answers the
+    /// handshake; the host's first touch of a page only maps it). Only one
+    /// page: it is paid for on every spawn and restart.
     fn prefault(&self) {
         const WARM: usize = 4096;
         let n = WARM.min(self.capacity);
         // SAFETY: both ranges lie inside the mapping, and no request is in
-        // flight yet (host: before spawning; worker: before the handshake answer).
+        // flight yet (the worker calls it before its handshake answer).
         unsafe {
             std::ptr::write_bytes(self.req_area(), 0, n);
             std::ptr::write_bytes(self.resp_area(), 0, n);
