@@ -230,14 +230,12 @@ impl ForkServer {
         };
         forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
             .map_err(|e| format!("sending the profile: {e}"))?;
-        let until = Instant::now() + START_TIMEOUT;
-        loop {
-            match server.recv(Some(until)) {
-                Ok(FromServer::Ready) => return Ok(server),
-                Ok(FromServer::Unavailable(why)) => return Err(format!("profile unavailable: {why}")),
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                Err(SpawnError::Broken(why) | SpawnError::Refused(why)) => return Err(why),
-            }
+        // (Blanks that announce themselves meanwhile are taken in on the way.)
+        match server.recv(Some(Instant::now() + START_TIMEOUT)) {
+            Ok(FromServer::Ready) => Ok(server),
+            Ok(FromServer::Unavailable(why)) => Err(format!("profile unavailable: {why}")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(SpawnError::Broken(why) | SpawnError::Refused(why)) => Err(why),
         }
     }
 
@@ -404,7 +402,7 @@ mod tests {
             assert_eq!(fds.len(), 3, "socket, stdout and stderr travel with the request");
             reply(&theirs);
         });
-        let mut server = ForkServer {
+        let server = ForkServer {
             pid: child.id(),
             chan: ours,
             child,
