@@ -100,19 +100,7 @@ impl ForkServerSlot {
         deadline: Instant,
     ) -> Option<Forked> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let SlotState::Idle { failures } = *state {
-            *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
-                Ok(server) => SlotState::Running(server),
-                Err(why) if failures + 1 >= MAX_START_FAILURES => {
-                    tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
-                    SlotState::Off
-                }
-                Err(why) => {
-                    tracing::debug!(target: "bulkhead::supervision", %why, "fork-server did not start");
-                    SlotState::Idle { failures: failures + 1 }
-                }
-            };
-        }
+        self.ensure_started(&mut state);
         let SlotState::Running(server) = &mut *state else {
             return None;
         };
@@ -143,6 +131,39 @@ impl ForkServerSlot {
                 None
             }
         }
+    }
+
+    /// Starts the server if none runs (and starting has not failed for good).
+    fn ensure_started(&self, state: &mut SlotState) {
+        if let SlotState::Idle { failures } = *state {
+            *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
+                Ok(server) => SlotState::Running(server),
+                Err(why) if failures + 1 >= MAX_START_FAILURES => {
+                    tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
+                    SlotState::Off
+                }
+                Err(why) => {
+                    tracing::debug!(target: "bulkhead::supervision", %why, "fork-server did not start");
+                    SlotState::Idle { failures: failures + 1 }
+                }
+            };
+        }
+    }
+
+    /// Starts the server if needed and waits until it has a blank ready to
+    /// assign (for tests, which need to know which path a spawn takes).
+    pub(crate) fn wait_for_blank(&self, deadline: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.ensure_started(&mut state);
+        let SlotState::Running(server) = &mut *state else {
+            return false;
+        };
+        while server.blanks.is_empty() {
+            if server.recv_one(Some(deadline)).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// The running server's pid, if any (for tests and diagnostics).
@@ -243,25 +264,31 @@ impl ForkServer {
     /// (announcements are taken in on the way).
     fn recv(&mut self, deadline: Option<Instant>) -> Result<FromServer, SpawnError> {
         loop {
-            match forkserver::recv::<FromServer>(self.chan.as_fd(), deadline) {
-                Ok((FromServer::Blank { pid }, mut fds)) if fds.len() == 1 => {
-                    let pid = own_child(pid)?;
-                    let chan = fds.pop().expect("one descriptor");
-                    self.blanks.push(Blank { pid, chan });
-                    if self.blanks.len() > MAX_BLANKS {
-                        // Reaped with the server all the same.
-                        return Err(SpawnError::Broken(format!("more than {MAX_BLANKS} blanks announced")));
-                    }
-                }
-                Ok((msg, fds)) if fds.is_empty() && !matches!(msg, FromServer::Blank { .. }) => return Ok(msg),
-                Ok((msg, fds)) => {
-                    return Err(SpawnError::Broken(format!(
-                        "unexpected answer {msg:?} with {} descriptors",
-                        fds.len()
-                    )))
-                }
-                Err(e) => return Err(SpawnError::Broken(e.to_string())),
+            if let Some(msg) = self.recv_one(deadline)? {
+                return Ok(msg);
             }
+        }
+    }
+
+    /// One message: `None` if it was a blank's announcement (recorded).
+    fn recv_one(&mut self, deadline: Option<Instant>) -> Result<Option<FromServer>, SpawnError> {
+        match forkserver::recv::<FromServer>(self.chan.as_fd(), deadline) {
+            Ok((FromServer::Blank { pid }, mut fds)) if fds.len() == 1 => {
+                let pid = own_child(pid)?;
+                let chan = fds.pop().expect("one descriptor");
+                self.blanks.push(Blank { pid, chan });
+                if self.blanks.len() > MAX_BLANKS {
+                    // Reaped with the server all the same.
+                    return Err(SpawnError::Broken(format!("more than {MAX_BLANKS} blanks announced")));
+                }
+                Ok(None)
+            }
+            Ok((msg, fds)) if fds.is_empty() && !matches!(msg, FromServer::Blank { .. }) => Ok(Some(msg)),
+            Ok((msg, fds)) => Err(SpawnError::Broken(format!(
+                "unexpected answer {msg:?} with {} descriptors",
+                fds.len()
+            ))),
+            Err(e) => Err(SpawnError::Broken(e.to_string())),
         }
     }
 
@@ -269,7 +296,7 @@ impl ForkServer {
     /// server for the next blank. `None`: no live blank.
     fn assign_blank(&mut self, args: &[String], fds: &[BorrowedFd<'_>], library: bool) -> Option<u32> {
         // Announcements that arrived since the last spawn, without waiting.
-        let _ = self.recv(Some(Instant::now()));
+        while let Ok(None) = self.recv_one(Some(Instant::now())) {}
         while let Some(blank) = self.blanks.pop() {
             let msg = forkserver::Assign {
                 args: args.to_vec(),

@@ -447,6 +447,21 @@ impl Supervisor {
         self.core.fork_server_pid(&crate::Sandbox::strict().to_policy())
     }
 
+    /// Starts the fork-server of `spec`'s profile if needed and waits (until
+    /// `deadline`) for it to have a pre-forked worker ready, so that the next
+    /// load of `spec` is assigned one. For tests: which path a spawn takes
+    /// otherwise depends on timing. `false` if there is none by then.
+    #[doc(hidden)]
+    pub fn wait_for_blank(&self, spec: &crate::PluginSpec, deadline: std::time::Instant) -> bool {
+        let Ok(job) = self.load_job(spec.clone()) else {
+            return false;
+        };
+        job.launch
+            .fork_server
+            .as_ref()
+            .is_some_and(|slot| slot.wait_for_blank(deadline))
+    }
+
     /// The pid of the fork-server serving `sandbox`'s profile, if one is running.
     #[doc(hidden)]
     pub fn fork_server_pid_for(&self, sandbox: &crate::Sandbox) -> Option<u32> {

@@ -120,3 +120,24 @@ fn a_dead_server_is_replaced_and_its_workers_live_on() {
     let x: i64 = bystander.call(basic::ADD, &(1i64, 1i64)).unwrap();
     assert_eq!(x, 2);
 }
+
+#[test]
+fn a_pre_forked_blank_takes_the_next_load_with_the_whole_sandbox() {
+    let sup = supervisor();
+    for round in 0..3 {
+        assert!(
+            sup.wait_for_blank(&spec("fx-basic"), Instant::now() + Duration::from_secs(20)),
+            "round {round}: a blank is ready"
+        );
+        let p = sup.load(spec("fx-basic")).unwrap();
+        assert_eq!(p.info().sandbox.degraded().count(), 0, "{:?}", p.info().sandbox);
+        let pid: u32 = p.call(basic::PID, &()).unwrap();
+        assert_eq!(pid, 2, "its own pid namespace");
+        let x: i64 = p.call(basic::ADD, &(round, 1i64)).unwrap();
+        assert_eq!(x, round + 1);
+        // A crash, and the replacement (a blank or a fresh fork) answers.
+        assert!(p.call::<_, u32>(basic::SEGFAULT, &()).is_err());
+        let x: i64 = p.call(basic::ADD, &(round, 2i64)).unwrap();
+        assert_eq!(x, round + 2);
+    }
+}

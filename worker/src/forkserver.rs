@@ -122,7 +122,9 @@ fn become_blank(chan: &OwnedFd) -> ! {
         if fds.len() != expected {
             return Err(format!("{} descriptors for {expected} expected", fds.len()));
         }
-        Ok(run_assigned(fds, &args))
+        // Everything inherited was closed at the start; what is open now is
+        // this blank's own (its prepared Landlock ruleset among it).
+        Ok(run_assigned(fds, &args, false))
     })();
     exit_with(code)
 }
@@ -136,8 +138,8 @@ fn exit_with(code: Result<u8, String>) -> ! {
 }
 
 /// Puts the host's descriptors in place (stdout, stderr, the socket, the
-/// library), closes everything else, and serves as the worker.
-fn run_assigned(mut fds: Vec<OwnedFd>, args: &Args) -> u8 {
+/// library), closes everything else (`close_others`), and serves as the worker.
+fn run_assigned(mut fds: Vec<OwnedFd>, args: &Args, close_others: bool) -> u8 {
     let setup = (|| -> Result<UnixStream, String> {
         let library = if fds.len() == 4 { fds.pop() } else { None };
         let (err, out, sock) = match (fds.pop(), fds.pop(), fds.pop()) {
@@ -147,9 +149,11 @@ fn run_assigned(mut fds: Vec<OwnedFd>, args: &Args) -> u8 {
         dup2(out.as_raw_fd(), 1).map_err(|e| format!("dup2 stdout: {e}"))?;
         dup2(err.as_raw_fd(), 2).map_err(|e| format!("dup2 stderr: {e}"))?;
         drop((out, err));
-        let mut keep = vec![sock.as_raw_fd()];
-        keep.extend(library.as_ref().map(|l| l.as_raw_fd()));
-        setup::close_inherited_fds(&keep)?;
+        if close_others {
+            let mut keep = vec![sock.as_raw_fd()];
+            keep.extend(library.as_ref().map(|l| l.as_raw_fd()));
+            setup::close_inherited_fds(&keep)?;
+        }
         if let Some(lib) = library {
             sandbox::set_preopened_library(lib);
         }
@@ -219,7 +223,7 @@ fn become_worker(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Args) -> ! {
         setup::die_with_parent()?;
         // The server's channel is closed with everything else not handed over.
         let _ = chan;
-        Ok(run_assigned(fds, &args))
+        Ok(run_assigned(fds, &args, true))
     })();
     exit_with(code)
 }

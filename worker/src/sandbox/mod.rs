@@ -201,6 +201,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     };
     let mut report = staged.report.clone();
     let helper_processes = isolate(&plan, &mut report, true)?;
+    landlock::prepare(&plan);
     *PREBUILT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Prebuilt {
         report,
         helper_processes,
