@@ -25,7 +25,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -138,6 +138,12 @@ pub struct Region {
     base: NonNull<u8>,
     map_len: usize,
     capacity: usize,
+    /// Created here (the host's side) rather than opened (the worker's side).
+    /// Only the host side lends its areas to callers; only the worker side
+    /// writes the response area.
+    host: bool,
+    /// Host: the request area is lent to a caller's closure right now.
+    request_lent: AtomicBool,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -158,7 +164,8 @@ impl Region {
         // to the mapping would die of SIGBUS. Seal the size for good before the fd
         // is ever passed on (a worker can reopen it through /proc/self/map_files).
         fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(REGION_SEALS))?;
-        let region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
+        let mut region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
+        region.host = true;
         region.prefault();
         let h = region.header();
         h.version.store(SHM_VERSION, Ordering::Relaxed);
@@ -208,6 +215,8 @@ impl Region {
             base: ptr.cast(),
             map_len,
             capacity,
+            host: false,
+            request_lent: AtomicBool::new(false),
         })
     }
 
@@ -250,17 +259,51 @@ impl Region {
     /// Host: publishes a request (payload copied into the request area when it
     /// fits; otherwise the caller sends it on the socket under `REQ_CALL_VIA_SOCKET`).
     pub fn post_request(&self, kind: u32, id: u64, method: u32, payload: &[u8]) {
-        let h = self.header();
         if kind == REQ_CALL {
             assert!(payload.len() <= self.capacity, "caller checks the capacity");
             // SAFETY: the host owns the request area until it bumps req_seq; the
             // payload fits (checked above) and does not overlap the mapping.
             unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.req_area(), payload.len()) };
         }
+        self.post_request_in_place(kind, id, method, payload.len());
+    }
+
+    /// Host: lends the first `len` bytes of the request area to `fill`, which
+    /// writes a request payload straight into shared memory (then publish it
+    /// with [`post_request_in_place`](Self::post_request_in_place)). `None`
+    /// (and `fill` not run) if `len` exceeds the capacity, on the worker's
+    /// side of a region, or while the area is already lent.
+    ///
+    /// The bytes lie in memory the worker process can also write: the host
+    /// must treat them as written by `fill` only until it posts the request.
+    pub fn fill_request<R>(&self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if !self.host || len > self.capacity || self.request_lent.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        struct Unlend<'a>(&'a AtomicBool);
+        impl Drop for Unlend<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _unlend = Unlend(&self.request_lent);
+        // SAFETY: `len` bytes from the start of the request area lie inside the
+        // mapping (checked above). Within this process the `request_lent` flag
+        // makes this the only reference into the area (the host writes it
+        // nowhere else while a request is being prepared, and never reads it).
+        // The worker process may scribble on it; any byte value is a valid u8.
+        let area = unsafe { std::slice::from_raw_parts_mut(self.req_area(), len) };
+        Some(fill(area))
+    }
+
+    /// Host: publishes a request whose `len`-byte payload is already in the
+    /// request area (or, under `REQ_CALL_VIA_SOCKET`, follows on the socket).
+    pub fn post_request_in_place(&self, kind: u32, id: u64, method: u32, len: usize) {
+        let h = self.header();
         h.req_kind.store(kind, Ordering::Relaxed);
         h.req_id.store(id, Ordering::Relaxed);
         h.req_method.store(method, Ordering::Relaxed);
-        h.req_len.store(payload.len() as u64, Ordering::Relaxed);
+        h.req_len.store(len as u64, Ordering::Relaxed);
         h.req_seq.fetch_add(1, Ordering::SeqCst);
         if h.worker_sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.req_seq);
@@ -288,6 +331,25 @@ impl Region {
             off: h.resp_off.load(Ordering::Relaxed),
             len: h.resp_len.load(Ordering::Relaxed),
         }
+    }
+
+    /// Host: the `len` bytes at `off` of the response area, read in place;
+    /// `None` if the range lies outside the area (or on the worker's side).
+    ///
+    /// The slice is memory the worker process can still write while it is
+    /// borrowed: its *length* is validated here once, its *content* may
+    /// change under the reader. Copy it before validating what it says.
+    pub fn response_bytes(&self, off: u32, len: u32) -> Option<&[u8]> {
+        let end = (off as usize).checked_add(len as usize)?;
+        if !self.host || end > self.capacity {
+            return None;
+        }
+        // SAFETY: the range lies inside the response area (checked). The host
+        // side never writes that area after creating the region (only the
+        // worker side's `write_response` does, and a host region refuses to),
+        // so no `&mut` aliases it in this process. Another process may write
+        // it; every byte value is a valid u8.
+        Some(unsafe { std::slice::from_raw_parts(self.resp_area().add(off as usize), len as usize) })
     }
 
     /// Host: copies `len` bytes at `off` of the response area into `out`
@@ -377,7 +439,7 @@ impl Region {
     /// Worker: copies `bytes` (which must not lie in the response area) to the
     /// start of the response area; `false` if they do not fit.
     pub fn write_response(&self, bytes: &[u8]) -> bool {
-        if bytes.len() > self.capacity || self.offset_in_response_area(bytes).is_some() {
+        if self.host || bytes.len() > self.capacity || self.offset_in_response_area(bytes).is_some() {
             return false;
         }
         // SAFETY: the destination range is inside the response area, which the
@@ -618,6 +680,34 @@ mod tests {
             host.copy_response(4000, 200, &mut out).is_none(),
             "out-of-area ranges are refused"
         );
+    }
+
+    #[test]
+    fn request_filled_and_response_read_in_place() {
+        let (host, fd) = Region::create(4096).unwrap();
+        let worker = Region::open(fd.as_fd()).unwrap();
+        // Too large, or a nested lend, or the worker's side: refused, closure not run.
+        assert!(host.fill_request(4097, |_| unreachable!()).is_none());
+        assert!(worker.fill_request(1, |_| unreachable!()).is_none());
+        let nested = host.fill_request(3, |buf| {
+            buf.copy_from_slice(b"xyz");
+            host.fill_request(1, |_| unreachable!()).is_none()
+        });
+        assert_eq!(nested, Some(true));
+        // The lend ends even if the closure panics.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.fill_request(2, |_| panic!("no"))));
+        assert!(r.is_err());
+        assert_eq!(host.fill_request(4096, |buf| buf.len()), Some(4096));
+        host.fill_request(3, |buf| buf.copy_from_slice(b"abc")).unwrap();
+        host.post_request_in_place(REQ_CALL, 1, 0, 3);
+        assert_eq!(worker.request_payload(worker.request().len), Some(&b"abc"[..]));
+        assert!(worker.write_response(b"hello"));
+        assert!(!host.write_response(b"x"), "the host never writes the response area");
+        assert_eq!(host.response_bytes(1, 3), Some(&b"ell"[..]));
+        assert_eq!(host.response_bytes(4096, 0), Some(&b""[..]));
+        assert!(host.response_bytes(4000, 97).is_none());
+        assert!(host.response_bytes(u32::MAX, u32::MAX).is_none());
+        assert!(worker.response_bytes(0, 1).is_none());
     }
 
     #[test]
