@@ -2,6 +2,7 @@
 //! same run. Run with `cargo run --release -p bulkhead-bench` (add `--quick`
 //! for a smoke run). Prints a table and one JSON line per figure.
 
+mod fastpath;
 mod floor;
 mod inproc;
 
@@ -61,6 +62,14 @@ impl Report {
     fn row(&mut self, figure: String, value: String, note: String) {
         self.rows.push((figure, value, note));
     }
+    fn print(&self) {
+        println!();
+        println!("| figure | bulkhead | baselines / notes |");
+        println!("|---|---|---|");
+        for (a, b, c) in &self.rows {
+            println!("| {a} | {b} | {c} |");
+        }
+    }
 }
 
 fn us(d: Duration) -> String {
@@ -75,6 +84,13 @@ fn main() {
     if std::env::args().any(|a| a == "--echo-peer") {
         return floor::echo_peer();
     }
+    if std::env::args().any(|a| a == "--spin-peer") {
+        return fastpath::spin_peer();
+    }
+    if std::env::args().any(|a| a == "--busy-spin") {
+        return fastpath::busy_spin();
+    }
+    let only_part_b = std::env::args().any(|a| a == "--part-b");
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = |n: usize| if quick { (n / 20).max(3) } else { n };
     let started = Instant::now();
@@ -82,6 +98,12 @@ fn main() {
     let lib = fx.lib("fx-basic");
     let sup = Supervisor::builder().worker_path(&fx.worker).build().expect("worker");
     let mut report = Report { rows: Vec::new() };
+    if only_part_b {
+        // Only issue 12 part B's rows (for iterating on them).
+        fastpath::rows(&sup, &fx, &mut report, quick, &scale);
+        report.print();
+        return;
+    }
     let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(Backoff::none());
 
     // --- small call: add(i64, i64) -------------------------------------------------
@@ -382,6 +404,9 @@ fn main() {
     // --- streams and host callbacks ----------------------------------------------------------
     stream_and_callback_rows(&sup, &fx, &mut report, scale);
 
+    // --- zero-copy, spin floor, idle calls, busy core, idle CPU (issue 12, part B) -------------
+    fastpath::rows(&sup, &fx, &mut report, quick, &scale);
+
     // --- memory ------------------------------------------------------------------------------
     let rss = || status_kb("/proc/self/status", "VmRSS:");
     let before = rss();
@@ -414,12 +439,7 @@ fn main() {
     );
     drop(plugins);
 
-    println!();
-    println!("| figure | bulkhead | baselines / notes |");
-    println!("|---|---|---|");
-    for (a, b, c) in &report.rows {
-        println!("| {a} | {b} | {c} |");
-    }
+    report.print();
     println!(
         "\nbench finished in {:.1?} ({} cores)",
         started.elapsed(),

@@ -144,6 +144,9 @@ pub struct Region {
     host: bool,
     /// Host: the request area is lent to a caller's closure right now.
     request_lent: AtomicBool,
+    /// This side's current busy-spin budget in nanoseconds (process-local:
+    /// each side adapts its own, see [`wait_change`]).
+    busy_spin_ns: AtomicU64,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -217,6 +220,7 @@ impl Region {
             capacity,
             host: false,
             request_lent: AtomicBool::new(false),
+            busy_spin_ns: AtomicU64::new(BUSY_SPIN.as_nanos() as u64),
         })
     }
 
@@ -318,7 +322,13 @@ impl Region {
     /// Host: waits for the response sequence to move past `last`.
     pub fn wait_response(&self, last: u32, spin: Duration, deadline: Instant) -> Wait {
         let h = self.header();
-        wait_change(&h.resp_seq, &h.host_sleeping, last, spin, Some(deadline), Some(&h.dead))
+        let words = Words {
+            word: &h.resp_seq,
+            sleeping: &h.host_sleeping,
+            stop: &h.dead,
+            budget: &self.busy_spin_ns,
+        };
+        wait_change(words, last, spin, Some(deadline))
     }
 
     /// Host: reads the response metadata, each field once.
@@ -402,7 +412,13 @@ impl Region {
     pub fn wait_request(&self, last: u32, spin: Duration) -> u32 {
         let h = self.header();
         loop {
-            if let Wait::Changed(v) = wait_change(&h.req_seq, &h.worker_sleeping, last, spin, None, Some(&h.poke)) {
+            let words = Words {
+                word: &h.req_seq,
+                sleeping: &h.worker_sleeping,
+                stop: &h.poke,
+                budget: &self.busy_spin_ns,
+            };
+            if let Wait::Changed(v) = wait_change(words, last, spin, None) {
                 return v;
             }
             // Poked: spin again.
@@ -477,32 +493,76 @@ impl Drop for Region {
     }
 }
 
-/// Spins (yielding the CPU each turn) for up to `spin`, then sleeps on the
-/// futex, until `word` differs from `last`, the deadline passes, or the `stop`
-/// flag is set (reported as [`Wait::Dead`]: for the host the flag is the
-/// worker's death, for the worker it is a poke).
-fn wait_change(
-    word: &AtomicU32,
-    sleeping: &AtomicU32,
-    last: u32,
-    spin: Duration,
-    deadline: Option<Instant>,
-    stop: Option<&AtomicU32>,
-) -> Wait {
-    let is_dead = || stop.is_some_and(|d| d.load(Ordering::Acquire) != 0);
+/// Longest busy spin (no syscall, a `pause` per turn) before a waiter starts
+/// yielding the CPU; see [`wait_change`].
+pub const BUSY_SPIN: Duration = Duration::from_micros(2);
+
+/// An answer seen within this long of starting to wait means the other side
+/// is running on another CPU right now: busy spinning pays off.
+const QUICK_ANSWER: Duration = Duration::from_micros(2);
+
+/// The shared words one wait watches, and this side's spin budget.
+struct Words<'a> {
+    /// The sequence word (also the futex).
+    word: &'a AtomicU32,
+    /// Set while this side sleeps on the futex.
+    sleeping: &'a AtomicU32,
+    /// Ends the wait as [`Wait::Dead`] when non-zero: for the host the
+    /// worker's death, for the worker a poke.
+    stop: &'a AtomicU32,
+    /// This side's busy-spin budget (ns), adapted after each wait.
+    budget: &'a AtomicU64,
+}
+
+/// Waits until the sequence word differs from `last`, the deadline passes,
+/// or the stop flag is set, in three phases:
+///
+/// 1. a busy spin (a `pause` instruction per turn, no syscall) for up to the
+///    side's *budget* (at most [`BUSY_SPIN`]): the fast path when the other
+///    side runs on another CPU;
+/// 2. a spin that yields the CPU on every turn, up to `spin` in all, so host
+///    and worker sharing one CPU still make progress;
+/// 3. sleep on the futex (nothing busy-waits while idle).
+///
+/// The budget adapts, like an adaptive mutex: an answer within
+/// [`QUICK_ANSWER`] (the other side is on a CPU) restores the full budget; an
+/// answer that came only in the yielding phase (the sides share a CPU, or the
+/// other side was preempted) sets it to zero, because busy spinning would
+/// only delay the other side. Answers after a sleep say nothing about either
+/// and leave it alone.
+fn wait_change(w: Words<'_>, last: u32, spin: Duration, deadline: Option<Instant>) -> Wait {
+    let is_dead = || w.stop.load(Ordering::Acquire) != 0;
+    let budget = Duration::from_nanos(w.budget.load(Ordering::Relaxed)).min(spin);
     let start = Instant::now();
+    let mut turns = 0u32;
     loop {
-        let v = word.load(Ordering::Acquire);
+        let v = w.word.load(Ordering::Acquire);
         if v != last {
+            let took = start.elapsed();
+            let next = if took <= QUICK_ANSWER.max(budget) {
+                BUSY_SPIN
+            } else {
+                Duration::ZERO
+            };
+            w.budget.store(next.as_nanos() as u64, Ordering::Relaxed);
             return Wait::Changed(v);
         }
         if is_dead() {
             return Wait::Dead;
         }
-        if start.elapsed() >= spin {
-            break;
+        // Reading the clock costs more than a pause: look every 16 turns.
+        turns = turns.wrapping_add(1);
+        if budget.is_zero() || turns % 16 == 0 || turns > 256 {
+            let el = start.elapsed();
+            if el >= spin {
+                break;
+            }
+            if el >= budget {
+                std::thread::yield_now();
+                continue;
+            }
         }
-        std::thread::yield_now();
+        std::hint::spin_loop();
     }
     loop {
         let timeout = match deadline {
@@ -515,19 +575,19 @@ fn wait_change(
             }
             None => None,
         };
-        sleeping.store(1, Ordering::SeqCst);
-        let v = word.load(Ordering::SeqCst);
+        w.sleeping.store(1, Ordering::SeqCst);
+        let v = w.word.load(Ordering::SeqCst);
         if v != last {
-            sleeping.store(0, Ordering::SeqCst);
+            w.sleeping.store(0, Ordering::SeqCst);
             return Wait::Changed(v);
         }
         if is_dead() {
-            sleeping.store(0, Ordering::SeqCst);
+            w.sleeping.store(0, Ordering::SeqCst);
             return Wait::Dead;
         }
-        futex_wait(word, last, timeout);
-        sleeping.store(0, Ordering::SeqCst);
-        let v = word.load(Ordering::Acquire);
+        futex_wait(w.word, last, timeout);
+        w.sleeping.store(0, Ordering::SeqCst);
+        let v = w.word.load(Ordering::Acquire);
         if v != last {
             return Wait::Changed(v);
         }
