@@ -162,11 +162,11 @@ pub fn rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, quick: bool, s
     let lib = fx.lib("fx-basic");
     zero_copy_rows(sup, fx, report, scale);
     let plugin = sup.load(PluginSpec::new(&lib)).expect("load");
-    let floor_rows = spin_floor_rows(&plugin, report, scale, "");
+    let quiet = spin_floor_rows(&plugin, report, scale, "");
+    busy_core_rows(sup, &lib, &plugin, report, scale, quick, quiet);
+    drop(plugin);
     let idle_plugins = if quick { 20 } else { 1000 };
     idle_call_rows(sup, &lib, report, quick, idle_plugins);
-    busy_core_rows(sup, &lib, &plugin, report, scale, quick, floor_rows);
-    drop(plugin);
     idle_cpu_row(sup, &lib, report, quick);
 }
 
@@ -331,6 +331,15 @@ fn busy_core_rows(
     quick: bool,
     quiet: Quiet,
 ) {
+    // The quiet figures first, in this run, for comparison.
+    let spawn_quiet = measure(2, scale(40), || {
+        let p = sup.load(PluginSpec::new(lib)).unwrap();
+        drop(p);
+    });
+    let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(bulkhead::Backoff::none());
+    let p = sup.load(PluginSpec::new(lib).restart(policy.clone())).expect("load");
+    let restart_quiet = crash_to_next_answer(&p, scale(40), || {});
+    drop(p);
     let busy = Busy::start();
     let tag = ", one core busy";
     let b = spin_floor_rows(plugin, report, scale, tag);
@@ -375,16 +384,23 @@ fn busy_core_rows(
     report.row(
         format!("spawn → ready (load), sandbox on{tag}"),
         format!("{} / {}", us(spawn.median), us(spawn.p99)),
-        "median / p99".into(),
+        format!(
+            "median / p99; quiet, same run: {} / {}",
+            us(spawn_quiet.median),
+            us(spawn_quiet.p99)
+        ),
     );
-    let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(bulkhead::Backoff::none());
     let p = sup.load(PluginSpec::new(lib).restart(policy)).expect("load");
     let restart = crash_to_next_answer(&p, scale(40), || {});
     report.json("restart", "crash_to_next_answer_sandbox_busy_core", &restart, "");
     report.row(
         format!("crash → next answer, no standby, sandbox on{tag}"),
         format!("{} / {}", us(restart.median), us(restart.p99)),
-        "median / p99".into(),
+        format!(
+            "median / p99; quiet, same run: {} / {}",
+            us(restart_quiet.median),
+            us(restart_quiet.p99)
+        ),
     );
     drop(p);
     drop(busy);
