@@ -549,6 +549,16 @@ impl WorkerProcess {
         let mut owned_buf = None;
         match r.kind {
             shm::RESP_VIA_SOCKET => return self.receive_socket(id, deadline),
+            shm::RESP_REPLY_INLINE => {
+                let copied = match target.take() {
+                    Some(buf) => region.copy_inline_response(r.len, owned_buf.insert(buf)),
+                    None => region.copy_inline_response(r.len, &mut self.rx),
+                };
+                if copied.is_none() {
+                    let why = format!("inline response of {} bytes", r.len);
+                    return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
+                }
+            }
             shm::RESP_REPLY | shm::RESP_FAULT if r.len > max_payload => {
                 return Err(self.fail(IoFail::Frame(ProtocolError::FrameTooLarge {
                     len: r.len,

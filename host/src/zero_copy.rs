@@ -81,7 +81,9 @@ const _: () = {
 impl RawReply {
     /// Whether the bytes are read straight from the shared-memory region
     /// (`false`: from the host's receive buffer — the socket transport, a
-    /// reply larger than the region, or a plugin with host imports).
+    /// reply larger than the region, a plugin with host imports, or a reply
+    /// of at most 32 bytes, which travels inline in the region's header and
+    /// is copied).
     pub fn in_shared_memory(&self) -> bool {
         matches!(self.at, At::Region { .. })
     }

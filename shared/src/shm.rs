@@ -39,7 +39,7 @@ pub const REGION_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
     .union(SealFlag::F_SEAL_SEAL);
 
 /// Version of the region layout.
-pub const SHM_VERSION: u32 = 1;
+pub const SHM_VERSION: u32 = 2;
 const MAGIC: u64 = u64::from_le_bytes(*b"BLKHDSHM");
 /// Bytes before the first data area.
 pub const HEADER_SIZE: usize = 4096;
@@ -58,12 +58,22 @@ pub const REQ_SHUTDOWN: u32 = 3;
 pub const REQ_SOCKET: u32 = 4;
 /// Request kind: the next item of the open stream, answered like a call.
 pub const REQ_STREAM_NEXT: u32 = 5;
+/// Request kind: call whose payload (at most [`REQ_INLINE`] bytes) travels in
+/// the header's request line instead of the request area.
+pub const REQ_CALL_INLINE: u32 = 6;
+/// Largest payload carried inline in the request line.
+pub const REQ_INLINE: usize = 24;
+/// Largest output carried inline in the response line.
+pub const RESP_INLINE: usize = 32;
 /// Response kind: the plugin's status and output (at `off`, `len` in the response area).
 pub const RESP_REPLY: u32 = 1;
 /// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.
 pub const RESP_VIA_SOCKET: u32 = 2;
 /// Response kind: a bincode `CallFault` at offset 0 of the response area.
 pub const RESP_FAULT: u32 = 3;
+/// Response kind: the plugin's status and output (at most [`RESP_INLINE`]
+/// bytes, `len` of them) in the header's response line.
+pub const RESP_REPLY_INLINE: u32 = 4;
 
 /// The region's header. Every field is atomic: the other process may write it
 /// at any time.
@@ -81,7 +91,10 @@ pub struct Header {
     req_len: AtomicU64,
     /// Set by the host to make a sleeping worker spin again (no request).
     poke: AtomicU32,
-    _pad1: [u8; 28],
+    _pad1: [u8; 4],
+    /// A small request payload, in the same cache line as its sequence word:
+    /// one line moves from host to worker instead of two.
+    req_inline: [AtomicU64; REQ_INLINE / 8],
     resp_seq: AtomicU32,
     host_sleeping: AtomicU32,
     resp_kind: AtomicU32,
@@ -89,7 +102,8 @@ pub struct Header {
     resp_id: AtomicU64,
     resp_off: AtomicU32,
     resp_len: AtomicU32,
-    _pad2: [u8; 32],
+    /// A small output, in the same cache line as the response sequence word.
+    resp_inline: [AtomicU64; RESP_INLINE / 8],
     dead: AtomicU32,
 }
 
@@ -263,6 +277,10 @@ impl Region {
     /// Host: publishes a request (payload copied into the request area when it
     /// fits; otherwise the caller sends it on the socket under `REQ_CALL_VIA_SOCKET`).
     pub fn post_request(&self, kind: u32, id: u64, method: u32, payload: &[u8]) {
+        if kind == REQ_CALL && payload.len() <= REQ_INLINE {
+            store_inline(&self.header().req_inline, payload);
+            return self.post_request_in_place(REQ_CALL_INLINE, id, method, payload.len());
+        }
         if kind == REQ_CALL {
             assert!(payload.len() <= self.capacity, "caller checks the capacity");
             // SAFETY: the host owns the request area until it bumps req_seq; the
@@ -381,6 +399,20 @@ impl Region {
         Some(())
     }
 
+    /// Host: copies an inline output of `len` bytes into `out` (replacing its
+    /// contents). `None` if `len` exceeds [`RESP_INLINE`].
+    pub fn copy_inline_response(&self, len: u32, out: &mut Vec<u8>) -> Option<()> {
+        let len = len as usize;
+        if len > RESP_INLINE {
+            return None;
+        }
+        let mut bytes = [0u8; RESP_INLINE];
+        load_inline(&self.header().resp_inline, &mut bytes);
+        out.clear();
+        out.extend_from_slice(&bytes[..len]);
+        Some(())
+    }
+
     /// Host (reaper): marks the worker dead and wakes a host waiting on it.
     /// The sequence moves too, so a waiter about to sleep cannot miss the wake.
     pub fn mark_dead(&self) {
@@ -446,6 +478,25 @@ impl Region {
         Some(unsafe { std::slice::from_raw_parts(self.req_area(), len as usize) })
     }
 
+    /// Worker: an inline request payload of `len` bytes, copied into `buf`;
+    /// `None` if `len` exceeds [`REQ_INLINE`].
+    pub fn inline_request<'b>(&self, len: u64, buf: &'b mut [u8; REQ_INLINE]) -> Option<&'b [u8]> {
+        let len = usize::try_from(len).ok().filter(|&l| l <= REQ_INLINE)?;
+        load_inline(&self.header().req_inline, buf);
+        Some(&buf[..len])
+    }
+
+    /// Worker: publishes a reply whose output (at most [`RESP_INLINE`] bytes)
+    /// travels in the response line; `false` (nothing posted) if it is longer.
+    pub fn post_inline_response(&self, id: u64, status: i32, output: &[u8]) -> bool {
+        if output.len() > RESP_INLINE {
+            return false;
+        }
+        store_inline(&self.header().resp_inline, output);
+        self.post_response(RESP_REPLY_INLINE, id, status, 0, output.len() as u32);
+        true
+    }
+
     /// Worker: the response area as (pointer, length), to lend as an Arena.
     /// The worker may write it between a request and its response.
     pub fn response_area_raw(&self) -> (*mut u8, usize) {
@@ -490,6 +541,22 @@ impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: unmapping our own mapping once; no references into it outlive self.
         let _ = unsafe { munmap(self.base.cast(), self.map_len) };
+    }
+}
+
+/// Stores `bytes` (at most 8 × `words.len()`) into inline words, little-endian.
+fn store_inline(words: &[AtomicU64], bytes: &[u8]) {
+    for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        word.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+/// Loads inline words into `out` (8 × `words.len()` bytes), little-endian.
+fn load_inline(words: &[AtomicU64], out: &mut [u8]) {
+    for (word, chunk) in words.iter().zip(out.chunks_mut(8)) {
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes()[..chunk.len()]);
     }
 }
 
@@ -696,6 +763,9 @@ mod tests {
         assert_eq!(offset_of!(Header, req_seq), 64);
         assert_eq!(offset_of!(Header, resp_seq), 128);
         assert_eq!(offset_of!(Header, dead), 192);
+        // Small payloads share the cache line of their sequence word.
+        assert_eq!(offset_of!(Header, req_inline), 104);
+        assert_eq!(offset_of!(Header, resp_inline), 160);
     }
 
     #[test]
@@ -703,43 +773,86 @@ mod tests {
         let (host, fd) = Region::create(4096).unwrap();
         let worker = Region::open(fd.as_fd()).unwrap();
         assert_eq!(worker.capacity(), 4096);
+        // A 3-byte payload travels inline both ways; a 100-byte one through the areas.
+        let big: Vec<u8> = (0..100u8).collect();
+        let payloads = [b"abc".to_vec(), big.clone()];
         let t = std::thread::spawn(move || {
-            let seq = worker.wait_request(0, Duration::from_micros(10));
-            let r = worker.request();
-            let input = worker.request_payload(r.len).unwrap().to_vec();
-            let mut reversed = input.clone();
-            reversed.reverse();
-            assert!(worker.write_response(&reversed));
-            worker.post_response(RESP_REPLY, r.id, 0, 0, input.len() as u32);
-            (seq, r)
-        });
-        let last = host.resp_seq();
-        host.poke();
-        host.post_request(REQ_CALL, 9, 3, b"abc");
-        assert_eq!(
-            host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),
-            Wait::Changed(last + 1)
-        );
-        let resp = host.response();
-        assert_eq!((resp.kind, resp.id, resp.len), (RESP_REPLY, 9, 3));
-        let mut out = Vec::new();
-        host.copy_response(resp.off, resp.len, &mut out).unwrap();
-        assert_eq!(out, b"cba");
-        let (seq, req) = t.join().unwrap();
-        assert_eq!(seq, 1);
-        assert_eq!(
-            req,
-            Request {
-                kind: REQ_CALL,
-                id: 9,
-                method: 3,
-                len: 3
+            let mut seen = Vec::new();
+            let mut seq = 0;
+            for _ in 0..2 {
+                seq = worker.wait_request(seq, Duration::from_micros(10));
+                let r = worker.request();
+                let mut inline = [0u8; REQ_INLINE];
+                let input = match r.kind {
+                    REQ_CALL_INLINE => worker.inline_request(r.len, &mut inline).unwrap().to_vec(),
+                    REQ_CALL => worker.request_payload(r.len).unwrap().to_vec(),
+                    other => panic!("kind {other}"),
+                };
+                let mut reversed = input.clone();
+                reversed.reverse();
+                if !worker.post_inline_response(r.id, 0, &reversed) {
+                    assert!(worker.write_response(&reversed));
+                    worker.post_response(RESP_REPLY, r.id, 0, 0, input.len() as u32);
+                }
+                seen.push((seq, r));
             }
+            seen
+        });
+        let mut out = Vec::new();
+        for (id, payload) in (9u64..).zip(&payloads) {
+            let last = host.resp_seq();
+            host.poke();
+            host.post_request(REQ_CALL, id, 3, payload);
+            assert_eq!(
+                host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),
+                Wait::Changed(last + 1)
+            );
+            let resp = host.response();
+            assert_eq!((resp.id, resp.len as usize), (id, payload.len()));
+            if payload.len() <= RESP_INLINE {
+                assert_eq!(resp.kind, RESP_REPLY_INLINE);
+                host.copy_inline_response(resp.len, &mut out).unwrap();
+            } else {
+                assert_eq!(resp.kind, RESP_REPLY);
+                host.copy_response(resp.off, resp.len, &mut out).unwrap();
+            }
+            let mut expect = payload.clone();
+            expect.reverse();
+            assert_eq!(out, expect);
+        }
+        let seen = t.join().unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    1,
+                    Request {
+                        kind: REQ_CALL_INLINE,
+                        id: 9,
+                        method: 3,
+                        len: 3
+                    }
+                ),
+                (
+                    2,
+                    Request {
+                        kind: REQ_CALL,
+                        id: 10,
+                        method: 3,
+                        len: 100
+                    }
+                )
+            ]
         );
         assert!(
             host.copy_response(4000, 200, &mut out).is_none(),
             "out-of-area ranges are refused"
         );
+        assert!(
+            host.copy_inline_response(33, &mut out).is_none(),
+            "inline lengths are capped"
+        );
+        assert!(!host.post_inline_response(1, 0, &[0; 33]), "too long for the line");
     }
 
     #[test]

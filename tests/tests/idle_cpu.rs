@@ -9,7 +9,9 @@ use bulkhead_tests::{basic, spec, supervisor};
 /// utime + stime of `pid` in clock ticks, from `/proc/<pid>/stat`.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Field 3 (state) is f[0]; utime and stime are fields 14 and 15.
     let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -51,7 +53,10 @@ fn idle_workers_and_host_use_no_cpu() {
     // A worker or host thread still spinning would use ~100 ticks (1 s) here;
     // allow a few ticks for bookkeeping on a loaded machine.
     let worker_ticks: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-    assert!(worker_ticks <= 3, "idle workers used {worker_ticks} ticks in 1 s: {workers:?}");
+    assert!(
+        worker_ticks <= 3,
+        "idle workers used {worker_ticks} ticks in 1 s: {workers:?}"
+    );
     let host_ticks = host_after - host_before;
     assert!(host_ticks <= 3, "the idle host used {host_ticks} ticks in 1 s");
     // And they still answer.
