@@ -26,10 +26,6 @@ const HOST_SPIN: Duration = Duration::from_micros(200);
 /// While asleep on the futex, how often the host checks the socket.
 const SOCKET_CHECK: Duration = Duration::from_millis(20);
 
-/// Fast-path answers through the region check the socket for unsolicited
-/// bytes at most this often (see `check_socket_idle`).
-const SOCKET_CHECK_EVERY: Duration = Duration::from_millis(1);
-
 /// Payloads up to this size are copied behind the call prefix and sent in one syscall.
 const SMALL_CALL: usize = 16 * 1024;
 /// First read chunk for a frame body; the buffer doubles from here as data arrives.
@@ -179,11 +175,7 @@ impl WorkerProcess {
             SessionMsg::ClientCall { method, payload } => HostMsg::ClientCall { id, method, payload },
         };
         host_msg.encode(&mut self.tx);
-        if let Some(region) = self.shm.clone() {
-            // Nothing unasked may be waiting where the answer will be read.
-            if let Err(f) = self.check_socket_now() {
-                return Err(self.fail(f));
-            }
+        if let Some(region) = &self.shm {
             region.post_request(shm::REQ_SOCKET, id, 0, &[]);
         }
         if let Err(f) = write_all(&self.sock, &self.tx, deadline) {
@@ -346,7 +338,6 @@ impl WorkerProcess {
         let region = self.shm.clone();
         let last = region.as_ref().map(|r| r.resp_seq());
         if let Some(region) = &region {
-            self.check_socket_now().map_err(|f| self.fail(f))?;
             region.post_request_in_place(shm::REQ_CALL_VIA_SOCKET, id, method, len);
         }
         let sent = if small {
@@ -397,7 +388,7 @@ impl WorkerProcess {
             let why = format!("response at {}+{} lies outside the shared region", r.off, r.len);
             return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
         }
-        if let Err(f) = self.check_socket_idle() {
+        if let Err(f) = socket_idle(&self.sock) {
             return Err(self.fail(f));
         }
         Ok(Placed::Region {
@@ -462,7 +453,6 @@ impl WorkerProcess {
         if payload.len() <= region.capacity() {
             region.post_request(shm::REQ_CALL, id, method, payload);
         } else {
-            self.check_socket_now().map_err(|f| self.fail(f))?;
             region.post_request(shm::REQ_CALL_VIA_SOCKET, id, method, &[]);
             self.send_call(id, method, payload, deadline)
                 .map_err(|f| self.fail(f))?;
@@ -583,7 +573,7 @@ impl WorkerProcess {
             }
         }
         // Nothing may arrive on the socket when the answer came through the region.
-        if let Err(f) = self.check_socket_idle() {
+        if let Err(f) = socket_idle(&self.sock) {
             return Err(self.fail(f));
         }
         if r.kind == shm::RESP_FAULT {
@@ -602,33 +592,6 @@ impl WorkerProcess {
             status: r.status,
             payload: &self.rx[..r.len as usize],
         })
-    }
-
-    /// After an answer through the region: makes sure the worker wrote
-    /// nothing unasked on the socket — at most once per
-    /// [`SOCKET_CHECK_EVERY`] on the fast path (the check is a syscall, about
-    /// half the cost of a small call), always on a worker's first answer and on
-    /// the first answer after a pause. Bytes that arrive in between are found
-    /// by the next check, by the next exchange on the socket (which checks
-    /// first), or while the host sleeps on the futex; they sit in the kernel's
-    /// bounded socket buffer until then and reach nothing.
-    fn check_socket_idle(&mut self) -> Result<(), IoFail> {
-        let now = Instant::now();
-        if self
-            .socket_checked
-            .is_some_and(|at| now.saturating_duration_since(at) < SOCKET_CHECK_EVERY)
-        {
-            return Ok(());
-        }
-        self.socket_checked = Some(now);
-        socket_idle(&self.sock)
-    }
-
-    /// Checks the socket for unsolicited bytes now (before an exchange on it
-    /// while the shared-memory transport is in use).
-    fn check_socket_now(&mut self) -> Result<(), IoFail> {
-        self.socket_checked = Some(Instant::now());
-        socket_idle(&self.sock)
     }
 
     /// Turns an I/O failure into a call failure, killing the worker where needed.

@@ -136,9 +136,6 @@ pub(crate) struct WorkerProcess {
     pub(crate) slot: usize,
     /// When it last finished a call (or started).
     pub(crate) last_used: Instant,
-    /// When the host last made sure nothing unsolicited waits on the socket
-    /// after an answer through the shared region (`None`: never).
-    pub(crate) socket_checked: Option<Instant>,
 }
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
@@ -254,7 +251,6 @@ impl WorkerProcess {
             sessions: launch.imports.is_some(),
             slot: 0,
             last_used: Instant::now(),
-            socket_checked: None,
         };
         match w.handshake(launch, region, deadline) {
             Ok(info) => Ok((w, info)),
