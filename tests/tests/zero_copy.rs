@@ -206,3 +206,28 @@ fn a_panicking_closure_leaves_no_state_behind() {
         assert_eq!(p.call_raw(basic::ECHO_RAW, b"next").unwrap(), b"next");
     }
 }
+
+#[test]
+fn plugins_with_host_imports_answer_through_the_socket_conversation() {
+    use fx_host_iface::__fidius_UsesHost as U;
+    use fx_host_iface::__fidius_host_Host as H;
+    let sup = supervisor();
+    let iface = bulkhead::HostInterface::new(
+        "Host",
+        H::Host_HOST_INTERFACE_HASH,
+        H::Host_HOST_INTERFACE_VERSION,
+        H::Host_HOST_FN_COUNT,
+    )
+    .function(H::HOST_FN_LOOKUP, |(key,): (String,)| format!("value-of-{key}"))
+    .function(H::HOST_FN_CHECK, |(n,): (u64,)| n)
+    .function(H::HOST_FN_BOOM, |(): ()| 0u64);
+    let p = sup.load(spec("fx-host").host_interface(iface)).unwrap();
+    let args = bulkhead_shared::wire::encode(&("k1".to_string(),)).unwrap();
+    let reply = p
+        .call_raw_filled(U::METHOD_ASK, args.len(), |buf| buf.copy_from_slice(&args))
+        .unwrap();
+    // A conversation (the plugin called back into the host) answers on the socket.
+    assert!(!reply.in_shared_memory());
+    let s: String = bulkhead_shared::wire::decode(&reply).unwrap();
+    assert_eq!(s, "got value-of-k1");
+}
