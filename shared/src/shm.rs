@@ -565,7 +565,7 @@ fn load_inline(words: &[AtomicU64], out: &mut [u8]) {
 }
 
 /// Longest busy spin (no syscall, a `pause` per turn) before a waiter starts
-/// yielding the CPU; see [`wait_change`].
+/// yielding the CPU (the budget adapts; see the module documentation).
 pub const BUSY_SPIN: Duration = Duration::from_micros(2);
 
 /// An answer seen within this long of starting to wait means the other side
