@@ -5,6 +5,7 @@
 mod fastpath;
 mod floor;
 mod inproc;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -62,13 +63,18 @@ impl Report {
     fn row(&mut self, figure: String, value: String, note: String) {
         self.rows.push((figure, value, note));
     }
-    fn print(&self) {
+    fn print(&self, started: Instant) {
         println!();
         println!("| figure | bulkhead | baselines / notes |");
         println!("|---|---|---|");
         for (a, b, c) in &self.rows {
             println!("| {a} | {b} | {c} |");
         }
+        println!(
+            "\nbench finished in {:.1?} ({} cores)",
+            started.elapsed(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
     }
 }
 
@@ -98,11 +104,14 @@ fn main() {
     let lib = fx.lib("fx-basic");
     let sup = Supervisor::builder().worker_path(&fx.worker).build().expect("worker");
     let mut report = Report { rows: Vec::new() };
+    if std::env::args().any(|a| a == "--scale-only") {
+        scale::rows(&fx.worker, &lib, &mut report, quick);
+        return report.print(started);
+    }
     if only_part_b {
         // Only issue 12 part B's rows (for iterating on them).
         fastpath::rows(&sup, &fx, &mut report, quick, &scale);
-        report.print();
-        return;
+        return report.print(started);
     }
     let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(Backoff::none());
 
@@ -439,12 +448,10 @@ fn main() {
     );
     drop(plugins);
 
-    report.print();
-    println!(
-        "\nbench finished in {:.1?} ({} cores)",
-        started.elapsed(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    // --- scale: 10, 100, 1,000 plugins ----------------------------------------------------
+    scale::rows(&fx.worker, &lib, &mut report, quick);
+
+    report.print(started);
 }
 
 /// Crashes `plugin`'s worker `n` times and times the next good answer after

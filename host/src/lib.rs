@@ -90,6 +90,7 @@ compile_error!(
 mod call;
 mod client;
 mod error;
+mod event_loop;
 mod events;
 mod health;
 mod hostfn;
@@ -134,7 +135,8 @@ pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
 pub use stream::PluginStream;
 pub use supervisor::{
-    Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, SELF_WORKER_ARG, SELF_WORKER_ENV,
+    Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, LOAD_MANY_THREADS, SELF_WORKER_ARG,
+    SELF_WORKER_ENV,
 };
 #[cfg(feature = "tokio")]
 pub use tokio_api::{AsyncPluginStream, EventStream};

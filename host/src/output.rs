@@ -1,14 +1,18 @@
-//! The worker's stdout and stderr: drained continuously on their own threads (so
-//! a plugin printing megabytes never stalls calls), forwarded line by line to
-//! `tracing` and the user's callback, and the last bytes of stderr kept for
-//! crash reports.
+//! The worker's stdout and stderr: drained continuously by the output loop
+//! ([`event_loop`](crate::event_loop), so a plugin printing megabytes never
+//! stalls calls), forwarded line by line to `tracing` and the user's callback,
+//! and the last bytes of stderr kept for crash reports.
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::event_loop;
 
 /// Bytes of stderr kept for [`CallError::WorkerDied`](crate::CallError::WorkerDied).
 pub const STDERR_TAIL: usize = 16 * 1024;
@@ -74,41 +78,38 @@ impl StderrTail {
     }
 }
 
-/// Starts the forwarding threads for a worker's stdout and stderr.
+/// Hands a worker's stdout and stderr to the output loop
+/// ([`event_loop`](crate::event_loop)), which drains them for as long as they
+/// are open.
 pub(crate) fn forward(
     plugin: Arc<str>,
     pid: u32,
-    stdout: impl Read + Send + 'static,
-    stderr: impl Read + Send + 'static,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
     callback: Option<OutputCallback>,
 ) -> StderrTail {
-    let bytes = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    // Grows with what the worker writes; an idle worker costs no buffer.
+    let bytes = Arc::new(Mutex::new(VecDeque::new()));
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let (stdout_done_tx, stdout_done) = crossbeam_channel::bounded(1);
-    let (p, cb) = (plugin.clone(), callback.clone());
-    spawn_reader(
-        "bulkhead-stdout",
+    event_loop::watch_output(Pipe::new(
         stdout,
-        move |line| emit(&p, pid, Stream::Stdout, line, &cb),
-        Some(stdout_done_tx),
-    );
-    let tail = bytes.clone();
-    spawn_reader(
-        "bulkhead-stderr",
+        plugin.clone(),
+        pid,
+        Stream::Stdout,
+        callback.clone(),
+        None,
+        stdout_done_tx,
+    ));
+    event_loop::watch_output(Pipe::new(
         stderr,
-        move |line| {
-            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-            for &b in line.iter().chain(b"\n") {
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(b);
-            }
-            drop(t);
-            emit(&plugin, pid, Stream::Stderr, line, &callback);
-        },
-        Some(done_tx),
-    );
+        plugin,
+        pid,
+        Stream::Stderr,
+        callback,
+        Some(bytes.clone()),
+        done_tx,
+    ));
     StderrTail {
         bytes,
         done,
@@ -132,46 +133,153 @@ fn emit(plugin: &str, pid: u32, stream: Stream, line: &[u8], cb: &Option<OutputC
     }
 }
 
-fn spawn_reader(
-    name: &str,
-    mut r: impl Read + Send + 'static,
-    mut on_line: impl FnMut(&[u8]) + Send + 'static,
-    done: Option<Sender<()>>,
-) {
-    let body = move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut line: Vec<u8> = Vec::with_capacity(256);
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            for chunk in buf[..n].split_inclusive(|&b| b == b'\n') {
-                let complete = chunk.last() == Some(&b'\n');
-                let chunk = if complete { &chunk[..chunk.len() - 1] } else { chunk };
-                line.extend_from_slice(chunk);
-                if complete || line.len() >= MAX_LINE {
-                    on_line(&line);
-                    line.clear();
+/// One output pipe of one worker, as the output loop serves it.
+pub(crate) struct Pipe {
+    /// The read end (nonblocking while the loop serves it). Declared first:
+    /// it is closed before `done` announces the end.
+    file: Option<File>,
+    /// The read end could not be made nonblocking: only a thread may read it.
+    blocking: bool,
+    plugin: Arc<str>,
+    pid: u32,
+    stream: Stream,
+    callback: Option<OutputCallback>,
+    /// The stderr tail, for stderr.
+    tail: Option<Arc<Mutex<VecDeque<u8>>>>,
+    /// The partial line read so far (at most [`MAX_LINE`] bytes).
+    line: Vec<u8>,
+    /// Held for its drop (never sent on), after the pipe is closed: wakes
+    /// every waiter.
+    _done: Sender<()>,
+}
+
+impl Pipe {
+    fn new(
+        fd: OwnedFd,
+        plugin: Arc<str>,
+        pid: u32,
+        stream: Stream,
+        callback: Option<OutputCallback>,
+        tail: Option<Arc<Mutex<VecDeque<u8>>>>,
+        done: Sender<()>,
+    ) -> Pipe {
+        let file = File::from(fd);
+        // Without O_NONBLOCK the loop could block in a read; such a pipe is
+        // served on a thread of its own instead.
+        let blocking = event_loop::set_nonblocking(&file, true).is_err();
+        Pipe {
+            file: Some(file),
+            blocking,
+            plugin,
+            pid,
+            stream,
+            callback,
+            tail,
+            line: Vec::new(),
+            _done: done,
+        }
+    }
+
+    /// Feeds bytes read from the pipe: complete lines (and over-long pieces)
+    /// are forwarded at once.
+    fn feed(&mut self, bytes: &[u8]) {
+        for chunk in bytes.split_inclusive(|&b| b == b'\n') {
+            let complete = chunk.last() == Some(&b'\n');
+            let chunk = if complete { &chunk[..chunk.len() - 1] } else { chunk };
+            // A line longer than MAX_LINE is forwarded in MAX_LINE pieces.
+            let mut rest = chunk;
+            while self.line.len() + rest.len() > MAX_LINE {
+                let take = MAX_LINE - self.line.len();
+                self.line.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                self.flush_line();
+            }
+            self.line.extend_from_slice(rest);
+            if complete || self.line.len() == MAX_LINE {
+                self.flush_line();
+            }
+        }
+    }
+
+    fn flush_line(&mut self) {
+        if let Some(tail) = &self.tail {
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            for &b in self.line.iter().chain(b"\n") {
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(b);
+            }
+        }
+        // The loop serves every worker: a panicking callback must not end it.
+        let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            emit(&self.plugin, self.pid, self.stream, &self.line, &self.callback)
+        }));
+        if forwarded.is_err() {
+            tracing::error!(target: "bulkhead", plugin = &*self.plugin, pid = self.pid, "the on_output callback panicked; the line is dropped");
+        }
+        self.line.clear();
+        if self.line.capacity() > 1024 {
+            // Give back what one long line took.
+            self.line = Vec::new();
+        }
+    }
+
+    /// The stream ended: forwards the last partial line. Dropping the `Pipe`
+    /// then closes the pipe and announces the end (in that order: `file` is
+    /// declared before `done`); the loop first takes it out of its epoll set.
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.flush_line();
+        }
+    }
+}
+
+impl event_loop::Source for Pipe {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.file.as_ref().filter(|_| !self.blocking).map(|f| f.as_fd())
+    }
+
+    fn ready(&mut self, scratch: &mut [u8]) -> bool {
+        for _ in 0..event_loop::READS_PER_EVENT {
+            let Some(file) = self.file.as_mut() else { return true };
+            match file.read(scratch) {
+                Ok(0) => {
+                    self.finish();
+                    return true;
+                }
+                Ok(n) => self.feed(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.finish();
+                    return true;
                 }
             }
         }
-        if !line.is_empty() {
-            on_line(&line);
-        }
-        // Close the pipe before announcing the end.
-        drop(r);
-        if let Some(done) = done {
-            // Dropping the sender wakes every waiter, now and later.
-            drop(done);
-        }
-    };
-    // If the thread cannot be started the pipe is simply never drained; the
-    // worker then blocks on a full pipe and its calls time out, visibly.
-    let _ = std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(64 * 1024)
-        .spawn(body);
+        false
+    }
+
+    fn fallback(mut self) {
+        let _ = std::thread::Builder::new()
+            .name("bulkhead-output".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                if let Some(f) = &self.file {
+                    let _ = event_loop::set_nonblocking(f, false);
+                }
+                while let Some(file) = self.file.as_mut() {
+                    match file.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => self.feed(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                self.finish();
+            });
+        // If no thread can be started the pipe is simply never drained; the
+        // worker then blocks on a full pipe and its calls time out, visibly.
+    }
 }

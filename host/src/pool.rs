@@ -24,13 +24,14 @@
 //! only what is left after all that is SIGKILLed (and reported `forced`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::call::{Answer, Failure, Placed};
 use crate::error::{CallError, Exit, LoadError};
+use crate::event_loop::{self, Tick};
 use crate::events::{EventHub, EventKind};
 use crate::health::Health;
 use crate::observe::{self, CallMetrics};
@@ -206,7 +207,9 @@ impl Pool {
             *pool.standby.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
         }
         if let Some(idle) = pool.idle_timeout {
-            pool.background("bulkhead-idle", move |pool| pool.idle_loop(idle));
+            let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let me: Weak<dyn Tick> = pool.me.clone();
+            event_loop::every(tick, me);
         }
         Ok((pool, info.expect("size >= 1")))
     }
@@ -784,31 +787,47 @@ impl Pool {
     }
 
     /// Stops workers nobody called for `idle`, until the pool closes.
-    fn idle_loop(&self, idle: Duration) {
-        let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        loop {
-            match self.closing_rx.recv_timeout(tick) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+    /// One idle check (on the timer thread, see [`event_loop`]): takes the
+    /// workers idle for `idle` out of the pool and hands them to a background
+    /// job that stops them politely. Returns `false` once the pool is closed.
+    fn idle_tick(&self, idle: Duration) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        // A shutdown meanwhile collects the slots taken here: they go back
+        // (or to the job) within microseconds, well inside its grace period.
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for _ in 0..self.idle_rx.len() {
+            let Ok(slot) = self.idle_rx.try_recv() else { break };
+            match slot {
+                Slot::Live(w) if now.saturating_duration_since(w.last_used) >= idle => expired.push(w),
+                other => self.put_back(other),
             }
-            if self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let now = Instant::now();
-            for _ in 0..self.idle_rx.len() {
-                let Ok(slot) = self.idle_rx.try_recv() else { break };
-                match slot {
-                    Slot::Live(w) if now.saturating_duration_since(w.last_used) >= idle => {
-                        let (i, pid) = (w.slot, w.pid);
-                        self.stop(w);
-                        self.mark(i, SlotHealth::Idle);
-                        self.events.emit(&self.label, EventKind::IdleStopped { pid });
-                        self.put_back(Slot::Idle(i));
-                    }
-                    other => self.put_back(other),
+        }
+        if !expired.is_empty() {
+            // Shared with the job so a failed thread start can take them back.
+            let held = Arc::new(Mutex::new(expired));
+            let theirs = held.clone();
+            let stop_all = move |pool: &Pool| {
+                let workers = std::mem::take(&mut *theirs.lock().unwrap_or_else(|e| e.into_inner()));
+                for w in workers {
+                    let (i, pid) = (w.slot, w.pid);
+                    pool.stop(w);
+                    pool.mark(i, SlotHealth::Idle);
+                    pool.events.emit(&pool.label, EventKind::IdleStopped { pid });
+                    pool.put_back(Slot::Idle(i));
+                }
+            };
+            if !self.background("bulkhead-idle", stop_all) {
+                // No thread: put them back as they are; the next tick retries.
+                let workers = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
+                for w in workers {
+                    self.put_back(Slot::Live(w));
                 }
             }
         }
+        true
     }
 
     fn policy_failure(&self, i: usize, reason: &str) {
@@ -1032,6 +1051,15 @@ fn source_suffix(e: &CallError) -> String {
     std::error::Error::source(e)
         .map(|s| format!(": {s}"))
         .unwrap_or_default()
+}
+
+impl Tick for Pool {
+    fn tick(&self) -> bool {
+        match self.idle_timeout {
+            Some(idle) => self.idle_tick(idle),
+            None => false,
+        }
+    }
 }
 
 impl Drop for Pool {

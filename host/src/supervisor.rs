@@ -2,7 +2,7 @@
 //! shuts everything down when dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -308,6 +308,9 @@ fn shm_capacity(spec: &PluginSpec) -> u32 {
     }
 }
 
+/// Most threads [`Supervisor::load_many`] loads on at once (counting the caller's).
+pub const LOAD_MANY_THREADS: usize = 8;
+
 /// Owns the worker processes of every plugin it loads. Dropping it (or calling
 /// [`shutdown`](Self::shutdown)) stops them all: a shutdown request, a grace
 /// period, then SIGKILL to each worker's process group; every child is reaped.
@@ -331,6 +334,53 @@ impl Supervisor {
         let plugin = self.load_job(spec)?.run()?;
         self.track(&plugin);
         Ok(plugin)
+    }
+
+    /// Loads many plugins at once; the results come back in the order of
+    /// `specs`, one `Result` per spec, so one bad spec costs only its own load.
+    ///
+    /// The loads run on at most [`LOAD_MANY_THREADS`] short-lived threads (fewer
+    /// for a short list), which are gone when this returns: while one load
+    /// waits for its worker to start, link and `dlopen` the plugin, the others
+    /// proceed. Only the fork/exec itself is serialised (on the spawner thread,
+    /// see [`load`](Self::load)). Each load is bounded by its own
+    /// [`load_timeout`](PluginSpec::load_timeout). If no thread can be started
+    /// the loads run one after another on the caller's thread.
+    pub fn load_many(&self, specs: impl IntoIterator<Item = PluginSpec>) -> Vec<Result<Plugin, LoadError>> {
+        let specs: Vec<Mutex<Option<PluginSpec>>> = specs.into_iter().map(|s| Mutex::new(Some(s))).collect();
+        let results: Vec<Mutex<Option<Result<Plugin, LoadError>>>> = specs.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = specs.get(i) else { return };
+            let Some(spec) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                continue;
+            };
+            let result = self.load(spec);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        };
+        let threads = specs.len().min(LOAD_MANY_THREADS);
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                let spawned = std::thread::Builder::new()
+                    .name("bulkhead-load".into())
+                    .spawn_scoped(scope, work);
+                if spawned.is_err() {
+                    break;
+                }
+            }
+            // The caller's thread takes its share too (and all of it if no
+            // thread could be started).
+            work();
+        });
+        results
+            .into_iter()
+            .map(|r| {
+                r.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or(Err(LoadError::ShutDown))
+            })
+            .collect()
     }
 
     /// Everything `load` needs, owned (so it can run on another thread).

@@ -1,25 +1,34 @@
 //! One worker process: spawn, handshake, kill, reap.
 //!
-//! Reaping is owned by a small watcher thread per worker. It blocks in
-//! `waitid(WEXITED | WNOWAIT)` — which observes the exit *without* reaping, so the
-//! pid (and the process group named after it) cannot be recycled yet — then,
-//! under the same lock every killer takes, SIGKILLs the whole process group (the
-//! plugin's own children die too), reaps the worker, records its [`Exit`], and
-//! shuts the host's socket end so a reader blocked on it wakes at once. A
-//! signal is therefore never sent to a pid that has been reaped.
+//! Reaping is owned by the reaper loop ([`event_loop`](crate::event_loop)): it
+//! waits on a pidfd per worker, which becomes readable when the worker has
+//! exited but is not yet reaped — like `waitid(WEXITED | WNOWAIT)` (used by the
+//! fallback thread where there is no pidfd), it observes the exit *without*
+//! reaping, so the pid (and the process group named after it) cannot be
+//! recycled yet. Then, under the same lock every killer takes, it SIGKILLs the
+//! whole process group (the plugin's own children die too), reaps the worker
+//! (`wait4`, with its rusage), records its [`Exit`], shuts the host's socket end
+//! so a reader blocked on it wakes at once, marks the shared region dead and
+//! wakes every waiter. A signal is therefore never sent to a pid that has been
+//! reaped.
 //!
-//! Workers are spawned from one long-lived thread: Linux delivers the
-//! parent-death signal when the *thread* that forked the child exits, so spawning
-//! from a caller's short-lived thread would kill the worker with it.
+//! Any direct child of the host can be handed over this way ([`adopt`]): a
+//! worker spawned by `std::process::Command` (reaped through its `Child`, which
+//! gives the rusage) or one created otherwise, known only by pid.
+//!
+//! Workers are spawned from long-lived threads (one per core, at most four):
+//! Linux delivers the parent-death signal when the *thread* that forked the
+//! child exits, so spawning from a caller's short-lived thread would kill the
+//! worker with it.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
@@ -27,11 +36,12 @@ use bulkhead_shared::protocol::{HostMsg, LoadRequest, PluginInfoWire, WorkerMsg,
 use bulkhead_shared::shm::{self, Region};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
+use crate::event_loop::{self, Started};
 use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
@@ -76,7 +86,7 @@ pub(crate) struct ProcState {
     usage: Mutex<Option<ResourceUsage>>,
     /// Set while a call runs on the worker (shutdown kills only these early).
     pub(crate) busy: AtomicBool,
-    // Never sent on: the watcher drops its sender after recording the exit, which
+    // Never sent on: the reaper drops its sender after recording the exit, which
     // wakes every waiter at once.
     exited: Receiver<()>,
 }
@@ -140,31 +150,44 @@ pub(crate) struct WorkerProcess {
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
 
-fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
-    static SPAWNER: OnceLock<Mutex<Sender<SpawnJob>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
+/// Most spawner threads.
+const MAX_SPAWNERS: usize = 4;
+
+/// The spawner threads: one per core, at most [`MAX_SPAWNERS`], started on
+/// first use and never ending (see the module docs). More than one so a batch
+/// of loads is not serialised on a single fork/exec at a time.
+fn spawner() -> Option<&'static Sender<SpawnJob>> {
+    static SPAWNER: Started<Sender<SpawnJob>> = Started::new();
+    SPAWNER.get_or_start(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("bulkhead-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let child = cmd.spawn();
-                    // Close our copy of the worker's socket end before anyone
-                    // waits on the host end, so a dead worker reads as EOF.
-                    drop(cmd);
-                    let _ = reply.send(child);
-                }
-            })
-            .expect("cannot start the bulkhead spawner thread");
-        Mutex::new(tx)
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_SPAWNERS);
+        let mut started = 0;
+        for _ in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("bulkhead-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let child = cmd.spawn();
+                        // Close our copy of the worker's socket end before anyone
+                        // waits on the host end, so a dead worker reads as EOF.
+                        drop(cmd);
+                        let _ = reply.send(child);
+                    }
+                });
+            started += usize::from(spawned.is_ok());
+        }
+        // None started: spawning fails now and is tried again next time.
+        (started > 0).then_some(tx)
     })
 }
 
 pub(crate) fn spawn_on_spawner(cmd: Command) -> io::Result<Child> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     spawner()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .ok_or_else(|| io::Error::other("cannot start a spawner thread"))?
         .send((cmd, tx))
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
     rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
@@ -208,34 +231,25 @@ impl WorkerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let mut child = spawn_on_spawner(cmd).map_err(spawn_err)?;
-        let pid = child.id();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr_pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = output::forward(launch.label.clone(), pid, stdout, stderr_pipe, launch.output.clone());
-
-        let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
-        let proc = Arc::new(ProcState {
-            pid,
-            exit: Mutex::new(None),
-            usage: Mutex::new(None),
-            busy: AtomicBool::new(false),
-            exited,
-        });
-        let wake = host_end.try_clone().map_err(spawn_err)?;
-        let watcher_state = proc.clone();
-        let watcher_region = region.as_ref().map(|(r, _)| r.clone());
-        let watcher = std::thread::Builder::new()
-            .name("bulkhead-reaper".into())
-            .stack_size(64 * 1024)
-            .spawn(move || watch(child, watcher_state, exited_tx, wake, watcher_region));
-        if let Err(e) = watcher {
-            // The closure (and the Child inside it) is gone; kill by group while
-            // the unreaped pid still pins it. std cannot reap it now; this is
-            // the one path where a zombie may remain until the host exits.
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            return Err(spawn_err(e));
-        }
+        let child = spawn_on_spawner(cmd).map_err(spawn_err)?;
+        let spawned = Spawned::from_child(child);
+        let pid = spawned.pid;
+        let wake = host_end.try_clone();
+        let region_for_reaper = region.as_ref().map(|(r, _)| r.clone());
+        let (proc, stderr) = match wake {
+            Ok(wake) => adopt(
+                spawned,
+                launch.label.clone(),
+                launch.output.clone(),
+                wake,
+                region_for_reaper,
+            ),
+            Err(e) => {
+                // Nothing watches this worker yet: kill it and reap it here.
+                spawned.abandon();
+                return Err(spawn_err(e));
+            }
+        };
         host_end.set_nonblocking(true).map_err(spawn_err)?;
         let mut w = WorkerProcess {
             pid,
@@ -425,46 +439,278 @@ pub(crate) fn msg_name(m: &WorkerMsg<'_>) -> &'static str {
     }
 }
 
-/// The reaper: see the module docs.
-fn watch(mut child: Child, state: Arc<ProcState>, exited: Sender<()>, wake: UnixStream, region: Option<Arc<Region>>) {
-    let pid = Pid::from_raw(child.id() as i32);
-    while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
-    let mut exit = state.exit.lock().unwrap_or_else(|e| e.into_inner());
-    // The leader is a zombie: the group id is still ours. Take the plugin's
-    // children down with it.
-    let _ = killpg(pid, Signal::SIGKILL);
-    // wait4 reaps and returns the kernel's rusage of the worker and of the
-    // descendants it waited for.
-    let (status, usage) = loop {
-        match wait4::Wait4::wait4(&mut child) {
-            Ok(r) => {
-                let usage = ResourceUsage {
-                    user: r.rusage.utime,
-                    system: r.rusage.stime,
-                    max_rss: r.rusage.maxrss,
-                };
-                break (Exit::from_status(r.status), Some(usage));
+/// A freshly created worker process, not yet watched: a direct child of the
+/// host, unreaped, leading its own process group, with its stdout and stderr
+/// pipes.
+pub(crate) struct Spawned {
+    /// The worker's pid (= its process group id).
+    pub(crate) pid: u32,
+    /// How to reap it.
+    pub(crate) reap: Reapee,
+    /// Read end of its stdout pipe.
+    pub(crate) stdout: OwnedFd,
+    /// Read end of its stderr pipe.
+    pub(crate) stderr: OwnedFd,
+}
+
+/// How a worker is reaped.
+pub(crate) enum Reapee {
+    /// Spawned by `std::process::Command`: reaped through the `Child` with
+    /// `wait4`, which also gives its rusage.
+    Child(Child),
+    /// Any other direct child (e.g. forked by a fork server with
+    /// `CLONE_PARENT`), reaped by pid with `waitpid`. Its rusage is not
+    /// available (the host has no safe `wait4` by pid), so its
+    /// [`ResourceUsage`] is `None`.
+    #[allow(dead_code)] // the fork server's hand-off
+    Pid,
+}
+
+impl Spawned {
+    /// Takes a `Child` spawned with piped stdout and stderr.
+    pub(crate) fn from_child(mut child: Child) -> Spawned {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Spawned {
+            pid: child.id(),
+            stdout: OwnedFd::from(stdout),
+            stderr: OwnedFd::from(stderr),
+            reap: Reapee::Child(child),
+        }
+    }
+
+    /// Kills and reaps a worker nobody watches yet (a failed start).
+    fn abandon(self) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let mut reap = self.reap;
+        let _ = reap.reap(self.pid);
+    }
+}
+
+impl Reapee {
+    /// Reaps the (exited) worker: its exit and, if known, its usage.
+    fn reap(&mut self, pid: u32) -> (Exit, Option<ResourceUsage>) {
+        let killed = Exit::Signal {
+            signal: Signal::SIGKILL as i32,
+            core_dumped: false,
+        };
+        match self {
+            // wait4 reaps and returns the kernel's rusage of the worker and of
+            // the descendants it waited for.
+            Reapee::Child(child) => loop {
+                match wait4::Wait4::wait4(child) {
+                    Ok(r) => {
+                        let usage = ResourceUsage {
+                            user: r.rusage.utime,
+                            system: r.rusage.stime,
+                            max_rss: r.rusage.maxrss,
+                        };
+                        break (Exit::from_status(r.status), Some(usage));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Only possible if someone else reaped it; report it as killed.
+                    Err(_) => break (killed, None),
+                }
+            },
+            Reapee::Pid => loop {
+                match nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None) {
+                    Ok(WaitStatus::Exited(_, code)) => break (Exit::Code(code), None),
+                    Ok(WaitStatus::Signaled(_, signal, core_dumped)) => {
+                        break (
+                            Exit::Signal {
+                                signal: signal as i32,
+                                core_dumped,
+                            },
+                            None,
+                        )
+                    }
+                    // Stopped/continued are not reported without WUNTRACED/WCONTINUED.
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break (killed, None),
+                }
+            },
+        }
+    }
+}
+
+/// Hands a freshly created worker to the event loops: its exit to the reaper
+/// loop, its output pipes to the output loop. `wake` is a clone of the host's
+/// socket end (shut down once the worker is reaped); `region` is marked dead
+/// then. Returns the exit bookkeeping and the stderr tail.
+pub(crate) fn adopt(
+    spawned: Spawned,
+    label: Arc<str>,
+    output: Option<OutputCallback>,
+    wake: UnixStream,
+    region: Option<Arc<Region>>,
+) -> (Arc<ProcState>, StderrTail) {
+    let Spawned {
+        pid,
+        reap,
+        stdout,
+        stderr,
+    } = spawned;
+    let tail = output::forward(label, pid, stdout, stderr, output);
+    let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
+    let proc = Arc::new(ProcState {
+        pid,
+        exit: Mutex::new(None),
+        usage: Mutex::new(None),
+        busy: AtomicBool::new(false),
+        exited,
+    });
+    // The worker is our unreaped child, so its pid names it.
+    let pidfd = rustix::process::Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    event_loop::watch_exit(Reaping {
+        pidfd,
+        reap,
+        state: proc.clone(),
+        _exited: exited_tx,
+        wake: Some(wake),
+        region,
+    });
+    (proc, tail)
+}
+
+/// One worker's reaping, as the reaper loop serves it.
+pub(crate) struct Reaping {
+    /// Readable once the worker has exited (still unreaped).
+    pidfd: Option<OwnedFd>,
+    reap: Reapee,
+    state: Arc<ProcState>,
+    /// Held for its drop (never sent on), after the exit is recorded: wakes
+    /// every waiter.
+    _exited: Sender<()>,
+    wake: Option<UnixStream>,
+    region: Option<Arc<Region>>,
+}
+
+impl Reaping {
+    /// The worker has exited (and is unreaped): see the module docs.
+    fn reap_exited(&mut self) {
+        let pid = self.state.pid;
+        let mut exit = self.state.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_some() {
+            return;
+        }
+        // The leader is a zombie: the group id is still ours. Take the plugin's
+        // children down with it.
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let (status, usage) = self.reap.reap(pid);
+        *self.state.usage.lock().unwrap_or_else(|e| e.into_inner()) = usage;
+        *exit = Some(status);
+        drop(exit);
+        if let Some(wake) = self.wake.take() {
+            let _ = wake.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(region) = self.region.take() {
+            region.mark_dead();
+        }
+        // Dropping `_exited` (with the rest of this `Reaping`, right after the
+        // loop has taken its pidfd out of the epoll set) wakes every waiter.
+    }
+}
+
+impl event_loop::Source for Reaping {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    fn ready(&mut self, _scratch: &mut [u8]) -> bool {
+        self.reap_exited();
+        true
+    }
+
+    fn fallback(self) {
+        let pid = Pid::from_raw(self.state.pid as i32);
+        // Shared with the thread so a failed spawn can take it back.
+        let slot = Arc::new(Mutex::new(Some(self)));
+        let theirs = slot.clone();
+        let body = move || {
+            while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+            {
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // Only possible if someone else reaped it; report it as killed.
-            Err(_) => {
-                break (
-                    Exit::Signal {
-                        signal: Signal::SIGKILL as i32,
-                        core_dumped: false,
-                    },
-                    None,
-                )
+            if let Some(mut this) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                this.reap_exited();
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("bulkhead-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(body)
+        {
+            // No thread: nothing would ever reap this worker. Kill it (its
+            // unreaped pid still pins the group) and reap it here.
+            tracing::error!(target: "bulkhead", pid = pid.as_raw(), error = %e, "cannot watch a worker; killing it");
+            let _ = killpg(pid, Signal::SIGKILL);
+            if let Some(mut this) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                this.reap_exited();
             }
         }
-    };
-    *state.usage.lock().unwrap_or_else(|e| e.into_inner()) = usage;
-    *exit = Some(status);
-    drop(exit);
-    let _ = wake.shutdown(std::net::Shutdown::Both);
-    drop(wake);
-    if let Some(region) = region {
-        region.mark_dead();
     }
-    drop(exited);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `sh -c script` in a process group of its own, with piped output.
+    fn sh(script: &str) -> Child {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("/bin/sh runs")
+    }
+
+    /// Adopts a child known only by its pid (as a fork server's would be):
+    /// the std `Child` is dropped, which neither waits for nor kills it.
+    fn adopt_by_pid(child: Child) -> (Arc<ProcState>, StderrTail, UnixStream) {
+        let mut spawned = Spawned::from_child(child);
+        spawned.reap = Reapee::Pid;
+        let (host, wake) = UnixStream::pair().unwrap();
+        let (proc, tail) = adopt(spawned, "test".into(), None, wake, None);
+        (proc, tail, host)
+    }
+
+    #[test]
+    fn a_child_known_only_by_pid_is_reaped_with_its_exit_and_stderr() {
+        let (proc, tail, host) = adopt_by_pid(sh("echo out; echo err >&2; exit 7"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        assert_eq!(proc.wait(deadline), Some(Exit::Code(7)));
+        assert_eq!(proc.usage(), None, "no rusage without a Child");
+        assert_eq!(tail.snapshot_after_eof(deadline), "err\n");
+        // The host end was shut down by the reaper: reads see EOF at once.
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &host, &mut buf).unwrap(), 0);
+        // Reaped: the pid no longer names our child.
+        assert_eq!(
+            waitid(
+                Id::Pid(Pid::from_raw(proc.pid() as i32)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG
+            ),
+            Err(nix::errno::Errno::ECHILD)
+        );
+    }
+
+    #[test]
+    fn a_child_known_only_by_pid_reports_its_signal() {
+        let (proc, _tail, _host) = adopt_by_pid(sh("kill -SEGV $$"));
+        let exit = proc.wait(Instant::now() + Duration::from_secs(30));
+        assert!(matches!(exit, Some(Exit::Signal { signal: 11, .. })), "{exit:?}");
+    }
+
+    #[test]
+    fn a_std_child_is_reaped_with_its_rusage() {
+        let spawned = Spawned::from_child(sh("exit 3"));
+        let (_host, wake) = UnixStream::pair().unwrap();
+        let (proc, _tail) = adopt(spawned, "test".into(), None, wake, None);
+        assert_eq!(proc.wait(Instant::now() + Duration::from_secs(30)), Some(Exit::Code(3)));
+        assert!(proc.usage().is_some_and(|u| u.max_rss > 0), "{:?}", proc.usage());
+    }
 }

@@ -187,7 +187,9 @@ impl Region {
         fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(REGION_SEALS))?;
         let mut region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
         region.host = true;
-        region.prefault();
+        // No prefault here: the worker's (in `open`) allocates the pages, and
+        // the host maps them on first touch. Prefaulting in the host too would
+        // charge every idle worker's 128 KiB to the host's resident set.
         let h = region.header();
         h.version.store(SHM_VERSION, Ordering::Relaxed);
         h.capacity.store(capacity, Ordering::Relaxed);
@@ -243,12 +245,13 @@ impl Region {
     }
 
     /// Touches the first pages of both data areas so the first calls do not
-    /// pay for page faults (done by each side before any request is posted).
+    /// pay for allocating them (done by the worker before it answers the
+    /// handshake; the host's first touch of a page only maps it).
     fn prefault(&self) {
         const WARM: usize = 64 * 1024;
         let n = WARM.min(self.capacity);
         // SAFETY: both ranges lie inside the mapping, and no request is in
-        // flight yet (host: before spawning; worker: before the handshake answer).
+        // flight yet (the worker calls it before its handshake answer).
         unsafe {
             std::ptr::write_bytes(self.req_area(), 0, n);
             std::ptr::write_bytes(self.resp_area(), 0, n);

@@ -222,6 +222,9 @@ fn op(a: &Plugin, b: &Plugin, c: &Plugin, r: &mut Rng, tag: u64, tally: &mut Tal
 
 fn soak(duration: Duration) {
     let sup_probe = supervisor(); // builds fixtures before the baseline is taken
+                                  // One load starts the process-wide event loops, whose epoll and eventfd
+                                  // descriptors live as long as the process, before the baseline.
+    drop(sup_probe.load(spec("fx-basic")).unwrap());
     drop(sup_probe);
     let fds_before = fd_count();
     let fd_list_before = bulkhead_tests::open_fds(std::process::id());

@@ -1,0 +1,318 @@
+//! The host's event loops: a fixed number of threads serve every worker.
+//!
+//! Each worker needs three things watched for as long as it lives: its exit
+//! (to reap it, see [`worker_process`](crate::worker_process)) and its two
+//! output pipes (to drain them, see [`output`](crate::output)). Instead of a
+//! thread for each — 3 per worker, 3,000 for a thousand plugins — two
+//! process-wide threads each block in one `epoll` set:
+//!
+//! * `bulkhead-reaper` waits on a pidfd per worker. A pidfd becomes readable
+//!   when the process has exited and is still unreaped, which is exactly the
+//!   moment `waitid(WNOWAIT)` used to report; the reaping itself is unchanged.
+//!   Its work per event is a few system calls, never user code, so a worker's
+//!   death is noticed at once whatever the other workers or the user's
+//!   callbacks are doing.
+//! * `bulkhead-output` waits on the read ends of the stdout and stderr pipes
+//!   (nonblocking), splits lines, keeps the stderr tail and forwards lines to
+//!   `tracing` and the user's [`on_output`](crate::SupervisorBuilder::on_output)
+//!   callback, which therefore runs on this thread. A slow callback delays the
+//!   draining of every worker's output, never the reaping: while it runs no
+//!   pipe is read, so a worker that keeps printing blocks on its full pipe
+//!   (64 KiB in the kernel) and the host's memory stays bounded (one 64 KiB
+//!   read buffer for the loop, at most one partial line of 8 KiB and the
+//!   16 KiB stderr tail per worker). Each readiness event reads at most
+//!   [`READS_PER_EVENT`] times, so one chatty worker cannot starve the others.
+//!
+//! A third thread, `bulkhead-timer`, started on first use, serves periodic
+//! wake-ups: the idle check of every pool with an
+//! [`idle_timeout`](crate::PluginSpec::idle_timeout) (before, a thread per such
+//! pool). A tick only sorts the pool's idle slots; stopping a worker (polite,
+//! up to the grace period) is handed to a short background job.
+//!
+//! The loops are process-wide rather than per supervisor so the count stays
+//! fixed however many supervisors an application (or a test binary) builds;
+//! they start on first use and live as long as the process, like the spawner
+//! thread.
+//!
+//! A source is handed to a loop over a channel and the loop is woken through
+//! an eventfd; the loop adds it to its epoll set itself. Whatever a loop cannot
+//! take (no pidfd on kernels before 5.3, the loop thread could not start, the
+//! epoll set is full) is served the old way, on a thread of its own
+//! ([`Source::fallback`]): slower to scale, same behaviour.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rustix::event::{epoll, eventfd, EventfdFlags};
+use rustix::io::Errno;
+
+use crate::output::Pipe;
+use crate::worker_process::Reaping;
+
+/// A process-wide service started on first use. Unlike a bare `OnceLock`,
+/// a failed start (no thread, no descriptor: a host at its limits) is not
+/// remembered: the next use tries again, and the uses in between fall back.
+pub(crate) struct Started<T> {
+    cell: OnceLock<T>,
+    starting: Mutex<()>,
+}
+
+impl<T> Started<T> {
+    /// Not started yet.
+    pub(crate) const fn new() -> Self {
+        Started {
+            cell: OnceLock::new(),
+            starting: Mutex::new(()),
+        }
+    }
+
+    /// The service, started now if need be; `None` if it cannot start.
+    pub(crate) fn get_or_start(&self, start: impl FnOnce() -> Option<T>) -> Option<&T> {
+        if let Some(t) = self.cell.get() {
+            return Some(t);
+        }
+        // One starter at a time, so a service is never started twice.
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.cell.get() {
+            return Some(t);
+        }
+        let t = start()?;
+        Some(self.cell.get_or_init(|| t))
+    }
+}
+
+/// Reads of one pipe per readiness event before the loop serves others.
+pub(crate) const READS_PER_EVENT: usize = 4;
+/// Size of the output loop's one read buffer.
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
+/// The epoll key of the loop's own wake-up eventfd.
+const WAKE_KEY: u64 = 0;
+
+/// Something a loop watches: one descriptor, and what to do when it is ready.
+pub(crate) trait Source: Send + Sized + 'static {
+    /// The descriptor to wait on (readable = ready); `None` if there is none
+    /// and the source must be served by [`fallback`](Self::fallback).
+    fn fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Handles readiness; returns `true` when the source is finished (the
+    /// loop then forgets and drops it).
+    fn ready(&mut self, scratch: &mut [u8]) -> bool;
+    /// Serves the source to its end on a thread of its own.
+    fn fallback(self);
+}
+
+/// A running loop: where to send sources, and how to wake it.
+pub(crate) struct EventLoop<S: Source> {
+    tx: Sender<S>,
+    wake: Arc<OwnedFd>,
+}
+
+impl<S: Source> EventLoop<S> {
+    /// Starts a loop thread named `name`; `None` if it cannot be started.
+    fn start(name: &str, scratch: usize) -> Option<EventLoop<S>> {
+        let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
+        let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok()?);
+        epoll::add(
+            &epoll_fd,
+            &*wake,
+            epoll::EventData::new_u64(WAKE_KEY),
+            epoll::EventFlags::IN,
+        )
+        .ok()?;
+        let loop_wake = wake.clone();
+        let (tx, rx) = crossbeam_channel::unbounded::<S>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(128 * 1024)
+            .spawn(move || run(epoll_fd, loop_wake, rx, scratch))
+            .ok()?;
+        Some(EventLoop { tx, wake })
+    }
+
+    /// Hands `source` to the loop (or to its fallback thread).
+    fn submit(&self, source: S) {
+        if source.fd().is_none() {
+            return source.fallback();
+        }
+        match self.tx.send(source) {
+            Ok(()) => {
+                // Cannot fail short of a counter overflow (2^64 - 1 wake-ups
+                // never read); the loop reads it on every wake-up.
+                let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+            }
+            Err(crossbeam_channel::SendError(source)) => source.fallback(),
+        }
+    }
+}
+
+/// Hands a worker's reaping to the reaper loop.
+pub(crate) fn watch_exit(reaping: Reaping) {
+    static REAPER: Started<EventLoop<Reaping>> = Started::new();
+    match REAPER.get_or_start(|| EventLoop::start("bulkhead-reaper", 0)) {
+        Some(lp) => lp.submit(reaping),
+        None => reaping.fallback(),
+    }
+}
+
+/// Hands one of a worker's output pipes to the output loop.
+pub(crate) fn watch_output(pipe: Pipe) {
+    static OUTPUT: Started<EventLoop<Pipe>> = Started::new();
+    match OUTPUT.get_or_start(|| EventLoop::start("bulkhead-output", READ_BUFFER)) {
+        Some(lp) => lp.submit(pipe),
+        None => pipe.fallback(),
+    }
+}
+
+/// The loop thread's body.
+fn run<S: Source>(epoll_fd: OwnedFd, wake: Arc<OwnedFd>, rx: Receiver<S>, scratch: usize) {
+    let mut sources: HashMap<u64, S> = HashMap::new();
+    let mut next_key = WAKE_KEY + 1;
+    let blank = epoll::Event {
+        flags: epoll::EventFlags::empty(),
+        data: epoll::EventData::new_u64(WAKE_KEY),
+    };
+    let mut events = vec![blank; 128];
+    let mut scratch = vec![0u8; scratch];
+    loop {
+        let n = match epoll::wait(&epoll_fd, &mut events[..], None) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                // Cannot happen with a valid epoll fd and buffer; if it does,
+                // no source is left unserved.
+                tracing::error!(target: "bulkhead", error = %e, "event loop failed; serving workers on threads of their own");
+                break;
+            }
+        };
+        for ev in &events[..n] {
+            let key = { ev.data }.u64();
+            if key == WAKE_KEY {
+                let mut count = [0u8; 8];
+                let _ = rustix::io::read(&*wake, &mut count);
+                for source in rx.try_iter() {
+                    let key = next_key;
+                    next_key += 1;
+                    let added = match source.fd() {
+                        Some(fd) => epoll::add(&epoll_fd, fd, epoll::EventData::new_u64(key), epoll::EventFlags::IN),
+                        None => Err(Errno::BADF),
+                    };
+                    match added {
+                        Ok(()) => {
+                            sources.insert(key, source);
+                        }
+                        Err(_) => source.fallback(),
+                    }
+                }
+                continue;
+            }
+            let finished = match sources.get_mut(&key) {
+                Some(source) => source.ready(&mut scratch),
+                None => false,
+            };
+            if finished {
+                if let Some(source) = sources.remove(&key) {
+                    if let Some(fd) = source.fd() {
+                        let _ = epoll::delete(&epoll_fd, fd);
+                    }
+                }
+            }
+        }
+    }
+    // Only after an impossible epoll failure: hand everything over.
+    drop(epoll_fd);
+    for (_, source) in sources.drain() {
+        source.fallback();
+    }
+    drop(wake);
+    let pending: Vec<S> = rx.try_iter().collect();
+    drop(rx);
+    for source in pending {
+        source.fallback();
+    }
+}
+
+/// Sets `fd` nonblocking (or back to blocking).
+pub(crate) fn set_nonblocking(fd: impl AsFd, on: bool) -> std::io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, on).map_err(std::io::Error::from)
+}
+
+/// Something the timer thread calls periodically.
+pub(crate) trait Tick: Send + Sync {
+    /// One tick; returns `false` to stop ticking. Must not block.
+    fn tick(&self) -> bool;
+}
+
+/// A periodic wake-up of a target held weakly (a dropped target ends it).
+struct Timer {
+    due: Instant,
+    period: Duration,
+    target: Weak<dyn Tick>,
+}
+
+/// Calls `target.tick()` every `period` until it returns `false` or the
+/// target is dropped.
+pub(crate) fn every(period: Duration, target: Weak<dyn Tick>) {
+    static TIMER: Started<Sender<Timer>> = Started::new();
+    let timer = Timer {
+        due: Instant::now() + period,
+        period,
+        target,
+    };
+    let tx = TIMER.get_or_start(|| {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("bulkhead-timer".into())
+            .stack_size(128 * 1024)
+            .spawn(move || run_timers(Some(rx), Vec::new()))
+            .ok()
+            .map(|_| tx)
+    });
+    let timer = match tx {
+        Some(tx) => match tx.send(timer) {
+            Ok(()) => return,
+            Err(crossbeam_channel::SendError(timer)) => timer,
+        },
+        None => timer,
+    };
+    // No timer thread: this timer gets a thread of its own (if none can be
+    // started, the pool's idle workers are simply never stopped).
+    let _ = std::thread::Builder::new()
+        .name("bulkhead-timer".into())
+        .stack_size(128 * 1024)
+        .spawn(move || run_timers(None, vec![timer]));
+}
+
+/// The timer thread's body: waits for the next due timer (or a new one).
+fn run_timers(rx: Option<Receiver<Timer>>, mut timers: Vec<Timer>) {
+    let mut rx = rx;
+    loop {
+        let next = timers.iter().map(|t| t.due).min();
+        match (&rx, next) {
+            (Some(r), Some(due)) => match r.recv_deadline(due) {
+                Ok(t) => timers.push(t),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => rx = None,
+            },
+            (Some(r), None) => match r.recv() {
+                Ok(t) => timers.push(t),
+                Err(_) => rx = None,
+            },
+            // A timer of its own: the deadline is the only event to wait for.
+            (None, Some(due)) => std::thread::sleep(due.saturating_duration_since(Instant::now())),
+            (None, None) => return,
+        }
+        let now = Instant::now();
+        timers.retain_mut(|t| {
+            if t.due > now {
+                return true;
+            }
+            let Some(target) = t.target.upgrade() else { return false };
+            // A panicking tick ends its own timer, not the thread.
+            let keep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target.tick())).unwrap_or(false);
+            t.due = now + t.period;
+            keep
+        });
+    }
+}
