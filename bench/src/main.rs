@@ -2,6 +2,7 @@
 //! same run. Run with `cargo run --release -p bulkhead-bench` (add `--quick`
 //! for a smoke run). Prints a table and one JSON line per figure.
 
+mod fastpath;
 mod floor;
 mod inproc;
 mod restart;
@@ -90,6 +91,13 @@ fn main() {
     if std::env::args().any(|a| a == "--echo-peer") {
         return floor::echo_peer();
     }
+    if std::env::args().any(|a| a == "--spin-peer") {
+        return fastpath::spin_peer();
+    }
+    if std::env::args().any(|a| a == "--busy-spin") {
+        return fastpath::busy_spin();
+    }
+    let only_part_b = std::env::args().any(|a| a == "--part-b");
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = |n: usize| if quick { (n / 20).max(3) } else { n };
     let started = Instant::now();
@@ -103,6 +111,11 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--restart-only") {
         restart::rows(&fx, &mut report, &scale);
+        return report.print(started);
+    }
+    if only_part_b {
+        // Only issue 12 part B's rows (for iterating on them).
+        fastpath::rows(&sup, &fx, &mut report, quick, &scale);
         return report.print(started);
     }
     let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(Backoff::none());
@@ -345,6 +358,9 @@ fn main() {
 
     // --- streams and host callbacks ----------------------------------------------------------
     stream_and_callback_rows(&sup, &fx, &mut report, scale);
+
+    // --- zero-copy, spin floor, idle calls, busy core, idle CPU (issue 12, part B) -------------
+    fastpath::rows(&sup, &fx, &mut report, quick, &scale);
 
     // --- memory ------------------------------------------------------------------------------
     let rss = || status_kb("/proc/self/status", "VmRSS:");

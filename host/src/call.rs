@@ -65,6 +65,55 @@ pub(crate) enum Answer<'a> {
     Fault(CallFault),
 }
 
+/// Where the output of an answer lies, for callers that read it in place
+/// (owned data only: no borrow of the worker, which the caller keeps).
+pub(crate) enum Placed {
+    /// In the shared region's response area (range validated).
+    Region {
+        /// Raw status.
+        status: i32,
+        /// Offset in the response area.
+        off: u32,
+        /// Length.
+        len: u32,
+    },
+    /// In the worker's receive buffer, `rx[start..end]`.
+    Rx {
+        /// Raw status.
+        status: i32,
+        /// Start in `rx`.
+        start: usize,
+        /// End in `rx`.
+        end: usize,
+    },
+    /// The plugin broke the ABI contract.
+    Fault(CallFault),
+    /// The caller's closure filling the request panicked; nothing was sent
+    /// and the worker is untouched.
+    FillPanicked(Box<dyn std::any::Any + Send>),
+}
+
+/// An answer borrowed from the receive buffer, as plain numbers (so the
+/// borrow of the worker ends before its place in the buffer is computed).
+enum Unplaced {
+    Reply { status: i32, addr: usize, len: usize },
+    Fault(CallFault),
+}
+
+impl Unplaced {
+    fn of(answer: Answer<'_>) -> Unplaced {
+        match answer {
+            Answer::Reply { status, payload } => Unplaced::Reply {
+                status,
+                addr: payload.as_ptr() as usize,
+                len: payload.len(),
+            },
+            Answer::Owned { .. } => unreachable!("no target buffer is passed on this path"),
+            Answer::Fault(fault) => Unplaced::Fault(fault),
+        }
+    }
+}
+
 /// Why a call got no answer. After any of these the worker is unusable.
 pub(crate) enum Failure {
     /// The deadline passed; the worker has been killed.
@@ -231,6 +280,124 @@ impl WorkerProcess {
         })
     }
 
+    /// Sends one request whose `len`-byte payload `fill` writes — straight
+    /// into the shared request area when it fits (no copy), else into a host
+    /// buffer that goes over the socket — and waits for its answer, which is
+    /// left where it arrived (the region's response area or the receive
+    /// buffer) for the caller to read in place.
+    pub(crate) fn call_placed(
+        &mut self,
+        method: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        deadline: Instant,
+    ) -> Result<Placed, Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        // The closure is the caller's code: a panic in it must leave the worker
+        // as it was (nothing posted, nothing sent), so it is caught and handed back.
+        let mut fill = Some(fill);
+        let mut guarded = |buf: &mut [u8]| {
+            let f = fill.take().expect("fill runs once");
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(buf)))
+        };
+        if !self.sessions {
+            if let Some(region) = self.shm.clone() {
+                let last = region.resp_seq();
+                match region.fill_request(len, &mut guarded) {
+                    Some(Ok(())) => {
+                        region.post_request_in_place(shm::REQ_CALL, id, method, len);
+                        return self.await_placed(&region, last, id, deadline);
+                    }
+                    Some(Err(panic)) => return Ok(Placed::FillPanicked(panic)),
+                    // Too large for the region: a host buffer, sent on the socket.
+                    None => {}
+                }
+            }
+        }
+        let prefix = call_prefix(id, method, len);
+        let mut big = Vec::new();
+        let small = len <= SMALL_CALL && !self.sessions;
+        let buf: &mut [u8] = if small {
+            self.tx.clear();
+            self.tx.extend_from_slice(&prefix);
+            self.tx.resize(prefix.len() + len, 0);
+            &mut self.tx[prefix.len()..]
+        } else {
+            big.resize(len, 0);
+            &mut big
+        };
+        if let Err(panic) = guarded(buf) {
+            return Ok(Placed::FillPanicked(panic));
+        }
+        if self.sessions {
+            let answer = self.session(SessionMsg::Call { method, payload: &big }, deadline, None)?;
+            let answer = Unplaced::of(answer);
+            return Ok(self.place(answer));
+        }
+        let region = self.shm.clone();
+        let last = region.as_ref().map(|r| r.resp_seq());
+        if let Some(region) = &region {
+            region.post_request_in_place(shm::REQ_CALL_VIA_SOCKET, id, method, len);
+        }
+        let sent = if small {
+            write_all(&self.sock, &self.tx, deadline)
+        } else {
+            write_all(&self.sock, &prefix, deadline).and_then(|()| write_all(&self.sock, &big, deadline))
+        };
+        drop(big);
+        sent.map_err(|f| self.fail(f))?;
+        match (region, last) {
+            (Some(region), Some(last)) => self.await_placed(&region, last, id, deadline),
+            _ => {
+                let answer = self.receive_socket(id, deadline)?;
+                let answer = Unplaced::of(answer);
+                Ok(self.place(answer))
+            }
+        }
+    }
+
+    /// Turns an answer borrowed from the receive buffer into its place there.
+    fn place(&self, answer: Unplaced) -> Placed {
+        match answer {
+            Unplaced::Reply { status, addr, len } => {
+                // Every borrowed answer is a subslice of `rx`.
+                let start = addr.saturating_sub(self.rx.as_ptr() as usize);
+                debug_assert!(start + len <= self.rx.len());
+                Placed::Rx {
+                    status,
+                    start,
+                    end: start + len,
+                }
+            }
+            Unplaced::Fault(fault) => Placed::Fault(fault),
+        }
+    }
+
+    /// Waits for the region's answer to request `id` and leaves a reply in
+    /// the response area, validated, for the caller to read in place.
+    fn await_placed(&mut self, region: &Region, last: u32, id: u64, deadline: Instant) -> Result<Placed, Failure> {
+        let r = self.wait_shm(region, last, id, deadline)?;
+        let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD);
+        if r.kind != shm::RESP_REPLY || r.len > max_payload {
+            let answer = self.finish_shm(region, r, id, deadline, &mut None)?;
+            let answer = Unplaced::of(answer);
+            return Ok(self.place(answer));
+        }
+        if region.response_bytes(r.off, r.len).is_none() {
+            let why = format!("response at {}+{} lies outside the shared region", r.off, r.len);
+            return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
+        }
+        if let Err(f) = socket_idle(&self.sock) {
+            return Err(self.fail(f));
+        }
+        Ok(Placed::Region {
+            status: r.status,
+            off: r.off,
+            len: r.len,
+        })
+    }
+
     fn send_call(&mut self, id: u64, method: u32, payload: &[u8], deadline: Instant) -> Result<(), IoFail> {
         let prefix = call_prefix(id, method, payload.len());
         if payload.len() <= SMALL_CALL {
@@ -319,6 +486,13 @@ impl WorkerProcess {
         deadline: Instant,
         target: &mut Option<Vec<u8>>,
     ) -> Result<Answer<'_>, Failure> {
+        let r = self.wait_shm(region, last, id, deadline)?;
+        self.finish_shm(region, r, id, deadline, target)
+    }
+
+    /// Waits for the region's answer to request `id` (posted after `last`)
+    /// and checks that it answers that request.
+    fn wait_shm(&mut self, region: &Region, last: u32, id: u64, deadline: Instant) -> Result<shm::Response, Failure> {
         loop {
             let slice_end = deadline.min(Instant::now() + SOCKET_CHECK);
             match region.wait_response(last, HOST_SPIN, slice_end) {
@@ -348,10 +522,33 @@ impl WorkerProcess {
             };
             return Err(self.fail(f));
         }
+        Ok(r)
+    }
+
+    /// Takes the answer `r` out of the region (into `target` or the receive
+    /// buffer), or from the socket when the region says it went there.
+    fn finish_shm(
+        &mut self,
+        region: &Region,
+        r: shm::Response,
+        id: u64,
+        deadline: Instant,
+        target: &mut Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, Failure> {
         let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD);
         let mut owned_buf = None;
         match r.kind {
             shm::RESP_VIA_SOCKET => return self.receive_socket(id, deadline),
+            shm::RESP_REPLY_INLINE => {
+                let copied = match target.take() {
+                    Some(buf) => region.copy_inline_response(r.len, owned_buf.insert(buf)),
+                    None => region.copy_inline_response(r.len, &mut self.rx),
+                };
+                if copied.is_none() {
+                    let why = format!("inline response of {} bytes", r.len);
+                    return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
+                }
+            }
             shm::RESP_REPLY | shm::RESP_FAULT if r.len > max_payload => {
                 return Err(self.fail(IoFail::Frame(ProtocolError::FrameTooLarge {
                     len: r.len,

@@ -113,6 +113,7 @@ mod supervisor;
 mod tokio_api;
 mod usage;
 mod worker_process;
+mod zero_copy;
 
 pub use bulkhead_shared::abi::BufferStrategy;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
@@ -141,6 +142,7 @@ pub use supervisor::{
 #[cfg(feature = "tokio")]
 pub use tokio_api::{AsyncPluginStream, EventStream};
 pub use usage::{ResourceUsage, WorkerMemory};
+pub use zero_copy::RawReply;
 
 /// Self-worker mode's entry point: call it first thing in `main`. When this
 /// process was started by a bulkhead host as a worker (its first argument is

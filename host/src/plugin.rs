@@ -429,7 +429,7 @@ impl Plugin {
     /// Runs `f` on the current generation; a call refused because a reload
     /// retired that generation meanwhile runs again on the new one, so every
     /// call is answered by exactly one version.
-    fn on_current<R>(&self, mut f: impl FnMut(&Generation) -> Result<R, CallError>) -> Result<R, CallError> {
+    pub(crate) fn on_current<R>(&self, mut f: impl FnMut(&Generation) -> Result<R, CallError>) -> Result<R, CallError> {
         loop {
             let g = self.generation();
             match f(&g) {
@@ -672,14 +672,19 @@ impl std::fmt::Debug for Plugin {
 }
 
 fn check_input(g: &Generation, input: &[u8]) -> Result<(), CallError> {
+    check_input_len(g, input.len())
+}
+
+/// Refuses an input of `len` bytes over the message size limit.
+pub(crate) fn check_input_len(g: &Generation, len: usize) -> Result<(), CallError> {
     let max = g.max_message_size;
-    if input.len() > max as usize {
-        return Err(CallError::InputTooLarge { len: input.len(), max });
+    if len > max as usize {
+        return Err(CallError::InputTooLarge { len, max });
     }
     Ok(())
 }
 
-fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
+pub(crate) fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
     let count = g.info.method_count;
     if index >= count {
         return Err(CallError::InvalidMethodIndex { index, count });
@@ -694,7 +699,7 @@ fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
 }
 
 /// Maps the worker's answer to the fidius status contract.
-fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
     let (status, payload): (i32, &[u8]) = match answer {
         Answer::Reply { status, payload } => (*status, payload),
         Answer::Owned { status, payload } => (*status, payload),

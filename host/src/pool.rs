@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::call::{Answer, Failure};
+use crate::call::{Answer, Failure, Placed};
 use crate::error::{CallError, Exit, LoadError};
 use crate::event_loop::{self, Tick};
 use crate::events::{EventHub, EventKind};
@@ -307,6 +307,55 @@ impl Pool {
             }
             Err(failure) => Err(self.failed(&mut slot.slot, failure, method, start, limit)),
         }
+    }
+
+    /// Runs one call whose input `fill` writes in place and whose answer
+    /// stays where it arrived; `f` gets the worker (as a [`Lease`], so the
+    /// answer can outlive this call) and the answer's place. A panic in `fill`
+    /// gives the worker back untouched, is not counted as a call, and resumes
+    /// unwinding here.
+    pub(crate) fn call_placed<R>(
+        self: &Arc<Self>,
+        method: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        limit: Duration,
+        f: impl FnOnce(Lease, Placed, Instant) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let start = Instant::now();
+        let span = observe::call_span(&self.label, method);
+        let _entered = span.enter();
+        self.counters.call_started();
+        let deadline = start + limit;
+        let us = deadline.saturating_duration_since(self.started_at).as_micros() as u64;
+        self.latest_deadline_us.fetch_max(us, Ordering::Relaxed);
+        let result = self.lease(start, deadline).and_then(|mut lease| {
+            let worker = lease.worker().expect("a lease holds a live worker");
+            span.record("worker_pid", worker.pid);
+            let index = worker.slot;
+            match worker.call_placed(method, len, fill, deadline) {
+                Ok(Placed::FillPanicked(panic)) => {
+                    self.counters.call_retried();
+                    drop(lease);
+                    std::panic::resume_unwind(panic)
+                }
+                Ok(placed) => {
+                    self.note_success(index);
+                    f(lease, placed, start)
+                }
+                Err(failure) => {
+                    worker.proc.busy.store(false, Ordering::Release);
+                    Err(self.failed(&mut lease.slot, failure, method, start, limit))
+                }
+            }
+        });
+        if matches!(result, Err(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
+            self.counters.call_retried();
+        } else {
+            self.counters.call_finished(result.as_ref().err());
+            self.metrics.call_done(&span, start, result.as_ref().err());
+        }
+        result
     }
 
     /// Bookkeeping after a request on slot `index` got an answer: the

@@ -6,9 +6,13 @@
 //! writes, host reads; an Arena plugin's arena *is* this area). Each direction
 //! has a sequence word that doubles as a futex: the writer fills the data and
 //! metadata, bumps the sequence with `Release`, and wakes the reader only if the
-//! reader said it was going to sleep. The reader spins briefly — yielding the
-//! CPU on every turn, so host and worker sharing one CPU still make progress —
-//! then sleeps on the futex. Nothing busy-waits while idle.
+//! reader said it was going to sleep. The reader busy-spins for up to 2 µs
+//! while that has been paying off (the other side runs on another CPU), then
+//! spins yielding the CPU on every turn, so host and worker sharing one CPU
+//! still make progress, then sleeps on the futex. Nothing busy-waits while
+//! idle. Payloads of up to 24 bytes (requests) and 32 bytes (outputs) travel
+//! in the cache line of their sequence word, so a small call moves one line
+//! each way instead of two.
 //!
 //! The socket stays the control channel: handshake, descriptor passing, payloads
 //! larger than `capacity` (announced through the region, carried as ordinary
@@ -25,7 +29,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -39,7 +43,7 @@ pub const REGION_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
     .union(SealFlag::F_SEAL_SEAL);
 
 /// Version of the region layout.
-pub const SHM_VERSION: u32 = 1;
+pub const SHM_VERSION: u32 = 2;
 const MAGIC: u64 = u64::from_le_bytes(*b"BLKHDSHM");
 /// Bytes before the first data area.
 pub const HEADER_SIZE: usize = 4096;
@@ -58,12 +62,22 @@ pub const REQ_SHUTDOWN: u32 = 3;
 pub const REQ_SOCKET: u32 = 4;
 /// Request kind: the next item of the open stream, answered like a call.
 pub const REQ_STREAM_NEXT: u32 = 5;
+/// Request kind: call whose payload (at most [`REQ_INLINE`] bytes) travels in
+/// the header's request line instead of the request area.
+pub const REQ_CALL_INLINE: u32 = 6;
+/// Largest payload carried inline in the request line.
+pub const REQ_INLINE: usize = 24;
+/// Largest output carried inline in the response line.
+pub const RESP_INLINE: usize = 32;
 /// Response kind: the plugin's status and output (at `off`, `len` in the response area).
 pub const RESP_REPLY: u32 = 1;
 /// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.
 pub const RESP_VIA_SOCKET: u32 = 2;
 /// Response kind: a bincode `CallFault` at offset 0 of the response area.
 pub const RESP_FAULT: u32 = 3;
+/// Response kind: the plugin's status and output (at most [`RESP_INLINE`]
+/// bytes, `len` of them) in the header's response line.
+pub const RESP_REPLY_INLINE: u32 = 4;
 
 /// The region's header. Every field is atomic: the other process may write it
 /// at any time.
@@ -81,7 +95,10 @@ pub struct Header {
     req_len: AtomicU64,
     /// Set by the host to make a sleeping worker spin again (no request).
     poke: AtomicU32,
-    _pad1: [u8; 28],
+    _pad1: [u8; 4],
+    /// A small request payload, in the same cache line as its sequence word:
+    /// one line moves from host to worker instead of two.
+    req_inline: [AtomicU64; REQ_INLINE / 8],
     resp_seq: AtomicU32,
     host_sleeping: AtomicU32,
     resp_kind: AtomicU32,
@@ -89,7 +106,8 @@ pub struct Header {
     resp_id: AtomicU64,
     resp_off: AtomicU32,
     resp_len: AtomicU32,
-    _pad2: [u8; 32],
+    /// A small output, in the same cache line as the response sequence word.
+    resp_inline: [AtomicU64; RESP_INLINE / 8],
     dead: AtomicU32,
 }
 
@@ -138,6 +156,15 @@ pub struct Region {
     base: NonNull<u8>,
     map_len: usize,
     capacity: usize,
+    /// Created here (the host's side) rather than opened (the worker's side).
+    /// Only the host side lends its areas to callers; only the worker side
+    /// writes the response area.
+    host: bool,
+    /// Host: the request area is lent to a caller's closure right now.
+    request_lent: AtomicBool,
+    /// This side's current busy-spin budget in nanoseconds (process-local:
+    /// each side adapts its own, see [`wait_change`]).
+    busy_spin_ns: AtomicU64,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -158,7 +185,8 @@ impl Region {
         // to the mapping would die of SIGBUS. Seal the size for good before the fd
         // is ever passed on (a worker can reopen it through /proc/self/map_files).
         fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(REGION_SEALS))?;
-        let region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
+        let mut region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
+        region.host = true;
         // No prefault here: the worker's (in `open`) allocates the pages, and
         // the host maps them on first touch. Prefaulting in the host too would
         // charge every idle worker's 128 KiB to the host's resident set.
@@ -210,6 +238,9 @@ impl Region {
             base: ptr.cast(),
             map_len,
             capacity,
+            host: false,
+            request_lent: AtomicBool::new(false),
+            busy_spin_ns: AtomicU64::new(BUSY_SPIN.as_nanos() as u64),
         })
     }
 
@@ -254,17 +285,55 @@ impl Region {
     /// Host: publishes a request (payload copied into the request area when it
     /// fits; otherwise the caller sends it on the socket under `REQ_CALL_VIA_SOCKET`).
     pub fn post_request(&self, kind: u32, id: u64, method: u32, payload: &[u8]) {
-        let h = self.header();
+        if kind == REQ_CALL && payload.len() <= REQ_INLINE {
+            store_inline(&self.header().req_inline, payload);
+            return self.post_request_in_place(REQ_CALL_INLINE, id, method, payload.len());
+        }
         if kind == REQ_CALL {
             assert!(payload.len() <= self.capacity, "caller checks the capacity");
             // SAFETY: the host owns the request area until it bumps req_seq; the
             // payload fits (checked above) and does not overlap the mapping.
             unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.req_area(), payload.len()) };
         }
+        self.post_request_in_place(kind, id, method, payload.len());
+    }
+
+    /// Host: lends the first `len` bytes of the request area to `fill`, which
+    /// writes a request payload straight into shared memory (then publish it
+    /// with [`post_request_in_place`](Self::post_request_in_place)). `None`
+    /// (and `fill` not run) if `len` exceeds the capacity, on the worker's
+    /// side of a region, or while the area is already lent.
+    ///
+    /// The bytes lie in memory the worker process can also write: the host
+    /// must treat them as written by `fill` only until it posts the request.
+    pub fn fill_request<R>(&self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if !self.host || len > self.capacity || self.request_lent.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        struct Unlend<'a>(&'a AtomicBool);
+        impl Drop for Unlend<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _unlend = Unlend(&self.request_lent);
+        // SAFETY: `len` bytes from the start of the request area lie inside the
+        // mapping (checked above). Within this process the `request_lent` flag
+        // makes this the only reference into the area (the host writes it
+        // nowhere else while a request is being prepared, and never reads it).
+        // The worker process may scribble on it; any byte value is a valid u8.
+        let area = unsafe { std::slice::from_raw_parts_mut(self.req_area(), len) };
+        Some(fill(area))
+    }
+
+    /// Host: publishes a request whose `len`-byte payload is already in the
+    /// request area (or, under `REQ_CALL_VIA_SOCKET`, follows on the socket).
+    pub fn post_request_in_place(&self, kind: u32, id: u64, method: u32, len: usize) {
+        let h = self.header();
         h.req_kind.store(kind, Ordering::Relaxed);
         h.req_id.store(id, Ordering::Relaxed);
         h.req_method.store(method, Ordering::Relaxed);
-        h.req_len.store(payload.len() as u64, Ordering::Relaxed);
+        h.req_len.store(len as u64, Ordering::Relaxed);
         h.req_seq.fetch_add(1, Ordering::SeqCst);
         if h.worker_sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.req_seq);
@@ -279,7 +348,13 @@ impl Region {
     /// Host: waits for the response sequence to move past `last`.
     pub fn wait_response(&self, last: u32, spin: Duration, deadline: Instant) -> Wait {
         let h = self.header();
-        wait_change(&h.resp_seq, &h.host_sleeping, last, spin, Some(deadline), Some(&h.dead))
+        let words = Words {
+            word: &h.resp_seq,
+            sleeping: &h.host_sleeping,
+            stop: &h.dead,
+            budget: &self.busy_spin_ns,
+        };
+        wait_change(words, last, spin, Some(deadline))
     }
 
     /// Host: reads the response metadata, each field once.
@@ -292,6 +367,25 @@ impl Region {
             off: h.resp_off.load(Ordering::Relaxed),
             len: h.resp_len.load(Ordering::Relaxed),
         }
+    }
+
+    /// Host: the `len` bytes at `off` of the response area, read in place;
+    /// `None` if the range lies outside the area (or on the worker's side).
+    ///
+    /// The slice is memory the worker process can still write while it is
+    /// borrowed: its *length* is validated here once, its *content* may
+    /// change under the reader. Copy it before validating what it says.
+    pub fn response_bytes(&self, off: u32, len: u32) -> Option<&[u8]> {
+        let end = (off as usize).checked_add(len as usize)?;
+        if !self.host || end > self.capacity {
+            return None;
+        }
+        // SAFETY: the range lies inside the response area (checked). The host
+        // side never writes that area after creating the region (only the
+        // worker side's `write_response` does, and a host region refuses to),
+        // so no `&mut` aliases it in this process. Another process may write
+        // it; every byte value is a valid u8.
+        Some(unsafe { std::slice::from_raw_parts(self.resp_area().add(off as usize), len as usize) })
     }
 
     /// Host: copies `len` bytes at `off` of the response area into `out`
@@ -310,6 +404,20 @@ impl Region {
             std::ptr::copy_nonoverlapping(self.resp_area().add(off as usize), out.as_mut_ptr(), len as usize);
             out.set_len(len as usize);
         }
+        Some(())
+    }
+
+    /// Host: copies an inline output of `len` bytes into `out` (replacing its
+    /// contents). `None` if `len` exceeds [`RESP_INLINE`].
+    pub fn copy_inline_response(&self, len: u32, out: &mut Vec<u8>) -> Option<()> {
+        let len = len as usize;
+        if len > RESP_INLINE {
+            return None;
+        }
+        let mut bytes = [0u8; RESP_INLINE];
+        load_inline(&self.header().resp_inline, &mut bytes);
+        out.clear();
+        out.extend_from_slice(&bytes[..len]);
         Some(())
     }
 
@@ -344,7 +452,13 @@ impl Region {
     pub fn wait_request(&self, last: u32, spin: Duration) -> u32 {
         let h = self.header();
         loop {
-            if let Wait::Changed(v) = wait_change(&h.req_seq, &h.worker_sleeping, last, spin, None, Some(&h.poke)) {
+            let words = Words {
+                word: &h.req_seq,
+                sleeping: &h.worker_sleeping,
+                stop: &h.poke,
+                budget: &self.busy_spin_ns,
+            };
+            if let Wait::Changed(v) = wait_change(words, last, spin, None) {
                 return v;
             }
             // Poked: spin again.
@@ -372,6 +486,25 @@ impl Region {
         Some(unsafe { std::slice::from_raw_parts(self.req_area(), len as usize) })
     }
 
+    /// Worker: an inline request payload of `len` bytes, copied into `buf`;
+    /// `None` if `len` exceeds [`REQ_INLINE`].
+    pub fn inline_request<'b>(&self, len: u64, buf: &'b mut [u8; REQ_INLINE]) -> Option<&'b [u8]> {
+        let len = usize::try_from(len).ok().filter(|&l| l <= REQ_INLINE)?;
+        load_inline(&self.header().req_inline, buf);
+        Some(&buf[..len])
+    }
+
+    /// Worker: publishes a reply whose output (at most [`RESP_INLINE`] bytes)
+    /// travels in the response line; `false` (nothing posted) if it is longer.
+    pub fn post_inline_response(&self, id: u64, status: i32, output: &[u8]) -> bool {
+        if output.len() > RESP_INLINE {
+            return false;
+        }
+        store_inline(&self.header().resp_inline, output);
+        self.post_response(RESP_REPLY_INLINE, id, status, 0, output.len() as u32);
+        true
+    }
+
     /// Worker: the response area as (pointer, length), to lend as an Arena.
     /// The worker may write it between a request and its response.
     pub fn response_area_raw(&self) -> (*mut u8, usize) {
@@ -381,7 +514,7 @@ impl Region {
     /// Worker: copies `bytes` (which must not lie in the response area) to the
     /// start of the response area; `false` if they do not fit.
     pub fn write_response(&self, bytes: &[u8]) -> bool {
-        if bytes.len() > self.capacity || self.offset_in_response_area(bytes).is_some() {
+        if self.host || bytes.len() > self.capacity || self.offset_in_response_area(bytes).is_some() {
             return false;
         }
         // SAFETY: the destination range is inside the response area, which the
@@ -419,32 +552,92 @@ impl Drop for Region {
     }
 }
 
-/// Spins (yielding the CPU each turn) for up to `spin`, then sleeps on the
-/// futex, until `word` differs from `last`, the deadline passes, or the `stop`
-/// flag is set (reported as [`Wait::Dead`]: for the host the flag is the
-/// worker's death, for the worker it is a poke).
-fn wait_change(
-    word: &AtomicU32,
-    sleeping: &AtomicU32,
-    last: u32,
-    spin: Duration,
-    deadline: Option<Instant>,
-    stop: Option<&AtomicU32>,
-) -> Wait {
-    let is_dead = || stop.is_some_and(|d| d.load(Ordering::Acquire) != 0);
+/// Stores `bytes` (at most 8 × `words.len()`) into inline words, little-endian.
+fn store_inline(words: &[AtomicU64], bytes: &[u8]) {
+    for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        word.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+/// Loads inline words into `out` (8 × `words.len()` bytes), little-endian.
+fn load_inline(words: &[AtomicU64], out: &mut [u8]) {
+    for (word, chunk) in words.iter().zip(out.chunks_mut(8)) {
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// Longest busy spin (no syscall, a `pause` per turn) before a waiter starts
+/// yielding the CPU (the budget adapts; see the module documentation).
+pub const BUSY_SPIN: Duration = Duration::from_micros(2);
+
+/// An answer seen within this long of starting to wait means the other side
+/// is running on another CPU right now: busy spinning pays off.
+const QUICK_ANSWER: Duration = Duration::from_micros(2);
+
+/// The shared words one wait watches, and this side's spin budget.
+struct Words<'a> {
+    /// The sequence word (also the futex).
+    word: &'a AtomicU32,
+    /// Set while this side sleeps on the futex.
+    sleeping: &'a AtomicU32,
+    /// Ends the wait as [`Wait::Dead`] when non-zero: for the host the
+    /// worker's death, for the worker a poke.
+    stop: &'a AtomicU32,
+    /// This side's busy-spin budget (ns), adapted after each wait.
+    budget: &'a AtomicU64,
+}
+
+/// Waits until the sequence word differs from `last`, the deadline passes,
+/// or the stop flag is set, in three phases:
+///
+/// 1. a busy spin (a `pause` instruction per turn, no syscall) for up to the
+///    side's *budget* (at most [`BUSY_SPIN`]): the fast path when the other
+///    side runs on another CPU;
+/// 2. a spin that yields the CPU on every turn, up to `spin` in all, so host
+///    and worker sharing one CPU still make progress;
+/// 3. sleep on the futex (nothing busy-waits while idle).
+///
+/// The budget adapts, like an adaptive mutex: an answer within
+/// [`QUICK_ANSWER`] (the other side is on a CPU) restores the full budget; an
+/// answer that came only in the yielding phase (the sides share a CPU, or the
+/// other side was preempted) sets it to zero, because busy spinning would
+/// only delay the other side. Answers after a sleep say nothing about either
+/// and leave it alone.
+fn wait_change(w: Words<'_>, last: u32, spin: Duration, deadline: Option<Instant>) -> Wait {
+    let is_dead = || w.stop.load(Ordering::Acquire) != 0;
+    let budget = Duration::from_nanos(w.budget.load(Ordering::Relaxed)).min(spin);
     let start = Instant::now();
+    let mut turns = 0u32;
     loop {
-        let v = word.load(Ordering::Acquire);
+        let v = w.word.load(Ordering::Acquire);
         if v != last {
+            let took = start.elapsed();
+            let next = if took <= QUICK_ANSWER.max(budget) {
+                BUSY_SPIN
+            } else {
+                Duration::ZERO
+            };
+            w.budget.store(next.as_nanos() as u64, Ordering::Relaxed);
             return Wait::Changed(v);
         }
         if is_dead() {
             return Wait::Dead;
         }
-        if start.elapsed() >= spin {
-            break;
+        // Reading the clock costs more than a pause: look every 16 turns.
+        turns = turns.wrapping_add(1);
+        if budget.is_zero() || turns % 16 == 0 || turns > 256 {
+            let el = start.elapsed();
+            if el >= spin {
+                break;
+            }
+            if el >= budget {
+                std::thread::yield_now();
+                continue;
+            }
         }
-        std::thread::yield_now();
+        std::hint::spin_loop();
     }
     loop {
         let timeout = match deadline {
@@ -457,19 +650,19 @@ fn wait_change(
             }
             None => None,
         };
-        sleeping.store(1, Ordering::SeqCst);
-        let v = word.load(Ordering::SeqCst);
+        w.sleeping.store(1, Ordering::SeqCst);
+        let v = w.word.load(Ordering::SeqCst);
         if v != last {
-            sleeping.store(0, Ordering::SeqCst);
+            w.sleeping.store(0, Ordering::SeqCst);
             return Wait::Changed(v);
         }
         if is_dead() {
-            sleeping.store(0, Ordering::SeqCst);
+            w.sleeping.store(0, Ordering::SeqCst);
             return Wait::Dead;
         }
-        futex_wait(word, last, timeout);
-        sleeping.store(0, Ordering::SeqCst);
-        let v = word.load(Ordering::Acquire);
+        futex_wait(w.word, last, timeout);
+        w.sleeping.store(0, Ordering::SeqCst);
+        let v = w.word.load(Ordering::Acquire);
         if v != last {
             return Wait::Changed(v);
         }
@@ -578,6 +771,9 @@ mod tests {
         assert_eq!(offset_of!(Header, req_seq), 64);
         assert_eq!(offset_of!(Header, resp_seq), 128);
         assert_eq!(offset_of!(Header, dead), 192);
+        // Small payloads share the cache line of their sequence word.
+        assert_eq!(offset_of!(Header, req_inline), 104);
+        assert_eq!(offset_of!(Header, resp_inline), 160);
     }
 
     #[test]
@@ -585,43 +781,114 @@ mod tests {
         let (host, fd) = Region::create(4096).unwrap();
         let worker = Region::open(fd.as_fd()).unwrap();
         assert_eq!(worker.capacity(), 4096);
+        // A 3-byte payload travels inline both ways; a 100-byte one through the areas.
+        let big: Vec<u8> = (0..100u8).collect();
+        let payloads = [b"abc".to_vec(), big.clone()];
         let t = std::thread::spawn(move || {
-            let seq = worker.wait_request(0, Duration::from_micros(10));
-            let r = worker.request();
-            let input = worker.request_payload(r.len).unwrap().to_vec();
-            let mut reversed = input.clone();
-            reversed.reverse();
-            assert!(worker.write_response(&reversed));
-            worker.post_response(RESP_REPLY, r.id, 0, 0, input.len() as u32);
-            (seq, r)
-        });
-        let last = host.resp_seq();
-        host.poke();
-        host.post_request(REQ_CALL, 9, 3, b"abc");
-        assert_eq!(
-            host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),
-            Wait::Changed(last + 1)
-        );
-        let resp = host.response();
-        assert_eq!((resp.kind, resp.id, resp.len), (RESP_REPLY, 9, 3));
-        let mut out = Vec::new();
-        host.copy_response(resp.off, resp.len, &mut out).unwrap();
-        assert_eq!(out, b"cba");
-        let (seq, req) = t.join().unwrap();
-        assert_eq!(seq, 1);
-        assert_eq!(
-            req,
-            Request {
-                kind: REQ_CALL,
-                id: 9,
-                method: 3,
-                len: 3
+            let mut seen = Vec::new();
+            let mut seq = 0;
+            for _ in 0..2 {
+                seq = worker.wait_request(seq, Duration::from_micros(10));
+                let r = worker.request();
+                let mut inline = [0u8; REQ_INLINE];
+                let input = match r.kind {
+                    REQ_CALL_INLINE => worker.inline_request(r.len, &mut inline).unwrap().to_vec(),
+                    REQ_CALL => worker.request_payload(r.len).unwrap().to_vec(),
+                    other => panic!("kind {other}"),
+                };
+                let mut reversed = input.clone();
+                reversed.reverse();
+                if !worker.post_inline_response(r.id, 0, &reversed) {
+                    assert!(worker.write_response(&reversed));
+                    worker.post_response(RESP_REPLY, r.id, 0, 0, input.len() as u32);
+                }
+                seen.push((seq, r));
             }
+            seen
+        });
+        let mut out = Vec::new();
+        for (id, payload) in (9u64..).zip(&payloads) {
+            let last = host.resp_seq();
+            host.poke();
+            host.post_request(REQ_CALL, id, 3, payload);
+            assert_eq!(
+                host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),
+                Wait::Changed(last + 1)
+            );
+            let resp = host.response();
+            assert_eq!((resp.id, resp.len as usize), (id, payload.len()));
+            if payload.len() <= RESP_INLINE {
+                assert_eq!(resp.kind, RESP_REPLY_INLINE);
+                host.copy_inline_response(resp.len, &mut out).unwrap();
+            } else {
+                assert_eq!(resp.kind, RESP_REPLY);
+                host.copy_response(resp.off, resp.len, &mut out).unwrap();
+            }
+            let mut expect = payload.clone();
+            expect.reverse();
+            assert_eq!(out, expect);
+        }
+        let seen = t.join().unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    1,
+                    Request {
+                        kind: REQ_CALL_INLINE,
+                        id: 9,
+                        method: 3,
+                        len: 3
+                    }
+                ),
+                (
+                    2,
+                    Request {
+                        kind: REQ_CALL,
+                        id: 10,
+                        method: 3,
+                        len: 100
+                    }
+                )
+            ]
         );
         assert!(
             host.copy_response(4000, 200, &mut out).is_none(),
             "out-of-area ranges are refused"
         );
+        assert!(
+            host.copy_inline_response(33, &mut out).is_none(),
+            "inline lengths are capped"
+        );
+        assert!(!host.post_inline_response(1, 0, &[0; 33]), "too long for the line");
+    }
+
+    #[test]
+    fn request_filled_and_response_read_in_place() {
+        let (host, fd) = Region::create(4096).unwrap();
+        let worker = Region::open(fd.as_fd()).unwrap();
+        // Too large, or a nested lend, or the worker's side: refused, closure not run.
+        assert!(host.fill_request(4097, |_| unreachable!()).is_none());
+        assert!(worker.fill_request(1, |_| unreachable!()).is_none());
+        let nested = host.fill_request(3, |buf| {
+            buf.copy_from_slice(b"xyz");
+            host.fill_request(1, |_| unreachable!()).is_none()
+        });
+        assert_eq!(nested, Some(true));
+        // The lend ends even if the closure panics.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.fill_request(2, |_| panic!("no"))));
+        assert!(r.is_err());
+        assert_eq!(host.fill_request(4096, |buf| buf.len()), Some(4096));
+        host.fill_request(3, |buf| buf.copy_from_slice(b"abc")).unwrap();
+        host.post_request_in_place(REQ_CALL, 1, 0, 3);
+        assert_eq!(worker.request_payload(worker.request().len), Some(&b"abc"[..]));
+        assert!(worker.write_response(b"hello"));
+        assert!(!host.write_response(b"x"), "the host never writes the response area");
+        assert_eq!(host.response_bytes(1, 3), Some(&b"ell"[..]));
+        assert_eq!(host.response_bytes(4096, 0), Some(&b""[..]));
+        assert!(host.response_bytes(4000, 97).is_none());
+        assert!(host.response_bytes(u32::MAX, u32::MAX).is_none());
+        assert!(worker.response_bytes(0, 1).is_none());
     }
 
     #[test]

@@ -389,6 +389,11 @@ fn forged_shared_memory_responses_are_protocol_errors() {
         forge(77, 0, 0, 0),
         |e| matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m.contains("kind 77")),
     );
+    c.attack(
+        "inline output longer than the response line",
+        forge(4, 0, 0, 33),
+        |e| matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m == "inline response of 33 bytes"),
+    );
     c.attack("fault with a body that does not decode", forge(3, 0, 0, 3), |e| {
         matches!(e, CallError::Protocol(ProtocolError::Malformed(_)))
     });

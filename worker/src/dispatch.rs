@@ -258,6 +258,14 @@ impl Server {
                     };
                     self.answer_shm(region, req.id, req.method, input)
                 }
+                shm::REQ_CALL_INLINE => {
+                    let mut buf = [0u8; shm::REQ_INLINE];
+                    let Some(input) = region.inline_request(req.len, &mut buf) else {
+                        eprintln!("bulkhead-worker: inline request of {} bytes", req.len);
+                        return EXIT_PROTOCOL;
+                    };
+                    self.answer_shm(region, req.id, req.method, input)
+                }
                 shm::REQ_CALL_VIA_SOCKET => {
                     if let Err(code) = self.next_frame() {
                         return code;
@@ -337,7 +345,10 @@ fn post_outcome(
 ) -> std::io::Result<()> {
     match outcome {
         Outcome::Status { status, output } => {
-            if let Some(off) = region.offset_in_response_area(output) {
+            // Small outputs ride in the response line (one cache line to the host).
+            if region.post_inline_response(id, status, output) {
+                Ok(())
+            } else if let Some(off) = region.offset_in_response_area(output) {
                 region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
                 Ok(())
             } else if region.write_response(output) {
