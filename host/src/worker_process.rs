@@ -227,24 +227,46 @@ impl WorkerProcess {
         // Forked by the profile's fork-server if there is one (a verified
         // library travels as a memfd after the load request, so the on-disk
         // file is not handed over then); else started with exec.
+        // A small load request goes into the socket before the worker exists,
+        // so a worker that wakes up (a pre-forked one, assigned at once) finds
+        // it waiting instead of blocking for it.
+        let mut load = Vec::new();
+        HostMsg::Load(LoadRequest {
+            shm_capacity: region.as_ref().map_or(0, |(r, _)| r.capacity() as u32),
+            ..launch.load.clone()
+        })
+        .encode(&mut load);
+        let presend = load.len() <= PRESEND_MAX;
+        let mut sent = None;
         let forked = launch.fork_server.as_ref().and_then(|server| {
             let (host_end, worker_end) = UnixStream::pair().ok()?;
+            if presend {
+                send_load(&host_end, &load, launch, &region, deadline).ok()?;
+            }
             let library = launch.library.is_none().then_some(launch.path.as_path());
             let forked = server.spawn(&args, OwnedFd::from(worker_end), library, deadline)?;
             Some((host_end, forked))
         });
         let (host_end, spawned) = match forked {
-            Some((host_end, f)) => (
-                host_end,
-                Spawned {
-                    pid: f.pid,
-                    reap: Reapee::Pid,
-                    stdout: OwnedFd::from(f.stdout),
-                    stderr: OwnedFd::from(f.stderr),
-                },
-            ),
+            Some((host_end, f)) => {
+                if presend {
+                    sent = Some(Ok(()));
+                }
+                (
+                    host_end,
+                    Spawned {
+                        pid: f.pid,
+                        reap: Reapee::Pid,
+                        stdout: OwnedFd::from(f.stdout),
+                        stderr: OwnedFd::from(f.stderr),
+                    },
+                )
+            }
             None => {
                 let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
+                if presend {
+                    sent = Some(send_load(&host_end, &load, launch, &region, deadline));
+                }
                 let mut cmd = Command::new(&launch.worker);
                 cmd.args(&launch.worker_args)
                     .args(&args)
@@ -291,7 +313,9 @@ impl WorkerProcess {
             slot: 0,
             last_used: Instant::now(),
         };
-        match w.handshake(launch, region, deadline) {
+        // (A large request is written now that the worker is running.)
+        let sent = sent.unwrap_or_else(|| send_load(&w.sock, &load, launch, &region, deadline));
+        match w.handshake(launch, region, sent, deadline) {
             Ok(info) => Ok((w, info)),
             Err(e) => {
                 w.kill_and_reap();
@@ -312,22 +336,11 @@ impl WorkerProcess {
         &mut self,
         launch: &Launch,
         region: Option<(Arc<Region>, OwnedFd)>,
+        sent: Result<(), IoFail>,
         deadline: Instant,
     ) -> Result<PluginInfoWire, HandshakeFail> {
         let path = || launch.path.clone();
         let protocol = |error| HandshakeFail::Load(LoadError::Protocol { path: path(), error });
-        let load = LoadRequest {
-            shm_capacity: region.as_ref().map_or(0, |(r, _)| r.capacity() as u32),
-            ..launch.load.clone()
-        };
-        HostMsg::Load(load).encode(&mut self.tx);
-        let mut sent = call::write_all(&self.sock, &self.tx, deadline);
-        if let (Ok(()), Some((_, fd))) = (&sent, &region) {
-            sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
-        }
-        if let (Ok(()), Some(fd)) = (&sent, &launch.library) {
-            sent = shm::send_fd(&self.sock, fd.as_fd()).map_err(IoFail::Io);
-        }
         let got = sent.and_then(|()| call::read_frame(&self.sock, &mut self.rx, MAX_HANDSHAKE_FRAME, deadline));
         let len = match got {
             Ok(len) => len,
@@ -432,6 +445,29 @@ impl Drop for WorkerProcess {
         // Never leave a worker behind: the reaper thread collects it.
         self.proc.kill();
     }
+}
+
+/// Load requests up to this size are written before the worker exists (the
+/// socket buffers them); larger ones (a big config) after it is running.
+const PRESEND_MAX: usize = 32 * 1024;
+
+/// Writes the load request, then the region's and the verified library's
+/// descriptors, into the host's end of a worker's socket.
+fn send_load(
+    sock: &UnixStream,
+    load: &[u8],
+    launch: &Launch,
+    region: &Option<(Arc<Region>, OwnedFd)>,
+    deadline: Instant,
+) -> Result<(), IoFail> {
+    call::write_all(sock, load, deadline)?;
+    if let Some((_, fd)) = region {
+        shm::send_fd(sock, fd.as_fd()).map_err(IoFail::Io)?;
+    }
+    if let Some(fd) = &launch.library {
+        shm::send_fd(sock, fd.as_fd()).map_err(IoFail::Io)?;
+    }
+    Ok(())
 }
 
 enum HandshakeFail {

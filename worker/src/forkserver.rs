@@ -21,6 +21,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use bulkhead_shared::forkserver::{self, FromServer, RecvError, ToServer};
 use nix::unistd::{dup2, setpgid, Pid};
@@ -55,21 +56,38 @@ pub fn serve(args: &Args) -> u8 {
     }
     // One blank is forked at once; the host asks for each next one when it
     // takes one (it assigns blanks itself, straight over their own channel).
+    // Each next one is forked once the channel has been quiet for a moment:
+    // its set-up would otherwise compete for the CPUs with the worker just
+    // assigned, which is still loading its plugin, and with the host's
+    // hand-over of it.
     let _ = fork_blank(&chan);
+    let mut owed: u32 = 0;
+    let mut due: Option<Instant> = None;
     loop {
-        let (msg, fds) = match forkserver::recv::<ToServer>(chan.as_fd(), None) {
+        let (msg, fds) = match forkserver::recv::<ToServer>(chan.as_fd(), due) {
             Ok(m) => m,
+            Err(RecvError::Timeout) => {
+                for _ in 0..std::mem::take(&mut owed) {
+                    let _ = fork_blank(&chan);
+                }
+                due = None;
+                continue;
+            }
             Err(RecvError::Closed) => return 0,
             Err(_) => return EXIT_PROTOCOL,
         };
+        if owed > 0 {
+            due = Some(Instant::now() + BLANK_DELAY);
+        }
         let answer = match msg {
             ToServer::Spawn { args, library } => match spawn(&chan, fds, args, library) {
                 Ok(pid) => FromServer::Spawned { pid },
                 Err(reason) => FromServer::SpawnFailed(reason),
             },
-            ToServer::Blank if fds.is_empty() => {
+            ToServer::Blank if fds.is_empty() && owed < MAX_OWED => {
                 // No answer: the blank announces itself.
-                let _ = fork_blank(&chan);
+                owed += 1;
+                due = Some(Instant::now() + BLANK_DELAY);
                 continue;
             }
             ToServer::Blank => return EXIT_PROTOCOL,
@@ -80,6 +98,11 @@ pub fn serve(args: &Args) -> u8 {
         }
     }
 }
+
+/// How long the channel stays quiet before owed blanks are forked.
+const BLANK_DELAY: Duration = Duration::from_millis(2);
+/// Most blanks the host may ask for ahead (it asks for one per blank taken).
+const MAX_OWED: u32 = 8;
 
 /// Pre-forks a blank: a worker that isolates itself at once (everything that
 /// does not depend on the plugin) and then waits for its assignment from the

@@ -202,6 +202,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     let mut report = staged.report.clone();
     let helper_processes = isolate(&plan, &mut report, true)?;
     landlock::prepare(&plan);
+    seccomp::prepare(&plan);
     *PREBUILT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Prebuilt {
         report,
         helper_processes,
