@@ -56,10 +56,9 @@ pub fn serve(args: &Args) -> u8 {
     }
     // One blank is forked at once; the host asks for each next one when it
     // takes one (it assigns blanks itself, straight over their own channel).
-    // Each next one is forked once the channel has been quiet for a moment:
-    // its set-up would otherwise compete for the CPUs with the worker just
-    // assigned, which is still loading its plugin, and with the host's
-    // hand-over of it.
+    // Each next one is forked a moment after it is asked for: its set-up would
+    // otherwise compete for the CPUs with the worker just assigned, which is
+    // still loading its plugin, and with the host's hand-over of it.
     let _ = fork_blank(&chan);
     let mut owed: u32 = 0;
     let mut due: Option<Instant> = None;
@@ -76,9 +75,6 @@ pub fn serve(args: &Args) -> u8 {
             Err(RecvError::Closed) => return 0,
             Err(_) => return EXIT_PROTOCOL,
         };
-        if owed > 0 {
-            due = Some(Instant::now() + BLANK_DELAY);
-        }
         let answer = match msg {
             ToServer::Spawn { args, library } => match spawn(&chan, fds, args, library) {
                 Ok(pid) => FromServer::Spawned { pid },
@@ -87,7 +83,7 @@ pub fn serve(args: &Args) -> u8 {
             ToServer::Blank if fds.is_empty() && owed < MAX_OWED => {
                 // No answer: the blank announces itself.
                 owed += 1;
-                due = Some(Instant::now() + BLANK_DELAY);
+                due.get_or_insert(Instant::now() + BLANK_DELAY);
                 continue;
             }
             ToServer::Blank => return EXIT_PROTOCOL,
@@ -99,7 +95,7 @@ pub fn serve(args: &Args) -> u8 {
     }
 }
 
-/// How long the channel stays quiet before owed blanks are forked.
+/// How long after the host asks for a blank it is forked.
 const BLANK_DELAY: Duration = Duration::from_millis(2);
 /// Most blanks the host may ask for ahead (it asks for one per blank taken).
 const MAX_OWED: u32 = 8;
