@@ -388,7 +388,7 @@ impl WorkerProcess {
             let why = format!("response at {}+{} lies outside the shared region", r.off, r.len);
             return Err(self.fail(IoFail::Frame(ProtocolError::Malformed(why))));
         }
-        if let Err(f) = socket_idle(&self.sock) {
+        if let Err(f) = nothing_unsolicited(&self.sock) {
             return Err(self.fail(f));
         }
         Ok(Placed::Region {
@@ -573,7 +573,7 @@ impl WorkerProcess {
             }
         }
         // Nothing may arrive on the socket when the answer came through the region.
-        if let Err(f) = socket_idle(&self.sock) {
+        if let Err(f) = nothing_unsolicited(&self.sock) {
             return Err(self.fail(f));
         }
         if r.kind == shm::RESP_FAULT {
@@ -633,6 +633,23 @@ fn socket_idle(sock: &UnixStream) -> Result<(), IoFail> {
         })),
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(()),
         Err(nix::errno::Errno::ECONNRESET) => Err(IoFail::Eof),
+        Err(e) => Err(IoFail::Io(e.into())),
+    }
+}
+
+/// After an answer through the shared region: `Ok` if no byte waits on the
+/// socket, a protocol error if the worker wrote any unasked. One `FIONREAD`
+/// ioctl — cheaper than [`socket_idle`]'s `recv` (no read path, no
+/// credentials handling) — on every such answer, so the error belongs to the
+/// call during which the bytes were written. A socket closed by the worker
+/// reads as empty here; it is found by the next exchange on the socket or
+/// while the host sleeps on the futex ([`socket_idle`]).
+fn nothing_unsolicited(sock: &UnixStream) -> Result<(), IoFail> {
+    match rustix::io::ioctl_fionread(sock) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(IoFail::Frame(ProtocolError::Unexpected {
+            got: "unsolicited data on the control socket",
+        })),
         Err(e) => Err(IoFail::Io(e.into())),
     }
 }
