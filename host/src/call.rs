@@ -494,8 +494,7 @@ impl WorkerProcess {
     /// and checks that it answers that request.
     fn wait_shm(&mut self, region: &Region, last: u32, id: u64, deadline: Instant) -> Result<shm::Response, Failure> {
         loop {
-            let slice_end = deadline.min(Instant::now() + SOCKET_CHECK);
-            match region.wait_response(last, HOST_SPIN, slice_end) {
+            match region.wait_response(last, HOST_SPIN, deadline, SOCKET_CHECK) {
                 shm::Wait::Changed(_) => break,
                 shm::Wait::Dead => return Err(self.fail(IoFail::Eof)),
                 shm::Wait::TimedOut if Instant::now() >= deadline => return Err(self.fail(IoFail::Timeout)),
