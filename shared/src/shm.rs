@@ -165,6 +165,8 @@ pub struct Region {
     /// This side's current busy-spin budget in nanoseconds (process-local:
     /// each side adapts its own, see [`wait_change`]).
     busy_spin_ns: AtomicU64,
+    /// Host: the last request had to wake the worker from its futex.
+    woke_worker: AtomicBool,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -241,6 +243,7 @@ impl Region {
             host: false,
             request_lent: AtomicBool::new(false),
             busy_spin_ns: AtomicU64::new(BUSY_SPIN.as_nanos() as u64),
+            woke_worker: AtomicBool::new(false),
         })
     }
 
@@ -334,9 +337,11 @@ impl Region {
         h.req_method.store(method, Ordering::Relaxed);
         h.req_len.store(len as u64, Ordering::Relaxed);
         h.req_seq.fetch_add(1, Ordering::SeqCst);
-        if h.worker_sleeping.load(Ordering::SeqCst) != 0 {
+        let asleep = h.worker_sleeping.load(Ordering::SeqCst) != 0;
+        if asleep {
             futex_wake(&h.req_seq);
         }
+        self.woke_worker.store(asleep, Ordering::Relaxed);
     }
 
     /// Host: the current response sequence (read before posting a request).
@@ -348,7 +353,18 @@ impl Region {
     /// for up to `spin`, then asleep on the futex until `deadline` or for at
     /// most `slice` (whichever ends first; [`Wait::TimedOut`] either way), so a
     /// caller can look at other things between slices.
+    ///
+    /// If posting the request had to wake the worker from its futex, the host
+    /// does not spin: no answer can come before the worker has been woken and
+    /// scheduled (tens of µs), and a waiter that yields while other processes
+    /// want the CPU can lose it for a whole time slice; asleep on the futex
+    /// it is woken by the answer, with a sleeper's priority.
     pub fn wait_response(&self, last: u32, spin: Duration, deadline: Instant, slice: Duration) -> Wait {
+        let spin = if self.woke_worker.swap(false, Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            spin
+        };
         let h = self.header();
         let words = Words {
             word: &h.resp_seq,
