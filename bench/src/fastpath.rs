@@ -13,7 +13,8 @@ use bulkhead::{Plugin, PluginSpec, RestartPolicy, Supervisor};
 use bulkhead_tests::{basic, blob, Fixtures};
 
 use crate::floor::Floor;
-use crate::{crash_to_next_answer, measure, summarize, us, Report, Summary};
+use crate::restart::crash_to_next_answer;
+use crate::{measure, summarize, us, Report, Summary};
 
 /// Word the host writes to make the spin peer exit.
 const STOP: u32 = u32::MAX;

@@ -5,11 +5,12 @@
 mod fastpath;
 mod floor;
 mod inproc;
+mod restart;
 mod scale;
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, Plugin, PluginSpec, RestartPolicy, Sandbox, Supervisor, Transport};
+use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Sandbox, Supervisor, Transport};
 use bulkhead_tests::{basic, build_fixtures};
 
 use floor::Floor;
@@ -106,6 +107,10 @@ fn main() {
     let mut report = Report { rows: Vec::new() };
     if std::env::args().any(|a| a == "--scale-only") {
         scale::rows(&fx.worker, &lib, &mut report, quick);
+        return report.print(started);
+    }
+    if std::env::args().any(|a| a == "--restart-only") {
+        restart::rows(&fx, &mut report, &scale);
         return report.print(started);
     }
     if only_part_b {
@@ -279,67 +284,8 @@ fn main() {
     drop(floor);
     drop(sock_plugin);
 
-    // --- restart latency and spawn-to-ready, with the sandbox on (default) and off ---
-    let n = scale(40);
-    for (label, sandbox) in [("sandbox on", Sandbox::strict()), ("sandbox off", Sandbox::none())] {
-        let subject = if sandbox.is_enabled() { "sandbox" } else { "no_sandbox" };
-        let p = sup
-            .load(PluginSpec::new(&lib).restart(policy.clone()).sandbox(sandbox.clone()))
-            .expect("load");
-        let restart = crash_to_next_answer(&p, n, || {});
-        report.json("restart", &format!("crash_to_next_answer_{subject}"), &restart, "");
-        report.row(
-            format!("crash → next answer, no standby, {label}"),
-            format!("{} / {}", us(restart.median), us(restart.p99)),
-            "median / p99".into(),
-        );
-        drop(p);
-        let events = sup.events();
-        let warm = sup
-            .load(
-                PluginSpec::new(&lib)
-                    .restart(policy.clone())
-                    .standby(true)
-                    .sandbox(sandbox.clone()),
-            )
-            .expect("load");
-        let warm_restart = crash_to_next_answer(&warm, n, || {
-            // Let the next standby come up (the pool holds the worker and the
-            // standby again) before crashing again; each event is a chance.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while warm.worker_pids().len() < 2 {
-                assert!(Instant::now() < deadline, "the standby did not come back");
-                let _ = events.recv_timeout(Duration::from_millis(100));
-            }
-        });
-        let _ = events.try_iter().count();
-        drop(warm);
-        report.json(
-            "restart",
-            &format!("crash_to_next_answer_standby_{subject}"),
-            &warm_restart,
-            "",
-        );
-        report.row(
-            format!("crash → next answer, warm standby, {label}"),
-            format!("{} / {}", us(warm_restart.median), us(warm_restart.p99)),
-            "median / p99; the standby is promoted, the next one starts in the background".into(),
-        );
-        let spawn = measure(2, scale(40), || {
-            let p = sup.load(PluginSpec::new(&lib).sandbox(sandbox.clone())).unwrap();
-            drop(p);
-        });
-        report.json("spawn", &format!("load_to_ready_{subject}"), &spawn, "");
-        report.row(
-            format!("spawn → ready (load), {label}"),
-            format!("{} / {}", us(spawn.median), us(spawn.p99)),
-            if sandbox.is_enabled() {
-                "spawn + exec + namespaces + mounts + Landlock + seccomp + dlopen + construct + handshake".into()
-            } else {
-                "spawn + exec + dlopen + construct + handshake".into()
-            },
-        );
-    }
+    // --- restart latency and spawn-to-ready: fork-server vs exec, sandbox on and off ---
+    restart::rows(&fx, &mut report, &scale);
 
     // --- timeout precision --------------------------------------------------------------
     let limit = Duration::from_millis(20);
@@ -452,22 +398,6 @@ fn main() {
     scale::rows(&fx.worker, &lib, &mut report, quick);
 
     report.print(started);
-}
-
-/// Crashes `plugin`'s worker `n` times and times the next good answer after
-/// each crash; `between` runs after each sample.
-fn crash_to_next_answer(plugin: &Plugin, n: usize, mut between: impl FnMut()) -> Summary {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let e = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
-        assert!(matches!(e, CallError::WorkerDied { .. }));
-        let t = Instant::now();
-        let x: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
-        assert_eq!(x, 2);
-        v.push(t.elapsed());
-        between();
-    }
-    summarize(v)
 }
 
 /// Per-item cost of server and client streams, per-round-trip cost of host

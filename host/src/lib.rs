@@ -92,6 +92,7 @@ mod client;
 mod error;
 mod event_loop;
 mod events;
+mod forkserver;
 mod health;
 mod hostfn;
 mod limits;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
+use bulkhead_shared::sandbox::SandboxPolicy;
 
 use crate::error::{BuildError, LoadError};
 use crate::events::{EventHub, EventReceiver};
+use crate::forkserver::{ForkServerSlot, ServerCommand};
 use crate::hostfn::{HostImports, HostInterface};
 use crate::locate;
 use crate::netns::NetNsHolder;
@@ -57,6 +59,7 @@ pub struct SupervisorBuilder {
     env_allow: Vec<String>,
     output: Option<OutputCallback>,
     grace: Duration,
+    fork_server: bool,
 }
 
 impl Default for SupervisorBuilder {
@@ -66,6 +69,7 @@ impl Default for SupervisorBuilder {
             env_allow: DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
             output: None,
             grace: DEFAULT_SHUTDOWN_GRACE,
+            fork_server: true,
         }
     }
 }
@@ -77,6 +81,7 @@ impl std::fmt::Debug for SupervisorBuilder {
             .field("env_allow", &self.env_allow)
             .field("on_output", &self.output.is_some())
             .field("grace", &self.grace)
+            .field("fork_server", &self.fork_server)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +139,21 @@ impl SupervisorBuilder {
         self
     }
 
+    /// Whether workers are forked by a fork-server (default `true`): one
+    /// `bulkhead-worker --fork-server` process per sandbox profile, started on
+    /// first use, prepares the sandbox's shared part once and forks each new
+    /// worker — a restart then costs a fork, the worker's own namespaces,
+    /// `dlopen` and the handshake instead of a whole `exec`. Workers stay
+    /// children of the host and are isolated from each other exactly as
+    /// before (own pid, mount and ipc namespaces, own user namespace for
+    /// process accounting, own limits and descriptors). With `false`, or when
+    /// a profile cannot be prepared this way (a policy without the user, pid
+    /// or mount namespace), every worker is started with `exec`.
+    pub fn fork_server(mut self, on: bool) -> Self {
+        self.fork_server = on;
+        self
+    }
+
     /// Finds the worker binary, checks that it speaks this host's protocol
     /// version (it runs `WORKER --protocol-version`), and builds the supervisor.
     pub fn build(self) -> Result<Supervisor, BuildError> {
@@ -185,6 +205,8 @@ impl SupervisorBuilder {
                 plugins: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 netns: Mutex::new(NetNs::Unstarted),
+                fork_server: self.fork_server,
+                fork_servers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -282,6 +304,10 @@ pub(crate) struct Core {
     /// The shared empty network namespace, started with the first sandboxed
     /// plugin that wants one; stopped at shutdown.
     netns: Mutex<NetNs>,
+    /// Whether workers are forked by fork-servers.
+    fork_server: bool,
+    /// One fork-server slot per sandbox profile in use; stopped at shutdown.
+    fork_servers: Mutex<Vec<Arc<ForkServerSlot>>>,
 }
 
 /// The state of a supervisor's network-namespace holder.
@@ -409,8 +435,37 @@ impl Supervisor {
 
     fn stop_all(&self) -> Vec<WorkerReport> {
         let reports = self.take_pools().iter().flat_map(|p| p.shutdown()).collect();
+        self.core.stop_fork_servers();
         self.core.stop_netns();
         reports
+    }
+
+    /// The pid of the fork-server serving the default sandbox profile, if one
+    /// is running (it starts with the first plugin that uses it).
+    #[doc(hidden)]
+    pub fn fork_server_pid(&self) -> Option<u32> {
+        self.core.fork_server_pid(&crate::Sandbox::strict().to_policy())
+    }
+
+    /// Starts the fork-server of `spec`'s profile if needed and waits (until
+    /// `deadline`) for it to have a pre-forked worker ready, so that the next
+    /// load of `spec` is assigned one. For tests: which path a spawn takes
+    /// otherwise depends on timing. `false` if there is none by then.
+    #[doc(hidden)]
+    pub fn wait_for_blank(&self, spec: &crate::PluginSpec, deadline: std::time::Instant) -> bool {
+        let Ok(job) = self.load_job(spec.clone()) else {
+            return false;
+        };
+        job.launch
+            .fork_server
+            .as_ref()
+            .is_some_and(|slot| slot.wait_for_blank(deadline))
+    }
+
+    /// The pid of the fork-server serving `sandbox`'s profile, if one is running.
+    #[doc(hidden)]
+    pub fn fork_server_pid_for(&self, sandbox: &crate::Sandbox) -> Option<u32> {
+        self.core.fork_server_pid(&sandbox.to_policy())
     }
 
     /// Every live pool, removed from this supervisor (which starts no more).
@@ -456,6 +511,54 @@ impl Core {
         match &*netns {
             NetNs::Running(h) => Some(h.pid()),
             _ => None,
+        }
+    }
+
+    /// The fork-server slot of `policy` (created on first use), or `None` when
+    /// fork-servers are off or the supervisor is shut down.
+    fn fork_server_slot(
+        &self,
+        policy: &SandboxPolicy,
+        env: &[(String, String)],
+        netns_of: Option<u32>,
+    ) -> Option<Arc<ForkServerSlot>> {
+        if !self.fork_server {
+            return None;
+        }
+        let mut slots = self.fork_servers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Some(slot) = slots.iter().find(|s| s.serves(policy, env)) {
+            return Some(slot.clone());
+        }
+        let slot = Arc::new(ForkServerSlot::new(
+            ServerCommand {
+                worker: self.worker.clone(),
+                worker_args: self.worker_args.clone(),
+                env: env.to_vec(),
+            },
+            policy.clone(),
+            netns_of,
+        ));
+        slots.push(slot.clone());
+        Some(slot)
+    }
+
+    fn fork_server_pid(&self, policy: &SandboxPolicy) -> Option<u32> {
+        let slots = self.fork_servers.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter(|s| s.policy() == policy)
+            .find_map(|s| s.server_pid())
+    }
+
+    /// Stops every fork-server (workers they forked are the host's children
+    /// and are not affected).
+    fn stop_fork_servers(&self) {
+        let slots = std::mem::take(&mut *self.fork_servers.lock().unwrap_or_else(|e| e.into_inner()));
+        for slot in slots {
+            slot.stop();
         }
     }
 
@@ -518,12 +621,15 @@ impl Core {
             .collect();
         env.extend(self.worker_env.iter().cloned());
         let mut args = spec.limits.to_args();
+        let mut netns_of = None;
         if load.sandbox.wants_own_netns() {
             if let Some(pid) = self.netns_holder(&env) {
                 args.extend(["--netns-of".to_string(), pid.to_string()]);
+                netns_of = Some(pid);
             }
         }
         env.extend(spec.env.iter().cloned());
+        let fork_server = self.fork_server_slot(&load.sandbox, &env, netns_of);
         let launch = Launch {
             worker: self.worker.clone(),
             worker_args: self.worker_args.clone(),
@@ -542,6 +648,7 @@ impl Core {
             // Set by `LoadJob::run` once the library is verified.
             library: None,
             imports,
+            fork_server,
         };
         let config = PoolConfig {
             size: spec.workers,
@@ -581,7 +688,9 @@ impl Drop for Supervisor {
                     p.shutdown();
                 }
             }
-            // The holder exits as soon as its stdin closes: no real wait.
+            // The holder exits as soon as its stdin closes, and fork-servers
+            // are killed: no real wait.
+            self.core.stop_fork_servers();
             self.core.stop_netns();
         }
         #[cfg(not(feature = "tokio"))]

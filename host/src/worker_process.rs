@@ -36,12 +36,13 @@ use bulkhead_shared::protocol::{HostMsg, LoadRequest, PluginInfoWire, WorkerMsg,
 use bulkhead_shared::shm::{self, Region};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
 use crate::error::{Exit, LoadError, ProtocolError};
 use crate::event_loop::{self, Started};
+use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
@@ -76,6 +77,8 @@ pub(crate) struct Launch {
     pub library: Option<Arc<OwnedFd>>,
     /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
     pub imports: Option<Arc<HostImports>>,
+    /// The fork-server of this plugin's sandbox profile, if fork-servers are on.
+    pub fork_server: Option<Arc<ForkServerSlot>>,
 }
 
 /// Exit bookkeeping shared between the watcher (which reaps) and killers.
@@ -211,7 +214,6 @@ impl WorkerProcess {
             worker: launch.worker.clone(),
             message: e.to_string(),
         };
-        let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
         // A region that cannot be created (no memfd) means the socket transport.
         let region = if launch.shm_capacity > 0 {
             Region::create(launch.shm_capacity)
@@ -220,19 +222,42 @@ impl WorkerProcess {
         } else {
             None
         };
-        let mut cmd = Command::new(&launch.worker);
-        cmd.args(&launch.worker_args)
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .args(&launch.args)
-            .env_clear()
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::from(OwnedFd::from(worker_end)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let child = spawn_on_spawner(cmd).map_err(spawn_err)?;
-        let spawned = Spawned::from_child(child);
+        let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
+        args.extend(launch.args.iter().cloned());
+        // Forked by the profile's fork-server if there is one (a verified
+        // library travels as a memfd after the load request, so the on-disk
+        // file is not handed over then); else started with exec.
+        let forked = launch.fork_server.as_ref().and_then(|server| {
+            let (host_end, worker_end) = UnixStream::pair().ok()?;
+            let library = launch.library.is_none().then_some(launch.path.as_path());
+            let forked = server.spawn(&args, OwnedFd::from(worker_end), library, deadline)?;
+            Some((host_end, forked))
+        });
+        let (host_end, spawned) = match forked {
+            Some((host_end, f)) => (
+                host_end,
+                Spawned {
+                    pid: f.pid,
+                    reap: Reapee::Pid,
+                    stdout: OwnedFd::from(f.stdout),
+                    stderr: OwnedFd::from(f.stderr),
+                },
+            ),
+            None => {
+                let (host_end, worker_end) = UnixStream::pair().map_err(spawn_err)?;
+                let mut cmd = Command::new(&launch.worker);
+                cmd.args(&launch.worker_args)
+                    .args(&args)
+                    .env_clear()
+                    .envs(launch.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::from(OwnedFd::from(worker_end)))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                let child = spawn_on_spawner(cmd).map_err(spawn_err)?;
+                (host_end, Spawned::from_child(child))
+            }
+        };
         let pid = spawned.pid;
         let wake = host_end.try_clone();
         let region_for_reaper = region.as_ref().map(|(r, _)| r.clone());
@@ -458,11 +483,9 @@ pub(crate) enum Reapee {
     /// Spawned by `std::process::Command`: reaped through the `Child` with
     /// `wait4`, which also gives its rusage.
     Child(Child),
-    /// Any other direct child (e.g. forked by a fork server with
-    /// `CLONE_PARENT`), reaped by pid with `waitpid`. Its rusage is not
-    /// available (the host has no safe `wait4` by pid), so its
-    /// [`ResourceUsage`] is `None`.
-    #[allow(dead_code)] // the fork server's hand-off
+    /// Any other direct child (a fork-server's worker, made with
+    /// `CLONE_PARENT`), reaped by pid with `wait4` (`bulkhead_shared::reap`),
+    /// which gives its rusage too.
     Pid,
 }
 
@@ -512,22 +535,17 @@ impl Reapee {
                     Err(_) => break (killed, None),
                 }
             },
-            Reapee::Pid => loop {
-                match nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None) {
-                    Ok(WaitStatus::Exited(_, code)) => break (Exit::Code(code), None),
-                    Ok(WaitStatus::Signaled(_, signal, core_dumped)) => {
-                        break (
-                            Exit::Signal {
-                                signal: signal as i32,
-                                core_dumped,
-                            },
-                            None,
-                        )
-                    }
-                    // Stopped/continued are not reported without WUNTRACED/WCONTINUED.
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => break (killed, None),
+            Reapee::Pid => match bulkhead_shared::reap::wait4(pid) {
+                Ok(r) => {
+                    let usage = ResourceUsage {
+                        user: r.user,
+                        system: r.system,
+                        max_rss: r.max_rss,
+                    };
+                    (Exit::from_status(r.status), Some(usage))
                 }
+                // Only possible if someone else reaped it; report it as killed.
+                Err(_) => (killed, None),
             },
         }
     }
@@ -683,7 +701,7 @@ mod tests {
         let (proc, tail, host) = adopt_by_pid(sh("echo out; echo err >&2; exit 7"));
         let deadline = Instant::now() + Duration::from_secs(30);
         assert_eq!(proc.wait(deadline), Some(Exit::Code(7)));
-        assert_eq!(proc.usage(), None, "no rusage without a Child");
+        assert!(proc.usage().is_some(), "wait4 by pid gives the rusage too");
         assert_eq!(tail.snapshot_after_eof(deadline), "err\n");
         // The host end was shut down by the reaper: reads see EOF at once.
         let mut buf = [0u8; 1];

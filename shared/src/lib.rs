@@ -14,8 +14,13 @@
 //!   before any allocation.
 //! * `protocol` (hidden) — the messages host and worker exchange over their socket.
 //! * `shm` (hidden) — the shared-memory data path: a memfd region mapped by host
-//!   and worker, with a spin-then-futex doorbell. It is the crate's only
-//!   `unsafe` code (mapping, descriptor passing).
+//!   and worker, with a spin-then-futex doorbell.
+//! * `forkserver` (hidden) — the host ↔ fork-server channel: bounded
+//!   `SOCK_SEQPACKET` messages with the descriptors they carry.
+//! * `reap` (hidden) — `wait4(2)` by pid, with the child's rusage.
+//!
+//! The crate's only `unsafe` code is in those last three (mapping, descriptor
+//! passing, `wait4`), each block with its reason.
 #![deny(unsafe_code)]
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -24,9 +29,13 @@ compile_error!(
 
 pub mod abi;
 #[doc(hidden)]
+pub mod forkserver;
+#[doc(hidden)]
 pub mod frame;
 #[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
+pub mod reap;
 pub mod sandbox;
 #[doc(hidden)]
 pub mod shm;

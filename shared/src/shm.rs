@@ -247,11 +247,12 @@ impl Region {
         })
     }
 
-    /// Touches the first pages of both data areas so the first calls do not
-    /// pay for allocating them (done by the worker before it answers the
-    /// handshake; the host's first touch of a page only maps it).
+    /// Touches the first page of both data areas so the first small calls do
+    /// not pay for allocating them (done by the worker before it answers the
+    /// handshake; the host's first touch of a page only maps it). Only one
+    /// page: it is paid for on every spawn and restart.
     fn prefault(&self) {
-        const WARM: usize = 64 * 1024;
+        const WARM: usize = 4096;
         let n = WARM.min(self.capacity);
         // SAFETY: both ranges lie inside the mapping, and no request is in
         // flight yet (the worker calls it before its handshake answer).

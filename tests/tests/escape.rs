@@ -20,8 +20,16 @@ use bulkhead_tests::{
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
+/// Loads the hostile plugin into a worker the fork-server pre-forked (a
+/// "blank", isolated before it knew its plugin): the path restarts take.
+/// Loads that find no blank ready (other tests' `sup.load`) cover the other.
 fn hostile(sup: &Supervisor, sandbox: Sandbox) -> Plugin {
-    sup.load(spec("fx-hostile").sandbox(sandbox)).expect("fx-hostile loads")
+    let spec = spec("fx-hostile").sandbox(sandbox);
+    assert!(
+        sup.wait_for_blank(&spec, std::time::Instant::now() + GENEROUS),
+        "the fork-server has a blank ready"
+    );
+    sup.load(spec).expect("fx-hostile loads")
 }
 
 fn both() -> [(&'static str, Sandbox); 2] {

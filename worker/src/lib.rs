@@ -21,7 +21,8 @@
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
 //! [--limit-fsize BYTES] [--core-dumps] [--netns-of PID]`, or `--version`, or
 //! `--protocol-version`, or `bulkhead-worker --parent-pid PID --hold-netns` for
-//! the supervisor's network-namespace holder.
+//! the supervisor's network-namespace holder, or `bulkhead-worker --parent-pid
+//! PID --fork-server [--netns-of PID]` for a fork-server (see `forkserver`).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -30,6 +31,7 @@ compile_error!(
 
 mod channel;
 mod dispatch;
+mod forkserver;
 mod imports;
 mod load;
 mod sandbox;
@@ -98,6 +100,9 @@ pub fn run_with_args(args: impl Iterator<Item = String>) -> u8 {
     };
     if args.hold_netns {
         return sandbox::hold_netns(&args);
+    }
+    if args.fork_server {
+        return forkserver::serve(&args);
     }
     let sock = match setup::prepare(&args) {
         Ok(s) => s,

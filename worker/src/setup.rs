@@ -26,6 +26,8 @@ pub struct Args {
     pub hold_netns: bool,
     /// Pid of that holder, whose (empty) network namespace the worker joins.
     pub netns_of: Option<i32>,
+    /// Run as a fork-server (see `forkserver`) instead of a worker.
+    pub fork_server: bool,
 }
 
 impl Args {
@@ -39,6 +41,10 @@ impl Args {
             }
             if flag == "--hold-netns" {
                 a.hold_netns = true;
+                continue;
+            }
+            if flag == "--fork-server" {
+                a.fork_server = true;
                 continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -95,7 +101,7 @@ pub fn prepare(args: &Args) -> Result<UnixStream, String> {
         .map_err(|e| format!("open /dev/null: {e}"))?;
     nix::unistd::dup2(devnull.as_raw_fd(), 0).map_err(|e| format!("dup2 /dev/null: {e}"))?;
     drop(devnull);
-    close_inherited_fds(sock.as_raw_fd())?;
+    close_inherited_fds(&[sock.as_raw_fd()])?;
     Ok(UnixStream::from(sock))
 }
 
@@ -112,11 +118,21 @@ pub fn hygiene(args: &Args) -> Result<(), String> {
 /// Closes every descriptor above stderr except `keep`: with `close_range`
 /// (no `/proc` needed, so it works in a chroot or a minimal mount namespace);
 /// on kernels without it, descriptor by descriptor up to the open-files limit.
-fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
-    let keep = u32::try_from(keep).map_err(|_| format!("bad socket descriptor {keep}"))?;
-    let ranges = [(3, keep.saturating_sub(1)), (keep.saturating_add(1), u32::MAX)];
+pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), String> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .map(|&k| u32::try_from(k).map_err(|_| format!("bad descriptor {k}")))
+        .collect::<Result<_, _>>()?;
+    keep.sort_unstable();
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
+    let mut first = 3u32;
+    for &k in keep.iter().filter(|&&k| k >= 3) {
+        ranges.push((first, k.saturating_sub(1)));
+        first = k.saturating_add(1);
+    }
+    ranges.push((first, u32::MAX));
     let mut fallback = false;
-    for (first, last) in ranges {
+    for &(first, last) in &ranges {
         match crate::sys::close_range(first, last) {
             Ok(()) => {}
             Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL) => fallback = true,
@@ -128,7 +144,7 @@ fn close_inherited_fds(keep: RawFd) -> Result<(), String> {
         let (soft, _) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
             .map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
         let end = soft.min(1 << 20) as RawFd;
-        for fd in (3..end).filter(|&fd| fd as u32 != keep) {
+        for fd in (3..end).filter(|&fd| !keep.contains(&(fd as u32))) {
             // EBADF (not open) is the common case and fine.
             let _ = nix::unistd::close(fd);
         }

@@ -11,11 +11,12 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxReport};
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 use super::Plan;
@@ -47,7 +48,42 @@ fn existing(paths: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     paths.into_iter().filter(|p| p.exists()).collect()
 }
 
+/// A ruleset built ahead of time by a pre-forked worker (see
+/// [`prepare`]), waiting for the plugin's library rule.
+static PREPARED: Mutex<Option<Result<RulesetCreated, String>>> = Mutex::new(None);
+
+/// Builds the ruleset with every rule but the library's, to be finished and
+/// enforced by [`apply`] once the plugin is known: a pre-forked worker does
+/// this before it is assigned (in its final filesystem view, since rules name
+/// inodes), which takes most of Landlock's cost off the restart path.
+pub fn prepare(plan: &Plan<'_>) {
+    if plan.wants(Layer::Landlock) && plan.simulated_unavailable(Layer::Landlock).is_none() {
+        *PREPARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(ruleset(plan));
+    }
+}
+
 fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
+    let err = |e: landlock::RulesetError| e.to_string();
+    let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut created = match prepared {
+        Some(r) => r?,
+        None => ruleset(plan)?,
+    };
+    if let Some(library) = &plan.library {
+        // The library's own inode, reached through its descriptor.
+        created = created
+            .add_rule(PathBeneath::new(
+                library.as_fd(),
+                AccessFs::ReadFile | AccessFs::Execute,
+            ))
+            .map_err(err)?;
+    }
+    let status = created.restrict_self().map_err(err)?;
+    Ok(status.ruleset)
+}
+
+/// The ruleset with every rule that does not depend on the plugin library.
+fn ruleset(plan: &Plan<'_>) -> Result<RulesetCreated, String> {
     let err = |e: landlock::RulesetError| e.to_string();
     let read = AccessFs::from_read(TARGET);
     let all = AccessFs::from_all(TARGET);
@@ -105,15 +141,6 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
         .map_err(err)?
         .add_rules(path_beneath_rules(existing(writable), all))
         .map_err(err)?;
-    if let Some(library) = &plan.library {
-        // The library's own inode, reached through its descriptor.
-        created = created
-            .add_rule(PathBeneath::new(
-                library.as_fd(),
-                AccessFs::ReadFile | AccessFs::Execute,
-            ))
-            .map_err(err)?;
-    }
     if let NetPolicy::ConnectTcp(ports) = &plan.policy.net {
         for &port in ports {
             created = created
@@ -121,6 +148,5 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
                 .map_err(err)?;
         }
     }
-    let status = created.restrict_self().map_err(err)?;
-    Ok(status.ruleset)
+    Ok(created)
 }

@@ -36,11 +36,12 @@ mod seccomp;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 pub use holder::hold_netns;
 
 use bulkhead_shared::protocol::LoadFailure;
-use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
+use bulkhead_shared::sandbox::{Layer, LayerSet, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
 
 /// What the worker's limits code needs to know from the sandbox.
 pub struct Entered {
@@ -91,11 +92,210 @@ impl Plan<'_> {
     }
 }
 
+/// What a fork-server prepared once for every worker it forks: the policy and
+/// the report of the layers it applied to itself (identity, user, network and
+/// uts namespaces, the staged view). Forked workers inherit it with memory.
+struct Staged {
+    policy: SandboxPolicy,
+    report: SandboxReport,
+}
+
+static STAGED: OnceLock<Staged> = OnceLock::new();
+
+/// The plugin library as a descriptor the host opened, for a forked worker
+/// (which no longer has the host's identity to open it with).
+static PREOPENED_LIBRARY: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// Hands [`enter`] the library descriptor the host opened for this worker.
+pub fn set_preopened_library(fd: OwnedFd) {
+    *PREOPENED_LIBRARY.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+}
+
+/// The fork-server's share of the sandbox, applied once to the server itself:
+/// the unprivileged identity, the user namespace (nested in the network
+/// holder's, whose network namespace it joins), the uts namespace, and a mount
+/// namespace with the static part of the filesystem view staged. Workers it
+/// forks then only create what keeps them apart (see [`enter`]).
+///
+/// `Err` when the profile cannot be prepared this way — no user, mount or pid
+/// namespace, or a test knob — and the host should start workers itself, each
+/// of which then reports its own layers.
+pub fn prepare_profile(policy: &SandboxPolicy, netns_of: Option<i32>) -> Result<(), String> {
+    let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
+    if policy.enabled() {
+        if policy.simulate_unavailable != LayerSet::EMPTY {
+            return Err("the policy simulates unavailable layers".into());
+        }
+        for layer in [Layer::UserNs, Layer::PidNs, Layer::MountNs] {
+            if !policy.layers.contains(layer) {
+                return Err(format!("the policy leaves out {layer}"));
+            }
+        }
+        let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
+        let plan = Plan {
+            policy,
+            library: None,
+            library_path: None,
+            read: policy.read.iter().map(os).collect(),
+            write: policy.write.iter().map(os).collect(),
+            netns_of,
+        };
+        identity::drop_root(&plan, &mut report).map_err(|f| f.to_string())?;
+        let ns = namespaces::unshare(&plan, &mut report, namespaces::Stage::Profile);
+        if !report.state(Layer::UserNs).is_enforced() || !ns.mount {
+            return Err(format!(
+                "user namespace: {:?}, mount namespace: {:?}",
+                report.state(Layer::UserNs),
+                report.state(Layer::MountNs)
+            ));
+        }
+        if ns.uts {
+            namespaces::set_hostname();
+        }
+        let sources = mounts::Sources::open(&plan)?;
+        mounts::stage(&plan, &sources, 0)?;
+        mounts::enter_stage()?;
+        seccomp::apply(&plan, &mut report, seccomp::Part::Base);
+    }
+    STAGED
+        .set(Staged {
+            policy: policy.clone(),
+            report,
+        })
+        .map_err(|_| "the profile is already prepared".to_string())
+}
+
+/// A pre-forked worker's isolation, done before it is assigned a plugin.
+struct Prebuilt {
+    report: SandboxReport,
+    helper_processes: u64,
+}
+
+static PREBUILT: Mutex<Option<Prebuilt>> = Mutex::new(None);
+
+/// In a worker a fork-server pre-forks (a *blank*): everything of the sandbox
+/// that does not depend on the plugin — its own user, pid, mount and ipc
+/// namespaces, the process split, the per-worker mounts, no capabilities —
+/// done ahead of time, so that an assignment only adds Landlock (which names
+/// the library), the late seccomp filter, limits and `dlopen`. Returns in the
+/// process that will load the plugin (pid 2); `Err` if any of it failed (the
+/// blank then exits, and the server forks the worker the ordinary way, which
+/// reports the failure properly).
+pub fn prebuild() -> Result<(), LoadFailure> {
+    let staged = STAGED.get().ok_or_else(|| LoadFailure::Sandbox {
+        layer: Layer::UserNs,
+        reason: "not in a fork-server".into(),
+    })?;
+    let policy = &staged.policy;
+    if !policy.enabled() {
+        return Ok(());
+    }
+    let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
+    let plan = Plan {
+        policy,
+        library: None,
+        library_path: None,
+        read: policy.read.iter().map(os).collect(),
+        write: policy.write.iter().map(os).collect(),
+        netns_of: None,
+    };
+    let mut report = staged.report.clone();
+    let helper_processes = isolate(&plan, &mut report, true)?;
+    landlock::prepare(&plan);
+    *PREBUILT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Prebuilt {
+        report,
+        helper_processes,
+    });
+    Ok(())
+}
+
+/// Identity, namespaces, the process split, the filesystem view and the
+/// capabilities (for a forked worker, only its own share: `staged`). Returns
+/// in the process that goes on to load the plugin, with the number of helper
+/// processes the split left under the worker's uid.
+fn isolate(plan: &Plan<'_>, report: &mut SandboxReport, staged: bool) -> Result<u64, LoadFailure> {
+    let ns = if staged {
+        let ns = namespaces::unshare(plan, report, namespaces::Stage::Forked);
+        if !ns.mount || !ns.pid {
+            // Never change the view in the server's own mount namespace.
+            return Err(LoadFailure::Sandbox {
+                layer: if ns.mount { Layer::PidNs } else { Layer::MountNs },
+                reason: "a forked worker could not create its own namespaces".into(),
+            });
+        }
+        ns
+    } else {
+        identity::drop_root(plan, report)?;
+        namespaces::unshare(plan, report, namespaces::Stage::All)
+    };
+
+    // Runs in the process whose children the worker's mounts are inherited by:
+    // init with a pid namespace, else this one.
+    let mut fatal = None;
+    let build = |report: &mut SandboxReport, fatal: &mut Option<LoadFailure>| {
+        if ns.uts {
+            namespaces::set_hostname();
+        }
+        if !ns.mount {
+            return;
+        }
+        if staged {
+            mounts::build_staged(plan, ns.pid, report);
+            return;
+        }
+        // Bind sources are opened here, inside the new mount namespace (a bind
+        // mount of a path from another namespace is refused) and with the
+        // identity the plugin will have.
+        match mounts::Sources::open(plan) {
+            Ok(sources) => mounts::build(plan, &sources, ns.pid, report),
+            Err(reason) => {
+                *fatal = Some(LoadFailure::Sandbox {
+                    layer: Layer::MountNs,
+                    reason,
+                })
+            }
+        }
+    };
+    let mut helper_processes = 0;
+    if ns.pid {
+        // Returns only in the worker proper; the caller turned into the outer
+        // waiter, and init ran `build` before forking the worker (which
+        // inherits the mounts, and a copy of `report` and `fatal`).
+        init::split(|| build(report, &mut fatal)).map_err(|reason| LoadFailure::Sandbox {
+            layer: Layer::PidNs,
+            reason,
+        })?;
+        helper_processes = 2;
+    } else {
+        build(report, &mut fatal);
+    }
+    if let Some(failure) = fatal {
+        return Err(failure);
+    }
+    capabilities::drop_all();
+    Ok(helper_processes)
+}
+
 /// Applies `policy` to this process; returns (in the process that goes on to
 /// load the plugin) the report. With a pid namespace, the process that called
 /// this never returns: it becomes the outer waiter (see [`init`]).
+///
+/// In a worker forked by a fork-server, the server's share is already in
+/// place ([`prepare_profile`]) and `policy` must be the profile's; the rest is
+/// applied here exactly as for a worker the host started.
 pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i32>) -> Result<Entered, LoadFailure> {
+    let staged = STAGED.get();
+    let preopened = PREOPENED_LIBRARY.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
+    if let Some(staged) = staged {
+        if staged.policy != *policy {
+            return Err(LoadFailure::Sandbox {
+                layer: Layer::UserNs,
+                reason: "the load request's sandbox policy differs from the fork-server's profile".into(),
+            });
+        }
+        report = staged.report.clone();
+    }
     if !policy.enabled() {
         return Ok(Entered {
             library: None,
@@ -110,60 +310,30 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         // loads it through its descriptor, so neither a directory on the way it
         // could not search (a root host's worker runs as uid 65534) nor the
         // minimal filesystem view stands between it and its library; only the
-        // file's own permissions count.
+        // file's own permissions count. (A forked worker got it from the host.)
         library_path: library.map(Path::to_path_buf),
-        library: library.and_then(|p| mounts::open_owned(p, nix::fcntl::OFlag::O_RDONLY).ok()),
+        library: library.and_then(|p| preopened.or_else(|| mounts::open_owned(p, nix::fcntl::OFlag::O_RDONLY).ok())),
         read: policy.read.iter().map(os).collect(),
         write: policy.write.iter().map(os).collect(),
         netns_of,
     };
 
-    identity::drop_root(&plan, &mut report)?;
-    let ns = namespaces::unshare(&plan, &mut report);
-
-    // Runs in the process whose children the worker's mounts are inherited by:
-    // init with a pid namespace, else this one.
-    let mut fatal = None;
-    let mut build = |report: &mut SandboxReport| {
-        if ns.uts {
-            namespaces::set_hostname();
+    let prebuilt = PREBUILT.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let helper_processes = match prebuilt {
+        // A pre-forked worker isolated itself before it was assigned.
+        Some(done) => {
+            report = done.report;
+            done.helper_processes
         }
-        if !ns.mount {
-            return;
-        }
-        // Bind sources are opened here, inside the new mount namespace (a bind
-        // mount of a path from another namespace is refused) and with the
-        // identity the plugin will have.
-        match mounts::Sources::open(&plan) {
-            Ok(sources) => mounts::build(&plan, &sources, ns.pid, report),
-            Err(reason) => {
-                fatal = Some(LoadFailure::Sandbox {
-                    layer: Layer::MountNs,
-                    reason,
-                })
-            }
-        }
+        None => isolate(&plan, &mut report, staged.is_some())?,
     };
-    let mut helper_processes = 0;
-    if ns.pid {
-        // Returns only in the worker proper; the caller of `enter` turned into
-        // the outer waiter, and init ran `build` before forking the worker
-        // (which inherits the mounts, and a copy of `report` and `fatal`).
-        init::split(|| build(&mut report)).map_err(|reason| LoadFailure::Sandbox {
-            layer: Layer::PidNs,
-            reason,
-        })?;
-        helper_processes = 2;
+    let part = if staged.is_some() {
+        seccomp::Part::Late
     } else {
-        build(&mut report);
-    }
-    if let Some(failure) = fatal {
-        return Err(failure);
-    }
-
-    capabilities::drop_all();
+        seccomp::Part::Full
+    };
     landlock::apply(&plan, &mut report);
-    seccomp::apply(&plan, &mut report);
+    seccomp::apply(&plan, &mut report, part);
 
     for layer in Layer::ALL {
         if policy.required.contains(layer) {

@@ -30,7 +30,7 @@ use super::Plan;
 
 /// Where the new root is assembled: any directory works, since the mount
 /// namespace is private. `/tmp` always exists.
-const STAGE: &str = "/tmp";
+pub(super) const STAGE: &str = "/tmp";
 
 /// System directories the dynamic loader and libc need, bound read-only.
 const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/libx32"];
@@ -96,7 +96,59 @@ pub(super) fn open_owned(p: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
 
 /// Builds the view (in a fresh mount namespace); records the outcome.
 pub fn build(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool, report: &mut SandboxReport) {
-    let state = match assemble(plan, sources, fresh_proc) {
+    // Without a fresh /proc the worker cannot reach its library's descriptor
+    // by path, so a copy of it goes into the view (room made for it here).
+    let copy_size = plan
+        .library
+        .as_ref()
+        .filter(|_| !fresh_proc)
+        .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok())
+        .map_or(0, |st| st.st_size.max(0) as u64);
+    let result = stage(plan, sources, copy_size).and_then(|()| finish(plan, fresh_proc, false));
+    record(result, fresh_proc, report);
+}
+
+/// Finishes, in a worker a fork-server forked, the view the server already
+/// switched to ([`enter_stage`]); records the outcome.
+pub fn build_staged(plan: &Plan<'_>, fresh_proc: bool, report: &mut SandboxReport) {
+    record(finish(plan, fresh_proc, true), fresh_proc, report);
+}
+
+/// The fork-server's switch into its staged view, once: the host's `/proc`
+/// bound at `/proc` (only so that each worker may mount a fresh procfs over it
+/// — the kernel allows a new procfs only where a fully visible one exists —
+/// and each worker does, before any plugin code runs), then `pivot_root`, the
+/// old root detached and the new root made read-only. Its workers then copy a
+/// namespace that holds nothing but the view: no `pivot_root` and no unmount
+/// per worker.
+pub fn enter_stage() -> Result<(), String> {
+    let root = Path::new(STAGE);
+    mount_(
+        Some(Path::new("/proc")),
+        root.join("proc"),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    switch_root(root)
+}
+
+fn switch_root(root: &Path) -> Result<(), String> {
+    chdir(root).map_err(|e| format!("chdir to the new root: {e}"))?;
+    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    mount_(
+        None,
+        "/",
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
+}
+
+fn record(result: Result<(), String>, fresh_proc: bool, report: &mut SandboxReport) {
+    let state = match result {
         Ok(()) if fresh_proc => LayerState::Enforced,
         Ok(()) => LayerState::Partial("no /proc: a fresh one needs the pid namespace".into()),
         Err(why) => LayerState::Unavailable(why),
@@ -104,22 +156,21 @@ pub fn build(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool, report: &mut 
     report.set(Layer::MountNs, state);
 }
 
-fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), String> {
+/// The part of the view every worker of a profile shares, assembled at
+/// [`STAGE`] without switching to it: the root tmpfs (with `extra` bytes of
+/// room), the system directories and files, `/dev`, and the policy's paths. A
+/// fork-server does this once; its workers copy the mount namespace and
+/// [`finish`] it.
+pub fn stage(plan: &Plan<'_>, sources: &Sources, extra: u64) -> Result<(), String> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Nothing done here may propagate back to the host's mounts.
     mount_(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-    // Without a fresh /proc the worker cannot reach its library's descriptor
-    // by path, so a copy of it goes into the view (room made for it here).
-    let library_copy = plan.library.as_ref().filter(|_| !fresh_proc);
-    let copy_size = library_copy
-        .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok())
-        .map_or(0, |st| st.st_size.max(0) as u64);
     mount_(
         Some(Path::new("tmpfs")),
         STAGE,
         Some("tmpfs"),
         nosuid_nodev,
-        Some(&format!("size={},mode=0755", (1u64 << 20) + copy_size)),
+        Some(&format!("size={},mode=0755", (1u64 << 20) + extra)),
     )?;
     let root = Path::new(STAGE);
     let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
@@ -146,7 +197,7 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
         }
     }
 
-    // /dev: a small tmpfs with the harmless devices, and a private /dev/shm.
+    // /dev: a small tmpfs with the harmless devices; /dev/shm comes per worker.
     let dev = root.join("dev");
     mkdirs(&dev)?;
     mount_(
@@ -170,9 +221,41 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
     ] {
         symlink(target, dev.join(name)).map_err(|e| format!("symlink /dev/{name}: {e}"))?;
     }
+    for d in [dev.join("shm"), root.join("tmp"), root.join("proc")] {
+        mkdirs(&d)?;
+    }
+    for s in &sources.0 {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", s.fd.as_raw_fd()));
+        let is_dir = fs::metadata(&via).map(|m| m.is_dir()).unwrap_or(false);
+        bind_as(&via, &inside(&s.path), is_dir, s.writable)?;
+    }
+    Ok(())
+}
+
+/// Whether `path` lies under a directory that gets a private tmpfs per worker.
+fn under_private_tmp(path: &Path) -> bool {
+    path.starts_with("/tmp") || path.starts_with("/dev/shm")
+}
+
+/// Each worker's own part of the view: private `/tmp` and `/dev/shm` (with the
+/// policy's paths under them bound again on top, so they stay visible), a
+/// fresh `/proc`; then, unless a fork-server already did (`switched`), the
+/// switch to the view.
+fn finish(plan: &Plan<'_>, fresh_proc: bool, switched: bool) -> Result<(), String> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let root = Path::new(if switched { "/" } else { STAGE });
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    // The staged binds the private tmpfs is about to cover, held open (in this
+    // mount namespace) to bind them again on top of it.
+    let mut covered = Vec::new();
+    for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
+        for p in paths.iter().filter(|p| under_private_tmp(p)) {
+            let fd = open_path(&inside(p)).map_err(|e| format!("staged path {}: {e}", p.display()))?;
+            covered.push((p, fd, writable));
+        }
+    }
     let tmp_opts = format!("size={},mode=1777", plan.policy.tmp_size.max(4096));
-    for t in [dev.join("shm"), root.join("tmp")] {
-        mkdirs(&t)?;
+    for t in [root.join("dev/shm"), root.join("tmp")] {
         mount_(
             Some(Path::new("tmpfs")),
             &t,
@@ -181,41 +264,29 @@ fn assemble(plan: &Plan<'_>, sources: &Sources, fresh_proc: bool) -> Result<(), 
             Some(&tmp_opts),
         )?;
     }
-    if let (Some(fd), Some(path)) = (library_copy, &plan.library_path) {
+    if let (Some(fd), Some(path), false) = (&plan.library, &plan.library_path, fresh_proc) {
         copy_library(fd, &inside(path))?;
     }
-    // After the private /tmp, so that allowed paths under /tmp stay visible.
-    for s in &sources.0 {
-        let via = PathBuf::from(format!("/proc/self/fd/{}", s.fd.as_raw_fd()));
+    for (path, fd, writable) in covered {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let is_dir = fs::metadata(&via).map(|m| m.is_dir()).unwrap_or(false);
-        bind_as(&via, &inside(&s.path), is_dir, s.writable)?;
+        bind_as(&via, &inside(path), is_dir, writable)?;
     }
     if fresh_proc {
         // Mounted before the old root goes: the kernel only allows a new procfs
         // while a fully visible one exists in the namespace.
-        let proc_dir = root.join("proc");
-        mkdirs(&proc_dir)?;
         mount_(
             Some(Path::new("proc")),
-            &proc_dir,
+            root.join("proc"),
             Some("proc"),
             nosuid_nodev | MsFlags::MS_NOEXEC,
             None,
         )?;
     }
-
-    chdir(root).map_err(|e| format!("chdir to the new root: {e}"))?;
-    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
-    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    mount_(
-        None,
-        "/",
-        None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | nosuid_nodev,
-        None,
-    )?;
-    Ok(())
+    if switched {
+        return Ok(());
+    }
+    switch_root(root)
 }
 
 /// Copies the library (read through the descriptor opened before the sandbox)

@@ -35,10 +35,35 @@ const OTHERS: [(Layer, CloneFlags); 5] = [
     (Layer::UtsNs, CloneFlags::CLONE_NEWUTS),
 ];
 
-/// Creates every namespace the plan asks for, recording each one's state.
-pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport) -> Active {
+/// Which part of the sandbox's namespaces to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Everything, for a worker the host started itself.
+    All,
+    /// A fork-server's share, created once for all its workers: the user
+    /// namespace (after joining the network holder's), the network and uts
+    /// namespaces, and the mount namespace the static view is staged in.
+    Profile,
+    /// Each forked worker's own: a user namespace nested in the server's (so
+    /// `RLIMIT_NPROC` counts per worker), and pid, mount (a copy of the staged
+    /// view) and ipc namespaces — the ones that keep workers apart.
+    Forked,
+}
+
+impl Stage {
+    fn covers(self, layer: Layer) -> bool {
+        match self {
+            Stage::All => true,
+            Stage::Profile => matches!(layer, Layer::NetNs | Layer::MountNs | Layer::UtsNs),
+            Stage::Forked => matches!(layer, Layer::PidNs | Layer::MountNs | Layer::IpcNs),
+        }
+    }
+}
+
+/// Creates the namespaces of `stage` the plan asks for, recording each one's state.
+pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport, stage: Stage) -> Active {
     let mut active = Active::default();
-    let wants_net = plan.wants(Layer::NetNs) && !plan.shares_host_network();
+    let wants_net = plan.wants(Layer::NetNs) && !plan.shares_host_network() && stage.covers(Layer::NetNs);
     // Join the supervisor's ready-made network namespace (and the user namespace
     // that owns it) first; the worker's own user namespace then nests inside.
     let joined_net = match plan.netns_of {
@@ -63,8 +88,17 @@ pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport) -> Active {
     } else {
         match enter_user_ns() {
             Ok(()) => {
-                report.set(Layer::UserNs, LayerState::Enforced);
+                if stage != Stage::Forked {
+                    report.set(Layer::UserNs, LayerState::Enforced);
+                }
                 true
+            }
+            Err(why) if stage == Stage::Forked => {
+                report.set(
+                    Layer::UserNs,
+                    LayerState::Partial(format!("shared with the fork-server's other workers: {why}")),
+                );
+                false
             }
             Err(why) => {
                 report.set(Layer::UserNs, LayerState::Unavailable(why));
@@ -75,7 +109,7 @@ pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport) -> Active {
 
     let mut wanted = Vec::new();
     for (layer, flag) in OTHERS {
-        if !plan.wants(layer) || (layer == Layer::NetNs && (!wants_net || joined_net)) {
+        if !plan.wants(layer) || !stage.covers(layer) || (layer == Layer::NetNs && (!wants_net || joined_net)) {
             continue;
         }
         if let Some(state) = plan.simulated_unavailable(layer) {

@@ -53,8 +53,28 @@ const CLONE_NEW: [u64; 7] = [
     libc::CLONE_NEWNET as u64,
 ];
 
-/// Installs the filters; records the outcome.
-pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport) {
+/// Which part of the filter to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// All of it, in a worker the host started itself.
+    Full,
+    /// A fork-server's share, installed once on the server and inherited by
+    /// every worker it forks (compiling and attaching a long filter is one of
+    /// the costlier steps of a spawn): everything but [`LATE`] and the signal
+    /// rules, which name the worker's own pid.
+    Base,
+    /// A forked worker's own share, on top of the inherited base: [`LATE`]
+    /// and the signal rules.
+    Late,
+}
+
+/// Calls a forked worker still makes while it sets itself up (its own
+/// process group, its own namespaces and mounts), so the fork-server's base
+/// filter leaves them to the worker's late filter.
+const LATE: [i64; 3] = [libc::SYS_setpgid, libc::SYS_unshare, libc::SYS_mount];
+
+/// Installs `part` of the filters; records the outcome.
+pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport, part: Part) {
     if !plan.wants(Layer::Seccomp) {
         return;
     }
@@ -62,18 +82,24 @@ pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport) {
         report.set(Layer::Seccomp, state);
         return;
     }
-    let state = match install(plan) {
+    if part == Part::Late && !report.state(Layer::Seccomp).is_enforced() {
+        // The base is missing: nothing to complete.
+        return;
+    }
+    let state = match install(plan, part) {
         Ok(()) => LayerState::Enforced,
         Err(e) => LayerState::Unavailable(e),
     };
     report.set(Layer::Seccomp, state);
 }
 
-fn install(plan: &Plan<'_>) -> Result<(), String> {
+fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
     let me = std::process::id() as u64;
-    let deny = build(deny_rules(me, &plan.policy.net)?, libc::EPERM as u32)?;
-    let enosys = build(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS as u32)?;
-    apply_filter(&enosys).map_err(|e| format!("installing the filter: {e}"))?;
+    if part != Part::Late {
+        let enosys = build(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS as u32)?;
+        apply_filter(&enosys).map_err(|e| format!("installing the filter: {e}"))?;
+    }
+    let deny = build(deny_rules(me, &plan.policy.net, part)?, libc::EPERM as u32)?;
     apply_filter(&deny).map_err(|e| format!("installing the filter: {e}"))?;
     Ok(())
 }
@@ -92,7 +118,7 @@ fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<Cond, String> {
     Cond::new(arg, len, op, value).map_err(|e| e.to_string())
 }
 
-fn deny_rules(me: u64, net: &NetPolicy) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+fn deny_rules(me: u64, net: &NetPolicy, part: Part) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let always = [
         libc::SYS_ptrace,
         libc::SYS_process_vm_readv,
@@ -150,16 +176,30 @@ fn deny_rules(me: u64, net: &NetPolicy) -> Result<BTreeMap<i64, Vec<SeccompRule>
         #[cfg(target_arch = "x86_64")]
         libc::SYS_ioperm,
     ];
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = always.iter().map(|&nr| (nr, Vec::new())).collect();
+    let in_part = |nr: &i64| match part {
+        Part::Full => true,
+        Part::Base => !LATE.contains(nr),
+        Part::Late => LATE.contains(nr),
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = always
+        .iter()
+        .filter(|nr| in_part(nr))
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
 
     // Signals: only to the worker itself (its own pid; 0 and negative pids
     // would reach its process group, which includes the host-side processes).
-    let not_me =
-        |arg: u8| -> Result<Vec<SeccompRule>, String> { Ok(vec![rule(vec![cond(arg, Len::Dword, Op::Ne, me)?])?]) };
-    rules.insert(libc::SYS_kill, not_me(0)?);
-    rules.insert(libc::SYS_tgkill, not_me(0)?);
-    rules.insert(libc::SYS_rt_sigqueueinfo, not_me(0)?);
-    rules.insert(libc::SYS_rt_tgsigqueueinfo, not_me(0)?);
+    if part != Part::Base {
+        let not_me =
+            |arg: u8| -> Result<Vec<SeccompRule>, String> { Ok(vec![rule(vec![cond(arg, Len::Dword, Op::Ne, me)?])?]) };
+        rules.insert(libc::SYS_kill, not_me(0)?);
+        rules.insert(libc::SYS_tgkill, not_me(0)?);
+        rules.insert(libc::SYS_rt_sigqueueinfo, not_me(0)?);
+        rules.insert(libc::SYS_rt_tgsigqueueinfo, not_me(0)?);
+    }
+    if part == Part::Late {
+        return Ok(rules);
+    }
 
     // clone with any namespace flag.
     let mut clone_rules = Vec::new();

@@ -1,0 +1,535 @@
+//! Fork-servers: one `bulkhead-worker --fork-server` process per supervisor
+//! and sandbox profile, started on first use. It prepares the sandbox's shared
+//! part once (identity, user/network/uts namespaces, the static filesystem
+//! view) and then forks each new worker, so a restart skips `exec`, dynamic
+//! linking and those namespaces. No plugin code ever runs in it (see the
+//! worker's `forkserver` module).
+//!
+//! Workers it forks are the host's own children (`CLONE_PARENT`): reaped,
+//! killed and accounted exactly like workers the host starts itself. The
+//! server is treated as untrusted input all the same: every answer is bounded
+//! and checked — the pid it reports must be an unreaped child of this host —
+//! and a server that dies, hangs past the load deadline or answers nonsense is
+//! killed and reaped, the worker at hand is started the ordinary way, and the
+//! next spawn starts a fresh server.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bulkhead_shared::forkserver::{self, FromServer, ToServer};
+use bulkhead_shared::sandbox::SandboxPolicy;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::{setpgid, Pid};
+
+use crate::worker_process::spawn_on_spawner;
+
+/// How long a new server may take to prepare its profile.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive failed starts after which a profile stops trying a server.
+const MAX_START_FAILURES: u32 = 3;
+
+/// A worker a fork-server made: the host's child, leader of its own group.
+pub(crate) struct Forked {
+    pub(crate) pid: u32,
+    pub(crate) stdout: File,
+    pub(crate) stderr: File,
+}
+
+/// How to start the servers of one supervisor.
+pub(crate) struct ServerCommand {
+    pub(crate) worker: PathBuf,
+    pub(crate) worker_args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// The fork-server of one profile — a sandbox policy and the workers' whole
+/// environment, which a forked worker inherits from its server — (re)started
+/// on demand.
+pub(crate) struct ForkServerSlot {
+    command: ServerCommand,
+    policy: SandboxPolicy,
+    netns_of: Option<u32>,
+    state: Mutex<SlotState>,
+}
+
+enum SlotState {
+    /// Not running; the next spawn starts one.
+    Idle {
+        failures: u32,
+    },
+    Running(ForkServer),
+    /// This profile cannot use a server here (said once, at `debug`), or the
+    /// supervisor is shutting down.
+    Off,
+}
+
+impl ForkServerSlot {
+    pub(crate) fn new(command: ServerCommand, policy: SandboxPolicy, netns_of: Option<u32>) -> ForkServerSlot {
+        ForkServerSlot {
+            command,
+            policy,
+            netns_of,
+            state: Mutex::new(SlotState::Idle { failures: 0 }),
+        }
+    }
+
+    /// The sandbox policy this slot serves.
+    pub(crate) fn policy(&self) -> &SandboxPolicy {
+        &self.policy
+    }
+
+    /// Whether this slot serves workers with `policy` and `env`.
+    pub(crate) fn serves(&self, policy: &SandboxPolicy, env: &[(String, String)]) -> bool {
+        self.policy == *policy && self.command.env == env
+    }
+
+    /// Forks a worker with `args`, handing it `sock` (its end of the
+    /// control socket) and its library. `None`: no server for this profile
+    /// (or it just failed); the caller starts the worker itself.
+    pub(crate) fn spawn(
+        &self,
+        args: &[String],
+        sock: OwnedFd,
+        library: Option<&Path>,
+        deadline: Instant,
+    ) -> Option<Forked> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.ensure_started(&mut state);
+        let SlotState::Running(server) = &mut *state else {
+            return None;
+        };
+        let lib = library.and_then(|p| {
+            // Nonblocking, so a path that names a FIFO cannot stall the host;
+            // the worker reopens it through /proc/self/fd anyway.
+            File::options()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(p)
+                .ok()
+        });
+        match server.spawn(args, sock, lib.as_ref().map(|f| f.as_fd()), deadline) {
+            Ok(forked) => {
+                if server.gone {
+                    tracing::warn!(target: "bulkhead::supervision", pid = server.pid, "fork-server is gone; it is replaced on the next spawn");
+                    *state = SlotState::Idle { failures: 0 };
+                }
+                Some(forked)
+            }
+            Err(SpawnError::Refused(why)) => {
+                tracing::warn!(target: "bulkhead::supervision", %why, "fork-server could not fork a worker");
+                None
+            }
+            Err(SpawnError::Broken(why)) => {
+                tracing::warn!(target: "bulkhead::supervision", pid = server.pid, %why, "fork-server failed; it is replaced on the next spawn");
+                *state = SlotState::Idle { failures: 0 };
+                None
+            }
+        }
+    }
+
+    /// Starts the server if none runs (and starting has not failed for good).
+    fn ensure_started(&self, state: &mut SlotState) {
+        if let SlotState::Idle { failures } = *state {
+            *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
+                Ok(server) => SlotState::Running(server),
+                Err(why) if failures + 1 >= MAX_START_FAILURES => {
+                    tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
+                    SlotState::Off
+                }
+                Err(why) => {
+                    tracing::debug!(target: "bulkhead::supervision", %why, "fork-server did not start");
+                    SlotState::Idle { failures: failures + 1 }
+                }
+            };
+        }
+    }
+
+    /// Starts the server if needed and waits until it has a blank ready to
+    /// assign (for tests, which need to know which path a spawn takes).
+    pub(crate) fn wait_for_blank(&self, deadline: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.ensure_started(&mut state);
+        let SlotState::Running(server) = &mut *state else {
+            return false;
+        };
+        while server.blanks.is_empty() {
+            if server.recv_one(Some(deadline)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The running server's pid, if any (for tests and diagnostics).
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            SlotState::Running(s) => Some(s.pid),
+            _ => None,
+        }
+    }
+
+    /// Stops the server for good (supervisor shutdown).
+    pub(crate) fn stop(&self) {
+        let old = std::mem::replace(
+            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            SlotState::Off,
+        );
+        drop(old);
+    }
+}
+
+enum SpawnError {
+    /// The server answered that it could not fork; it keeps serving.
+    Refused(String),
+    /// The server is dead, hung or broke the protocol.
+    Broken(String),
+}
+
+/// Most blanks a server may have announced and not yet assigned.
+const MAX_BLANKS: usize = 8;
+/// How long a stopped server's channel is read for the last announcements.
+const DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// Blanks found dead before the host stops asking for new ones.
+const MAX_DEAD_BLANKS: u32 = 3;
+
+/// A blank: a pre-forked worker, isolated already, waiting for its plugin.
+struct Blank {
+    pid: u32,
+    /// The host's end of its own channel.
+    chan: OwnedFd,
+}
+
+/// One running server.
+struct ForkServer {
+    pid: u32,
+    chan: OwnedFd,
+    child: Child,
+    /// Blanks announced and not yet assigned (the host's children): killed and
+    /// reaped if they turn out dead or the server stops.
+    blanks: Vec<Blank>,
+    /// Blanks that were dead when their turn came.
+    dead_blanks: u32,
+    /// The server itself did not take a request (it is replaced after the
+    /// spawn at hand, which a blank may still have served).
+    gone: bool,
+}
+
+impl ForkServer {
+    fn start(command: &ServerCommand, policy: &SandboxPolicy, netns_of: Option<u32>) -> Result<ForkServer, String> {
+        let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mut cmd = Command::new(&command.worker);
+        cmd.args(&command.worker_args)
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string());
+        if let Some(pid) = netns_of {
+            cmd.arg("--netns-of").arg(pid.to_string());
+        }
+        cmd.arg("--fork-server")
+            .env_clear()
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        // From the long-lived spawner thread: the workers this server forks
+        // are children of the thread that started it, and their parent-death
+        // signal fires when that thread ends.
+        let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.display()))?;
+        let mut server = ForkServer {
+            pid: child.id(),
+            chan: ours,
+            child,
+            blanks: Vec::new(),
+            dead_blanks: 0,
+            gone: false,
+        };
+        forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
+            .map_err(|e| format!("sending the profile: {e}"))?;
+        // (Blanks that announce themselves meanwhile are taken in on the way.)
+        match server.recv(Some(Instant::now() + START_TIMEOUT)) {
+            Ok(FromServer::Ready) => Ok(server),
+            Ok(FromServer::Unavailable(why)) => Err(format!("profile unavailable: {why}")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(SpawnError::Broken(why) | SpawnError::Refused(why)) => Err(why),
+        }
+    }
+
+    /// The next message from the server that is not a blank's announcement
+    /// (announcements are taken in on the way).
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<FromServer, SpawnError> {
+        loop {
+            if let Some(msg) = self.recv_one(deadline)? {
+                return Ok(msg);
+            }
+        }
+    }
+
+    /// One message: `None` if it was a blank's announcement (recorded).
+    fn recv_one(&mut self, deadline: Option<Instant>) -> Result<Option<FromServer>, SpawnError> {
+        match forkserver::recv::<FromServer>(self.chan.as_fd(), deadline) {
+            Ok((FromServer::Blank { pid }, mut fds)) if fds.len() == 1 => {
+                let pid = own_child(pid)?;
+                let chan = fds.pop().expect("one descriptor");
+                self.blanks.push(Blank { pid, chan });
+                if self.blanks.len() > MAX_BLANKS {
+                    // Reaped with the server all the same.
+                    return Err(SpawnError::Broken(format!("more than {MAX_BLANKS} blanks announced")));
+                }
+                Ok(None)
+            }
+            Ok((msg, fds)) if fds.is_empty() && !matches!(msg, FromServer::Blank { .. }) => Ok(Some(msg)),
+            Ok((msg, fds)) => Err(SpawnError::Broken(format!(
+                "unexpected answer {msg:?} with {} descriptors",
+                fds.len()
+            ))),
+            Err(e) => Err(SpawnError::Broken(e.to_string())),
+        }
+    }
+
+    /// Hands the worker's descriptors to a blank, if one is waiting; asks the
+    /// server for the next blank. `None`: no live blank.
+    fn assign_blank(&mut self, args: &[String], fds: &[BorrowedFd<'_>], library: bool) -> Option<u32> {
+        // Announcements that arrived since the last spawn, without waiting.
+        while let Ok(None) = self.recv_one(Some(Instant::now())) {}
+        while let Some(blank) = self.blanks.pop() {
+            let msg = forkserver::Assign {
+                args: args.to_vec(),
+                library,
+            };
+            if forkserver::send(blank.chan.as_fd(), &msg, fds).is_ok() {
+                self.gone |= forkserver::send(self.chan.as_fd(), &ToServer::Blank, &[]).is_err();
+                return Some(blank.pid);
+            }
+            // It died waiting (its set-up failed, most likely).
+            kill_and_reap(blank.pid);
+            self.dead_blanks += 1;
+            if self.dead_blanks < MAX_DEAD_BLANKS {
+                self.gone |= forkserver::send(self.chan.as_fd(), &ToServer::Blank, &[]).is_err();
+            }
+        }
+        None
+    }
+
+    fn spawn(
+        &mut self,
+        args: &[String],
+        sock: OwnedFd,
+        library: Option<BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> Result<Forked, SpawnError> {
+        let broken = |what: String| SpawnError::Broken(what);
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
+        let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        fds.extend(library);
+        let pid = match self.assign_blank(args, &fds, library.is_some()) {
+            Some(pid) => pid as i32,
+            None => {
+                let msg = ToServer::Spawn {
+                    args: args.to_vec(),
+                    library: library.is_some(),
+                };
+                forkserver::send(self.chan.as_fd(), &msg, &fds)
+                    .map_err(|e| broken(format!("sending a spawn request: {e}")))?;
+                match self.recv(Some(deadline))? {
+                    FromServer::Spawned { pid } => pid,
+                    FromServer::SpawnFailed(why) => return Err(SpawnError::Refused(why)),
+                    other => return Err(broken(format!("unexpected answer {other:?}"))),
+                }
+            }
+        };
+        // The worker holds its own copies now: only the read ends stay here,
+        // so they reach end-of-file when the worker's last holder is gone.
+        drop(fds);
+        drop((sock, out_w, err_w));
+        let pid = own_child(pid)?;
+        // The worker makes itself a group leader first thing; doing it here
+        // too means the group exists before anyone may kill it.
+        let p = Pid::from_raw(pid as i32);
+        if nix::unistd::getpgid(Some(p)) != Ok(p) {
+            let _ = setpgid(p, p);
+        }
+        Ok(Forked {
+            pid,
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+        })
+    }
+}
+
+/// `pid` if it is an unreaped child of this host — the only kind of process
+/// the host may later signal and reap; anything else is a broken server.
+fn own_child(pid: i32) -> Result<u32, SpawnError> {
+    if pid <= 0 {
+        return Err(SpawnError::Broken(format!("reported pid {pid}")));
+    }
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+        Ok(_) => Ok(pid as u32),
+        Err(e) => Err(SpawnError::Broken(format!(
+            "reported pid {pid}, which is not a child of this host: {e}"
+        ))),
+    }
+}
+
+/// SIGKILLs an unassigned blank's group and reaps it.
+fn kill_and_reap(pid: u32) {
+    let p = Pid::from_raw(pid as i32);
+    // Unreaped, so neither the pid nor the group id can have been recycled.
+    let _ = nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(p, None) {}
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        // It holds no state worth a polite exit: kill and reap at once.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Every blank announces itself on this channel and then closes its
+        // copy, so reading to end-of-file learns of all of them.
+        let until = Instant::now() + DRAIN_BOUND;
+        while let Ok((msg, fds)) = forkserver::recv::<FromServer>(self.chan.as_fd(), Some(until)) {
+            if let (FromServer::Blank { pid }, 1) = (msg, fds.len()) {
+                if let Ok(pid) = own_child(pid) {
+                    kill_and_reap(pid);
+                }
+            }
+        }
+        for blank in std::mem::take(&mut self.blanks) {
+            kill_and_reap(blank.pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host's side of the protocol against a fake server answering what a
+    //! broken or hostile one might.
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A "server": a real child process (so `Drop` has something to kill and
+    /// reap) and, in a thread, a fake peer on the channel that answers `reply`.
+    fn fake(reply: impl FnOnce(&OwnedFd) + Send + 'static) -> (ForkServer, std::thread::JoinHandle<()>) {
+        let (ours, theirs) = forkserver::pair().unwrap();
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let peer = std::thread::spawn(move || {
+            let got = forkserver::recv::<ToServer>(theirs.as_fd(), Some(Instant::now() + Duration::from_secs(10)));
+            let (msg, fds) = got.unwrap();
+            assert!(matches!(msg, ToServer::Spawn { library: false, .. }), "{msg:?}");
+            assert_eq!(fds.len(), 3, "socket, stdout and stderr travel with the request");
+            reply(&theirs);
+        });
+        let server = ForkServer {
+            pid: child.id(),
+            chan: ours,
+            child,
+            blanks: Vec::new(),
+            dead_blanks: 0,
+            gone: false,
+        };
+        (server, peer)
+    }
+
+    fn spawn(server: &mut ForkServer, within: Duration) -> Result<Forked, SpawnError> {
+        let (_host, worker) = UnixStream::pair().unwrap();
+        server.spawn(
+            &["--parent-pid".into(), "1".into()],
+            OwnedFd::from(worker),
+            None,
+            Instant::now() + within,
+        )
+    }
+
+    fn broken(r: Result<Forked, SpawnError>) -> String {
+        match r {
+            Err(SpawnError::Broken(why)) => why,
+            Err(SpawnError::Refused(why)) => panic!("refused, not broken: {why}"),
+            Ok(f) => panic!("accepted pid {}", f.pid),
+        }
+    }
+
+    #[test]
+    fn a_pid_that_is_not_our_child_is_refused() {
+        let (mut server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: 1 }, &[]).unwrap());
+        let why = broken(spawn(&mut server, Duration::from_secs(10)));
+        assert!(why.contains("not a child of this host"), "{why}");
+        peer.join().unwrap();
+        let (mut server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid: -5 }, &[]).unwrap());
+        assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("-5"));
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn garbage_silence_and_closure_break_the_server() {
+        let (mut server, peer) = fake(|chan| {
+            nix::sys::socket::send(
+                std::os::fd::AsRawFd::as_raw_fd(chan),
+                &[0xEE; 40],
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+        });
+        assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("bad fork-server packet"));
+        peer.join().unwrap();
+
+        let (keep_tx, keep_rx) = std::sync::mpsc::channel::<()>();
+        let (mut server, peer) = fake(move |_chan| {
+            // Hold the channel open, answer nothing.
+            let _ = keep_rx.recv();
+        });
+        let t = Instant::now();
+        assert!(broken(spawn(&mut server, Duration::from_millis(200))).contains("in time"));
+        assert!(t.elapsed() < Duration::from_secs(10));
+        keep_tx.send(()).unwrap();
+        peer.join().unwrap();
+
+        // The peer takes the request and hangs up.
+        let (mut server, peer) = fake(|_chan| {});
+        assert!(broken(spawn(&mut server, Duration::from_secs(10))).contains("closed"));
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_real_child_is_accepted_and_a_refusal_is_not_fatal() {
+        // (A real worker never execs, so the host's setpgid applies to it; this
+        // stand-in has, so it makes itself the group leader.)
+        let worker = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
+        let pid = worker.id() as i32;
+        let (mut server, peer) =
+            fake(move |chan| forkserver::send(chan.as_fd(), &FromServer::Spawned { pid }, &[]).unwrap());
+        let forked = spawn(&mut server, Duration::from_secs(10)).unwrap_or_else(|_| panic!("a real child"));
+        assert_eq!(forked.pid, pid as u32);
+        // A group leader, as the host requires.
+        assert_eq!(
+            nix::unistd::getpgid(Some(Pid::from_raw(pid))).unwrap(),
+            Pid::from_raw(pid)
+        );
+        peer.join().unwrap();
+        let mut worker = worker;
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+
+        let (mut server, peer) =
+            fake(|chan| forkserver::send(chan.as_fd(), &FromServer::SpawnFailed("clone: EAGAIN".into()), &[]).unwrap());
+        assert!(
+            matches!(spawn(&mut server, Duration::from_secs(10)), Err(SpawnError::Refused(w)) if w.contains("EAGAIN"))
+        );
+        peer.join().unwrap();
+        let server_pid = server.pid;
+        drop(server);
+        // Dropping a server kills and reaps it.
+        assert!(nix::sys::wait::waitpid(Pid::from_raw(server_pid as i32), Some(WaitPidFlag::WNOHANG)).is_err());
+    }
+}
