@@ -165,6 +165,8 @@ pub struct Region {
     /// This side's current busy-spin budget in nanoseconds (process-local:
     /// each side adapts its own, see [`wait_change`]).
     busy_spin_ns: AtomicU64,
+    /// Host: the last request had to wake the worker from its futex.
+    woke_worker: AtomicBool,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -241,6 +243,7 @@ impl Region {
             host: false,
             request_lent: AtomicBool::new(false),
             busy_spin_ns: AtomicU64::new(BUSY_SPIN.as_nanos() as u64),
+            woke_worker: AtomicBool::new(false),
         })
     }
 
@@ -335,9 +338,11 @@ impl Region {
         h.req_method.store(method, Ordering::Relaxed);
         h.req_len.store(len as u64, Ordering::Relaxed);
         h.req_seq.fetch_add(1, Ordering::SeqCst);
-        if h.worker_sleeping.load(Ordering::SeqCst) != 0 {
+        let asleep = h.worker_sleeping.load(Ordering::SeqCst) != 0;
+        if asleep {
             futex_wake(&h.req_seq);
         }
+        self.woke_worker.store(asleep, Ordering::Relaxed);
     }
 
     /// Host: the current response sequence (read before posting a request).
@@ -345,8 +350,22 @@ impl Region {
         self.header().resp_seq.load(Ordering::Acquire)
     }
 
-    /// Host: waits for the response sequence to move past `last`.
-    pub fn wait_response(&self, last: u32, spin: Duration, deadline: Instant) -> Wait {
+    /// Host: waits for the response sequence to move past `last`: spinning
+    /// for up to `spin`, then asleep on the futex until `deadline` or for at
+    /// most `slice` (whichever ends first; [`Wait::TimedOut`] either way), so a
+    /// caller can look at other things between slices.
+    ///
+    /// If posting the request had to wake the worker from its futex, the host
+    /// does not spin: no answer can come before the worker has been woken and
+    /// scheduled (tens of µs), and a waiter that yields while other processes
+    /// want the CPU can lose it for a whole time slice; asleep on the futex
+    /// it is woken by the answer, with a sleeper's priority.
+    pub fn wait_response(&self, last: u32, spin: Duration, deadline: Instant, slice: Duration) -> Wait {
+        let spin = if self.woke_worker.swap(false, Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            spin
+        };
         let h = self.header();
         let words = Words {
             word: &h.resp_seq,
@@ -354,7 +373,7 @@ impl Region {
             stop: &h.dead,
             budget: &self.busy_spin_ns,
         };
-        wait_change(words, last, spin, Some(deadline))
+        wait_change(words, last, spin, Some(deadline), Some(slice))
     }
 
     /// Host: reads the response metadata, each field once.
@@ -458,7 +477,7 @@ impl Region {
                 stop: &h.poke,
                 budget: &self.busy_spin_ns,
             };
-            if let Wait::Changed(v) = wait_change(words, last, spin, None) {
+            if let Wait::Changed(v) = wait_change(words, last, spin, None, None) {
                 return v;
             }
             // Poked: spin again.
@@ -605,15 +624,20 @@ struct Words<'a> {
 /// other side was preempted) sets it to zero, because busy spinning would
 /// only delay the other side. Answers after a sleep say nothing about either
 /// and leave it alone.
-fn wait_change(w: Words<'_>, last: u32, spin: Duration, deadline: Option<Instant>) -> Wait {
+fn wait_change(w: Words<'_>, last: u32, spin: Duration, deadline: Option<Instant>, slice: Option<Duration>) -> Wait {
     let is_dead = || w.stop.load(Ordering::Acquire) != 0;
     let budget = Duration::from_nanos(w.budget.load(Ordering::Relaxed)).min(spin);
     let start = Instant::now();
     let mut turns = 0u32;
+    // Time spent so far, as of the last look at the clock (an answer seen
+    // while busy spinning took at most 16 more turns: no clock read for it;
+    // after a yield the clock is read again, the yield may have been long).
+    let mut el = Duration::ZERO;
+    let mut yielded = false;
     loop {
         let v = w.word.load(Ordering::Acquire);
         if v != last {
-            let took = start.elapsed();
+            let took = if yielded { start.elapsed() } else { el };
             let next = if took <= QUICK_ANSWER.max(budget) {
                 BUSY_SPIN
             } else {
@@ -628,17 +652,23 @@ fn wait_change(w: Words<'_>, last: u32, spin: Duration, deadline: Option<Instant
         // Reading the clock costs more than a pause: look every 16 turns.
         turns = turns.wrapping_add(1);
         if budget.is_zero() || turns % 16 == 0 || turns > 256 {
-            let el = start.elapsed();
+            el = start.elapsed();
             if el >= spin {
                 break;
             }
             if el >= budget {
                 std::thread::yield_now();
+                yielded = true;
                 continue;
             }
         }
         std::hint::spin_loop();
     }
+    let deadline = match (deadline, slice) {
+        (Some(d), Some(s)) => Some(Instant::now().checked_add(s).map_or(d, |e| d.min(e))),
+        (None, Some(s)) => Instant::now().checked_add(s),
+        (d, None) => d,
+    };
     loop {
         let timeout = match deadline {
             Some(d) => {
@@ -812,7 +842,12 @@ mod tests {
             host.poke();
             host.post_request(REQ_CALL, id, 3, payload);
             assert_eq!(
-                host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(10)),
+                host.wait_response(
+                    last,
+                    Duration::ZERO,
+                    Instant::now() + Duration::from_secs(10),
+                    Duration::MAX
+                ),
                 Wait::Changed(last + 1)
             );
             let resp = host.response();
@@ -899,16 +934,41 @@ mod tests {
             host.resp_seq(),
             Duration::from_micros(50),
             start + Duration::from_millis(30),
+            Duration::MAX,
         );
         assert_eq!(w, Wait::TimedOut);
         assert!(start.elapsed() >= Duration::from_millis(30));
+        // A slice ends the sleep before the deadline.
+        let start = Instant::now();
+        let w = host.wait_response(
+            host.resp_seq(),
+            Duration::ZERO,
+            start + Duration::from_secs(60),
+            Duration::from_millis(20),
+        );
+        assert_eq!(w, Wait::TimedOut);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(20) && took < Duration::from_secs(30),
+            "{took:?}"
+        );
         let last = host.resp_seq();
         host.mark_dead();
         assert!(host.is_dead());
         // The sequence moved (no missed wake-up) and the flag says why.
-        let w = host.wait_response(last, Duration::ZERO, Instant::now() + Duration::from_secs(5));
+        let w = host.wait_response(
+            last,
+            Duration::ZERO,
+            Instant::now() + Duration::from_secs(5),
+            Duration::MAX,
+        );
         assert_eq!(w, Wait::Changed(last + 1));
-        let w = host.wait_response(last + 1, Duration::ZERO, Instant::now() + Duration::from_secs(5));
+        let w = host.wait_response(
+            last + 1,
+            Duration::ZERO,
+            Instant::now() + Duration::from_secs(5),
+            Duration::MAX,
+        );
         assert_eq!(w, Wait::Dead);
     }
 

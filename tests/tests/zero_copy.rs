@@ -231,3 +231,29 @@ fn plugins_with_host_imports_answer_through_the_socket_conversation() {
     let s: String = bulkhead_shared::wire::decode(&reply).unwrap();
     assert_eq!(s, "got value-of-k1");
 }
+
+#[test]
+fn guards_on_a_pool_never_see_each_others_bytes() {
+    let sup = supervisor();
+    let p = sup.load(spec("fx-basic").workers(3)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let p = &p;
+            s.spawn(move || {
+                for i in 0..150usize {
+                    let data = pattern(1000 + (t * 7 + i) % 3000, t * 1000 + i);
+                    let reply = p
+                        .call_raw_filled(basic::ECHO_RAW, data.len(), |b| b.copy_from_slice(&data))
+                        .unwrap();
+                    // Other threads' calls run meanwhile on the other workers;
+                    // none of them may write into the area this guard reads.
+                    for _ in 0..3 {
+                        std::thread::yield_now();
+                        assert!(*reply == *data, "thread {t}, call {i}");
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(p.stats().ok, 600);
+}
