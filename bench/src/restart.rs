@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bulkhead::{Backoff, CallError, Plugin, PluginSpec, RestartPolicy, Sandbox, Supervisor};
 use bulkhead_tests::{basic, Fixtures};
 
-use crate::{measure, summarize, us, Report, Summary};
+use crate::{summarize, us, Report, Summary};
 
 /// Crashes `plugin`'s worker `n` times and times the next good answer after
 /// each crash; `between` runs after each sample.
@@ -58,11 +58,15 @@ pub fn rows(fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize)
                 &back_to_back,
                 "",
             );
-            let spawn = measure(2, scale(40), || {
-                let p = sup.load(PluginSpec::new(&lib).sandbox(sandbox.clone())).unwrap();
-                drop(p);
+            let mut loads = Vec::new();
+            for _ in 0..scale(40) + 2 {
                 std::thread::sleep(Duration::from_millis(20));
-            });
+                let t = Instant::now();
+                let p = sup.load(PluginSpec::new(&lib).sandbox(sandbox.clone())).unwrap();
+                loads.push(t.elapsed());
+                drop(p);
+            }
+            let spawn = summarize(loads.split_off(2));
             report.json("spawn", &format!("load_to_ready_{how}_{subject}"), &spawn, "");
             got.push((spaced, back_to_back, spawn));
         }
@@ -85,7 +89,7 @@ pub fn rows(fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize)
             format!("spawn → ready (load), {label}"),
             format!("{} / {}", us(fs_spawn.median), us(fs_spawn.p99)),
             format!(
-                "median / p99, fork + {}dlopen + construct + handshake; **{:.2}× exec** ({} / {})",
+                "median / p99, loads 20 ms apart: fork + {}dlopen + construct + handshake; **{:.2}× exec** ({} / {})",
                 if sandbox.is_enabled() {
                     "own user/pid/mount/ipc namespaces + mounts + Landlock + seccomp + "
                 } else {
