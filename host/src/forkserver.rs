@@ -221,6 +221,18 @@ struct ForkServer {
 }
 
 impl ForkServer {
+    /// A server process just started, talking on `chan`.
+    fn new(child: Child, chan: OwnedFd) -> ForkServer {
+        ForkServer {
+            pid: child.id(),
+            chan,
+            child,
+            blanks: Vec::new(),
+            dead_blanks: 0,
+            gone: false,
+        }
+    }
+
     fn start(command: &ServerCommand, policy: &SandboxPolicy, netns_of: Option<u32>) -> Result<ForkServer, String> {
         let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
         let mut cmd = Command::new(&command.worker);
@@ -241,14 +253,7 @@ impl ForkServer {
         // are children of the thread that started it, and their parent-death
         // signal fires when that thread ends.
         let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.display()))?;
-        let mut server = ForkServer {
-            pid: child.id(),
-            chan: ours,
-            child,
-            blanks: Vec::new(),
-            dead_blanks: 0,
-            gone: false,
-        };
+        let mut server = ForkServer::new(child, ours);
         forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
             .map_err(|e| format!("sending the profile: {e}"))?;
         // (Blanks that announce themselves meanwhile are taken in on the way.)
@@ -429,15 +434,7 @@ mod tests {
             assert_eq!(fds.len(), 3, "socket, stdout and stderr travel with the request");
             reply(&theirs);
         });
-        let server = ForkServer {
-            pid: child.id(),
-            chan: ours,
-            child,
-            blanks: Vec::new(),
-            dead_blanks: 0,
-            gone: false,
-        };
-        (server, peer)
+        (ForkServer::new(child, ours), peer)
     }
 
     fn spawn(server: &mut ForkServer, within: Duration) -> Result<Forked, SpawnError> {

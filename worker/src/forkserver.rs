@@ -104,11 +104,25 @@ const MAX_OWED: u32 = 8;
 /// does not depend on the plugin) and then waits for its assignment from the
 /// host. Returns its pid.
 fn fork_blank(chan: &OwnedFd) -> Result<i32, String> {
-    // SAFETY: as in `spawn`: a fork-like clone of this single-threaded process.
+    match fork_for_host()? {
+        0 => become_blank(chan),
+        pid => Ok(pid),
+    }
+}
+
+/// Forks this (single-threaded) server into a child of the *host*: returns
+/// the child's pid in the server, 0 in the child.
+fn fork_for_host() -> Result<i32, String> {
+    // SAFETY: a raw `clone` with neither CLONE_VM nor a new stack behaves like
+    // `fork`: the child gets a copy-on-write copy of this single-threaded
+    // process, so no lock can be held by a thread that does not exist there.
+    // CLONE_PARENT makes the host (our parent) the child's parent. glibc's
+    // cached thread id is stale in the child, but nothing the child relies on
+    // reads it (glibc ≥ 2.34 `raise` asks the kernel for the tid, and the
+    // sandboxed plugin itself runs in a grandchild made by a real `fork`).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
-        0 => become_blank(chan),
-        p if p > 0 => Ok(p as i32),
+        p if p >= 0 => Ok(p as i32),
         _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
     }
 }
@@ -219,18 +233,9 @@ fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, library: bool) ->
     if worker_args.hold_netns || worker_args.fork_server {
         return Err("a forked worker cannot be a holder or a fork-server".into());
     }
-    // SAFETY: a raw `clone` with neither CLONE_VM nor a new stack behaves like
-    // `fork`: the child gets a copy-on-write copy of this single-threaded
-    // process, so no lock can be held by a thread that does not exist there.
-    // CLONE_PARENT makes the host (our parent) the child's parent. glibc's
-    // cached thread id is stale in the child, but nothing the child relies on
-    // reads it (glibc ≥ 2.34 `raise` asks the kernel for the tid, and the
-    // sandboxed plugin itself runs in a grandchild made by a real `fork`).
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
-    match pid {
+    match fork_for_host()? {
         0 => become_worker(chan, fds, worker_args),
-        p if p > 0 => Ok(p as i32),
-        _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
+        pid => Ok(pid),
     }
 }
 

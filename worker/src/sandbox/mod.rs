@@ -72,7 +72,20 @@ pub(crate) struct Plan<'a> {
     pub(crate) netns_of: Option<i32>,
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
+    /// The plan of `policy`, with no library (the caller adds it if it has one).
+    fn new(policy: &'a SandboxPolicy, netns_of: Option<i32>) -> Plan<'a> {
+        let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
+        Plan {
+            policy,
+            library: None,
+            library_path: None,
+            read: policy.read.iter().map(os).collect(),
+            write: policy.write.iter().map(os).collect(),
+            netns_of,
+        }
+    }
+
     /// Whether `layer` is asked for.
     pub(crate) fn wants(&self, layer: Layer) -> bool {
         self.policy.layers.contains(layer)
@@ -131,15 +144,7 @@ pub fn prepare_profile(policy: &SandboxPolicy, netns_of: Option<i32>) -> Result<
                 return Err(format!("the policy leaves out {layer}"));
             }
         }
-        let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
-        let plan = Plan {
-            policy,
-            library: None,
-            library_path: None,
-            read: policy.read.iter().map(os).collect(),
-            write: policy.write.iter().map(os).collect(),
-            netns_of,
-        };
+        let plan = Plan::new(policy, netns_of);
         identity::drop_root(&plan, &mut report).map_err(|f| f.to_string())?;
         let ns = namespaces::unshare(&plan, &mut report, namespaces::Stage::Profile);
         if !report.state(Layer::UserNs).is_enforced() || !ns.mount {
@@ -190,15 +195,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     if !policy.enabled() {
         return Ok(());
     }
-    let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
-    let plan = Plan {
-        policy,
-        library: None,
-        library_path: None,
-        read: policy.read.iter().map(os).collect(),
-        write: policy.write.iter().map(os).collect(),
-        netns_of: None,
-    };
+    let plan = Plan::new(policy, None);
     let mut report = staged.report.clone();
     let helper_processes = isolate(&plan, &mut report, true)?;
     landlock::prepare(&plan);
@@ -304,20 +301,14 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
             helper_processes: 0,
         });
     }
-    let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
-    let mut plan = Plan {
-        policy,
-        // Opened now, with the identity the host gave us: the sandboxed worker
-        // loads it through its descriptor, so neither a directory on the way it
-        // could not search (a root host's worker runs as uid 65534) nor the
-        // minimal filesystem view stands between it and its library; only the
-        // file's own permissions count. (A forked worker got it from the host.)
-        library_path: library.map(Path::to_path_buf),
-        library: library.and_then(|p| preopened.or_else(|| mounts::open_owned(p, nix::fcntl::OFlag::O_RDONLY).ok())),
-        read: policy.read.iter().map(os).collect(),
-        write: policy.write.iter().map(os).collect(),
-        netns_of,
-    };
+    let mut plan = Plan::new(policy, netns_of);
+    // Opened now, with the identity the host gave us: the sandboxed worker
+    // loads it through its descriptor, so neither a directory on the way it
+    // could not search (a root host's worker runs as uid 65534) nor the
+    // minimal filesystem view stands between it and its library; only the
+    // file's own permissions count. (A forked worker got it from the host.)
+    plan.library_path = library.map(Path::to_path_buf);
+    plan.library = library.and_then(|p| preopened.or_else(|| mounts::open_owned(p, nix::fcntl::OFlag::O_RDONLY).ok()));
 
     let prebuilt = PREBUILT.lock().unwrap_or_else(|e| e.into_inner()).take();
     let helper_processes = match prebuilt {
