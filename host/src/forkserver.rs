@@ -303,6 +303,13 @@ impl ForkServer {
         // Announcements that arrived since the last spawn, without waiting.
         while let Ok(None) = self.recv_one(Some(Instant::now())) {}
         while let Some(blank) = self.blanks.pop() {
+            // Its plugin process (which holds the channel) may outlive a blank
+            // that is already dead for a moment: ask the kernel first.
+            if has_exited(blank.pid) {
+                kill_and_reap(blank.pid);
+                self.dead_blanks += 1;
+                continue;
+            }
             let msg = forkserver::Assign {
                 args: args.to_vec(),
                 library,
@@ -383,6 +390,15 @@ fn own_child(pid: i32) -> Result<u32, SpawnError> {
             "reported pid {pid}, which is not a child of this host: {e}"
         ))),
     }
+}
+
+/// Whether child `pid` has exited (it is a zombie, not yet reaped).
+fn has_exited(pid: u32) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    !matches!(
+        waitid(Id::Pid(Pid::from_raw(pid as i32)), flags),
+        Ok(nix::sys::wait::WaitStatus::StillAlive)
+    )
 }
 
 /// SIGKILLs an unassigned blank's group and reaps it.
