@@ -180,9 +180,10 @@ static PREBUILT: Mutex<Option<Prebuilt>> = Mutex::new(None);
 
 /// In a worker a fork-server pre-forks (a *blank*): everything of the sandbox
 /// that does not depend on the plugin — its own user, pid, mount and ipc
-/// namespaces, the process split, the per-worker mounts, no capabilities —
-/// done ahead of time, so that an assignment only adds Landlock (which names
-/// the library), the late seccomp filter, limits and `dlopen`. Returns in the
+/// namespaces, the process split, the per-worker mounts, no capabilities, the
+/// Landlock ruleset (not yet enforced) and the late seccomp filter — done
+/// ahead of time, so that an assignment only adds the library's Landlock rule,
+/// limits and `dlopen`. Returns in the
 /// process that will load the plugin (pid 2); `Err` if any of it failed (the
 /// blank then exits, and the server forks the worker the ordinary way, which
 /// reports the failure properly).
@@ -199,7 +200,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     let mut report = staged.report.clone();
     let helper_processes = isolate(&plan, &mut report, true)?;
     landlock::prepare(&plan);
-    seccomp::prepare(&plan);
+    seccomp::apply(&plan, &mut report, seccomp::Part::Late);
     *PREBUILT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Prebuilt {
         report,
         helper_processes,
@@ -312,20 +313,25 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
 
     let prebuilt = PREBUILT.lock().unwrap_or_else(|e| e.into_inner()).take();
     let helper_processes = match prebuilt {
-        // A pre-forked worker isolated itself before it was assigned.
+        // A pre-forked worker isolated itself and attached its seccomp filter
+        // before it was assigned; Landlock names the library, so it is last.
         Some(done) => {
             report = done.report;
+            landlock::apply(&plan, &mut report);
             done.helper_processes
         }
-        None => isolate(&plan, &mut report, staged.is_some())?,
+        None => {
+            let helpers = isolate(&plan, &mut report, staged.is_some())?;
+            let part = if staged.is_some() {
+                seccomp::Part::Late
+            } else {
+                seccomp::Part::Full
+            };
+            landlock::apply(&plan, &mut report);
+            seccomp::apply(&plan, &mut report, part);
+            helpers
+        }
     };
-    let part = if staged.is_some() {
-        seccomp::Part::Late
-    } else {
-        seccomp::Part::Full
-    };
-    landlock::apply(&plan, &mut report);
-    seccomp::apply(&plan, &mut report, part);
 
     for layer in Layer::ALL {
         if policy.required.contains(layer) {

@@ -26,7 +26,6 @@
 //! also forbids the sandbox's own set-up calls from then on.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxReport};
 use seccompiler::{
@@ -65,7 +64,8 @@ pub enum Part {
     /// rules, which name the worker's own pid.
     Base,
     /// A forked worker's own share, on top of the inherited base: [`LATE`]
-    /// and the signal rules.
+    /// and the signal rules. A pre-forked worker attaches it before it is
+    /// assigned: it needs none of those calls afterwards.
     Late,
 }
 
@@ -94,36 +94,13 @@ pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport, part: Part) {
     report.set(Layer::Seccomp, state);
 }
 
-/// The late filter compiled ahead of time by a pre-forked worker ([`prepare`]).
-static PREPARED: Mutex<Option<(u64, BpfProgram)>> = Mutex::new(None);
-
-/// Compiles the late filter for this process ahead of time (a pre-forked
-/// worker does, before it is assigned), so that [`apply`] only attaches it.
-pub fn prepare(plan: &Plan<'_>) {
-    if !plan.wants(Layer::Seccomp) || plan.simulated_unavailable(Layer::Seccomp).is_some() {
-        return;
-    }
-    let me = std::process::id() as u64;
-    if let Ok(prog) = deny_rules(me, &plan.policy.net, Part::Late).and_then(|r| build(r, libc::EPERM as u32)) {
-        *PREPARED.lock().unwrap_or_else(|e| e.into_inner()) = Some((me, prog));
-    }
-}
-
 fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
     let me = std::process::id() as u64;
     if part != Part::Late {
         let enosys = build(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS as u32)?;
         apply_filter(&enosys).map_err(|e| format!("installing the filter: {e}"))?;
     }
-    let prepared = PREPARED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .filter(|(pid, _)| part == Part::Late && *pid == me);
-    let deny = match prepared {
-        Some((_, prog)) => prog,
-        None => build(deny_rules(me, &plan.policy.net, part)?, libc::EPERM as u32)?,
-    };
+    let deny = build(deny_rules(me, &plan.policy.net, part)?, libc::EPERM as u32)?;
     apply_filter(&deny).map_err(|e| format!("installing the filter: {e}"))?;
     Ok(())
 }
