@@ -7,8 +7,10 @@
 //! (`bulkhead_shared::forkserver`, a `SOCK_SEQPACKET` socket on fd 0), and
 //! every request is validated before anything is forked. After the profile
 //! message it prepares the sandbox's shared part on itself
-//! (`sandbox::prepare_profile`), then loops: one spawn request in, one fork,
-//! one answer out.
+//! (`sandbox::prepare_profile`), forks one *blank* (a worker that isolates
+//! itself ahead of time and waits for the host to assign it a plugin), then
+//! loops: a spawn request is one fork and one answer; a blank request is one
+//! more blank, forked a moment later.
 //!
 //! A worker is created with `clone(CLONE_PARENT)`, so its parent is the host,
 //! not the server: the host reaps it and reads its exit status and rusage as
@@ -80,9 +82,10 @@ pub fn serve(args: &Args) -> u8 {
                 Ok(pid) => FromServer::Spawned { pid },
                 Err(reason) => FromServer::SpawnFailed(reason),
             },
-            ToServer::Blank if fds.is_empty() && owed < MAX_OWED => {
-                // No answer: the blank announces itself.
-                owed += 1;
+            ToServer::Blank if fds.is_empty() => {
+                // No answer: the blank announces itself. (More than
+                // MAX_OWED at once is more than the host ever asks for.)
+                owed = (owed + 1).min(MAX_OWED);
                 due.get_or_insert(Instant::now() + BLANK_DELAY);
                 continue;
             }
@@ -150,7 +153,7 @@ fn become_blank(chan: &OwnedFd) -> ! {
             Err(e) => return Err(e.to_string()),
         };
         drop(assign);
-        let args = Args::parse(msg.args.into_iter())?;
+        let args = worker_args(msg.args)?;
         let expected = 3 + usize::from(msg.library);
         if fds.len() != expected {
             return Err(format!("{} descriptors for {expected} expected", fds.len()));
@@ -222,6 +225,15 @@ fn take_channel(args: &Args) -> Result<OwnedFd, String> {
     Ok(chan)
 }
 
+/// A forked worker's command line: a worker's, nothing else.
+fn worker_args(args: Vec<String>) -> Result<Args, String> {
+    let parsed = Args::parse(args.into_iter())?;
+    if parsed.hold_netns || parsed.fork_server {
+        return Err("a forked worker cannot be a holder or a fork-server".into());
+    }
+    Ok(parsed)
+}
+
 /// Forks one worker; returns its pid.
 fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, library: bool) -> Result<i32, String> {
     let expected = 3 + usize::from(library);
@@ -229,10 +241,7 @@ fn spawn(chan: &OwnedFd, fds: Vec<OwnedFd>, args: Vec<String>, library: bool) ->
         return Err(format!("{} descriptors for {expected} expected", fds.len()));
     }
     // Parsed here, so a bad command line is the host's error, not a dead worker.
-    let worker_args = Args::parse(args.into_iter())?;
-    if worker_args.hold_netns || worker_args.fork_server {
-        return Err("a forked worker cannot be a holder or a fork-server".into());
-    }
+    let worker_args = worker_args(args)?;
     match fork_for_host()? {
         0 => become_worker(chan, fds, worker_args),
         pid => Ok(pid),
