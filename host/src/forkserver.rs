@@ -31,7 +31,8 @@ use crate::worker_process::spawn_on_spawner;
 
 /// How long a new server may take to prepare its profile.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Consecutive failed starts after which a profile stops trying a server.
+/// Consecutive servers that failed to start, or broke before serving a
+/// spawn, after which a profile stops trying a server.
 const MAX_START_FAILURES: u32 = 3;
 
 /// A worker a fork-server made: the host's child, leader of its own group.
@@ -59,11 +60,11 @@ pub(crate) struct ForkServerSlot {
 }
 
 enum SlotState {
-    /// Not running; the next spawn starts one.
-    Idle {
-        failures: u32,
-    },
-    Running(ForkServer),
+    /// Not running; the next spawn starts one. `failures`: consecutive
+    /// servers that did not start or broke before serving a spawn.
+    Idle { failures: u32 },
+    /// Running; `failures` as above, reset by a spawn it serves.
+    Running { server: ForkServer, failures: u32 },
     /// This profile cannot use a server here (said once, at `debug`), or the
     /// supervisor is shutting down.
     Off,
@@ -101,9 +102,10 @@ impl ForkServerSlot {
     ) -> Option<Forked> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.ensure_started(&mut state);
-        let SlotState::Running(server) = &mut *state else {
+        let SlotState::Running { server, failures } = &mut *state else {
             return None;
         };
+        let failures = std::mem::take(failures);
         let lib = library.and_then(|p| {
             // Nonblocking, so a path that names a FIFO cannot stall the host;
             // the worker reopens it through /proc/self/fd anyway.
@@ -127,7 +129,10 @@ impl ForkServerSlot {
             }
             Err(SpawnError::Broken(why)) => {
                 tracing::warn!(target: "bulkhead::supervision", pid = server.pid, %why, "fork-server failed; it is replaced on the next spawn");
-                *state = SlotState::Idle { failures: 0 };
+                // A server that breaks before serving anything counts as one
+                // that did not start: enough of them in a row and workers are
+                // exec'd from then on.
+                *state = SlotState::Idle { failures: failures + 1 };
                 None
             }
         }
@@ -136,8 +141,13 @@ impl ForkServerSlot {
     /// Starts the server if none runs (and starting has not failed for good).
     fn ensure_started(&self, state: &mut SlotState) {
         if let SlotState::Idle { failures } = *state {
+            if failures >= MAX_START_FAILURES {
+                tracing::debug!(target: "bulkhead::supervision", "fork-servers keep failing for this sandbox profile; workers are started with exec");
+                *state = SlotState::Off;
+                return;
+            }
             *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
-                Ok(server) => SlotState::Running(server),
+                Ok(server) => SlotState::Running { server, failures },
                 Err(why) if failures + 1 >= MAX_START_FAILURES => {
                     tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
                     SlotState::Off
@@ -155,7 +165,7 @@ impl ForkServerSlot {
     pub(crate) fn wait_for_blank(&self, deadline: Instant) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.ensure_started(&mut state);
-        let SlotState::Running(server) = &mut *state else {
+        let SlotState::Running { server, .. } = &mut *state else {
             return false;
         };
         while server.blanks.is_empty() {
@@ -169,7 +179,7 @@ impl ForkServerSlot {
     /// The running server's pid, if any (for tests and diagnostics).
     pub(crate) fn server_pid(&self) -> Option<u32> {
         match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            SlotState::Running(s) => Some(s.pid),
+            SlotState::Running { server, .. } => Some(server.pid),
             _ => None,
         }
     }
