@@ -255,14 +255,20 @@ impl Pool {
         let _entered = span.enter();
         self.counters.call_started();
         let result = self.call_inner(method, payload, start, limit, target, &span, f);
-        if matches!(result, Err(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
-            // Not a call of this pool: the plugin runs it again on its new one.
+        self.call_done(&span, start, result.as_ref().err());
+        result
+    }
+
+    /// Counts a finished call (and records its metrics), or a call this pool
+    /// gave up because a reload retired it: the plugin runs that one again on
+    /// its new pool.
+    fn call_done(&self, span: &tracing::Span, start: Instant, error: Option<&CallError>) {
+        if matches!(error, Some(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
             self.counters.call_retried();
         } else {
-            self.counters.call_finished(result.as_ref().err());
-            self.metrics.call_done(&span, start, result.as_ref().err());
+            self.counters.call_finished(error);
+            self.metrics.call_done(span, start, error);
         }
-        result
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -349,12 +355,7 @@ impl Pool {
                 }
             }
         });
-        if matches!(result, Err(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
-            self.counters.call_retried();
-        } else {
-            self.counters.call_finished(result.as_ref().err());
-            self.metrics.call_done(&span, start, result.as_ref().err());
-        }
+        self.call_done(&span, start, result.as_ref().err());
         result
     }
 
