@@ -67,6 +67,9 @@ fn drop_and_shutdown_leave_no_children() {
     let sup = supervisor();
     let p = sup.load(spec("fx-basic")).unwrap();
     drop(p);
+    // The server forks its next blank a moment after the last one was taken:
+    // wait for it to be there (announced to the host) before counting.
+    assert!(sup.wait_for_blank(&spec("fx-basic"), std::time::Instant::now() + Duration::from_secs(20)));
     let server = sup.fork_server_pid().expect("a fork-server");
     let left = my_children();
     let mut roles: Vec<String> = left
