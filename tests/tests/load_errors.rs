@@ -18,12 +18,29 @@ fn liar(mode: &str) -> PluginSpec {
     spec("fx-liar").env("BULKHEAD_LIAR", mode)
 }
 
-fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulkhead-load-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
-    p
+/// A scratch directory for one test's files, removed when it is dropped
+/// (copies of a fixture library are tens of MiB; left behind, they added up
+/// in `/tmp` run after run).
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("bulkhead-load-errors-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -42,15 +59,15 @@ fn directory() {
 
 #[test]
 fn empty_and_text_files() {
-    let r = rejected(PluginSpec::new(temp_file("empty.so", b"")));
+    let scratch = Scratch::new("text");
+    let r = rejected(PluginSpec::new(scratch.file("empty.so", b"")));
     assert!(
         matches!(&r, LoadFailure::NotElf { reason } if reason.contains("0 bytes")),
         "{r:?}"
     );
-    let r = rejected(PluginSpec::new(temp_file(
-        "text.so",
-        b"#!/bin/sh\necho this is not a library at all\n",
-    )));
+    let r = rejected(PluginSpec::new(
+        scratch.file("text.so", b"#!/bin/sh\necho this is not a library at all\n"),
+    ));
     assert!(
         matches!(&r, LoadFailure::NotElf { reason } if reason.contains("magic")),
         "{r:?}"
@@ -61,7 +78,8 @@ fn empty_and_text_files() {
 fn foreign_architecture() {
     let mut elf = std::fs::read(fixtures().lib("fx-basic")).unwrap();
     elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
-    let r = rejected(PluginSpec::new(temp_file("aarch64.so", &elf)));
+    let scratch = Scratch::new("arch");
+    let r = rejected(PluginSpec::new(scratch.file("aarch64.so", &elf)));
     assert!(
         matches!(
             r,
@@ -80,8 +98,11 @@ fn truncated_library() {
     let elf = std::fs::read(fixtures().lib("fx-basic")).unwrap();
     // dlopen itself would die of SIGBUS mapping past the end of the file; the
     // worker checks the ELF tables against the file size first.
+    let scratch = Scratch::new("truncated");
     for cut in [100, 4096, elf.len() / 2, elf.len() - 1] {
-        let r = rejected(PluginSpec::new(temp_file(&format!("truncated-{cut}.so"), &elf[..cut])));
+        let r = rejected(PluginSpec::new(
+            scratch.file(&format!("truncated-{cut}.so"), &elf[..cut]),
+        ));
         assert!(
             matches!(&r, LoadFailure::NotElf { reason } if reason.contains("truncated")),
             "{cut}: {r:?}"
