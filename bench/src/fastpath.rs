@@ -415,30 +415,9 @@ fn busy_core_rows(
 /// CPU time of this process and every descendant (workers, their sandbox
 /// helpers), from `/proc/<pid>/stat` (utime + stime, clock ticks).
 fn tree_cpu_ticks() -> (u64, usize) {
-    let me = std::process::id();
-    let procs = bulkhead_tests::all_processes();
-    let mut tree = vec![me];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
-    let ticks = tree.iter().map(|&pid| cpu_ticks(pid)).sum();
+    let tree = bulkhead_tests::process_tree(std::process::id());
+    let ticks = tree.iter().map(|&pid| bulkhead_tests::cpu_ticks(pid)).sum();
     (ticks, tree.len())
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name: state is field 3; utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(14) + get(15)
 }
 
 /// 10 plugins loaded and called once, then idle for 10 s: CPU used meanwhile

@@ -246,6 +246,32 @@ pub fn my_children() -> Vec<(u32, char)> {
         .collect()
 }
 
+/// `root` and every descendant of it (a sandboxed worker is three processes).
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let all = all_processes();
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    out
+}
+
+/// CPU time (utime + stime, in clock ticks) process `pid` has used; 0 if it
+/// is gone.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is field 3; utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(14) + get(15)
+}
+
 /// Live processes in process group `pgrp`.
 pub fn group_members(pgrp: u32) -> Vec<u32> {
     all_processes()

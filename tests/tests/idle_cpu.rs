@@ -4,32 +4,7 @@
 
 use std::time::Duration;
 
-use bulkhead_tests::{basic, spec, supervisor};
-
-/// utime + stime of `pid` in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Field 3 (state) is f[0]; utime and stime are fields 14 and 15.
-    let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(14) + get(15)
-}
-
-/// Every descendant of `root` (sandboxed workers are three processes).
-fn tree(root: u32) -> Vec<u32> {
-    let all = bulkhead_tests::all_processes();
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let parent = out[i];
-        out.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
-    out
-}
+use bulkhead_tests::{basic, cpu_ticks, process_tree, spec, supervisor};
 
 #[test]
 fn idle_workers_and_host_use_no_cpu() {
@@ -42,7 +17,7 @@ fn idle_workers_and_host_use_no_cpu() {
         }
     }
     let me = std::process::id();
-    let workers: Vec<u32> = tree(me).into_iter().filter(|&p| p != me).collect();
+    let workers: Vec<u32> = process_tree(me).into_iter().filter(|&p| p != me).collect();
     assert!(workers.len() >= 3, "{workers:?}");
     let before: Vec<u64> = workers.iter().map(|&p| cpu_ticks(p)).collect();
     let host_before = cpu_ticks(me);
