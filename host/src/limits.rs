@@ -1,6 +1,29 @@
 //! Per-plugin resource limits, applied by the worker to itself before the plugin
 //! is loaded.
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// `RLIMIT_NOFILE` of a worker whose [`Limits`] set none (soft and hard, so
+/// the plugin cannot raise it). Linux checks descriptors a process has in
+/// flight over Unix sockets (`SCM_RIGHTS`, counted per user) against the
+/// *sender's* limit: a worker capped here cannot park more than about this
+/// many, so a host whose own limit is higher can still send its descriptors.
+pub const DEFAULT_OPEN_FILES: u64 = 1024;
+
+/// Raises this (host) process's soft `RLIMIT_NOFILE` to its hard limit, so
+/// that the per-user count of descriptors in flight, which workers sharing
+/// the host's uid push up, is checked against the highest limit the host may
+/// have. Best effort: a failure leaves the limit as it was.
+pub(crate) fn raise_own_nofile() {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(target: "bulkhead", "raising RLIMIT_NOFILE from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
 /// Resource limits for a plugin's worker processes (`setrlimit`). Unset limits
 /// are inherited from the host. Core dumps are off unless enabled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,7 +36,9 @@ pub struct Limits {
     /// `RLIMIT_CPU`: CPU seconds. At the limit the worker gets SIGXCPU, one
     /// second later SIGKILL. Default: unset.
     pub cpu_seconds: Option<u64>,
-    /// `RLIMIT_NOFILE`: maximum open file descriptors. Default: unset.
+    /// `RLIMIT_NOFILE`: maximum open file descriptors, soft and hard.
+    /// Default: unset, which means [`DEFAULT_OPEN_FILES`] (1024) — not the
+    /// host's, which `Supervisor::build` raises to its hard limit.
     pub open_files: Option<u64>,
     /// `RLIMIT_NPROC`: maximum processes (threads included) of the worker.
     /// Under the default sandbox each worker has its own user namespace, where
@@ -21,7 +46,9 @@ pub struct Limits {
     /// so the limit binds even for a root host (real root is exempt from it).
     /// Without the sandbox Linux counts every process of the host's uid, and
     /// not at all for root. Default: unset — which, for a worker in a user
-    /// namespace of its own (the default sandbox), means 1024.
+    /// namespace of its own (the default sandbox), means 256: enough for a
+    /// tokio runtime and a rayon pool of a few dozen threads each, while about
+    /// 128 workers, not 32, would be needed to use up a `pid_max` of 32,768.
     pub processes: Option<u64>,
     /// `RLIMIT_FSIZE`: largest file the plugin may write, in bytes. A write past
     /// it raises SIGXFSZ, which kills the worker unless the plugin ignores the
@@ -78,7 +105,7 @@ impl Limits {
         };
         push("--limit-as", self.address_space);
         push("--limit-cpu", self.cpu_seconds);
-        push("--limit-nofile", self.open_files);
+        push("--limit-nofile", Some(self.open_files.unwrap_or(DEFAULT_OPEN_FILES)));
         push("--limit-nproc", self.processes);
         push("--limit-fsize", self.file_size);
         if self.core_dumps {
@@ -94,7 +121,7 @@ mod tests {
 
     #[test]
     fn args() {
-        assert!(Limits::new().to_args().is_empty());
+        assert_eq!(Limits::new().to_args(), ["--limit-nofile", "1024"]);
         let l = Limits::new()
             .address_space(1 << 30)
             .cpu_seconds(2)

@@ -478,6 +478,10 @@ impl Pool {
         }
     }
 
+    /// Takes a free slot for a call started at `start`, waiting until
+    /// `deadline` at most. A slot obtained at or after the deadline is given
+    /// back and the call gets `Busy` (or `Backoff`): only a worker's own
+    /// overrun may cost it its life, never the host's delay in handing it work.
     fn acquire(&self, start: Instant, deadline: Instant) -> Result<SlotGuard<'_>, CallError> {
         let slot = match self.idle_rx.try_recv() {
             Ok(slot) => slot,
@@ -506,6 +510,13 @@ impl Pool {
             // slots, or to the next waiter.
             let _ = self.idle_tx.try_send(slot);
             return Err(CallError::ShutDown);
+        }
+        if Instant::now() >= deadline {
+            // The deadline passed before the call reached a worker (the host
+            // was slow, or the timeout was zero): the call never started, so
+            // no worker is charged with it and the slot goes back untouched.
+            self.put_back(slot);
+            return Err(self.busy_or_backoff(start));
         }
         Ok(SlotGuard { pool: self, slot })
     }

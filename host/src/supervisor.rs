@@ -193,6 +193,7 @@ impl SupervisorBuilder {
             .collect();
         probe_env.extend(worker_env.iter().cloned());
         probe::check(&worker, &worker_args, &probe_env, !worker_args.is_empty())?;
+        crate::limits::raise_own_nofile();
         Ok(Supervisor {
             core: Arc::new(Core {
                 worker,

@@ -25,6 +25,7 @@ pub const FIXTURES: &[&str] = &[
     "fx-hostile",
     "fx-stream",
     "fx-host",
+    "fx-hog",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).
@@ -84,6 +85,16 @@ pub mod hostile {
     pub const HIJACK: u32 = 20;
     pub const ABSTRACT_LISTEN: u32 = 21;
     pub const ABSTRACT_CONNECT: u32 = 22;
+}
+
+/// Slots of the `Hog` interface (fx-hog: one shared resource per method).
+pub mod hog {
+    pub const THREADS: u32 = 0;
+    pub const FDS_IN_FLIGHT: u32 = 1;
+    pub const INOTIFY_INSTANCES: u32 = 2;
+    pub const MEMFD: u32 = 3;
+    pub const OOM_SCORE_ADJ: u32 = 4;
+    pub const RAISE_NOFILE: u32 = 5;
 }
 
 /// Slots of the `Blob` interface (Arena).

@@ -420,8 +420,8 @@ fn a_fork_bomb_stops_at_the_sandbox_default() {
     let p = hostile(&sup, Sandbox::strict());
     let forked: i64 = p.call(hostile::FORK_BOMB, &(1100u32,)).unwrap();
     assert!(
-        (1..1024).contains(&forked),
-        "{forked} forks under the default limit of 1024 tasks"
+        (1..256).contains(&forked),
+        "{forked} forks under the default limit of 256 tasks"
     );
 }
 

@@ -105,13 +105,25 @@ pub fn prepare(args: &Args) -> Result<UnixStream, String> {
     Ok(UnixStream::from(sock))
 }
 
-/// What every process the host starts does first: die with the host, and
-/// `no_new_privs`.
+/// `oom_score_adj` of every process the host starts (the maximum): under
+/// memory pressure the kernel's OOM killer takes a worker before the host.
+pub const OOM_SCORE_ADJ: i32 = 1000;
+
+/// What every process the host starts does first: die with the host,
+/// [`OOM_SCORE_ADJ`] (inherited by everything it forks), and `no_new_privs`.
 pub fn hygiene(args: &Args) -> Result<(), String> {
     if let Some(p) = args.parent_pid {
         let _ = PARENT.set(Pid::from_raw(p));
     }
     die_with_parent()?;
+    // Raising one's own score needs no privilege. Without a /proc (a chroot)
+    // there is nothing to set.
+    match std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ.to_string()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("write /proc/self/oom_score_adj: {e}"))
+        }
+        _ => {}
+    }
     prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))
 }
 
@@ -155,8 +167,11 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), String> {
 /// Process (and thread) limit of a worker in its own user namespace when the
 /// host sets none: a fork bomb stops here instead of at the machine's limits.
 /// Only applied with a user namespace, where Linux counts per worker; without
-/// one `RLIMIT_NPROC` would count every process of the host's uid.
-pub const SANDBOX_DEFAULT_NPROC: u64 = 1024;
+/// one `RLIMIT_NPROC` would count every process of the host's uid. Well
+/// below Linux's default of 1024 per user namespace, so that many workers
+/// cannot use up the machine's process ids, and well above what a tokio
+/// runtime plus a rayon pool need on a machine of a few dozen cores.
+pub const SANDBOX_DEFAULT_NPROC: u64 = 256;
 
 /// Applies the resource limits to this process (the one that loads the
 /// plugin). `helpers` is how many processes the sandbox itself keeps under the

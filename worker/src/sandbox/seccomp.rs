@@ -172,6 +172,14 @@ fn deny_rules(me: u64, net: &NetPolicy, part: Part) -> Result<BTreeMap<i64, Vec<
         libc::SYS_acct,
         libc::SYS_quotactl,
         libc::SYS_syslog,
+        // Memory no address-space limit counts, and per-user instance counts
+        // shared with the host (issue 17).
+        libc::SYS_memfd_create,
+        libc::SYS_memfd_secret,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_inotify_init,
+        libc::SYS_inotify_init1,
+        libc::SYS_fanotify_init,
         #[cfg(target_arch = "x86_64")]
         libc::SYS_iopl,
         #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,192 @@
+//! Resource containment: a plugin cannot take from the machine, the host or
+//! its neighbours what they share — tasks, descriptors, per-user kernel
+//! counts, memory the address-space limit does not see — and the host's own
+//! delays never cost a healthy worker its life. Each protection is shown
+//! effective by a control run without it. Attacks on what a non-root host
+//! shares with its workers (their uid) run in a child host (`hog_host`)
+//! under an unused uid.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bulkhead::{CallError, Limits, Sandbox};
+use bulkhead_tests::{basic, fixtures, hog, hostile, plugin_process, spec, supervisor, wait_gone};
+
+const GENEROUS: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_call_whose_deadline_passed_before_dispatch_is_busy_and_spares_the_worker() {
+    let sup = supervisor();
+    let p = sup.load(spec("fx-basic").workers(1)).unwrap();
+    let pid: u32 = p.call(basic::PID, &()).unwrap();
+    // A deadline that has passed by the time the call reaches a worker.
+    let late = p.call_with_timeout::<_, i64>(basic::ADD, &(1i64, 2i64), Duration::ZERO);
+    assert!(matches!(late, Err(CallError::Busy { .. })), "{late:?}");
+    // The same worker serves the next call: it was not charged with a timeout.
+    assert_eq!(p.call::<_, u32>(basic::PID, &()).unwrap(), pid);
+    assert_eq!(p.worker_pids().len(), 1);
+    let stats = p.stats();
+    assert_eq!(stats.timeouts, 0, "{stats:?}");
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_default_task_limit_and_threads_still_start() {
+    let sup = supervisor();
+    let p = sup.load(spec("fx-hostile")).unwrap();
+    let forked: i64 = p.call(hostile::FORK_BOMB, &(600u32,)).unwrap();
+    assert!(
+        (1..256).contains(&forked),
+        "{forked} forks under the default of 256 tasks"
+    );
+    // Control: with the limit raised, the same bomb gets further.
+    let raised = sup
+        .load(spec("fx-hostile").limits(Limits::new().processes(1024)))
+        .unwrap();
+    let forked: i64 = raised.call(hostile::FORK_BOMB, &(600u32,)).unwrap();
+    assert_eq!(forked, 600, "with a limit of 1024 tasks");
+    // A plugin's own thread pools (tokio, rayon: one thread per core each)
+    // fit well under the default.
+    let h = sup.load(spec("fx-hog")).unwrap();
+    let started: i64 = h.call(hog::THREADS, &(160u32,)).unwrap();
+    assert_eq!(started, 160);
+}
+
+#[test]
+fn a_worker_keeps_the_default_open_files_limit() {
+    let sup = supervisor();
+    for sandbox in [Sandbox::strict(), Sandbox::none()] {
+        let h = sup.load(spec("fx-hog").sandbox(sandbox.clone())).unwrap();
+        let raised: i64 = h.call(hog::RAISE_NOFILE, &()).unwrap();
+        assert_eq!(raised, 1024, "{sandbox:?}: the plugin cannot raise its hard limit");
+        // Control: the limit is the one the spec sets.
+        let h = sup
+            .load(
+                spec("fx-hog")
+                    .sandbox(sandbox.clone())
+                    .limits(Limits::new().open_files(4096)),
+            )
+            .unwrap();
+        assert_eq!(h.call::<_, i64>(hog::RAISE_NOFILE, &()).unwrap(), 4096, "{sandbox:?}");
+    }
+}
+
+#[test]
+fn memfd_and_inotify_are_refused_under_the_default_sandbox() {
+    let sup = supervisor();
+    let h = sup.load(spec("fx-hog")).unwrap();
+    assert_eq!(h.call::<_, i64>(hog::MEMFD, &(64u64,)).unwrap(), -(libc::EPERM as i64));
+    assert_eq!(
+        h.call::<_, i64>(hog::INOTIFY_INSTANCES, &(4u32,)).unwrap(),
+        -(libc::EPERM as i64)
+    );
+    // Control: without the sandbox both succeed (64 MiB, 4 instances).
+    let open = sup.load(spec("fx-hog").sandbox(Sandbox::none())).unwrap();
+    assert_eq!(open.call::<_, i64>(hog::MEMFD, &(64u64,)).unwrap(), 64 << 20);
+    assert_eq!(open.call::<_, i64>(hog::INOTIFY_INSTANCES, &(4u32,)).unwrap(), 4);
+}
+
+#[test]
+fn the_oom_killer_takes_a_worker_before_the_host() {
+    let sup = supervisor();
+    let own: i64 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(own < 1000, "the test host's own score is {own}");
+    for sandbox in [Sandbox::strict(), Sandbox::none()] {
+        let h = sup.load(spec("fx-hog").sandbox(sandbox.clone())).unwrap();
+        assert_eq!(h.call::<_, i64>(hog::OOM_SCORE_ADJ, &()).unwrap(), 1000, "{sandbox:?}");
+        for pid in h.worker_pids() {
+            let outer = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+            assert_eq!(outer.trim(), "1000", "{sandbox:?}: worker {pid}");
+            let inner = plugin_process(pid);
+            let inner = std::fs::read_to_string(format!("/proc/{inner}/oom_score_adj")).unwrap();
+            assert_eq!(inner.trim(), "1000", "{sandbox:?}: plugin process of {pid}");
+        }
+    }
+}
+
+/// Output of one `hog_host` run, as uid/gid `uid`.
+fn hog_host(uid: u32, attack: &str, mode: &str) -> Vec<String> {
+    let fx = fixtures();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hog_host"))
+        .arg(&fx.worker)
+        .arg(fx.lib("fx-hog"))
+        .arg(fx.lib("fx-basic"))
+        .arg(attack)
+        .arg(mode)
+        .uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start hog_host");
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    wait_gone(child.id(), GENEROUS);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "hog_host {attack} {mode}: {status:?}\n{out}");
+    out.lines().map(str::to_string).collect()
+}
+
+fn value<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {key} line: {lines:?}"))
+}
+
+fn skip_unless_root(test: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return false;
+    }
+    eprintln!("{test}: needs root to start a child host under an unused uid; skipped");
+    true
+}
+
+#[test]
+fn descriptors_parked_in_flight_cannot_stop_a_non_root_host_from_loading() {
+    if skip_unless_root("descriptors_parked_in_flight") {
+        return;
+    }
+    let run = hog_host(61_017, "fds", "default");
+    assert_eq!(
+        value(&run, "host nofile"),
+        "4096",
+        "build() raised the soft limit: {run:?}"
+    );
+    let parked: i64 = value(&run, "result").parse().unwrap();
+    assert!((1..1024 + 250 + 1).contains(&parked), "{run:?}");
+    assert_eq!(value(&run, "host load"), "ok 5", "{run:?}");
+    // Control: a worker with the host's own limit parks enough to make the
+    // kernel refuse the host's next SCM_RIGHTS send (ETOOMANYREFS).
+    let run = hog_host(61_018, "fds", "control");
+    let parked: i64 = value(&run, "result").parse().unwrap();
+    assert!(parked > 4096, "{run:?}");
+    let load = value(&run, "host load");
+    assert!(load.starts_with("error"), "{run:?}");
+}
+
+#[test]
+fn inotify_instances_cannot_be_taken_from_a_non_root_host() {
+    if skip_unless_root("inotify_instances") {
+        return;
+    }
+    let run = hog_host(61_019, "inotify", "default");
+    assert_eq!(value(&run, "result"), (-libc::EPERM).to_string(), "{run:?}");
+    assert_eq!(value(&run, "host inotify"), "ok", "{run:?}");
+    // Control: without the sandbox the plugin takes every instance of the uid.
+    let run = hog_host(61_020, "inotify", "control");
+    let took: i64 = value(&run, "result").parse().unwrap();
+    assert!(took > 0, "{run:?}");
+    assert_eq!(
+        value(&run, "host inotify"),
+        format!("error {}", libc::EMFILE),
+        "{run:?}"
+    );
+}
