@@ -22,6 +22,9 @@
 //!   read buffer for the loop, at most one partial line of 8 KiB and the
 //!   16 KiB stderr tail per worker). Each readiness event reads at most
 //!   [`READS_PER_EVENT`] times, so one chatty worker cannot starve the others.
+//!   A pipe over its plugin's output budget is paused: taken out of the
+//!   epoll set's interest until its budget has partly refilled
+//!   ([`Readiness::PauseUntil`]), so the writer blocks on the full pipe.
 //!
 //! A third thread, `bulkhead-timer`, started on first use, serves periodic
 //! wake-ups: the idle check of every pool with an
@@ -91,14 +94,28 @@ pub(crate) const READ_BUFFER: usize = 64 * 1024;
 /// The epoll key of the loop's own wake-up eventfd.
 const WAKE_KEY: u64 = 0;
 
+/// What a source asks of its loop after serving a readiness event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// Keep watching.
+    Pending,
+    /// Finished: the loop forgets and drops the source.
+    Finished,
+    /// Do not watch it until this instant (an output pipe over its budget:
+    /// unread, the pipe fills and its writer blocks); then
+    /// [`Source::resume`] and watch again.
+    PauseUntil(Instant),
+}
+
 /// Something a loop watches: one descriptor, and what to do when it is ready.
 pub(crate) trait Source: Send + Sized + 'static {
     /// The descriptor to wait on (readable = ready); `None` if there is none
     /// and the source must be served by [`fallback`](Self::fallback).
     fn fd(&self) -> Option<BorrowedFd<'_>>;
-    /// Handles readiness; returns `true` when the source is finished (the
-    /// loop then forgets and drops it).
-    fn ready(&mut self, scratch: &mut [u8]) -> bool;
+    /// Handles readiness.
+    fn ready(&mut self, scratch: &mut [u8]) -> Readiness;
+    /// A pause asked for by [`ready`](Self::ready) is over.
+    fn resume(&mut self) {}
     /// Serves the source to its end on a thread of its own.
     fn fallback(self);
 }
@@ -175,8 +192,23 @@ fn run<S: Source>(epoll_fd: OwnedFd, wake: Arc<OwnedFd>, rx: Receiver<S>, scratc
     };
     let mut events = vec![blank; 128];
     let mut scratch = vec![0u8; scratch];
+    // Paused sources (out of the epoll set's interest until then).
+    let mut paused: Vec<(Instant, u64)> = Vec::new();
     loop {
-        let n = match epoll::wait(&epoll_fd, &mut events[..], None) {
+        let timeout = paused.iter().map(|p| p.0).min().map(|due| {
+            let left = due.saturating_duration_since(Instant::now());
+            rustix::event::Timespec {
+                tv_sec: left.as_secs() as _,
+                // Rounded up to a whole millisecond (epoll_wait's unit), so a
+                // wake-up is never early.
+                tv_nsec: left
+                    .subsec_nanos()
+                    .div_ceil(1_000_000)
+                    .saturating_mul(1_000_000)
+                    .min(999_999_999) as _,
+            }
+        });
+        let n = match epoll::wait(&epoll_fd, &mut events[..], timeout.as_ref()) {
             Ok(n) => n,
             Err(Errno::INTR) => continue,
             Err(e) => {
@@ -207,18 +239,45 @@ fn run<S: Source>(epoll_fd: OwnedFd, wake: Arc<OwnedFd>, rx: Receiver<S>, scratc
                 }
                 continue;
             }
-            let finished = match sources.get_mut(&key) {
+            let readiness = match sources.get_mut(&key) {
                 Some(source) => source.ready(&mut scratch),
-                None => false,
+                None => Readiness::Pending,
             };
-            if finished {
-                if let Some(source) = sources.remove(&key) {
-                    if let Some(fd) = source.fd() {
-                        let _ = epoll::delete(&epoll_fd, fd);
+            match readiness {
+                Readiness::Pending => {}
+                Readiness::Finished => {
+                    if let Some(source) = sources.remove(&key) {
+                        if let Some(fd) = source.fd() {
+                            let _ = epoll::delete(&epoll_fd, fd);
+                        }
+                    }
+                }
+                Readiness::PauseUntil(due) => {
+                    if let Some(fd) = sources.get(&key).and_then(|s| s.fd()) {
+                        let _ = epoll::modify(
+                            &epoll_fd,
+                            fd,
+                            epoll::EventData::new_u64(key),
+                            epoll::EventFlags::empty(),
+                        );
+                        paused.push((due, key));
                     }
                 }
             }
         }
+        let now = Instant::now();
+        paused.retain(|&(due, key)| {
+            if due > now {
+                return true;
+            }
+            if let Some(source) = sources.get_mut(&key) {
+                source.resume();
+                if let Some(fd) = source.fd() {
+                    let _ = epoll::modify(&epoll_fd, fd, epoll::EventData::new_u64(key), epoll::EventFlags::IN);
+                }
+            }
+            false
+        });
     }
     // Only after an impossible epoll failure: hand everything over.
     drop(epoll_fd);

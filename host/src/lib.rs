@@ -124,7 +124,7 @@ pub use health::Health;
 pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
 pub use limits::Limits;
 pub use locate::{WORKER_BIN, WORKER_ENV};
-pub use output::{OutputLine, Stream, STDERR_TAIL};
+pub use output::{OutputBudget, OutputLine, Stream, STDERR_TAIL};
 pub use plugin::{
     MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_QUEUE_LIMIT,

@@ -2,17 +2,30 @@
 //! ([`event_loop`](crate::event_loop), so a plugin printing megabytes never
 //! stalls calls), forwarded line by line to `tracing` and the user's callback,
 //! and the last bytes of stderr kept for crash reports.
+//!
+//! Output costs the host CPU and log volume, so each plugin has an
+//! [`OutputBudget`] shared by all its workers' pipes. Lines beyond its
+//! forwarding rate are dropped and counted (the stderr tail still keeps
+//! them); once one line of a read is dropped the rest of that read is dropped
+//! wholesale, by counting newlines. Bytes beyond its read rate are left in the
+//! pipe: the pipe is not read until the budget has partly refilled, the
+//! kernel's pipe buffer fills and the plugin blocks in its writes, so a flood
+//! slows the plugin, not the host. A summary (WARN, at most one per second
+//! per plugin, and one when a stream ends) says how many lines and bytes were
+//! dropped. Forwarded lines go to `tracing` under target `bulkhead::plugin`:
+//! stdout at DEBUG, stderr at INFO — what a plugin prints is not a host
+//! problem; a crash is reported separately, at WARN.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::event_loop;
+use crate::event_loop::{self, Readiness};
 
 /// Bytes of stderr kept for [`CallError::WorkerDied`](crate::CallError::WorkerDied).
 pub const STDERR_TAIL: usize = 16 * 1024;
@@ -40,6 +53,208 @@ pub struct OutputLine<'a> {
     pub stream: Stream,
     /// The line, without its newline (lossily decoded as UTF-8).
     pub line: &'a str,
+}
+
+/// How much of a plugin's output the host handles, shared by all of the
+/// plugin's workers and both their streams. Two budgets: lines forwarded (to
+/// `tracing` and the [`on_output`](crate::SupervisorBuilder::on_output)
+/// callback, which cost the host per line), beyond which lines are dropped
+/// and counted; and bytes read from the pipes, beyond which the pipes are not
+/// read for a while, so the plugin blocks in its writes. Each rate may be
+/// exceeded for a burst of one second's worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutputBudget {
+    /// Lines forwarded per second. Default: 1,000.
+    pub lines_per_second: u64,
+    /// Bytes forwarded per second (newlines included). Default: 1 MiB.
+    pub bytes_per_second: u64,
+    /// Bytes read from the plugin's pipes per second. Default: 32 MiB.
+    pub read_bytes_per_second: u64,
+}
+
+impl OutputBudget {
+    /// Per plugin: 1,000 lines and 1 MiB forwarded, 32 MiB read per second.
+    pub const DEFAULT: OutputBudget = OutputBudget {
+        lines_per_second: 1_000,
+        bytes_per_second: 1 << 20,
+        read_bytes_per_second: 32 << 20,
+    };
+
+    /// A budget of `lines` lines and `bytes` bytes forwarded and `read_bytes`
+    /// bytes read per second (each at least 1).
+    pub fn new(lines: u64, bytes: u64, read_bytes: u64) -> Self {
+        OutputBudget {
+            lines_per_second: lines.max(1),
+            bytes_per_second: bytes.max(1),
+            read_bytes_per_second: read_bytes.max(1),
+        }
+    }
+
+    /// No budget: every line is read and forwarded as fast as the plugin
+    /// prints.
+    pub fn unlimited() -> Self {
+        OutputBudget {
+            lines_per_second: u64::MAX,
+            bytes_per_second: u64::MAX,
+            read_bytes_per_second: u64::MAX,
+        }
+    }
+}
+
+impl Default for OutputBudget {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Shortest and longest pause of a pipe over the read budget.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Least time between two "lines dropped" summaries of one plugin.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// A token bucket holding up to one second of `rate`; `u64::MAX` is no limit.
+struct Bucket {
+    rate: u64,
+    tokens: f64,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket {
+            rate,
+            tokens: rate as f64,
+        }
+    }
+
+    fn unlimited(&self) -> bool {
+        self.rate == u64::MAX
+    }
+
+    fn refill(&mut self, seconds: f64) {
+        self.tokens = (self.tokens + seconds * self.rate as f64).min(self.rate as f64);
+    }
+}
+
+/// One plugin's [`OutputBudget`] in use, and what was dropped since the last
+/// summary.
+pub(crate) struct Meter {
+    budget: OutputBudget,
+    state: Mutex<MeterState>,
+}
+
+struct MeterState {
+    lines: Bucket,
+    bytes: Bucket,
+    read: Bucket,
+    at: Instant,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    last_summary: Option<Instant>,
+}
+
+impl MeterState {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.lines.refill(dt);
+        self.bytes.refill(dt);
+        self.read.refill(dt);
+        self.at = now;
+    }
+}
+
+impl Meter {
+    /// A full budget.
+    pub(crate) fn new(budget: OutputBudget) -> Meter {
+        Meter {
+            budget,
+            state: Mutex::new(MeterState {
+                lines: Bucket::new(budget.lines_per_second),
+                bytes: Bucket::new(budget.bytes_per_second),
+                read: Bucket::new(budget.read_bytes_per_second),
+                at: Instant::now(),
+                dropped_lines: 0,
+                dropped_bytes: 0,
+                last_summary: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MeterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Charges one line of `len` bytes (plus its newline): `true` if it may
+    /// be forwarded, `false` if it is dropped (and counted).
+    fn admit(&self, len: usize) -> bool {
+        let mut st = self.state();
+        if st.lines.unlimited() && st.bytes.unlimited() {
+            return true;
+        }
+        st.refill(Instant::now());
+        let cost = len as f64 + 1.0;
+        let lines_ok = st.lines.unlimited() || st.lines.tokens >= 1.0;
+        let bytes_ok = st.bytes.unlimited() || st.bytes.tokens >= cost;
+        if lines_ok && bytes_ok {
+            st.lines.tokens -= 1.0;
+            st.bytes.tokens -= cost;
+            true
+        } else {
+            st.dropped_lines += 1;
+            st.dropped_bytes += len as u64 + 1;
+            false
+        }
+    }
+
+    /// Counts lines dropped without asking [`admit`](Self::admit) one by one.
+    fn dropped(&self, lines: u64, bytes: u64) {
+        let mut st = self.state();
+        st.dropped_lines += lines;
+        st.dropped_bytes += bytes;
+    }
+
+    /// Charges `n` bytes read; if the read budget is spent, until when the
+    /// pipes should not be read (until a tenth of a second's budget is back,
+    /// within 10 ms – 1 s).
+    fn read(&self, n: usize) -> Option<Instant> {
+        let mut st = self.state();
+        if st.read.unlimited() {
+            return None;
+        }
+        let now = Instant::now();
+        st.refill(now);
+        st.read.tokens -= n as f64;
+        if st.read.tokens >= 0.0 {
+            return None;
+        }
+        let rate = st.read.rate as f64;
+        let need = (rate / 10.0 - st.read.tokens) / rate;
+        let wait = Duration::from_secs_f64(need.min(MAX_PAUSE.as_secs_f64())).clamp(MIN_PAUSE, MAX_PAUSE);
+        Some(now + wait)
+    }
+
+    /// What was dropped since the last summary, if anything was and a summary
+    /// is due (`force`: the stream ended, say it now).
+    fn take_dropped(&self, force: bool) -> Option<(u64, u64)> {
+        let mut st = self.state();
+        if st.dropped_lines == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        if !force
+            && st
+                .last_summary
+                .is_some_and(|t| now.saturating_duration_since(t) < SUMMARY_EVERY)
+        {
+            return None;
+        }
+        st.last_summary = Some(now);
+        Some((
+            std::mem::take(&mut st.dropped_lines),
+            std::mem::take(&mut st.dropped_bytes),
+        ))
+    }
 }
 
 /// A user callback for plugin output.
@@ -87,6 +302,7 @@ pub(crate) fn forward(
     stdout: OwnedFd,
     stderr: OwnedFd,
     callback: Option<OutputCallback>,
+    meter: Arc<Meter>,
 ) -> StderrTail {
     // Grows with what the worker writes; an idle worker costs no buffer.
     let bytes = Arc::new(Mutex::new(VecDeque::new()));
@@ -99,6 +315,7 @@ pub(crate) fn forward(
         Stream::Stdout,
         callback.clone(),
         None,
+        meter.clone(),
         stdout_done_tx,
     ));
     event_loop::watch_output(Pipe::new(
@@ -108,6 +325,7 @@ pub(crate) fn forward(
         Stream::Stderr,
         callback,
         Some(bytes.clone()),
+        meter,
         done_tx,
     ));
     StderrTail {
@@ -120,8 +338,8 @@ pub(crate) fn forward(
 fn emit(plugin: &str, pid: u32, stream: Stream, line: &[u8], cb: &Option<OutputCallback>) {
     let line = String::from_utf8_lossy(line);
     match stream {
-        Stream::Stdout => tracing::info!(target: "bulkhead::plugin", plugin, pid, stream = "stdout", "{line}"),
-        Stream::Stderr => tracing::warn!(target: "bulkhead::plugin", plugin, pid, stream = "stderr", "{line}"),
+        Stream::Stdout => tracing::debug!(target: "bulkhead::plugin", plugin, pid, stream = "stdout", "{line}"),
+        Stream::Stderr => tracing::info!(target: "bulkhead::plugin", plugin, pid, stream = "stderr", "{line}"),
     }
     if let Some(cb) = cb {
         cb(OutputLine {
@@ -131,6 +349,14 @@ fn emit(plugin: &str, pid: u32, stream: Stream, line: &[u8], cb: &Option<OutputC
             line: &line,
         });
     }
+}
+
+/// Appends `bytes` to the stderr tail, keeping its last [`STDERR_TAIL`] bytes.
+fn push_tail(tail: &mut VecDeque<u8>, bytes: &[u8]) {
+    let bytes = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
+    let over = (tail.len() + bytes.len()).saturating_sub(STDERR_TAIL);
+    tail.drain(..over.min(tail.len()));
+    tail.extend(bytes);
 }
 
 /// One output pipe of one worker, as the output loop serves it.
@@ -146,6 +372,8 @@ pub(crate) struct Pipe {
     callback: Option<OutputCallback>,
     /// The stderr tail, for stderr.
     tail: Option<Arc<Mutex<VecDeque<u8>>>>,
+    /// The plugin's output budget.
+    meter: Arc<Meter>,
     /// The partial line read so far (at most [`MAX_LINE`] bytes).
     line: Vec<u8>,
     /// Held for its drop (never sent on), after the pipe is closed: wakes
@@ -161,6 +389,7 @@ impl Pipe {
         stream: Stream,
         callback: Option<OutputCallback>,
         tail: Option<Arc<Mutex<VecDeque<u8>>>>,
+        meter: Arc<Meter>,
         done: Sender<()>,
     ) -> Pipe {
         let file = File::from(fd);
@@ -175,53 +404,122 @@ impl Pipe {
             stream,
             callback,
             tail,
+            meter,
             line: Vec::new(),
             _done: done,
         }
     }
 
     /// Feeds bytes read from the pipe: complete lines (and over-long pieces)
-    /// are forwarded at once.
+    /// are forwarded at once. Once one is dropped over budget, the rest of
+    /// `bytes` is dropped wholesale: counting newlines costs the host far
+    /// less than handling lines one by one.
     fn feed(&mut self, bytes: &[u8]) {
-        for chunk in bytes.split_inclusive(|&b| b == b'\n') {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (chunk, after) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..=i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = after;
             let complete = chunk.last() == Some(&b'\n');
             let chunk = if complete { &chunk[..chunk.len() - 1] } else { chunk };
             // A line longer than MAX_LINE is forwarded in MAX_LINE pieces.
-            let mut rest = chunk;
-            while self.line.len() + rest.len() > MAX_LINE {
+            let mut piece = chunk;
+            let mut forwarded = true;
+            while self.line.len() + piece.len() > MAX_LINE {
                 let take = MAX_LINE - self.line.len();
-                self.line.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                self.flush_line();
+                self.line.extend_from_slice(&piece[..take]);
+                piece = &piece[take..];
+                forwarded &= self.flush_line();
             }
-            self.line.extend_from_slice(rest);
+            self.line.extend_from_slice(piece);
             if complete || self.line.len() == MAX_LINE {
-                self.flush_line();
+                forwarded &= self.flush_line();
+            }
+            if !forwarded {
+                self.drop_all(rest);
+                return;
             }
         }
     }
 
-    fn flush_line(&mut self) {
+    /// Drops every complete line in `bytes` (counted, kept in the stderr
+    /// tail) and keeps the partial line at its end.
+    fn drop_all(&mut self, bytes: &[u8]) {
+        let Some(last_nl) = memchr::memrchr(b'\n', bytes) else {
+            // No line ends here: the partial line grows (forwarded, or not,
+            // when it completes or reaches MAX_LINE).
+            return self.feed_partial(bytes);
+        };
+        let (done, partial) = (&bytes[..=last_nl], &bytes[last_nl + 1..]);
+        let lines = memchr::memchr_iter(b'\n', done).count() as u64;
+        self.meter.dropped(lines, (self.line.len() + done.len()) as u64);
         if let Some(tail) = &self.tail {
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-            for &b in self.line.iter().chain(b"\n") {
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(b);
+            let keep = &done[done.len().saturating_sub(STDERR_TAIL)..];
+            if keep.len() == done.len() {
+                push_tail(&mut t, &self.line);
             }
+            push_tail(&mut t, keep);
         }
-        // The loop serves every worker: a panicking callback must not end it.
-        let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            emit(&self.plugin, self.pid, self.stream, &self.line, &self.callback)
-        }));
-        if forwarded.is_err() {
-            tracing::error!(target: "bulkhead", plugin = &*self.plugin, pid = self.pid, "the on_output callback panicked; the line is dropped");
+        self.line.clear();
+        self.feed_partial(partial);
+    }
+
+    /// Adds bytes that contain no newline to the partial line.
+    fn feed_partial(&mut self, mut bytes: &[u8]) {
+        while self.line.len() + bytes.len() >= MAX_LINE {
+            let take = MAX_LINE - self.line.len();
+            self.line.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.flush_line();
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// What becomes of one complete line (or over-long piece): kept in the
+    /// stderr tail, then forwarded if the budget allows, else counted.
+    /// Returns whether it was forwarded.
+    fn flush_line(&mut self) -> bool {
+        if let Some(tail) = &self.tail {
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            push_tail(&mut t, &self.line);
+            push_tail(&mut t, b"\n");
+        }
+        let admitted = self.meter.admit(self.line.len());
+        if admitted {
+            self.summarize(false);
+            // The loop serves every worker: a panicking callback must not end it.
+            let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                emit(&self.plugin, self.pid, self.stream, &self.line, &self.callback)
+            }));
+            if forwarded.is_err() {
+                tracing::error!(target: "bulkhead", plugin = &*self.plugin, pid = self.pid, "the on_output callback panicked; the line is dropped");
+            }
         }
         self.line.clear();
         if self.line.capacity() > 1024 {
             // Give back what one long line took.
             self.line = Vec::new();
+        }
+        admitted
+    }
+
+    /// Says how much output was dropped over budget, if a summary is due.
+    fn summarize(&self, force: bool) {
+        if let Some((lines, bytes)) = self.meter.take_dropped(force) {
+            let b = self.meter.budget;
+            tracing::warn!(
+                target: "bulkhead::plugin",
+                plugin = &*self.plugin,
+                pid = self.pid,
+                dropped_lines = lines,
+                dropped_bytes = bytes,
+                "plugin output over budget ({} lines, {} bytes per second): {lines} lines ({bytes} bytes) dropped",
+                b.lines_per_second,
+                b.bytes_per_second
+            );
         }
     }
 
@@ -232,6 +530,7 @@ impl Pipe {
         if !self.line.is_empty() {
             self.flush_line();
         }
+        self.summarize(true);
     }
 }
 
@@ -240,24 +539,35 @@ impl event_loop::Source for Pipe {
         self.file.as_ref().filter(|_| !self.blocking).map(|f| f.as_fd())
     }
 
-    fn ready(&mut self, scratch: &mut [u8]) -> bool {
+    fn ready(&mut self, scratch: &mut [u8]) -> Readiness {
         for _ in 0..event_loop::READS_PER_EVENT {
-            let Some(file) = self.file.as_mut() else { return true };
+            let Some(file) = self.file.as_mut() else {
+                return Readiness::Finished;
+            };
             match file.read(scratch) {
                 Ok(0) => {
                     self.finish();
-                    return true;
+                    return Readiness::Finished;
                 }
-                Ok(n) => self.feed(&scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Ok(n) => {
+                    self.feed(&scratch[..n]);
+                    if let Some(until) = self.meter.read(n) {
+                        return Readiness::PauseUntil(until);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Readiness::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.finish();
-                    return true;
+                    return Readiness::Finished;
                 }
             }
         }
-        false
+        Readiness::Pending
+    }
+
+    fn resume(&mut self) {
+        self.summarize(false);
     }
 
     fn fallback(mut self) {
@@ -272,7 +582,15 @@ impl event_loop::Source for Pipe {
                 while let Some(file) = self.file.as_mut() {
                     match file.read(&mut buf) {
                         Ok(0) => break,
-                        Ok(n) => self.feed(&buf[..n]),
+                        Ok(n) => {
+                            self.feed(&buf[..n]);
+                            if let Some(until) = self.meter.read(n) {
+                                // This thread serves this pipe alone: not
+                                // reading is the back-pressure.
+                                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                                self.summarize(false);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => break,
                     }

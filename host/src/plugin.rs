@@ -18,6 +18,7 @@ use crate::events::EventKind;
 use crate::health::Health;
 use crate::hostfn::HostInterface;
 use crate::limits::Limits;
+use crate::output::OutputBudget;
 use crate::pool::{Pool, WorkerReport};
 use crate::restart::RestartPolicy;
 use crate::sandbox::{Sandbox, SandboxReport};
@@ -100,6 +101,7 @@ pub struct PluginSpec {
     pub(crate) max_callbacks: u32,
     pub(crate) stream_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) output_budget: OutputBudget,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -148,7 +150,18 @@ impl PluginSpec {
             host_interfaces: Vec::new(),
             max_callbacks: crate::hostfn::DEFAULT_MAX_CALLBACKS,
             stream_timeout: None,
+            output_budget: OutputBudget::DEFAULT,
         }
+    }
+
+    /// How much of the plugin's stdout and stderr the host forwards to
+    /// `tracing` and the `on_output` callback, for all its workers together;
+    /// beyond it lines are dropped (and counted in a summary line) and the
+    /// plugin's writes block. Default: [`OutputBudget::DEFAULT`], 1,000 lines
+    /// and 1 MiB per second. [`OutputBudget::unlimited`] turns it off.
+    pub fn output_budget(mut self, budget: OutputBudget) -> Self {
+        self.output_budget = budget;
+        self
     }
 
     /// What the worker may touch. Default: [`Sandbox::strict`] — every layer on,

@@ -646,6 +646,7 @@ impl Core {
             load_timeout: spec.load_timeout,
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
+            output_budget: Arc::new(crate::output::Meter::new(spec.output_budget)),
             // Set by `LoadJob::run` once the library is verified.
             library: None,
             imports,

@@ -73,6 +73,8 @@ pub(crate) struct Launch {
     pub load_timeout: Duration,
     pub max_frame: u32,
     pub output: Option<OutputCallback>,
+    /// The plugin's output budget, shared by its workers.
+    pub output_budget: Arc<output::Meter>,
     /// The verified library as a sealed memfd, sent to every worker.
     pub library: Option<Arc<OwnedFd>>,
     /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
@@ -288,6 +290,7 @@ impl WorkerProcess {
                 spawned,
                 launch.label.clone(),
                 launch.output.clone(),
+                launch.output_budget.clone(),
                 wake,
                 region_for_reaper,
             ),
@@ -595,6 +598,7 @@ pub(crate) fn adopt(
     spawned: Spawned,
     label: Arc<str>,
     output: Option<OutputCallback>,
+    meter: Arc<output::Meter>,
     wake: UnixStream,
     region: Option<Arc<Region>>,
 ) -> (Arc<ProcState>, StderrTail) {
@@ -604,7 +608,7 @@ pub(crate) fn adopt(
         stdout,
         stderr,
     } = spawned;
-    let tail = output::forward(label, pid, stdout, stderr, output);
+    let tail = output::forward(label, pid, stdout, stderr, output, meter);
     let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
     let proc = Arc::new(ProcState {
         pid,
@@ -671,9 +675,9 @@ impl event_loop::Source for Reaping {
         self.pidfd.as_ref().map(|fd| fd.as_fd())
     }
 
-    fn ready(&mut self, _scratch: &mut [u8]) -> bool {
+    fn ready(&mut self, _scratch: &mut [u8]) -> event_loop::Readiness {
         self.reap_exited();
-        true
+        event_loop::Readiness::Finished
     }
 
     fn fallback(self) {
@@ -728,7 +732,14 @@ mod tests {
         let mut spawned = Spawned::from_child(child);
         spawned.reap = Reapee::Pid;
         let (host, wake) = UnixStream::pair().unwrap();
-        let (proc, tail) = adopt(spawned, "test".into(), None, wake, None);
+        let (proc, tail) = adopt(
+            spawned,
+            "test".into(),
+            None,
+            Arc::new(output::Meter::new(output::OutputBudget::DEFAULT)),
+            wake,
+            None,
+        );
         (proc, tail, host)
     }
 
@@ -763,7 +774,14 @@ mod tests {
     fn a_std_child_is_reaped_with_its_rusage() {
         let spawned = Spawned::from_child(sh("exit 3"));
         let (_host, wake) = UnixStream::pair().unwrap();
-        let (proc, _tail) = adopt(spawned, "test".into(), None, wake, None);
+        let (proc, _tail) = adopt(
+            spawned,
+            "test".into(),
+            None,
+            Arc::new(output::Meter::new(output::OutputBudget::DEFAULT)),
+            wake,
+            None,
+        );
         assert_eq!(proc.wait(Instant::now() + Duration::from_secs(30)), Some(Exit::Code(3)));
         assert!(proc.usage().is_some_and(|u| u.max_rss > 0), "{:?}", proc.usage());
     }

@@ -95,6 +95,7 @@ pub mod hog {
     pub const MEMFD: u32 = 3;
     pub const OOM_SCORE_ADJ: u32 = 4;
     pub const RAISE_NOFILE: u32 = 5;
+    pub const FLOOD: u32 = 6;
 }
 
 /// Slots of the `Blob` interface (Arena).

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{CallError, Exit, LoadError, LoadFailure, Plugin, PluginSpec, Supervisor};
+use bulkhead::{CallError, Exit, LoadError, LoadFailure, OutputBudget, Plugin, PluginSpec, Supervisor};
 use bulkhead_tests::{basic, fixtures, spec};
 
 const GENEROUS: Duration = Duration::from_secs(60);
@@ -78,9 +78,13 @@ fn host_threads_do_not_grow_with_plugins() {
         .unwrap();
 
     // Half the plugins stop idle workers: one timer thread serves them all.
+    // No output budget: every line of the crash below is to be forwarded
+    // (the budget has its own test, output_budget.rs).
     let basic = |i: usize| match i % 2 {
-        0 => spec("fx-basic"),
-        _ => spec("fx-basic").idle_timeout(Duration::from_secs(3600)),
+        0 => spec("fx-basic").output_budget(OutputBudget::unlimited()),
+        _ => spec("fx-basic")
+            .idle_timeout(Duration::from_secs(3600))
+            .output_budget(OutputBudget::unlimited()),
     };
     // 10 plugins in one batch.
     let mut plugins: Vec<Plugin> = sup

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead::{
-    Backoff, CallError, EventKind, Exit, Health, Layer, Limits, RestartPolicy, Sandbox, Stream, Supervisor,
+    Backoff, CallError, EventKind, Exit, Health, Layer, Limits, OutputBudget, RestartPolicy, Sandbox, Stream,
+    Supervisor,
 };
 use bulkhead_tests::{alive, basic, fixtures, group_members, plugin_process, spec, supervisor, wait_gone};
 use crossbeam_channel::Receiver;
@@ -522,7 +523,15 @@ fn plugin_output_is_forwarded_with_name_and_pid_and_never_stalls_calls() {
         })
         .build()
         .unwrap();
-    let plugin = sup.load(spec("fx-basic").plugin("BasicPlugin")).unwrap();
+    // Every line is to be forwarded: no output budget (its own test is
+    // output_budget.rs).
+    let plugin = sup
+        .load(
+            spec("fx-basic")
+                .plugin("BasicPlugin")
+                .output_budget(OutputBudget::unlimited()),
+        )
+        .unwrap();
     let pid = plugin.info().worker_pid;
     let total = 20u64 << 20; // 20 MiB to stdout, 1 MiB to stderr
     let t = Instant::now();
