@@ -73,6 +73,17 @@ pub enum EventKind {
         /// Its pid.
         pid: u32,
     },
+    /// A worker used more CPU than its budget while no call or stream of it
+    /// was in flight ([`PluginSpec::idle_cpu`](crate::PluginSpec::idle_cpu));
+    /// it is killed (its `WorkerExited` follows) and replaced.
+    IdleCpuExceeded {
+        /// Its pid.
+        pid: u32,
+        /// CPU time it used over `window`.
+        used: Duration,
+        /// How long it had been idle when measured.
+        window: Duration,
+    },
     /// [`Plugin::reload`](crate::Plugin::reload) switched the plugin to a new library.
     Reloaded {
         /// The new library.

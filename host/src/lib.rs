@@ -122,12 +122,12 @@ pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, 
 pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
 pub use health::Health;
 pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
-pub use limits::Limits;
+pub use limits::{Limits, DEFAULT_NICE, DEFAULT_OPEN_FILES};
 pub use locate::{WORKER_BIN, WORKER_ENV};
 pub use output::{OutputBudget, OutputLine, Stream, STDERR_TAIL};
 pub use plugin::{
-    MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_QUEUE_LIMIT,
+    MethodIndex, Plugin, PluginInfo, PluginSpec, Transport, DEFAULT_ARENA, DEFAULT_CALL_TIMEOUT, DEFAULT_IDLE_CPU,
+    DEFAULT_LOAD_TIMEOUT, DEFAULT_QUEUE_LIMIT,
 };
 pub use pool::WorkerReport;
 pub use restart::{Backoff, Budget, Failed, RestartMode, RestartPolicy, DEFAULT_HEALTHY_AFTER};

@@ -10,6 +10,10 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 /// many, so a host whose own limit is higher can still send its descriptors.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
 
+/// How much lower than the host's a worker's scheduling priority is by
+/// default: its nice value is the host's plus this.
+pub const DEFAULT_NICE: i32 = 10;
+
 /// Raises this (host) process's soft `RLIMIT_NOFILE` to its hard limit, so
 /// that the per-user count of descriptors in flight, which workers sharing
 /// the host's uid push up, is checked against the highest limit the host may
@@ -56,6 +60,11 @@ pub struct Limits {
     pub file_size: Option<u64>,
     /// Allow core dumps (`RLIMIT_CORE` unlimited vs 0). Default: `false`.
     pub core_dumps: bool,
+    /// Added to the host's nice value for the worker (lower priority: the
+    /// host's threads and other programs win the CPU from a busy plugin).
+    /// 0 keeps the host's priority; negative values need privileges the
+    /// worker does not have. Default: unset, which means [`DEFAULT_NICE`] (10).
+    pub nice: Option<i32>,
 }
 
 impl Limits {
@@ -88,6 +97,12 @@ impl Limits {
         self.file_size = Some(bytes);
         self
     }
+    /// Sets how much lower than the host's the worker's priority is (nice
+    /// increment; 0 for the host's own).
+    pub fn nice(mut self, increment: i32) -> Self {
+        self.nice = Some(increment);
+        self
+    }
     /// Enables or disables core dumps.
     pub fn core_dumps(mut self, on: bool) -> Self {
         self.core_dumps = on;
@@ -108,6 +123,11 @@ impl Limits {
         push("--limit-nofile", Some(self.open_files.unwrap_or(DEFAULT_OPEN_FILES)));
         push("--limit-nproc", self.processes);
         push("--limit-fsize", self.file_size);
+        let nice = self.nice.unwrap_or(DEFAULT_NICE);
+        if nice != 0 {
+            args.push("--nice".into());
+            args.push(nice.to_string());
+        }
         if self.core_dumps {
             args.push("--core-dumps".into());
         }
@@ -121,7 +141,8 @@ mod tests {
 
     #[test]
     fn args() {
-        assert_eq!(Limits::new().to_args(), ["--limit-nofile", "1024"]);
+        assert_eq!(Limits::new().to_args(), ["--limit-nofile", "1024", "--nice", "10"]);
+        assert_eq!(Limits::new().nice(0).to_args(), ["--limit-nofile", "1024"]);
         let l = Limits::new()
             .address_space(1 << 30)
             .cpu_seconds(2)
@@ -136,6 +157,8 @@ mod tests {
                 "2",
                 "--limit-nofile",
                 "64",
+                "--nice",
+                "10",
                 "--core-dumps"
             ]
         );

@@ -77,6 +77,9 @@ pub(crate) fn event(plugin: &str, kind: &EventKind) {
         EventKind::Timeout { pid, limit } => {
             tracing::warn!(target: "bulkhead::supervision", plugin, pid, ?limit, "call timed out; worker killed")
         }
+        EventKind::IdleCpuExceeded { pid, used, window } => {
+            tracing::warn!(target: "bulkhead::supervision", plugin, pid, ?used, ?window, "worker used CPU with no call in flight beyond its budget; killed")
+        }
         // Restarts are logged by the pool, with the replaced worker and the cause.
         EventKind::GaveUp { reason } => {
             tracing::warn!(target: "bulkhead::supervision", plugin, %reason, "restart budget spent; plugin failed")
@@ -93,6 +96,7 @@ pub(crate) fn event(plugin: &str, kind: &EventKind) {
             EventKind::GaveUp { .. } => "bulkhead_gave_up_total",
             EventKind::HealthChanged { .. } => "bulkhead_health_changes_total",
             EventKind::IdleStopped { .. } => "bulkhead_idle_stops_total",
+            EventKind::IdleCpuExceeded { .. } => "bulkhead_idle_cpu_kills_total",
             EventKind::Reloaded { .. } => "bulkhead_reloads_total",
         };
         metrics::counter!(name, "plugin" => plugin.to_string()).increment(1);

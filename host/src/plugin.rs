@@ -38,6 +38,10 @@ const ARGS_KEEP: usize = 1 << 20;
 /// Default cap on calls waiting for a busy worker.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
 
+/// Default CPU time a worker may use per second with no call or stream in
+/// flight ([`PluginSpec::idle_cpu`]).
+pub const DEFAULT_IDLE_CPU: Duration = Duration::from_millis(200);
+
 /// A vtable slot. Built from the `usize` constants fidius generates
 /// (`__fidius_<Trait>::METHOD_<NAME>`), a `u32`, or an integer literal, so
 /// calls take any of them without casts. Values past `u32::MAX` (and negative
@@ -102,6 +106,7 @@ pub struct PluginSpec {
     pub(crate) stream_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) output_budget: OutputBudget,
+    pub(crate) idle_cpu: Option<Duration>,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -151,7 +156,20 @@ impl PluginSpec {
             max_callbacks: crate::hostfn::DEFAULT_MAX_CALLBACKS,
             stream_timeout: None,
             output_budget: OutputBudget::DEFAULT,
+            idle_cpu: Some(DEFAULT_IDLE_CPU),
         }
+    }
+
+    /// CPU time a worker may use per second while no call or stream of it is
+    /// in flight (threads a plugin left running after returning). Judged
+    /// over at least a second of idleness, checked four times a second; a
+    /// worker over it is killed with [`EventKind::IdleCpuExceeded`], counted
+    /// in [`Stats::idle_cpu_kills`], and replaced under the restart policy.
+    /// `None` turns the watch off. Default: [`DEFAULT_IDLE_CPU`] (200 ms per
+    /// second).
+    pub fn idle_cpu(mut self, per_second: Option<Duration>) -> Self {
+        self.idle_cpu = per_second;
+        self
     }
 
     /// How much of the plugin's stdout and stderr the host forwards to

@@ -85,9 +85,16 @@ pub(crate) struct PoolConfig {
     pub standby: bool,
     pub grace: Duration,
     pub idle_timeout: Option<Duration>,
+    /// CPU a worker may use per second with no call in flight.
+    pub idle_cpu: Option<Duration>,
     /// Shared by every generation of a plugin (reloads keep counting).
     pub counters: Arc<Counters>,
 }
+
+/// How often the idle-CPU watch reads the CPU time of idle workers.
+const IDLE_CPU_CHECK: Duration = Duration::from_millis(250);
+/// Shortest idle period over which CPU use outside calls is judged.
+const IDLE_CPU_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why a slot's worker was last lost, for the restart's log line.
 struct Lost {
@@ -137,6 +144,7 @@ pub(crate) struct Pool {
     me: std::sync::Weak<Pool>,
     grace: Duration,
     idle_timeout: Option<Duration>,
+    idle_cpu: Option<Duration>,
     started: SystemTime,
     started_at: Instant,
 }
@@ -187,6 +195,7 @@ impl Pool {
             me: me.clone(),
             grace: config.grace,
             idle_timeout: config.idle_timeout,
+            idle_cpu: config.idle_cpu,
             started: SystemTime::now(),
             started_at: Instant::now(),
         });
@@ -206,8 +215,11 @@ impl Pool {
             pool.register(&w);
             *pool.standby.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
         }
-        if let Some(idle) = pool.idle_timeout {
-            let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let idle_tick = pool
+            .idle_timeout
+            .map(|idle| (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        let cpu_tick = pool.idle_cpu.map(|_| IDLE_CPU_CHECK);
+        if let Some(tick) = idle_tick.into_iter().chain(cpu_tick).min() {
             let me: Weak<dyn Tick> = pool.me.clone();
             event_loop::every(tick, me);
         }
@@ -798,6 +810,67 @@ impl Pool {
         }
     }
 
+    /// One check of CPU use outside calls (on the timer thread): each idle
+    /// worker (one not in a call or stream: those are not in the channel) is
+    /// taken out for a moment and its process tree's CPU time read. A worker
+    /// idle for a whole [`IDLE_CPU_WINDOW`] or more that used more than
+    /// `budget` per second of it is killed with a typed cause and its slot
+    /// recovered like a crashed worker's (restart policy included).
+    fn idle_cpu_tick(&self, budget: Duration) {
+        let now = Instant::now();
+        for _ in 0..self.idle_rx.len() {
+            let Ok(slot) = self.idle_rx.try_recv() else { break };
+            let Slot::Live(mut w) = slot else {
+                self.put_back(slot);
+                continue;
+            };
+            let Some(cpu) = usage::cpu_time(w.pid) else {
+                // Gone: the next call finds out, as for any dead idle worker.
+                self.put_back(Slot::Live(w));
+                continue;
+            };
+            let over = match w.cpu_seen {
+                // Idle since the last reading (no call finished after it).
+                Some((at, seen)) if at >= w.last_used => {
+                    let window = now.saturating_duration_since(at);
+                    if window < IDLE_CPU_WINDOW {
+                        self.put_back(Slot::Live(w));
+                        continue;
+                    }
+                    let used = cpu.saturating_sub(seen);
+                    (used > budget.mul_f64(window.as_secs_f64())).then_some((used, window))
+                }
+                _ => None,
+            };
+            match over {
+                Some((used, window)) => self.stop_for_idle_cpu(w, used, window),
+                None => {
+                    w.cpu_seen = Some((now, cpu));
+                    self.put_back(Slot::Live(w));
+                }
+            }
+        }
+    }
+
+    /// Kills worker `w`, which used `used` of CPU over `window` with no call
+    /// in flight, and recovers its slot.
+    fn stop_for_idle_cpu(&self, w: WorkerProcess, used: Duration, window: Duration) {
+        let (pid, i) = (w.pid, w.slot);
+        self.counters.idle_cpu_kill();
+        self.events
+            .emit(&self.label, EventKind::IdleCpuExceeded { pid, used, window });
+        let cause = format!("used {used:?} of CPU in {window:?} with no call in flight");
+        w.proc.kill();
+        self.mark(i, SlotHealth::Down);
+        self.lost.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Lost {
+            pid,
+            method: None,
+            cause: cause.clone(),
+        });
+        self.policy_failure(i, &format!("worker {pid}: {cause}"));
+        self.put_back(Slot::Dying(w));
+    }
+
     /// Stops workers nobody called for `idle`, until the pool closes.
     /// One idle check (on the timer thread, see [`event_loop`]): takes the
     /// workers idle for `idle` out of the pool and hands them to a background
@@ -1067,10 +1140,16 @@ fn source_suffix(e: &CallError) -> String {
 
 impl Tick for Pool {
     fn tick(&self) -> bool {
-        match self.idle_timeout {
-            Some(idle) => self.idle_tick(idle),
-            None => false,
+        if self.closed.load(Ordering::Acquire) {
+            return false;
         }
+        if let Some(idle) = self.idle_timeout {
+            self.idle_tick(idle);
+        }
+        if let Some(budget) = self.idle_cpu {
+            self.idle_cpu_tick(budget);
+        }
+        true
     }
 }
 

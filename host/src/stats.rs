@@ -37,6 +37,7 @@ pub(crate) struct Counters {
     calls: AtomicU64,
     ok: AtomicU64,
     restarts: AtomicU64,
+    idle_cpu_kills: AtomicU64,
     errors: [AtomicU64; KINDS.len()],
     exited: AtomicU64,
     cpu_user_us: AtomicU64,
@@ -62,6 +63,10 @@ impl Counters {
                 self.errors[i].fetch_add(1, Ordering::Relaxed)
             }
         };
+    }
+
+    pub(crate) fn idle_cpu_kill(&self) {
+        self.idle_cpu_kills.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn restarted(&self) {
@@ -90,6 +95,7 @@ impl Counters {
             crashes: errors.get("worker_died").copied().unwrap_or(0),
             protocol_errors: errors.get("protocol").copied().unwrap_or(0),
             restarts: self.restarts.load(Ordering::Relaxed),
+            idle_cpu_kills: self.idle_cpu_kills.load(Ordering::Relaxed),
             errors,
             live_workers,
             events_dropped,
@@ -119,6 +125,9 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Replacement workers started.
     pub restarts: u64,
+    /// Workers killed for using CPU with no call in flight
+    /// ([`PluginSpec::idle_cpu`](crate::PluginSpec::idle_cpu)).
+    pub idle_cpu_kills: u64,
     /// Worker processes alive right now.
     pub live_workers: usize,
     /// Lifecycle events dropped because a subscriber was not keeping up.

@@ -659,6 +659,7 @@ impl Core {
             standby: spec.standby,
             grace: self.grace,
             idle_timeout: spec.idle_timeout,
+            idle_cpu: spec.idle_cpu,
             counters: counters.clone(),
         };
         Ok(LoadJob {

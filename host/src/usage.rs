@@ -62,6 +62,41 @@ pub(crate) fn sample(pid: u32) -> Option<WorkerMemory> {
     })
 }
 
+/// CPU time (user + system) `pid` and its live descendants have used, with
+/// what each has from children it waited for; `None` if `pid` is gone.
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100) as u64;
+    let mut ticks = stat_ticks(pid)?;
+    let mut seen = 1;
+    let mut stack = children(pid);
+    while let Some(child) = stack.pop() {
+        if seen >= MAX_TREE {
+            break;
+        }
+        if let Some(t) = stat_ticks(child) {
+            ticks += t;
+            seen += 1;
+            stack.extend(children(child));
+        }
+    }
+    Some(Duration::from_micros(ticks.saturating_mul(1_000_000) / hz))
+}
+
+/// utime + stime + cutime + cstime of `pid`, in clock ticks.
+fn stat_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: fields
+    // are counted after its last ')'. There, field 3 (state) comes first;
+    // utime, stime, cutime, cstime are fields 14 to 17.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (14..=17).map(|i| f.get(i - 3)?.parse::<u64>().ok()).sum()
+}
+
 /// `VmRSS` and `VmHWM` of `pid` in KiB (0 for a process without memory, e.g. a zombie).
 fn status_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

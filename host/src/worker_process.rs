@@ -151,6 +151,8 @@ pub(crate) struct WorkerProcess {
     pub(crate) slot: usize,
     /// When it last finished a call (or started).
     pub(crate) last_used: Instant,
+    /// The idle-CPU watch's last reading: when, and the CPU time used by then.
+    pub(crate) cpu_seen: Option<(Instant, Duration)>,
 }
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
@@ -315,6 +317,7 @@ impl WorkerProcess {
             sessions: launch.imports.is_some(),
             slot: 0,
             last_used: Instant::now(),
+            cpu_seen: None,
         };
         // (A large request is written now that the worker is running.)
         let sent = sent.unwrap_or_else(|| send_load(&w.sock, &load, launch, &region, deadline));

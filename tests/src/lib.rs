@@ -96,6 +96,7 @@ pub mod hog {
     pub const OOM_SCORE_ADJ: u32 = 4;
     pub const RAISE_NOFILE: u32 = 5;
     pub const FLOOD: u32 = 6;
+    pub const SPIN_AFTER_RETURN: u32 = 7;
 }
 
 /// Slots of the `Blob` interface (Arena).
