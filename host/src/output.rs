@@ -308,26 +308,14 @@ pub(crate) fn forward(
     let bytes = Arc::new(Mutex::new(VecDeque::new()));
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let (stdout_done_tx, stdout_done) = crossbeam_channel::bounded(1);
-    event_loop::watch_output(Pipe::new(
-        stdout,
-        plugin.clone(),
-        pid,
-        Stream::Stdout,
-        callback.clone(),
-        None,
-        meter.clone(),
-        stdout_done_tx,
-    ));
-    event_loop::watch_output(Pipe::new(
-        stderr,
+    let origin = Origin {
         plugin,
         pid,
-        Stream::Stderr,
         callback,
-        Some(bytes.clone()),
         meter,
-        done_tx,
-    ));
+    };
+    event_loop::watch_output(Pipe::new(stdout, Stream::Stdout, origin.clone(), None, stdout_done_tx));
+    event_loop::watch_output(Pipe::new(stderr, Stream::Stderr, origin, Some(bytes.clone()), done_tx));
     StderrTail {
         bytes,
         done,
@@ -359,6 +347,16 @@ fn push_tail(tail: &mut VecDeque<u8>, bytes: &[u8]) {
     tail.extend(bytes);
 }
 
+/// Whose output a pipe carries and where its lines go.
+#[derive(Clone)]
+struct Origin {
+    plugin: Arc<str>,
+    pid: u32,
+    callback: Option<OutputCallback>,
+    /// The plugin's output budget.
+    meter: Arc<Meter>,
+}
+
 /// One output pipe of one worker, as the output loop serves it.
 pub(crate) struct Pipe {
     /// The read end (nonblocking while the loop serves it). Declared first:
@@ -384,14 +382,17 @@ pub(crate) struct Pipe {
 impl Pipe {
     fn new(
         fd: OwnedFd,
-        plugin: Arc<str>,
-        pid: u32,
         stream: Stream,
-        callback: Option<OutputCallback>,
+        origin: Origin,
         tail: Option<Arc<Mutex<VecDeque<u8>>>>,
-        meter: Arc<Meter>,
         done: Sender<()>,
     ) -> Pipe {
+        let Origin {
+            plugin,
+            pid,
+            callback,
+            meter,
+        } = origin;
         let file = File::from(fd);
         // Without O_NONBLOCK the loop could block in a read; such a pipe is
         // served on a thread of its own instead.
