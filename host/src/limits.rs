@@ -10,6 +10,12 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 /// many, so a host whose own limit is higher can still send its descriptors.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
 
+/// `RLIMIT_AS` of a worker whose [`Limits`] set none: 4 GiB of address
+/// space per process, far above what a plugin normally maps (its heap,
+/// thread stacks, libraries and the shared-memory region), so a runaway
+/// allocation fails in the plugin instead of taking the machine's memory.
+pub const DEFAULT_ADDRESS_SPACE: u64 = 4 << 30;
+
 /// How much lower than the host's a worker's scheduling priority is by
 /// default: its nice value is the host's plus this.
 pub const DEFAULT_NICE: i32 = 10;
@@ -34,8 +40,10 @@ pub(crate) fn raise_own_nofile() {
 #[must_use = "Limits do nothing until passed to PluginSpec::limits"]
 #[non_exhaustive]
 pub struct Limits {
-    /// `RLIMIT_AS`: address space in bytes. Allocations beyond it fail (a Rust
-    /// plugin then aborts with "memory allocation failed"). Default: unset.
+    /// `RLIMIT_AS`: address space in bytes, per process of the worker.
+    /// Allocations beyond it fail (a Rust plugin then aborts with "memory
+    /// allocation failed"). Default: unset, which means
+    /// [`DEFAULT_ADDRESS_SPACE`] (4 GiB); `u64::MAX` lifts it.
     pub address_space: Option<u64>,
     /// `RLIMIT_CPU`: CPU seconds. At the limit the worker gets SIGXCPU, one
     /// second later SIGKILL. Default: unset.
@@ -118,7 +126,7 @@ impl Limits {
                 args.push(v.to_string());
             }
         };
-        push("--limit-as", self.address_space);
+        push("--limit-as", Some(self.address_space.unwrap_or(DEFAULT_ADDRESS_SPACE)));
         push("--limit-cpu", self.cpu_seconds);
         push("--limit-nofile", Some(self.open_files.unwrap_or(DEFAULT_OPEN_FILES)));
         push("--limit-nproc", self.processes);
@@ -141,8 +149,14 @@ mod tests {
 
     #[test]
     fn args() {
-        assert_eq!(Limits::new().to_args(), ["--limit-nofile", "1024", "--nice", "10"]);
-        assert_eq!(Limits::new().nice(0).to_args(), ["--limit-nofile", "1024"]);
+        assert_eq!(
+            Limits::new().to_args(),
+            ["--limit-as", "4294967296", "--limit-nofile", "1024", "--nice", "10"]
+        );
+        assert_eq!(
+            Limits::new().nice(0).to_args(),
+            ["--limit-as", "4294967296", "--limit-nofile", "1024"]
+        );
         let l = Limits::new()
             .address_space(1 << 30)
             .cpu_seconds(2)

@@ -97,6 +97,8 @@ pub mod hog {
     pub const RAISE_NOFILE: u32 = 5;
     pub const FLOOD: u32 = 6;
     pub const SPIN_AFTER_RETURN: u32 = 7;
+    pub const TAKE_MEMORY: u32 = 8;
+    pub const ADDRESS_SPACE_LIMIT: u32 = 9;
 }
 
 /// Slots of the `Blob` interface (Arena).

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bulkhead::{CallError, Limits, Sandbox};
+use bulkhead::{CallError, Layer, Limits, Plugin, Sandbox};
 use bulkhead_tests::{basic, fixtures, hog, hostile, plugin_process, spec, supervisor, wait_gone};
 
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -189,4 +189,90 @@ fn inotify_instances_cannot_be_taken_from_a_non_root_host() {
         format!("error {}", libc::EMFILE),
         "{run:?}"
     );
+}
+
+fn take(p: &Plugin, route: &str, mib: u64) -> i64 {
+    p.call(hog::TAKE_MEMORY, &(route.to_string(), mib)).unwrap()
+}
+
+#[test]
+fn memory_the_address_space_limit_sees_stops_at_it() {
+    let sup = supervisor();
+    let h = sup.load(spec("fx-hog")).unwrap();
+    assert_eq!(
+        h.call::<_, i64>(hog::ADDRESS_SPACE_LIMIT, &()).unwrap(),
+        4 << 30,
+        "the default"
+    );
+    // Shown under a 256 MiB limit (the default binds alike at 4 GiB).
+    let capped = sup
+        .load(spec("fx-hog").limits(Limits::new().address_space(256 << 20)))
+        .unwrap();
+    for route in ["malloc", "mmap"] {
+        let got = take(&capped, route, 384);
+        assert!(got > 0 && got < 256 << 20, "{route}: {got} bytes under 256 MiB");
+    }
+    // Control: lifted, the same routes take all 384 MiB.
+    let lifted = sup
+        .load(spec("fx-hog").limits(Limits::new().address_space(u64::MAX)))
+        .unwrap();
+    assert_eq!(lifted.call::<_, i64>(hog::ADDRESS_SPACE_LIMIT, &()).unwrap(), -1);
+    for route in ["malloc", "mmap"] {
+        assert_eq!(take(&lifted, route, 384), 384 << 20, "{route}");
+    }
+}
+
+#[test]
+fn system_v_shared_memory_stops_at_the_workers_ipc_limits() {
+    let sup = supervisor();
+    // Kept after detaching, so RLIMIT_AS (256 MiB here) does not count it:
+    // the IPC namespace's kernel.shmall (64 MiB) does.
+    let h = sup
+        .load(spec("fx-hog").limits(Limits::new().address_space(256 << 20)))
+        .unwrap();
+    assert_eq!(take(&h, "sysv", 512), 64 << 20);
+    assert!(
+        h.info().sandbox.state(Layer::IpcNs).is_enforced(),
+        "{:?}",
+        h.info().sandbox
+    );
+    // Control: without the sandbox (the host's IPC namespace, its limits),
+    // the same 256 MiB address space holds twice the bound; removed again.
+    let open = sup
+        .load(
+            spec("fx-hog")
+                .sandbox(Sandbox::none())
+                .limits(Limits::new().address_space(256 << 20)),
+        )
+        .unwrap();
+    let got = take(&open, "sysv", 128);
+    take(&open, "sysv-release", 0);
+    assert_eq!(got, 128 << 20);
+}
+
+#[test]
+fn tmpfs_and_pipes_stop_at_their_bounds() {
+    let sup = supervisor();
+    let h = sup.load(spec("fx-hog")).unwrap();
+    // /tmp and /dev/shm: private tmpfs of DEFAULT_TMP_SIZE (64 MiB) each.
+    for route in ["tmp", "devshm"] {
+        let got = take(&h, route, 256);
+        assert!(got > 0 && got <= 64 << 20, "{route}: {got}");
+    }
+    // Pipes: the worker is not exempt from the per-user pipe-buffer limit
+    // (fs.pipe-user-pages-soft), and holds at most 1,024 descriptors.
+    let got = take(&h, "pipes", 512);
+    eprintln!("pipes: {got} bytes buffered under the default sandbox");
+    assert!(got > 0 && got <= 80 << 20, "pipes: {got}");
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    // Control (a root host): without the sandbox the worker is root, exempt
+    // from the pipe limit, and /dev/shm is the machine's.
+    let open = sup.load(spec("fx-hog").sandbox(Sandbox::none())).unwrap();
+    let pid = open.worker_pids()[0];
+    assert_eq!(take(&open, "pipes", 256), 256 << 20);
+    let got = take(&open, "devshm", 96);
+    let _ = std::fs::remove_file(format!("/dev/shm/bulkhead-hog-{pid}"));
+    assert_eq!(got, 96 << 20);
 }

@@ -175,6 +175,36 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), String> {
 /// runtime plus a rayon pool need on a machine of a few dozen cores.
 pub const SANDBOX_DEFAULT_NPROC: u64 = 256;
 
+/// Largest System V shared-memory segment (`kernel.shmmax`) in a worker's
+/// own IPC namespace.
+pub const SHM_MAX_BYTES: u64 = 64 << 20;
+/// All System V shared memory of a worker's IPC namespace together, in 4 KiB
+/// pages (`kernel.shmall`): 64 MiB. `RLIMIT_AS` does not count these pages
+/// once a segment is detached; this does.
+pub const SHM_ALL_PAGES: u64 = (64 << 20) / 4096;
+/// System V shared-memory segments (`kernel.shmmni`).
+pub const SHM_SEGMENTS: u64 = 16;
+/// System V message queues (`kernel.msgmni`; each holds `kernel.msgmnb`,
+/// 16 KiB by default).
+pub const MSG_QUEUES: u64 = 16;
+
+/// Bounds System V IPC in this process's IPC namespace, which must be the
+/// worker's own (created by the sandbox; its sysctls belong to the user
+/// namespace that created it). Called before any plugin code runs: a limit
+/// lowered below what already exists would not reclaim it.
+pub fn limit_sysv_ipc() -> Result<(), String> {
+    for (name, value) in [
+        ("shmmax", SHM_MAX_BYTES),
+        ("shmall", SHM_ALL_PAGES),
+        ("shmmni", SHM_SEGMENTS),
+        ("msgmni", MSG_QUEUES),
+    ] {
+        std::fs::write(format!("/proc/sys/kernel/{name}"), value.to_string())
+            .map_err(|e| format!("kernel.{name} = {value}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Applies the resource limits to this process (the one that loads the
 /// plugin). `helpers` is how many processes the sandbox itself keeps under the
 /// worker's uid (its outer process and init); `RLIMIT_NPROC` counts them too,

@@ -235,6 +235,13 @@ fn isolate(plan: &Plan<'_>, report: &mut SandboxReport, staged: bool) -> Result<
         if ns.uts {
             namespaces::set_hostname();
         }
+        if report.state(Layer::IpcNs).is_enforced() {
+            // Resource containment (issue 17): small System V IPC limits in
+            // the worker's own IPC namespace.
+            if let Err(why) = crate::setup::limit_sysv_ipc() {
+                report.set(Layer::IpcNs, LayerState::Partial(why));
+            }
+        }
         if !ns.mount {
             return;
         }
