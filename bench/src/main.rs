@@ -2,6 +2,7 @@
 //! same run. Run with `cargo run --release -p bulkhead-bench` (add `--quick`
 //! for a smoke run). Prints a table and one JSON line per figure.
 
+mod containment;
 mod fastpath;
 mod floor;
 mod inproc;
@@ -107,6 +108,10 @@ fn main() {
     let mut report = Report { rows: Vec::new() };
     if std::env::args().any(|a| a == "--scale-only") {
         scale::rows(&fx.worker, &lib, &mut report, quick);
+        return report.print(started);
+    }
+    if std::env::args().any(|a| a == "--containment-only") {
+        containment::rows(&fx, &mut report, quick);
         return report.print(started);
     }
     if std::env::args().any(|a| a == "--restart-only") {
@@ -396,6 +401,9 @@ fn main() {
 
     // --- scale: 10, 100, 1,000 plugins ----------------------------------------------------
     scale::rows(&fx.worker, &lib, &mut report, quick);
+
+    // --- resource containment: neighbours, output cost ---------------------------------
+    containment::rows(&fx, &mut report, quick);
 
     report.print(started);
 }
