@@ -68,6 +68,11 @@ pub struct Limits {
     pub file_size: Option<u64>,
     /// Allow core dumps (`RLIMIT_CORE` unlimited vs 0). Default: `false`.
     pub core_dumps: bool,
+    /// `RLIMIT_MSGQUEUE`: bytes of POSIX message queues the worker may
+    /// create. Linux counts them per user, so a non-root host's workers
+    /// would share the host's 800 KiB. At most the host's own hard limit
+    /// (800 KiB unless raised). Default: unset, which means 0 (no queues).
+    pub message_queue_bytes: Option<u64>,
     /// Added to the host's nice value for the worker (lower priority: the
     /// host's threads and other programs win the CPU from a busy plugin).
     /// 0 keeps the host's priority; negative values need privileges the
@@ -105,6 +110,11 @@ impl Limits {
         self.file_size = Some(bytes);
         self
     }
+    /// Sets the POSIX message-queue limit in bytes.
+    pub fn message_queue_bytes(mut self, bytes: u64) -> Self {
+        self.message_queue_bytes = Some(bytes);
+        self
+    }
     /// Sets how much lower than the host's the worker's priority is (nice
     /// increment; 0 for the host's own).
     pub fn nice(mut self, increment: i32) -> Self {
@@ -131,6 +141,7 @@ impl Limits {
         push("--limit-nofile", Some(self.open_files.unwrap_or(DEFAULT_OPEN_FILES)));
         push("--limit-nproc", self.processes);
         push("--limit-fsize", self.file_size);
+        push("--limit-msgqueue", Some(self.message_queue_bytes.unwrap_or(0)));
         let nice = self.nice.unwrap_or(DEFAULT_NICE);
         if nice != 0 {
             args.push("--nice".into());
@@ -151,11 +162,27 @@ mod tests {
     fn args() {
         assert_eq!(
             Limits::new().to_args(),
-            ["--limit-as", "4294967296", "--limit-nofile", "1024", "--nice", "10"]
+            [
+                "--limit-as",
+                "4294967296",
+                "--limit-nofile",
+                "1024",
+                "--limit-msgqueue",
+                "0",
+                "--nice",
+                "10"
+            ]
         );
         assert_eq!(
             Limits::new().nice(0).to_args(),
-            ["--limit-as", "4294967296", "--limit-nofile", "1024"]
+            [
+                "--limit-as",
+                "4294967296",
+                "--limit-nofile",
+                "1024",
+                "--limit-msgqueue",
+                "0"
+            ]
         );
         let l = Limits::new()
             .address_space(1 << 30)
@@ -171,6 +198,8 @@ mod tests {
                 "2",
                 "--limit-nofile",
                 "64",
+                "--limit-msgqueue",
+                "0",
                 "--nice",
                 "10",
                 "--core-dumps"

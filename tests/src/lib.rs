@@ -99,6 +99,7 @@ pub mod hog {
     pub const SPIN_AFTER_RETURN: u32 = 7;
     pub const TAKE_MEMORY: u32 = 8;
     pub const ADDRESS_SPACE_LIMIT: u32 = 9;
+    pub const MESSAGE_QUEUES: u32 = 10;
 }
 
 /// Slots of the `Blob` interface (Arena).

@@ -276,3 +276,26 @@ fn tmpfs_and_pipes_stop_at_their_bounds() {
     let _ = std::fs::remove_file(format!("/dev/shm/bulkhead-hog-{pid}"));
     assert_eq!(got, 96 << 20);
 }
+
+#[test]
+fn posix_message_queues_are_refused_by_default() {
+    let sup = supervisor();
+    // The default sandbox: RLIMIT_MSGQUEUE 0 (and the IPC namespace's own
+    // mqueue filesystem refuses the worker's uid as well).
+    let h = sup.load(spec("fx-hog")).unwrap();
+    let got: i64 = h.call(hog::MESSAGE_QUEUES, &(4u32,)).unwrap();
+    assert!(got == -(libc::EMFILE as i64) || got == -(libc::EACCES as i64), "{got}");
+    // Without the sandbox the limit alone refuses (it binds root too).
+    let open = sup.load(spec("fx-hog").sandbox(Sandbox::none())).unwrap();
+    let got: i64 = open.call(hog::MESSAGE_QUEUES, &(4u32,)).unwrap();
+    assert_eq!(got, -(libc::EMFILE as i64));
+    // Control: with a budget, the same worker gets its queues.
+    let budget = sup
+        .load(
+            spec("fx-hog")
+                .sandbox(Sandbox::none())
+                .limits(Limits::new().message_queue_bytes(512 << 10)),
+        )
+        .unwrap();
+    assert_eq!(budget.call::<_, i64>(hog::MESSAGE_QUEUES, &(4u32,)).unwrap(), 4);
+}

@@ -21,6 +21,7 @@ pub struct Args {
     limit_nofile: Option<u64>,
     limit_nproc: Option<u64>,
     limit_fsize: Option<u64>,
+    limit_msgqueue: Option<u64>,
     nice: Option<i32>,
     core_dumps: bool,
     /// Run as the supervisor's network-namespace holder instead of a worker.
@@ -57,6 +58,7 @@ impl Args {
                 "--limit-nofile" => a.limit_nofile = Some(num()?),
                 "--limit-nproc" => a.limit_nproc = Some(num()?),
                 "--limit-fsize" => a.limit_fsize = Some(num()?),
+                "--limit-msgqueue" => a.limit_msgqueue = Some(num()?),
                 "--nice" => a.nice = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?),
                 "--netns-of" => a.netns_of = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?),
                 _ => return Err(format!("unknown argument {flag}")),
@@ -230,6 +232,9 @@ pub fn apply_limits(args: &Args, helpers: u64, own_user_ns: bool) -> Result<(), 
     }
     if let Some(v) = args.limit_fsize {
         set(Resource::RLIMIT_FSIZE, v, "RLIMIT_FSIZE")?;
+    }
+    if let Some(v) = args.limit_msgqueue {
+        set(Resource::RLIMIT_MSGQUEUE, v, "RLIMIT_MSGQUEUE")?;
     }
     if !args.core_dumps {
         set(Resource::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
