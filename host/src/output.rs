@@ -602,3 +602,70 @@ impl event_loop::Source for Pipe {
         // worker then blocks on a full pipe and its calls time out, visibly.
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stderr pipe under `budget` whose forwarded lines are collected.
+    fn pipe(budget: OutputBudget) -> (Pipe, Arc<Mutex<Vec<String>>>, Arc<Mutex<VecDeque<u8>>>) {
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let callback: OutputCallback = Arc::new(move |l: OutputLine<'_>| sink.lock().unwrap().push(l.line.to_string()));
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (done, _) = crossbeam_channel::bounded(1);
+        let origin = Origin {
+            plugin: "p".into(),
+            pid: 1,
+            callback: Some(callback),
+            meter: Arc::new(Meter::new(budget)),
+        };
+        (
+            Pipe::new(r, Stream::Stderr, origin, Some(tail.clone()), done),
+            seen,
+            tail,
+        )
+    }
+
+    #[test]
+    fn lines_over_the_budget_are_dropped_counted_and_kept_in_the_tail() {
+        let (mut p, seen, tail) = pipe(OutputBudget::new(2, 1 << 20, 1 << 20));
+        p.feed(b"a\nb\nc\nd\npart");
+        assert_eq!(*seen.lock().unwrap(), ["a", "b"]);
+        p.feed(b"ial\ne\n");
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert_eq!(p.meter.take_dropped(true), Some((4, 14)));
+        let t: Vec<u8> = tail.lock().unwrap().iter().copied().collect();
+        assert_eq!(t, b"a\nb\nc\nd\npartial\ne\n");
+    }
+
+    #[test]
+    fn an_over_long_line_is_cut_in_pieces_forwarded_or_dropped() {
+        let (mut p, seen, _) = pipe(OutputBudget::unlimited());
+        p.feed(&vec![b'x'; MAX_LINE * 2 + 5]);
+        p.feed(b"\n");
+        let lens: Vec<usize> = seen.lock().unwrap().iter().map(String::len).collect();
+        assert_eq!(lens, [MAX_LINE, MAX_LINE, 5]);
+        // Over budget: the pieces are counted, never forwarded.
+        let (mut p, seen, _) = pipe(OutputBudget::new(1, 1 << 20, 1 << 20));
+        p.feed(b"first\n");
+        p.feed(&vec![b'y'; MAX_LINE * 3]);
+        p.feed(b"\nlast\n");
+        assert_eq!(*seen.lock().unwrap(), ["first"]);
+        // Three pieces (each counted with a line end), the empty line the
+        // newline right after them ends, and "last".
+        let (lines, bytes) = p.meter.take_dropped(true).unwrap();
+        assert_eq!((lines, bytes), (5, (3 * (MAX_LINE + 1) + 1 + 5) as u64));
+    }
+
+    #[test]
+    fn reads_over_the_read_budget_ask_for_a_pause() {
+        let m = Meter::new(OutputBudget::new(1000, 1 << 20, 1000));
+        assert_eq!(m.read(1000), None, "a second's burst");
+        let until = m.read(500).expect("over budget");
+        let wait = until.saturating_duration_since(Instant::now());
+        assert!(wait >= Duration::from_millis(500) && wait <= MAX_PAUSE, "{wait:?}");
+        assert_eq!(Meter::new(OutputBudget::unlimited()).read(usize::MAX), None);
+    }
+}
