@@ -607,8 +607,11 @@ impl event_loop::Source for Pipe {
 mod tests {
     use super::*;
 
+    type Lines = Arc<Mutex<Vec<String>>>;
+    type Tail = Arc<Mutex<VecDeque<u8>>>;
+
     /// A stderr pipe under `budget` whose forwarded lines are collected.
-    fn pipe(budget: OutputBudget) -> (Pipe, Arc<Mutex<Vec<String>>>, Arc<Mutex<VecDeque<u8>>>) {
+    fn pipe(budget: OutputBudget) -> (Pipe, Lines, Tail) {
         let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
