@@ -357,7 +357,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
 
 /// The threads of this process (`Threads:` of `/proc/self/status`; 0 if it
 /// cannot be read).
-fn thread_count() -> usize {
+pub(crate) fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
