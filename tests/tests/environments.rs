@@ -28,12 +28,12 @@ struct Secrets {
 }
 
 impl Secrets {
-    fn new() -> Secrets {
+    fn new(tag: &str) -> Secrets {
         let dir = bulkhead_tests::workspace_root()
             .join("target")
-            .join(format!("env-secrets-{}", std::process::id()));
+            .join(format!("env-secrets-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let tmp = std::env::temp_dir().join(format!("bulkhead-env-secret-{}", std::process::id()));
+        let tmp = std::env::temp_dir().join(format!("bulkhead-env-secret-{tag}-{}", std::process::id()));
         for f in [dir.join("secret"), tmp.clone()] {
             std::fs::write(&f, b"secret").unwrap();
             std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -129,7 +129,7 @@ fn assert_refused(lines: &[String], starts: &str, remedy: &[&str]) {
 
 /// Every environment, for the host uid `uid` (`None`: the test's own).
 fn matrix(uid: Option<u32>) {
-    let s = Secrets::new();
+    let s = Secrets::new(if uid.is_some() { "child-uid" } else { "own-uid" });
     // Plain: everything holds; without a sandbox every attack works (the
     // attacks can succeed, so "blocked" means something).
     assert_eq!(cell(&s, uid, "plain", "strict"), loaded(ALL_ENFORCED, ALL_BLOCKED));
@@ -201,7 +201,7 @@ fn root_host_holds_or_refuses_in_every_environment() {
 #[test]
 fn non_root_host_holds_or_refuses_in_every_environment() {
     if !is_root() {
-        // Already not root: this host is the non-root host.
+        // Already not root: the root test skipped, and this host is the non-root host.
         matrix(None);
         return;
     }
