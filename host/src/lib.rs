@@ -107,6 +107,7 @@ mod restart;
 mod sandbox;
 mod signing;
 mod stats;
+mod strays;
 mod stream;
 mod supervisor;
 #[cfg(feature = "tokio")]
