@@ -164,6 +164,17 @@ impl<S: Source> EventLoop<S> {
     }
 }
 
+/// Hands an orphaned helper of a worker to the stray loop (started on first
+/// use, which happens only in a host that is a reaper: see
+/// [`strays`](crate::strays)).
+pub(crate) fn watch_stray(stray: crate::strays::Stray) {
+    static STRAYS: Started<EventLoop<crate::strays::Stray>> = Started::new();
+    match STRAYS.get_or_start(|| EventLoop::start("bulkhead-strays", 0)) {
+        Some(lp) => lp.submit(stray),
+        None => stray.fallback(),
+    }
+}
+
 /// Hands a worker's reaping to the reaper loop.
 pub(crate) fn watch_exit(reaping: Reaping) {
     static REAPER: Started<EventLoop<Reaping>> = Started::new();

@@ -417,6 +417,7 @@ fn kill_and_reap(pid: u32) {
     // Unreaped, so neither the pid nor the group id can have been recycled.
     let _ = nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    crate::strays::adopt_group(pid);
     while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(p, None) {}
 }
 
@@ -424,6 +425,7 @@ impl Drop for ForkServer {
     fn drop(&mut self) {
         // It holds no state worth a polite exit: kill and reap at once.
         let _ = self.child.kill();
+        crate::strays::adopt_group(self.child.id());
         let _ = self.child.wait();
         // Every blank announces itself on this channel and then closes its
         // copy, so reading to end-of-file learns of all of them.

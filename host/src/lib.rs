@@ -107,6 +107,7 @@ mod restart;
 mod sandbox;
 mod signing;
 mod stats;
+mod strays;
 mod stream;
 mod supervisor;
 #[cfg(feature = "tokio")]
@@ -157,15 +158,21 @@ pub use zero_copy::RawReply;
 /// # Ok::<(), bulkhead::BuildError>(())
 /// ```
 ///
-/// Call it before starting threads or doing other work: the worker takes over
-/// the process (it closes inherited descriptors and loads untrusted code).
+/// Call it first: the worker takes over the process (it closes inherited
+/// descriptors and loads untrusted code). A process that is already
+/// multi-threaded when it gets here (e.g. a `#[tokio::main]` `main`, whose
+/// runtime threads start before its first statement) re-executes itself and
+/// runs the worker from a constructor, before `main` and before any thread, so
+/// every sandbox layer still applies; where that cannot happen, a strict
+/// sandbox refuses the load and says why.
 #[cfg(feature = "self-worker")]
 pub fn worker_main_if_requested() {
-    let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(std::ffi::OsStr::new(SELF_WORKER_ARG)) {
+    let mut all = std::env::args_os();
+    let argv0 = all.next().unwrap_or_default();
+    if all.next().as_deref() != Some(std::ffi::OsStr::new(SELF_WORKER_ARG)) {
         return;
     }
-    let args = args.map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
-    let code = bulkhead_worker::run_with_args(args.into_iter());
+    let args = all.map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+    let code = bulkhead_worker::self_worker_main(argv0, args);
     std::process::exit(i32::from(code));
 }

@@ -182,8 +182,10 @@ impl PluginSpec {
         self
     }
 
-    /// What the worker may touch. Default: [`Sandbox::strict`] — every layer on,
-    /// no network, no host files but the system libraries and the plugin.
+    /// What the worker may touch. Default: [`Sandbox::strict`] — every layer on
+    /// and required (the load fails if one cannot be enforced), no network, no
+    /// host files but the system libraries and the plugin.
+    /// [`Sandbox::best_effort`] loads with what the kernel allows;
     /// [`Sandbox::none`] turns the sandbox off.
     pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
         self.sandbox = sandbox;

@@ -13,12 +13,29 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 
 /// What a plugin's worker may touch. The default, [`Sandbox::strict`], applies
 /// every layer bulkhead has: user, pid, net, mount, ipc and uts namespaces,
-/// Landlock and a seccomp deny-list — without privileges, applied by the worker
+/// Landlock and a seccomp filter — without privileges, applied by the worker
 /// to itself before the plugin library is opened.
 ///
-/// Every layer is best effort: one the kernel refuses is reported in
-/// [`PluginInfo::sandbox`](crate::PluginInfo::sandbox) (and logged as a
-/// warning) instead of failing the load — unless it is [`required`](Self::require).
+/// **Fail closed by default.** Under [`Sandbox::strict`] every layer that is on
+/// is required: if the kernel refuses one (a container's seccomp profile that
+/// forbids namespaces, AppArmor's restriction of unprivileged user namespaces,
+/// a kernel without Landlock, a worker process that is already
+/// multi-threaded), the load fails with
+/// [`LoadFailure::Sandbox`](crate::LoadFailure::Sandbox) naming the layer, the
+/// kernel's answer and what to change. Weakening is always a choice made in
+/// code: [`without`](Self::without) turns a layer off (reported as
+/// [`LayerState::Off`]), and [`Sandbox::best_effort`] loads with whatever the
+/// kernel allows, reporting each missing layer in
+/// [`PluginInfo::sandbox`](crate::PluginInfo::sandbox) (see
+/// [`SandboxReport::exposures`] for what each missing layer lets a plugin do)
+/// and logging it as a warning. [`require`](Self::require) makes single layers
+/// mandatory again in a best-effort sandbox.
+///
+/// Two consequences of the user's own choices are not failures: with
+/// [`allow_connect_tcp`](Self::allow_connect_tcp) or
+/// [`allow_network`](Self::allow_network) the worker keeps the host's network
+/// namespace (the net layer is reported `Off`), and without the pid namespace
+/// the mount layer has no fresh `/proc` (reported `Partial`).
 ///
 /// ```
 /// use bulkhead::{Layer, Sandbox};
@@ -50,18 +67,34 @@ impl Default for Sandbox {
 }
 
 impl Sandbox {
-    /// Every layer on; no network; the filesystem shows only the system
-    /// libraries (read-only), the plugin library, a private 64 MiB `/tmp` and a
-    /// few devices. The default for every [`PluginSpec`](crate::PluginSpec).
+    /// Every layer on and required; no network; the filesystem shows only the
+    /// system libraries (read-only), the plugin library, a private 64 MiB
+    /// `/tmp` and a few devices. The default for every
+    /// [`PluginSpec`](crate::PluginSpec). A load fails if any layer that is on
+    /// cannot be enforced.
     pub fn strict() -> Sandbox {
         Sandbox {
             layers: LayerSet::all(),
-            required: LayerSet::EMPTY,
+            required: LayerSet::all(),
             simulate_unavailable: LayerSet::EMPTY,
             read: Vec::new(),
             write: Vec::new(),
             net: NetPolicy::None,
             tmp_size: DEFAULT_TMP_SIZE,
+        }
+    }
+
+    /// Every layer on, none required: what the kernel refuses is left out and
+    /// reported (in [`PluginInfo::sandbox`](crate::PluginInfo::sandbox), as
+    /// [`LayerState::Unavailable`] or [`LayerState::Partial`] with the reason,
+    /// and as a warning) instead of failing the load. The protection that is
+    /// then missing is listed by [`SandboxReport::exposures`]. Choose it only
+    /// where running the plugin matters more than isolating it;
+    /// [`require`](Self::require) keeps single layers mandatory.
+    pub fn best_effort() -> Sandbox {
+        Sandbox {
+            required: LayerSet::EMPTY,
+            ..Sandbox::strict()
         }
     }
 
@@ -72,25 +105,33 @@ impl Sandbox {
     pub fn none() -> Sandbox {
         Sandbox {
             layers: LayerSet::EMPTY,
+            required: LayerSet::EMPTY,
             ..Sandbox::strict()
         }
     }
 
-    /// Turns `layer` off. Turning off the user namespace also makes the other
-    /// namespaces unavailable to an unprivileged host.
+    /// Turns `layer` off (reported as [`LayerState::Off`], and no longer
+    /// required). Without the user namespace an unprivileged host cannot
+    /// create the other namespaces: under [`Sandbox::strict`] such a load
+    /// fails unless they are turned off too.
     pub fn without(mut self, layer: Layer) -> Sandbox {
         self.layers = self.layers.without(layer);
+        self.required = self.required.without(layer);
         self
     }
 
     /// Makes a load fail with [`LoadFailure::Sandbox`](crate::LoadFailure::Sandbox)
-    /// unless `layer` is fully enforced. Default: nothing is required.
+    /// unless `layer` is fully enforced, and turns it on if it was off.
+    /// [`Sandbox::strict`] already requires every layer that is on; this is
+    /// for a [`Sandbox::best_effort`] that must still have, say, seccomp.
     pub fn require(mut self, layer: Layer) -> Sandbox {
+        self.layers = self.layers.with(layer);
         self.required = self.required.with(layer);
         self
     }
 
-    /// Requires every layer that is on.
+    /// Requires every layer that is on (a [`Sandbox::best_effort`] becomes
+    /// [`Sandbox::strict`]'s equal).
     pub fn require_all(mut self) -> Sandbox {
         self.required = self.layers;
         self
@@ -138,7 +179,7 @@ impl Sandbox {
     }
 
     /// Makes the worker treat `layer` as if the kernel refused it — to see how
-    /// degradation is reported and how [`require`](Self::require) reacts.
+    /// a refusal is reported and how a strict sandbox refuses the load.
     /// For tests; never useful in production.
     #[doc(hidden)]
     pub fn simulate_unavailable(mut self, layer: Layer) -> Sandbox {
@@ -154,9 +195,14 @@ impl Sandbox {
     /// The policy as the worker receives it.
     pub(crate) fn to_policy(&self) -> SandboxPolicy {
         let bytes = |p: &PathBuf| p.as_os_str().as_bytes().to_vec();
+        // Keeping the host's network is the user's choice, not a failure.
+        let mut required = LayerSet(self.required.0 & self.layers.0);
+        if self.net != NetPolicy::None {
+            required = required.without(Layer::NetNs);
+        }
         SandboxPolicy {
             layers: self.layers,
-            required: self.required,
+            required,
             simulate_unavailable: self.simulate_unavailable,
             read: self.read.iter().map(bytes).collect(),
             write: self.write.iter().map(bytes).collect(),
@@ -182,6 +228,28 @@ mod tests {
         }
         assert_eq!(p.net, NetPolicy::None);
         assert!(!Sandbox::none().is_enabled());
+    }
+
+    #[test]
+    fn strict_requires_what_is_on_and_best_effort_nothing() {
+        let p = Sandbox::strict().to_policy();
+        assert_eq!(p.required, LayerSet::all());
+        let p = Sandbox::strict().without(Layer::UtsNs).to_policy();
+        assert_eq!(p.required, LayerSet::all().without(Layer::UtsNs));
+        let p = Sandbox::strict().allow_connect_tcp(443).to_policy();
+        assert_eq!(p.required, LayerSet::all().without(Layer::NetNs));
+        assert_eq!(Sandbox::best_effort().to_policy().required, LayerSet::EMPTY);
+        assert_eq!(Sandbox::best_effort().to_policy().layers, LayerSet::all());
+        let p = Sandbox::best_effort().require(Layer::Seccomp).to_policy();
+        assert_eq!(p.required, LayerSet::EMPTY.with(Layer::Seccomp));
+        assert_eq!(Sandbox::best_effort().require_all(), Sandbox::strict());
+        assert_eq!(Sandbox::none().to_policy().required, LayerSet::EMPTY);
+        // Requiring a layer that was turned off turns it back on.
+        let p = Sandbox::best_effort()
+            .without(Layer::Landlock)
+            .require(Layer::Landlock)
+            .to_policy();
+        assert!(p.layers.contains(Layer::Landlock) && p.required.contains(Layer::Landlock));
     }
 
     #[test]

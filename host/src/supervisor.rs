@@ -267,7 +267,8 @@ impl LoadJob {
             .filter_map(|&i| self.host_interfaces.get(i as usize).map(|h| h.name.clone()))
             .collect();
         for (layer, state) in info.sandbox.degraded() {
-            tracing::warn!(target: "bulkhead", plugin = &*self.label, %layer, state = ?state, "sandbox layer not fully enforced");
+            let exposure = layer.exposure();
+            tracing::warn!(target: "bulkhead", plugin = &*self.label, %layer, state = ?state, exposure, "sandbox layer not fully enforced (best effort)");
         }
         if self.transport == Transport::SharedMemory && !info.shm {
             tracing::warn!(

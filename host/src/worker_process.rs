@@ -547,6 +547,7 @@ impl Spawned {
     /// Kills and reaps a worker nobody watches yet (a failed start).
     fn abandon(self) {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        crate::strays::adopt_group(self.pid);
         let mut reap = self.reap;
         let _ = reap.reap(self.pid);
     }
@@ -658,6 +659,8 @@ impl Reaping {
         // The leader is a zombie: the group id is still ours. Take the plugin's
         // children down with it.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        // A reaper host (PID 1, subreaper) inherits the group's orphans.
+        crate::strays::adopt_group(pid);
         let (status, usage) = self.reap.reap(pid);
         *self.state.usage.lock().unwrap_or_else(|e| e.into_inner()) = usage;
         *exit = Some(status);

@@ -2,10 +2,11 @@
 //! report the worker sends back.
 //!
 //! The worker applies every layer to itself before the plugin library is opened
-//! (library constructors run inside `dlopen`). Each layer is best effort unless
-//! the policy requires it: a layer the kernel refuses is reported as
-//! [`LayerState::Unavailable`] with the reason, and a required layer that is not
-//! fully enforced fails the load.
+//! (library constructors run inside `dlopen`). A layer the kernel refuses is
+//! reported as [`LayerState::Unavailable`] with the reason; a layer in the
+//! policy's `required` set that is not fully enforced fails the load, with the
+//! kernel's reason and a remedy. The host's default policy requires every layer
+//! it turns on; a best-effort policy requires none.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,40 @@ impl Layer {
     /// The layer's bit in a [`LayerSet`].
     pub const fn bit(self) -> u32 {
         1 << self as u32
+    }
+
+    /// What a hostile plugin can do when this layer is missing and every other
+    /// layer holds (one sentence, for reports and logs).
+    pub const fn exposure(self) -> &'static str {
+        match self {
+            Layer::UserNs => {
+                "the worker keeps the host's user namespace: a root host's worker still runs as an unprivileged \
+                 uid, but a non-root host's worker shares the host's uid (same-uid kernel accounting), and \
+                 the other namespaces cannot be created without privileges"
+            }
+            Layer::PidNs => {
+                "the plugin sees the host's processes in /proc, and a process it double-forks and detaches \
+                 outlives its worker"
+            }
+            Layer::NetNs => {
+                "the plugin shares the host's network namespace: UDP, Unix sockets of the host's namespace \
+                 (Landlock's scope blocks abstract ones) and any protocol Landlock's TCP rules do not cover"
+            }
+            Layer::MountNs => {
+                "the plugin sees the host's whole filesystem tree (Landlock still limits what it may open) and \
+                 shares the host's /tmp"
+            }
+            Layer::IpcNs => "the plugin can reach System V IPC objects and POSIX message queues of the host",
+            Layer::UtsNs => "the plugin sees the host's real hostname",
+            Layer::Landlock => {
+                "no filesystem allow-list, TCP rules or signal/abstract-socket scopes: with the namespaces \
+                 missing too, the plugin can read any file its uid can and signal the host's uid's processes"
+            }
+            Layer::Seccomp => {
+                "no system-call filter: ptrace, process_vm_*, pidfd calls, new namespaces, socket families \
+                 no namespace isolates (AF_VSOCK) and the rest of the kernel's surface are open to the plugin"
+            }
+        }
     }
 
     /// A short lowercase name (`"user-ns"`, `"landlock"`, ...).
@@ -224,6 +259,12 @@ impl SandboxReport {
         }
     }
 
+    /// For every layer that is neither enforced nor off: the layer and what a
+    /// hostile plugin can then do ([`Layer::exposure`]).
+    pub fn exposures(&self) -> Vec<(Layer, &'static str)> {
+        self.degraded().map(|(l, _)| (l, l.exposure())).collect()
+    }
+
     /// Layers that are neither enforced nor off, with their state.
     pub fn degraded(&self) -> impl Iterator<Item = (Layer, &LayerState)> {
         self.layers
@@ -256,5 +297,6 @@ mod tests {
         assert_eq!(r.state(Layer::Landlock), &LayerState::Enforced);
         let d: Vec<_> = r.degraded().map(|(l, _)| l).collect();
         assert_eq!(d, vec![Layer::NetNs]);
+        assert_eq!(r.exposures(), vec![(Layer::NetNs, Layer::NetNs.exposure())]);
     }
 }

@@ -612,11 +612,44 @@ fn allowed_paths_and_ports_work_and_nothing_more() {
     assert!(r < 0, "no listening: {r}");
 }
 
+/// The layer a strict load was refused for, and the reason.
+fn sandbox_refusal(err: LoadError) -> (Layer, String) {
+    match err {
+        LoadError::Rejected {
+            reason: LoadFailure::Sandbox { layer, reason },
+            ..
+        } => (layer, reason),
+        other => panic!("expected a sandbox refusal, got {other:?}"),
+    }
+}
+
 #[test]
-fn a_missing_layer_is_reported_and_require_refuses_it() {
+fn strict_refuses_a_missing_layer_and_best_effort_reports_it() {
     let sup = supervisor();
+    // The default (strict) fails closed, naming the layer, the reason and what to do.
+    // (A simulated refusal keeps the fork-server out: the exec'd worker checks.)
+    for layer in [Layer::Landlock, Layer::UserNs, Layer::Seccomp] {
+        let err = sup
+            .load(spec("fx-hostile").sandbox(Sandbox::strict().simulate_unavailable(layer)))
+            .map(|_| ())
+            .unwrap_err();
+        let (refused, reason) = sandbox_refusal(err);
+        assert_eq!(refused, layer);
+        assert!(
+            reason.contains("simulate_unavailable") && reason.contains("Sandbox::best_effort()"),
+            "{reason}"
+        );
+    }
+    // So does the default spec, with no sandbox set at all.
+    let err = sup
+        .load(spec("fx-hostile").sandbox(Sandbox::default().simulate_unavailable(Layer::NetNs)))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sandbox_refusal(err).0, Layer::NetNs);
+
+    // Best effort loads, and says what is missing and what that exposes.
     let p = sup
-        .load(spec("fx-hostile").sandbox(Sandbox::strict().simulate_unavailable(Layer::Landlock)))
+        .load(spec("fx-hostile").sandbox(Sandbox::best_effort().simulate_unavailable(Layer::Landlock)))
         .unwrap();
     let report = p.info().sandbox;
     assert!(
@@ -627,43 +660,33 @@ fn a_missing_layer_is_reported_and_require_refuses_it() {
         report.degraded().map(|(l, _)| l).collect::<Vec<_>>(),
         vec![Layer::Landlock]
     );
+    assert_eq!(report.exposures(), vec![(Layer::Landlock, Layer::Landlock.exposure())]);
     // The other layers still hold.
     let r: i64 = p.call(hostile::NEW_NAMESPACE, &()).unwrap();
     assert!(r < 0);
 
     // Without the user namespace an unprivileged worker cannot create the others.
     let p = sup
-        .load(spec("fx-hostile").sandbox(Sandbox::strict().simulate_unavailable(Layer::UserNs)))
+        .load(spec("fx-hostile").sandbox(Sandbox::best_effort().simulate_unavailable(Layer::UserNs)))
         .unwrap();
     let report = p.info().sandbox;
     let degraded: HashSet<Layer> = report.degraded().map(|(l, _)| l).collect();
     assert!(degraded.contains(&Layer::UserNs), "{report:?}");
     assert_eq!(report.state(Layer::Seccomp), &LayerState::Enforced);
 
+    // require() keeps one layer mandatory in a best-effort sandbox.
     let err = sup
         .load(
             spec("fx-hostile").sandbox(
-                Sandbox::strict()
+                Sandbox::best_effort()
                     .simulate_unavailable(Layer::Landlock)
                     .require(Layer::Landlock),
             ),
         )
         .map(|_| ())
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LoadError::Rejected {
-                reason: LoadFailure::Sandbox {
-                    layer: Layer::Landlock,
-                    ..
-                },
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    // A layer turned off is reported as off, not as degraded.
+    assert_eq!(sandbox_refusal(err).0, Layer::Landlock);
+    // A layer turned off is reported as off, not as degraded, and strict loads.
     let p = sup
         .load(spec("fx-hostile").sandbox(Sandbox::strict().without(Layer::UtsNs)))
         .unwrap();

@@ -35,6 +35,7 @@ mod forkserver;
 mod imports;
 mod load;
 mod sandbox;
+mod self_worker;
 mod setup;
 mod streams;
 mod sys;
@@ -42,6 +43,8 @@ mod sys;
 use std::process::ExitCode;
 
 use bulkhead_shared::protocol::PROTOCOL_VERSION;
+
+pub use self_worker::{self_worker_main, REEXEC_ENV};
 
 /// Exit code for a malformed command line.
 const EXIT_USAGE: u8 = 64;

@@ -21,8 +21,12 @@
 //! 7. [`seccomp`]: a deny-list of the system calls an attacker needs, last,
 //!    because it forbids the mount and namespace calls the steps above make.
 //!
-//! Every layer is best effort unless the policy requires it; the report sent to
-//! the host says, per layer, enforced / partial / unavailable and why.
+//! The report sent to the host says, per layer, enforced / partial /
+//! unavailable and why. A layer the policy requires that is not enforced fails
+//! the load before the library is opened, with the kernel's reason and a remedy
+//! in plain words ([`check_required`]). The one accepted shortfall is a
+//! consequence of the policy itself: without the pid namespace the mount layer
+//! has no fresh `/proc` (`Partial`).
 
 mod capabilities;
 mod holder;
@@ -309,6 +313,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
             helper_processes: 0,
         });
     }
+    let threads = thread_count();
     let mut plan = Plan::new(policy, netns_of);
     // Opened now, with the identity the host gave us: the sandboxed worker
     // loads it through its descriptor, so neither a directory on the way it
@@ -340,20 +345,7 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         }
     };
 
-    for layer in Layer::ALL {
-        if policy.required.contains(layer) {
-            let state = report.state(layer);
-            if !state.is_enforced() {
-                let reason = match state {
-                    LayerState::Partial(why) => format!("only partly enforced: {why}"),
-                    LayerState::Unavailable(why) => why.clone(),
-                    LayerState::Off => "required but not enabled in the policy".to_string(),
-                    LayerState::Enforced => unreachable!("checked above"),
-                };
-                return Err(LoadFailure::Sandbox { layer, reason });
-            }
-        }
-    }
+    check_required(policy, &report, threads)?;
     // Kept open for the worker's life; the loader reopens it by this path.
     // (Without a /proc in the view, the view holds a copy at its own path.)
     let library = match plan.library.take() {
@@ -368,4 +360,98 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         report,
         helper_processes,
     })
+}
+
+/// The threads of this process (`Threads:` of `/proc/self/status`; 0 if it
+/// cannot be read).
+pub(crate) fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fails with the first layer the policy requires that `report` does not show
+/// enforced. `threads` is the worker's thread count when it began entering the
+/// sandbox (a multi-threaded process cannot create a user namespace).
+fn check_required(policy: &SandboxPolicy, report: &SandboxReport, threads: usize) -> Result<(), LoadFailure> {
+    for layer in Layer::ALL {
+        if !policy.required.contains(layer) {
+            continue;
+        }
+        let reason = match report.state(layer) {
+            LayerState::Enforced => continue,
+            // The policy's own choice: no pid namespace, so no fresh /proc.
+            LayerState::Partial(_) if layer == Layer::MountNs && !policy.layers.contains(Layer::PidNs) => continue,
+            LayerState::Partial(why) => format!("only partly enforced: {why}"),
+            LayerState::Unavailable(why) => why.clone(),
+            LayerState::Off => "required but not enabled in the policy".to_string(),
+        };
+        // A namespace that failed because the user namespace did is explained
+        // by the user namespace's failure.
+        let (layer, reason) = match report.state(Layer::UserNs) {
+            LayerState::Unavailable(why) if layer != Layer::UserNs && is_namespace(layer) => {
+                (Layer::UserNs, why.clone())
+            }
+            _ => (layer, reason),
+        };
+        let remedy = remedy(layer, &reason, threads);
+        return Err(LoadFailure::Sandbox {
+            layer,
+            reason: format!("{reason}. {remedy}"),
+        });
+    }
+    Ok(())
+}
+
+fn is_namespace(layer: Layer) -> bool {
+    !matches!(layer, Layer::Landlock | Layer::Seccomp)
+}
+
+/// What to do about `layer` failing with `reason`, in plain words.
+fn remedy(layer: Layer, reason: &str, threads: usize) -> String {
+    const OPT_OUT: &str = "or accept the weaker isolation in code with Sandbox::best_effort() \
+                           (PluginInfo::sandbox then lists what a plugin can do) or Sandbox::strict().without(..)";
+    if reason.contains("simulate_unavailable") {
+        return format!("The policy simulates this failure (a test setting); {OPT_OUT}.");
+    }
+    let user_ns = layer == Layer::UserNs;
+    if user_ns && threads > 1 && reason.contains("EINVAL") {
+        return format!(
+            "The worker process was already multi-threaded ({threads} threads), and the kernel creates no user \
+             namespace for such a process: in self-worker mode call bulkhead::worker_main_if_requested() as the \
+             first statement of main, before any runtime (e.g. #[tokio::main]) or thread starts, or use a \
+             standalone worker executable; {OPT_OUT}."
+        );
+    }
+    if user_ns && reason.contains("writing /proc/self/") {
+        return format!(
+            "The kernel created the user namespace but refused to map the worker's uid into it: unprivileged user \
+             namespaces are restricted on this system (AppArmor on Ubuntu 23.10+: \
+             kernel.apparmor_restrict_unprivileged_userns=1, or an outer user namespace that does not map this \
+             uid). Allow them for this executable (an AppArmor profile with the `userns,` rule, or the sysctl set \
+             to 0), {OPT_OUT}."
+        );
+    }
+    if user_ns && (reason.contains("EPERM") || reason.contains("ENOSPC") || reason.contains("ENOSYS")) {
+        return format!(
+            "Unprivileged user namespaces are disabled for this process: a container's seccomp profile (Docker's \
+             and containerd's default profiles refuse unshare/clone with namespace flags), \
+             user.max_user_namespaces=0, kernel.unprivileged_userns_clone=0, or a systemd unit with \
+             RestrictNamespaces=. Allow them (e.g. docker run --security-opt seccomp=<profile allowing unshare \
+             and clone with CLONE_NEWUSER>, RestrictNamespaces=user pid net mnt ipc uts in the unit) {OPT_OUT}."
+        );
+    }
+    match layer {
+        Layer::Landlock => format!(
+            "This kernel does not enforce Landlock fully (it needs Linux 6.7+ with Landlock in the `lsm=` boot \
+             list for every rule bulkhead uses); {OPT_OUT}."
+        ),
+        Layer::Seccomp => format!("The kernel refused the seccomp filter; {OPT_OUT}."),
+        _ => format!("The kernel refused to create the {layer} namespace here; {OPT_OUT}."),
+    }
 }
