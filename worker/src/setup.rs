@@ -120,13 +120,14 @@ pub fn hygiene(args: &Args) -> Result<(), String> {
         let _ = PARENT.set(Pid::from_raw(p));
     }
     die_with_parent()?;
-    // Raising one's own score needs no privilege. Without a /proc (a chroot)
-    // there is nothing to set.
-    match std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ.to_string()) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("write /proc/self/oom_score_adj: {e}"))
+    // Raising one's own score needs no privilege. Without a /proc (a chroot),
+    // or where a security module refuses writes to /proc (the host's own
+    // confinement), there is nothing to set: it orders the OOM killer's
+    // victims, it isolates nothing, so its absence does not stop the worker.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ.to_string()) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("bulkhead-worker: cannot set oom_score_adj ({e}); the OOM killer may pick the host first");
         }
-        _ => {}
     }
     prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))
 }
