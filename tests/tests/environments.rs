@@ -20,8 +20,10 @@ use bulkhead_tests::fixtures;
 /// An unused uid/gid for the non-root host.
 const NOBODY_ELSE: u32 = 61000;
 
-/// Files of the host's that no grant covers: one under the workspace's target
-/// directory, one in `/tmp`; both world-readable. Removed on drop.
+/// Files of the host's that no grant covers: one in a directory of its own
+/// under `/var/tmp` (outside `/tmp`, which Landlock grants whole where there is
+/// no mount namespace — and where a fresh checkout often sits), one in `/tmp`;
+/// both world-readable. Removed on drop.
 struct Secrets {
     dir: PathBuf,
     tmp: PathBuf,
@@ -29,9 +31,7 @@ struct Secrets {
 
 impl Secrets {
     fn new(tag: &str) -> Secrets {
-        let dir = bulkhead_tests::workspace_root()
-            .join("target")
-            .join(format!("env-secrets-{tag}-{}", std::process::id()));
+        let dir = PathBuf::from("/var/tmp").join(format!("bulkhead-env-secrets-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tmp = std::env::temp_dir().join(format!("bulkhead-env-secret-{tag}-{}", std::process::id()));
         for f in [dir.join("secret"), tmp.clone()] {
