@@ -55,7 +55,6 @@ pub(crate) struct ServerCommand {
 pub(crate) struct ForkServerSlot {
     command: ServerCommand,
     policy: SandboxPolicy,
-    netns_of: Option<u32>,
     state: Mutex<SlotState>,
 }
 
@@ -71,11 +70,10 @@ enum SlotState {
 }
 
 impl ForkServerSlot {
-    pub(crate) fn new(command: ServerCommand, policy: SandboxPolicy, netns_of: Option<u32>) -> ForkServerSlot {
+    pub(crate) fn new(command: ServerCommand, policy: SandboxPolicy) -> ForkServerSlot {
         ForkServerSlot {
             command,
             policy,
-            netns_of,
             state: Mutex::new(SlotState::Idle { failures: 0 }),
         }
     }
@@ -146,7 +144,7 @@ impl ForkServerSlot {
                 *state = SlotState::Off;
                 return;
             }
-            *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
+            *state = match ForkServer::start(&self.command, &self.policy) {
                 Ok(server) => SlotState::Running { server, failures },
                 Err(why) if failures + 1 >= MAX_START_FAILURES => {
                     tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
@@ -243,16 +241,13 @@ impl ForkServer {
         }
     }
 
-    fn start(command: &ServerCommand, policy: &SandboxPolicy, netns_of: Option<u32>) -> Result<ForkServer, String> {
+    fn start(command: &ServerCommand, policy: &SandboxPolicy) -> Result<ForkServer, String> {
         let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
         let mut cmd = Command::new(&command.worker);
         cmd.args(&command.worker_args)
             .arg("--parent-pid")
-            .arg(std::process::id().to_string());
-        if let Some(pid) = netns_of {
-            cmd.arg("--netns-of").arg(pid.to_string());
-        }
-        cmd.arg("--fork-server")
+            .arg(std::process::id().to_string())
+            .arg("--fork-server")
             .env_clear()
             .envs(command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(theirs))

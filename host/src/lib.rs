@@ -97,7 +97,6 @@ mod health;
 mod hostfn;
 mod limits;
 mod locate;
-mod netns;
 mod observe;
 mod output;
 mod plugin;

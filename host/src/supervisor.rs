@@ -15,7 +15,6 @@ use crate::events::{EventHub, EventReceiver};
 use crate::forkserver::{ForkServerSlot, ServerCommand};
 use crate::hostfn::{HostImports, HostInterface};
 use crate::locate;
-use crate::netns::NetNsHolder;
 use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Generation, Plugin, PluginShared, PluginSpec, Transport};
@@ -204,7 +203,6 @@ impl SupervisorBuilder {
                 events: Arc::new(EventHub::default()),
                 plugins: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
-                netns: Mutex::new(NetNs::Unstarted),
                 fork_server: self.fork_server,
                 fork_servers: Mutex::new(Vec::new()),
             }),
@@ -301,23 +299,10 @@ pub(crate) struct Core {
     plugins: Mutex<Vec<Weak<Pool>>>,
     /// Set at shutdown: no pool starts afterwards.
     closed: AtomicBool,
-    /// The shared empty network namespace, started with the first sandboxed
-    /// plugin that wants one; stopped at shutdown.
-    netns: Mutex<NetNs>,
     /// Whether workers are forked by fork-servers.
     fork_server: bool,
     /// One fork-server slot per sandbox profile in use; stopped at shutdown.
     fork_servers: Mutex<Vec<Arc<ForkServerSlot>>>,
-}
-
-/// The state of a supervisor's network-namespace holder.
-enum NetNs {
-    /// No sandboxed plugin asked for it yet.
-    Unstarted,
-    /// Running: workers join its namespace.
-    Running(NetNsHolder),
-    /// Could not start, or stopped at shutdown: workers create their own.
-    Unavailable,
 }
 
 /// Bytes per direction of a worker's shared region. The worker maps the region
@@ -436,7 +421,6 @@ impl Supervisor {
     fn stop_all(&self) -> Vec<WorkerReport> {
         let reports = self.take_pools().iter().flat_map(|p| p.shutdown()).collect();
         self.core.stop_fork_servers();
-        self.core.stop_netns();
         reports
     }
 
@@ -495,32 +479,12 @@ impl Core {
         Ok(())
     }
 
-    /// The pid of the network-namespace holder, started on first use (`None`:
-    /// unavailable, or the supervisor is shut down).
-    fn netns_holder(&self, env: &[(String, String)]) -> Option<u32> {
-        let mut netns = self.netns.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*netns, NetNs::Unstarted) && !self.closed.load(Ordering::Acquire) {
-            *netns = match NetNsHolder::start(&self.worker, &self.worker_args, env) {
-                Ok(h) => NetNs::Running(h),
-                Err(why) => {
-                    tracing::debug!(target: "bulkhead", %why, "no shared network namespace; each worker creates its own");
-                    NetNs::Unavailable
-                }
-            };
-        }
-        match &*netns {
-            NetNs::Running(h) => Some(h.pid()),
-            _ => None,
-        }
-    }
-
     /// The fork-server slot of `policy` (created on first use), or `None` when
     /// fork-servers are off or the supervisor is shut down.
     fn fork_server_slot(
         &self,
         policy: &SandboxPolicy,
         env: &[(String, String)],
-        netns_of: Option<u32>,
     ) -> Option<Arc<ForkServerSlot>> {
         if !self.fork_server {
             return None;
@@ -539,7 +503,6 @@ impl Core {
                 env: env.to_vec(),
             },
             policy.clone(),
-            netns_of,
         ));
         slots.push(slot.clone());
         Some(slot)
@@ -560,16 +523,6 @@ impl Core {
         for slot in slots {
             slot.stop();
         }
-    }
-
-    /// Stops the network-namespace holder (workers that joined keep the
-    /// namespace alive for as long as they run).
-    fn stop_netns(&self) {
-        let old = std::mem::replace(
-            &mut *self.netns.lock().unwrap_or_else(|e| e.into_inner()),
-            NetNs::Unavailable,
-        );
-        drop(old);
     }
 
     /// Every live pool, removed; no pool starts afterwards.
@@ -620,16 +573,9 @@ impl Core {
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
         env.extend(self.worker_env.iter().cloned());
-        let mut args = spec.limits.to_args();
-        let mut netns_of = None;
-        if load.sandbox.wants_own_netns() {
-            if let Some(pid) = self.netns_holder(&env) {
-                args.extend(["--netns-of".to_string(), pid.to_string()]);
-                netns_of = Some(pid);
-            }
-        }
+        let args = spec.limits.to_args();
         env.extend(spec.env.iter().cloned());
-        let fork_server = self.fork_server_slot(&load.sandbox, &env, netns_of);
+        let fork_server = self.fork_server_slot(&load.sandbox, &env);
         let launch = Launch {
             worker: self.worker.clone(),
             worker_args: self.worker_args.clone(),
@@ -688,10 +634,8 @@ impl Drop for Supervisor {
                     p.shutdown();
                 }
             }
-            // The holder exits as soon as its stdin closes, and fork-servers
-            // are killed: no real wait.
+            // Fork-servers are killed: no real wait.
             self.core.stop_fork_servers();
-            self.core.stop_netns();
         }
         #[cfg(not(feature = "tokio"))]
         self.stop_all();

@@ -19,7 +19,9 @@ pub enum Layer {
     /// A pid namespace with a fresh `/proc`: the host and other workers are
     /// invisible, and everything the plugin starts dies with its worker.
     PidNs,
-    /// A network namespace: no network at all (unless the policy allows it).
+    /// A network namespace of the worker's own: no network at all (unless the
+    /// policy allows it), and nothing shared with another worker (abstract
+    /// socket names, `/proc/net/*`, ports).
     NetNs,
     /// A mount namespace with a minimal read-only view of the filesystem.
     MountNs,
@@ -27,6 +29,9 @@ pub enum Layer {
     IpcNs,
     /// A UTS namespace (hostname).
     UtsNs,
+    /// A cgroup namespace: `/proc/self/cgroup` shows the worker's cgroup as
+    /// the root, not the host's cgroup paths.
+    CgroupNs,
     /// Landlock: filesystem allow-list, TCP bind/connect rules, signal and
     /// abstract-socket scopes.
     Landlock,
@@ -36,13 +41,14 @@ pub enum Layer {
 
 impl Layer {
     /// Every layer, in the order the worker applies them.
-    pub const ALL: [Layer; 8] = [
+    pub const ALL: [Layer; 9] = [
         Layer::UserNs,
         Layer::PidNs,
         Layer::NetNs,
         Layer::MountNs,
         Layer::IpcNs,
         Layer::UtsNs,
+        Layer::CgroupNs,
         Layer::Landlock,
         Layer::Seccomp,
     ];
@@ -61,6 +67,7 @@ impl Layer {
             Layer::MountNs => "mount-ns",
             Layer::IpcNs => "ipc-ns",
             Layer::UtsNs => "uts-ns",
+            Layer::CgroupNs => "cgroup-ns",
             Layer::Landlock => "landlock",
             Layer::Seccomp => "seccomp",
         }

@@ -25,6 +25,7 @@ pub const FIXTURES: &[&str] = &[
     "fx-hostile",
     "fx-stream",
     "fx-host",
+    "fx-neighbour",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).
@@ -84,6 +85,17 @@ pub mod hostile {
     pub const HIJACK: u32 = 20;
     pub const ABSTRACT_LISTEN: u32 = 21;
     pub const ABSTRACT_CONNECT: u32 = 22;
+}
+
+/// Slots of the `Neighbour` interface (`fx-neighbour`: what two plugins of
+/// one supervisor share).
+pub mod neighbour {
+    pub const READ: u32 = 0;
+    pub const HOLD_SOCKETPAIRS: u32 = 1;
+    pub const UNIX_SOCKETS: u32 = 2;
+    pub const BIND_ABSTRACT: u32 = 3;
+    pub const SYMLINK: u32 = 4;
+    pub const CMDLINE_ENVIRON: u32 = 5;
 }
 
 /// Slots of the `Blob` interface (Arena).

@@ -87,7 +87,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     let on_disk = library_fd
         .is_none()
         .then(|| PathBuf::from(OsStr::from_bytes(&req.path)));
-    let entered = match sandbox::enter(&req.sandbox, on_disk.as_deref(), args.netns_of) {
+    let entered = match sandbox::enter(&req.sandbox, on_disk.as_deref()) {
         Ok(e) => e,
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
     };

@@ -22,10 +22,6 @@ pub struct Args {
     limit_nproc: Option<u64>,
     limit_fsize: Option<u64>,
     core_dumps: bool,
-    /// Run as the supervisor's network-namespace holder instead of a worker.
-    pub hold_netns: bool,
-    /// Pid of that holder, whose (empty) network namespace the worker joins.
-    pub netns_of: Option<i32>,
     /// Run as a fork-server (see `forkserver`) instead of a worker.
     pub fork_server: bool,
 }
@@ -37,10 +33,6 @@ impl Args {
         while let Some(flag) = it.next() {
             if flag == "--core-dumps" {
                 a.core_dumps = true;
-                continue;
-            }
-            if flag == "--hold-netns" {
-                a.hold_netns = true;
                 continue;
             }
             if flag == "--fork-server" {
@@ -56,7 +48,6 @@ impl Args {
                 "--limit-nofile" => a.limit_nofile = Some(num()?),
                 "--limit-nproc" => a.limit_nproc = Some(num()?),
                 "--limit-fsize" => a.limit_fsize = Some(num()?),
-                "--netns-of" => a.netns_of = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?),
                 _ => return Err(format!("unknown argument {flag}")),
             }
         }
