@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_shared::forkserver::{self, FromServer, ToServer};
 use bulkhead_shared::sandbox::SandboxPolicy;
+use bulkhead_shared::PARENT_PID_ENV;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{setpgid, Pid};
 
@@ -245,11 +246,10 @@ impl ForkServer {
         let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
         let mut cmd = Command::new(&command.worker);
         cmd.args(&command.worker_args)
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
             .arg("--fork-server")
             .env_clear()
             .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

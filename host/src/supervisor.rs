@@ -25,7 +25,12 @@ use crate::stats::Counters;
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
-pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+/// `PATH` is not among them: workers get [`WORKER_PATH`] instead, unless the
+/// application allows the host's (`allow_env("PATH")`) or sets one.
+pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["LANG", "LC_ALL", "TZ"];
+/// The `PATH` every worker gets: the standard system directories, which says
+/// nothing about the host's own.
+pub const WORKER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Default time a worker gets to exit after a shutdown request before SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -572,6 +577,9 @@ impl Core {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".to_string(), WORKER_PATH.to_string()));
+        }
         env.extend(self.worker_env.iter().cloned());
         let args = spec.limits.to_args();
         env.extend(spec.env.iter().cloned());

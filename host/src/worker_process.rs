@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
+use bulkhead_shared::PARENT_PID_ENV;
 use bulkhead_shared::protocol::{HostMsg, LoadRequest, PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_shared::shm::{self, Region};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -222,6 +223,8 @@ impl WorkerProcess {
         } else {
             None
         };
+        // For a forked worker: its arguments travel over the fork-server's
+        // channel, never on a command line.
         let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
         args.extend(launch.args.iter().cloned());
         // Forked by the profile's fork-server if there is one (a verified
@@ -268,10 +271,13 @@ impl WorkerProcess {
                     sent = Some(send_load(&host_end, &load, launch, &region, deadline));
                 }
                 let mut cmd = Command::new(&launch.worker);
+                // The host's pid goes into the environment, not the command
+                // line (see `PARENT_PID_ENV`).
                 cmd.args(&launch.worker_args)
-                    .args(&args)
+                    .args(&launch.args)
                     .env_clear()
                     .envs(launch.env.iter().map(|(k, v)| (k, v)))
+                    .env(PARENT_PID_ENV, std::process::id().to_string())
                     .stdin(Stdio::from(OwnedFd::from(worker_end)))
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

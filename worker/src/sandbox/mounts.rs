@@ -7,7 +7,9 @@
 //! descriptor opened before the sandbox); read-write:
 //! the paths it allows to be written. `/dev` holds only null, zero, full, random
 //! and urandom; `/tmp` and `/dev/shm` are private tmpfs of the policy's size;
-//! `/proc` is a fresh procfs of the worker's pid namespace. Then `pivot_root`,
+//! `/proc` is a fresh procfs of the worker's pid namespace, with the entries
+//! that describe the host masked (blank files, empty directories, `/proc/sys`
+//! read-only: see [`MASKED_PROC_FILES`]). Then `pivot_root`,
 //! the old root is detached, the new root made read-only, cwd `/`.
 //!
 //! Bind sources are opened as `O_PATH` descriptors before the worker gives up
@@ -44,6 +46,33 @@ const NETWORK_FILES: &[&str] = &[
     "/etc/ssl",
     "/etc/ca-certificates",
 ];
+/// `/proc` files that describe the host, not the worker: each is covered by
+/// `/dev/null` in the worker's fresh `/proc` (reads find nothing). After
+/// Docker's masked paths, plus the kernel command line, the boot id, kernel
+/// symbols and the machine's load (whose process count is the host's).
+const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "kallsyms",
+    "kmsg",
+    "sched_debug",
+    "timer_list",
+    "timer_stats",
+    "latency_stats",
+    "cmdline",
+    "loadavg",
+    "config.gz",
+    "sysrq-trigger",
+    "sys/kernel/random/boot_id",
+];
+/// `/proc` directories about the host's hardware: each is covered by an empty
+/// read-only tmpfs.
+const MASKED_PROC_DIRS: &[&str] = &["acpi", "asound", "scsi", "bus", "irq", "fs", "driver"];
+/// `/proc` trees the worker may read but not change: bound read-only on
+/// themselves.
+const READ_ONLY_PROC_DIRS: &[&str] = &["sys"];
+
 /// Device nodes bound into the private `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -282,11 +311,45 @@ fn finish(plan: &Plan<'_>, fresh_proc: bool, switched: bool) -> Result<(), Strin
             nosuid_nodev | MsFlags::MS_NOEXEC,
             None,
         )?;
+        mask_proc(root)?;
     }
     if switched {
         return Ok(());
     }
     switch_root(root)
+}
+
+/// Hides what the fresh `/proc` under `root` says about the host: see
+/// [`MASKED_PROC_FILES`], [`MASKED_PROC_DIRS`], [`READ_ONLY_PROC_DIRS`].
+/// Entries this kernel does not have are skipped.
+fn mask_proc(root: &Path) -> Result<(), String> {
+    let proc_ = root.join("proc");
+    for dir in READ_ONLY_PROC_DIRS {
+        let p = proc_.join(dir);
+        if p.is_dir() {
+            bind_as(&p, &p, true, false)?;
+        }
+    }
+    let null = root.join("dev/null");
+    for file in MASKED_PROC_FILES {
+        let p = proc_.join(file);
+        if fs::symlink_metadata(&p).is_ok() {
+            mount_(Some(&null), &p, None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    for dir in MASKED_PROC_DIRS {
+        let p = proc_.join(dir);
+        if p.is_dir() {
+            mount_(
+                Some(Path::new("tmpfs")),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=4k,mode=0555"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the library (read through the descriptor opened before the sandbox)
