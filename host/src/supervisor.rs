@@ -256,9 +256,14 @@ impl LoadJob {
         let span = observe::load_span(&self.label, &self.path);
         let _entered = span.enter();
         // A signed plugin is verified once, here, and every worker (restarts
-        // included) loads the verified bytes from the sealed memfd.
+        // included) loads the verified bytes from the sealed memfd. Any other
+        // library is opened once, here, and every worker loads it through
+        // that descriptor: a file put in its place later is never loaded.
         if let Some(keys) = &self.signature_keys {
             self.launch.library = Some(Arc::new(crate::signing::verified_library(&self.path, keys)?));
+        } else if let Some(fd) = crate::signing::pinned_library(&self.path) {
+            self.launch.library = Some(Arc::new(fd));
+            self.launch.load.library_fd = true;
         }
         let started = Pool::start(self.label.clone(), self.launch, self.config, self.events);
         observe::load_done(&span, &self.label, started.as_ref().map(|(p, _)| p.latest_pid()));

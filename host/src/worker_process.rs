@@ -74,7 +74,8 @@ pub(crate) struct Launch {
     pub load_timeout: Duration,
     pub max_frame: u32,
     pub output: Option<OutputCallback>,
-    /// The verified library as a sealed memfd, sent to every worker.
+    /// The library, pinned at load: the verified sealed memfd of a signed
+    /// plugin, or the file opened once; sent to every worker.
     pub library: Option<Arc<OwnedFd>>,
     /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
     pub imports: Option<Arc<HostImports>>,
