@@ -17,8 +17,8 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use bulkhead_shared::PARENT_PID_ENV;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{setpgid, Pid};
 
+use crate::locate::WorkerExe;
 use crate::worker_process::spawn_on_spawner;
 
 /// How long a new server may take to prepare its profile.
@@ -45,7 +46,7 @@ pub(crate) struct Forked {
 
 /// How to start the servers of one supervisor.
 pub(crate) struct ServerCommand {
-    pub(crate) worker: PathBuf,
+    pub(crate) worker: WorkerExe,
     pub(crate) worker_args: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
 }
@@ -244,7 +245,7 @@ impl ForkServer {
 
     fn start(command: &ServerCommand, policy: &SandboxPolicy) -> Result<ForkServer, String> {
         let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let mut cmd = Command::new(&command.worker);
+        let mut cmd = command.worker.command();
         cmd.args(&command.worker_args)
             .arg("--fork-server")
             .env_clear()
@@ -257,7 +258,7 @@ impl ForkServer {
         // From the long-lived spawner thread: the workers this server forks
         // are children of the thread that started it, and their parent-death
         // signal fires when that thread ends.
-        let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.display()))?;
+        let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.path().display()))?;
         let mut server = ForkServer::new(child, ours);
         forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
             .map_err(|e| format!("sending the profile: {e}"))?;
@@ -442,6 +443,7 @@ mod tests {
     //! broken or hostile one might.
     use super::*;
     use std::os::unix::net::UnixStream;
+    use std::process::Command;
 
     /// A "server": a real child process (so `Drop` has something to kill and
     /// reap) and, in a thread, a fake peer on the channel that answers `reply`.

@@ -83,3 +83,47 @@ mod tests {
         assert!(c.contains(&exe_dir.parent().unwrap().join(WORKER_BIN)));
     }
 }
+
+/// The worker binary, pinned: opened once when the supervisor is built, and
+/// every worker, fork-server and version probe is then exec'd through that
+/// descriptor (`/proc/self/fd/N`), so a file put at the path afterwards (a
+/// rename or replace) is never run. Writes into the same file would still
+/// show: the descriptor pins the inode, not its bytes. Without `/proc` in the
+/// host's view the binary is exec'd by path.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerExe {
+    path: PathBuf,
+    pin: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl WorkerExe {
+    /// Pins the binary at `path` (opened read-only, close-on-exec: the
+    /// kernel resolves `/proc/self/fd/N` before it closes such descriptors).
+    pub(crate) fn pin(path: PathBuf) -> WorkerExe {
+        let pin = Path::new("/proc/self/fd")
+            .is_dir()
+            .then(|| std::fs::File::open(&path).ok())
+            .flatten()
+            .map(|f| std::sync::Arc::new(std::os::fd::OwnedFd::from(f)));
+        WorkerExe { path, pin }
+    }
+
+    /// Where the binary was found.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command that runs the pinned binary (named by its path in `argv[0]`).
+    pub(crate) fn command(&self) -> std::process::Command {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        match &self.pin {
+            Some(fd) => {
+                let mut cmd = std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                cmd.arg0(&self.path);
+                cmd
+            }
+            None => std::process::Command::new(&self.path),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::error::{BuildError, LoadError};
 use crate::events::{EventHub, EventReceiver};
 use crate::forkserver::{ForkServerSlot, ServerCommand};
 use crate::hostfn::{HostImports, HostInterface};
-use crate::locate;
+use crate::locate::{self, WorkerExe};
 use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Generation, Plugin, PluginShared, PluginSpec, Transport};
@@ -196,6 +196,7 @@ impl SupervisorBuilder {
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
         probe_env.extend(worker_env.iter().cloned());
+        let worker = WorkerExe::pin(worker);
         probe::check(&worker, &worker_args, &probe_env, !worker_args.is_empty())?;
         Ok(Supervisor {
             core: Arc::new(Core {
@@ -299,7 +300,7 @@ impl LoadJob {
 /// What every plugin of a supervisor shares: how to start workers, where events
 /// go, and the pools to stop at shutdown. Plugins keep it for reloads.
 pub(crate) struct Core {
-    worker: PathBuf,
+    worker: WorkerExe,
     worker_args: Vec<String>,
     worker_env: Vec<(String, String)>,
     env_allow: Vec<String>,
@@ -347,7 +348,7 @@ impl Supervisor {
 
     /// The worker binary in use.
     pub fn worker_path(&self) -> &Path {
-        &self.core.worker
+        self.core.worker.path()
     }
 
     /// Starts the plugin's worker(s), loads the plugin in each and returns a handle.

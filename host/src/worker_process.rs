@@ -41,6 +41,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
+use crate::locate::WorkerExe;
 use crate::error::{Exit, LoadError, ProtocolError};
 use crate::event_loop::{self, Started};
 use crate::forkserver::ForkServerSlot;
@@ -60,7 +61,7 @@ const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 
 /// Everything needed to start a worker for one plugin.
 pub(crate) struct Launch {
-    pub worker: PathBuf,
+    pub worker: WorkerExe,
     /// Arguments before the worker's own (the self-worker marker, if any).
     pub worker_args: Vec<String>,
     pub args: Vec<String>,
@@ -213,7 +214,7 @@ impl WorkerProcess {
         };
         let deadline = started + limit;
         let spawn_err = |e: io::Error| LoadError::Spawn {
-            worker: launch.worker.clone(),
+            worker: launch.worker.path().to_path_buf(),
             message: e.to_string(),
         };
         // A region that cannot be created (no memfd) means the socket transport.
@@ -271,7 +272,7 @@ impl WorkerProcess {
                 if presend {
                     sent = Some(send_load(&host_end, &load, launch, &region, deadline));
                 }
-                let mut cmd = Command::new(&launch.worker);
+                let mut cmd = launch.worker.command();
                 // The host's pid goes into the environment, not the command
                 // line (see `PARENT_PID_ENV`).
                 cmd.args(&launch.worker_args)

@@ -71,3 +71,43 @@ fn a_library_swapped_after_load_is_not_what_restarted_workers_run() {
         assert_eq!(plugin.info().plugin_name, original, "{name}");
     }
 }
+
+#[test]
+fn a_worker_binary_swapped_after_build_is_not_what_new_workers_run() {
+    let dir = Scratch::new("worker");
+    let worker = dir.0.join("bulkhead-worker");
+    std::fs::copy(&fixtures().worker, &worker).unwrap();
+    // Without fork-servers every worker (a restart too) is exec'd.
+    let sup = Supervisor::builder()
+        .worker_path(&worker)
+        .fork_server(false)
+        .build()
+        .unwrap();
+    assert_eq!(sup.worker_path(), worker);
+    let plugin = sup.load(bulkhead_tests::spec("fx-basic")).unwrap();
+    let first = plugin.info().worker_pid;
+
+    // An executable that is no worker at all, renamed over the path.
+    swap(Path::new("/bin/true"), &worker);
+    // Control: a supervisor built now finds no worker there.
+    assert!(
+        Supervisor::builder().worker_path(&worker).build().is_err(),
+        "the swap took effect on disk"
+    );
+
+    let err = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
+    assert!(matches!(err, CallError::WorkerDied { .. }), "{err:?}");
+    let sum: i64 = plugin
+        .call(basic::ADD, &(40i64, 2i64))
+        .unwrap_or_else(|e| panic!("the restarted worker is the pinned binary: {e}"));
+    assert_eq!(sum, 42);
+    let second = plugin.info().worker_pid;
+    assert_ne!(second, first, "a new worker answered");
+    // It runs the pinned file, which is no longer at the path.
+    let exe = std::fs::read_link(format!("/proc/{second}/exe")).unwrap();
+    assert!(exe.to_string_lossy().ends_with("(deleted)"), "{exe:?}");
+    // A new plugin of the same supervisor too.
+    let other = sup.load(bulkhead_tests::spec("fx-basic")).unwrap();
+    let sum: i64 = other.call(basic::ADD, &(1i64, 2i64)).unwrap();
+    assert_eq!(sum, 3);
+}
