@@ -230,3 +230,82 @@ fn the_workers_command_line_and_environment_carry_no_host_pid_and_a_neutral_path
 fn bulkhead_shared_env() -> &'static str {
     "BULKHEAD_PARENT_PID"
 }
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        Scratch::under(&std::env::temp_dir(), tag)
+    }
+
+    fn under(dir: &std::path::Path, tag: &str) -> Scratch {
+        let p = dir.join(format!("bulkhead-neighbours-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
+    use std::os::unix::fs::PermissionsExt;
+    let sup = supervisor(true);
+    // B's layers: every one; and Landlock without the mount namespace (the
+    // grant then rests on Landlock's rule alone).
+    let cases = [
+        ("strict", Sandbox::strict()),
+        ("landlock only", Sandbox::strict().without(bulkhead::Layer::MountNs)),
+        ("none", Sandbox::none()),
+    ];
+    for (name, sandbox) in cases {
+        let shared = Scratch::new(&format!("shared-{}", name.replace(' ', "-")));
+        // Writable for a root host's workers too (they run as an unprivileged uid).
+        std::fs::set_permissions(&shared.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // Outside /tmp: a worker without a mount namespace may use the
+        // host's /tmp.
+        let secrets = Scratch::under(
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("secret-{}", name.replace(' ', "-")),
+        );
+        let secret = secrets.0.join("secret");
+        std::fs::write(&secret, b"the host's secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let planted = shared.0.join("config");
+
+        // A may write the shared directory, and plants a link in it.
+        let a = neighbour(&sup, &sandbox.clone().allow_write(&shared.0));
+        let rc: i64 = a
+            .call(
+                neighbour::SYMLINK,
+                &(secret.to_string_lossy().into_owned(), planted.to_string_lossy().into_owned()),
+            )
+            .unwrap();
+        assert_eq!(rc, 0, "{name}: A plants the link");
+
+        // B may read what the host believes is a config file there.
+        let b = sup.load(spec("fx-neighbour").sandbox(sandbox.clone().allow_read(&planted)));
+        let path = planted.to_string_lossy().into_owned();
+        match name {
+            "none" => {
+                let b = b.unwrap();
+                assert_eq!(read(&b, &path).unwrap(), b"the host's secret", "without a sandbox the link redirects");
+            }
+            "strict" => {
+                let err = b.expect_err("a grant through a symbolic link fails the load").to_string();
+                assert!(err.contains("symbolic link"), "{err}");
+            }
+            _ => {
+                let b = b.expect("loads: Landlock alone refuses the rule, not the load");
+                let got = read(&b, &path);
+                assert!(got.is_err(), "{name}: B does not read the secret: {got:?}");
+            }
+        }
+    }
+}

@@ -14,7 +14,9 @@
 //!
 //! Bind sources are opened as `O_PATH` descriptors before the worker gives up
 //! its identity and before anything is mounted over them, and bound through
-//! `/proc/self/fd/N`.
+//! `/proc/self/fd/N`. A granted path is opened component by component with no
+//! symbolic link followed ([`open_grant`]): a grant that crosses one fails
+//! the load, so a link planted under a granted directory redirects nothing.
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -94,12 +96,16 @@ impl Sources {
         let mut out = Vec::new();
         for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
             for p in paths {
-                let fd = open_path(p).map_err(|e| {
-                    format!(
-                        "allowed path {}: {e} (opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
-                        p.display(),
-                        super::identity::NOBODY
-                    )
+                let fd = open_grant(p).map_err(|e| {
+                    let hint = if e == nix::errno::Errno::ELOOP {
+                        " — it crosses a symbolic link; grants follow none: name the real path".to_string()
+                    } else {
+                        format!(
+                            " (opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
+                            super::identity::NOBODY
+                        )
+                    };
+                    format!("allowed path {}: {e}{hint}", p.display())
                 })?;
                 out.push(Source {
                     path: p.clone(),
@@ -114,6 +120,41 @@ impl Sources {
 
 fn open_path(p: &Path) -> nix::Result<OwnedFd> {
     open_owned(p, OFlag::O_PATH)
+}
+
+/// Opens the granted path `p` (`O_PATH`) one component at a time, following
+/// no symbolic link on the way — the last component included — and no `..`:
+/// a grant means exactly the file or directory the host named, never where a
+/// link someone planted under it (a plugin with write access to a directory
+/// on the way, say) points. `ELOOP` for a path that crosses a symbolic link:
+/// the host must name the real path. (A component walk rather than
+/// `openat2(RESOLVE_NO_SYMLINKS)`, which a system-call filter might refuse.)
+pub(super) fn open_grant(p: &Path) -> nix::Result<OwnedFd> {
+    use std::path::Component;
+    let start = if p.is_absolute() { Path::new("/") } else { Path::new(".") };
+    let mut fd = open_owned(start, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    for component in p.components() {
+        let name = match component {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(name) => name,
+            Component::ParentDir | Component::Prefix(_) => return Err(nix::errno::Errno::EINVAL),
+        };
+        let raw = nix::fcntl::openat(
+            Some(fd.as_raw_fd()),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        // SAFETY: `openat` just returned this descriptor; nothing else owns it.
+        let next = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // With O_PATH | O_NOFOLLOW a symbolic link is opened itself.
+        let st = nix::sys::stat::fstat(next.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(nix::errno::Errno::ELOOP);
+        }
+        fd = next;
+    }
+    Ok(fd)
 }
 
 /// `open(p, flags | O_CLOEXEC)`, owned at once.
