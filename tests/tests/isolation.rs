@@ -75,7 +75,7 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
         fds[1].1.starts_with("pipe:") && fds[2].1.starts_with("pipe:"),
         "{fds:?}"
     );
-    assert!(fds[3].0 > 2 && fds[3].1.starts_with("socket:"), "{fds:?}");
+    assert!(sockets.iter().all(|(fd, _)| *fd > 2), "{fds:?}");
     // The sandbox's outer process (and init) keep only their own status pipes.
     let outer_fds = open_fds(outer);
     assert!(

@@ -9,7 +9,7 @@
 //! policy's ports. Scopes: no signal to, and no abstract socket of, any process
 //! outside the worker's Landlock domain.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -92,7 +92,19 @@ fn grants(
     paths
         .iter()
         .filter_map(|p| super::mounts::open_grant(p).ok())
-        .map(move |fd| Ok(PathBeneath::new(fd, access)))
+        .map(move |fd| {
+            // A file takes only the rights that apply to files (as
+            // `path_beneath_rules` does), or the rule counts as downgraded.
+            let is_dir = nix::sys::stat::fstat(fd.as_raw_fd())
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(false);
+            let access = if is_dir {
+                access
+            } else {
+                access & AccessFs::from_file(TARGET)
+            };
+            Ok(PathBeneath::new(fd, access))
+        })
 }
 
 /// The ruleset with every rule that does not depend on the plugin library.

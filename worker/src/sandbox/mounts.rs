@@ -400,9 +400,25 @@ fn copy_library(fd: &OwnedFd, dst: &Path) -> Result<(), String> {
     if let Some(parent) = dst.parent() {
         mkdirs(parent)?;
     }
-    let mut src = fs::File::from(fd.try_clone().map_err(|e| format!("dup library: {e}"))?);
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    // By offset (`pread`), never through the descriptor's file position: a
+    // library the host pinned is one open file shared by all its workers.
+    let src = fs::File::from(fd.try_clone().map_err(|e| format!("dup library: {e}"))?);
     let mut out = fs::File::create(dst).map_err(|e| format!("copying the library to {}: {e}", dst.display()))?;
-    std::io::copy(&mut src, &mut out).map_err(|e| format!("copying the library: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = src
+            .read_at(&mut buf, at)
+            .map_err(|e| format!("copying the library: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("copying the library: {e}"))?;
+        at += n as u64;
+    }
     fs::set_permissions(dst, fs::Permissions::from_mode(0o555)).map_err(|e| format!("chmod library copy: {e}"))
 }
 
