@@ -89,7 +89,7 @@ mod tests {
 /// descriptor (`/proc/self/fd/N`), so a file put at the path afterwards (a
 /// rename or replace) is never run. Writes into the same file would still
 /// show: the descriptor pins the inode, not its bytes. Without `/proc` in the
-/// host's view the binary is exec'd by path.
+/// host's view, or when the "binary" is a script (`#!`), it is exec'd by path.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerExe {
     path: PathBuf,
@@ -100,10 +100,18 @@ impl WorkerExe {
     /// Pins the binary at `path` (opened read-only, close-on-exec: the
     /// kernel resolves `/proc/self/fd/N` before it closes such descriptors).
     pub(crate) fn pin(path: PathBuf) -> WorkerExe {
+        use std::os::unix::fs::FileExt;
+        // A script (`#!`) is exec'd by path: its interpreter would be handed
+        // `/dev/fd/N`, which is closed on exec.
+        let is_script = |f: &std::fs::File| {
+            let mut magic = [0u8; 2];
+            matches!(f.read_at(&mut magic, 0), Ok(2)) && magic == *b"#!"
+        };
         let pin = Path::new("/proc/self/fd")
             .is_dir()
             .then(|| std::fs::File::open(&path).ok())
             .flatten()
+            .filter(|f| !is_script(f))
             .map(|f| std::sync::Arc::new(std::os::fd::OwnedFd::from(f)));
         WorkerExe { path, pin }
     }

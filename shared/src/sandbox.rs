@@ -168,12 +168,6 @@ impl SandboxPolicy {
     pub fn enabled(&self) -> bool {
         self.layers != LayerSet::EMPTY
     }
-
-    /// Whether the worker is to be in an empty network namespace (user and
-    /// network layers on, no network allowed).
-    pub fn wants_own_netns(&self) -> bool {
-        self.layers.contains(Layer::UserNs) && self.layers.contains(Layer::NetNs) && self.net == NetPolicy::None
-    }
 }
 
 /// How a layer ended up.

@@ -482,3 +482,28 @@ fn mount_(
         format!("mount {from}{}: {e}", dst.as_ref().display())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_follow_no_symbolic_link() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-open-grant-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("real/sub")).unwrap();
+        fs::write(dir.join("real/sub/file"), b"x").unwrap();
+        symlink(dir.join("real"), dir.join("link")).unwrap();
+        symlink(dir.join("real/sub/file"), dir.join("real/file-link")).unwrap();
+
+        assert!(open_grant(&dir.join("real/sub/file")).is_ok());
+        assert!(open_grant(&dir.join("real/sub")).is_ok());
+        // A link on the way, or at the end, is refused; so is `..`.
+        assert_eq!(open_grant(&dir.join("link/sub/file")).unwrap_err(), nix::errno::Errno::ELOOP);
+        assert_eq!(open_grant(&dir.join("real/file-link")).unwrap_err(), nix::errno::Errno::ELOOP);
+        assert_eq!(open_grant(&dir.join("real/sub/../sub")).unwrap_err(), nix::errno::Errno::EINVAL);
+        // While the ordinary open follows them.
+        assert!(open_path(&dir.join("link/sub/file")).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
