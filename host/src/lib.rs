@@ -135,8 +135,8 @@ pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
 pub use stream::PluginStream;
 pub use supervisor::{
-    Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, WORKER_PATH, LOAD_MANY_THREADS, SELF_WORKER_ARG,
-    SELF_WORKER_ENV,
+    Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, LOAD_MANY_THREADS, SELF_WORKER_ARG,
+    SELF_WORKER_ENV, WORKER_PATH,
 };
 #[cfg(feature = "tokio")]
 pub use tokio_api::{AsyncPluginStream, EventStream};

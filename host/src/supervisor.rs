@@ -492,11 +492,7 @@ impl Core {
 
     /// The fork-server slot of `policy` (created on first use), or `None` when
     /// fork-servers are off or the supervisor is shut down.
-    fn fork_server_slot(
-        &self,
-        policy: &SandboxPolicy,
-        env: &[(String, String)],
-    ) -> Option<Arc<ForkServerSlot>> {
+    fn fork_server_slot(&self, policy: &SandboxPolicy, env: &[(String, String)]) -> Option<Arc<ForkServerSlot>> {
         if !self.fork_server {
             return None;
         }

@@ -32,20 +32,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
-use bulkhead_shared::PARENT_PID_ENV;
 use bulkhead_shared::protocol::{HostMsg, LoadRequest, PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_shared::shm::{self, Region};
+use bulkhead_shared::PARENT_PID_ENV;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
-use crate::locate::WorkerExe;
 use crate::error::{Exit, LoadError, ProtocolError};
 use crate::event_loop::{self, Started};
 use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
+use crate::locate::WorkerExe;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
 

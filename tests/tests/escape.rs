@@ -761,7 +761,10 @@ fn each_worker_has_its_own_network_namespace_and_they_cannot_meet() {
             // Each its own namespace, neither the host's.
             assert_ne!(ns(pa), ns(pb));
             assert_ne!(ns(pa), ns(std::process::id()));
-            assert!(connected < 0, "namespaces and Landlock's scope keep them apart: {connected}");
+            assert!(
+                connected < 0,
+                "namespaces and Landlock's scope keep them apart: {connected}"
+            );
         }
     }
 }

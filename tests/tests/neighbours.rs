@@ -57,10 +57,7 @@ fn sockets_one_plugin_holds_are_not_listed_for_another() {
             let made: i64 = a.call(neighbour::HOLD_SOCKETPAIRS, &(300u32,)).unwrap();
             assert_eq!(made, 300, "{what}");
             let after: i64 = b.call(neighbour::UNIX_SOCKETS, &()).unwrap();
-            let (pa, pb) = (
-                plugin_process(a.info().worker_pid),
-                plugin_process(b.info().worker_pid),
-            );
+            let (pa, pb) = (plugin_process(a.info().worker_pid), plugin_process(b.info().worker_pid));
             if name == "none" {
                 assert_eq!(net_ns(pa), net_ns(std::process::id()), "{what}");
                 assert!(
@@ -70,7 +67,10 @@ fn sockets_one_plugin_holds_are_not_listed_for_another() {
             } else {
                 assert_ne!(net_ns(pa), net_ns(pb), "{what}: each worker its own network namespace");
                 assert_ne!(net_ns(pa), net_ns(std::process::id()), "{what}");
-                assert_eq!(after, before, "{what}: B's /proc/net/unix does not change with A's sockets");
+                assert_eq!(
+                    after, before,
+                    "{what}: B's /proc/net/unix does not change with A's sockets"
+                );
                 assert!(after < 100, "{what}: B lists only its own sockets: {after}");
             }
         }
@@ -164,11 +164,18 @@ fn proc_entries_about_the_host_are_blank_in_the_sandbox() {
         let open = read(&none, path).unwrap_or_else(|e| panic!("{path} under none(): {e}"));
         assert!(!open.is_empty(), "{path} has content without a sandbox");
         match read(&strict, path) {
-            Ok(masked) => assert!(masked.is_empty(), "{path} is blank in the sandbox: {} bytes", masked.len()),
+            Ok(masked) => assert!(
+                masked.is_empty(),
+                "{path} is blank in the sandbox: {} bytes",
+                masked.len()
+            ),
             Err(e) => panic!("{path}: reading the mask is not an error: {e}"),
         }
     }
-    assert!(checked >= 3, "at least the kernel command line, boot id and load are checked");
+    assert!(
+        checked >= 3,
+        "at least the kernel command line, boot id and load are checked"
+    );
     // Directories about the host's hardware are empty.
     for dir in ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/driver"] {
         let Ok(host) = std::fs::read_dir(dir) else { continue };
@@ -284,7 +291,10 @@ fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
         let rc: i64 = a
             .call(
                 neighbour::SYMLINK,
-                &(secret.to_string_lossy().into_owned(), planted.to_string_lossy().into_owned()),
+                &(
+                    secret.to_string_lossy().into_owned(),
+                    planted.to_string_lossy().into_owned(),
+                ),
             )
             .unwrap();
         assert_eq!(rc, 0, "{name}: A plants the link");
@@ -295,10 +305,16 @@ fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
         match name {
             "none" => {
                 let b = b.unwrap();
-                assert_eq!(read(&b, &path).unwrap(), b"the host's secret", "without a sandbox the link redirects");
+                assert_eq!(
+                    read(&b, &path).unwrap(),
+                    b"the host's secret",
+                    "without a sandbox the link redirects"
+                );
             }
             "strict" => {
-                let err = b.expect_err("a grant through a symbolic link fails the load").to_string();
+                let err = b
+                    .expect_err("a grant through a symbolic link fails the load")
+                    .to_string();
                 assert!(err.contains("symbolic link"), "{err}");
             }
             _ => {

@@ -57,7 +57,11 @@ fn a_library_swapped_after_load_is_not_what_restarted_workers_run() {
         swap(&fixtures().lib("fx-arena"), &lib);
         // Control: the path now holds another plugin, which a new load gets.
         let fresh = sup.load(spec()).expect("the swapped-in library loads");
-        assert_ne!(fresh.info().plugin_name, original, "{name}: the swap took effect on disk");
+        assert_ne!(
+            fresh.info().plugin_name,
+            original,
+            "{name}: the swap took effect on disk"
+        );
         drop(fresh);
 
         // The worker dies; its replacement loads the pinned original.

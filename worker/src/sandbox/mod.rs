@@ -292,12 +292,8 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>) -> Result<Entered, 
     if !policy.enabled() {
         // No view to build: a pinned library is loaded through its descriptor
         // (kept open for the worker's life), else by path.
-        let library = preopened.map(|fd| {
-            PathBuf::from(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::IntoRawFd::into_raw_fd(fd)
-            ))
-        });
+        let library =
+            preopened.map(|fd| PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::IntoRawFd::into_raw_fd(fd))));
         return Ok(Entered {
             library,
             report,

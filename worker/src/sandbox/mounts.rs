@@ -131,7 +131,11 @@ fn open_path(p: &Path) -> nix::Result<OwnedFd> {
 /// `openat2(RESOLVE_NO_SYMLINKS)`, which a system-call filter might refuse.)
 pub(super) fn open_grant(p: &Path) -> nix::Result<OwnedFd> {
     use std::path::Component;
-    let start = if p.is_absolute() { Path::new("/") } else { Path::new(".") };
+    let start = if p.is_absolute() {
+        Path::new("/")
+    } else {
+        Path::new(".")
+    };
     let mut fd = open_owned(start, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     for component in p.components() {
         let name = match component {
@@ -499,9 +503,18 @@ mod tests {
         assert!(open_grant(&dir.join("real/sub/file")).is_ok());
         assert!(open_grant(&dir.join("real/sub")).is_ok());
         // A link on the way, or at the end, is refused; so is `..`.
-        assert_eq!(open_grant(&dir.join("link/sub/file")).unwrap_err(), nix::errno::Errno::ELOOP);
-        assert_eq!(open_grant(&dir.join("real/file-link")).unwrap_err(), nix::errno::Errno::ELOOP);
-        assert_eq!(open_grant(&dir.join("real/sub/../sub")).unwrap_err(), nix::errno::Errno::EINVAL);
+        assert_eq!(
+            open_grant(&dir.join("link/sub/file")).unwrap_err(),
+            nix::errno::Errno::ELOOP
+        );
+        assert_eq!(
+            open_grant(&dir.join("real/file-link")).unwrap_err(),
+            nix::errno::Errno::ELOOP
+        );
+        assert_eq!(
+            open_grant(&dir.join("real/sub/../sub")).unwrap_err(),
+            nix::errno::Errno::EINVAL
+        );
         // While the ordinary open follows them.
         assert!(open_path(&dir.join("link/sub/file")).is_ok());
         fs::remove_dir_all(&dir).unwrap();
