@@ -17,16 +17,18 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::forkserver::{self, FromServer, ToServer};
 use bulkhead_shared::sandbox::SandboxPolicy;
+use bulkhead_shared::PARENT_PID_ENV;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{setpgid, Pid};
 
+use crate::locate::WorkerExe;
 use crate::worker_process::spawn_on_spawner;
 
 /// How long a new server may take to prepare its profile.
@@ -44,7 +46,7 @@ pub(crate) struct Forked {
 
 /// How to start the servers of one supervisor.
 pub(crate) struct ServerCommand {
-    pub(crate) worker: PathBuf,
+    pub(crate) worker: WorkerExe,
     pub(crate) worker_args: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
 }
@@ -55,7 +57,6 @@ pub(crate) struct ServerCommand {
 pub(crate) struct ForkServerSlot {
     command: ServerCommand,
     policy: SandboxPolicy,
-    netns_of: Option<u32>,
     state: Mutex<SlotState>,
 }
 
@@ -71,11 +72,10 @@ enum SlotState {
 }
 
 impl ForkServerSlot {
-    pub(crate) fn new(command: ServerCommand, policy: SandboxPolicy, netns_of: Option<u32>) -> ForkServerSlot {
+    pub(crate) fn new(command: ServerCommand, policy: SandboxPolicy) -> ForkServerSlot {
         ForkServerSlot {
             command,
             policy,
-            netns_of,
             state: Mutex::new(SlotState::Idle { failures: 0 }),
         }
     }
@@ -146,7 +146,7 @@ impl ForkServerSlot {
                 *state = SlotState::Off;
                 return;
             }
-            *state = match ForkServer::start(&self.command, &self.policy, self.netns_of) {
+            *state = match ForkServer::start(&self.command, &self.policy) {
                 Ok(server) => SlotState::Running { server, failures },
                 Err(why) if failures + 1 >= MAX_START_FAILURES => {
                     tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
@@ -243,18 +243,14 @@ impl ForkServer {
         }
     }
 
-    fn start(command: &ServerCommand, policy: &SandboxPolicy, netns_of: Option<u32>) -> Result<ForkServer, String> {
+    fn start(command: &ServerCommand, policy: &SandboxPolicy) -> Result<ForkServer, String> {
         let (ours, theirs) = forkserver::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let mut cmd = Command::new(&command.worker);
+        let mut cmd = command.worker.command();
         cmd.args(&command.worker_args)
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string());
-        if let Some(pid) = netns_of {
-            cmd.arg("--netns-of").arg(pid.to_string());
-        }
-        cmd.arg("--fork-server")
+            .arg("--fork-server")
             .env_clear()
             .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -262,7 +258,7 @@ impl ForkServer {
         // From the long-lived spawner thread: the workers this server forks
         // are children of the thread that started it, and their parent-death
         // signal fires when that thread ends.
-        let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.display()))?;
+        let child = spawn_on_spawner(cmd).map_err(|e| format!("starting {}: {e}", command.worker.path().display()))?;
         let mut server = ForkServer::new(child, ours);
         forkserver::send(server.chan.as_fd(), &ToServer::Profile(policy.clone()), &[])
             .map_err(|e| format!("sending the profile: {e}"))?;
@@ -449,6 +445,7 @@ mod tests {
     //! broken or hostile one might.
     use super::*;
     use std::os::unix::net::UnixStream;
+    use std::process::Command;
 
     /// A "server": a real child process (so `Drop` has something to kill and
     /// reap) and, in a thread, a fake peer on the channel that answers `reply`.

@@ -97,7 +97,6 @@ mod health;
 mod hostfn;
 mod limits;
 mod locate;
-mod netns;
 mod observe;
 mod output;
 mod plugin;
@@ -138,7 +137,7 @@ pub use stats::Stats;
 pub use stream::PluginStream;
 pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, LOAD_MANY_THREADS, SELF_WORKER_ARG,
-    SELF_WORKER_ENV,
+    SELF_WORKER_ENV, WORKER_PATH,
 };
 #[cfg(feature = "tokio")]
 pub use tokio_api::{AsyncPluginStream, EventStream};

@@ -83,3 +83,55 @@ mod tests {
         assert!(c.contains(&exe_dir.parent().unwrap().join(WORKER_BIN)));
     }
 }
+
+/// The worker binary, pinned: opened once when the supervisor is built, and
+/// every worker, fork-server and version probe is then exec'd through that
+/// descriptor (`/proc/self/fd/N`), so a file put at the path afterwards (a
+/// rename or replace) is never run. Writes into the same file would still
+/// show: the descriptor pins the inode, not its bytes. Without `/proc` in the
+/// host's view, or when the "binary" is a script (`#!`), it is exec'd by path.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerExe {
+    path: PathBuf,
+    pin: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl WorkerExe {
+    /// Pins the binary at `path` (opened read-only, close-on-exec: the
+    /// kernel resolves `/proc/self/fd/N` before it closes such descriptors).
+    pub(crate) fn pin(path: PathBuf) -> WorkerExe {
+        use std::os::unix::fs::FileExt;
+        // A script (`#!`) is exec'd by path: its interpreter would be handed
+        // `/dev/fd/N`, which is closed on exec.
+        let is_script = |f: &std::fs::File| {
+            let mut magic = [0u8; 2];
+            matches!(f.read_at(&mut magic, 0), Ok(2)) && magic == *b"#!"
+        };
+        let pin = Path::new("/proc/self/fd")
+            .is_dir()
+            .then(|| std::fs::File::open(&path).ok())
+            .flatten()
+            .filter(|f| !is_script(f))
+            .map(|f| std::sync::Arc::new(std::os::fd::OwnedFd::from(f)));
+        WorkerExe { path, pin }
+    }
+
+    /// Where the binary was found.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command that runs the pinned binary (named by its path in `argv[0]`).
+    pub(crate) fn command(&self) -> std::process::Command {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        match &self.pin {
+            Some(fd) => {
+                let mut cmd = std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                cmd.arg0(&self.path);
+                cmd
+            }
+            None => std::process::Command::new(&self.path),
+        }
+    }
+}

@@ -3,13 +3,13 @@
 //! `N` with this host's protocol version.
 
 use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bulkhead_shared::protocol::PROTOCOL_VERSION;
 
 use crate::error::BuildError;
+use crate::locate::WorkerExe;
 
 /// The fixed prefix of the answer to `--protocol-version`. Frozen across
 /// versions (it must equal `bulkhead_worker::PROTOCOL_LINE_PREFIX`).
@@ -23,7 +23,7 @@ const PROBE_MAX_OUTPUT: u64 = 256;
 /// `self_worker`: the executable is the application's (self-worker mode), so
 /// a missing answer most likely means its `main` lacks the entry point.
 pub(crate) fn check(
-    worker: &Path,
+    worker: &WorkerExe,
     prefix: &[String],
     env: &[(String, String)],
     self_worker: bool,
@@ -33,14 +33,14 @@ pub(crate) fn check(
             reason.push_str("; does its main call bulkhead::worker_main_if_requested() first?");
         }
         BuildError::WorkerUnusable {
-            worker: worker.to_path_buf(),
+            worker: worker.path().to_path_buf(),
             host: PROTOCOL_VERSION,
             reason,
         }
     })?;
     if answer != PROTOCOL_VERSION {
         return Err(BuildError::WorkerVersion {
-            worker: worker.to_path_buf(),
+            worker: worker.path().to_path_buf(),
             host: PROTOCOL_VERSION,
             worker_version: answer,
         });
@@ -49,8 +49,9 @@ pub(crate) fn check(
 }
 
 /// The protocol version `worker` reports, or why it reported none.
-fn query(worker: &Path, prefix: &[String], env: &[(String, String)]) -> Result<u32, String> {
-    let mut child = Command::new(worker)
+fn query(worker: &WorkerExe, prefix: &[String], env: &[(String, String)]) -> Result<u32, String> {
+    let mut child = worker
+        .command()
         .args(prefix)
         .arg("--protocol-version")
         .env_clear()

@@ -8,6 +8,10 @@
 //! seals), reads the sealed contents back and verifies *those*. Workers receive
 //! the memfd and `dlopen` it through `/proc/self/fd/N`; the file on disk is
 //! never opened again, so replacing it later changes nothing.
+//!
+//! Unsigned libraries are pinned too, more cheaply: opened once per load (or
+//! reload) and loaded by every worker through that descriptor
+//! ([`pinned_library`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -28,6 +32,17 @@ const MAX_LIBRARY: u64 = 1 << 30;
 pub fn signature_path(path: &Path) -> PathBuf {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     path.with_extension(format!("{ext}.sig"))
+}
+
+/// The library at `path` opened read-only, to pin it for every worker of a
+/// generation: the descriptor keeps the file's inode, so a rename or a new
+/// file put at `path` afterwards changes nothing (writes into the same inode
+/// still would: only a copy, as [`verified_library`] makes, pins against
+/// those). `None` if it is not a regular file this host can open — the
+/// worker then opens it by path and reports why it cannot load it.
+pub(crate) fn pinned_library(path: &Path) -> Option<OwnedFd> {
+    let file = File::open(path).ok()?;
+    file.metadata().ok()?.is_file().then(|| OwnedFd::from(file))
 }
 
 /// Reads `path` into a sealed memfd and verifies the sealed bytes against

@@ -14,8 +14,7 @@ use crate::error::{BuildError, LoadError};
 use crate::events::{EventHub, EventReceiver};
 use crate::forkserver::{ForkServerSlot, ServerCommand};
 use crate::hostfn::{HostImports, HostInterface};
-use crate::locate;
-use crate::netns::NetNsHolder;
+use crate::locate::{self, WorkerExe};
 use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Generation, Plugin, PluginShared, PluginSpec, Transport};
@@ -26,7 +25,12 @@ use crate::stats::Counters;
 use crate::worker_process::Launch;
 
 /// Environment variables copied from the host into workers by default.
-pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+/// `PATH` is not among them: workers get [`WORKER_PATH`] instead, unless the
+/// application allows the host's (`allow_env("PATH")`) or sets one.
+pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["LANG", "LC_ALL", "TZ"];
+/// The `PATH` every worker gets: the standard system directories, which says
+/// nothing about the host's own.
+pub const WORKER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Default time a worker gets to exit after a shutdown request before SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -192,6 +196,7 @@ impl SupervisorBuilder {
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
         probe_env.extend(worker_env.iter().cloned());
+        let worker = WorkerExe::pin(worker);
         probe::check(&worker, &worker_args, &probe_env, !worker_args.is_empty())?;
         crate::limits::raise_own_nofile();
         Ok(Supervisor {
@@ -205,7 +210,6 @@ impl SupervisorBuilder {
                 events: Arc::new(EventHub::default()),
                 plugins: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
-                netns: Mutex::new(NetNs::Unstarted),
                 fork_server: self.fork_server,
                 fork_servers: Mutex::new(Vec::new()),
             }),
@@ -254,9 +258,14 @@ impl LoadJob {
         let span = observe::load_span(&self.label, &self.path);
         let _entered = span.enter();
         // A signed plugin is verified once, here, and every worker (restarts
-        // included) loads the verified bytes from the sealed memfd.
+        // included) loads the verified bytes from the sealed memfd. Any other
+        // library is opened once, here, and every worker loads it through
+        // that descriptor: a file put in its place later is never loaded.
         if let Some(keys) = &self.signature_keys {
             self.launch.library = Some(Arc::new(crate::signing::verified_library(&self.path, keys)?));
+        } else if let Some(fd) = crate::signing::pinned_library(&self.path) {
+            self.launch.library = Some(Arc::new(fd));
+            self.launch.load.library_fd = true;
         }
         let started = Pool::start(self.label.clone(), self.launch, self.config, self.events);
         observe::load_done(&span, &self.label, started.as_ref().map(|(p, _)| p.latest_pid()));
@@ -293,7 +302,7 @@ impl LoadJob {
 /// What every plugin of a supervisor shares: how to start workers, where events
 /// go, and the pools to stop at shutdown. Plugins keep it for reloads.
 pub(crate) struct Core {
-    worker: PathBuf,
+    worker: WorkerExe,
     worker_args: Vec<String>,
     worker_env: Vec<(String, String)>,
     env_allow: Vec<String>,
@@ -303,23 +312,10 @@ pub(crate) struct Core {
     plugins: Mutex<Vec<Weak<Pool>>>,
     /// Set at shutdown: no pool starts afterwards.
     closed: AtomicBool,
-    /// The shared empty network namespace, started with the first sandboxed
-    /// plugin that wants one; stopped at shutdown.
-    netns: Mutex<NetNs>,
     /// Whether workers are forked by fork-servers.
     fork_server: bool,
     /// One fork-server slot per sandbox profile in use; stopped at shutdown.
     fork_servers: Mutex<Vec<Arc<ForkServerSlot>>>,
-}
-
-/// The state of a supervisor's network-namespace holder.
-enum NetNs {
-    /// No sandboxed plugin asked for it yet.
-    Unstarted,
-    /// Running: workers join its namespace.
-    Running(NetNsHolder),
-    /// Could not start, or stopped at shutdown: workers create their own.
-    Unavailable,
 }
 
 /// Bytes per direction of a worker's shared region. The worker maps the region
@@ -354,7 +350,7 @@ impl Supervisor {
 
     /// The worker binary in use.
     pub fn worker_path(&self) -> &Path {
-        &self.core.worker
+        self.core.worker.path()
     }
 
     /// Starts the plugin's worker(s), loads the plugin in each and returns a handle.
@@ -438,7 +434,6 @@ impl Supervisor {
     fn stop_all(&self) -> Vec<WorkerReport> {
         let reports = self.take_pools().iter().flat_map(|p| p.shutdown()).collect();
         self.core.stop_fork_servers();
-        self.core.stop_netns();
         reports
     }
 
@@ -497,33 +492,9 @@ impl Core {
         Ok(())
     }
 
-    /// The pid of the network-namespace holder, started on first use (`None`:
-    /// unavailable, or the supervisor is shut down).
-    fn netns_holder(&self, env: &[(String, String)]) -> Option<u32> {
-        let mut netns = self.netns.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*netns, NetNs::Unstarted) && !self.closed.load(Ordering::Acquire) {
-            *netns = match NetNsHolder::start(&self.worker, &self.worker_args, env) {
-                Ok(h) => NetNs::Running(h),
-                Err(why) => {
-                    tracing::debug!(target: "bulkhead", %why, "no shared network namespace; each worker creates its own");
-                    NetNs::Unavailable
-                }
-            };
-        }
-        match &*netns {
-            NetNs::Running(h) => Some(h.pid()),
-            _ => None,
-        }
-    }
-
     /// The fork-server slot of `policy` (created on first use), or `None` when
     /// fork-servers are off or the supervisor is shut down.
-    fn fork_server_slot(
-        &self,
-        policy: &SandboxPolicy,
-        env: &[(String, String)],
-        netns_of: Option<u32>,
-    ) -> Option<Arc<ForkServerSlot>> {
+    fn fork_server_slot(&self, policy: &SandboxPolicy, env: &[(String, String)]) -> Option<Arc<ForkServerSlot>> {
         if !self.fork_server {
             return None;
         }
@@ -541,7 +512,6 @@ impl Core {
                 env: env.to_vec(),
             },
             policy.clone(),
-            netns_of,
         ));
         slots.push(slot.clone());
         Some(slot)
@@ -562,16 +532,6 @@ impl Core {
         for slot in slots {
             slot.stop();
         }
-    }
-
-    /// Stops the network-namespace holder (workers that joined keep the
-    /// namespace alive for as long as they run).
-    fn stop_netns(&self) {
-        let old = std::mem::replace(
-            &mut *self.netns.lock().unwrap_or_else(|e| e.into_inner()),
-            NetNs::Unavailable,
-        );
-        drop(old);
     }
 
     /// Every live pool, removed; no pool starts afterwards.
@@ -621,17 +581,13 @@ impl Core {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
-        env.extend(self.worker_env.iter().cloned());
-        let mut args = spec.limits.to_args();
-        let mut netns_of = None;
-        if load.sandbox.wants_own_netns() {
-            if let Some(pid) = self.netns_holder(&env) {
-                args.extend(["--netns-of".to_string(), pid.to_string()]);
-                netns_of = Some(pid);
-            }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".to_string(), WORKER_PATH.to_string()));
         }
+        env.extend(self.worker_env.iter().cloned());
+        let args = spec.limits.to_args();
         env.extend(spec.env.iter().cloned());
-        let fork_server = self.fork_server_slot(&load.sandbox, &env, netns_of);
+        let fork_server = self.fork_server_slot(&load.sandbox, &env);
         let launch = Launch {
             worker: self.worker.clone(),
             worker_args: self.worker_args.clone(),
@@ -692,10 +648,8 @@ impl Drop for Supervisor {
                     p.shutdown();
                 }
             }
-            // The holder exits as soon as its stdin closes, and fork-servers
-            // are killed: no real wait.
+            // Fork-servers are killed: no real wait.
             self.core.stop_fork_servers();
-            self.core.stop_netns();
         }
         #[cfg(not(feature = "tokio"))]
         self.stop_all();

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
 use bulkhead_shared::protocol::{HostMsg, LoadRequest, PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_shared::shm::{self, Region};
+use bulkhead_shared::PARENT_PID_ENV;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -44,6 +45,7 @@ use crate::error::{Exit, LoadError, ProtocolError};
 use crate::event_loop::{self, Started};
 use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
+use crate::locate::WorkerExe;
 use crate::output::{self, OutputCallback, StderrTail};
 use crate::usage::ResourceUsage;
 
@@ -59,7 +61,7 @@ const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 
 /// Everything needed to start a worker for one plugin.
 pub(crate) struct Launch {
-    pub worker: PathBuf,
+    pub worker: WorkerExe,
     /// Arguments before the worker's own (the self-worker marker, if any).
     pub worker_args: Vec<String>,
     pub args: Vec<String>,
@@ -75,7 +77,8 @@ pub(crate) struct Launch {
     pub output: Option<OutputCallback>,
     /// The plugin's output budget, shared by its workers.
     pub output_budget: Arc<output::Meter>,
-    /// The verified library as a sealed memfd, sent to every worker.
+    /// The library, pinned at load: the verified sealed memfd of a signed
+    /// plugin, or the file opened once; sent to every worker.
     pub library: Option<Arc<OwnedFd>>,
     /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
     pub imports: Option<Arc<HostImports>>,
@@ -215,7 +218,7 @@ impl WorkerProcess {
         };
         let deadline = started + limit;
         let spawn_err = |e: io::Error| LoadError::Spawn {
-            worker: launch.worker.clone(),
+            worker: launch.worker.path().to_path_buf(),
             message: e.to_string(),
         };
         // A region that cannot be created (no memfd) means the socket transport.
@@ -226,6 +229,8 @@ impl WorkerProcess {
         } else {
             None
         };
+        // For a forked worker: its arguments travel over the fork-server's
+        // channel, never on a command line.
         let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
         args.extend(launch.args.iter().cloned());
         // Forked by the profile's fork-server if there is one (a verified
@@ -271,11 +276,14 @@ impl WorkerProcess {
                 if presend {
                     sent = Some(send_load(&host_end, &load, launch, &region, deadline));
                 }
-                let mut cmd = Command::new(&launch.worker);
+                let mut cmd = launch.worker.command();
+                // The host's pid goes into the environment, not the command
+                // line (see `PARENT_PID_ENV`).
                 cmd.args(&launch.worker_args)
-                    .args(&args)
+                    .args(&launch.args)
                     .env_clear()
                     .envs(launch.env.iter().map(|(k, v)| (k, v)))
+                    .env(PARENT_PID_ENV, std::process::id().to_string())
                     .stdin(Stdio::from(OwnedFd::from(worker_end)))
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

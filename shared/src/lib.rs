@@ -41,3 +41,11 @@ pub mod sandbox;
 pub mod shm;
 pub mod status;
 pub mod wire;
+
+/// The environment variable a worker process (or fork-server) started with
+/// `exec` finds the host's pid in. Not a command-line flag, because a plugin
+/// can read its process's `/proc/self/cmdline`; the worker erases the variable
+/// — its bytes too, so `/proc/self/environ` no longer shows it — before
+/// anything else.
+#[doc(hidden)]
+pub const PARENT_PID_ENV: &str = "BULKHEAD_PARENT_PID";

@@ -103,9 +103,11 @@ pub struct LoadRequest {
     pub sandbox: SandboxPolicy,
     /// Refuse a plugin whose `interface_hash` differs from this one.
     pub interface_hash: Option<u64>,
-    /// The library arrives as a sealed memfd (`SCM_RIGHTS`, after the region's
-    /// fd if any) holding exactly the bytes the host verified; the worker loads
-    /// it through `/proc/self/fd/N` instead of `path`.
+    /// The library arrives as a descriptor (`SCM_RIGHTS`, after the region's
+    /// fd if any) that the worker loads instead of opening `path`: a sealed
+    /// memfd holding exactly the bytes the host verified, or the library file
+    /// as the host opened it at load (a regular file; `path` then still names
+    /// where it is, for the sandbox's view).
     pub library_fd: bool,
     /// Host interfaces the host implements; the worker binds each import the
     /// plugin declares to one of these, and refuses the plugin if it cannot.

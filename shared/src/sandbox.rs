@@ -20,7 +20,9 @@ pub enum Layer {
     /// A pid namespace with a fresh `/proc`: the host and other workers are
     /// invisible, and everything the plugin starts dies with its worker.
     PidNs,
-    /// A network namespace: no network at all (unless the policy allows it).
+    /// A network namespace of the worker's own: no network at all (unless the
+    /// policy allows it), and nothing shared with another worker (abstract
+    /// socket names, `/proc/net/*`, ports).
     NetNs,
     /// A mount namespace with a minimal read-only view of the filesystem.
     MountNs,
@@ -28,6 +30,9 @@ pub enum Layer {
     IpcNs,
     /// A UTS namespace (hostname).
     UtsNs,
+    /// A cgroup namespace: `/proc/self/cgroup` shows the worker's cgroup as
+    /// the root, not the host's cgroup paths.
+    CgroupNs,
     /// Landlock: filesystem allow-list, TCP bind/connect rules, signal and
     /// abstract-socket scopes.
     Landlock,
@@ -37,13 +42,14 @@ pub enum Layer {
 
 impl Layer {
     /// Every layer, in the order the worker applies them.
-    pub const ALL: [Layer; 8] = [
+    pub const ALL: [Layer; 9] = [
         Layer::UserNs,
         Layer::PidNs,
         Layer::NetNs,
         Layer::MountNs,
         Layer::IpcNs,
         Layer::UtsNs,
+        Layer::CgroupNs,
         Layer::Landlock,
         Layer::Seccomp,
     ];
@@ -76,6 +82,7 @@ impl Layer {
             }
             Layer::IpcNs => "the plugin can reach System V IPC objects and POSIX message queues of the host",
             Layer::UtsNs => "the plugin sees the host's real hostname",
+            Layer::CgroupNs => "the plugin reads the host's cgroup paths in /proc/self/cgroup (service and container names)",
             Layer::Landlock => {
                 "no filesystem allow-list, TCP rules or signal/abstract-socket scopes: with the namespaces \
                  missing too, the plugin can read any file its uid can and signal the host's uid's processes"
@@ -96,6 +103,7 @@ impl Layer {
             Layer::MountNs => "mount-ns",
             Layer::IpcNs => "ipc-ns",
             Layer::UtsNs => "uts-ns",
+            Layer::CgroupNs => "cgroup-ns",
             Layer::Landlock => "landlock",
             Layer::Seccomp => "seccomp",
         }
@@ -195,12 +203,6 @@ impl SandboxPolicy {
     /// Whether any layer is on.
     pub fn enabled(&self) -> bool {
         self.layers != LayerSet::EMPTY
-    }
-
-    /// Whether the worker is to be in an empty network namespace (user and
-    /// network layers on, no network allowed).
-    pub fn wants_own_netns(&self) -> bool {
-        self.layers.contains(Layer::UserNs) && self.layers.contains(Layer::NetNs) && self.net == NetPolicy::None
     }
 }
 

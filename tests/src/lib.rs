@@ -26,6 +26,7 @@ pub const FIXTURES: &[&str] = &[
     "fx-stream",
     "fx-host",
     "fx-hog",
+    "fx-neighbour",
 ];
 
 /// Slots of the `Basic` interface (PluginAllocated).
@@ -100,6 +101,17 @@ pub mod hog {
     pub const TAKE_MEMORY: u32 = 8;
     pub const ADDRESS_SPACE_LIMIT: u32 = 9;
     pub const MESSAGE_QUEUES: u32 = 10;
+}
+
+/// Slots of the `Neighbour` interface (`fx-neighbour`: what two plugins of
+/// one supervisor share).
+pub mod neighbour {
+    pub const READ: u32 = 0;
+    pub const HOLD_SOCKETPAIRS: u32 = 1;
+    pub const UNIX_SOCKETS: u32 = 2;
+    pub const BIND_ABSTRACT: u32 = 3;
+    pub const SYMLINK: u32 = 4;
+    pub const CMDLINE_ENVIRON: u32 = 5;
 }
 
 /// Slots of the `Blob` interface (Arena).

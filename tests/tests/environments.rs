@@ -78,9 +78,9 @@ fn cell(secrets: &Secrets, uid: Option<u32>, env: &str, mode: &str) -> Vec<Strin
     stdout.lines().map(str::to_string).collect()
 }
 
-fn layers(states: [&str; 8]) -> Vec<String> {
+fn layers(states: [&str; 9]) -> Vec<String> {
     let names = [
-        "user-ns", "pid-ns", "net-ns", "mount-ns", "ipc-ns", "uts-ns", "landlock", "seccomp",
+        "user-ns", "pid-ns", "net-ns", "mount-ns", "ipc-ns", "uts-ns", "cgroup-ns", "landlock", "seccomp",
     ];
     names
         .iter()
@@ -106,14 +106,14 @@ fn attacks(outcomes: [&str; 7]) -> Vec<String> {
         .collect()
 }
 
-fn loaded(l: [&str; 8], a: [&str; 7]) -> Vec<String> {
+fn loaded(l: [&str; 9], a: [&str; 7]) -> Vec<String> {
     let mut v = vec!["loaded".to_string()];
     v.extend(layers(l));
     v.extend(attacks(a));
     v
 }
 
-const ALL_ENFORCED: [&str; 8] = ["enforced"; 8];
+const ALL_ENFORCED: [&str; 9] = ["enforced"; 9];
 const ALL_BLOCKED: [&str; 7] = ["blocked"; 7];
 
 /// A strict load's refusal: one line naming the layer, the kernel's answer and
@@ -133,7 +133,7 @@ fn matrix(uid: Option<u32>) {
     // Plain: everything holds; without a sandbox every attack works (the
     // attacks can succeed, so "blocked" means something).
     assert_eq!(cell(&s, uid, "plain", "strict"), loaded(ALL_ENFORCED, ALL_BLOCKED));
-    assert_eq!(cell(&s, uid, "plain", "none"), loaded(["off"; 8], ["succeeded"; 7]));
+    assert_eq!(cell(&s, uid, "plain", "none"), loaded(["off"; 9], ["succeeded"; 7]));
 
     // No user namespaces (container seccomp profile).
     assert_refused(
@@ -145,7 +145,7 @@ fn matrix(uid: Option<u32>) {
     assert_eq!(
         cell(&s, uid, "no-userns", "best-effort"),
         loaded(
-            [un, un, un, un, un, un, "enforced", "enforced"],
+            [un, un, un, un, un, un, un, "enforced", "enforced"],
             // Landlock keeps the host's files (but not the host's /tmp, which
             // without a mount namespace is the sandbox's /tmp), signals and
             // environ out, seccomp new namespaces; the host's processes and
@@ -174,9 +174,9 @@ fn matrix(uid: Option<u32>) {
             // The worker holds every capability in its unmapped user
             // namespace, so the pid, net, ipc and uts namespaces are created;
             // the mount namespace's view is not built, so the host's /proc
-            // and /tmp show; the IPC namespace's small System V limits cannot
+            // and /tmp show; the cgroup namespace is created too; the IPC namespace's small System V limits cannot
             // be written (writes under /proc are refused), so it is partial.
-            [un, "enforced", "enforced", un, "partial", "enforced", "enforced", "enforced"],
+            [un, "enforced", "enforced", un, "partial", "enforced", "enforced", "enforced", "enforced"],
             [
                 "blocked",
                 "succeeded",

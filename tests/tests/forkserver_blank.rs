@@ -18,7 +18,7 @@ fn a_blank_that_dies_waiting_is_reaped_and_the_load_still_works() {
     assert!(sup.wait_for_blank(&spec(), Instant::now() + Duration::from_secs(20)));
     let server = sup.fork_server_pid().unwrap();
     // The blank: the host's other child running the worker binary as a server
-    // copy (forked, never exec'd), besides the server and the netns holder.
+    // copy (forked, never exec'd), besides the server.
     let blanks: Vec<u32> = my_children()
         .into_iter()
         .map(|c| c.0)

@@ -61,8 +61,7 @@ fn drop_and_shutdown_leave_no_children() {
     assert_eq!(my_children(), vec![]);
 
     // Dropping the last plugin handle also stops its workers. What is left
-    // goes with the supervisor: its network-namespace holder, its fork-server,
-    // and the one worker the fork-server keeps pre-forked (a "blank", a child
+    // goes with the supervisor: its fork-server, and the one worker the fork-server keeps pre-forked (a "blank", a child
     // of this host, which the host kills and reaps with the server).
     let sup = supervisor();
     let p = sup.load(spec("fx-basic")).unwrap();
@@ -78,7 +77,6 @@ fn drop_and_shutdown_leave_no_children() {
             let cmdline = std::fs::read(format!("/proc/{}/cmdline", c.0)).unwrap();
             let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
             match () {
-                _ if cmdline.contains("--hold-netns") => "holder",
                 _ if c.0 == server => "fork-server",
                 _ if cmdline.contains("--fork-server") => "blank",
                 _ => "a worker",
@@ -87,7 +85,7 @@ fn drop_and_shutdown_leave_no_children() {
         })
         .collect();
     roles.sort();
-    assert_eq!(roles, ["blank", "fork-server", "holder"], "{left:?}");
+    assert_eq!(roles, ["blank", "fork-server"], "{left:?}");
     drop(sup);
     assert_eq!(my_children(), vec![]);
 }

@@ -364,10 +364,10 @@ fn soak(duration: Duration) {
         fds_after, fds_before,
         "no leaked descriptors: before {fd_list_before:?} after {fd_list_after:?}"
     );
-    // Plus three: the supervisor's network-namespace holder, its fork-server
-    // and the blank the fork-server keeps pre-forked.
+    // Plus two: the supervisor's fork-server and the blank it keeps
+    // pre-forked.
     assert!(
-        max_live.load(Ordering::Relaxed) <= POOLS + 3,
+        max_live.load(Ordering::Relaxed) <= POOLS + 2,
         "live workers within the pools"
     );
     assert!(peak_rss_kb < 512 * 1024, "host memory bounded: peak {peak_rss_kb} KiB");

@@ -16,6 +16,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use nix::fcntl::{fcntl, FcntlArg};
+
 use crate::channel;
 use crate::load::{self, Outcome, Plugin};
 use crate::sandbox;
@@ -75,6 +77,16 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     } else {
         None
     };
+    // A sealed memfd is a verified copy; any other descriptor is the library
+    // file the host opened at load, which the sandbox treats like the one it
+    // would open itself (it loads through it, and names its inode to Landlock).
+    let library_fd = match library_fd {
+        Some(fd) if fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).is_err() => {
+            sandbox::set_preopened_library(fd);
+            None
+        }
+        other => other,
+    };
     let path = match &library_fd {
         Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         None => PathBuf::from(OsStr::from_bytes(&req.path)),
@@ -87,7 +99,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     let on_disk = library_fd
         .is_none()
         .then(|| PathBuf::from(OsStr::from_bytes(&req.path)));
-    let entered = match sandbox::enter(&req.sandbox, on_disk.as_deref(), args.netns_of) {
+    let entered = match sandbox::enter(&req.sandbox, on_disk.as_deref()) {
         Ok(e) => e,
         Err(why) => return send_load_failure(&mut sock, &mut tx, why),
     };

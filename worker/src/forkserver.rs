@@ -48,7 +48,7 @@ pub fn serve(args: &Args) -> u8 {
         Err(RecvError::Closed) => return 0,
         _ => return EXIT_PROTOCOL,
     };
-    let ready = match sandbox::prepare_profile(&policy, args.netns_of) {
+    let ready = match sandbox::prepare_profile(&policy) {
         Ok(()) => FromServer::Ready,
         Err(why) => FromServer::Unavailable(why),
     };
@@ -228,8 +228,8 @@ fn take_channel(args: &Args) -> Result<OwnedFd, String> {
 /// A forked worker's command line: a worker's, nothing else.
 fn worker_args(args: Vec<String>) -> Result<Args, String> {
     let parsed = Args::parse(args.into_iter())?;
-    if parsed.hold_netns || parsed.fork_server {
-        return Err("a forked worker cannot be a holder or a fork-server".into());
+    if parsed.fork_server {
+        return Err("a forked worker cannot be a fork-server".into());
     }
     Ok(parsed)
 }

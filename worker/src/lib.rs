@@ -19,10 +19,9 @@
 //!
 //! Usage (the host builds this command line): `bulkhead-worker --parent-pid PID
 //! [--limit-as BYTES] [--limit-cpu SECS] [--limit-nofile N] [--limit-nproc N]
-//! [--limit-fsize BYTES] [--core-dumps] [--netns-of PID]`, or `--version`, or
-//! `--protocol-version`, or `bulkhead-worker --parent-pid PID --hold-netns` for
-//! the supervisor's network-namespace holder, or `bulkhead-worker --parent-pid
-//! PID --fork-server [--netns-of PID]` for a fork-server (see `forkserver`).
+//! [--limit-fsize BYTES] [--core-dumps]`, or `--version`, or
+//! `--protocol-version`, or `bulkhead-worker --parent-pid PID --fork-server`
+//! for a fork-server (see `forkserver`).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -101,9 +100,6 @@ pub fn run_with_args(args: impl Iterator<Item = String>) -> u8 {
             return EXIT_USAGE;
         }
     };
-    if args.hold_netns {
-        return sandbox::hold_netns(&args);
-    }
     if args.fork_server {
         return forkserver::serve(&args);
     }

@@ -1,10 +1,13 @@
 //! Process hygiene, done by the worker to itself before any plugin code runs:
 //! socket off stdin, inherited descriptors closed, parent-death signal,
-//! `no_new_privs`, resource limits. No `unsafe` here: std and nix cover it.
+//! `no_new_privs`, resource limits, and the host's pid taken out of the
+//! environment (see `erase_env`, the one `unsafe` block here).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+use bulkhead_shared::PARENT_PID_ENV;
 
 use nix::sys::prctl;
 use nix::sys::resource::{setrlimit, Resource};
@@ -24,10 +27,6 @@ pub struct Args {
     limit_msgqueue: Option<u64>,
     nice: Option<i32>,
     core_dumps: bool,
-    /// Run as the supervisor's network-namespace holder instead of a worker.
-    pub hold_netns: bool,
-    /// Pid of that holder, whose (empty) network namespace the worker joins.
-    pub netns_of: Option<i32>,
     /// Run as a fork-server (see `forkserver`) instead of a worker.
     pub fork_server: bool,
 }
@@ -39,10 +38,6 @@ impl Args {
         while let Some(flag) = it.next() {
             if flag == "--core-dumps" {
                 a.core_dumps = true;
-                continue;
-            }
-            if flag == "--hold-netns" {
-                a.hold_netns = true;
                 continue;
             }
             if flag == "--fork-server" {
@@ -60,14 +55,59 @@ impl Args {
                 "--limit-fsize" => a.limit_fsize = Some(num()?),
                 "--limit-msgqueue" => a.limit_msgqueue = Some(num()?),
                 "--nice" => a.nice = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?),
-                "--netns-of" => a.netns_of = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?),
                 _ => return Err(format!("unknown argument {flag}")),
             }
+        }
+        if a.parent_pid.is_none() {
+            a.parent_pid = take_parent_pid_env();
         }
         if a.parent_pid.is_none() {
             return Err("--parent-pid is required (the worker is started by the bulkhead host)".into());
         }
         Ok(a)
+    }
+}
+
+/// The host's pid from [`PARENT_PID_ENV`], which is then erased from the
+/// environment: from the variable list, and its bytes from the memory
+/// `/proc/self/environ` shows, so no plugin code finds it.
+fn take_parent_pid_env() -> Option<i32> {
+    let value = std::env::var(PARENT_PID_ENV).ok()?;
+    erase_env(PARENT_PID_ENV);
+    value.parse().ok()
+}
+
+extern "C" {
+    /// libc's environment list (`environ(7)`).
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Removes `name` from the environment and zeroes the bytes of its
+/// `name=value` string in place (`unsetenv` alone leaves them in the
+/// process's initial stack, where `/proc/self/environ` reads). Called while
+/// the process is single-threaded, before any plugin code.
+fn erase_env(name: &str) {
+    let prefix = format!("{name}=");
+    let mut found = Vec::new();
+    // SAFETY: `environ` is a NULL-terminated array of NUL-terminated strings
+    // owned by libc; the process is single-threaded here, so nothing changes
+    // it while we read it.
+    unsafe {
+        let mut p = std::ptr::addr_of!(environ).read();
+        while !p.is_null() && !(*p).is_null() {
+            let entry = std::ffi::CStr::from_ptr(*p);
+            if entry.to_bytes().starts_with(prefix.as_bytes()) {
+                found.push((*p, entry.to_bytes().len()));
+            }
+            p = p.add(1);
+        }
+    }
+    std::env::remove_var(name);
+    for (ptr, len) in found {
+        // SAFETY: `ptr` points at `len` writable bytes of the string libc was
+        // given at exec (the initial stack) or by `setenv`; after
+        // `remove_var` no list entry refers to it any more.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
     }
 }
 

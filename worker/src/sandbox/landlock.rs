@@ -9,7 +9,7 @@
 //! policy's ports. Scopes: no signal to, and no abstract socket of, any process
 //! outside the worker's Landlock domain.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -82,6 +82,31 @@ fn restrict(plan: &Plan<'_>) -> Result<RulesetStatus, String> {
     Ok(status.ruleset)
 }
 
+/// Rules for the policy's granted paths, each opened following no symbolic
+/// link (see `mounts::open_grant`); a path that cannot be opened that way
+/// gets no rule, so it stays denied.
+fn grants(
+    paths: &[PathBuf],
+    access: landlock::BitFlags<AccessFs>,
+) -> impl Iterator<Item = Result<PathBeneath<std::os::fd::OwnedFd>, landlock::RulesetError>> + '_ {
+    paths
+        .iter()
+        .filter_map(|p| super::mounts::open_grant(p).ok())
+        .map(move |fd| {
+            // A file takes only the rights that apply to files (as
+            // `path_beneath_rules` does), or the rule counts as downgraded.
+            let is_dir = nix::sys::stat::fstat(fd.as_raw_fd())
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(false);
+            let access = if is_dir {
+                access
+            } else {
+                access & AccessFs::from_file(TARGET)
+            };
+            Ok(PathBeneath::new(fd, access))
+        })
+}
+
 /// The ruleset with every rule that does not depend on the plugin library.
 fn ruleset(plan: &Plan<'_>) -> Result<RulesetCreated, String> {
     let err = |e: landlock::RulesetError| e.to_string();
@@ -101,7 +126,6 @@ fn ruleset(plan: &Plan<'_>) -> Result<RulesetCreated, String> {
     .iter()
     .map(PathBuf::from)
     .collect();
-    readable.extend(plan.read.iter().cloned());
     // The library's path: its copy in a view without /proc, or the file itself
     // where there is no mount namespace.
     readable.extend(plan.library_path.clone());
@@ -118,10 +142,9 @@ fn ruleset(plan: &Plan<'_>) -> Result<RulesetCreated, String> {
         );
     }
     let readable_dev = ["/dev/random", "/dev/urandom"].map(PathBuf::from);
-    let mut writable: Vec<PathBuf> = ["/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full"]
+    let writable: Vec<PathBuf> = ["/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full"]
         .map(PathBuf::from)
         .into();
-    writable.extend(plan.write.iter().cloned());
 
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -140,6 +163,10 @@ fn ruleset(plan: &Plan<'_>) -> Result<RulesetCreated, String> {
         .add_rules(path_beneath_rules(existing(readable_dev), read))
         .map_err(err)?
         .add_rules(path_beneath_rules(existing(writable), all))
+        .map_err(err)?
+        .add_rules(grants(&plan.read, read))
+        .map_err(err)?
+        .add_rules(grants(&plan.write, all))
         .map_err(err)?;
     if let NetPolicy::ConnectTcp(ports) = &plan.policy.net {
         for &port in ports {

@@ -6,7 +6,8 @@
 //!
 //! 1. [`identity`]: a worker started by a root host switches to an unprivileged
 //!    uid/gid first, so `RLIMIT_NPROC` binds and DAC protects the host's files;
-//! 2. [`namespaces`]: user, pid, net, mount, ipc and uts namespaces;
+//! 2. [`namespaces`]: user, pid, net, mount, ipc, uts and cgroup namespaces,
+//!    all the worker's own;
 //! 3. [`init`]: with a pid namespace the worker splits into three processes — the
 //!    *outer* one the host started (it stays in the host's pid namespace, waits,
 //!    and mirrors the real worker's exit status), a tiny *init* (pid 1: reaps, and
@@ -29,7 +30,6 @@
 //! has no fresh `/proc` (`Partial`).
 
 mod capabilities;
-mod holder;
 mod identity;
 mod init;
 mod landlock;
@@ -41,8 +41,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-
-pub use holder::hold_netns;
 
 use bulkhead_shared::protocol::LoadFailure;
 use bulkhead_shared::sandbox::{Layer, LayerSet, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
@@ -72,13 +70,11 @@ pub(crate) struct Plan<'a> {
     pub(crate) library_path: Option<PathBuf>,
     pub(crate) read: Vec<PathBuf>,
     pub(crate) write: Vec<PathBuf>,
-    /// The supervisor's network-namespace holder, if it has one.
-    pub(crate) netns_of: Option<i32>,
 }
 
 impl<'a> Plan<'a> {
     /// The plan of `policy`, with no library (the caller adds it if it has one).
-    fn new(policy: &'a SandboxPolicy, netns_of: Option<i32>) -> Plan<'a> {
+    fn new(policy: &'a SandboxPolicy) -> Plan<'a> {
         let os = |v: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(v));
         Plan {
             policy,
@@ -86,7 +82,6 @@ impl<'a> Plan<'a> {
             library_path: None,
             read: policy.read.iter().map(os).collect(),
             write: policy.write.iter().map(os).collect(),
-            netns_of,
         }
     }
 
@@ -129,15 +124,14 @@ pub fn set_preopened_library(fd: OwnedFd) {
 }
 
 /// The fork-server's share of the sandbox, applied once to the server itself:
-/// the unprivileged identity, the user namespace (nested in the network
-/// holder's, whose network namespace it joins), the uts namespace, and a mount
+/// the unprivileged identity, the user namespace, the uts namespace, and a mount
 /// namespace with the static part of the filesystem view staged. Workers it
 /// forks then only create what keeps them apart (see [`enter`]).
 ///
 /// `Err` when the profile cannot be prepared this way — no user, mount or pid
 /// namespace, or a test knob — and the host should start workers itself, each
 /// of which then reports its own layers.
-pub fn prepare_profile(policy: &SandboxPolicy, netns_of: Option<i32>) -> Result<(), String> {
+pub fn prepare_profile(policy: &SandboxPolicy) -> Result<(), String> {
     let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
     if policy.enabled() {
         if policy.simulate_unavailable != LayerSet::EMPTY {
@@ -148,7 +142,7 @@ pub fn prepare_profile(policy: &SandboxPolicy, netns_of: Option<i32>) -> Result<
                 return Err(format!("the policy leaves out {layer}"));
             }
         }
-        let plan = Plan::new(policy, netns_of);
+        let plan = Plan::new(policy);
         identity::drop_root(&plan, &mut report).map_err(|f| f.to_string())?;
         let ns = namespaces::unshare(&plan, &mut report, namespaces::Stage::Profile);
         if !report.state(Layer::UserNs).is_enforced() || !ns.mount {
@@ -183,8 +177,8 @@ struct Prebuilt {
 static PREBUILT: Mutex<Option<Prebuilt>> = Mutex::new(None);
 
 /// In a worker a fork-server pre-forks (a *blank*): everything of the sandbox
-/// that does not depend on the plugin — its own user, pid, mount and ipc
-/// namespaces, the process split, the per-worker mounts, no capabilities, the
+/// that does not depend on the plugin — its own user, pid, network, mount,
+/// ipc and cgroup namespaces, the process split, the per-worker mounts, no capabilities, the
 /// Landlock ruleset (not yet enforced) and the late seccomp filter — done
 /// ahead of time, so that an assignment only adds the library's Landlock rule,
 /// limits and `dlopen`. Returns in the
@@ -200,7 +194,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     if !policy.enabled() {
         return Ok(());
     }
-    let plan = Plan::new(policy, None);
+    let plan = Plan::new(policy);
     let mut report = staged.report.clone();
     let helper_processes = isolate(&plan, &mut report, true)?;
     landlock::prepare(&plan);
@@ -293,7 +287,7 @@ fn isolate(plan: &Plan<'_>, report: &mut SandboxReport, staged: bool) -> Result<
 /// In a worker forked by a fork-server, the server's share is already in
 /// place ([`prepare_profile`]) and `policy` must be the profile's; the rest is
 /// applied here exactly as for a worker the host started.
-pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i32>) -> Result<Entered, LoadFailure> {
+pub fn enter(policy: &SandboxPolicy, library: Option<&Path>) -> Result<Entered, LoadFailure> {
     let staged = STAGED.get();
     let preopened = PREOPENED_LIBRARY.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut report = SandboxReport::off(rustix::process::geteuid().as_raw());
@@ -307,14 +301,18 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>, netns_of: Option<i3
         report = staged.report.clone();
     }
     if !policy.enabled() {
+        // No view to build: a pinned library is loaded through its descriptor
+        // (kept open for the worker's life), else by path.
+        let library =
+            preopened.map(|fd| PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::IntoRawFd::into_raw_fd(fd))));
         return Ok(Entered {
-            library: None,
+            library,
             report,
             helper_processes: 0,
         });
     }
     let threads = thread_count();
-    let mut plan = Plan::new(policy, netns_of);
+    let mut plan = Plan::new(policy);
     // Opened now, with the identity the host gave us: the sandboxed worker
     // loads it through its descriptor, so neither a directory on the way it
     // could not search (a root host's worker runs as uid 65534) nor the

@@ -7,12 +7,16 @@
 //! descriptor opened before the sandbox); read-write:
 //! the paths it allows to be written. `/dev` holds only null, zero, full, random
 //! and urandom; `/tmp` and `/dev/shm` are private tmpfs of the policy's size;
-//! `/proc` is a fresh procfs of the worker's pid namespace. Then `pivot_root`,
+//! `/proc` is a fresh procfs of the worker's pid namespace, with the entries
+//! that describe the host masked (blank files, empty directories, `/proc/sys`
+//! read-only: see [`MASKED_PROC_FILES`]). Then `pivot_root`,
 //! the old root is detached, the new root made read-only, cwd `/`.
 //!
 //! Bind sources are opened as `O_PATH` descriptors before the worker gives up
 //! its identity and before anything is mounted over them, and bound through
-//! `/proc/self/fd/N`.
+//! `/proc/self/fd/N`. A granted path is opened component by component with no
+//! symbolic link followed ([`open_grant`]): a grant that crosses one fails
+//! the load, so a link planted under a granted directory redirects nothing.
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -44,6 +48,33 @@ const NETWORK_FILES: &[&str] = &[
     "/etc/ssl",
     "/etc/ca-certificates",
 ];
+/// `/proc` files that describe the host, not the worker: each is covered by
+/// `/dev/null` in the worker's fresh `/proc` (reads find nothing). After
+/// Docker's masked paths, plus the kernel command line, the boot id, kernel
+/// symbols and the machine's load (whose process count is the host's).
+const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "kallsyms",
+    "kmsg",
+    "sched_debug",
+    "timer_list",
+    "timer_stats",
+    "latency_stats",
+    "cmdline",
+    "loadavg",
+    "config.gz",
+    "sysrq-trigger",
+    "sys/kernel/random/boot_id",
+];
+/// `/proc` directories about the host's hardware: each is covered by an empty
+/// read-only tmpfs.
+const MASKED_PROC_DIRS: &[&str] = &["acpi", "asound", "scsi", "bus", "irq", "fs", "driver"];
+/// `/proc` trees the worker may read but not change: bound read-only on
+/// themselves.
+const READ_ONLY_PROC_DIRS: &[&str] = &["sys"];
+
 /// Device nodes bound into the private `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -65,12 +96,16 @@ impl Sources {
         let mut out = Vec::new();
         for (paths, writable) in [(&plan.read, false), (&plan.write, true)] {
             for p in paths {
-                let fd = open_path(p).map_err(|e| {
-                    format!(
-                        "allowed path {}: {e} (opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
-                        p.display(),
-                        super::identity::NOBODY
-                    )
+                let fd = open_grant(p).map_err(|e| {
+                    let hint = if e == nix::errno::Errno::ELOOP {
+                        " — it crosses a symbolic link; grants follow none: name the real path".to_string()
+                    } else {
+                        format!(
+                            " (opened by the sandboxed worker, with the host's uid, or uid {} when the host is root)",
+                            super::identity::NOBODY
+                        )
+                    };
+                    format!("allowed path {}: {e}{hint}", p.display())
                 })?;
                 out.push(Source {
                     path: p.clone(),
@@ -85,6 +120,45 @@ impl Sources {
 
 fn open_path(p: &Path) -> nix::Result<OwnedFd> {
     open_owned(p, OFlag::O_PATH)
+}
+
+/// Opens the granted path `p` (`O_PATH`) one component at a time, following
+/// no symbolic link on the way — the last component included — and no `..`:
+/// a grant means exactly the file or directory the host named, never where a
+/// link someone planted under it (a plugin with write access to a directory
+/// on the way, say) points. `ELOOP` for a path that crosses a symbolic link:
+/// the host must name the real path. (A component walk rather than
+/// `openat2(RESOLVE_NO_SYMLINKS)`, which a system-call filter might refuse.)
+pub(super) fn open_grant(p: &Path) -> nix::Result<OwnedFd> {
+    use std::path::Component;
+    let start = if p.is_absolute() {
+        Path::new("/")
+    } else {
+        Path::new(".")
+    };
+    let mut fd = open_owned(start, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    for component in p.components() {
+        let name = match component {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(name) => name,
+            Component::ParentDir | Component::Prefix(_) => return Err(nix::errno::Errno::EINVAL),
+        };
+        let raw = nix::fcntl::openat(
+            Some(fd.as_raw_fd()),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        // SAFETY: `openat` just returned this descriptor; nothing else owns it.
+        let next = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // With O_PATH | O_NOFOLLOW a symbolic link is opened itself.
+        let st = nix::sys::stat::fstat(next.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(nix::errno::Errno::ELOOP);
+        }
+        fd = next;
+    }
+    Ok(fd)
 }
 
 /// `open(p, flags | O_CLOEXEC)`, owned at once.
@@ -282,11 +356,45 @@ fn finish(plan: &Plan<'_>, fresh_proc: bool, switched: bool) -> Result<(), Strin
             nosuid_nodev | MsFlags::MS_NOEXEC,
             None,
         )?;
+        mask_proc(root)?;
     }
     if switched {
         return Ok(());
     }
     switch_root(root)
+}
+
+/// Hides what the fresh `/proc` under `root` says about the host: see
+/// [`MASKED_PROC_FILES`], [`MASKED_PROC_DIRS`], [`READ_ONLY_PROC_DIRS`].
+/// Entries this kernel does not have are skipped.
+fn mask_proc(root: &Path) -> Result<(), String> {
+    let proc_ = root.join("proc");
+    for dir in READ_ONLY_PROC_DIRS {
+        let p = proc_.join(dir);
+        if p.is_dir() {
+            bind_as(&p, &p, true, false)?;
+        }
+    }
+    let null = root.join("dev/null");
+    for file in MASKED_PROC_FILES {
+        let p = proc_.join(file);
+        if fs::symlink_metadata(&p).is_ok() {
+            mount_(Some(&null), &p, None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    for dir in MASKED_PROC_DIRS {
+        let p = proc_.join(dir);
+        if p.is_dir() {
+            mount_(
+                Some(Path::new("tmpfs")),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=4k,mode=0555"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the library (read through the descriptor opened before the sandbox)
@@ -296,9 +404,25 @@ fn copy_library(fd: &OwnedFd, dst: &Path) -> Result<(), String> {
     if let Some(parent) = dst.parent() {
         mkdirs(parent)?;
     }
-    let mut src = fs::File::from(fd.try_clone().map_err(|e| format!("dup library: {e}"))?);
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    // By offset (`pread`), never through the descriptor's file position: a
+    // library the host pinned is one open file shared by all its workers.
+    let src = fs::File::from(fd.try_clone().map_err(|e| format!("dup library: {e}"))?);
     let mut out = fs::File::create(dst).map_err(|e| format!("copying the library to {}: {e}", dst.display()))?;
-    std::io::copy(&mut src, &mut out).map_err(|e| format!("copying the library: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = src
+            .read_at(&mut buf, at)
+            .map_err(|e| format!("copying the library: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("copying the library: {e}"))?;
+        at += n as u64;
+    }
     fs::set_permissions(dst, fs::Permissions::from_mode(0o555)).map_err(|e| format!("chmod library copy: {e}"))
 }
 
@@ -361,4 +485,38 @@ fn mount_(
         let from = src.map(|s| format!("{} on ", s.display())).unwrap_or_default();
         format!("mount {from}{}: {e}", dst.as_ref().display())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_follow_no_symbolic_link() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-open-grant-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("real/sub")).unwrap();
+        fs::write(dir.join("real/sub/file"), b"x").unwrap();
+        symlink(dir.join("real"), dir.join("link")).unwrap();
+        symlink(dir.join("real/sub/file"), dir.join("real/file-link")).unwrap();
+
+        assert!(open_grant(&dir.join("real/sub/file")).is_ok());
+        assert!(open_grant(&dir.join("real/sub")).is_ok());
+        // A link on the way, or at the end, is refused; so is `..`.
+        assert_eq!(
+            open_grant(&dir.join("link/sub/file")).unwrap_err(),
+            nix::errno::Errno::ELOOP
+        );
+        assert_eq!(
+            open_grant(&dir.join("real/file-link")).unwrap_err(),
+            nix::errno::Errno::ELOOP
+        );
+        assert_eq!(
+            open_grant(&dir.join("real/sub/../sub")).unwrap_err(),
+            nix::errno::Errno::EINVAL
+        );
+        // While the ordinary open follows them.
+        assert!(open_path(&dir.join("link/sub/file")).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,4 +1,8 @@
-//! User, pid, net, mount, ipc and uts namespaces, created with `unshare`.
+//! User, pid, net, mount, ipc, uts and cgroup namespaces, created with
+//! `unshare`. Every worker gets namespaces of its own (none is shared with
+//! another worker, not even with a fork-server's other workers), so nothing a
+//! namespace scopes — abstract socket names, `/proc/net/*`, ports, System V
+//! IPC, the hostname, the cgroup root — is a channel between two plugins.
 //!
 //! The user namespace comes first and alone, and its uid/gid maps are written at
 //! once: on kernels that restrict unprivileged user namespaces (Ubuntu 23.10+
@@ -10,7 +14,7 @@
 use std::fs;
 
 use bulkhead_shared::sandbox::{Layer, LayerState, SandboxReport};
-use nix::sched::{setns, unshare as sys_unshare, CloneFlags};
+use nix::sched::{unshare as sys_unshare, CloneFlags};
 use nix::unistd::{Gid, Uid};
 
 use super::Plan;
@@ -27,12 +31,13 @@ pub struct Active {
 }
 
 /// The namespaces besides the user namespace, with their layers.
-const OTHERS: [(Layer, CloneFlags); 5] = [
+const OTHERS: [(Layer, CloneFlags); 6] = [
     (Layer::PidNs, CloneFlags::CLONE_NEWPID),
     (Layer::NetNs, CloneFlags::CLONE_NEWNET),
     (Layer::MountNs, CloneFlags::CLONE_NEWNS),
     (Layer::IpcNs, CloneFlags::CLONE_NEWIPC),
     (Layer::UtsNs, CloneFlags::CLONE_NEWUTS),
+    (Layer::CgroupNs, CloneFlags::CLONE_NEWCGROUP),
 ];
 
 /// Which part of the sandbox's namespaces to create.
@@ -41,12 +46,14 @@ pub enum Stage {
     /// Everything, for a worker the host started itself.
     All,
     /// A fork-server's share, created once for all its workers: the user
-    /// namespace (after joining the network holder's), the network and uts
-    /// namespaces, and the mount namespace the static view is staged in.
+    /// namespace, the uts namespace, and the mount namespace the static view
+    /// is staged in.
     Profile,
     /// Each forked worker's own: a user namespace nested in the server's (so
-    /// `RLIMIT_NPROC` counts per worker), and pid, mount (a copy of the staged
-    /// view) and ipc namespaces — the ones that keep workers apart.
+    /// `RLIMIT_NPROC` counts per worker), and pid, network, mount (a copy of
+    /// the staged view), ipc and cgroup namespaces — the ones that keep
+    /// workers apart. (A pre-forked blank creates them before it is needed,
+    /// which hides the network namespace's cost from `load()` and restarts.)
     Forked,
 }
 
@@ -54,8 +61,11 @@ impl Stage {
     fn covers(self, layer: Layer) -> bool {
         match self {
             Stage::All => true,
-            Stage::Profile => matches!(layer, Layer::NetNs | Layer::MountNs | Layer::UtsNs),
-            Stage::Forked => matches!(layer, Layer::PidNs | Layer::MountNs | Layer::IpcNs),
+            Stage::Profile => matches!(layer, Layer::MountNs | Layer::UtsNs),
+            Stage::Forked => matches!(
+                layer,
+                Layer::PidNs | Layer::NetNs | Layer::MountNs | Layer::IpcNs | Layer::CgroupNs
+            ),
         }
     }
 }
@@ -64,22 +74,6 @@ impl Stage {
 pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport, stage: Stage) -> Active {
     let mut active = Active::default();
     let wants_net = plan.wants(Layer::NetNs) && !plan.shares_host_network() && stage.covers(Layer::NetNs);
-    // Join the supervisor's ready-made network namespace (and the user namespace
-    // that owns it) first; the worker's own user namespace then nests inside.
-    let joined_net = match plan.netns_of {
-        Some(holder)
-            if wants_net
-                && plan.wants(Layer::UserNs)
-                && plan.simulated_unavailable(Layer::UserNs).is_none()
-                && plan.simulated_unavailable(Layer::NetNs).is_none() =>
-        {
-            join_holder(holder).is_ok()
-        }
-        _ => false,
-    };
-    if joined_net {
-        report.set(Layer::NetNs, LayerState::Enforced);
-    }
     let user = if !plan.wants(Layer::UserNs) {
         false
     } else if let Some(state) = plan.simulated_unavailable(Layer::UserNs) {
@@ -109,7 +103,7 @@ pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport, stage: Stage) -> Act
 
     let mut wanted = Vec::new();
     for (layer, flag) in OTHERS {
-        if !plan.wants(layer) || !stage.covers(layer) || (layer == Layer::NetNs && (!wants_net || joined_net)) {
+        if !plan.wants(layer) || !stage.covers(layer) || (layer == Layer::NetNs && !wants_net) {
             continue;
         }
         if let Some(state) = plan.simulated_unavailable(layer) {
@@ -145,19 +139,6 @@ pub fn unshare(plan: &Plan<'_>, report: &mut SandboxReport, stage: Stage) -> Act
         }
     }
     active
-}
-
-/// Joins the user and network namespaces of the holder process `pid`. Any
-/// failure leaves the worker where it was (it then creates its own).
-fn join_holder(pid: i32) -> Result<(), String> {
-    let open =
-        |ns: &str| fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|e| format!("/proc/{pid}/ns/{ns}: {e}"));
-    let (user, net) = (open("user")?, open("net")?);
-    setns(&user, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("setns(user): {e}"))?;
-    // Inside the holder's user namespace we hold every capability, which is
-    // what joining its network namespace takes.
-    setns(&net, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns(net): {e}"))?;
-    Ok(())
 }
 
 /// Creates a user namespace and maps uid/gid 0 inside to ours outside.

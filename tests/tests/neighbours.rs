@@ -1,0 +1,327 @@
+//! Two plugins of one supervisor, side by side (`fx-neighbour`): nothing one
+//! worker does in what its namespaces scope (sockets, abstract names, the
+//! cgroup root) is visible to the other, and a worker's own `/proc` tells it
+//! nothing about the host (its command line, environment, masked entries).
+//! Each test runs the move under `Sandbox::none()`, where it works, and under
+//! the default sandbox, where it must not: every test is able to fail.
+
+use std::time::{Duration, Instant};
+
+use bulkhead::{Plugin, Sandbox, Supervisor, WORKER_PATH};
+use bulkhead_tests::{fixtures, neighbour, plugin_process, spec};
+
+const GENEROUS: Duration = Duration::from_secs(20);
+
+fn both() -> [(&'static str, Sandbox); 2] {
+    [("strict", Sandbox::strict()), ("none", Sandbox::none())]
+}
+
+/// A supervisor with or without fork-servers: both spawn paths create the
+/// namespaces (a forked worker its own share, an exec'd worker all of them).
+fn supervisor(fork_server: bool) -> Supervisor {
+    Supervisor::builder()
+        .worker_path(&fixtures().worker)
+        .fork_server(fork_server)
+        .build()
+        .expect("worker binary exists")
+}
+
+fn neighbour(sup: &Supervisor, sandbox: &Sandbox) -> Plugin {
+    let spec = spec("fx-neighbour").sandbox(sandbox.clone());
+    // With a fork-server, prefer a pre-forked blank (the path loads and
+    // restarts take when one is ready).
+    let _ = sup.wait_for_blank(&spec, Instant::now() + GENEROUS);
+    sup.load(spec).expect("fx-neighbour loads")
+}
+
+fn read(p: &Plugin, path: &str) -> Result<Vec<u8>, String> {
+    p.call::<_, Vec<u8>>(neighbour::READ, &(path.to_string(),))
+        .map_err(|e| e.to_string())
+}
+
+fn net_ns(pid: u32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap()
+}
+
+#[test]
+fn sockets_one_plugin_holds_are_not_listed_for_another() {
+    for fork_server in [true, false] {
+        let sup = supervisor(fork_server);
+        for (name, sandbox) in both() {
+            let what = format!("{name}, fork-server {fork_server}");
+            let a = neighbour(&sup, &sandbox);
+            let b = neighbour(&sup, &sandbox);
+            let before: i64 = b.call(neighbour::UNIX_SOCKETS, &()).unwrap();
+            assert!(before >= 0, "{what}: /proc/net/unix readable: {before}");
+            // 300 pairs: 600 sockets, a signal no background noise hides.
+            let made: i64 = a.call(neighbour::HOLD_SOCKETPAIRS, &(300u32,)).unwrap();
+            assert_eq!(made, 300, "{what}");
+            let after: i64 = b.call(neighbour::UNIX_SOCKETS, &()).unwrap();
+            let (pa, pb) = (plugin_process(a.info().worker_pid), plugin_process(b.info().worker_pid));
+            if name == "none" {
+                assert_eq!(net_ns(pa), net_ns(std::process::id()), "{what}");
+                assert!(
+                    after >= before + 500,
+                    "{what}: without a sandbox B counts A's sockets: {before} -> {after}"
+                );
+            } else {
+                assert_ne!(net_ns(pa), net_ns(pb), "{what}: each worker its own network namespace");
+                assert_ne!(net_ns(pa), net_ns(std::process::id()), "{what}");
+                assert_eq!(
+                    after, before,
+                    "{what}: B's /proc/net/unix does not change with A's sockets"
+                );
+                assert!(after < 100, "{what}: B lists only its own sockets: {after}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_abstract_name_one_plugin_binds_is_not_listed_for_another() {
+    let sup = supervisor(true);
+    for (name, sandbox) in both() {
+        let a = neighbour(&sup, &sandbox);
+        let b = neighbour(&sup, &sandbox);
+        let tag = format!("bulkhead-neighbour-{name}-{}", std::process::id());
+        // The default policy may refuse `bind` outright; if it allows it, the
+        // name must still stay in A's own namespace.
+        let bound: i64 = a.call(neighbour::BIND_ABSTRACT, &(tag.clone(),)).unwrap();
+        let listing = read(&b, "/proc/net/unix").unwrap();
+        let seen = String::from_utf8_lossy(&listing).contains(&format!("@{tag}"));
+        if name == "none" {
+            assert_eq!(bound, 0);
+            assert!(seen, "without a sandbox B reads A's abstract name");
+        } else {
+            assert!(!seen, "B does not see A's abstract name (bind gave {bound})");
+        }
+    }
+}
+
+/// `(hierarchy, path)` of every line of a `/proc/*/cgroup` file.
+fn cgroup_paths(text: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| {
+            let (head, path) = l.rsplit_once(':')?;
+            Some((head.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_worker_does_not_see_the_hosts_cgroup_paths() {
+    let host = cgroup_paths(&std::fs::read("/proc/self/cgroup").unwrap());
+    assert!(!host.is_empty());
+    for fork_server in [true, false] {
+        let sup = supervisor(fork_server);
+        for (name, sandbox) in both() {
+            let p = neighbour(&sup, &sandbox);
+            let inside = cgroup_paths(&read(&p, "/proc/self/cgroup").unwrap());
+            if name == "none" {
+                // The worker is in the host's cgroups (a child stays in its
+                // parent's) and sees the same paths.
+                assert_eq!(inside, host, "fork-server {fork_server}");
+            } else {
+                assert_eq!(inside.len(), host.len(), "fork-server {fork_server}: {inside:?}");
+                for (hierarchy, path) in &inside {
+                    assert_eq!(path, "/", "fork-server {fork_server}: {hierarchy} shows {path}");
+                }
+                assert_eq!(
+                    p.info().sandbox.state(bulkhead::Layer::CgroupNs),
+                    &bulkhead::LayerState::Enforced
+                );
+            }
+        }
+    }
+}
+
+/// `/proc` files that describe the host and are masked in the sandbox.
+const MASKED: &[&str] = &[
+    "/proc/cmdline",
+    "/proc/kallsyms",
+    "/proc/loadavg",
+    "/proc/sys/kernel/random/boot_id",
+    "/proc/timer_list",
+    "/proc/config.gz",
+    "/proc/key-users",
+];
+
+#[test]
+fn proc_entries_about_the_host_are_blank_in_the_sandbox() {
+    let sup = supervisor(true);
+    let strict = neighbour(&sup, &Sandbox::strict());
+    let none = neighbour(&sup, &Sandbox::none());
+    let mut checked = 0;
+    for path in MASKED {
+        // Only what this host can read itself (a non-root host cannot read
+        // some of them anyway).
+        let Ok(host) = std::fs::read(path) else { continue };
+        if host.is_empty() {
+            continue;
+        }
+        checked += 1;
+        let open = read(&none, path).unwrap_or_else(|e| panic!("{path} under none(): {e}"));
+        assert!(!open.is_empty(), "{path} has content without a sandbox");
+        match read(&strict, path) {
+            Ok(masked) => assert!(
+                masked.is_empty(),
+                "{path} is blank in the sandbox: {} bytes",
+                masked.len()
+            ),
+            Err(e) => panic!("{path}: reading the mask is not an error: {e}"),
+        }
+    }
+    assert!(
+        checked >= 3,
+        "at least the kernel command line, boot id and load are checked"
+    );
+    // Directories about the host's hardware are empty.
+    for dir in ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/driver"] {
+        let Ok(host) = std::fs::read_dir(dir) else { continue };
+        if host.count() == 0 {
+            continue;
+        }
+        // A file that exists in each of them on Linux, or any at all.
+        let probe = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.path());
+        if let Some(file) = probe {
+            let file = file.to_string_lossy().into_owned();
+            assert!(read(&none, &file).is_ok(), "{file} readable without a sandbox");
+            assert!(read(&strict, &file).is_err(), "{file} gone in the sandbox");
+        }
+    }
+    // `/proc/sys` stays readable (bound read-only).
+    let hostname = read(&strict, "/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname).trim(), "bulkhead");
+}
+
+#[test]
+fn the_workers_command_line_and_environment_carry_no_host_pid_and_a_neutral_path() {
+    let host_pid = std::process::id().to_string();
+    for fork_server in [true, false] {
+        let sup = supervisor(fork_server);
+        for (name, sandbox) in both() {
+            let what = format!("{name}, fork-server {fork_server}");
+            let p = neighbour(&sup, &sandbox);
+            let seen: String = p.call(neighbour::CMDLINE_ENVIRON, &()).unwrap();
+            // (A sandboxed worker may not be able to read its own environ —
+            // it is not dumpable after changing identity — which is fine.)
+            let (cmdline, environ) = seen.split_once('\n').unwrap();
+            assert!(!cmdline.is_empty(), "{what}: {seen:?}");
+            if name == "none" {
+                assert!(!environ.is_empty(), "{what}: {seen:?}");
+            }
+            for token in seen.split([' ', '\n', '=']) {
+                assert_ne!(token, host_pid, "{what}: the host's pid in {seen:?}");
+            }
+            assert!(!seen.contains("parent-pid"), "{what}: {seen:?}");
+            assert!(!seen.contains(bulkhead_shared_env()), "{what}: {seen:?}");
+            // The environment as the host sees it.
+            let raw = std::fs::read(format!("/proc/{}/environ", plugin_process(p.info().worker_pid))).unwrap();
+            let environ = String::from_utf8_lossy(&raw).replace('\0', " ");
+            assert!(!environ.contains(bulkhead_shared_env()), "{what}: {environ:?}");
+            for token in environ.split([' ', '=']) {
+                assert_ne!(token, host_pid, "{what}: the host's pid in {environ:?}");
+            }
+            let path = environ.split(' ').find_map(|kv| kv.strip_prefix("PATH="));
+            assert_eq!(path, Some(WORKER_PATH), "{what}: {environ:?}");
+        }
+    }
+}
+
+/// The variable the host passes its pid in (the worker erases it).
+fn bulkhead_shared_env() -> &'static str {
+    "BULKHEAD_PARENT_PID"
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        Scratch::under(&std::env::temp_dir(), tag)
+    }
+
+    fn under(dir: &std::path::Path, tag: &str) -> Scratch {
+        let p = dir.join(format!("bulkhead-neighbours-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
+    use std::os::unix::fs::PermissionsExt;
+    let sup = supervisor(true);
+    // B's layers: every one; and Landlock without the mount namespace (the
+    // grant then rests on Landlock's rule alone).
+    let cases = [
+        ("strict", Sandbox::strict()),
+        ("landlock only", Sandbox::strict().without(bulkhead::Layer::MountNs)),
+        ("none", Sandbox::none()),
+    ];
+    for (name, sandbox) in cases {
+        let shared = Scratch::new(&format!("shared-{}", name.replace(' ', "-")));
+        // Writable for a root host's workers too (they run as an unprivileged uid).
+        std::fs::set_permissions(&shared.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // Outside /tmp: a worker without a mount namespace may use the
+        // host's /tmp.
+        let secrets = Scratch::under(
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("secret-{}", name.replace(' ', "-")),
+        );
+        let secret = secrets.0.join("secret");
+        std::fs::write(&secret, b"the host's secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let planted = shared.0.join("config");
+
+        // A may write the shared directory, and plants a link in it.
+        let a = neighbour(&sup, &sandbox.clone().allow_write(&shared.0));
+        let rc: i64 = a
+            .call(
+                neighbour::SYMLINK,
+                &(
+                    secret.to_string_lossy().into_owned(),
+                    planted.to_string_lossy().into_owned(),
+                ),
+            )
+            .unwrap();
+        assert_eq!(rc, 0, "{name}: A plants the link");
+
+        // B may read what the host believes is a config file there.
+        let b = sup.load(spec("fx-neighbour").sandbox(sandbox.clone().allow_read(&planted)));
+        let path = planted.to_string_lossy().into_owned();
+        match name {
+            "none" => {
+                let b = b.unwrap();
+                assert_eq!(
+                    read(&b, &path).unwrap(),
+                    b"the host's secret",
+                    "without a sandbox the link redirects"
+                );
+            }
+            "strict" => {
+                let err = b
+                    .expect_err("a grant through a symbolic link fails the load")
+                    .to_string();
+                assert!(err.contains("symbolic link"), "{err}");
+            }
+            _ => {
+                let b = b.expect("loads: Landlock alone refuses the rule, not the load");
+                let got = read(&b, &path);
+                assert!(got.is_err(), "{name}: B does not read the secret: {got:?}");
+            }
+        }
+    }
+}
