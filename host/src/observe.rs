@@ -94,6 +94,7 @@ pub(crate) fn event(plugin: &str, kind: &EventKind) {
             EventKind::HealthChanged { .. } => "bulkhead_health_changes_total",
             EventKind::IdleStopped { .. } => "bulkhead_idle_stops_total",
             EventKind::Reloaded { .. } => "bulkhead_reloads_total",
+            EventKind::SandboxViolation { .. } => "bulkhead_sandbox_violations_total",
         };
         metrics::counter!(name, "plugin" => plugin.to_string()).increment(1);
     }

@@ -12,7 +12,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use bulkhead_shared::violation::{Violation, MARKER};
+
 use crate::event_loop;
+use crate::violations::ViolationSink;
 
 /// Bytes of stderr kept for [`CallError::WorkerDied`](crate::CallError::WorkerDied).
 pub const STDERR_TAIL: usize = 16 * 1024;
@@ -87,6 +90,7 @@ pub(crate) fn forward(
     stdout: OwnedFd,
     stderr: OwnedFd,
     callback: Option<OutputCallback>,
+    violations: Option<ViolationSink>,
 ) -> StderrTail {
     // Grows with what the worker writes; an idle worker costs no buffer.
     let bytes = Arc::new(Mutex::new(VecDeque::new()));
@@ -101,7 +105,7 @@ pub(crate) fn forward(
         None,
         stdout_done_tx,
     ));
-    event_loop::watch_output(Pipe::new(
+    let mut err_pipe = Pipe::new(
         stderr,
         plugin,
         pid,
@@ -109,7 +113,9 @@ pub(crate) fn forward(
         callback,
         Some(bytes.clone()),
         done_tx,
-    ));
+    );
+    err_pipe.violations = violations;
+    event_loop::watch_output(err_pipe);
     StderrTail {
         bytes,
         done,
@@ -148,6 +154,9 @@ pub(crate) struct Pipe {
     tail: Option<Arc<Mutex<VecDeque<u8>>>>,
     /// The partial line read so far (at most [`MAX_LINE`] bytes).
     line: Vec<u8>,
+    /// Where seccomp violation reports go (stderr only); without a sink they
+    /// are ordinary lines.
+    violations: Option<ViolationSink>,
     /// Held for its drop (never sent on), after the pipe is closed: wakes
     /// every waiter.
     _done: Sender<()>,
@@ -176,6 +185,7 @@ impl Pipe {
             callback,
             tail,
             line: Vec::new(),
+            violations: None,
             _done: done,
         }
     }
@@ -202,6 +212,19 @@ impl Pipe {
     }
 
     fn flush_line(&mut self) {
+        if let Some(sink) = &self.violations {
+            if self.line.starts_with(MARKER) {
+                if let Some(v) = Violation::parse(&self.line) {
+                    let pid = self.pid;
+                    let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(pid, v)));
+                    if reported.is_err() {
+                        tracing::error!(target: "bulkhead", plugin = &*self.plugin, pid, "reporting a sandbox violation panicked");
+                    }
+                    self.line.clear();
+                    return;
+                }
+            }
+        }
         if let Some(tail) = &self.tail {
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
             for &b in self.line.iter().chain(b"\n") {

@@ -522,7 +522,9 @@ impl Core {
         env: &[(String, String)],
         netns_of: Option<u32>,
     ) -> Option<Arc<ForkServerSlot>> {
-        if !self.fork_server {
+        // Learn mode attaches a filter with a listener thread of its own,
+        // which a fork-server's shared base filter cannot provide.
+        if !self.fork_server || policy.learn {
             return None;
         }
         let mut slots = self.fork_servers.lock().unwrap_or_else(|e| e.into_inner());
@@ -645,6 +647,7 @@ impl Core {
             load_timeout: spec.load_timeout,
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
+            violations: Some(crate::violations::sink(label.clone(), self.events.clone(), counters.clone())),
             // Set by `LoadJob::run` once the library is verified.
             library: None,
             imports,

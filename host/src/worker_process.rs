@@ -45,6 +45,7 @@ use crate::event_loop::{self, Started};
 use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
 use crate::output::{self, OutputCallback, StderrTail};
+use crate::violations::ViolationSink;
 use crate::usage::ResourceUsage;
 
 /// How long to wait for a worker that closed its socket to actually exit
@@ -73,6 +74,8 @@ pub(crate) struct Launch {
     pub load_timeout: Duration,
     pub max_frame: u32,
     pub output: Option<OutputCallback>,
+    /// Where the workers' seccomp violation reports go.
+    pub violations: Option<ViolationSink>,
     /// The verified library as a sealed memfd, sent to every worker.
     pub library: Option<Arc<OwnedFd>>,
     /// Host interfaces offered to the plugin; with any, every call is a socket conversation.
@@ -288,6 +291,7 @@ impl WorkerProcess {
                 spawned,
                 launch.label.clone(),
                 launch.output.clone(),
+                launch.violations.clone(),
                 wake,
                 region_for_reaper,
             ),
@@ -595,6 +599,7 @@ pub(crate) fn adopt(
     spawned: Spawned,
     label: Arc<str>,
     output: Option<OutputCallback>,
+    violations: Option<ViolationSink>,
     wake: UnixStream,
     region: Option<Arc<Region>>,
 ) -> (Arc<ProcState>, StderrTail) {
@@ -604,7 +609,7 @@ pub(crate) fn adopt(
         stdout,
         stderr,
     } = spawned;
-    let tail = output::forward(label, pid, stdout, stderr, output);
+    let tail = output::forward(label, pid, stdout, stderr, output, violations);
     let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
     let proc = Arc::new(ProcState {
         pid,
@@ -728,7 +733,7 @@ mod tests {
         let mut spawned = Spawned::from_child(child);
         spawned.reap = Reapee::Pid;
         let (host, wake) = UnixStream::pair().unwrap();
-        let (proc, tail) = adopt(spawned, "test".into(), None, wake, None);
+        let (proc, tail) = adopt(spawned, "test".into(), None, None, wake, None);
         (proc, tail, host)
     }
 
@@ -763,7 +768,7 @@ mod tests {
     fn a_std_child_is_reaped_with_its_rusage() {
         let spawned = Spawned::from_child(sh("exit 3"));
         let (_host, wake) = UnixStream::pair().unwrap();
-        let (proc, _tail) = adopt(spawned, "test".into(), None, wake, None);
+        let (proc, _tail) = adopt(spawned, "test".into(), None, None, wake, None);
         assert_eq!(proc.wait(Instant::now() + Duration::from_secs(30)), Some(Exit::Code(3)));
         assert!(proc.usage().is_some_and(|u| u.max_rss > 0), "{:?}", proc.usage());
     }

@@ -39,5 +39,7 @@ pub mod reap;
 pub mod sandbox;
 #[doc(hidden)]
 pub mod shm;
+pub mod syscalls;
+pub mod violation;
 pub mod status;
 pub mod wire;
