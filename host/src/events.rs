@@ -84,6 +84,22 @@ pub enum EventKind {
         /// How long it had been idle when measured.
         window: Duration,
     },
+    /// The seccomp layer refused a system call (or, in
+    /// [learn mode](crate::Sandbox::learn), let it through). Reported by the
+    /// worker itself, so a hostile plugin can forge or suppress these; the
+    /// refusal does not depend on the report.
+    SandboxViolation {
+        /// The worker's pid.
+        pid: u32,
+        /// The call's name (`"nr 1234"` if this architecture has no such call).
+        syscall: String,
+        /// The call with its gating arguments, e.g. `socket(AF_VSOCK, SOCK_STREAM, 0)`.
+        call: String,
+        /// The vtable slot of the call in flight when it happened, if any.
+        method: Option<u32>,
+        /// `true` in learn mode: the call went through.
+        allowed: bool,
+    },
     /// [`Plugin::reload`](crate::Plugin::reload) switched the plugin to a new library.
     Reloaded {
         /// The new library.

@@ -112,6 +112,7 @@ mod supervisor;
 #[cfg(feature = "tokio")]
 mod tokio_api;
 mod usage;
+mod violations;
 mod worker_process;
 mod zero_copy;
 
@@ -131,7 +132,7 @@ pub use plugin::{
 };
 pub use pool::WorkerReport;
 pub use restart::{Backoff, Budget, Failed, RestartMode, RestartPolicy, DEFAULT_HEALTHY_AFTER};
-pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, DEFAULT_TMP_SIZE};
+pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, SyscallFilter, DEFAULT_TMP_SIZE};
 pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
 pub use stream::PluginStream;

@@ -98,6 +98,7 @@ pub(crate) fn event(plugin: &str, kind: &EventKind) {
             EventKind::IdleStopped { .. } => "bulkhead_idle_stops_total",
             EventKind::IdleCpuExceeded { .. } => "bulkhead_idle_cpu_kills_total",
             EventKind::Reloaded { .. } => "bulkhead_reloads_total",
+            EventKind::SandboxViolation { .. } => "bulkhead_sandbox_violations_total",
         };
         metrics::counter!(name, "plugin" => plugin.to_string()).increment(1);
     }

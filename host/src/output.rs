@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use bulkhead_shared::violation::{Violation, MARKER};
+
 use crate::event_loop::{self, Readiness};
+use crate::violations::ViolationSink;
 
 /// Bytes of stderr kept for [`CallError::WorkerDied`](crate::CallError::WorkerDied).
 pub const STDERR_TAIL: usize = 16 * 1024;
@@ -303,6 +306,7 @@ pub(crate) fn forward(
     stderr: OwnedFd,
     callback: Option<OutputCallback>,
     meter: Arc<Meter>,
+    violations: Option<ViolationSink>,
 ) -> StderrTail {
     // Grows with what the worker writes; an idle worker costs no buffer.
     let bytes = Arc::new(Mutex::new(VecDeque::new()));
@@ -315,7 +319,9 @@ pub(crate) fn forward(
         meter,
     };
     event_loop::watch_output(Pipe::new(stdout, Stream::Stdout, origin.clone(), None, stdout_done_tx));
-    event_loop::watch_output(Pipe::new(stderr, Stream::Stderr, origin, Some(bytes.clone()), done_tx));
+    let mut err_pipe = Pipe::new(stderr, Stream::Stderr, origin, Some(bytes.clone()), done_tx);
+    err_pipe.violations = violations;
+    event_loop::watch_output(err_pipe);
     StderrTail {
         bytes,
         done,
@@ -374,6 +380,9 @@ pub(crate) struct Pipe {
     meter: Arc<Meter>,
     /// The partial line read so far (at most [`MAX_LINE`] bytes).
     line: Vec<u8>,
+    /// Where seccomp violation reports go (stderr only); without a sink they
+    /// are ordinary lines.
+    violations: Option<ViolationSink>,
     /// Held for its drop (never sent on), after the pipe is closed: wakes
     /// every waiter.
     _done: Sender<()>,
@@ -407,6 +416,7 @@ impl Pipe {
             tail,
             meter,
             line: Vec::new(),
+            violations: None,
             _done: done,
         }
     }
@@ -483,6 +493,9 @@ impl Pipe {
     /// stderr tail, then forwarded if the budget allows, else counted.
     /// Returns whether it was forwarded.
     fn flush_line(&mut self) -> bool {
+        if self.report_violation() {
+            return true;
+        }
         if let Some(tail) = &self.tail {
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
             push_tail(&mut t, &self.line);
@@ -505,6 +518,28 @@ impl Pipe {
             self.line = Vec::new();
         }
         admitted
+    }
+
+    /// A seccomp violation report on stderr goes to the sink instead of the
+    /// log (it is not counted against the forwarding budget). Returns whether
+    /// the line was one.
+    fn report_violation(&mut self) -> bool {
+        let Some(sink) = &self.violations else {
+            return false;
+        };
+        if !self.line.starts_with(MARKER) {
+            return false;
+        }
+        let Some(v) = Violation::parse(&self.line) else {
+            return false;
+        };
+        let pid = self.pid;
+        let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(pid, v)));
+        if reported.is_err() {
+            tracing::error!(target: "bulkhead", plugin = &*self.plugin, pid, "reporting a sandbox violation panicked");
+        }
+        self.line.clear();
+        true
     }
 
     /// Says how much output was dropped over budget, if a summary is due.

@@ -682,6 +682,14 @@ impl Plugin {
         self.generation().pool.live_pids()
     }
 
+    /// The system calls [learn mode](crate::Sandbox::learn) let through for
+    /// this plugin so far, by name: what its calls needed beyond the
+    /// allow-list. Empty unless its sandbox is in learn mode. Each can be
+    /// granted with [`Sandbox::allow_syscall`](crate::Sandbox::allow_syscall).
+    pub fn learned_syscalls(&self) -> Vec<&'static str> {
+        self.shared.counters.learned()
+    }
+
     /// Counters: calls, errors by kind, timeouts, crashes, restarts, live workers.
     pub fn stats(&self) -> Stats {
         self.generation().pool.stats()

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_shared::sandbox::{LayerSet, NetPolicy, SandboxPolicy};
 
+pub use bulkhead_shared::sandbox::SyscallFilter;
+
 pub use bulkhead_shared::sandbox::{Layer, LayerState, SandboxReport};
 
 /// Default size of the sandbox's private `/tmp` (and of its `/dev/shm`): 64 MiB.
@@ -13,8 +15,11 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 
 /// What a plugin's worker may touch. The default, [`Sandbox::strict`], applies
 /// every layer bulkhead has: user, pid, net, mount, ipc and uts namespaces,
-/// Landlock and a seccomp filter — without privileges, applied by the worker
-/// to itself before the plugin library is opened.
+/// Landlock and a seccomp allow-list (default-deny: a system call plugins do
+/// not need fails with `EPERM` and is reported as a
+/// [`Event::SandboxViolation`](crate::Event::SandboxViolation)) — without
+/// privileges, applied by the worker to itself before the plugin library is
+/// opened.
 ///
 /// **Fail closed by default.** Under [`Sandbox::strict`] every layer that is on
 /// is required: if the kernel refuses one (a container's seccomp profile that
@@ -57,6 +62,10 @@ pub struct Sandbox {
     write: Vec<PathBuf>,
     net: NetPolicy,
     tmp_size: u64,
+    filter: SyscallFilter,
+    allow_syscalls: Vec<String>,
+    file_locks: bool,
+    learn: bool,
 }
 
 impl Default for Sandbox {
@@ -81,6 +90,10 @@ impl Sandbox {
             write: Vec::new(),
             net: NetPolicy::None,
             tmp_size: DEFAULT_TMP_SIZE,
+            filter: SyscallFilter::AllowList,
+            allow_syscalls: Vec::new(),
+            file_locks: false,
+            learn: false,
         }
     }
 
@@ -96,6 +109,51 @@ impl Sandbox {
             required: LayerSet::EMPTY,
             ..Sandbox::strict()
         }
+    }
+
+    /// [`strict`](Self::strict) with the older seccomp **deny-list** instead of
+    /// the allow-list: every system call is allowed except the ones an
+    /// attacker is known to need (tracing, other processes' memory, signals to
+    /// others, namespaces, mounts, exec, keyrings, `bpf`, `io_uring`, ...).
+    /// Socket families, file locks and whatever else nobody listed stay open:
+    /// an explicit opt-out for plugins the allow-list breaks while you find
+    /// out what they need (see [`learn`](Self::learn)).
+    pub fn compat() -> Sandbox {
+        Sandbox {
+            filter: SyscallFilter::DenyList,
+            ..Sandbox::strict()
+        }
+    }
+
+    /// Adds the system call `name` (as in `man 2`, e.g. `"inotify_init1"`) to
+    /// the seccomp allow-list, without argument filters. A name this
+    /// architecture does not have fails the load with
+    /// [`LoadFailure::Sandbox`](crate::LoadFailure::Sandbox). Calls the
+    /// sandbox itself forbids in every mode (`ptrace`, `execve`, namespace and
+    /// mount calls, signals to other processes, ...) stay forbidden.
+    pub fn allow_syscall(mut self, name: impl Into<String>) -> Sandbox {
+        self.allow_syscalls.push(name.into());
+        self
+    }
+
+    /// Allows `flock` and `fcntl`'s lock commands (refused by default: a lock
+    /// on a file two plugins can both open — even read-only — is a channel
+    /// between them). Grant it to plugins that lock their own files (SQLite,
+    /// for one), ideally together with an [`allow_write`](Self::allow_write)
+    /// directory no other plugin reads.
+    pub fn allow_file_locks(mut self) -> Sandbox {
+        self.file_locks = true;
+        self
+    }
+
+    /// Learn mode: system calls outside the allow-list are **allowed** and
+    /// reported (as [`Event::SandboxViolation`](crate::Event::SandboxViolation)
+    /// with `allowed: true`, and in [`Plugin::learned_syscalls`](crate::Plugin::learned_syscalls))
+    /// instead of refused. For finding out what a plugin needs, on a
+    /// trusted machine: it protects nothing the allow-list would.
+    pub fn learn(mut self) -> Sandbox {
+        self.learn = true;
+        self
     }
 
     /// No sandbox: the worker runs with the host's uid, filesystem, network and
@@ -208,6 +266,10 @@ impl Sandbox {
             write: self.write.iter().map(bytes).collect(),
             net: self.net.clone(),
             tmp_size: self.tmp_size,
+            filter: self.filter,
+            allow_syscalls: self.allow_syscalls.clone(),
+            file_locks: self.file_locks,
+            learn: self.learn,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Per-plugin counters: lock-free increments on the call path, snapshots on demand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::CallError;
@@ -43,9 +44,27 @@ pub(crate) struct Counters {
     cpu_user_us: AtomicU64,
     cpu_system_us: AtomicU64,
     max_rss: AtomicU64,
+    violations: AtomicU64,
+    /// System calls learn mode let through (at most one entry per call the
+    /// architecture has).
+    learned: Mutex<BTreeSet<&'static str>>,
 }
 
 impl Counters {
+    /// Counts one report of a refused (or, in learn mode, `learned`) system
+    /// call; returns how many reports there were before it.
+    pub(crate) fn violation(&self, learned: Option<&'static str>) -> u64 {
+        if let Some(name) = learned {
+            self.learned.lock().unwrap_or_else(|e| e.into_inner()).insert(name);
+        }
+        self.violations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The system calls learn mode let through so far, by name.
+    pub(crate) fn learned(&self) -> Vec<&'static str> {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+    }
+
     pub(crate) fn call_started(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
@@ -103,6 +122,7 @@ impl Counters {
             cpu_user: Duration::from_micros(self.cpu_user_us.load(Ordering::Relaxed)),
             cpu_system: Duration::from_micros(self.cpu_system_us.load(Ordering::Relaxed)),
             max_rss: self.max_rss.load(Ordering::Relaxed),
+            sandbox_violations: self.violations.load(Ordering::Relaxed),
         }
     }
 }
@@ -140,6 +160,9 @@ pub struct Stats {
     pub cpu_system: Duration,
     /// The largest peak RSS of any exited worker, in bytes.
     pub max_rss: u64,
+    /// System calls the seccomp layer refused (or, in learn mode, let
+    /// through and reported), as the workers reported them.
+    pub sandbox_violations: u64,
 }
 
 #[cfg(test)]

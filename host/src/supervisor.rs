@@ -495,7 +495,9 @@ impl Core {
     /// The fork-server slot of `policy` (created on first use), or `None` when
     /// fork-servers are off or the supervisor is shut down.
     fn fork_server_slot(&self, policy: &SandboxPolicy, env: &[(String, String)]) -> Option<Arc<ForkServerSlot>> {
-        if !self.fork_server {
+        // Learn mode attaches a filter with a listener thread of its own,
+        // which a fork-server's shared base filter cannot provide.
+        if !self.fork_server || policy.learn {
             return None;
         }
         let mut slots = self.fork_servers.lock().unwrap_or_else(|e| e.into_inner());
@@ -604,6 +606,7 @@ impl Core {
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
             output_budget: Arc::new(crate::output::Meter::new(spec.output_budget)),
+            violations: Some(crate::violations::sink(label.clone(), self.events.clone(), counters.clone())),
             // Set by `LoadJob::run` once the library is verified.
             library: None,
             imports,

@@ -47,6 +47,7 @@ use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
 use crate::locate::WorkerExe;
 use crate::output::{self, OutputCallback, StderrTail};
+use crate::violations::ViolationSink;
 use crate::usage::ResourceUsage;
 
 /// How long to wait for a worker that closed its socket to actually exit
@@ -77,6 +78,8 @@ pub(crate) struct Launch {
     pub output: Option<OutputCallback>,
     /// The plugin's output budget, shared by its workers.
     pub output_budget: Arc<output::Meter>,
+    /// Where the workers' seccomp violation reports go.
+    pub violations: Option<ViolationSink>,
     /// The library, pinned at load: the verified sealed memfd of a signed
     /// plugin, or the file opened once; sent to every worker.
     pub library: Option<Arc<OwnedFd>>,
@@ -301,6 +304,7 @@ impl WorkerProcess {
                 launch.label.clone(),
                 launch.output.clone(),
                 launch.output_budget.clone(),
+                launch.violations.clone(),
                 wake,
                 region_for_reaper,
             ),
@@ -611,6 +615,7 @@ pub(crate) fn adopt(
     label: Arc<str>,
     output: Option<OutputCallback>,
     meter: Arc<output::Meter>,
+    violations: Option<ViolationSink>,
     wake: UnixStream,
     region: Option<Arc<Region>>,
 ) -> (Arc<ProcState>, StderrTail) {
@@ -620,7 +625,7 @@ pub(crate) fn adopt(
         stdout,
         stderr,
     } = spawned;
-    let tail = output::forward(label, pid, stdout, stderr, output, meter);
+    let tail = output::forward(label, pid, stdout, stderr, output, meter, violations);
     let (exited_tx, exited) = crossbeam_channel::bounded::<()>(0);
     let proc = Arc::new(ProcState {
         pid,
@@ -751,6 +756,7 @@ mod tests {
             "test".into(),
             None,
             Arc::new(output::Meter::new(output::OutputBudget::DEFAULT)),
+            None,
             wake,
             None,
         );
@@ -793,6 +799,7 @@ mod tests {
             "test".into(),
             None,
             Arc::new(output::Meter::new(output::OutputBudget::DEFAULT)),
+            None,
             wake,
             None,
         );

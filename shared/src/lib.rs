@@ -39,6 +39,8 @@ pub mod reap;
 pub mod sandbox;
 #[doc(hidden)]
 pub mod shm;
+pub mod syscalls;
+pub mod violation;
 pub mod status;
 pub mod wire;
 

@@ -36,7 +36,9 @@ pub enum Layer {
     /// Landlock: filesystem allow-list, TCP bind/connect rules, signal and
     /// abstract-socket scopes.
     Landlock,
-    /// A seccomp-bpf deny-list of the system calls a plugin uses to attack.
+    /// A seccomp-bpf filter: by default an allow-list of the system calls
+    /// plugins need, with the gates (sockets, `clone`, `fcntl` locks, `ioctl`,
+    /// `prctl`) filtered by argument; see [`SyscallFilter`].
     Seccomp,
 }
 
@@ -164,6 +166,20 @@ pub enum NetPolicy {
     All,
 }
 
+/// Which seccomp filter the worker installs (with [`Layer::Seccomp`] on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SyscallFilter {
+    /// Default-deny: only the system calls plugins need are allowed (the list
+    /// is in the worker's `sandbox/seccomp.rs` and the README), gates filtered
+    /// by argument; everything else fails with `EPERM` and is reported.
+    #[default]
+    AllowList,
+    /// The older deny-list: every call is allowed except those an attacker
+    /// needs (tracing, other processes' memory, namespaces, mounts, exec, ...).
+    /// Whatever it does not name is allowed.
+    DenyList,
+}
+
 /// The sandbox a worker applies to itself before loading the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxPolicy {
@@ -183,6 +199,17 @@ pub struct SandboxPolicy {
     pub net: NetPolicy,
     /// Size of the private `/tmp` (and `/dev/shm`) in bytes.
     pub tmp_size: u64,
+    /// The seccomp filter's kind.
+    pub filter: SyscallFilter,
+    /// System calls added to the allow-list, by name (ignored by the
+    /// deny-list, which allows them anyway unless it names them).
+    pub allow_syscalls: Vec<String>,
+    /// Whether `flock` and `fcntl`'s lock commands are allowed (refused by
+    /// default: a lock on a file two sandboxes can read is a channel).
+    pub file_locks: bool,
+    /// Learn mode: calls outside the allow-list are allowed and reported
+    /// instead of refused (for finding what a plugin needs; no protection).
+    pub learn: bool,
 }
 
 impl SandboxPolicy {
@@ -197,6 +224,10 @@ impl SandboxPolicy {
             write: Vec::new(),
             net: NetPolicy::None,
             tmp_size: 0,
+            filter: SyscallFilter::AllowList,
+            allow_syscalls: Vec::new(),
+            file_locks: false,
+            learn: false,
         }
     }
 

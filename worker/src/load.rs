@@ -5,6 +5,7 @@
 //! Arena ranges are bounds-checked, and a descriptor is never read past its
 //! declared `descriptor_size`.
 
+use std::sync::atomic::Ordering;
 use std::ffi::{c_char, c_void};
 use std::io::Read;
 use std::mem::MaybeUninit;
@@ -454,10 +455,13 @@ impl Plugin {
         if slot.is_null() {
             return f(Outcome::Fault(CallFault::EmptySlot { index }));
         }
-        match self.strategy {
+        crate::sandbox::METHOD_IN_FLIGHT.store(index, Ordering::Relaxed);
+        let result = match self.strategy {
             BufferStrategy::PluginAllocated => self.call_alloc(slot, input, in_len, f),
             BufferStrategy::Arena => self.call_arena(slot, input, in_len, arena, f),
-        }
+        };
+        crate::sandbox::METHOD_IN_FLIGHT.store(u32::MAX, Ordering::Relaxed);
+        result
     }
 
     fn call_alloc<R>(&mut self, slot: *const c_void, input: &[u8], in_len: u32, f: impl FnOnce(Outcome<'_>) -> R) -> R {

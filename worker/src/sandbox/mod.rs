@@ -19,8 +19,9 @@
 //!    own user namespace, and not even that afterwards);
 //! 6. [`landlock`]: filesystem allow-list, TCP rules, signal and abstract-socket
 //!    scopes — the layer that still holds where namespaces are unavailable;
-//! 7. [`seccomp`]: a deny-list of the system calls an attacker needs, last,
-//!    because it forbids the mount and namespace calls the steps above make.
+//! 7. [`seccomp`]: an allow-list of the system calls plugins need (gates
+//!    filtered by argument), last, because it forbids the mount and namespace
+//!    calls the steps above make.
 //!
 //! The report sent to the host says, per layer, enforced / partial /
 //! unavailable and why. A layer the policy requires that is not enforced fails
@@ -41,6 +42,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+
+pub use seccomp::trap::METHOD_IN_FLIGHT;
 
 use bulkhead_shared::protocol::LoadFailure;
 use bulkhead_shared::sandbox::{Layer, LayerSet, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
@@ -136,6 +139,9 @@ pub fn prepare_profile(policy: &SandboxPolicy) -> Result<(), String> {
     if policy.enabled() {
         if policy.simulate_unavailable != LayerSet::EMPTY {
             return Err("the policy simulates unavailable layers".into());
+        }
+        if policy.learn {
+            return Err("learn mode starts each worker itself".into());
         }
         for layer in [Layer::UserNs, Layer::PidNs, Layer::MountNs] {
             if !policy.layers.contains(layer) {
