@@ -280,10 +280,15 @@ fn tmpfs_and_pipes_stop_at_their_bounds() {
 #[test]
 fn posix_message_queues_are_refused_by_default() {
     let sup = supervisor();
-    // The default sandbox: RLIMIT_MSGQUEUE 0 (and the IPC namespace's own
-    // mqueue filesystem refuses the worker's uid as well).
+    // The default sandbox: mq_open is not on the system-call allow-list
+    // (EPERM); behind it, RLIMIT_MSGQUEUE 0 and the IPC namespace's own mqueue
+    // filesystem, which refuses the worker's uid as well.
     let h = sup.load(spec("fx-hog")).unwrap();
     let got: i64 = h.call(hog::MESSAGE_QUEUES, &(4u32,)).unwrap();
+    assert_eq!(got, -(libc::EPERM as i64));
+    // The deny-list lets mq_open through to the limit and the namespace.
+    let compat = sup.load(spec("fx-hog").sandbox(Sandbox::compat())).unwrap();
+    let got: i64 = compat.call(hog::MESSAGE_QUEUES, &(4u32,)).unwrap();
     assert!(got == -(libc::EMFILE as i64) || got == -(libc::EACCES as i64), "{got}");
     // Without the sandbox the limit alone refuses (it binds root too).
     let open = sup.load(spec("fx-hog").sandbox(Sandbox::none())).unwrap();

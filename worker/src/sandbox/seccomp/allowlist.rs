@@ -184,10 +184,12 @@ pub fn rules(policy: &SandboxPolicy) -> Result<Rules, String> {
     // Sockets: what the network policy grants, by family, type and protocol.
     let unix = libc::AF_UNIX as u64;
     let kind = |t: i32| cond(1, Len::Dword, Op::MaskedEq(0xf), t as u64);
-    let mut pair = vec![
-        rule(vec![cond(0, Len::Dword, Op::Eq, unix)?, kind(libc::SOCK_STREAM)?])?,
-        rule(vec![cond(0, Len::Dword, Op::Eq, unix)?, kind(libc::SOCK_SEQPACKET)?])?,
-    ];
+    // A socket pair is private to the process (no name, no address): Unix
+    // pairs of every type are allowed in every policy.
+    let pair = [libc::SOCK_STREAM, libc::SOCK_SEQPACKET, libc::SOCK_DGRAM]
+        .into_iter()
+        .map(|t| rule(vec![cond(0, Len::Dword, Op::Eq, unix)?, kind(t)?]))
+        .collect::<Result<Vec<_>, _>>()?;
     match &policy.net {
         NetPolicy::None => {}
         NetPolicy::ConnectTcp(_) => {
@@ -216,7 +218,6 @@ pub fn rules(policy: &SandboxPolicy) -> Result<Rules, String> {
                 cond(2, Len::Dword, Op::Eq, libc::NETLINK_ROUTE as u64)?,
             ])?);
             gate("socket", socket);
-            pair.push(rule(vec![cond(0, Len::Dword, Op::Eq, unix)?, kind(libc::SOCK_DGRAM)?])?);
             for name in ["connect", "bind", "listen", "accept", "accept4"] {
                 gate(name, Vec::new());
             }
