@@ -153,4 +153,31 @@ fn spans_and_warnings() {
     assert_eq!(timeout.level, Level::WARN);
     assert_eq!(timeout.fields["pid"], restarted.to_string());
     assert_eq!(timeout.fields["limit"], "300ms");
+
+    // A system call the sandbox refuses: a warning naming the plugin, the
+    // worker, the method in flight, the call and its gating arguments.
+    let neighbour = sup.load(spec("fx-neighbour").plugin("NeighbourPlugin")).unwrap();
+    let pid = neighbour.info().worker_pid;
+    let got: i64 = neighbour
+        .call(bulkhead_tests::neighbour::BIND_ABSTRACT, &("o11y".to_string(),))
+        .unwrap();
+    assert_eq!(got, -(libc::EPERM as i64));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(
+        events.recv_deadline(deadline).expect("a violation event").kind,
+        EventKind::SandboxViolation { .. }
+    ) {}
+    let evs = capture.events.lock().unwrap().clone();
+    let denied = one(&evs, "violation warning", |e| {
+        e.name == "socket(AF_UNIX, SOCK_STREAM, 0) denied by the sandbox"
+    });
+    assert_eq!(denied.level, Level::WARN);
+    assert_eq!(denied.fields["plugin"], "NeighbourPlugin");
+    assert_eq!(denied.fields["pid"], pid.to_string());
+    assert_eq!(
+        denied.fields["method"],
+        bulkhead_tests::neighbour::BIND_ABSTRACT.to_string()
+    );
+    assert_eq!(denied.fields["syscall"], "socket");
+    assert_eq!(denied.fields["count"], "1");
 }

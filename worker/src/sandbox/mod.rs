@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 pub use seccomp::trap::METHOD_IN_FLIGHT;
+use seccomp::LEARN_PARTIAL;
 
 use bulkhead_shared::protocol::LoadFailure;
 use bulkhead_shared::sandbox::{Layer, LayerSet, LayerState, NetPolicy, SandboxPolicy, SandboxReport};
@@ -391,6 +392,10 @@ fn check_required(policy: &SandboxPolicy, report: &SandboxReport, threads: usize
             LayerState::Enforced => continue,
             // The policy's own choice: no pid namespace, so no fresh /proc.
             LayerState::Partial(_) if layer == Layer::MountNs && !policy.layers.contains(Layer::PidNs) => continue,
+            // The policy's own choice: learn mode lets refused calls through.
+            LayerState::Partial(why) if layer == Layer::Seccomp && policy.learn && why.starts_with(LEARN_PARTIAL) => {
+                continue
+            }
             LayerState::Partial(why) => format!("only partly enforced: {why}"),
             LayerState::Unavailable(why) => why.clone(),
             LayerState::Off => "required but not enabled in the policy".to_string(),

@@ -88,6 +88,9 @@ const DENY_LIST_EXTRA: &[&str] = &[
     "memfd_create", "memfd_secret", "inotify_init", "inotify_init1", "fanotify_init",
 ];
 
+/// The seccomp layer's state in learn mode (its reason starts so).
+pub const LEARN_PARTIAL: &str = "learn mode: calls outside the allow-list are allowed and reported, not refused";
+
 /// Calls a forked worker still makes while it sets itself up (its own
 /// process group, namespaces and mounts): allowed by the base filters,
 /// refused by the late one.
@@ -123,9 +126,7 @@ pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport, part: Part) {
         return;
     }
     let state = match install(plan, part) {
-        Ok(()) if plan.policy.learn => LayerState::Partial(
-            "learn mode: calls outside the allow-list are allowed and reported, not refused".into(),
-        ),
+        Ok(()) if plan.policy.learn => LayerState::Partial(LEARN_PARTIAL.into()),
         Ok(()) => LayerState::Enforced,
         Err(e) => LayerState::Unavailable(e),
     };
