@@ -6,8 +6,12 @@
 //! ```text
 //! bulkhead inspect LIB.so [--json]
 //! bulkhead call LIB.so [--plugin NAME] --method N [--json-args '[...]' | --hex HEX | --input FILE]
-//!               [--returns TYPE] [--timeout-ms MS] [--json]
+//!               [--returns TYPE] [--timeout-ms MS] [--learn] [--json]
 //! ```
+//!
+//! `call --learn` runs the call with the sandbox in learn mode (system calls
+//! outside the allow-list are allowed and reported) and prints what the
+//! plugin needed as a ready `Sandbox` addition.
 //!
 //! Exit status: 0 on success, 1 when loading or the call failed (one line on
 //! stderr says why), 2 for a bad command line.
@@ -20,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bulkhead::{LoadError, LoadFailure, Plugin, PluginInfo, PluginSpec, Supervisor};
+use bulkhead::{LoadError, LoadFailure, Plugin, PluginInfo, PluginSpec, Sandbox, Supervisor};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
@@ -81,6 +85,12 @@ enum Command {
         /// The call's timeout, in milliseconds.
         #[arg(long, default_value_t = 30_000, value_name = "MS")]
         timeout_ms: u64,
+        /// Learn mode: system calls outside the sandbox's allow-list are
+        /// allowed and reported instead of refused; afterwards the calls the
+        /// plugin needed are printed as a `Sandbox` addition. Only on a
+        /// trusted machine: it protects nothing the allow-list would.
+        #[arg(long)]
+        learn: bool,
     },
 }
 
@@ -136,6 +146,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             input,
             returns,
             timeout_ms,
+            learn,
         } => {
             let bytes = if let Some(j) = json_args {
                 let v: Value = serde_json::from_str(j).map_err(|e| format!("--json-args: {e}"))?;
@@ -155,22 +166,38 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     Ok(Value::Null)
                 }
             })?;
-            let spec = spec(cli, lib, plugin.as_deref());
+            let mut spec = spec(cli, lib, plugin.as_deref());
+            if *learn {
+                spec = spec.sandbox(Sandbox::strict().learn());
+            }
             let p = with_progress(cli, &format!("loading {}", lib.display()), || sup.load(spec))?;
             let out = with_progress(cli, &format!("calling method {method}"), || {
                 p.call_raw_with_timeout(*method, &bytes, Duration::from_millis(*timeout_ms))
-            })
-            .map_err(|e| format!("call failed: {e}"))?;
+            });
+            // Every report was written before the call returned; shutting the
+            // worker down waits until its stderr is read to the end.
+            let learned = learn.then(|| {
+                sup.shutdown();
+                p.learned_syscalls()
+            });
+            if let Some(names) = &learned {
+                print_learned(cli, names);
+            }
+            let out = out.map_err(|e| format!("call failed: {e}"))?;
             let value =
                 args::decode_result(returns, &out).map_err(|e| format!("decoding the result as {returns}: {e}"))?;
             if cli.json {
-                let doc = json!({
+                let mut doc = json!({
                     "plugin": p.info().plugin_name,
                     "method": method,
                     "returns": returns,
                     "value": value,
                     "output_len": out.len(),
                 });
+                if let Some(names) = &learned {
+                    doc["learned"] = json!(names);
+                    doc["sandbox"] = json!(sandbox_addition(names));
+                }
                 println!("{doc}");
             } else {
                 match value {
@@ -180,6 +207,31 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+/// The Rust expression that allows what learn mode saw.
+fn sandbox_addition(names: &[&str]) -> String {
+    let mut s = "Sandbox::strict()".to_string();
+    for n in names {
+        s.push_str(&format!(".allow_syscall(\"{n}\")"));
+    }
+    s
+}
+
+/// What learn mode saw, on stderr (stdout keeps the call's value): the calls
+/// and the `Sandbox` that allows them. In JSON mode it is part of the
+/// document instead.
+fn print_learned(cli: &Cli, names: &[&str]) {
+    if cli.json {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    if names.is_empty() {
+        let _ = writeln!(err, "learned: nothing outside the allow-list");
+    } else {
+        let _ = writeln!(err, "learned: {}", names.join(", "));
+        let _ = writeln!(err, "sandbox: {}", sandbox_addition(names));
     }
 }
 

@@ -209,3 +209,43 @@ fn version_flag() {
     assert!(o.status.success());
     assert_eq!(stdout(&o), format!("bulkhead {}\n", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn learn_mode_prints_the_calls_a_plugin_needs_as_a_sandbox() {
+    let l = lib("fx-neighbour");
+    let method = bulkhead_tests::neighbour::BIND_ABSTRACT.to_string();
+    let args = [
+        "call",
+        &l,
+        "--method",
+        &method,
+        "--json-args",
+        "[\"cli-learn\"]",
+        "--returns",
+        "i64",
+    ];
+    // Under the default sandbox the plugin's socket is refused (-EPERM)...
+    let o = bulkhead(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "-1\n");
+    // ...in learn mode it goes through, and what it needed is printed.
+    let mut learn = args.to_vec();
+    learn.push("--learn");
+    let o = bulkhead(&learn);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0\n");
+    let err = stderr(&o);
+    assert!(err.contains("learned: bind, listen, socket\n"), "{err}");
+    assert!(
+        err.contains(
+            "sandbox: Sandbox::strict().allow_syscall(\"bind\").allow_syscall(\"listen\").allow_syscall(\"socket\")\n"
+        ),
+        "{err}"
+    );
+    learn.push("--json");
+    let o = bulkhead(&learn);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["value"], 0);
+    assert_eq!(v["learned"], serde_json::json!(["bind", "listen", "socket"]));
+}
