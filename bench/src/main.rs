@@ -4,6 +4,7 @@
 
 mod containment;
 mod fastpath;
+mod filter;
 mod floor;
 mod inproc;
 mod restart;
@@ -112,6 +113,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--containment-only") {
         containment::rows(&fx, &mut report, quick);
+        return report.print(started);
+    }
+    if std::env::args().any(|a| a == "--filter-only") {
+        filter::rows(&fx, &mut report, quick);
         return report.print(started);
     }
     if std::env::args().any(|a| a == "--restart-only") {
@@ -291,6 +296,9 @@ fn main() {
 
     // --- restart latency and spawn-to-ready: fork-server vs exec, sandbox on and off ---
     restart::rows(&fx, &mut report, &scale);
+
+    // --- the seccomp allow-list against the deny-list ---------------------------------
+    filter::rows(&fx, &mut report, quick);
 
     // --- timeout precision --------------------------------------------------------------
     let limit = Duration::from_millis(20);
