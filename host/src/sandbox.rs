@@ -213,7 +213,12 @@ impl Sandbox {
 
     /// Lets the plugin open TCP connections to `port` (on any address: neither
     /// Landlock nor seccomp can filter by address). The worker then shares the
-    /// host's network namespace; binding, UDP and raw sockets stay denied.
+    /// host's network namespace (the net layer is reported `Off`). Exactly
+    /// added to the system-call allow-list: `socket(AF_INET | AF_INET6,
+    /// SOCK_STREAM, 0 | IPPROTO_TCP)` and `connect` (Landlock admits only the
+    /// listed ports). Everything else stays refused: binding and listening,
+    /// MPTCP, UDP, raw and packet sockets, Unix sockets (so no abstract name
+    /// in the host's namespace), netlink and vsock.
     pub fn allow_connect_tcp(mut self, port: u16) -> Sandbox {
         match &mut self.net {
             NetPolicy::ConnectTcp(ports) => ports.push(port),
@@ -223,7 +228,15 @@ impl Sandbox {
         self
     }
 
-    /// Unrestricted network access: the host's network namespace, no rules.
+    /// Unrestricted network access: the host's network namespace, no Landlock
+    /// network rules. Exactly added to the system-call allow-list:
+    /// `socket` for `AF_UNIX`, `AF_INET` and `AF_INET6` of any type and
+    /// protocol (UDP, raw where the uid may, MPTCP) and `AF_NETLINK` with
+    /// `NETLINK_ROUTE` only (interface and address lookups); `connect`,
+    /// `bind`, `listen`, `accept`, `accept4`. Still refused: packet sockets,
+    /// vsock, other netlink families and every other address family. Unix
+    /// sockets in the host's namespace, pathname sockets under a grant
+    /// included, are then reachable.
     pub fn allow_network(mut self) -> Sandbox {
         self.net = NetPolicy::All;
         self
