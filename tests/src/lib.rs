@@ -158,11 +158,93 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Environment variable naming a directory of already-built fixtures and
+/// worker: set for a test re-run under another uid ([`rerun_as_non_root`]),
+/// which may not run cargo in the checkout.
+pub const FIXTURES_DIR_ENV: &str = "BULKHEAD_TEST_FIXTURES_DIR";
+
+/// Environment variable naming a directory outside `/tmp` the test process
+/// may write (host-side secrets that must not be in a sandbox's `/tmp`
+/// view); see [`host_scratch_root`].
+pub const SCRATCH_DIR_ENV: &str = "BULKHEAD_TEST_SCRATCH_DIR";
+
 /// Builds the worker and every fixture in the debug profile (once per process)
-/// and returns their paths.
+/// and returns their paths ([`FIXTURES_DIR_ENV`] instead, when set).
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
-    F.get_or_init(|| build_fixtures(false))
+    F.get_or_init(|| match std::env::var_os(FIXTURES_DIR_ENV) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            Fixtures {
+                worker: dir.join("bulkhead-worker"),
+                dir,
+            }
+        }
+        None => build_fixtures(false),
+    })
+}
+
+/// A directory outside `/tmp` this test process may write: `target/tmp`, or
+/// [`SCRATCH_DIR_ENV`] in a re-run under another uid.
+pub fn host_scratch_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os(SCRATCH_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let dir = target.join("tmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Runs `tests` (exact names) of the current test binary again, in a child
+/// process under the unused uid and gid `uid`: the same attacks from a
+/// non-root host. The child uses the fixtures this process built and a
+/// scratch directory of its own under `/var/tmp`. Needs root; returns the
+/// child's combined output after asserting that it ran every test and all
+/// passed.
+pub fn rerun_as_non_root(uid: u32, tests: &[&str]) -> String {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        is_root(),
+        "only a root test process can start a child under another uid"
+    );
+    let fx = fixtures();
+    let scratch = PathBuf::from(format!("/var/tmp/bulkhead-rerun-{uid}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    nix::unistd::chown(&scratch, Some(uid.into()), Some(uid.into())).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(tests)
+        .args(["--exact", "--test-threads=1"])
+        .env(FIXTURES_DIR_ENV, &fx.dir)
+        .env(SCRATCH_DIR_ENV, &scratch)
+        .env_remove("HOME")
+        .current_dir("/")
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("re-run the test binary");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "as uid {uid}: {text}");
+    for t in tests {
+        assert!(
+            text.contains(&format!("test {t} ... ok")),
+            "as uid {uid}, {t} did not pass: {text}"
+        );
+    }
+    text
 }
 
 /// Builds the worker and every fixture with `cargo build` (`--release` if

@@ -115,3 +115,18 @@ fn a_worker_binary_swapped_after_build_is_not_what_new_workers_run() {
     let sum: i64 = other.call(basic::ADD, &(1i64, 2i64)).unwrap();
     assert_eq!(sum, 3);
 }
+
+#[test]
+fn a_non_root_host_pins_the_same_files() {
+    if !bulkhead_tests::is_root() {
+        eprintln!("skipped: needs root to start a child host under an unused uid");
+        return;
+    }
+    bulkhead_tests::rerun_as_non_root(
+        61_042,
+        &[
+            "a_library_swapped_after_load_is_not_what_restarted_workers_run",
+            "a_worker_binary_swapped_after_build_is_not_what_new_workers_run",
+        ],
+    );
+}

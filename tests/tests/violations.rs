@@ -118,3 +118,19 @@ fn a_call_the_sandbox_forbids_in_every_mode_cannot_be_allowed_by_name() {
         assert!(text.contains(name) && text.contains(why), "{text}");
     }
 }
+
+#[test]
+fn a_non_root_host_sees_the_same_reports() {
+    if !bulkhead_tests::is_root() {
+        eprintln!("skipped: needs root to start a child host under an unused uid");
+        return;
+    }
+    bulkhead_tests::rerun_as_non_root(
+        61_043,
+        &[
+            "a_refused_call_becomes_an_event_naming_the_call_and_the_method_and_is_counted",
+            "learn_mode_lets_the_calls_through_and_lists_them",
+            "the_deny_list_is_an_explicit_opt_out_that_lets_unlisted_calls_through",
+        ],
+    );
+}
