@@ -36,6 +36,16 @@ fn failed_with_one_line(o: &Output) -> String {
     err
 }
 
+/// Exit 2 and exactly one line on stderr, returned.
+#[track_caller]
+fn bad_command_line(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(2), "stdout {} stderr {}", stdout(o), stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.starts_with("bulkhead: "), "{err:?}");
+    err
+}
+
 #[test]
 fn inspect_lists_every_plugin_of_a_library() {
     let l = lib("fx-greeter");
@@ -187,20 +197,34 @@ fn a_hanging_load_shows_progress_then_times_out() {
 #[test]
 fn bad_arguments_are_one_line_errors() {
     let l = lib("fx-basic");
+    // A bad command line: exit 2, one line, before any worker starts.
     let o = bulkhead(&["call", &l, "--method", "1", "--json-args", r#"{"a": 1}"#]);
-    let err = failed_with_one_line(&o);
+    let err = bad_command_line(&o);
     assert!(err.contains("--json-args: arguments must be a JSON array"), "{err}");
     let o = bulkhead(&["call", &l, "--method", "1", "--json-args", r#"[{"u8": 300}]"#]);
-    let err = failed_with_one_line(&o);
+    let err = bad_command_line(&o);
     assert!(err.contains("u8: 300 out of range"), "{err}");
+    let o = bulkhead(&["call", &l, "--method", "0", "--returns", "u128"]);
+    let err = bad_command_line(&o);
+    assert!(err.contains("unknown --returns type"), "{err}");
+    let o = bulkhead(&["call", &l, "--method", "0", "--hex", "zz"]);
+    bad_command_line(&o);
+    let o = bulkhead(&["call", &l, "--method", "0", "--input", "/nonexistent/bulkhead-input"]);
+    bad_command_line(&o);
+    let o = bulkhead(&["inspect", &l, "--require-signature", "/nonexistent/key"]);
+    bad_command_line(&o);
+    // Clap's own usage errors exit 2 as well.
+    assert_eq!(bulkhead(&["call", &l]).status.code(), Some(2));
+    assert_eq!(
+        bulkhead(&["inspect", &l, "--no-sandbox", "--allow-network"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // A call that fails is not a bad command line: exit 1.
     let o = bulkhead(&["call", &l, "--method", "99"]);
     let err = failed_with_one_line(&o);
     assert!(err.contains("call failed") && err.contains("99"), "{err}");
-    let o = bulkhead(&["call", &l, "--method", "0", "--returns", "u128"]);
-    let err = failed_with_one_line(&o);
-    assert!(err.contains("unknown --returns type"), "{err}");
-    // Usage errors are clap's, exit 2.
-    assert_eq!(bulkhead(&["call", &l]).status.code(), Some(2));
 }
 
 #[test]
@@ -248,4 +272,187 @@ fn learn_mode_prints_the_calls_a_plugin_needs_as_a_sandbox() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["value"], 0);
     assert_eq!(v["learned"], serde_json::json!(["bind", "listen", "socket"]));
+}
+
+#[test]
+fn inspect_shows_method_names_capabilities_signature_and_the_sandbox() {
+    let l = lib("fx-greeter");
+    let o = bulkhead(&["inspect", &l]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("\nsignature: none\n"), "{text}");
+    assert_eq!(
+        text.matches("  method 0: greet\n  method 1: name\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("  capabilities: 0x0 (no optional methods)\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches("  sandbox seccomp: enforced\n").count(), 2, "{text}");
+    assert_eq!(text.matches("  sandbox net-ns: enforced\n").count(), 2, "{text}");
+    // The sandbox follows the flags.
+    let o = bulkhead(&["inspect", &l, "--no-sandbox", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let p = &v["plugins"][0];
+    assert_eq!(p["method_names"], serde_json::json!(["greet", "name"]));
+    assert!(p["sandbox"].as_array().unwrap().iter().all(|l| l[1] == "off"), "{p}");
+    let o = bulkhead(&["inspect", &l, "--allow-connect-tcp", "9", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let layers = v["plugins"][0]["sandbox"].as_array().unwrap().clone();
+    assert!(layers.contains(&serde_json::json!(["net-ns", "off"])), "{layers:?}");
+    assert!(
+        layers.contains(&serde_json::json!(["seccomp", "enforced"])),
+        "{layers:?}"
+    );
+}
+
+#[test]
+fn call_by_method_name() {
+    let l = lib("fx-greeter");
+    let o = bulkhead(&[
+        "call",
+        &l,
+        "--plugin",
+        "ShoutGreeter",
+        "--method",
+        "greet",
+        "--json-args",
+        "[\"ops\"]",
+        "--returns",
+        "string",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "HELLO, OPS!\n");
+    let o = bulkhead(&["call", &l, "--plugin", "ShoutGreeter", "--method", "shout"]);
+    let err = bad_command_line(&o);
+    assert!(err.contains("no such method; named methods: greet, name"), "{err}");
+}
+
+#[test]
+fn a_grant_on_the_command_line_reaches_the_plugin() {
+    let dir = std::env::temp_dir().join(format!("bulkhead-cli-grant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("input.txt");
+    std::fs::write(&file, b"granted").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let l = lib("fx-neighbour");
+    let read = bulkhead_tests::neighbour::READ.to_string();
+    let path = file.to_str().unwrap();
+    let args_json = format!("[{}]", serde_json::json!(path));
+    // Without the grant the file is not in the sandbox's view.
+    let o = bulkhead(&[
+        "call",
+        &l,
+        "--method",
+        &read,
+        "--json-args",
+        &args_json,
+        "--returns",
+        "raw",
+    ]);
+    let err = failed_with_one_line(&o);
+    assert!(err.contains("call failed"), "{err}");
+    let o = bulkhead(&[
+        "call",
+        &l,
+        "--method",
+        &read,
+        "--json-args",
+        &args_json,
+        "--allow-read",
+        path,
+        "--returns",
+        "bytes",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{}\n", bulkhead_cli_hex(b"granted")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn bulkhead_cli_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn scan_inspects_every_library_of_a_directory_each_in_its_own_worker() {
+    let dir = std::env::temp_dir().join(format!("bulkhead-cli-scan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["fx-greeter", "fx-dlopen-crash"] {
+        std::fs::copy(lib(name), dir.join(format!("{name}.so"))).unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), b"not a library").unwrap();
+    let d = dir.to_str().unwrap();
+    let o = bulkhead(&["scan", d]);
+    // One library crashed while loading: reported, and the exit status says so.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("{d}/fx-dlopen-crash.so: error: worker died while loading")),
+        "{text}"
+    );
+    assert!(lines[0].contains("SIGSEGV"), "{text}");
+    let mut greeters = lines[1..].to_vec();
+    greeters.sort();
+    assert_eq!(
+        greeters,
+        [
+            format!("{d}/fx-greeter.so: HelloGreeter (Greeter version 1, 2 methods, PluginAllocated)"),
+            format!("{d}/fx-greeter.so: ShoutGreeter (Greeter version 1, 2 methods, PluginAllocated)"),
+        ]
+    );
+    assert!(stderr(&o).contains("1 of 2 libraries"), "{}", stderr(&o));
+    let o = bulkhead(&["scan", d, "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["libraries"].as_array().unwrap().len(), 2);
+    assert_eq!(v["libraries"][1]["plugins"].as_array().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_server_stream_prints_every_item() {
+    let l = lib("fx-stream");
+    let count = bulkhead_tests::streams::COUNT.to_string();
+    let o = bulkhead(&[
+        "call",
+        &l,
+        "--plugin",
+        "StreamPlugin",
+        "--method",
+        &count,
+        "--stream",
+        "--json-args",
+        "[3]",
+        "--returns",
+        "u64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0\n1\n2\n");
+    let o = bulkhead(&[
+        "call",
+        &l,
+        "--plugin",
+        "StreamPlugin",
+        "--method",
+        &count,
+        "--stream",
+        "--max-items",
+        "2",
+        "--json-args",
+        "[1000]",
+        "--returns",
+        "u64",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["items"], serde_json::json!([0, 1]));
 }

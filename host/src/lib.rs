@@ -104,6 +104,7 @@ mod pool;
 mod probe;
 mod restart;
 mod sandbox;
+mod discover;
 mod signing;
 mod stats;
 mod strays;
@@ -135,7 +136,8 @@ pub use restart::{Backoff, Budget, Failed, RestartMode, RestartPolicy, DEFAULT_H
 pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, SyscallFilter, DEFAULT_TMP_SIZE};
 pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
-pub use stream::PluginStream;
+pub use discover::Discovered;
+pub use stream::{PluginStream, RawItems};
 pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, LOAD_MANY_THREADS, SELF_WORKER_ARG,
     SELF_WORKER_ENV, WORKER_PATH,

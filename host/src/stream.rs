@@ -162,10 +162,11 @@ impl<T> PluginStream<T> {
     }
 }
 
-impl<T: DeserializeOwned> Iterator for PluginStream<T> {
-    type Item = Result<T, CallError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<T> PluginStream<T> {
+    /// The next item's bytes, not decoded (what [`Iterator::next`] decodes as
+    /// `T`); `None` at the stream's end. The only way to read a
+    /// [`Plugin::stream_raw`] stream.
+    pub fn next_raw(&mut self) -> Option<Result<Vec<u8>, CallError>> {
         self.lease.as_ref()?;
         let (status, payload) = match self.request(SessionMsg::StreamNext) {
             Ok(a) => a,
@@ -174,7 +175,7 @@ impl<T: DeserializeOwned> Iterator for PluginStream<T> {
         match Status::from_raw(status) {
             Status::Ok => {
                 self.items += 1;
-                Some(wire::decode(&payload).map_err(|e| CallError::Deserialization(e.to_string())))
+                Some(Ok(payload))
             }
             Status::StreamEnd => {
                 self.close();
@@ -195,6 +196,20 @@ impl<T: DeserializeOwned> Iterator for PluginStream<T> {
     }
 }
 
+impl<T: DeserializeOwned> Iterator for PluginStream<T> {
+    type Item = Result<T, CallError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.next_raw()?;
+        Some(item.and_then(|payload| wire::decode(&payload).map_err(|e| CallError::Deserialization(e.to_string()))))
+    }
+}
+
+/// The item type of a [`Plugin::stream_raw`] stream: its items are bytes,
+/// read with [`PluginStream::next_raw`].
+#[derive(Debug)]
+pub struct RawItems;
+
 impl<T> Drop for PluginStream<T> {
     fn drop(&mut self) {
         self.close();
@@ -212,6 +227,13 @@ impl Plugin {
     ) -> Result<PluginStream<T>, CallError> {
         let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
         self.open_stream(index.into().0, payload, None)
+    }
+
+    /// [`stream`](Self::stream) with the argument tuple already encoded (as
+    /// [`call_raw`](Self::call_raw) takes it); the items are bytes, read with
+    /// [`PluginStream::next_raw`].
+    pub fn stream_raw(&self, index: impl Into<MethodIndex>, args: &[u8]) -> Result<PluginStream<RawItems>, CallError> {
+        self.open_stream(index.into().0, args.to_vec(), None)
     }
 
     /// [`stream`](Self::stream) with arguments already encoded.
