@@ -10,6 +10,11 @@
 //!   `bulkhead_worker_exits_total`, `bulkhead_gave_up_total`,
 //! * `bulkhead_loads_total` (label `outcome`: `ok` or `error`).
 //!
+//! Failed calls are also counted per method: `bulkhead_call_errors_total`
+//! (labels `plugin`, `method` — the vtable slot — and `outcome`); the `plugin`
+//! label is [`PluginSpec::label`](crate::PluginSpec::label). Every metric is
+//! described (with its unit) to the recorder once, before its first use.
+//!
 //! Handles are registered when a plugin is loaded: install the metrics
 //! recorder before loading plugins.
 
@@ -117,9 +122,43 @@ pub(crate) struct CallMetrics {
     plugin: Arc<str>,
 }
 
+/// Every metric's description and unit, given to the recorder once.
+#[cfg(feature = "metrics")]
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{describe_counter, describe_histogram, Unit};
+        describe_counter!("bulkhead_calls_total", Unit::Count, "Calls finished, by outcome (ok or the CallError kind)");
+        describe_counter!(
+            "bulkhead_call_errors_total",
+            Unit::Count,
+            "Failed calls, by method (vtable slot) and outcome (the CallError kind)"
+        );
+        describe_histogram!("bulkhead_call_duration_seconds", Unit::Seconds, "Duration of every call, from the caller's view");
+        describe_counter!("bulkhead_worker_crashes_total", Unit::Count, "Workers that died during a call");
+        describe_counter!("bulkhead_call_timeouts_total", Unit::Count, "Calls that hit their deadline; the worker was killed");
+        describe_counter!("bulkhead_worker_restarts_total", Unit::Count, "Workers replaced after a failure");
+        describe_counter!("bulkhead_workers_started_total", Unit::Count, "Workers that finished their handshake");
+        describe_counter!("bulkhead_worker_exits_total", Unit::Count, "Workers reaped, for any reason");
+        describe_counter!("bulkhead_gave_up_total", Unit::Count, "Plugins failed after spending their restart budget");
+        describe_counter!("bulkhead_health_changes_total", Unit::Count, "Health state changes");
+        describe_counter!("bulkhead_idle_stops_total", Unit::Count, "Idle workers stopped");
+        describe_counter!("bulkhead_idle_cpu_kills_total", Unit::Count, "Workers killed for using CPU with no call in flight");
+        describe_counter!("bulkhead_reloads_total", Unit::Count, "Plugin reloads");
+        describe_counter!(
+            "bulkhead_sandbox_violations_total",
+            Unit::Count,
+            "System calls the sandbox refused (or learn mode let through), as reported by the worker"
+        );
+        describe_counter!("bulkhead_loads_total", Unit::Count, "Plugin loads, by outcome (ok or error)");
+    });
+}
+
 impl CallMetrics {
     pub(crate) fn new(plugin: &Arc<str>) -> Self {
         let _ = plugin;
+        #[cfg(feature = "metrics")]
+        describe();
         CallMetrics {
             #[cfg(feature = "metrics")]
             ok: metrics::counter!("bulkhead_calls_total", "plugin" => plugin.to_string(), "outcome" => "ok"),
@@ -132,8 +171,8 @@ impl CallMetrics {
         }
     }
 
-    /// A call ended: outcome on its span, and counted.
-    pub(crate) fn call_done(&self, span: &Span, started: Instant, err: Option<&CallError>) {
+    /// A call of `method` ended: outcome on its span, and counted.
+    pub(crate) fn call_done(&self, span: &Span, started: Instant, method: u32, err: Option<&CallError>) {
         span.record("outcome", err.map_or("ok", CallError::kind));
         #[cfg(feature = "metrics")]
         {
@@ -149,11 +188,18 @@ impl CallMetrics {
                         "plugin" => self.plugin.to_string(),
                         "outcome" => e.kind()
                     )
-                    .increment(1)
+                    .increment(1);
+                    metrics::counter!(
+                        "bulkhead_call_errors_total",
+                        "plugin" => self.plugin.to_string(),
+                        "method" => method.to_string(),
+                        "outcome" => e.kind()
+                    )
+                    .increment(1);
                 }
             }
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = started;
+        let _ = (started, method);
     }
 }

@@ -84,6 +84,7 @@ pub enum Transport {
 pub struct PluginSpec {
     pub(crate) path: PathBuf,
     pub(crate) plugin: Option<String>,
+    pub(crate) label: Option<String>,
     pub(crate) config: Result<Vec<u8>, String>,
     pub(crate) call_timeout: Duration,
     pub(crate) load_timeout: Duration,
@@ -134,6 +135,7 @@ impl PluginSpec {
         Self {
             path: path.as_ref().to_path_buf(),
             plugin: None,
+            label: None,
             config: Ok(Vec::new()),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
@@ -273,6 +275,16 @@ impl PluginSpec {
     /// registry's only plugin; a library with several requires a name.
     pub fn plugin(mut self, name: impl Into<String>) -> Self {
         self.plugin = Some(name.into());
+        self
+    }
+
+    /// The plugin's name for operators: the `plugin` label of metrics, the
+    /// `plugin` field of `tracing` events and spans, [`Event::plugin`](crate::Event::plugin),
+    /// and the worker's process title (`ps` shows `bulkhead: LABEL`). Default:
+    /// the [`plugin`](Self::plugin) name if set, else the library's file stem.
+    /// Give two instances of one library different labels to tell them apart.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
         self
     }
 

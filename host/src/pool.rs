@@ -267,19 +267,19 @@ impl Pool {
         let _entered = span.enter();
         self.counters.call_started();
         let result = self.call_inner(method, payload, start, limit, target, &span, f);
-        self.call_done(&span, start, result.as_ref().err());
+        self.call_done(&span, start, method, result.as_ref().err());
         result
     }
 
     /// Counts a finished call (and records its metrics), or a call this pool
     /// gave up because a reload retired it: the plugin runs that one again on
     /// its new pool.
-    fn call_done(&self, span: &tracing::Span, start: Instant, error: Option<&CallError>) {
+    fn call_done(&self, span: &tracing::Span, start: Instant, method: u32, error: Option<&CallError>) {
         if matches!(error, Some(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
             self.counters.call_retried();
         } else {
             self.counters.call_finished(error);
-            self.metrics.call_done(span, start, error);
+            self.metrics.call_done(span, start, method, error);
         }
     }
 
@@ -367,7 +367,7 @@ impl Pool {
                 }
             }
         });
-        self.call_done(&span, start, result.as_ref().err());
+        self.call_done(&span, start, method, result.as_ref().err());
         result
     }
 

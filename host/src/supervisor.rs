@@ -549,9 +549,10 @@ impl Core {
     /// Everything a load needs, owned (so it can run on another thread).
     fn load_job(self: &Arc<Self>, spec: PluginSpec, counters: Arc<Counters>) -> Result<LoadJob, LoadError> {
         let config = spec.config.clone().map_err(LoadError::Config)?;
-        let label: Arc<str> = match &spec.plugin {
-            Some(name) => name.as_str().into(),
-            None => spec
+        let label: Arc<str> = match (&spec.label, &spec.plugin) {
+            (Some(label), _) => label.as_str().into(),
+            (None, Some(name)) => name.as_str().into(),
+            (None, None) => spec
                 .path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -571,6 +572,7 @@ impl Core {
             library_fd: spec.signature_keys.is_some(),
             host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
             sandbox: spec.sandbox.to_policy(),
+            label: label.to_string(),
         };
         let imports = (!spec.host_interfaces.is_empty()).then(|| {
             Arc::new(HostImports {

@@ -26,7 +26,7 @@ use crate::wire::{self, WireError};
 /// any handshake (the host checks it when it builds a supervisor). Version 4
 /// added streams, client streams, host callbacks, the interface check and the
 /// verified-library descriptor. Version 5 added the sandbox policy and report.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 const TAG_LOAD: u8 = 0x01;
 const TAG_CALL: u8 = 0x02;
@@ -112,6 +112,9 @@ pub struct LoadRequest {
     /// Host interfaces the host implements; the worker binds each import the
     /// plugin declares to one of these, and refuses the plugin if it cannot.
     pub host_imports: Vec<HostImportWire>,
+    /// The plugin's operator label ([`PluginSpec::label`] in the host): the
+    /// worker's process title, so `ps` shows which plugin a worker runs.
+    pub label: String,
 }
 
 /// One host interface the host offers to plugins (`#[fidius::host_interface]`).
@@ -852,6 +855,7 @@ mod tests {
                 sandbox: crate::sandbox::SandboxPolicy::none(),
                 interface_hash: Some(7),
                 library_fd: true,
+                label: "P".into(),
                 host_imports: vec![HostImportWire {
                     name: "H".into(),
                     hash: 1,

@@ -24,6 +24,8 @@ impl HistogramFn for Samples {
 /// Keeps every counter and histogram by `name{label=value,...}`.
 #[derive(Default)]
 struct Rec {
+    /// Described metrics and their units.
+    described: Mutex<BTreeMap<String, Option<String>>>,
     counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     histograms: Mutex<BTreeMap<String, Arc<Samples>>>,
 }
@@ -34,9 +36,15 @@ fn id(key: &Key) -> String {
 }
 
 impl Recorder for &'static Rec {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_counter(&self, name: KeyName, unit: Option<Unit>, _: SharedString) {
+        let unit = unit.map(|u| u.as_str().to_string());
+        self.described.lock().unwrap().insert(name.as_str().to_string(), unit);
+    }
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, name: KeyName, unit: Option<Unit>, _: SharedString) {
+        let unit = unit.map(|u| u.as_str().to_string());
+        self.described.lock().unwrap().insert(name.as_str().to_string(), unit);
+    }
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         let c = self.counters.lock().unwrap().entry(id(key)).or_default().clone();
         Counter::from_arc(c)
@@ -93,6 +101,21 @@ fn counters_and_latency_histogram() {
     );
     assert_eq!(rec.counter(&format!("bulkhead_calls_total{{{p},outcome=timeout}}")), 1);
     assert_eq!(rec.counter(&format!("bulkhead_worker_crashes_total{{{p}}}")), 1);
+    // Failures per method.
+    assert_eq!(
+        rec.counter(&format!(
+            "bulkhead_call_errors_total{{{p},method={},outcome=worker_died}}",
+            basic::SEGFAULT
+        )),
+        1
+    );
+    assert_eq!(
+        rec.counter(&format!(
+            "bulkhead_call_errors_total{{{p},method={},outcome=timeout}}",
+            basic::SPIN
+        )),
+        1
+    );
     assert_eq!(rec.counter(&format!("bulkhead_call_timeouts_total{{{p}}}")), 1);
     assert!(rec.counter(&format!("bulkhead_worker_restarts_total{{{p}}}")) >= 1);
     assert!(rec.counter(&format!("bulkhead_workers_started_total{{{p}}}")) >= 2);
@@ -105,4 +128,26 @@ fn counters_and_latency_histogram() {
     // The timed-out call took at least its limit.
     assert!(samples.iter().any(|&s| s >= 0.3), "{samples:?}");
     assert!(samples.iter().all(|&s| s > 0.0 && s < 60.0), "{samples:?}");
+    drop(samples);
+    drop(hist);
+
+    // Every metric is described, with its unit.
+    let described = rec.described.lock().unwrap().clone();
+    assert_eq!(
+        described.get("bulkhead_call_duration_seconds").map(|u| u.as_deref()),
+        Some(Some("seconds"))
+    );
+    assert_eq!(
+        described.get("bulkhead_calls_total").map(|u| u.as_deref()),
+        Some(Some("count"))
+    );
+    for name in rec.counters.lock().unwrap().keys() {
+        let name = name.split('{').next().unwrap();
+        assert!(described.contains_key(name), "{name} is not described");
+    }
+
+    // A label set on the spec is the metrics' `plugin` label.
+    let labelled = sup.load(spec("fx-basic").label("billing")).unwrap();
+    let _: i64 = labelled.call(basic::ADD, &(1i64, 1i64)).unwrap();
+    assert_eq!(rec.counter("bulkhead_calls_total{plugin=billing,outcome=ok}"), 1);
 }

@@ -415,3 +415,35 @@ fn address_space_limit_keeps_the_shared_memory_transport() {
     let big = vec![7u8; 20 << 20];
     assert_eq!(plugin.call_raw(basic::ECHO_RAW, &big).unwrap(), big);
 }
+
+#[test]
+fn a_label_names_the_plugin_in_events_and_in_the_workers_process_title() {
+    let sup = supervisor();
+    let events = sup.events();
+    let billing = sup.load(spec("fx-basic").label("billing")).unwrap();
+    let search = sup.load(spec("fx-basic").label("search")).unwrap();
+    for (p, label) in [(&billing, "billing"), (&search, "search")] {
+        // The process that runs the plugin (under the sandbox's init).
+        let pid = bulkhead_tests::plugin_process(p.info().worker_pid);
+        // `ps` shows the command line, `top` the thread name.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let shown = String::from_utf8_lossy(&cmdline);
+        assert_eq!(shown.trim_end_matches('\0'), format!("bulkhead: {label}"), "{shown:?}");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), format!("bh:{label}"));
+    }
+    // Events carry the label: two instances of one library stay apart.
+    let pid = billing.info().worker_pid;
+    drop(billing);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = events.recv_deadline(deadline).expect("billing's worker exit");
+        if let EventKind::WorkerExited { pid: p, .. } = e.kind {
+            if p == pid {
+                assert_eq!(&*e.plugin, "billing");
+                break;
+            }
+        }
+    }
+    assert_eq!(search.call::<_, i64>(basic::ADD, &(1i64, 2i64)).unwrap(), 3);
+}

@@ -55,6 +55,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
         };
         return send_load_failure(&mut sock, &mut tx, why);
     }
+    crate::title::set(&req.label);
     // Map the shared region (sent right after the Load frame) before any plugin
     // code runs. If it cannot be mapped, say so in the handshake and use the socket.
     let region = if req.shm_capacity > 0 {

@@ -38,6 +38,7 @@ mod self_worker;
 mod setup;
 mod streams;
 mod sys;
+mod title;
 
 use std::process::ExitCode;
 
