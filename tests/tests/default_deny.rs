@@ -26,35 +26,44 @@ const GENEROUS: Duration = Duration::from_secs(120);
 /// is real (the control of another attack), not a refusal.
 const GRANTS: &[&str] = &["tcp-granted-port", "file-locks-opt-in"];
 
-fn supervisor() -> Supervisor {
+/// A supervisor with or without fork-servers: a forked worker inherits the
+/// filter's base from its server and attaches the rest itself, an exec'd
+/// worker attaches all of it; both paths are attacked.
+fn supervisor(fork_server: bool) -> Supervisor {
     Supervisor::builder()
         .worker_path(&fixtures().worker)
+        .fork_server(fork_server)
         .build()
         .expect("worker binary exists")
 }
 
-/// Runs attack `name` under both modes in this (root or not) test process
-/// and asserts each outcome; returns them (control first).
+/// Runs attack `name` under both modes in this (root or not) test process,
+/// on both spawn paths, and asserts each outcome.
 #[track_caller]
-fn attack(name: &str) -> [String; 2] {
-    let sup = supervisor();
-    let attacker = Attacker {
-        sup: &sup,
-        spec: spec("fx-neighbour"),
-    };
+fn attack(name: &str) {
     if let Some(note) = control_note(name) {
         eprintln!("{note}");
     }
-    let got = Mode::BOTH.map(|mode| {
-        let outcome = attacker.run(name, mode);
-        assert_eq!(outcome, expected(name, mode), "{name} under {}", mode.name());
-        outcome
-    });
-    eprintln!("{name}: none() {:?}, default {:?}", got[0], got[1]);
-    if !GRANTS.contains(&name) {
-        assert_ne!(got[0], got[1], "{name}: the control differs from the default");
+    for fork_server in [true, false] {
+        let sup = supervisor(fork_server);
+        let attacker = Attacker {
+            sup: &sup,
+            spec: spec("fx-neighbour"),
+        };
+        let got = Mode::BOTH.map(|mode| {
+            let outcome = attacker.run(name, mode);
+            let what = format!("{name} under {}, fork-server {fork_server}", mode.name());
+            assert_eq!(outcome, expected(name, mode), "{what}");
+            outcome
+        });
+        eprintln!(
+            "{name}, fork-server {fork_server}: none() {:?}, default {:?}",
+            got[0], got[1]
+        );
+        if !GRANTS.contains(&name) {
+            assert_ne!(got[0], got[1], "{name}: the control differs from the default");
+        }
     }
-    got
 }
 
 #[test]
@@ -127,6 +136,37 @@ fn a_read_grant_on_a_directory_gives_no_connect_to_a_socket_in_it() {
 #[test]
 fn a_tcp_grant_gives_no_abstract_name_host_clients_could_reach() {
     attack("abstract-bind-tcp-grant");
+}
+
+/// KNOWN GAP, asserted as it stands (not a way through the default): under a
+/// TCP grant only seccomp's socket gate keeps host clients from an abstract
+/// name the plugin binds. Landlock's abstract-socket scope restricts the
+/// sandbox's own `connect` to names outside its domain, not connections
+/// *into* a name it bound, so with `socket`, `bind` and `listen` added by
+/// name a host client reaches the plugin's listener. If this assertion
+/// starts failing, a second layer now covers it: flip it.
+#[test]
+fn known_gap_landlock_scope_alone_lets_host_clients_reach_an_abstract_name() {
+    use std::os::linux::net::SocketAddrExt;
+    let sup = supervisor(true);
+    let sandbox = bulkhead::Sandbox::strict()
+        .allow_connect_tcp(9)
+        .allow_syscall("socket")
+        .allow_syscall("bind")
+        .allow_syscall("listen");
+    let p = sup.load(spec("fx-neighbour").sandbox(sandbox)).unwrap();
+    assert!(p.info().sandbox.state(bulkhead::Layer::Landlock).is_enforced());
+    let name = format!("bulkhead-deny-gap-{}", std::process::id());
+    let bound: i64 = p
+        .call(bulkhead_tests::neighbour::BIND_ABSTRACT, &(name.clone(),))
+        .unwrap();
+    assert_eq!(bound, 0, "with the calls added by name the plugin binds");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let connected = std::os::unix::net::UnixStream::connect_addr(&addr);
+    assert!(
+        connected.is_ok(),
+        "Landlock's scope does not refuse the host: {connected:?}"
+    );
 }
 
 #[test]
