@@ -99,12 +99,15 @@ pub const ATTACKS: &[&str] = &[
 ];
 
 /// Where attacks run: a supervisor, the spec of `fx-neighbour` to clone, and
-/// a tag that keeps names, ports and lock ranges apart from other runs.
+/// a tag that keeps names, port ids and lock ranges apart from other runs.
 pub struct Attacker<'a> {
     /// The supervisor both plugins of a channel share.
     pub sup: &'a Supervisor,
     /// `fx-neighbour`'s spec (path, transport); each attack sets the sandbox.
     pub spec: PluginSpec,
+    /// Tells this run's names, port ids and lock ranges from other runs of
+    /// the same process (0..8).
+    pub tag: u32,
 }
 
 /// `ok` for a non-negative result, `errno N` for `-N`.
@@ -125,6 +128,12 @@ impl Attacker<'_> {
 
     fn call(&self, p: &Plugin, slot: u32, args: &impl serde::Serialize) -> i64 {
         p.call(slot, args).unwrap_or_else(|e| panic!("call {slot}: {e}"))
+    }
+
+    /// Byte range of the lock attacks: apart for each run and mode (a root
+    /// test and a child host may lock the shared file at the same time).
+    fn lock_offset(&self, mode: Mode) -> u64 {
+        (1 << 20) + u64::from(std::process::id()) * 4096 + u64::from(self.tag) * 256 + mode as u64 * 128
     }
 
     /// Runs attack `name` under `mode`; returns its outcome.
@@ -150,7 +159,7 @@ impl Attacker<'_> {
                 let lock = self.call(
                     &p,
                     neighbour::LOCK_BITS,
-                    &(SHARED_FILE.to_string(), lock_offset(mode) + 64, 1u8),
+                    &(SHARED_FILE.to_string(), self.lock_offset(mode) + 64, 1u8),
                 );
                 let flock = self.call(&p, neighbour::FLOCK, &(SHARED_FILE.to_string(),));
                 format!("lock {} flock {}", rc(lock), rc(flock))
@@ -212,7 +221,7 @@ impl Attacker<'_> {
         let a = self.load(base.clone());
         let b = self.load(base);
         // A port id of this run alone (both modes, root and child hosts).
-        let nl_pid = 0x6000_0000 | ((std::process::id() & 0xf_ffff) << 4) | mode as u32;
+        let nl_pid = 0x6000_0000 | ((std::process::id() & 0xf_ffff) << 4) | (self.tag & 0x7) << 1 | mode as u32;
         let bind = self.call(&a, neighbour::NETLINK_BIND, &(libc::NETLINK_USERSOCK, nl_pid));
         let send = self.call(
             &b,
@@ -255,7 +264,7 @@ impl Attacker<'_> {
     fn lock_channel(&self, base: Sandbox, mode: Mode) -> String {
         let a = self.load(base.clone());
         let b = self.load(base.allow_connect_tcp(9));
-        let at = lock_offset(mode);
+        let at = self.lock_offset(mode);
         let lock = self.call(&a, neighbour::LOCK_BITS, &(SHARED_FILE.to_string(), at, SECRET_BYTE));
         let probe = self.call(&b, neighbour::PROBE_BITS, &(SHARED_FILE.to_string(), at));
         let probe = if probe >= 0 { format!("{probe:#04x}") } else { rc(probe) };
@@ -282,7 +291,7 @@ impl Attacker<'_> {
     /// A Unix socket of this host in a directory the plugin may only read.
     fn unix_connect(&self, base: Sandbox, mode: Mode) -> String {
         use std::os::unix::fs::PermissionsExt;
-        let dir = Scratch::new(&format!("unix-{}", mode.name()));
+        let dir = Scratch::new(&format!("unix-{}-{}", self.tag, mode.name()));
         // Reachable by a root host's sandboxed uid (65534) too.
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         let path = dir.0.join("daemon.sock");
@@ -311,7 +320,7 @@ impl Attacker<'_> {
     /// abstract name it bound would be reachable by host clients.
     fn abstract_bind(&self, base: Sandbox, mode: Mode) -> String {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("bulkhead-deny-{}-{}", std::process::id(), mode.name());
+        let name = format!("bulkhead-deny-{}-{}-{}", std::process::id(), self.tag, mode.name());
         let p = self.load(base.allow_connect_tcp(9));
         let bind = self.call(&p, neighbour::BIND_ABSTRACT, &(name.clone(),));
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
@@ -321,12 +330,6 @@ impl Attacker<'_> {
         };
         format!("bind {} connect {connect}", rc(bind))
     }
-}
-
-/// Byte range of the lock attacks: apart for each run and mode (a root
-/// test and a child host may lock the shared file at the same time).
-fn lock_offset(mode: Mode) -> u64 {
-    (1 << 20) + u64::from(std::process::id()) * 256 + mode as u64 * 128
 }
 
 fn netlink_protocol(name: &str) -> i32 {

@@ -49,6 +49,7 @@ fn attack(name: &str) {
         let attacker = Attacker {
             sup: &sup,
             spec: spec("fx-neighbour"),
+            tag: fork_server as u32,
         };
         let got = Mode::BOTH.map(|mode| {
             let outcome = attacker.run(name, mode);

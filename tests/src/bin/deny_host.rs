@@ -22,6 +22,7 @@ fn main() {
     let attacker = Attacker {
         sup: &sup,
         spec: PluginSpec::new(lib),
+        tag: 0,
     };
     let mut out = std::io::stdout().lock();
     for name in ATTACKS {
