@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use bulkhead::{PluginSpec, Supervisor, Transport};
 
+pub mod deny;
+
 /// Every fixture package built for the tests.
 pub const FIXTURES: &[&str] = &[
     "fx-basic",
@@ -112,6 +114,19 @@ pub mod neighbour {
     pub const BIND_ABSTRACT: u32 = 3;
     pub const SYMLINK: u32 = 4;
     pub const CMDLINE_ENVIRON: u32 = 5;
+    pub const SOCKET: u32 = 6;
+    pub const CONNECT_TCP: u32 = 7;
+    pub const NETLINK_BIND: u32 = 8;
+    pub const NETLINK_SEND: u32 = 9;
+    pub const NETLINK_RECV: u32 = 10;
+    pub const UDP_BIND: u32 = 11;
+    pub const LOCK_BITS: u32 = 12;
+    pub const PROBE_BITS: u32 = 13;
+    pub const FLOCK: u32 = 14;
+    pub const INOTIFY_WATCH: u32 = 15;
+    pub const INOTIFY_WAIT: u32 = 16;
+    pub const SYSCALL: u32 = 17;
+    pub const UNIX_CONNECT: u32 = 18;
 }
 
 /// Slots of the `Blob` interface (Arena).
