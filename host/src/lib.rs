@@ -89,6 +89,7 @@ compile_error!(
 
 mod call;
 mod client;
+mod crash;
 mod error;
 mod event_loop;
 mod events;
@@ -117,6 +118,7 @@ mod worker_process;
 mod zero_copy;
 
 pub use bulkhead_shared::abi::BufferStrategy;
+pub use crash::CrashReport;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
 pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};

@@ -5,11 +5,11 @@
 //! Arena ranges are bounds-checked, and a descriptor is never read past its
 //! declared `descriptor_size`.
 
-use std::sync::atomic::Ordering;
 use std::ffi::{c_char, c_void};
 use std::io::Read;
 use std::mem::MaybeUninit;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use bulkhead_shared::abi::{
     self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv, MethodMetaEntry,
@@ -456,10 +456,12 @@ impl Plugin {
             return f(Outcome::Fault(CallFault::EmptySlot { index }));
         }
         crate::sandbox::METHOD_IN_FLIGHT.store(index, Ordering::Relaxed);
+        let input_guard = crate::crash::CallGuard::new(input);
         let result = match self.strategy {
             BufferStrategy::PluginAllocated => self.call_alloc(slot, input, in_len, f),
             BufferStrategy::Arena => self.call_arena(slot, input, in_len, arena, f),
         };
+        drop(input_guard);
         crate::sandbox::METHOD_IN_FLIGHT.store(u32::MAX, Ordering::Relaxed);
         result
     }
