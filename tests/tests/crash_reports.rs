@@ -123,6 +123,22 @@ fn an_abort_reports_its_method_and_no_fault_address() {
             "{name}: {text}"
         );
         assert!(!text.contains("address"), "{name}: {text}");
+        // A stack overflow: std's detector still says so and aborts; the
+        // report is of that abort, in the overflowing method.
+        let pid = plugin.info().worker_pid;
+        let err = plugin.call_raw(basic::STACK_OVERFLOW, &[0u8; 8]).unwrap_err();
+        let CallError::WorkerDied { exit, crash, stderr } = err else {
+            panic!("{name}: {err:?}")
+        };
+        assert_eq!(exit, segv(6), "{name}");
+        assert!(stderr.contains("has overflowed its stack"), "{name}: {stderr}");
+        let r = crash.expect("a crash report");
+        assert_eq!(
+            (r.signal, r.method, r.input.as_slice()),
+            (6, Some(basic::STACK_OVERFLOW), &[0u8; 8][..]),
+            "{name}"
+        );
+        wait_gone(pid, GENEROUS);
         // The existing crash fixture too: a null write.
         let (r, _) = died(&plugin, plugin.call_raw(basic::SEGFAULT, b""), 11);
         assert_eq!((r.fault_address, r.method), (Some(0), Some(basic::SEGFAULT)), "{name}");

@@ -17,6 +17,10 @@
 //!    deadlock there (the plugin crashed holding the lock) never turns a
 //!    crash into a hang or changes the signal the host sees.
 //!
+//! A `SIGSEGV` or `SIGBUS` handler found at installation (std's stack
+//! overflow detector) runs first, so a stack overflow still says so and
+//! still ends with `SIGABRT`, reported as such.
+//!
 //! Finally the handler restores the default action and re-raises the signal
 //! on its own thread (`tgkill` to its own pid, which the seccomp allow-list
 //! permits); the host sees the exact signal.
@@ -48,6 +52,19 @@ const WATCHDOG: Duration = Duration::from_millis(500);
 /// The input of the call in flight (null: none).
 static INPUT_PTR: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static INPUT_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The `SIGSEGV` and `SIGBUS` handlers installed before ours (std's stack
+/// overflow detector), as addresses (0: none), called first.
+static PREVIOUS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// [`PREVIOUS`]'s index for `sig`.
+fn previous_index(sig: libc::c_int) -> Option<usize> {
+    match sig {
+        libc::SIGSEGV => Some(0),
+        libc::SIGBUS => Some(1),
+        _ => None,
+    }
+}
 
 /// The signal being reported (0: none yet), and the thread reporting it.
 static CRASH_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -102,9 +119,18 @@ pub fn install() -> Result<(), String> {
         action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
         // SAFETY: sa_mask is a valid sigset_t owned by `action`.
         unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised; the old action is not wanted.
-        if unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) } != 0 {
+        // SAFETY: a zeroed sigaction is a valid value for the kernel to fill.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: `action` is fully initialised; `old` is writable.
+        if unsafe { libc::sigaction(sig, &action, &mut old) } != 0 {
             return Err(format!("sigaction({sig}): {}", std::io::Error::last_os_error()));
+        }
+        let chained = old.sa_flags & libc::SA_SIGINFO != 0
+            && old.sa_sigaction != libc::SIG_DFL
+            && old.sa_sigaction != libc::SIG_IGN
+            && old.sa_sigaction != handler as usize;
+        if let (Some(i), true) = (previous_index(sig), chained) {
+            PREVIOUS[i].store(old.sa_sigaction, Ordering::SeqCst);
         }
     }
     Ok(())
@@ -334,6 +360,17 @@ fn write_symbol(buf: &mut [u8; MAX_LINE], index: usize, ip: u64) {
 
 /// The crash handler (see the module documentation).
 extern "C" fn on_crash(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // std's stack overflow detector first: on a guard page hit it says so on
+    // stderr and aborts (reported, as SIGABRT, by this handler); otherwise it
+    // restores the default action and returns.
+    let previous = previous_index(sig).map_or(0, |i| PREVIOUS[i].load(Ordering::SeqCst));
+    if previous != 0 && CRASH_SIGNAL.load(Ordering::SeqCst) == 0 {
+        type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+        // SAFETY: `previous` is the SA_SIGINFO handler sigaction returned at
+        // installation, whose signature this is.
+        let handler = unsafe { std::mem::transmute::<usize, Handler>(previous) };
+        handler(sig, info, context);
+    }
     let tid = gettid();
     if CRASH_SIGNAL
         .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
