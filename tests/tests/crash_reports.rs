@@ -320,3 +320,38 @@ fn a_report_after_a_partial_line_is_still_found() {
     assert!(stderr.ends_with("no newline here\n"), "{stderr:?}");
     wait_gone(pid, GENEROUS);
 }
+
+#[test]
+fn a_report_that_cannot_name_its_frames_ends_by_its_watchdog_with_the_original_signal() {
+    let sup = supervisor();
+    let hang = fixtures().lib("fx-dlopen-hang");
+    let default = Sandbox::default().allow_read(&hang);
+    for (name, sandbox) in [("default", default), ("none", Sandbox::none())] {
+        let plugin = load(&sup, &sandbox);
+        let pid = plugin.info().worker_pid;
+        let arg = hang.to_str().unwrap().to_string();
+        let err = plugin
+            .call_with_timeout::<_, u32>(basic::CRASH_WITH_LOADER_LOCKED, &(arg,), GENEROUS)
+            .unwrap_err();
+        let CallError::WorkerDied { exit, crash, .. } = err else {
+            panic!("{name}: {err:?}")
+        };
+        // The watchdog ended it, with the crash's own signal.
+        assert_eq!(exit, segv(11), "{name}");
+        let r = crash.expect("a crash report");
+        assert_eq!(
+            (r.fault_address, r.method),
+            (Some(0x10), Some(basic::CRASH_WITH_LOADER_LOCKED)),
+            "{name}"
+        );
+        // The safe part is there: raw frames, none named, not complete.
+        assert!(!r.complete, "{name}: {r:?}");
+        assert!(!r.frames.is_empty(), "{name}");
+        assert!(
+            r.frames.iter().all(|f| f.starts_with("0x") && !f.contains(' ')),
+            "{name}: {:?}",
+            r.frames
+        );
+        wait_gone(pid, GENEROUS);
+    }
+}
