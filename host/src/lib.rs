@@ -65,6 +65,12 @@
 //! * [`PluginSpec::idle_timeout`] stops workers nobody calls.
 //! * [`EventKind::WorkerExited`] carries the worker's [`ResourceUsage`] (CPU
 //!   time, peak RSS); [`Plugin::memory`] samples the live workers.
+//! * A worker that dies of `SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE` or
+//!   `SIGABRT` leaves a [`CrashReport`] in [`CallError::WorkerDied`] (and
+//!   [`LoadError::WorkerDied`]): the method in flight, the faulting address, a
+//!   copy of up to 4 KiB of the input and the faulting thread's frames;
+//!   [`CrashReport::replay`] gives the `bulkhead call` command line that
+//!   replays the call.
 //!
 //! # Guarantees
 //! * The host never loads plugin code; a worker process does.
