@@ -759,6 +759,55 @@ mod tests {
         assert_eq!((lines, bytes), (5, (3 * (MAX_LINE + 1) + 1 + 5) as u64));
     }
 
+    fn signal(signal: i32) -> Exit {
+        Exit::Signal {
+            signal,
+            core_dumped: false,
+        }
+    }
+
+    fn crash_lines() -> Vec<u8> {
+        use bulkhead_shared::crash as lines;
+        let mut buf = [0u8; lines::MAX_LINE];
+        let mut out = Vec::new();
+        let n = lines::encode_header(&mut buf, 11, 1, 0x10, Some(3), 2);
+        out.extend_from_slice(&buf[..n]);
+        let n = lines::encode_input(&mut buf, b"hi");
+        out.extend_from_slice(&buf[..n]);
+        let n = lines::encode_end(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+        out
+    }
+
+    #[test]
+    fn crash_report_lines_are_neither_output_nor_tail_even_over_budget() {
+        // Within budget, after a partial line.
+        let (mut p, seen, tail) = pipe(OutputBudget::unlimited());
+        let slot = CrashSlot::default();
+        p.crash = Some(slot.clone());
+        p.feed(b"before\npartial");
+        p.feed(&crash_lines());
+        assert_eq!(*seen.lock().unwrap(), ["before", "partial"]);
+        let t: Vec<u8> = tail.lock().unwrap().iter().copied().collect();
+        assert_eq!(t, b"before\npartial\n");
+        let r = slot.for_exit(&signal(11)).expect("report");
+        assert_eq!((r.method, r.input.as_slice(), r.complete), (Some(3), &b"hi"[..], true));
+
+        // Over budget: the read is dropped wholesale, except the report.
+        let (mut p, seen, tail) = pipe(OutputBudget::new(1, 1 << 20, 1 << 20));
+        let slot = CrashSlot::default();
+        p.crash = Some(slot.clone());
+        let mut bytes = b"a\nb\nc\n".to_vec();
+        bytes.extend(crash_lines());
+        bytes.extend_from_slice(b"d\n");
+        p.feed(&bytes);
+        assert_eq!(*seen.lock().unwrap(), ["a"]);
+        assert_eq!(p.meter.take_dropped(true), Some((3, 6)));
+        let t: Vec<u8> = tail.lock().unwrap().iter().copied().collect();
+        assert_eq!(t, b"a\nb\nc\nd\n");
+        assert!(slot.for_exit(&signal(11)).expect("report").complete);
+    }
+
     #[test]
     fn reads_over_the_read_budget_ask_for_a_pause() {
         let m = Meter::new(OutputBudget::new(1000, 1 << 20, 1000));
