@@ -45,6 +45,8 @@ pub struct Plugin {
     pub(crate) inst: *mut c_void,
     /// The open server (or bidirectional) stream, if any.
     pub(crate) stream: Option<*mut abi::StreamHandle>,
+    /// The method slot that opened [`stream`](Self::stream), for the reports.
+    pub(crate) stream_method: u32,
     /// Buffer the stream's items are written into; grows on demand.
     pub(crate) stream_buf: Vec<u8>,
     /// The worker's own arena (used when no area is lent or it is too small).
@@ -208,6 +210,7 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
         strategy,
         inst,
         stream: None,
+        stream_method: u32::MAX,
         stream_buf: Vec::new(),
         arena,
         arena_cap: req.arena_capacity as usize,

@@ -85,6 +85,7 @@ impl Plugin {
             return f(Outcome::Fault(CallFault::NullStreamHandle { index }));
         }
         self.stream = Some(out.cast::<StreamHandle>());
+        self.stream_method = index;
         f(Outcome::Status { status, output: &[] })
     }
 
@@ -98,6 +99,8 @@ impl Plugin {
         if self.stream_buf.is_empty() {
             self.stream_buf.resize(FIRST_ITEM_BUF, 0);
         }
+        // The stream's method is in flight; its arguments went with the open.
+        let _in_flight = InFlight::new(self.stream_method, &[]);
         let mut retried = false;
         loop {
             let cap = self.stream_buf.len() as u32;
