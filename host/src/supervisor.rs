@@ -606,11 +606,7 @@ impl Core {
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
             output_budget: Arc::new(crate::output::Meter::new(spec.output_budget)),
-            violations: Some(crate::violations::sink(
-                label.clone(),
-                self.events.clone(),
-                counters.clone(),
-            )),
+            violations: Some(crate::violations::sink(label.clone(), self.events.clone(), counters.clone())),
             // Set by `LoadJob::run` once the library is verified.
             library: None,
             imports,

@@ -80,15 +80,7 @@ fn cell(secrets: &Secrets, uid: Option<u32>, env: &str, mode: &str) -> Vec<Strin
 
 fn layers(states: [&str; 9]) -> Vec<String> {
     let names = [
-        "user-ns",
-        "pid-ns",
-        "net-ns",
-        "mount-ns",
-        "ipc-ns",
-        "uts-ns",
-        "cgroup-ns",
-        "landlock",
-        "seccomp",
+        "user-ns", "pid-ns", "net-ns", "mount-ns", "ipc-ns", "uts-ns", "cgroup-ns", "landlock", "seccomp",
     ];
     names
         .iter()

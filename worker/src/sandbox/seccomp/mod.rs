@@ -70,56 +70,13 @@ const CLONE_NEW: [u64; 7] = [
 /// group or session, running programs, namespaces and mounts, and kernel
 /// attack surface a plugin has no use for.
 const FORBIDDEN: &[&str] = &[
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "kcmp",
-    "pidfd_open",
-    "pidfd_getfd",
-    "pidfd_send_signal",
-    "tkill",
-    "setsid",
-    "execve",
-    "execveat",
-    "setns",
-    "umount2",
-    "pivot_root",
-    "chroot",
-    "open_tree",
-    "move_mount",
-    "fsopen",
-    "fsconfig",
-    "fsmount",
-    "fspick",
-    "mount_setattr",
-    "bpf",
-    "perf_event_open",
-    "userfaultfd",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "kexec_load",
-    "kexec_file_load",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "adjtimex",
-    "reboot",
-    "swapon",
-    "swapoff",
-    "acct",
-    "quotactl",
-    "syslog",
-    "iopl",
-    "ioperm",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
+    "pidfd_send_signal", "tkill", "setsid", "execve", "execveat", "setns", "umount2", "pivot_root", "chroot",
+    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "bpf",
+    "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl",
+    "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "open_by_handle_at", "name_to_handle_at", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+    "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog", "iopl", "ioperm",
 ];
 
 /// Also refused by the deny-list (the allow-list does not have them;
@@ -128,11 +85,7 @@ const FORBIDDEN: &[&str] = &[
 /// counted per user and shared with the host (see the resource-containment
 /// notes), and which watch files other programs use.
 const DENY_LIST_EXTRA: &[&str] = &[
-    "memfd_create",
-    "memfd_secret",
-    "inotify_init",
-    "inotify_init1",
-    "fanotify_init",
+    "memfd_create", "memfd_secret", "inotify_init", "inotify_init1", "fanotify_init",
 ];
 
 /// Calls a forked worker still makes while it sets itself up (its own
@@ -170,9 +123,9 @@ pub fn apply(plan: &Plan<'_>, report: &mut SandboxReport, part: Part) {
         return;
     }
     let state = match install(plan, part) {
-        Ok(()) if plan.policy.learn => {
-            LayerState::Partial("learn mode: calls outside the allow-list are allowed and reported, not refused".into())
-        }
+        Ok(()) if plan.policy.learn => LayerState::Partial(
+            "learn mode: calls outside the allow-list are allowed and reported, not refused".into(),
+        ),
         Ok(()) => LayerState::Enforced,
         Err(e) => LayerState::Unavailable(e),
     };
@@ -195,11 +148,7 @@ fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
     if part != Part::Late {
         attach(&guard())?;
         let clone3 = named(&["clone3"]);
-        attach(&build(
-            clone3,
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-        )?)?;
+        attach(&build(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32))?)?;
         match policy.filter {
             SyscallFilter::DenyList => attach(&build(deny_rules(&policy.net)?, SeccompAction::Allow, refused())?)?,
             SyscallFilter::AllowList if policy.learn => {
@@ -207,11 +156,7 @@ fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
                 // allow-list would refuse is reported and let through.
                 attach(&build(named(FORBIDDEN), SeccompAction::Allow, refused())?)?;
                 const TAG: u32 = 0x0b1c;
-                let mut learning = build(
-                    allowlist::rules(policy)?,
-                    SeccompAction::Trace(TAG),
-                    SeccompAction::Allow,
-                )?;
+                let mut learning = build(allowlist::rules(policy)?, SeccompAction::Trace(TAG), SeccompAction::Allow)?;
                 trap::to_user_notif(&mut learning, TAG);
                 trap::attach_learning(&learning)?;
             }
@@ -219,11 +164,7 @@ fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
         }
     }
     if part != Part::Base {
-        attach(&build(
-            late_rules(std::process::id() as u64)?,
-            SeccompAction::Allow,
-            refused(),
-        )?)?;
+        attach(&build(late_rules(std::process::id() as u64)?, SeccompAction::Allow, refused())?)?;
     }
     Ok(())
 }
@@ -238,7 +179,8 @@ fn build(
     other: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, String> {
-    let filter = SeccompFilter::new(rules, other, matched, ARCH).map_err(|e| format!("building the filter: {e}"))?;
+    let filter =
+        SeccompFilter::new(rules, other, matched, ARCH).map_err(|e| format!("building the filter: {e}"))?;
     BpfProgram::try_from(filter).map_err(|e| format!("compiling the filter: {e}"))
 }
 
