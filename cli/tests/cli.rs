@@ -163,7 +163,10 @@ fn call_raw_method_with_hex_bytes() {
 fn a_crashing_call_is_reported_not_suffered() {
     let o = bulkhead(&["call", &lib("fx-basic"), "--method", &basic::SEGFAULT.to_string()]);
     let err = failed_with_one_line(&o);
-    assert_eq!(err, "bulkhead: call failed: worker died: signal 11 (SIGSEGV)\n");
+    assert_eq!(
+        err,
+        "bulkhead: call failed: worker died: signal 11 (SIGSEGV) in method 7 at address 0x0\n"
+    );
     assert_eq!(stdout(&o), "");
 }
 

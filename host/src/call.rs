@@ -124,6 +124,8 @@ pub(crate) enum Failure {
         exit: Exit,
         /// Its stderr tail.
         stderr: String,
+        /// Its crash report, if it died of the signal the report names.
+        crash: Option<Box<crate::crash::CrashReport>>,
     },
     /// The worker broke the protocol; it has been killed.
     Protocol(ProtocolError),
@@ -603,7 +605,7 @@ impl WorkerProcess {
                 Failure::Timeout
             }
             IoFail::Eof | IoFail::Io(_) => match self.exit_after_eof() {
-                Some((exit, stderr)) => Failure::Died { exit, stderr },
+                Some((exit, stderr, crash)) => Failure::Died { exit, stderr, crash },
                 None => {
                     self.proc.kill();
                     Failure::Protocol(match fail {

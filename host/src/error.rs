@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 pub use bulkhead_shared::protocol::{CallFault, LoadFailure};
 
+use crate::crash::CrashReport;
+
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Exit {
@@ -181,7 +183,7 @@ pub enum LoadError {
     },
     /// The worker process died while loading (e.g. a crashing library
     /// constructor or `construct`).
-    #[error("worker died while loading {}: {exit}{}", path.display(), stderr_suffix(stderr))]
+    #[error("worker died while loading {}: {exit}{}{}", path.display(), crash_suffix(crash), stderr_suffix(stderr))]
     WorkerDied {
         /// The plugin path.
         path: PathBuf,
@@ -189,6 +191,9 @@ pub enum LoadError {
         exit: Exit,
         /// The tail of the worker's stderr.
         stderr: String,
+        /// What the worker reported about its crash, if it died of a signal
+        /// and could say (a crashing library constructor, say).
+        crash: Option<Box<CrashReport>>,
     },
     /// Loading did not finish within the load timeout; the worker was killed.
     #[error("loading {} timed out after {elapsed:?} (limit {limit:?})", path.display())]
@@ -247,6 +252,21 @@ pub enum LoadError {
     /// The supervisor has been shut down.
     #[error("supervisor is shut down")]
     ShutDown,
+}
+
+/// ` in method 27 at address 0x10` (what the crash report adds to the message).
+fn crash_suffix(crash: &Option<Box<CrashReport>>) -> String {
+    let Some(c) = crash else {
+        return String::new();
+    };
+    let mut s = match c.method {
+        Some(m) => format!(" in method {m}"),
+        None => " outside any call".to_string(),
+    };
+    if let Some(a) = c.fault_address {
+        s.push_str(&format!(" at address {a:#x}"));
+    }
+    s
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -327,12 +347,18 @@ pub enum CallError {
     #[error("plugin broke the ABI contract: {0}")]
     Contract(CallFault),
     /// The worker process died during the call.
-    #[error("worker died: {exit}{}", stderr_suffix(stderr))]
+    #[error("worker died: {exit}{}{}", crash_suffix(crash), stderr_suffix(stderr))]
     WorkerDied {
         /// How it ended.
         exit: Exit,
-        /// The last bytes (at most 16 KiB) it wrote to stderr.
+        /// The last bytes (at most 16 KiB) it wrote to stderr (crash report
+        /// lines excluded).
         stderr: String,
+        /// What the worker reported about its crash, if it died of a signal
+        /// and could say: the method in flight, a copy of its input, the
+        /// faulting address and thread's frames. See
+        /// [`CrashReport::replay`] to replay the call with the CLI.
+        crash: Option<Box<CrashReport>>,
     },
     /// The call hit its deadline; the worker (and its process group) was killed.
     #[error("call timed out after {elapsed:?} (limit {limit:?})")]

@@ -65,6 +65,12 @@
 //! * [`PluginSpec::idle_timeout`] stops workers nobody calls.
 //! * [`EventKind::WorkerExited`] carries the worker's [`ResourceUsage`] (CPU
 //!   time, peak RSS); [`Plugin::memory`] samples the live workers.
+//! * A worker that dies of `SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE` or
+//!   `SIGABRT` leaves a [`CrashReport`] in [`CallError::WorkerDied`] (and
+//!   [`LoadError::WorkerDied`]): the method in flight, the faulting address, a
+//!   copy of up to 4 KiB of the input and the faulting thread's frames;
+//!   [`CrashReport::replay`] gives the `bulkhead call` command line that
+//!   replays the call.
 //!
 //! # Guarantees
 //! * The host never loads plugin code; a worker process does.
@@ -89,6 +95,7 @@ compile_error!(
 
 mod call;
 mod client;
+mod crash;
 mod error;
 mod event_loop;
 mod events;
@@ -118,6 +125,7 @@ mod worker_process;
 mod zero_copy;
 
 pub use bulkhead_shared::abi::BufferStrategy;
+pub use crash::CrashReport;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
 pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};

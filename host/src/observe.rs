@@ -24,6 +24,7 @@ use std::time::Instant;
 use tracing::field::Empty;
 use tracing::Span;
 
+use crate::crash::CrashReport;
 use crate::error::{CallError, Exit, LoadError};
 use crate::events::EventKind;
 
@@ -67,8 +68,18 @@ pub(crate) fn load_done(span: &Span, plugin: &str, result: Result<u32, &LoadErro
 }
 
 /// A worker died during a call (crash, or exit, or kill by someone else).
-pub(crate) fn crashed(plugin: &str, pid: u32, method: u32, exit: &Exit) {
-    tracing::warn!(target: "bulkhead::supervision", plugin, pid, method, %exit, "worker died during a call");
+/// With the worker's crash report, if it made one: its summary, and the
+/// faulting thread's frames (one per line).
+pub(crate) fn crashed(plugin: &str, pid: u32, method: u32, exit: &Exit, crash: Option<&CrashReport>) {
+    match crash {
+        Some(c) => {
+            let frames = c.frames.join("\n");
+            tracing::warn!(target: "bulkhead::supervision", plugin, pid, method, %exit, crash = %c, input_len = c.input_len, %frames, "worker died during a call");
+        }
+        None => {
+            tracing::warn!(target: "bulkhead::supervision", plugin, pid, method, %exit, "worker died during a call")
+        }
+    }
 }
 
 /// A worker broke the protocol during a call.

@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use bulkhead_shared::crash::MARKER as CRASH_MARKER;
 use bulkhead_shared::violation::{Violation, MARKER};
 
+use crate::crash::{CrashReport, CrashSlot};
+use crate::error::Exit;
 use crate::event_loop::{self, Readiness};
 use crate::violations::ViolationSink;
 
@@ -268,6 +271,8 @@ pub type OutputCallback = Arc<dyn Fn(OutputLine<'_>) + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct StderrTail {
     bytes: Arc<Mutex<VecDeque<u8>>>,
+    /// The last crash report the worker wrote to stderr.
+    crash: CrashSlot,
     done: Receiver<()>,
     stdout_done: Receiver<()>,
 }
@@ -284,6 +289,13 @@ impl StderrTail {
     pub(crate) fn snapshot_after_eof(&self, deadline: Instant) -> String {
         let _ = self.done.recv_deadline(deadline);
         self.snapshot()
+    }
+
+    /// The worker's last crash report, if it died (`exit`) of the signal the
+    /// report names. Call it after [`snapshot_after_eof`](Self::snapshot_after_eof),
+    /// so that the report's lines have been read.
+    pub(crate) fn crash_for(&self, exit: &Exit) -> Option<Box<CrashReport>> {
+        self.crash.for_exit(exit)
     }
 
     pub(crate) fn snapshot(&self) -> String {
@@ -319,11 +331,14 @@ pub(crate) fn forward(
         meter,
     };
     event_loop::watch_output(Pipe::new(stdout, Stream::Stdout, origin.clone(), None, stdout_done_tx));
+    let crash = CrashSlot::default();
     let mut err_pipe = Pipe::new(stderr, Stream::Stderr, origin, Some(bytes.clone()), done_tx);
     err_pipe.violations = violations;
+    err_pipe.crash = Some(crash.clone());
     event_loop::watch_output(err_pipe);
     StderrTail {
         bytes,
+        crash,
         done,
         stdout_done,
     }
@@ -383,6 +398,8 @@ pub(crate) struct Pipe {
     /// Where seccomp violation reports go (stderr only); without a sink they
     /// are ordinary lines.
     violations: Option<ViolationSink>,
+    /// Where crash report lines go (stderr only).
+    crash: Option<CrashSlot>,
     /// Held for its drop (never sent on), after the pipe is closed: wakes
     /// every waiter.
     _done: Sender<()>,
@@ -417,6 +434,7 @@ impl Pipe {
             meter,
             line: Vec::new(),
             violations: None,
+            crash: None,
             _done: done,
         }
     }
@@ -464,6 +482,11 @@ impl Pipe {
             return self.feed_partial(bytes);
         };
         let (done, partial) = (&bytes[..=last_nl], &bytes[last_nl + 1..]);
+        if self.crash.is_some() && memchr::memmem::find(done, CRASH_MARKER).is_some() {
+            // A crash report among the dropped lines: it is not output, and
+            // not subject to the budget. Rare, so line by line.
+            return self.drop_lines_keeping_crash_reports(done, partial);
+        }
         let lines = memchr::memchr_iter(b'\n', done).count() as u64;
         self.meter.dropped(lines, (self.line.len() + done.len()) as u64);
         if let Some(tail) = &self.tail {
@@ -475,6 +498,26 @@ impl Pipe {
             push_tail(&mut t, keep);
         }
         self.line.clear();
+        self.feed_partial(partial);
+    }
+
+    /// [`drop_all`](Self::drop_all) for `done` (complete lines) holding a
+    /// crash report line: those go to the report, the others are dropped.
+    fn drop_lines_keeping_crash_reports(&mut self, done: &[u8], partial: &[u8]) {
+        for chunk in done.split_inclusive(|&b| b == b'\n') {
+            let chunk = &chunk[..chunk.len() - 1];
+            let room = MAX_LINE.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if !self.report_crash() {
+                self.meter.dropped(1, self.line.len() as u64 + 1);
+                if let Some(tail) = &self.tail {
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    push_tail(&mut t, &self.line);
+                    push_tail(&mut t, b"\n");
+                }
+            }
+            self.line.clear();
+        }
         self.feed_partial(partial);
     }
 
@@ -493,7 +536,7 @@ impl Pipe {
     /// stderr tail, then forwarded if the budget allows, else counted.
     /// Returns whether it was forwarded.
     fn flush_line(&mut self) -> bool {
-        if self.report_violation() {
+        if self.report_crash() || self.report_violation() {
             return true;
         }
         if let Some(tail) = &self.tail {
@@ -540,6 +583,25 @@ impl Pipe {
         }
         self.line.clear();
         true
+    }
+
+    /// A crash report line on stderr goes to the worker's crash report
+    /// instead of the log and the stderr tail (it is not counted against the
+    /// forwarding budget). Returns whether the whole line was one. A report
+    /// line that follows a partial line the plugin left (the handler cannot
+    /// know) is split off: the text before it stays an ordinary line.
+    fn report_crash(&mut self) -> bool {
+        let Some(slot) = &self.crash else {
+            return false;
+        };
+        let Some(at) = memchr::memmem::find(&self.line, CRASH_MARKER) else {
+            return false;
+        };
+        if !slot.feed(&self.line[at..]) {
+            return false;
+        }
+        self.line.truncate(at);
+        at == 0
     }
 
     /// Says how much output was dropped over budget, if a summary is due.
@@ -695,6 +757,55 @@ mod tests {
         // newline right after them ends, and "last".
         let (lines, bytes) = p.meter.take_dropped(true).unwrap();
         assert_eq!((lines, bytes), (5, (3 * (MAX_LINE + 1) + 1 + 5) as u64));
+    }
+
+    fn signal(signal: i32) -> Exit {
+        Exit::Signal {
+            signal,
+            core_dumped: false,
+        }
+    }
+
+    fn crash_lines() -> Vec<u8> {
+        use bulkhead_shared::crash as lines;
+        let mut buf = [0u8; lines::MAX_LINE];
+        let mut out = Vec::new();
+        let n = lines::encode_header(&mut buf, 11, 1, 0x10, Some(3), 2);
+        out.extend_from_slice(&buf[..n]);
+        let n = lines::encode_input(&mut buf, b"hi");
+        out.extend_from_slice(&buf[..n]);
+        let n = lines::encode_end(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+        out
+    }
+
+    #[test]
+    fn crash_report_lines_are_neither_output_nor_tail_even_over_budget() {
+        // Within budget, after a partial line.
+        let (mut p, seen, tail) = pipe(OutputBudget::unlimited());
+        let slot = CrashSlot::default();
+        p.crash = Some(slot.clone());
+        p.feed(b"before\npartial");
+        p.feed(&crash_lines());
+        assert_eq!(*seen.lock().unwrap(), ["before", "partial"]);
+        let t: Vec<u8> = tail.lock().unwrap().iter().copied().collect();
+        assert_eq!(t, b"before\npartial\n");
+        let r = slot.for_exit(&signal(11)).expect("report");
+        assert_eq!((r.method, r.input.as_slice(), r.complete), (Some(3), &b"hi"[..], true));
+
+        // Over budget: the read is dropped wholesale, except the report.
+        let (mut p, seen, tail) = pipe(OutputBudget::new(1, 1 << 20, 1 << 20));
+        let slot = CrashSlot::default();
+        p.crash = Some(slot.clone());
+        let mut bytes = b"a\nb\nc\n".to_vec();
+        bytes.extend(crash_lines());
+        bytes.extend_from_slice(b"d\n");
+        p.feed(&bytes);
+        assert_eq!(*seen.lock().unwrap(), ["a"]);
+        assert_eq!(p.meter.take_dropped(true), Some((3, 6)));
+        let t: Vec<u8> = tail.lock().unwrap().iter().copied().collect();
+        assert_eq!(t, b"a\nb\nc\nd\n");
+        assert!(slot.for_exit(&signal(11)).expect("report").complete);
     }
 
     #[test]

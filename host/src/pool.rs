@@ -406,9 +406,9 @@ impl Pool {
                     limit,
                 }
             }
-            Failure::Died { exit, stderr } => {
-                observe::crashed(&self.label, pid, method, &exit);
-                CallError::WorkerDied { exit, stderr }
+            Failure::Died { exit, stderr, crash } => {
+                observe::crashed(&self.label, pid, method, &exit, crash.as_deref());
+                CallError::WorkerDied { exit, stderr, crash }
             }
             Failure::Protocol(e) => {
                 observe::protocol_failure(&self.label, pid, method, &e);

@@ -41,6 +41,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::call::{self, IoFail};
+use crate::crash::CrashReport;
 use crate::error::{Exit, LoadError, ProtocolError};
 use crate::event_loop::{self, Started};
 use crate::forkserver::ForkServerSlot;
@@ -397,11 +398,15 @@ impl WorkerProcess {
     fn died_while_loading(&self, launch: &Launch, deadline: Instant) -> HandshakeFail {
         let wait_until = deadline.min(Instant::now() + EOF_GRACE);
         match self.proc.wait(wait_until) {
-            Some(exit) => HandshakeFail::Load(LoadError::WorkerDied {
-                path: launch.path.clone(),
-                exit,
-                stderr: self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE),
-            }),
+            Some(exit) => {
+                let stderr = self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE);
+                HandshakeFail::Load(LoadError::WorkerDied {
+                    path: launch.path.clone(),
+                    crash: self.stderr.crash_for(&exit),
+                    exit,
+                    stderr,
+                })
+            }
             None if Instant::now() >= deadline => HandshakeFail::Timeout,
             None => HandshakeFail::Load(LoadError::Protocol {
                 path: launch.path.clone(),
@@ -410,11 +415,15 @@ impl WorkerProcess {
         }
     }
 
-    /// The exit and stderr tail of a worker whose socket reached EOF, or `None`
-    /// if it is still running after [`EOF_GRACE`].
-    pub(crate) fn exit_after_eof(&self) -> Option<(Exit, String)> {
+    /// The exit, stderr tail and crash report of a worker whose socket
+    /// reached EOF, or `None` if it is still running after [`EOF_GRACE`].
+    /// The report's lines precede the worker's death on its stderr, so
+    /// waiting (boundedly) for stderr's end, as for the tail, collects them.
+    pub(crate) fn exit_after_eof(&self) -> Option<(Exit, String, Option<Box<CrashReport>>)> {
         let exit = self.proc.wait(Instant::now() + EOF_GRACE)?;
-        Some((exit, self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE)))
+        let stderr = self.stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE);
+        let crash = self.stderr.crash_for(&exit);
+        Some((exit, stderr, crash))
     }
 
     /// Rings the worker's doorbell without work, so it is awake (spinning) for

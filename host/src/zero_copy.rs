@@ -138,7 +138,7 @@ impl Drop for RawReply {
         }
         let failure = match &self.lease.slot {
             Slot::Live(w) => match w.exit_after_eof() {
-                Some((exit, stderr)) => Failure::Died { exit, stderr },
+                Some((exit, stderr, crash)) => Failure::Died { exit, stderr, crash },
                 None => Failure::Protocol(crate::error::ProtocolError::ChannelClosed),
             },
             _ => return,

@@ -7,6 +7,8 @@
 //! * [`abi`] — the fidius C ABI (`#[repr(C)]` registry and descriptor layouts,
 //!   function-pointer shapes) as verified against plugins built with fidius 0.5.9
 //!   (ABI 500) and 0.4.x (ABI 400).
+//! * [`crash`] — the lines a worker dying of a signal writes to stderr (signal,
+//!   fault address, method, input copy, backtrace), and their bounded parser.
 //! * [`status`] — the `i32` status codes a plugin method returns.
 //! * [`wire`] — bincode 1.3 helpers matching fidius' wire format, with decoding
 //!   that is bounded by the input so hostile bytes cannot force large allocations.
@@ -28,6 +30,7 @@ compile_error!(
 );
 
 pub mod abi;
+pub mod crash;
 #[doc(hidden)]
 pub mod forkserver;
 #[doc(hidden)]

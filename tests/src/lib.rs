@@ -60,7 +60,10 @@ pub mod basic {
     pub const INJECT: u32 = 24;
     pub const CLOSE_SOCKET_AND_SLEEP: u32 = 25;
     pub const SHM_FORGE: u32 = 26;
-    pub const COUNT: u32 = 27;
+    pub const CRASH_WRITE: u32 = 27;
+    pub const STDERR_RAW: u32 = 28;
+    pub const CRASH_WITH_LOADER_LOCKED: u32 = 29;
+    pub const COUNT: u32 = 30;
 }
 
 /// Slots of the `Hostile` interface (fx-hostile: one attack per method).

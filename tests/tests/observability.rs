@@ -139,6 +139,13 @@ fn spans_and_warnings() {
     assert_eq!(died.fields["plugin"], "BasicPlugin");
     assert_eq!(died.fields["pid"], first.to_string());
     assert_eq!(died.fields["exit"], "signal 11 (SIGSEGV)");
+    // With the worker's crash report.
+    assert_eq!(
+        died.fields["crash"],
+        "signal 11 (SIGSEGV, code 1) at address 0x0 in method 7 (input 0 bytes)"
+    );
+    assert_eq!(died.fields["input_len"], "0");
+    assert!(died.fields["frames"].starts_with("0x"), "{:?}", died.fields["frames"]);
     let restart = one(&evs, "restart warning", |e| e.name == "worker restarted");
     assert_eq!(restart.level, Level::WARN);
     assert_eq!(restart.fields["pid"], restarted.to_string());

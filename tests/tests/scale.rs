@@ -131,6 +131,7 @@ fn host_threads_do_not_grow_with_plugins() {
         CallError::WorkerDied {
             exit: Exit::Signal { signal: 6, .. },
             stderr,
+            ..
         } => {
             assert!(stderr.len() <= bulkhead::STDERR_TAIL, "{}", stderr.len());
             // The tail ends with the last full lines of what was printed

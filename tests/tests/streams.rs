@@ -86,6 +86,15 @@ fn a_crash_mid_stream_ends_it_with_worker_died_and_the_worker_is_replaced() {
         "{:?}",
         all[5]
     );
+    // The crash report names the stream's method (its arguments went with
+    // the open, so no input is recorded for an item).
+    let Err(CallError::WorkerDied { crash: Some(r), .. }) = &all[5] else {
+        panic!("no crash report: {:?}", all[5])
+    };
+    assert_eq!(
+        (r.signal, r.method, r.input_len),
+        (6, Some(S::METHOD_CRASH_AT as u32), 0)
+    );
     let _: u32 = p.call(S::METHOD_PID, &()).unwrap();
     assert_ne!(p.worker_pids(), vec![pid], "the worker was replaced");
     assert_eq!(p.stats().crashes, 1);

@@ -121,7 +121,7 @@ fn crash_causes_are_exact_and_the_next_call_succeeds() {
         .unwrap();
     let check = |what: &str, err: CallError, exit: Exit, stderr_needle: &str| {
         match &err {
-            CallError::WorkerDied { exit: e, stderr } => {
+            CallError::WorkerDied { exit: e, stderr, .. } => {
                 assert_eq!(*e, exit, "{what}");
                 assert!(
                     stderr.contains(stderr_needle),

@@ -37,6 +37,11 @@ const WORKER_SPIN: Duration = Duration::from_micros(100);
 pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     let mut rx = Vec::with_capacity(4096);
     let mut tx = Vec::with_capacity(SMALL_REPLY + 64);
+    // Crash reports, before any plugin code can crash (a library constructor
+    // included). Without them a crash is still contained, just unexplained.
+    if let Err(e) = crate::crash::install() {
+        eprintln!("bulkhead-worker: crash reports unavailable: {e}");
+    }
 
     // The load request is small; cap it accordingly before the plugin sets limits.
     let req = match frame::read_frame(&mut sock, &mut rx, 1 << 20) {
@@ -92,6 +97,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
         Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         None => PathBuf::from(OsStr::from_bytes(&req.path)),
     };
+    crate::crash::set_library(&req.path);
     let max_in = req.max_output.saturating_add(ENVELOPE_OVERHEAD);
     // The sandbox and the limits, before the library is opened. With a pid
     // namespace this process becomes the outer waiter inside `enter`, and what

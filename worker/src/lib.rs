@@ -29,6 +29,7 @@ compile_error!(
 );
 
 mod channel;
+mod crash;
 mod dispatch;
 mod forkserver;
 mod imports;

@@ -45,6 +45,8 @@ pub struct Plugin {
     pub(crate) inst: *mut c_void,
     /// The open server (or bidirectional) stream, if any.
     pub(crate) stream: Option<*mut abi::StreamHandle>,
+    /// The method slot that opened [`stream`](Self::stream), for the reports.
+    pub(crate) stream_method: u32,
     /// Buffer the stream's items are written into; grows on demand.
     pub(crate) stream_buf: Vec<u8>,
     /// The worker's own arena (used when no area is lent or it is too small).
@@ -208,6 +210,7 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
         strategy,
         inst,
         stream: None,
+        stream_method: u32::MAX,
         stream_buf: Vec::new(),
         arena,
         arena_cap: req.arena_capacity as usize,
@@ -456,10 +459,12 @@ impl Plugin {
             return f(Outcome::Fault(CallFault::EmptySlot { index }));
         }
         crate::sandbox::METHOD_IN_FLIGHT.store(index, Ordering::Relaxed);
+        let input_guard = crate::crash::CallGuard::new(input);
         let result = match self.strategy {
             BufferStrategy::PluginAllocated => self.call_alloc(slot, input, in_len, f),
             BufferStrategy::Arena => self.call_arena(slot, input, in_len, arena, f),
         };
+        drop(input_guard);
         crate::sandbox::METHOD_IN_FLIGHT.store(u32::MAX, Ordering::Relaxed);
         result
     }

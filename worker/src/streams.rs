@@ -64,6 +64,7 @@ impl Plugin {
         let mut out: *mut u8 = std::ptr::null_mut();
         let mut out_len: u32 = 0;
         let in_len = args.len() as u32;
+        let in_flight = InFlight::new(index, args);
         let status = if input {
             // SAFETY: a non-NULL bidirectional slot has the client-stream shape.
             let m: ClientStreamMethod = unsafe { std::mem::transmute::<*const c_void, ClientStreamMethod>(slot) };
@@ -75,6 +76,7 @@ impl Plugin {
             // SAFETY: inst from construct; args valid and non-NULL.
             unsafe { m(self.inst, args.as_ptr(), in_len, &mut out, &mut out_len) }
         };
+        drop(in_flight);
         if status != STATUS_OK {
             // Stream inits write no output on failure (a panic carries no message).
             return f(Outcome::Status { status, output: &[] });
@@ -83,6 +85,7 @@ impl Plugin {
             return f(Outcome::Fault(CallFault::NullStreamHandle { index }));
         }
         self.stream = Some(out.cast::<StreamHandle>());
+        self.stream_method = index;
         f(Outcome::Status { status, output: &[] })
     }
 
@@ -96,6 +99,8 @@ impl Plugin {
         if self.stream_buf.is_empty() {
             self.stream_buf.resize(FIRST_ITEM_BUF, 0);
         }
+        // The stream's method is in flight; its arguments went with the open.
+        let _in_flight = InFlight::new(self.stream_method, &[]);
         let mut retried = false;
         loop {
             let cap = self.stream_buf.len() as u32;
@@ -156,6 +161,7 @@ impl Plugin {
         let mut out_len: u32 = 0;
         // SAFETY: a non-NULL client-streaming slot has this shape.
         let m: ClientStreamMethod = unsafe { std::mem::transmute::<*const c_void, ClientStreamMethod>(slot) };
+        let in_flight = InFlight::new(index, args);
         // SAFETY: inst from construct; the input handle is fresh and now the plugin's.
         let status = unsafe {
             m(
@@ -167,7 +173,30 @@ impl Plugin {
                 &mut out_len,
             )
         };
+        drop(in_flight);
         self.finish_alloc_output(status, out, out_len, f)
+    }
+}
+
+/// The method and input in flight for the seccomp and crash reports, while
+/// a stream is opened or a client-streaming call runs (items pulled later
+/// are not recorded).
+struct InFlight {
+    _input: crate::crash::CallGuard,
+}
+
+impl InFlight {
+    fn new(index: u32, args: &[u8]) -> Self {
+        crate::sandbox::METHOD_IN_FLIGHT.store(index, std::sync::atomic::Ordering::Relaxed);
+        InFlight {
+            _input: crate::crash::CallGuard::new(args),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::sandbox::METHOD_IN_FLIGHT.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
