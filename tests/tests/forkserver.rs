@@ -26,8 +26,10 @@ fn workers_are_forked_by_the_servers_not_execd() {
     let server = sup.fork_server_pid().expect("a fork-server for the default profile");
     assert!(cmdline(server).contains("--fork-server"), "{}", cmdline(server));
     for pid in p.worker_pids() {
-        // A forked worker still shows its server's command line: no exec happened.
-        assert!(cmdline(pid).contains("--fork-server"), "worker {pid}: {}", cmdline(pid));
+        // A forked worker still shows its server's command line (no exec
+        // happened), or the title the plugin's process sets over it.
+        let c = cmdline(pid);
+        assert!(c.contains("--fork-server") || c.starts_with("bulkhead: "), "worker {pid}: {c}");
         // ... and it is the host's child (CLONE_PARENT), not the server's.
         assert_eq!(parent_of(pid), std::process::id(), "worker {pid}'s parent");
     }
