@@ -303,8 +303,9 @@ impl PluginSpec {
     }
 
     /// Number of worker processes serving this plugin. Default: 1 (calls queue).
+    /// `0` is refused at load with [`LoadError::InvalidSpec`](crate::LoadError::InvalidSpec).
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
+        self.workers = n;
         self
     }
 
@@ -400,9 +401,17 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
-    /// Whether the optional method of capability `mask` is implemented (fidius'
-    /// `<Trait>_CAP_<NAME>` constants are such masks: bit N for the Nth optional method).
-    pub fn has_capability(&self, mask: u64) -> bool {
+    /// Whether capability bit `bit` is set, i.e. the `bit`-th optional method
+    /// (counting from 0) is implemented — fidius' `PluginHandle::has_capability`
+    /// and `PluginInfo::has_capability`. `false` for `bit >= 64`.
+    pub fn has_capability(&self, bit: u32) -> bool {
+        bit < 64 && self.capabilities & (1u64 << bit) != 0
+    }
+
+    /// Whether every optional method in `mask` is implemented. fidius'
+    /// `<Trait>_CAP_<NAME>` constants are such masks (`1 << N` for the Nth
+    /// optional method); an empty mask is `false`.
+    pub fn has_capabilities(&self, mask: u64) -> bool {
         mask != 0 && self.capabilities & mask == mask
     }
 }
@@ -531,8 +540,8 @@ impl Plugin {
                 check_index(g, index)?;
                 check_input(g, input)?;
                 g.pool.call(index, input, timeout, None, |answer| {
-                    let bytes = interpret(g, &answer)?;
-                    wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+                    let bytes = interpret(g, index, &answer)?;
+                    CallError::decode_return(index, bytes)
                 })
             });
             // Do not keep a huge argument buffer alive on this thread forever.
@@ -587,7 +596,7 @@ impl Plugin {
             check_index(g, index)?;
             check_input(g, input)?;
             g.pool.call(index, input, timeout, target.take(), |answer| {
-                interpret(g, &answer)?;
+                interpret(g, index, &answer)?;
                 Ok(match answer {
                     Answer::Owned { payload, .. } => payload,
                     Answer::Reply { payload, .. } => payload.to_vec(),
@@ -612,8 +621,8 @@ impl Plugin {
     }
 
     /// Maps the worker's answer to the fidius status contract.
-    pub(crate) fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
-        interpret(&self.generation(), answer)
+    pub(crate) fn interpret<'a>(&self, index: u32, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+        interpret(&self.generation(), index, answer)
     }
 
     /// The plugin's health: healthy, degraded (some workers being replaced)
@@ -725,6 +734,9 @@ pub(crate) fn check_input_len(g: &Generation, len: usize) -> Result<(), CallErro
     Ok(())
 }
 
+/// Why a streaming method cannot be called as a plain one.
+const STREAMING_METHOD: &str = "a streaming method: call it with Plugin::stream (or stream_async)";
+
 pub(crate) fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
     let count = g.info.method_count;
     if index >= count {
@@ -733,14 +745,14 @@ pub(crate) fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
     if g.streaming.contains(&index) {
         return Err(CallError::Unsupported {
             index,
-            what: "a streaming method: use Plugin::stream",
+            what: STREAMING_METHOD,
         });
     }
     Ok(())
 }
 
 /// Maps the worker's answer to the fidius status contract.
-pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+pub(crate) fn interpret<'a>(g: &Generation, index: u32, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
     let (status, payload): (i32, &[u8]) = match answer {
         Answer::Reply { status, payload } => (*status, payload),
         Answer::Owned { status, payload } => (*status, payload),
@@ -750,6 +762,12 @@ pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'
                 count: *count,
             })
         }
+        Answer::Fault(CallFault::StreamMethod { index }) => {
+            return Err(CallError::Unsupported {
+                index: *index,
+                what: STREAMING_METHOD,
+            })
+        }
         Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
     };
     match Status::from_raw(status) {
@@ -757,7 +775,7 @@ pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'
         Status::BufferTooSmall => Err(CallError::BufferTooSmall {
             needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
         }),
-        Status::SerializationError => Err(CallError::Serialization),
+        Status::SerializationError => Err(CallError::Serialization { index }),
         Status::PluginError => match wire::decode::<WirePluginError>(payload) {
             Ok(e) => Err(CallError::Plugin(PluginError {
                 code: e.code,

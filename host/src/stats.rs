@@ -175,7 +175,7 @@ mod tests {
         c.call_started();
         c.call_finished(None);
         c.call_started();
-        c.call_finished(Some(&CallError::Serialization));
+        c.call_finished(Some(&CallError::Serialization { index: 0 }));
         c.call_started();
         c.call_finished(Some(&CallError::Timeout {
             elapsed: Default::default(),

@@ -139,7 +139,7 @@ impl<T> PluginStream<T> {
             }
             Ok(Err(fault)) => {
                 let answer = Answer::Fault(fault);
-                Err(self.plugin.interpret(&answer).expect_err("faults are errors"))
+                Err(self.plugin.interpret(self.method, &answer).expect_err("faults are errors"))
             }
             Err(failure) => {
                 let pool = lease.pool.clone();
@@ -174,7 +174,7 @@ impl<T: DeserializeOwned> Iterator for PluginStream<T> {
         match Status::from_raw(status) {
             Status::Ok => {
                 self.items += 1;
-                Some(wire::decode(&payload).map_err(|e| CallError::Deserialization(e.to_string())))
+                Some(CallError::decode_return(self.method, &payload))
             }
             Status::StreamEnd => {
                 self.close();
@@ -188,7 +188,7 @@ impl<T: DeserializeOwned> Iterator for PluginStream<T> {
                 };
                 Some(Err(self
                     .plugin
-                    .interpret(&answer)
+                    .interpret(self.method, &answer)
                     .expect_err("non-zero status is an error")))
             }
         }
@@ -269,7 +269,7 @@ impl Plugin {
                 // Nothing to close: the plugin holds no stream.
                 s.lease = None;
                 let answer = Answer::Reply { status, payload: &out };
-                return Err(self.interpret(&answer).expect_err("non-zero status is an error"));
+                return Err(self.interpret(index, &answer).expect_err("non-zero status is an error"));
             }
             Ok(s)
         }
@@ -308,8 +308,8 @@ impl Plugin {
             };
             let outcome = match worker.session(msg, start + limit, Some(&mut pull)) {
                 Ok(answer) => Ok(self
-                    .interpret(&answer)
-                    .and_then(|bytes| wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string())))),
+                    .interpret(index, &answer)
+                    .and_then(|bytes| CallError::decode_return(index, bytes))),
                 Err(failure) => Err(failure),
             };
             match outcome {

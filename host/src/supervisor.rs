@@ -548,6 +548,12 @@ impl Core {
 
     /// Everything a load needs, owned (so it can run on another thread).
     fn load_job(self: &Arc<Self>, spec: PluginSpec, counters: Arc<Counters>) -> Result<LoadJob, LoadError> {
+        if spec.workers == 0 {
+            return Err(LoadError::InvalidSpec {
+                setting: "workers",
+                reason: "a plugin needs at least one worker (got 0)".into(),
+            });
+        }
         let config = spec.config.clone().map_err(LoadError::Config)?;
         let label: Arc<str> = match &spec.plugin {
             Some(name) => name.as_str().into(),

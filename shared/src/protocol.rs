@@ -415,6 +415,13 @@ pub enum CallFault {
         /// Input length.
         len: u64,
     },
+    /// A plain call of a server-streaming method: the plugin returned a stream
+    /// handle, which the worker dropped.
+    #[error("method {index} is a streaming method (it returned a stream handle)")]
+    StreamMethod {
+        /// Slot index.
+        index: u32,
+    },
 }
 
 /// Messages from host to worker.
