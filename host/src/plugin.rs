@@ -102,6 +102,7 @@ pub struct PluginSpec {
     pub(crate) interface_hash: Option<u64>,
     pub(crate) signature_keys: Option<Vec<crate::signing::VerifyingKey>>,
     pub(crate) host_interfaces: Vec<HostInterface>,
+    pub(crate) allow_unbound_imports: bool,
     pub(crate) max_callbacks: u32,
     pub(crate) stream_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
@@ -153,6 +154,7 @@ impl PluginSpec {
             interface_hash: None,
             signature_keys: None,
             host_interfaces: Vec::new(),
+            allow_unbound_imports: false,
             max_callbacks: crate::hostfn::DEFAULT_MAX_CALLBACKS,
             stream_timeout: None,
             output_budget: OutputBudget::DEFAULT,
@@ -212,13 +214,28 @@ impl PluginSpec {
         self
     }
 
-    /// Offers a host interface (`#[fidius::host_interface]`) to the plugin. Every
-    /// interface the plugin imports must be offered with the same name, hash and
-    /// version, or loading fails. A plugin that imports any interface has all its
-    /// calls made as socket conversations (shared memory only wakes the worker).
-    /// Default: none.
+    /// Offers a host interface (`#[fidius::host_interface]`) to the plugin,
+    /// built with [`host_interface!`](crate::host_interface) from the host's
+    /// implementation of the generated trait (or by index with
+    /// [`HostInterface::function`]). Every interface the plugin imports must be
+    /// offered with the same name, hash and version, or loading fails (unless
+    /// [`allow_unbound_imports`](Self::allow_unbound_imports)). A plugin that
+    /// imports any interface has all its calls made as socket conversations
+    /// (shared memory only wakes the worker). Default: none.
     pub fn host_interface(mut self, iface: HostInterface) -> Self {
         self.host_interfaces.push(iface);
+        self
+    }
+
+    /// Loads a plugin that imports host interfaces this spec does not offer,
+    /// leaving them unbound as fidius does: the plugin's `<Trait>Client::bound()`
+    /// answers `HostCallError::NotBound` and `is_bound()` is `false`. An import
+    /// offered under its name but with another hash or version is still
+    /// [`LoadFailure::ImportMismatch`](crate::LoadFailure::ImportMismatch). [`PluginInfo::host_imports`] lists only
+    /// the interfaces bound. Default: `false` (an import not offered is
+    /// [`LoadFailure::ImportNotProvided`](crate::LoadFailure::ImportNotProvided)).
+    pub fn allow_unbound_imports(mut self, allow: bool) -> Self {
+        self.allow_unbound_imports = allow;
         self
     }
 

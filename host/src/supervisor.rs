@@ -576,6 +576,7 @@ impl Core {
             interface_hash: spec.interface_hash,
             library_fd: spec.signature_keys.is_some(),
             host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
+            allow_unbound_imports: spec.allow_unbound_imports,
             sandbox: spec.sandbox.to_policy(),
         };
         let imports = (!spec.host_interfaces.is_empty()).then(|| {

@@ -112,6 +112,10 @@ pub struct LoadRequest {
     /// Host interfaces the host implements; the worker binds each import the
     /// plugin declares to one of these, and refuses the plugin if it cannot.
     pub host_imports: Vec<HostImportWire>,
+    /// Leave an import no offered interface has the name of unbound instead of
+    /// refusing the plugin (its calls of it answer `NotBound`, as in fidius).
+    /// A name offered with another hash or version is still refused.
+    pub allow_unbound_imports: bool,
 }
 
 /// One host interface the host offers to plugins (`#[fidius::host_interface]`).
@@ -865,6 +869,7 @@ mod tests {
                     version: 2,
                     fn_count: 3,
                 }],
+                allow_unbound_imports: true,
             }),
             HostMsg::StreamOpen {
                 id: 4,

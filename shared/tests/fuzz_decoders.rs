@@ -86,7 +86,7 @@ proptest! {
     fn load_request_round_trips(path in proptest::collection::vec(any::<u8>(), 0..64), plugin in proptest::option::of(".{0,16}"),
                                 config in proptest::collection::vec(any::<u8>(), 0..64), arena in any::<u32>(), max in any::<u32>()) {
         let req = LoadRequest { protocol_version: PROTOCOL_VERSION, path, plugin, config, arena_capacity: arena, max_output: max, shm_capacity: arena / 2,
-                                interface_hash: Some(u64::from(max)), library_fd: arena % 2 == 0, host_imports: Vec::new(),
+                                interface_hash: Some(u64::from(max)), library_fd: arena % 2 == 0, host_imports: Vec::new(), allow_unbound_imports: max % 2 == 0,
                                 sandbox: bulkhead_shared::sandbox::SandboxPolicy::none() };
         let mut out = Vec::new();
         HostMsg::Load(req.clone()).encode(&mut out);

@@ -3,7 +3,9 @@
 //! to the host over the [`channel`](crate::channel), and the buffers handed back.
 //!
 //! Every import must match an interface the host registered, by name, hash and
-//! version, or the plugin is refused. Tables are leaked on purpose: the plugin
+//! version, or the plugin is refused — unless the host allows unbound imports:
+//! then one whose name the host does not offer is left unbound (the plugin
+//! sees `NotBound`, as with fidius' host). Tables are leaked on purpose: the plugin
 //! keeps the pointer for the life of the process.
 
 use std::ffi::{c_void, CString};
@@ -21,7 +23,7 @@ use crate::channel;
 const MIN_IMPORT_DESCRIPTOR: u32 = 40;
 
 /// Binds every import of `lib`; returns the indices (into `offered`) bound.
-pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, LoadFailure> {
+pub fn bind_all(lib: &Library, offered: &[HostImportWire], allow_unbound: bool) -> Result<Vec<u32>, LoadFailure> {
     let bad = |reason: String| LoadFailure::BadImports { reason };
     // SAFETY: the optional getter's documented signature; absence is fine.
     let getter: Symbol<unsafe extern "C" fn() -> *const HostImportRegistry> =
@@ -70,6 +72,10 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, L
             return Err(bad(format!("import `{name}` has ABI version {}", d.abi_version)));
         }
         let Some(idx) = offered.iter().position(|o| o.name == name) else {
+            if allow_unbound {
+                // Left unbound: the plugin's calls of it answer NotBound.
+                continue;
+            }
             return Err(LoadFailure::ImportNotProvided {
                 name,
                 hash: d.interface_hash,

@@ -160,7 +160,7 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
             });
         }
     }
-    let bound_imports = crate::imports::bind_all(&lib, &req.host_imports)?;
+    let bound_imports = crate::imports::bind_all(&lib, &req.host_imports, req.allow_unbound_imports)?;
 
     let inst = match desc.construct {
         Some(construct) if desc.abi_version == ABI_500 => {
