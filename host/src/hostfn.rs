@@ -205,6 +205,8 @@ macro_rules! host_interface {
     ) => {{
         #[allow(unused_imports)]
         use $crate::__private::{FallibleAnswer as _, PlainAnswer as _};
+        use $($module)::+ as __bulkhead_host_module;
+        use $($tr)::+ as __BulkheadHostTrait;
         // Each constant belongs to the function it is paired with, and the
         // functions listed are the interface's, each index exactly once.
         const _: () = {
@@ -217,28 +219,28 @@ macro_rules! host_interface {
                     )
                 );
             )+
-            let indices = [$($($module)::+::$index),+];
+            let indices = [$(__bulkhead_host_module::$index),+];
             ::core::assert!(
-                $crate::__private::is_permutation(&indices, $($module)::+::$count),
+                $crate::__private::is_permutation(&indices, __bulkhead_host_module::$count),
                 "host_interface!: list every function of the interface exactly once"
             );
         };
-        let host: ::std::sync::Arc<dyn $($tr)::+> = ::std::sync::Arc::new($host);
+        let host: ::std::sync::Arc<dyn __BulkheadHostTrait> = ::std::sync::Arc::new($host);
         $crate::HostInterface::new(
             $crate::__host_interface_last!($($tr)+),
-            $($module)::+::$hash,
-            $($module)::+::$version,
-            $($module)::+::$count,
+            __bulkhead_host_module::$hash,
+            __bulkhead_host_module::$version,
+            __bulkhead_host_module::$count,
         )
         $(
-            .raw($($module)::+::$index, {
+            .raw(__bulkhead_host_module::$index, {
                 let host = host.clone();
                 move |bytes: &[u8]| -> (i32, ::std::vec::Vec<u8>) {
                     let ($($arg,)*) = match $crate::__private::decode_args(bytes) {
                         ::core::result::Result::Ok(args) => args,
                         ::core::result::Result::Err(answer) => return answer,
                     };
-                    let out = <dyn $($tr)::+>::$method(&*host, $($arg),*);
+                    let out = <dyn __BulkheadHostTrait>::$method(&*host, $($arg),*);
                     (&$crate::__private::Answer(out)).encode_answer()
                 }
             })
