@@ -261,6 +261,162 @@ macro_rules! __host_interface_last {
 }
 
 /// Support for [`host_interface!`](crate::host_interface); not a stable API.
+///
+/// The checks [`host_interface!`](crate::host_interface) makes at compile time,
+/// on a hand-written stand-in for what fidius generates. It compiles as written:
+///
+/// ```
+/// pub trait Host: Send + Sync {
+///     fn lookup(&self, key: String) -> String;
+///     fn check(&self, n: u64) -> Result<u64, String>;
+/// }
+/// // What `#[fidius::host_interface(version = 3)]` generates, in short.
+/// #[allow(non_upper_case_globals)]
+/// pub mod __fidius_host_Host {
+///     pub const Host_HOST_INTERFACE_HASH: u64 = 0x1234;
+///     pub const Host_HOST_INTERFACE_VERSION: u32 = 3;
+///     pub const Host_HOST_FN_COUNT: u32 = 2;
+///     pub const HOST_FN_LOOKUP: u32 = 0;
+///     pub const HOST_FN_CHECK: u32 = 1;
+/// }
+/// struct MyHost;
+/// impl Host for MyHost {
+///     fn lookup(&self, key: String) -> String { key }
+///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
+/// }
+/// let host = bulkhead::host_interface! {
+///     Host in __fidius_host_Host
+///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+///     for MyHost => {
+///         fn lookup(key) = HOST_FN_LOOKUP;
+///         fn check(n) = HOST_FN_CHECK;
+///     }
+/// };
+/// assert_eq!(format!("{host:?}"), "HostInterface { name: \"Host\", hash: 0x0000000000001234, version: 3, fn_count: 2 }");
+/// ```
+///
+/// An index constant paired with another function does not compile:
+///
+/// ```compile_fail
+/// pub trait Host: Send + Sync {
+///     fn lookup(&self, key: String) -> String;
+///     fn check(&self, n: u64) -> Result<u64, String>;
+/// }
+/// // What `#[fidius::host_interface(version = 3)]` generates, in short.
+/// #[allow(non_upper_case_globals)]
+/// pub mod __fidius_host_Host {
+///     pub const Host_HOST_INTERFACE_HASH: u64 = 0x1234;
+///     pub const Host_HOST_INTERFACE_VERSION: u32 = 3;
+///     pub const Host_HOST_FN_COUNT: u32 = 2;
+///     pub const HOST_FN_LOOKUP: u32 = 0;
+///     pub const HOST_FN_CHECK: u32 = 1;
+/// }
+/// struct MyHost;
+/// impl Host for MyHost {
+///     fn lookup(&self, key: String) -> String { key }
+///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
+/// }
+/// let host = bulkhead::host_interface! {
+///     Host in __fidius_host_Host
+///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+///     for MyHost => {
+///         fn lookup(key) = HOST_FN_CHECK;
+///         fn check(n) = HOST_FN_LOOKUP;
+///     }
+/// };
+/// ```
+///
+/// Nor does a function left out:
+///
+/// ```compile_fail
+/// pub trait Host: Send + Sync {
+///     fn lookup(&self, key: String) -> String;
+///     fn check(&self, n: u64) -> Result<u64, String>;
+/// }
+/// // What `#[fidius::host_interface(version = 3)]` generates, in short.
+/// #[allow(non_upper_case_globals)]
+/// pub mod __fidius_host_Host {
+///     pub const Host_HOST_INTERFACE_HASH: u64 = 0x1234;
+///     pub const Host_HOST_INTERFACE_VERSION: u32 = 3;
+///     pub const Host_HOST_FN_COUNT: u32 = 2;
+///     pub const HOST_FN_LOOKUP: u32 = 0;
+///     pub const HOST_FN_CHECK: u32 = 1;
+/// }
+/// struct MyHost;
+/// impl Host for MyHost {
+///     fn lookup(&self, key: String) -> String { key }
+///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
+/// }
+/// let host = bulkhead::host_interface! {
+///     Host in __fidius_host_Host
+///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+///     for MyHost => {
+///         fn lookup(key) = HOST_FN_LOOKUP;
+///     }
+/// };
+/// ```
+///
+/// Nor the wrong number of arguments:
+///
+/// ```compile_fail
+/// pub trait Host: Send + Sync {
+///     fn lookup(&self, key: String) -> String;
+///     fn check(&self, n: u64) -> Result<u64, String>;
+/// }
+/// // What `#[fidius::host_interface(version = 3)]` generates, in short.
+/// #[allow(non_upper_case_globals)]
+/// pub mod __fidius_host_Host {
+///     pub const Host_HOST_INTERFACE_HASH: u64 = 0x1234;
+///     pub const Host_HOST_INTERFACE_VERSION: u32 = 3;
+///     pub const Host_HOST_FN_COUNT: u32 = 2;
+///     pub const HOST_FN_LOOKUP: u32 = 0;
+///     pub const HOST_FN_CHECK: u32 = 1;
+/// }
+/// struct MyHost;
+/// impl Host for MyHost {
+///     fn lookup(&self, key: String) -> String { key }
+///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
+/// }
+/// let host = bulkhead::host_interface! {
+///     Host in __fidius_host_Host
+///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+///     for MyHost => {
+///         fn lookup(key, extra) = HOST_FN_LOOKUP;
+///         fn check(n) = HOST_FN_CHECK;
+///     }
+/// };
+/// ```
+///
+/// Nor a value that does not implement the trait:
+///
+/// ```compile_fail
+/// pub trait Host: Send + Sync {
+///     fn lookup(&self, key: String) -> String;
+///     fn check(&self, n: u64) -> Result<u64, String>;
+/// }
+/// // What `#[fidius::host_interface(version = 3)]` generates, in short.
+/// #[allow(non_upper_case_globals)]
+/// pub mod __fidius_host_Host {
+///     pub const Host_HOST_INTERFACE_HASH: u64 = 0x1234;
+///     pub const Host_HOST_INTERFACE_VERSION: u32 = 3;
+///     pub const Host_HOST_FN_COUNT: u32 = 2;
+///     pub const HOST_FN_LOOKUP: u32 = 0;
+///     pub const HOST_FN_CHECK: u32 = 1;
+/// }
+/// struct MyHost;
+/// impl Host for MyHost {
+///     fn lookup(&self, key: String) -> String { key }
+///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
+/// }
+/// let host = bulkhead::host_interface! {
+///     Host in __fidius_host_Host
+///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+///     for 42u32 => {
+///         fn lookup(key) = HOST_FN_LOOKUP;
+///         fn check(n) = HOST_FN_CHECK;
+///     }
+/// };
+/// ```
 #[doc(hidden)]
 pub mod __private {
     use bulkhead_shared::abi::{STATUS_OK, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR};
