@@ -139,7 +139,10 @@ impl<T> PluginStream<T> {
             }
             Ok(Err(fault)) => {
                 let answer = Answer::Fault(fault);
-                Err(self.plugin.interpret(self.method, &answer).expect_err("faults are errors"))
+                Err(self
+                    .plugin
+                    .interpret(self.method, &answer)
+                    .expect_err("faults are errors"))
             }
             Err(failure) => {
                 let pool = lease.pool.clone();

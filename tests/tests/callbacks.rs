@@ -251,7 +251,11 @@ fn unbound_imports_on_request_answer_not_bound() {
     // Offered, the same spec binds it.
     let lookups = Arc::new(AtomicU64::new(0));
     let p = sup
-        .load(spec("fx-host").allow_unbound_imports(true).host_interface(bound_host(lookups)))
+        .load(
+            spec("fx-host")
+                .allow_unbound_imports(true)
+                .host_interface(bound_host(lookups)),
+        )
         .unwrap();
     assert!(p.call::<_, bool>(U::METHOD_BOUND, &()).unwrap());
     assert_eq!(p.call::<_, String>(U::METHOD_TRY_LOOKUP, &("k",)).unwrap(), "ok impl-k");

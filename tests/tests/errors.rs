@@ -61,11 +61,24 @@ fn a_wrong_return_type_names_the_method_the_type_and_what_went_wrong() {
     );
     assert_eq!(e.kind(), "return_type");
     // The async path says the same.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let e = rt
         .block_on(p.call_async::<_, (u64, u64, u64)>(basic::ADD, &(1i64, 2i64)))
         .unwrap_err();
-    assert!(matches!(e, CallError::ReturnType { index: basic::ADD, len: 8, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            CallError::ReturnType {
+                index: basic::ADD,
+                len: 8,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -93,7 +106,11 @@ fn a_plain_call_of_an_undeclared_streaming_slot_is_refused_and_its_stream_droppe
     let drops: u64 = p.call(S::METHOD_DROPS, &()).unwrap();
     assert_eq!(drops - drops_before, rounds + 1);
     assert_eq!(p.worker_pids(), [pid]);
-    let items: Vec<u64> = p.stream::<_, u64>(S::METHOD_COUNT, &(3u64,)).unwrap().map(Result::unwrap).collect();
+    let items: Vec<u64> = p
+        .stream::<_, u64>(S::METHOD_COUNT, &(3u64,))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(items, [0, 1, 2]);
 }
 
@@ -131,7 +148,10 @@ fn a_failed_plugin_says_when_in_utc() {
     let sup = supervisor();
     let p = sup.load(spec("fx-basic").restart(RestartPolicy::never())).unwrap();
     let before = SystemTime::now();
-    assert!(matches!(p.call::<_, u32>(basic::ABORT, &()), Err(CallError::WorkerDied { .. })));
+    assert!(matches!(
+        p.call::<_, u32>(basic::ABORT, &()),
+        Err(CallError::WorkerDied { .. })
+    ));
     let e = p.call::<_, i64>(basic::ADD, &(1i64, 1i64)).unwrap_err();
     let CallError::Failed { since, .. } = &e else {
         panic!("expected Failed, got {e:?}")
@@ -146,7 +166,10 @@ fn a_failed_plugin_says_when_in_utc() {
         .unwrap_or_else(|| panic!("{text}"));
     let b = at.as_bytes();
     assert_eq!(at.len(), 24, "{text}");
-    assert!(at.ends_with('Z') && b[4] == b'-' && b[10] == b'T' && b[19] == b'.', "{text}");
+    assert!(
+        at.ends_with('Z') && b[4] == b'-' && b[10] == b'T' && b[19] == b'.',
+        "{text}"
+    );
     assert!(!text.contains("SystemTime"), "{text}");
     assert!(text.contains(" after 0 restarts: "), "{text}");
 }

@@ -13,10 +13,9 @@ use std::path::Path;
 
 use bulkhead_shared::abi::{
     self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv, MethodMetaEntry,
-    PluginDescriptor, PluginRegistry, ABI_400, ABI_500, FIDIUS_MAGIC, MAX_METHOD_COUNT, MAX_PLUGIN_COUNT,
+    PluginDescriptor, PluginRegistry, StreamHandle, ABI_400, ABI_500, FIDIUS_MAGIC, MAX_METHOD_COUNT, MAX_PLUGIN_COUNT,
     REGISTRY_SYMBOL, REGISTRY_VERSION, STATUS_BUFFER_TOO_SMALL, STATUS_OK,
 };
-use bulkhead_shared::abi::StreamHandle;
 use bulkhead_shared::protocol::{CallFault, LoadFailure, LoadRequest, PluginInfoWire, PROTOCOL_VERSION};
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 
