@@ -1,7 +1,9 @@
 //! Host callbacks: implementations of `#[fidius::host_interface]` traits the
-//! user registers on a [`PluginSpec`](crate::PluginSpec). The plugin calls them
-//! from its worker; the worker forwards each call over its socket and the host
-//! runs the handler here, on the thread waiting for the plugin's answer.
+//! user registers on a [`PluginSpec`](crate::PluginSpec) — the host's impl of
+//! the generated trait, bound by [`host_interface!`](crate::host_interface), or
+//! handlers by index. The plugin calls them from its worker; the worker
+//! forwards each call over its socket and the host runs the handler here, on
+//! the thread waiting for the plugin's answer.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -25,6 +27,11 @@ type Handler = Arc<dyn Fn(&[u8]) -> (i32, Vec<u8>) + Send + Sync>;
 /// version and function count — fidius generates them as
 /// `__fidius_host_<Trait>::<Trait>_HOST_INTERFACE_HASH`, `..._VERSION` and
 /// `..._HOST_FN_COUNT`) and a handler per function index (`HOST_FN_<NAME>`).
+///
+/// Build it from the host's implementation of the generated trait with
+/// [`host_interface!`](crate::host_interface), which the compiler checks; the
+/// methods here are the low-level form, by index on argument tuples (nothing
+/// checks that a handler's types match the function's).
 ///
 /// Arguments arrive as the bincode tuple the plugin's generated client sends;
 /// results go back as fidius expects: the value for an infallible function,
