@@ -231,9 +231,10 @@ impl PluginSpec {
     /// leaving them unbound as fidius does: the plugin's `<Trait>Client::bound()`
     /// answers `HostCallError::NotBound` and `is_bound()` is `false`. An import
     /// offered under its name but with another hash or version is still
-    /// [`LoadFailure::ImportMismatch`](crate::LoadFailure::ImportMismatch). [`PluginInfo::host_imports`] lists only
-    /// the interfaces bound. Default: `false` (an import not offered is
-    /// [`LoadFailure::ImportNotProvided`](crate::LoadFailure::ImportNotProvided)).
+    /// [`LoadFailure::ImportMismatch`](crate::LoadFailure::ImportMismatch).
+    /// [`PluginInfo::unbound_imports`] names the imports left unbound,
+    /// [`PluginInfo::host_imports`] the ones bound. Default: `false` (an import
+    /// not offered is [`LoadFailure::ImportNotProvided`](crate::LoadFailure::ImportNotProvided)).
     pub fn allow_unbound_imports(mut self, allow: bool) -> Self {
         self.allow_unbound_imports = allow;
         self
@@ -415,6 +416,9 @@ pub struct PluginInfo {
     pub sandbox: SandboxReport,
     /// Names of the host interfaces the plugin imported (and the worker bound).
     pub host_imports: Vec<String>,
+    /// Names of the host interfaces the plugin imports that were left unbound
+    /// ([`PluginSpec::allow_unbound_imports`]); its calls of them answer `NotBound`.
+    pub unbound_imports: Vec<String>,
 }
 
 impl PluginInfo {
@@ -700,6 +704,7 @@ impl Plugin {
             },
             sandbox: i.sandbox.clone(),
             host_imports: g.host_imports.clone(),
+            unbound_imports: i.unbound_imports.clone(),
         }
     }
 

@@ -165,6 +165,9 @@ pub struct PluginInfoWire {
     /// Indices (into the load request's `host_imports`) of the host interfaces
     /// the plugin imported and the worker bound.
     pub bound_imports: Vec<u32>,
+    /// Names of the host interfaces the plugin imports that the worker left
+    /// unbound (only with the load request's `allow_unbound_imports`).
+    pub unbound_imports: Vec<String>,
 }
 
 /// Why the worker could not load the plugin.
@@ -845,6 +848,7 @@ mod tests {
             shm: true,
             sandbox: SandboxReport::off(7),
             bound_imports: vec![0],
+            unbound_imports: vec!["U".into()],
         }
     }
 

@@ -104,6 +104,7 @@ proptest! {
             shm: false,
             sandbox: bulkhead_shared::sandbox::SandboxReport::off(0),
             bound_imports: vec![],
+            unbound_imports: vec![],
         };
         for msg in [WorkerMsg::Loaded(Box::new(info.clone())), WorkerMsg::Fault { id: 1, fault: CallFault::EmptySlot { index: 2 } },
                     WorkerMsg::LoadFailed(LoadFailure::NoPlugins), WorkerMsg::Callback { import: 0, index: 1, payload: b"abc" }] {

@@ -243,6 +243,7 @@ fn unbound_imports_on_request_answer_not_bound() {
     let sup = supervisor();
     let p = sup.load(spec("fx-host").allow_unbound_imports(true)).unwrap();
     assert!(p.info().host_imports.is_empty());
+    assert_eq!(p.info().unbound_imports, ["Host"]);
     assert!(!p.call::<_, bool>(U::METHOD_BOUND, &()).unwrap());
     assert_eq!(
         p.call::<_, String>(U::METHOD_TRY_LOOKUP, &("k",)).unwrap(),
@@ -258,6 +259,8 @@ fn unbound_imports_on_request_answer_not_bound() {
         )
         .unwrap();
     assert!(p.call::<_, bool>(U::METHOD_BOUND, &()).unwrap());
+    assert_eq!(p.info().host_imports, ["Host"]);
+    assert!(p.info().unbound_imports.is_empty());
     assert_eq!(p.call::<_, String>(U::METHOD_TRY_LOOKUP, &("k",)).unwrap(), "ok impl-k");
     // Offered under the name with another version: still refused.
     let old = HostInterface::new("Host", H::Host_HOST_INTERFACE_HASH, 2, H::Host_HOST_FN_COUNT);

@@ -22,14 +22,19 @@ use crate::channel;
 /// Smallest descriptor layout we read (fidius 0.5.7+: 40 bytes).
 const MIN_IMPORT_DESCRIPTOR: u32 = 40;
 
-/// Binds every import of `lib`; returns the indices (into `offered`) bound.
-pub fn bind_all(lib: &Library, offered: &[HostImportWire], allow_unbound: bool) -> Result<Vec<u32>, LoadFailure> {
+/// Binds every import of `lib`; returns the indices (into `offered`) bound and
+/// the names of the imports left unbound (only with `allow_unbound`).
+pub fn bind_all(
+    lib: &Library,
+    offered: &[HostImportWire],
+    allow_unbound: bool,
+) -> Result<(Vec<u32>, Vec<String>), LoadFailure> {
     let bad = |reason: String| LoadFailure::BadImports { reason };
     // SAFETY: the optional getter's documented signature; absence is fine.
     let getter: Symbol<unsafe extern "C" fn() -> *const HostImportRegistry> =
         match unsafe { lib.get(HOST_IMPORTS_SYMBOL) } {
             Ok(g) => g,
-            Err(_) => return Ok(Vec::new()),
+            Err(_) => return Ok((Vec::new(), Vec::new())),
         };
     // SAFETY: calling the exported getter; it takes no arguments.
     let reg_ptr = unsafe { getter() };
@@ -54,6 +59,7 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire], allow_unbound: bool) 
         return Err(bad("NULL import table".into()));
     }
     let mut bound = Vec::new();
+    let mut unbound = Vec::new();
     for i in 0..reg.import_count as usize {
         // SAFETY: i < import_count, the table length the registry declares.
         let dptr = unsafe { reg.imports.add(i).read_unaligned() };
@@ -74,6 +80,7 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire], allow_unbound: bool) 
         let Some(idx) = offered.iter().position(|o| o.name == name) else {
             if allow_unbound {
                 // Left unbound: the plugin's calls of it answer NotBound.
+                unbound.push(name);
                 continue;
             }
             return Err(LoadFailure::ImportNotProvided {
@@ -111,7 +118,7 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire], allow_unbound: bool) 
         }
         bound.push(idx as u32);
     }
-    Ok(bound)
+    Ok((bound, unbound))
 }
 
 /// The `dispatch` of every table: forwards the call to the host and returns

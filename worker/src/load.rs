@@ -159,7 +159,8 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
             });
         }
     }
-    let bound_imports = crate::imports::bind_all(&lib, &req.host_imports, req.allow_unbound_imports)?;
+    let (bound_imports, unbound_imports) =
+        crate::imports::bind_all(&lib, &req.host_imports, req.allow_unbound_imports)?;
 
     let inst = match desc.construct {
         Some(construct) if desc.abi_version == ABI_500 => {
@@ -193,6 +194,7 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
         shm: false,
         sandbox: bulkhead_shared::sandbox::SandboxReport::off(0),
         bound_imports,
+        unbound_imports,
     };
     let arena = vec![
         0u8;
