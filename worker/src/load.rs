@@ -620,3 +620,21 @@ impl Plugin {
 fn is_stream_handle(out: *mut u8, out_len: u32) -> bool {
     out_len == 0 && !out.is_null() && (out as usize) % std::mem::align_of::<StreamHandle>() == 0
 }
+
+#[cfg(test)]
+mod stream_handle_tests {
+    use super::*;
+
+    #[test]
+    fn empty_outputs_are_not_stream_handles() {
+        let empty: Box<[u8]> = Vec::new().into_boxed_slice();
+        let dangling = Box::into_raw(empty).cast::<u8>();
+        assert!(!is_stream_handle(dangling, 0));
+        assert!(!is_stream_handle(std::ptr::null_mut(), 0));
+        let handle = Box::into_raw(Box::new(0u64)).cast::<u8>();
+        assert!(is_stream_handle(handle, 0));
+        assert!(!is_stream_handle(handle, 8));
+        // SAFETY: the box leaked just above, freed once.
+        drop(unsafe { Box::from_raw(handle.cast::<u64>()) });
+    }
+}
