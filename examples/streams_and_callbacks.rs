@@ -8,10 +8,10 @@
 //! optional methods the plugin lacks with `NotImplemented` (no round trip), and
 //! knows the streaming slots from the interface crate's descriptor.
 
-use bulkhead::{CallError, HostInterface, PluginSpec, Supervisor};
+use bulkhead::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::fixture_library;
 use fx_host_iface::__fidius_UsesHost as uses_host;
-use fx_host_iface::__fidius_host_Host as host;
+use fx_host_iface::PluginError;
 use fx_iface::__fidius_Streams as streams;
 
 bulkhead::client! {
@@ -56,18 +56,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     println!("sum(1..=100) = {sum}, double([1, 2, 3]) = {doubled:?}");
 
-    // A plugin that calls back into the host (`#[fidius::host_interface]`).
-    let host_impl = HostInterface::new(
-        "Host",
-        host::Host_HOST_INTERFACE_HASH,
-        host::Host_HOST_INTERFACE_VERSION,
-        host::Host_HOST_FN_COUNT,
-    )
-    .function(host::HOST_FN_LOOKUP, |(key,): (String,)| {
-        format!("<{key} from the host>")
-    });
+    // A plugin that calls back into the host (`#[fidius::host_interface]`):
+    // the host implements the trait fidius generates and binds it, checked by
+    // the compiler (see `ExampleHost` below).
+    let host_impl = bulkhead::host_interface! {
+        fx_host_iface::Host in fx_host_iface::__fidius_host_Host
+            (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+        for ExampleHost => {
+            fn lookup(key) = HOST_FN_LOOKUP;
+            fn check(n) = HOST_FN_CHECK;
+            fn boom() = HOST_FN_BOOM;
+        }
+    };
     let caller = supervisor.load(PluginSpec::new(fixture_library("fx-host")).host_interface(host_impl))?;
     let answer: String = caller.call(uses_host::METHOD_ASK, &("colour".to_string(),))?;
     println!("plugin asked the host: {answer}");
     Ok(())
+}
+
+/// The application's implementation of the `Host` interface plugins call.
+struct ExampleHost;
+
+impl fx_host_iface::Host for ExampleHost {
+    fn lookup(&self, key: String) -> String {
+        format!("<{key} from the host>")
+    }
+
+    fn check(&self, n: u64) -> Result<u64, PluginError> {
+        n.checked_mul(2)
+            .ok_or_else(|| PluginError::new("OVERFLOW", format!("{n} * 2 overflows")))
+    }
+
+    fn boom(&self) -> u64 {
+        0
+    }
 }

@@ -249,6 +249,14 @@ pub enum LoadError {
     /// The config value could not be encoded with bincode.
     #[error("cannot encode plugin config: {0}")]
     Config(String),
+    /// A [`PluginSpec`](crate::PluginSpec) setting is out of range; no worker was started.
+    #[error("invalid plugin spec: {setting}: {reason}")]
+    InvalidSpec {
+        /// The setter, e.g. `"workers"`.
+        setting: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
     /// The supervisor has been shut down.
     #[error("supervisor is shut down")]
     ShutDown,
@@ -269,6 +277,54 @@ fn crash_suffix(crash: &Option<Box<CrashReport>>) -> String {
     s
 }
 
+impl CallError {
+    /// Decodes method `index`'s output as an `R`, or says which method, which
+    /// type and what did not match.
+    pub(crate) fn decode_return<R: serde::de::DeserializeOwned>(index: u32, bytes: &[u8]) -> Result<R, CallError> {
+        bulkhead_shared::wire::decode(bytes).map_err(|e| {
+            // bincode reports running out of input as an I/O error with an empty message.
+            let reason = if e.0.starts_with("io error") {
+                "the output ends before a value of that type is complete".to_string()
+            } else {
+                e.0
+            };
+            CallError::ReturnType {
+                index,
+                expected: std::any::type_name::<R>(),
+                len: bytes.len(),
+                reason,
+            }
+        })
+    }
+}
+
+/// `t` as an RFC 3339 UTC timestamp with milliseconds, e.g.
+/// `2026-12-05T13:57:01.123Z` (before 1970: the raw value).
+pub(crate) fn utc(t: SystemTime) -> String {
+    let Ok(since_epoch) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+        return format!("{t:?}");
+    };
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
 fn stderr_suffix(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
@@ -287,10 +343,34 @@ pub enum CallError {
         /// The size the plugin asked for, if it said.
         needed: Option<u32>,
     },
-    /// Status `-2`: the plugin failed to (de)serialize.
-    #[error("plugin reported a serialization error")]
-    Serialization,
-    /// The host could not decode the plugin's output as the requested type.
+    /// Status `-2` (SERIALIZATION_ERROR): the plugin could not decode the
+    /// arguments as method `index`'s parameter types — the argument tuple sent
+    /// does not match the method's signature (or, rarely, the plugin could not
+    /// encode its own result).
+    #[error(
+        "method {index}: the arguments did not decode as the method's parameter types \
+         (the plugin answered SERIALIZATION_ERROR; check the argument tuple's types and order)"
+    )]
+    Serialization {
+        /// The method index called.
+        index: u32,
+    },
+    /// Method `index` answered, but its output does not decode as the return
+    /// type the caller asked for (`expected`): the caller's type does not match
+    /// the method's.
+    #[error("method {index}: its {len}-byte output does not decode as `{expected}`: {reason}")]
+    ReturnType {
+        /// The method index called.
+        index: u32,
+        /// The Rust type the caller asked for (`std::any::type_name`).
+        expected: &'static str,
+        /// Length of the output.
+        len: usize,
+        /// What did not match.
+        reason: String,
+    },
+    /// The host could not decode a payload of the plugin's (an error or panic
+    /// message) as the fidius contract says it is encoded.
     #[error("cannot decode plugin output: {0}")]
     Deserialization(String),
     /// The host could not encode the arguments.
@@ -384,7 +464,7 @@ pub enum CallError {
         limit: usize,
     },
     /// The restart budget is spent; calls fail fast until `reset()` (or the cool-down).
-    #[error("plugin failed at {since:?} after {restarts} restarts: {reason}")]
+    #[error("plugin failed at {} after {restarts} restarts: {reason}", utc(*since))]
     Failed {
         /// The failure that spent the budget.
         reason: String,
@@ -412,7 +492,8 @@ impl CallError {
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::BufferTooSmall { .. } => "buffer_too_small",
-            CallError::Serialization => "serialization",
+            CallError::Serialization { .. } => "serialization",
+            CallError::ReturnType { .. } => "return_type",
             CallError::Deserialization(_) => "deserialization",
             CallError::ArgumentEncoding(_) => "argument_encoding",
             CallError::InputTooLarge { .. } => "input_too_large",
@@ -458,6 +539,23 @@ mod tests {
             }
             .to_string(),
             "signal 6 (SIGABRT), core dumped"
+        );
+    }
+
+    #[test]
+    fn failed_shows_a_utc_time() {
+        let at = |secs: u64, ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms);
+        assert_eq!(utc(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+        assert_eq!(utc(at(1_796_046_621, 123)), "2026-11-30T13:50:21.123Z");
+        let e = CallError::Failed {
+            reason: "worker died: signal 11 (SIGSEGV)".into(),
+            since: at(1_796_046_621, 123),
+            restarts: 5,
+        };
+        assert_eq!(
+            e.to_string(),
+            "plugin failed at 2026-11-30T13:50:21.123Z after 5 restarts: worker died: signal 11 (SIGSEGV)"
         );
     }
 

@@ -131,6 +131,8 @@ pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
 pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
 pub use health::Health;
+#[doc(hidden)]
+pub use hostfn::__private;
 pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
 pub use limits::{Limits, DEFAULT_ADDRESS_SPACE, DEFAULT_NICE, DEFAULT_OPEN_FILES};
 pub use locate::{WORKER_BIN, WORKER_ENV};

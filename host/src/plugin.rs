@@ -103,6 +103,7 @@ pub struct PluginSpec {
     pub(crate) interface_hash: Option<u64>,
     pub(crate) signature_keys: Option<Vec<crate::signing::VerifyingKey>>,
     pub(crate) host_interfaces: Vec<HostInterface>,
+    pub(crate) allow_unbound_imports: bool,
     pub(crate) max_callbacks: u32,
     pub(crate) stream_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
@@ -155,6 +156,7 @@ impl PluginSpec {
             interface_hash: None,
             signature_keys: None,
             host_interfaces: Vec::new(),
+            allow_unbound_imports: false,
             max_callbacks: crate::hostfn::DEFAULT_MAX_CALLBACKS,
             stream_timeout: None,
             output_budget: OutputBudget::DEFAULT,
@@ -214,13 +216,29 @@ impl PluginSpec {
         self
     }
 
-    /// Offers a host interface (`#[fidius::host_interface]`) to the plugin. Every
-    /// interface the plugin imports must be offered with the same name, hash and
-    /// version, or loading fails. A plugin that imports any interface has all its
-    /// calls made as socket conversations (shared memory only wakes the worker).
-    /// Default: none.
+    /// Offers a host interface (`#[fidius::host_interface]`) to the plugin,
+    /// built with [`host_interface!`](crate::host_interface) from the host's
+    /// implementation of the generated trait (or by index with
+    /// [`HostInterface::function`]). Every interface the plugin imports must be
+    /// offered with the same name, hash and version, or loading fails (unless
+    /// [`allow_unbound_imports`](Self::allow_unbound_imports)). A plugin that
+    /// imports any interface has all its calls made as socket conversations
+    /// (shared memory only wakes the worker). Default: none.
     pub fn host_interface(mut self, iface: HostInterface) -> Self {
         self.host_interfaces.push(iface);
+        self
+    }
+
+    /// Loads a plugin that imports host interfaces this spec does not offer,
+    /// leaving them unbound as fidius does: the plugin's `<Trait>Client::bound()`
+    /// answers `HostCallError::NotBound` and `is_bound()` is `false`. An import
+    /// offered under its name but with another hash or version is still
+    /// [`LoadFailure::ImportMismatch`](crate::LoadFailure::ImportMismatch).
+    /// [`PluginInfo::unbound_imports`] names the imports left unbound,
+    /// [`PluginInfo::host_imports`] the ones bound. Default: `false` (an import
+    /// not offered is [`LoadFailure::ImportNotProvided`](crate::LoadFailure::ImportNotProvided)).
+    pub fn allow_unbound_imports(mut self, allow: bool) -> Self {
+        self.allow_unbound_imports = allow;
         self
     }
 
@@ -315,8 +333,9 @@ impl PluginSpec {
     }
 
     /// Number of worker processes serving this plugin. Default: 1 (calls queue).
+    /// `0` is refused at load with [`LoadError::InvalidSpec`](crate::LoadError::InvalidSpec).
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
+        self.workers = n;
         self
     }
 
@@ -409,12 +428,23 @@ pub struct PluginInfo {
     pub sandbox: SandboxReport,
     /// Names of the host interfaces the plugin imported (and the worker bound).
     pub host_imports: Vec<String>,
+    /// Names of the host interfaces the plugin imports that were left unbound
+    /// ([`PluginSpec::allow_unbound_imports`]); its calls of them answer `NotBound`.
+    pub unbound_imports: Vec<String>,
 }
 
 impl PluginInfo {
-    /// Whether the optional method of capability `mask` is implemented (fidius'
-    /// `<Trait>_CAP_<NAME>` constants are such masks: bit N for the Nth optional method).
-    pub fn has_capability(&self, mask: u64) -> bool {
+    /// Whether capability bit `bit` is set, i.e. the `bit`-th optional method
+    /// (counting from 0) is implemented — fidius' `PluginHandle::has_capability`
+    /// and `PluginInfo::has_capability`. `false` for `bit >= 64`.
+    pub fn has_capability(&self, bit: u32) -> bool {
+        bit < 64 && self.capabilities & (1u64 << bit) != 0
+    }
+
+    /// Whether every optional method in `mask` is implemented. fidius'
+    /// `<Trait>_CAP_<NAME>` constants are such masks (`1 << N` for the Nth
+    /// optional method); an empty mask is `false`.
+    pub fn has_capabilities(&self, mask: u64) -> bool {
         mask != 0 && self.capabilities & mask == mask
     }
 }
@@ -543,8 +573,8 @@ impl Plugin {
                 check_index(g, index)?;
                 check_input(g, input)?;
                 g.pool.call(index, input, timeout, None, |answer| {
-                    let bytes = interpret(g, &answer)?;
-                    wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string()))
+                    let bytes = interpret(g, index, &answer)?;
+                    CallError::decode_return(index, bytes)
                 })
             });
             // Do not keep a huge argument buffer alive on this thread forever.
@@ -599,7 +629,7 @@ impl Plugin {
             check_index(g, index)?;
             check_input(g, input)?;
             g.pool.call(index, input, timeout, target.take(), |answer| {
-                interpret(g, &answer)?;
+                interpret(g, index, &answer)?;
                 Ok(match answer {
                     Answer::Owned { payload, .. } => payload,
                     Answer::Reply { payload, .. } => payload.to_vec(),
@@ -624,8 +654,8 @@ impl Plugin {
     }
 
     /// Maps the worker's answer to the fidius status contract.
-    pub(crate) fn interpret<'a>(&self, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
-        interpret(&self.generation(), answer)
+    pub(crate) fn interpret<'a>(&self, index: u32, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+        interpret(&self.generation(), index, answer)
     }
 
     /// The plugin's health: healthy, degraded (some workers being replaced)
@@ -686,6 +716,7 @@ impl Plugin {
             },
             sandbox: i.sandbox.clone(),
             host_imports: g.host_imports.clone(),
+            unbound_imports: i.unbound_imports.clone(),
         }
     }
 
@@ -737,6 +768,9 @@ pub(crate) fn check_input_len(g: &Generation, len: usize) -> Result<(), CallErro
     Ok(())
 }
 
+/// Why a streaming method cannot be called as a plain one.
+const STREAMING_METHOD: &str = "a streaming method: call it with Plugin::stream (or stream_async)";
+
 pub(crate) fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
     let count = g.info.method_count;
     if index >= count {
@@ -745,14 +779,14 @@ pub(crate) fn check_index(g: &Generation, index: u32) -> Result<(), CallError> {
     if g.streaming.contains(&index) {
         return Err(CallError::Unsupported {
             index,
-            what: "a streaming method: use Plugin::stream",
+            what: STREAMING_METHOD,
         });
     }
     Ok(())
 }
 
 /// Maps the worker's answer to the fidius status contract.
-pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
+pub(crate) fn interpret<'a>(g: &Generation, index: u32, answer: &'a Answer<'_>) -> Result<&'a [u8], CallError> {
     let (status, payload): (i32, &[u8]) = match answer {
         Answer::Reply { status, payload } => (*status, payload),
         Answer::Owned { status, payload } => (*status, payload),
@@ -762,6 +796,12 @@ pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'
                 count: *count,
             })
         }
+        Answer::Fault(CallFault::StreamMethod { index }) => {
+            return Err(CallError::Unsupported {
+                index: *index,
+                what: STREAMING_METHOD,
+            })
+        }
         Answer::Fault(fault) => return Err(CallError::Contract(fault.clone())),
     };
     match Status::from_raw(status) {
@@ -769,14 +809,14 @@ pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'
         Status::BufferTooSmall => Err(CallError::BufferTooSmall {
             needed: <[u8; 4]>::try_from(payload).ok().map(u32::from_le_bytes),
         }),
-        Status::SerializationError => Err(CallError::Serialization),
+        Status::SerializationError => Err(CallError::Serialization { index }),
         Status::PluginError => match wire::decode::<WirePluginError>(payload) {
             Ok(e) => Err(CallError::Plugin(PluginError {
                 code: e.code,
                 message: e.message,
                 details: e.details,
             })),
-            Err(e) => Err(CallError::Deserialization(format!("PLUGIN_ERROR payload: {e}"))),
+            Err(e) => Err(CallError::Deserialization(format!("method {index}: PLUGIN_ERROR payload: {e}"))),
         },
         Status::Panic if payload.is_empty() => Err(CallError::Panic(match g.info.buffer_strategy {
             BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
@@ -784,7 +824,7 @@ pub(crate) fn interpret<'a>(g: &Generation, answer: &'a Answer<'_>) -> Result<&'
         })),
         Status::Panic => match wire::decode::<String>(payload) {
             Ok(msg) => Err(CallError::Panic(msg)),
-            Err(e) => Err(CallError::Deserialization(format!("PANIC payload: {e}"))),
+            Err(e) => Err(CallError::Deserialization(format!("method {index}: PANIC payload: {e}"))),
         },
         Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
     }

@@ -9,9 +9,10 @@ use crate::error::CallError;
 use crate::usage::ResourceUsage;
 
 /// Every [`CallError::kind`] name, in a fixed order (indexes into the counters).
-const KINDS: [&str; 21] = [
+const KINDS: [&str; 22] = [
     "buffer_too_small",
     "serialization",
+    "return_type",
     "deserialization",
     "argument_encoding",
     "input_too_large",
@@ -175,7 +176,7 @@ mod tests {
         c.call_started();
         c.call_finished(None);
         c.call_started();
-        c.call_finished(Some(&CallError::Serialization));
+        c.call_finished(Some(&CallError::Serialization { index: 0 }));
         c.call_started();
         c.call_finished(Some(&CallError::Timeout {
             elapsed: Default::default(),

@@ -139,7 +139,10 @@ impl<T> PluginStream<T> {
             }
             Ok(Err(fault)) => {
                 let answer = Answer::Fault(fault);
-                Err(self.plugin.interpret(&answer).expect_err("faults are errors"))
+                Err(self
+                    .plugin
+                    .interpret(self.method, &answer)
+                    .expect_err("faults are errors"))
             }
             Err(failure) => {
                 let pool = lease.pool.clone();
@@ -189,7 +192,7 @@ impl<T> PluginStream<T> {
                 };
                 Some(Err(self
                     .plugin
-                    .interpret(&answer)
+                    .interpret(self.method, &answer)
                     .expect_err("non-zero status is an error")))
             }
         }
@@ -201,7 +204,7 @@ impl<T: DeserializeOwned> Iterator for PluginStream<T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.next_raw()?;
-        Some(item.and_then(|payload| wire::decode(&payload).map_err(|e| CallError::Deserialization(e.to_string()))))
+        Some(item.and_then(|payload| CallError::decode_return(self.method, &payload)))
     }
 }
 
@@ -291,7 +294,7 @@ impl Plugin {
                 // Nothing to close: the plugin holds no stream.
                 s.lease = None;
                 let answer = Answer::Reply { status, payload: &out };
-                return Err(self.interpret(&answer).expect_err("non-zero status is an error"));
+                return Err(self.interpret(index, &answer).expect_err("non-zero status is an error"));
             }
             Ok(s)
         }
@@ -330,8 +333,8 @@ impl Plugin {
             };
             let outcome = match worker.session(msg, start + limit, Some(&mut pull)) {
                 Ok(answer) => Ok(self
-                    .interpret(&answer)
-                    .and_then(|bytes| wire::decode(bytes).map_err(|e| CallError::Deserialization(e.to_string())))),
+                    .interpret(index, &answer)
+                    .and_then(|bytes| CallError::decode_return(index, bytes))),
                 Err(failure) => Err(failure),
             };
             match outcome {

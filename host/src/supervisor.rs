@@ -548,6 +548,12 @@ impl Core {
 
     /// Everything a load needs, owned (so it can run on another thread).
     fn load_job(self: &Arc<Self>, spec: PluginSpec, counters: Arc<Counters>) -> Result<LoadJob, LoadError> {
+        if spec.workers == 0 {
+            return Err(LoadError::InvalidSpec {
+                setting: "workers",
+                reason: "a plugin needs at least one worker (got 0)".into(),
+            });
+        }
         let config = spec.config.clone().map_err(LoadError::Config)?;
         let label: Arc<str> = match (&spec.label, &spec.plugin) {
             (Some(label), _) => label.as_str().into(),
@@ -571,6 +577,7 @@ impl Core {
             interface_hash: spec.interface_hash,
             library_fd: spec.signature_keys.is_some(),
             host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
+            allow_unbound_imports: spec.allow_unbound_imports,
             sandbox: spec.sandbox.to_policy(),
             label: label.to_string(),
         };

@@ -122,7 +122,7 @@ impl Plugin {
             let input = encoded?;
             blocking(move || {
                 let out = plugin.call_raw_with_timeout(index, &input, timeout)?;
-                wire::decode(&out).map_err(|e| CallError::Deserialization(e.to_string()))
+                CallError::decode_return(index, &out)
             })
             .await
         }

@@ -382,6 +382,17 @@ impl WorkerProcess {
                         "bound import {bad} of {offered} offered"
                     ))));
                 }
+                if !info.unbound_imports.is_empty() && !launch.load.allow_unbound_imports {
+                    return Err(protocol(ProtocolError::BadInfo(
+                        "unbound imports reported, but none were allowed".into(),
+                    )));
+                }
+                if info.unbound_imports.len() > bulkhead_shared::abi::MAX_HOST_IMPORTS as usize {
+                    return Err(protocol(ProtocolError::BadInfo(format!(
+                        "{} unbound imports reported",
+                        info.unbound_imports.len()
+                    ))));
+                }
                 // The worker says whether it mapped the region; if not, socket only.
                 self.shm = region.filter(|_| info.shm).map(|(r, _)| r);
                 Ok(*info)

@@ -198,7 +198,7 @@ impl Plugin {
                     Placed::Region { status, off, len } => (status, At::Region { off, len }),
                     Placed::Rx { status, start, end } => (status, At::Rx { start, end }),
                     Placed::Fault(fault) => {
-                        interpret(g, &Answer::Fault(fault))?;
+                        interpret(g, index, &Answer::Fault(fault))?;
                         unreachable!("faults are errors")
                     }
                     Placed::FillPanicked(_) => unreachable!("handled by the pool"),
@@ -216,6 +216,7 @@ impl Plugin {
                     let payload = reply.to_vec();
                     interpret(
                         g,
+                        index,
                         &Answer::Reply {
                             status,
                             payload: &payload,

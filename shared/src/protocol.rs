@@ -115,6 +115,10 @@ pub struct LoadRequest {
     /// The plugin's operator label ([`PluginSpec::label`] in the host): the
     /// worker's process title, so `ps` shows which plugin a worker runs.
     pub label: String,
+    /// Leave an import no offered interface has the name of unbound instead of
+    /// refusing the plugin (its calls of it answer `NotBound`, as in fidius).
+    /// A name offered with another hash or version is still refused.
+    pub allow_unbound_imports: bool,
 }
 
 /// One host interface the host offers to plugins (`#[fidius::host_interface]`).
@@ -164,6 +168,9 @@ pub struct PluginInfoWire {
     /// Indices (into the load request's `host_imports`) of the host interfaces
     /// the plugin imported and the worker bound.
     pub bound_imports: Vec<u32>,
+    /// Names of the host interfaces the plugin imports that the worker left
+    /// unbound (only with the load request's `allow_unbound_imports`).
+    pub unbound_imports: Vec<String>,
 }
 
 /// Why the worker could not load the plugin.
@@ -417,6 +424,13 @@ pub enum CallFault {
     InputTooLarge {
         /// Input length.
         len: u64,
+    },
+    /// A plain call of a server-streaming method: the plugin returned a stream
+    /// handle, which the worker dropped.
+    #[error("method {index} is a streaming method (it returned a stream handle)")]
+    StreamMethod {
+        /// Slot index.
+        index: u32,
     },
 }
 
@@ -837,6 +851,7 @@ mod tests {
             shm: true,
             sandbox: SandboxReport::off(7),
             bound_imports: vec![0],
+            unbound_imports: vec!["U".into()],
         }
     }
 
@@ -862,6 +877,7 @@ mod tests {
                     version: 2,
                     fn_count: 3,
                 }],
+                allow_unbound_imports: true,
             }),
             HostMsg::StreamOpen {
                 id: 4,

@@ -86,7 +86,7 @@ proptest! {
     fn load_request_round_trips(path in proptest::collection::vec(any::<u8>(), 0..64), plugin in proptest::option::of(".{0,16}"),
                                 config in proptest::collection::vec(any::<u8>(), 0..64), arena in any::<u32>(), max in any::<u32>()) {
         let req = LoadRequest { protocol_version: PROTOCOL_VERSION, path, plugin, config, arena_capacity: arena, max_output: max, shm_capacity: arena / 2,
-                                interface_hash: Some(u64::from(max)), library_fd: arena % 2 == 0, host_imports: Vec::new(), label: String::new(),
+                                interface_hash: Some(u64::from(max)), library_fd: arena % 2 == 0, host_imports: Vec::new(), label: String::new(), allow_unbound_imports: max % 2 == 0,
                                 sandbox: bulkhead_shared::sandbox::SandboxPolicy::none() };
         let mut out = Vec::new();
         HostMsg::Load(req.clone()).encode(&mut out);
@@ -104,6 +104,7 @@ proptest! {
             shm: false,
             sandbox: bulkhead_shared::sandbox::SandboxReport::off(0),
             bound_imports: vec![],
+            unbound_imports: vec![],
         };
         for msg in [WorkerMsg::Loaded(Box::new(info.clone())), WorkerMsg::Fault { id: 1, fault: CallFault::EmptySlot { index: 2 } },
                     WorkerMsg::LoadFailed(LoadFailure::NoPlugins), WorkerMsg::Callback { import: 0, index: 1, payload: b"abc" }] {

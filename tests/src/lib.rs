@@ -153,6 +153,7 @@ pub mod uses_host {
     pub const ASK: u32 = 0;
     pub const FLOOD: u32 = 4;
     pub const BOUND: u32 = 5;
+    pub const TRY_LOOKUP: u32 = 6;
 }
 
 /// Paths of the built worker and fixtures.

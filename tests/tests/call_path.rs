@@ -155,13 +155,26 @@ fn deserialization_and_serialization_errors() {
     let plugin = sup.load(spec("fx-basic")).unwrap();
     // The plugin cannot decode a String argument from 3 bytes: status -2.
     let err = plugin.call_raw(basic::GREET, b"abc").unwrap_err();
-    assert!(matches!(err, CallError::Serialization), "{err:?}");
+    assert!(
+        matches!(err, CallError::Serialization { index: basic::GREET }),
+        "{err:?}"
+    );
     // A u64 result cannot be decoded from a String return value's 8-byte prefix + text?
     // Ask for a type whose encoding is longer than what comes back.
     let err = plugin
         .call::<_, (u64, u64, u64)>(basic::ADD, &(1i64, 2i64))
         .unwrap_err();
-    assert!(matches!(err, CallError::Deserialization(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CallError::ReturnType {
+                index: basic::ADD,
+                len: 8,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -391,7 +404,10 @@ fn raw_calls_into_a_reused_buffer() {
     }
     assert!(out.capacity() >= 100_000, "the buffer is reused, not replaced");
     let err = plugin.call_raw_into(basic::GREET, b"x", &mut out).unwrap_err();
-    assert!(matches!(err, CallError::Serialization), "{err:?}");
+    assert!(
+        matches!(err, CallError::Serialization { index: basic::GREET }),
+        "{err:?}"
+    );
 }
 
 #[test]

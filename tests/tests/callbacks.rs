@@ -165,3 +165,120 @@ fn unregistered_or_mismatched_imports_are_load_errors() {
         "{e:?}"
     );
 }
+
+/// The host's implementation of fidius' generated `Host` trait, as a fidius
+/// host would write it.
+struct TestHost {
+    lookups: Arc<AtomicU64>,
+}
+
+impl fx_host_iface::Host for TestHost {
+    fn lookup(&self, key: String) -> String {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        format!("impl-{key}")
+    }
+
+    fn check(&self, n: u64) -> Result<u64, fx_host_iface::PluginError> {
+        if n == 0 {
+            Err(fx_host_iface::PluginError::new("ZERO", "zero is not allowed"))
+        } else {
+            Ok(n + 1)
+        }
+    }
+
+    fn boom(&self) -> u64 {
+        panic!("trait impl exploded")
+    }
+}
+
+fn bound_host(lookups: Arc<AtomicU64>) -> HostInterface {
+    bulkhead::host_interface! {
+        fx_host_iface::Host in fx_host_iface::__fidius_host_Host
+            (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
+        for TestHost { lookups } => {
+            fn lookup(key) = HOST_FN_LOOKUP;
+            fn check(n) = HOST_FN_CHECK;
+            fn boom() = HOST_FN_BOOM;
+        }
+    }
+}
+
+#[test]
+fn the_hosts_implementation_of_the_fidius_trait_is_bound() {
+    let sup = supervisor();
+    let lookups = Arc::new(AtomicU64::new(0));
+    let iface = bound_host(lookups.clone());
+    assert_eq!(
+        format!("{iface:?}"),
+        format!(
+            "HostInterface {{ name: \"Host\", hash: {:#018x}, version: 3, fn_count: 3 }}",
+            H::Host_HOST_INTERFACE_HASH
+        )
+    );
+    let p = sup.load(spec("fx-host").host_interface(iface)).unwrap();
+    assert_eq!(p.info().host_imports, ["Host"]);
+    assert_eq!(p.call::<_, String>(U::METHOD_ASK, &("k",)).unwrap(), "got impl-k");
+    assert_eq!(lookups.load(Ordering::SeqCst), 1);
+    // Fallible: Ok is the value, Err reaches the plugin as HostCallError::Host.
+    assert_eq!(p.call::<_, String>(U::METHOD_CHECK, &(4u64,)).unwrap(), "ok 5");
+    assert_eq!(
+        p.call::<_, String>(U::METHOD_CHECK, &(0u64,)).unwrap(),
+        "err ZERO: zero is not allowed"
+    );
+    // A panicking method is contained; the host and the worker carry on.
+    let pid = p.info().worker_pid;
+    assert_eq!(
+        p.call::<_, String>(U::METHOD_BOOM, &()).unwrap(),
+        "err host function panicked: trait impl exploded"
+    );
+    let got: Vec<String> = p.call(U::METHOD_ASK_MANY, &(4u32, 10u32)).unwrap();
+    assert_eq!(got.len(), 40);
+    assert!(got.iter().all(|s| s.starts_with("impl-")), "{got:?}");
+    assert_eq!(lookups.load(Ordering::SeqCst), 41);
+    assert_eq!(p.worker_pids(), [pid]);
+}
+
+#[test]
+fn unbound_imports_on_request_answer_not_bound() {
+    let sup = supervisor();
+    let p = sup.load(spec("fx-host").allow_unbound_imports(true)).unwrap();
+    assert!(p.info().host_imports.is_empty());
+    assert_eq!(p.info().unbound_imports, ["Host"]);
+    assert!(!p.call::<_, bool>(U::METHOD_BOUND, &()).unwrap());
+    assert_eq!(
+        p.call::<_, String>(U::METHOD_TRY_LOOKUP, &("k",)).unwrap(),
+        "err host interface 'Host' is not bound — the host did not provide it"
+    );
+    // Offered, the same spec binds it.
+    let lookups = Arc::new(AtomicU64::new(0));
+    let p = sup
+        .load(
+            spec("fx-host")
+                .allow_unbound_imports(true)
+                .host_interface(bound_host(lookups)),
+        )
+        .unwrap();
+    assert!(p.call::<_, bool>(U::METHOD_BOUND, &()).unwrap());
+    assert_eq!(p.info().host_imports, ["Host"]);
+    assert!(p.info().unbound_imports.is_empty());
+    assert_eq!(p.call::<_, String>(U::METHOD_TRY_LOOKUP, &("k",)).unwrap(), "ok impl-k");
+    // Offered under the name with another version: still refused.
+    let old = HostInterface::new("Host", H::Host_HOST_INTERFACE_HASH, 2, H::Host_HOST_FN_COUNT);
+    let e = sup
+        .load(spec("fx-host").allow_unbound_imports(true).host_interface(old))
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            LoadError::Rejected {
+                reason: LoadFailure::ImportMismatch {
+                    host_version: 2,
+                    plugin_version: 3,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}

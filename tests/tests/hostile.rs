@@ -155,6 +155,7 @@ fn forged_frames_are_protocol_errors() {
         shm: false,
         sandbox: bulkhead::SandboxReport::off(0),
         bound_imports: vec![],
+        unbound_imports: vec![],
     };
     c.attack_socket(
         "a second handshake mid-call",

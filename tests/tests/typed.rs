@@ -158,13 +158,20 @@ fn optional_methods_expose_capabilities_and_fail_typed_without_a_round_trip() {
     let sup = supervisor();
     let cap = __fidius_Streams::Streams_CAP_EXTRA;
     let new = StreamsClient::load(&sup, spec("fx-stream").plugin("StreamPlugin")).unwrap();
-    assert!(new.plugin().info().has_capability(cap));
+    assert!(new.plugin().info().has_capabilities(cap));
+    // fidius' `has_capability(bit)`: `extra` is the first optional method, bit 0.
+    assert_eq!(cap, 1 << 0);
+    assert!(new.plugin().info().has_capability(0));
+    assert!(!new.plugin().info().has_capability(1));
+    assert!(!new.plugin().info().has_capability(64));
+    assert!(!new.plugin().info().has_capabilities(0));
     assert_eq!(new.extra(41).unwrap(), 42);
 
     // Built against version 1: same interface hash, no `extra`.
     let old = StreamsClient::load(&sup, spec("fx-stream").plugin("OldStreamPlugin")).unwrap();
     let info = old.plugin().info();
-    assert!(!info.has_capability(cap));
+    assert!(!info.has_capabilities(cap));
+    assert!(!info.has_capability(0));
     assert_eq!(info.capabilities, 0);
     assert_eq!(info.method_count, 8);
     let calls_before = old.plugin().stats().calls;

@@ -3,7 +3,9 @@
 //! to the host over the [`channel`](crate::channel), and the buffers handed back.
 //!
 //! Every import must match an interface the host registered, by name, hash and
-//! version, or the plugin is refused. Tables are leaked on purpose: the plugin
+//! version, or the plugin is refused — unless the host allows unbound imports:
+//! then one whose name the host does not offer is left unbound (the plugin
+//! sees `NotBound`, as with fidius' host). Tables are leaked on purpose: the plugin
 //! keeps the pointer for the life of the process.
 
 use std::ffi::{c_void, CString};
@@ -20,14 +22,19 @@ use crate::channel;
 /// Smallest descriptor layout we read (fidius 0.5.7+: 40 bytes).
 const MIN_IMPORT_DESCRIPTOR: u32 = 40;
 
-/// Binds every import of `lib`; returns the indices (into `offered`) bound.
-pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, LoadFailure> {
+/// Binds every import of `lib`; returns the indices (into `offered`) bound and
+/// the names of the imports left unbound (only with `allow_unbound`).
+pub fn bind_all(
+    lib: &Library,
+    offered: &[HostImportWire],
+    allow_unbound: bool,
+) -> Result<(Vec<u32>, Vec<String>), LoadFailure> {
     let bad = |reason: String| LoadFailure::BadImports { reason };
     // SAFETY: the optional getter's documented signature; absence is fine.
     let getter: Symbol<unsafe extern "C" fn() -> *const HostImportRegistry> =
         match unsafe { lib.get(HOST_IMPORTS_SYMBOL) } {
             Ok(g) => g,
-            Err(_) => return Ok(Vec::new()),
+            Err(_) => return Ok((Vec::new(), Vec::new())),
         };
     // SAFETY: calling the exported getter; it takes no arguments.
     let reg_ptr = unsafe { getter() };
@@ -52,6 +59,7 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, L
         return Err(bad("NULL import table".into()));
     }
     let mut bound = Vec::new();
+    let mut unbound = Vec::new();
     for i in 0..reg.import_count as usize {
         // SAFETY: i < import_count, the table length the registry declares.
         let dptr = unsafe { reg.imports.add(i).read_unaligned() };
@@ -70,6 +78,11 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, L
             return Err(bad(format!("import `{name}` has ABI version {}", d.abi_version)));
         }
         let Some(idx) = offered.iter().position(|o| o.name == name) else {
+            if allow_unbound {
+                // Left unbound: the plugin's calls of it answer NotBound.
+                unbound.push(name);
+                continue;
+            }
             return Err(LoadFailure::ImportNotProvided {
                 name,
                 hash: d.interface_hash,
@@ -105,7 +118,7 @@ pub fn bind_all(lib: &Library, offered: &[HostImportWire]) -> Result<Vec<u32>, L
         }
         bound.push(idx as u32);
     }
-    Ok(bound)
+    Ok((bound, unbound))
 }
 
 /// The `dispatch` of every table: forwards the call to the host and returns

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use bulkhead_shared::abi::{
     self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv, MethodMetaEntry,
-    PluginDescriptor, PluginRegistry, ABI_400, ABI_500, FIDIUS_MAGIC, MAX_METHOD_COUNT, MAX_PLUGIN_COUNT,
-    REGISTRY_SYMBOL, REGISTRY_VERSION, STATUS_BUFFER_TOO_SMALL,
+    PluginDescriptor, PluginRegistry, StreamHandle, ABI_400, ABI_500, FIDIUS_MAGIC, MAX_METHOD_COUNT, MAX_PLUGIN_COUNT,
+    REGISTRY_SYMBOL, REGISTRY_VERSION, STATUS_BUFFER_TOO_SMALL, STATUS_OK,
 };
 use bulkhead_shared::protocol::{CallFault, LoadFailure, LoadRequest, PluginInfoWire, PROTOCOL_VERSION};
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
@@ -161,7 +161,8 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
             });
         }
     }
-    let bound_imports = crate::imports::bind_all(&lib, &req.host_imports)?;
+    let (bound_imports, unbound_imports) =
+        crate::imports::bind_all(&lib, &req.host_imports, req.allow_unbound_imports)?;
 
     let inst = match desc.construct {
         Some(construct) if desc.abi_version == ABI_500 => {
@@ -195,6 +196,7 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
         shm: false,
         sandbox: bulkhead_shared::sandbox::SandboxReport::off(0),
         bound_imports,
+        unbound_imports,
     };
     let arena = vec![
         0u8;
@@ -461,7 +463,7 @@ impl Plugin {
         crate::sandbox::METHOD_IN_FLIGHT.store(index, Ordering::Relaxed);
         let input_guard = crate::crash::CallGuard::new(input);
         let result = match self.strategy {
-            BufferStrategy::PluginAllocated => self.call_alloc(slot, input, in_len, f),
+            BufferStrategy::PluginAllocated => self.call_alloc(index, slot, input, in_len, f),
             BufferStrategy::Arena => self.call_arena(slot, input, in_len, arena, f),
         };
         drop(input_guard);
@@ -469,7 +471,14 @@ impl Plugin {
         result
     }
 
-    fn call_alloc<R>(&mut self, slot: *const c_void, input: &[u8], in_len: u32, f: impl FnOnce(Outcome<'_>) -> R) -> R {
+    fn call_alloc<R>(
+        &mut self,
+        index: u32,
+        slot: *const c_void,
+        input: &[u8],
+        in_len: u32,
+        f: impl FnOnce(Outcome<'_>) -> R,
+    ) -> R {
         let mut out: *mut u8 = std::ptr::null_mut();
         let mut out_len: u32 = 0;
         let status = if self.abi == ABI_400 {
@@ -484,6 +493,16 @@ impl Plugin {
             // SAFETY: inst came from construct; input is valid and non-NULL.
             unsafe { m(self.inst, input.as_ptr(), in_len, &mut out, &mut out_len) }
         };
+        if self.abi == ABI_500 && status == STATUS_OK && is_stream_handle(out, out_len) {
+            // A server-streaming slot called as a plain method: it opened a
+            // stream and handed back its handle. Drop the stream (its `drop_fn`,
+            // once) so nothing leaks, and say so.
+            let h = out.cast::<StreamHandle>();
+            // SAFETY: the plugin returned this non-NULL, aligned handle as a stream
+            // init does; nothing else holds it, so it is dropped exactly once.
+            unsafe { ((*h).drop_fn)(h) };
+            return f(Outcome::Fault(CallFault::StreamMethod { index }));
+        }
         self.finish_alloc_output(status, out, out_len, f)
     }
 
@@ -596,5 +615,31 @@ impl Plugin {
             // SAFETY: inst came from this plugin's construct and is destroyed once.
             unsafe { destroy(self.inst) };
         }
+    }
+}
+
+/// Whether a plain PluginAllocated call's output is a stream handle: fidius'
+/// generated methods return a zero-length output as an empty boxed slice,
+/// whose pointer is dangling (`1`); a stream init returns its heap-allocated,
+/// pointer-aligned `FidiusStreamHandle` with length 0.
+fn is_stream_handle(out: *mut u8, out_len: u32) -> bool {
+    out_len == 0 && !out.is_null() && (out as usize) % std::mem::align_of::<StreamHandle>() == 0
+}
+
+#[cfg(test)]
+mod stream_handle_tests {
+    use super::*;
+
+    #[test]
+    fn empty_outputs_are_not_stream_handles() {
+        let empty: Box<[u8]> = Vec::new().into_boxed_slice();
+        let dangling = Box::into_raw(empty).cast::<u8>();
+        assert!(!is_stream_handle(dangling, 0));
+        assert!(!is_stream_handle(std::ptr::null_mut(), 0));
+        let handle = Box::into_raw(Box::new(0u64)).cast::<u8>();
+        assert!(is_stream_handle(handle, 0));
+        assert!(!is_stream_handle(handle, 8));
+        // SAFETY: the box leaked just above, freed once.
+        drop(unsafe { Box::from_raw(handle.cast::<u64>()) });
     }
 }
