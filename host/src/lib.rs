@@ -116,6 +116,8 @@ mod violations;
 mod worker_process;
 mod zero_copy;
 
+#[doc(hidden)]
+pub use client::__private;
 pub use bulkhead_shared::abi::BufferStrategy;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
 pub use ed25519_dalek;

@@ -515,16 +515,42 @@ impl Plugin {
         capability: u64,
         args: &A,
     ) -> Result<R, CallError> {
+        self.call_optional_with_timeout(index, capability, args, self.generation().call_timeout)
+    }
+
+    /// [`call_optional`](Self::call_optional) with this call's own timeout.
+    pub fn call_optional_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: impl Into<MethodIndex>,
+        capability: u64,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
         let index = index.into().0;
-        let caps = self.generation().info.capabilities;
-        if capability == 0 || caps & capability != capability || index >= self.generation().info.method_count {
-            return Err(CallError::NotImplemented {
+        if let Some(e) = self.optional_missing(index, capability) {
+            return Err(e);
+        }
+        self.call_with_timeout(index, args, timeout)
+    }
+
+    /// The error a call of optional method `index` (capability mask
+    /// `capability`) gets without a request when the plugin lacks it.
+    pub(crate) fn optional_missing(&self, index: u32, capability: u64) -> Option<CallError> {
+        let g = self.generation();
+        let caps = g.info.capabilities;
+        (capability == 0 || caps & capability != capability || index >= g.info.method_count).then_some(
+            CallError::NotImplemented {
                 index,
                 capability,
                 capabilities: caps,
-            });
-        }
-        self.call(index, args)
+            },
+        )
+    }
+
+    /// The per-call timeout calls get unless they name their own
+    /// ([`PluginSpec::call_timeout`] of the current generation).
+    pub fn call_timeout(&self) -> Duration {
+        self.generation().call_timeout
     }
 
     /// [`call`](Self::call) with this call's own timeout.
