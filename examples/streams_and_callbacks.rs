@@ -16,11 +16,12 @@ use fx_iface::__fidius_Streams as streams;
 
 bulkhead::client! {
     /// Typed access to plugins implementing the `Streams` interface.
-    pub struct StreamsClient for fx_iface::__fidius_Streams
-        (hash = Streams_INTERFACE_HASH, descriptor = Streams_WASM_DESCRIPTOR) {
-        fn pid() -> u32 = METHOD_PID;
-        optional(Streams_CAP_EXTRA) fn extra(x: u64) -> u64 = METHOD_EXTRA;
-        stream fn count(n: u64) -> u64 = METHOD_COUNT;
+    pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
+        (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+    {
+        fn pid() -> u32;
+        fn extra(x: u64) -> u64;
+        stream fn count(n: u64) -> u64;
     }
 }
 

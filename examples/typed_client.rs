@@ -12,11 +12,13 @@ use bulkhead_examples::plugin_library;
 
 bulkhead::client! {
     /// Typed access to plugins of the fixture's `Basic` interface.
-    pub struct BasicClient for fx_iface::__fidius_Basic (hash = Basic_INTERFACE_HASH) {
-        fn greet(name: String) -> String = METHOD_GREET;
-        fn add(a: i64, b: i64) -> i64 = METHOD_ADD;
-        fn sleep_ms(ms: u64) -> u64 = METHOD_SLEEP_MS;
-        fn pid() -> u32 = METHOD_PID;
+    pub struct BasicClient for fx_iface::Basic in fx_iface::__fidius_Basic
+        (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
+    {
+        fn greet(name: String) -> String;
+        fn add(a: i64, b: i64) -> i64;
+        fn sleep_ms(ms: u64) -> u64;
+        fn pid() -> u32;
     }
 }
 

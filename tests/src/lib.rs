@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use bulkhead::{PluginSpec, Supervisor, Transport};
 
+pub mod client_checks;
+
 /// Every fixture package built for the tests.
 pub const FIXTURES: &[&str] = &[
     "fx-basic",
