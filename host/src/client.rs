@@ -41,8 +41,8 @@
 ///   argument and return types: the macro coerces `<Trait>::method` to
 ///   `fn(&Self, args..) -> Ret`, so `fn div(a: i32, b: i32)` against
 ///   `fn div(&self, a: i64, b: i64)` does not compile. For the stream forms the
-///   plain arguments are checked the same way; the item types (of
-///   `fidius::Stream<T>`, a type bulkhead does not name) are not.
+///   plain arguments are checked the same way, and the item types against
+///   the `T` of the trait's `fidius::Stream<T>` (through its `next_item`).
 /// * **Compile time, `Result`.** A trait method returning `Result<T, PluginError>`
 ///   is declared as such (spelled `Result<..>`); the client returns
 ///   `Result<T, CallError>`, the plugin's error arriving as
@@ -258,16 +258,36 @@ macro_rules! client {
         $crate::__private::not_a_result::<$r, _>();
         $crate::client!(@types $p; $($tr)::+; $($rest)*);
     };
+    // Stream item types: through the inherent `next_item(&mut self) -> Option<T>`
+    // of `fidius::Stream<T>`, a type this crate does not name.
     (@types $p:ident; $($tr:ident)::+; $(#[$mm:meta])* stream fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty; $($rest:tt)*) => {
-        let _ = |__plugin: &$p, $($a: $t),*| { let _ = <$p as $($tr)::+>::$f(__plugin, $($a),*); };
+        let _ = |__plugin: &$p, $($a: $t),*| {
+            let mut __out = <$p as $($tr)::+>::$f(__plugin, $($a),*);
+            let _: ::std::option::Option<$r> = __out.next_item();
+        };
         $crate::client!(@types $p; $($tr)::+; $($rest)*);
     };
     (@types $p:ident; $($tr:ident)::+; $(#[$mm:meta])* client_stream fn $f:ident ($items:ident : $it:ty $(, $a:ident : $t:ty)* $(,)?) -> $r:ty; $($rest:tt)*) => {
-        let _ = |__plugin: &$p, $items, $($a: $t),*| -> $r { <$p as $($tr)::+>::$f(__plugin, $items, $($a),*) };
+        #[allow(unreachable_code, clippy::diverging_sub_expression)]
+        let _ = |__plugin: &$p, mut $items, $($a: $t),*| -> $r {
+            if false {
+                // Fixes the type of `$items` to the trait's `Stream<_>`.
+                return <$p as $($tr)::+>::$f(__plugin, $items, $($a),*);
+            }
+            let _: ::std::option::Option<$it> = $items.next_item();
+            ::std::unreachable!()
+        };
         $crate::client!(@types $p; $($tr)::+; $($rest)*);
     };
     (@types $p:ident; $($tr:ident)::+; $(#[$mm:meta])* bidi fn $f:ident ($items:ident : $it:ty $(, $a:ident : $t:ty)* $(,)?) -> $r:ty; $($rest:tt)*) => {
-        let _ = |__plugin: &$p, $items, $($a: $t),*| { let _ = <$p as $($tr)::+>::$f(__plugin, $items, $($a),*); };
+        let _ = |__plugin: &$p, mut $items, $($a: $t),*| {
+            if false {
+                let mut __out = <$p as $($tr)::+>::$f(__plugin, $items, $($a),*);
+                let _: ::std::option::Option<$r> = __out.next_item();
+                return;
+            }
+            let _: ::std::option::Option<$it> = $items.next_item();
+        };
         $crate::client!(@types $p; $($tr)::+; $($rest)*);
     };
 

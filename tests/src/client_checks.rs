@@ -113,3 +113,54 @@
 //!     }
 //! }
 //! ```
+//!
+//! A server stream's item type other than the trait's (`Stream<u64>`):
+//!
+//! ```compile_fail,E0308
+//! bulkhead::client! {
+//!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
+//!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+//!     {
+//!         stream fn count(n: u64) -> u32;
+//!     }
+//! }
+//! ```
+//!
+//! A client stream's input item type other than the trait's:
+//!
+//! ```compile_fail,E0308
+//! bulkhead::client! {
+//!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
+//!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+//!     {
+//!         client_stream fn sum(items: i32, bias: u64) -> u64;
+//!     }
+//! }
+//! ```
+//!
+//! A bidirectional stream's output item type other than the trait's:
+//!
+//! ```compile_fail,E0308
+//! bulkhead::client! {
+//!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
+//!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+//!     {
+//!         bidi fn double(items: u64) -> String;
+//!     }
+//! }
+//! ```
+//!
+//! And every stream form right compiles:
+//!
+//! ```
+//! bulkhead::client! {
+//!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
+//!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+//!     {
+//!         stream fn count(n: u64) -> u64;
+//!         client_stream fn sum(items: u64, bias: u64) -> u64;
+//!         bidi fn double(items: u64) -> u64;
+//!         stream fn blobs(n: u64, size: u64) -> Vec<u8>;
+//!     }
+//! }
+//! ```
