@@ -72,7 +72,9 @@
 /// Each client method has an `async` twin on the client's async form
 /// (feature `tokio`): add `, async = <Name>` after the constants to generate
 /// a struct `<Name>` whose methods return futures, reached with
-/// `client.asynchronous()`. Plain and optional methods only.
+/// `client.asynchronous()`. Plain, optional and server-streaming methods (the
+/// latter as [`AsyncPluginStream`](crate::AsyncPluginStream)s); client and
+/// bidirectional streams have no async form.
 #[macro_export]
 macro_rules! client {
     (
@@ -358,6 +360,15 @@ macro_rules! client {
     };
     (@async $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty; $($rest:tt)*) => {
         $crate::client!(@async_call $m; $desc; $opt; $(#[$mm])* $f ($($a: $t),*) -> $r);
+        $crate::client!(@async $m; $desc; $opt; $($rest)*);
+    };
+    (@async $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* stream fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty; $($rest:tt)*) => {
+        #[doc = concat!("Opens the plugin's stream `", stringify!($f), "` as an async stream (opened on tokio's blocking pool).")]
+        $(#[$mm])*
+        pub fn $f(&self, $($a: $t),*) -> impl ::std::future::Future<Output = ::std::result::Result<$crate::AsyncPluginStream<$r>, $crate::CallError>> + ::std::marker::Send + 'static {
+            const SLOT: usize = $crate::client!(@slot $m; $desc; $f);
+            self.plugin.stream_async(SLOT, &($($a,)*))
+        }
         $crate::client!(@async $m; $desc; $opt; $($rest)*);
     };
     (@async $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* $kind:ident fn $f:ident ($($args:tt)*) -> $r:ty; $($rest:tt)*) => {

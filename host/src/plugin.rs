@@ -124,6 +124,7 @@ impl std::fmt::Debug for PluginSpec {
             .field("transport", &self.transport)
             .field("standby", &self.standby)
             .field("sandbox", &self.sandbox)
+            .field("interface_hash", &self.interface_hash)
             .finish_non_exhaustive()
     }
 }
@@ -721,7 +722,8 @@ impl Plugin {
     /// Reloads with the current [`spec`](Self::spec) as changed by `change`:
     /// the deliberate way to change settings (and maybe the library) while
     /// keeping the rest. `change` runs under the reload lock, on the spec of
-    /// the generation being replaced. Otherwise as [`reload`](Self::reload).
+    /// the generation being replaced, so it must not reload this plugin
+    /// itself. Otherwise as [`reload`](Self::reload).
     ///
     /// ```no_run
     /// # fn f(plugin: &bulkhead::Plugin) -> Result<(), bulkhead::LoadError> {
@@ -757,6 +759,14 @@ impl Plugin {
     /// if the loaded plugin has another hash or the plugin is already pinned
     /// to another one. A typed [`client!`](crate::client) pins its plugin when
     /// it loads or wraps it.
+    ///
+    /// The pin is the interface hash alone, which fidius computes over the
+    /// required methods' names and types. A library with that hash but
+    /// another buffer strategy, or fewer optional methods (built against an
+    /// older version of the interface), still reloads: the worker serves both
+    /// strategies the same way, and an optional method the new library lacks
+    /// answers [`CallError::NotImplemented`] — neither can make a typed call
+    /// misread its answer.
     pub fn pin_interface(&self, hash: u64) -> Result<(), LoadError> {
         let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let mut spec = self.shared.spec.lock().unwrap_or_else(|e| e.into_inner());

@@ -283,6 +283,14 @@ fn async_client_answers_like_the_blocking_one() {
         );
         let n: StreamsAsync = new.asynchronous();
         assert_eq!(n.extra(41).await.unwrap(), 42);
+        let mut items = n.count(3).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(item) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut items), cx)).await
+        {
+            got.push(item.unwrap());
+        }
+        assert_eq!(got, [0, 1, 2]);
         let calls_before = old.plugin().stats().calls;
         let e = old.asynchronous().extra(1).await.unwrap_err();
         assert!(
