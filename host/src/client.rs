@@ -22,6 +22,7 @@
 ///         stream fn count(n: u64) -> u64;      // -> PluginStream<u64>
 ///         client_stream fn sum(items: u64, bias: u64) -> u64; // first argument: the item type
 ///         bidi fn double(items: u64) -> u64;   // -> PluginStream<u64>
+///         raw fn echo(data: Vec<u8>) -> Vec<u8>; // #[wire(raw)]: takes &[u8], returns Vec<u8>
 ///     }
 /// }
 /// let client = CalcClient::load(&supervisor, PluginSpec::new(path))?;
@@ -35,8 +36,9 @@
 ///   is found by its name in the interface's descriptor (`<Trait>_WASM_DESCRIPTOR`,
 ///   declaration order, as fidius numbers its vtable). A name the interface
 ///   does not have, a `stream fn` that is not server-streaming in the
-///   interface (or a `fn` that is), a `bidi fn` that is not, and a `#[wire(raw)]`
-///   method are compile errors (a failed constant evaluation naming the method).
+///   interface (or a `fn` that is), a `bidi fn` that is not, and a `raw fn`
+///   that is not `#[wire(raw)]` (or a `#[wire(raw)]` method declared otherwise)
+///   are compile errors (a failed constant evaluation naming the method).
 /// * **Compile time, the types.** Every `fn` must have exactly the trait's
 ///   argument and return types: the macro coerces `<Trait>::method` to
 ///   `fn(&Self, args..) -> Ret`, so `fn div(a: i32, b: i32)` against
@@ -237,7 +239,13 @@ macro_rules! client {
             let slot = $crate::client!(@slot $m; $desc; $f);
             ::std::assert!(slot != usize::MAX, concat!("the interface has no method `", stringify!($f), "`"));
             let method = &$m::$desc.methods[slot];
-            ::std::assert!(!method.wire_raw, concat!("`", stringify!($f), "` is #[wire(raw)]: call it with Plugin::call_raw"));
+            let want_raw = $crate::__private::raw(stringify!($kind));
+            if want_raw && !method.wire_raw {
+                ::std::panic!(concat!("`", stringify!($f), "` is not #[wire(raw)] in the interface: not `raw fn`"));
+            }
+            if !want_raw && method.wire_raw {
+                ::std::panic!(concat!("`", stringify!($f), "` is #[wire(raw)] in the interface: declare it `raw fn`"));
+            }
             let want_streaming = $crate::__private::server_streaming(stringify!($kind));
             if want_streaming && !method.streaming {
                 ::std::panic!(concat!("`", stringify!($f), "` does not return a stream in the interface: not `", stringify!($kind), " fn`"));
@@ -257,6 +265,15 @@ macro_rules! client {
     (@types $p:ident; $($tr:ident)::+; $(#[$mm:meta])* fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty; $($rest:tt)*) => {
         let _: fn(&$p, $($t),*) -> $r = <$p as $($tr)::+>::$f;
         // Spelled otherwise than `Result<..>`, a Result would be misread.
+        $crate::__private::not_a_result::<$r, _>();
+        $crate::client!(@types $p; $($tr)::+; $($rest)*);
+    };
+    (@types $p:ident; $($tr:ident)::+; $(#[$mm:meta])* raw fn $f:ident ($a:ident : $t:ty $(,)?) -> Result<$ok:ty, $e:ty>; $($rest:tt)*) => {
+        let _: fn(&$p, $t) -> ::std::result::Result<$ok, $e> = <$p as $($tr)::+>::$f;
+        $crate::client!(@types $p; $($tr)::+; $($rest)*);
+    };
+    (@types $p:ident; $($tr:ident)::+; $(#[$mm:meta])* raw fn $f:ident ($a:ident : $t:ty $(,)?) -> $r:ty; $($rest:tt)*) => {
+        let _: fn(&$p, $t) -> $r = <$p as $($tr)::+>::$f;
         $crate::__private::not_a_result::<$r, _>();
         $crate::client!(@types $p; $($tr)::+; $($rest)*);
     };
@@ -338,6 +355,15 @@ macro_rules! client {
         }
         $crate::client!(@methods $m; $desc; $opt; $($rest)*);
     };
+    (@methods $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* raw fn $f:ident ($a:ident : $t:ty $(,)?) -> $r:ty; $($rest:tt)*) => {
+        #[doc = concat!("Calls the plugin's `#[wire(raw)]` method `", stringify!($f), "`: `", stringify!($a), "` goes as-is, its bytes come back as-is.")]
+        $(#[$mm])*
+        pub fn $f(&self, $a: &[u8]) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::CallError> {
+            const SLOT: usize = $crate::client!(@slot $m; $desc; $f);
+            self.plugin.call_raw_with_timeout(SLOT, $a, self.__timeout())
+        }
+        $crate::client!(@methods $m; $desc; $opt; $($rest)*);
+    };
     (@call $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* $f:ident ($($a:ident : $t:ty),*) -> $r:ty) => {
         #[doc = concat!("Calls the plugin's method `", stringify!($f), "`.")]
         $(#[$mm])*
@@ -360,6 +386,15 @@ macro_rules! client {
     };
     (@async $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty; $($rest:tt)*) => {
         $crate::client!(@async_call $m; $desc; $opt; $(#[$mm])* $f ($($a: $t),*) -> $r);
+        $crate::client!(@async $m; $desc; $opt; $($rest)*);
+    };
+    (@async $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* raw fn $f:ident ($a:ident : $t:ty $(,)?) -> $r:ty; $($rest:tt)*) => {
+        #[doc = concat!("Calls the plugin's `#[wire(raw)]` method `", stringify!($f), "` on tokio's blocking pool.")]
+        $(#[$mm])*
+        pub fn $f(&self, $a: ::std::vec::Vec<u8>) -> impl ::std::future::Future<Output = ::std::result::Result<::std::vec::Vec<u8>, $crate::CallError>> + ::std::marker::Send + 'static {
+            const SLOT: usize = $crate::client!(@slot $m; $desc; $f);
+            self.plugin.call_raw_async_with_timeout(SLOT, $a, self.__timeout())
+        }
         $crate::client!(@async $m; $desc; $opt; $($rest)*);
     };
     (@async $m:ident; $desc:ident; $opt:ident; $(#[$mm:meta])* stream fn $f:ident ($($a:ident : $t:ty),* $(,)?) -> $r:ty; $($rest:tt)*) => {
@@ -473,6 +508,11 @@ pub mod __private {
             i += 1;
         }
         0
+    }
+
+    /// Whether a client declared `raw fn`.
+    pub const fn raw(kind: &str) -> bool {
+        same(kind, "raw")
     }
 
     /// Whether a client declared `kind fn` for a server-streaming method.

@@ -66,7 +66,8 @@
 //! }
 //! ```
 //!
-//! A `#[wire(raw)]` method (its types match; the descriptor refuses it):
+//! A `#[wire(raw)]` method declared as a bincode one (its types match; the
+//! descriptor refuses it):
 //!
 //! ```compile_fail,E0080
 //! bulkhead::client! {
@@ -161,6 +162,18 @@
 //!         client_stream fn sum(items: u64, bias: u64) -> u64;
 //!         bidi fn double(items: u64) -> u64;
 //!         stream fn blobs(n: u64, size: u64) -> Vec<u8>;
+//!     }
+//! }
+//! ```
+//!
+//! A bincode method declared `raw fn`:
+//!
+//! ```compile_fail,E0080
+//! bulkhead::client! {
+//!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
+//!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
+//!     {
+//!         raw fn echo(data: Vec<u8>) -> Vec<u8>;
 //!     }
 //! }
 //! ```

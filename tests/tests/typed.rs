@@ -51,6 +51,8 @@ bulkhead::client! {
         fn fail(code: String) -> Result<String, PluginError>;
         fn sleep_ms(ms: u64) -> u64;
         fn pid() -> u32;
+        raw fn echo_raw(data: Vec<u8>) -> Vec<u8>;
+        fn echo(data: Vec<u8>) -> Vec<u8>;
     }
 }
 
@@ -271,6 +273,7 @@ fn async_client_answers_like_the_blocking_one() {
         let a: BasicAsync = c.asynchronous();
         assert_eq!(a.add(2, 3).await.unwrap(), 5);
         assert_eq!(a.greet("async".into()).await.unwrap(), "Hello, async!");
+        assert_eq!(a.echo_raw(b"raw".to_vec()).await.unwrap(), b"raw");
         assert!(matches!(a.fail("X".into()).await, Err(CallError::Plugin(e)) if e.code == "X"));
         let e = a
             .with_timeout(Duration::from_millis(300))
