@@ -119,14 +119,20 @@ macro_rules! client {
                 /// The interface hash this client requires (from the interface's descriptor).
                 pub const INTERFACE_HASH: u64 = __iface::$desc.interface_hash;
 
+                /// Server-streaming and bidirectional slots (from the
+                /// descriptor) and the client-streaming ones declared here
+                /// (fidius records those nowhere).
                 fn __streaming() -> ::std::vec::Vec<u32> {
-                    __iface::$desc
+                    #[allow(unused_mut)]
+                    let mut slots: ::std::vec::Vec<u32> = __iface::$desc
                         .methods
                         .iter()
                         .enumerate()
                         .filter(|(_, m)| m.streaming)
                         .map(|(i, _)| $crate::MethodIndex::from(i).0)
-                        .collect()
+                        .collect();
+                    $crate::client!(@unwrap client_streams [__iface; $desc; slots;] $body);
+                    slots
                 }
 
                 /// Loads `spec` requiring this client's interface hash, and
@@ -255,6 +261,22 @@ macro_rules! client {
             }
         };
     };
+
+    // ---- pushes the slot of every `client_stream fn` onto `$v`
+    (@client_streams $m:ident; $desc:ident; $v:ident;) => {};
+    (@client_streams $m:ident; $desc:ident; $v:ident; $(#[$mm:meta])* client_stream fn $f:ident ($($args:tt)*) -> $r:ty; $($rest:tt)*) => {
+        $v.push($crate::MethodIndex::from($crate::client!(@slot $m; $desc; $f)).0);
+        $crate::client!(@client_streams $m; $desc; $v; $($rest)*);
+    };
+    (@client_streams $m:ident; $desc:ident; $v:ident; $(#[$mm:meta])* $kind:ident fn $f:ident ($($args:tt)*) -> $($rest:tt)*) => {
+        $crate::client!(@consts_skip_then client_streams [$m; $desc; $v;] $($rest)*);
+    };
+    (@client_streams $m:ident; $desc:ident; $v:ident; $(#[$mm:meta])* fn $f:ident ($($args:tt)*) -> $($rest:tt)*) => {
+        $crate::client!(@consts_skip_then client_streams [$m; $desc; $v;] $($rest)*);
+    };
+    // Skips the rest of one declaration (up to its `;`), then goes on with `@$step`.
+    (@consts_skip_then $step:ident [$($head:tt)*] ; $($rest:tt)*) => { $crate::client!(@$step $($head)* $($rest)*); };
+    (@consts_skip_then $step:ident [$($head:tt)*] $t:tt $($rest:tt)*) => { $crate::client!(@consts_skip_then $step [$($head)*] $($rest)*); };
 
     // ---- compile-time checks against the trait
     (@types $p:ident; $($tr:ident)::+;) => {};

@@ -256,6 +256,13 @@ fn client_and_bidirectional_streams_on_the_client() {
     assert_eq!(s.sum(Vec::<u64>::new(), 7).unwrap(), 7);
     let doubled: Vec<u64> = s.double([1u64, 2, 3]).unwrap().map(Result::unwrap).collect();
     assert_eq!(doubled, [2, 4, 6]);
+    // The client declared `sum` client-streaming (fidius records that
+    // nowhere): the plain call path refuses it instead of passing it a tuple.
+    let e = s
+        .plugin()
+        .call::<_, u64>(__fidius_Streams::METHOD_SUM, &(1u64,))
+        .unwrap_err();
+    assert!(matches!(e, CallError::Unsupported { index: 4, .. }), "{e:?}");
 }
 
 #[test]
