@@ -145,6 +145,18 @@ macro_rules! client {
                     supervisor.load(spec).map(Self::wrap)
                 }
 
+                $crate::__if_tokio! {
+                    /// [`load`](Self::load) as a future: the workers start on
+                    /// tokio's blocking pool (feature `tokio`).
+                    pub async fn load_async(
+                        supervisor: &$crate::Supervisor,
+                        spec: $crate::PluginSpec,
+                    ) -> ::std::result::Result<Self, $crate::LoadError> {
+                        let spec = spec.interface(Self::INTERFACE_HASH).streaming_methods(Self::__streaming());
+                        supervisor.load_async(spec).await.map(Self::wrap)
+                    }
+                }
+
                 /// Wraps a loaded plugin after checking its interface hash,
                 /// and pins it ([`Plugin::pin_interface`]).
                 pub fn new(plugin: $crate::Plugin) -> ::std::result::Result<Self, $crate::LoadError> {

@@ -291,6 +291,9 @@ fn async_client_answers_like_the_blocking_one() {
             matches!(e, CallError::Timeout { limit, .. } if limit == Duration::from_millis(300)),
             "{e:?}"
         );
+        let loaded = BasicClient::load_async(&sup, spec("fx-basic")).await.unwrap();
+        assert_eq!(loaded.plugin().pinned_interface(), Some(BasicClient::INTERFACE_HASH));
+        assert_eq!(loaded.asynchronous().add(20, 22).await.unwrap(), 42);
         let n: StreamsAsync = new.asynchronous();
         assert_eq!(n.extra(41).await.unwrap(), 42);
         let mut items = n.count(3).await.unwrap();
