@@ -66,7 +66,11 @@
 ///   swap in a library with another hash.
 /// * **Not checked:** the signatures of *optional* methods are outside
 ///   fidius' hash: a plugin built against a trait whose optional method has
-///   other types, but the same required methods, loads.
+///   other types, but the same required methods, loads. And fidius recognises
+///   a `Result` return by the last segment of the trait's spelling: a trait
+///   returning a `Result` through an alias of another name (`PluginResult<T>`)
+///   sends the whole `Result`, which a client declaring `Result<..>` (as the
+///   type check demands) misreads — spell `Result` in the trait.
 ///
 /// Every server-streaming and bidirectional slot of the interface is refused
 /// by the plugin's plain `call` path, listed here or not.
@@ -75,7 +79,7 @@
 /// (feature `tokio`): add `, async = <Name>` after the constants to generate
 /// a struct `<Name>` whose methods return futures, reached with
 /// `client.asynchronous()`. Plain, optional and server-streaming methods (the
-/// latter as [`AsyncPluginStream`](crate::AsyncPluginStream)s); client and
+/// latter as `AsyncPluginStream`s); client and
 /// bidirectional streams have no async form.
 #[macro_export]
 macro_rules! client {
