@@ -219,3 +219,40 @@ fn pin_interface_on_an_untyped_plugin_and_through_client_new() {
     let sum: i64 = p.call(basic::ADD, &(1i64, 2i64)).unwrap();
     assert_eq!(sum, 3);
 }
+
+#[test]
+fn reload_library_keeps_the_signature_requirement() {
+    use bulkhead::ed25519_dalek::{Signer, SigningKey};
+    let sup = supervisor();
+    let dir = Scratch::new("signed");
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let sign = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(bulkhead::signature_path(path), key.sign(&bytes).to_bytes()).unwrap();
+    };
+    let v1 = dir.copy_of("fx-basic", "libbasic-v1.so");
+    let signed_v2 = dir.copy_of("fx-basic", "libbasic-v2.so");
+    let unsigned_v3 = dir.copy_of("fx-basic", "libbasic-v3.so");
+    sign(&v1);
+    sign(&signed_v2);
+
+    let p = sup
+        .load(
+            PluginSpec::new(&v1)
+                .transport(bulkhead_tests::transport())
+                .require_signature([key.verifying_key()])
+                .workers(2),
+        )
+        .unwrap();
+    let pids = sorted_pids(&p);
+    // An unsigned library is refused: the requirement was kept.
+    let e = p.reload_library(&unsigned_v3).unwrap_err();
+    assert!(matches!(e, LoadError::SignatureRequired { .. }), "{e:?}");
+    assert_eq!(sorted_pids(&p), pids, "the old workers keep serving");
+    assert_eq!(p.call::<_, i64>(basic::ADD, &(40i64, 2i64)).unwrap(), 42);
+    // A signed one loads, with the two workers.
+    p.reload_library(&signed_v2).unwrap();
+    assert_eq!(p.info().path, signed_v2);
+    assert_eq!(p.worker_pids().len(), 2);
+    assert_eq!(p.call::<_, i64>(basic::ADD, &(1i64, 2i64)).unwrap(), 3);
+}
