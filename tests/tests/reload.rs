@@ -256,3 +256,51 @@ fn reload_library_keeps_the_signature_requirement() {
     assert_eq!(p.worker_pids().len(), 2);
     assert_eq!(p.call::<_, i64>(basic::ADD, &(1i64, 2i64)).unwrap(), 3);
 }
+
+bulkhead::client! {
+    /// The configured fixture.
+    pub struct ConfiguredClient for fx_iface::Configured in fx_iface::__fidius_Configured
+        (descriptor = Configured_WASM_DESCRIPTOR, optional = Configured_OPTIONAL_METHODS)
+    {
+        fn describe() -> String;
+        fn scale(x: i64) -> i64;
+    }
+}
+
+#[test]
+fn reload_library_keeps_the_config_and_reload_with_changes_it_on_purpose() {
+    use fx_iface::ScaleConfig;
+    let sup = supervisor();
+    let dir = Scratch::new("config");
+    let v2 = dir.copy_of("fx-configured", "libconfigured-v2.so");
+    let config = |factor| ScaleConfig {
+        prefix: "p".into(),
+        factor,
+        crash: false,
+    };
+    let c = ConfiguredClient::load(&sup, spec("fx-configured").config(&config(3))).unwrap();
+    assert_eq!(c.describe().unwrap(), "px3");
+
+    c.plugin().reload_library(&v2).unwrap();
+    assert_eq!(c.plugin().info().path, v2);
+    assert_eq!(c.describe().unwrap(), "px3", "the config was kept");
+    assert_eq!(c.scale(5).unwrap(), 15);
+
+    c.plugin().reload_with(|s| s.config(&config(4))).unwrap();
+    assert_eq!(c.plugin().info().path, v2, "the library was kept");
+    assert_eq!(c.scale(5).unwrap(), 20);
+    assert_eq!(c.plugin().pinned_interface(), Some(ConfiguredClient::INTERFACE_HASH));
+
+    // A config the plugin refuses: the old generation keeps serving.
+    let mut crash = config(5);
+    crash.crash = true;
+    let e = c.plugin().reload_with(|s| s.config(&crash)).unwrap_err();
+    match &e {
+        LoadError::WorkerDied { path, stderr, .. } => {
+            assert_eq!(path, &v2);
+            assert!(stderr.contains("configure refused: crash requested"), "{stderr}");
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(c.scale(5).unwrap(), 20);
+}
