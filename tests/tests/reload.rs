@@ -304,3 +304,47 @@ fn reload_library_keeps_the_config_and_reload_with_changes_it_on_purpose() {
     }
     assert_eq!(c.scale(5).unwrap(), 20);
 }
+
+bulkhead::client! {
+    /// `Streams`, with its optional method.
+    pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
+        (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+    {
+        fn extra(x: u64) -> u64;
+        fn pid() -> u32;
+        stream fn count(n: u64) -> u64;
+    }
+}
+
+#[test]
+fn a_pinned_reload_to_an_older_version_of_the_interface_answers_not_implemented_for_what_it_lacks() {
+    let sup = supervisor();
+    let c = StreamsClient::load(&sup, spec("fx-stream").plugin("StreamPlugin")).unwrap();
+    assert_eq!(c.extra(41).unwrap(), 42);
+    assert_eq!(c.plugin().info().method_count, 9);
+    // Built against version 1 of the trait: the same required methods (the
+    // same hash), one optional method fewer.
+    c.plugin().reload_with(|s| s.plugin("OldStreamPlugin")).unwrap();
+    let info = c.plugin().info();
+    assert_eq!((info.plugin_name.as_str(), info.method_count), ("OldStreamPlugin", 8));
+    let e = c.extra(41).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CallError::NotImplemented {
+                index: 8,
+                capabilities: 0,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let items: Vec<u64> = c.count(3).unwrap().map(Result::unwrap).collect();
+    assert_eq!(items, [0, 1, 2]);
+    // The stream slots the client declared stay refused by the plain path.
+    let e = c
+        .plugin()
+        .call::<_, u64>(fx_iface::__fidius_Streams::METHOD_COUNT, &(1u64,))
+        .unwrap_err();
+    assert!(matches!(e, CallError::Unsupported { index: 0, .. }), "{e:?}");
+}
