@@ -347,4 +347,12 @@ fn a_pinned_reload_to_an_older_version_of_the_interface_answers_not_implemented_
         .call::<_, u64>(fx_iface::__fidius_Streams::METHOD_COUNT, &(1u64,))
         .unwrap_err();
     assert!(matches!(e, CallError::Unsupported { index: 0, .. }), "{e:?}");
+    // A whole new spec that declares no stream: the client's stay declared.
+    c.plugin().reload(spec("fx-stream").plugin("StreamPlugin")).unwrap();
+    let e = c
+        .plugin()
+        .call::<_, u64>(fx_iface::__fidius_Streams::METHOD_COUNT, &(1u64,))
+        .unwrap_err();
+    assert!(matches!(e, CallError::Unsupported { index: 0, .. }), "{e:?}");
+    assert_eq!(c.extra(1).unwrap(), 2);
 }
