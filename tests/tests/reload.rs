@@ -356,3 +356,28 @@ fn a_pinned_reload_to_an_older_version_of_the_interface_answers_not_implemented_
     assert!(matches!(e, CallError::Unsupported { index: 0, .. }), "{e:?}");
     assert_eq!(c.extra(1).unwrap(), 2);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_reloads_keep_settings_and_pins_too() {
+    let sup = supervisor();
+    let dir = Scratch::new("async");
+    let v2 = dir.copy_of("fx-basic", "libbasic-v2.so");
+    let c = BasicClient::load_async(&sup, spec("fx-basic").workers(2).call_timeout(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let p = c.plugin();
+    let reports = p.reload_library_async(&v2).await.unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(
+        (p.info().path, p.worker_pids().len(), p.call_timeout()),
+        (v2.clone(), 2, Duration::from_secs(3))
+    );
+    p.reload_with_async(|s| s.workers(1)).await.unwrap();
+    assert_eq!(p.worker_pids().len(), 1);
+    let e = p
+        .reload_async(PluginSpec::new(fixtures().lib("fx-arena")))
+        .await
+        .unwrap_err();
+    assert_mismatch(&e, BasicClient::INTERFACE_HASH, None);
+    assert_eq!(p.call_async::<_, i64>(basic::ADD, &(2i64, 2i64)).await.unwrap(), 4);
+}
