@@ -799,7 +799,10 @@ impl Plugin {
                     return Err(LoadError::Rejected {
                         path: spec.path.clone(),
                         reason: LoadFailure::InterfaceMismatch {
-                            plugin: spec.plugin.clone().unwrap_or_default(),
+                            plugin: spec
+                                .plugin
+                                .clone()
+                                .unwrap_or_else(|| self.generation().info.plugin_name.clone()),
                             expected: pin,
                             found: asked,
                         },
