@@ -3,10 +3,11 @@
 //!
 //! `cargo build -p fx-stream -p fx-host && cargo run -p bulkhead-examples --example streams_and_callbacks`
 //!
-//! `bulkhead::client!` turns the interface crate's generated constants into one
-//! Rust method per plugin method, checks the interface hash at load, answers
-//! optional methods the plugin lacks with `NotImplemented` (no round trip), and
-//! knows the streaming slots from the interface crate's descriptor.
+//! `bulkhead::client!` turns the interface crate's trait and descriptor into one
+//! Rust method per plugin method (slots by name, types checked by the
+//! compiler), checks the interface hash at load, answers optional methods the
+//! plugin lacks with `NotImplemented` (no round trip), and knows the streaming
+//! slots from the interface crate's descriptor.
 
 use bulkhead::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::fixture_library;
@@ -16,11 +17,14 @@ use fx_iface::__fidius_Streams as streams;
 
 bulkhead::client! {
     /// Typed access to plugins implementing the `Streams` interface.
-    pub struct StreamsClient for fx_iface::__fidius_Streams
-        (hash = Streams_INTERFACE_HASH, descriptor = Streams_WASM_DESCRIPTOR) {
-        fn pid() -> u32 = METHOD_PID;
-        optional(Streams_CAP_EXTRA) fn extra(x: u64) -> u64 = METHOD_EXTRA;
-        stream fn count(n: u64) -> u64 = METHOD_COUNT;
+    pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
+        (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+    {
+        fn pid() -> u32;
+        fn extra(x: u64) -> u64;
+        stream fn count(n: u64) -> u64;
+        client_stream fn sum(items: u64, bias: u64) -> u64;
+        bidi fn double(items: u64) -> u64;
     }
 }
 
@@ -47,13 +51,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let first_two: Vec<u64> = client.count(1_000_000)?.take(2).collect::<Result<_, _>>()?;
     println!("first two of a million: {first_two:?} (the rest never produced)");
     // Client and bidirectional streams: the plugin pulls the host's items.
-    let sum: u64 = client
-        .plugin()
-        .call_client_stream(streams::METHOD_SUM, 1..=100u64, &(0u64,))?;
-    let doubled: Vec<u64> = client
-        .plugin()
-        .bidi_stream(streams::METHOD_DOUBLE, [1u64, 2, 3], &())?
-        .collect::<Result<_, _>>()?;
+    let sum: u64 = client.sum(1..=100u64, 0)?;
+    let doubled: Vec<u64> = client.double([1u64, 2, 3])?.collect::<Result<_, _>>()?;
     println!("sum(1..=100) = {sum}, double([1, 2, 3]) = {doubled:?}");
 
     // A plugin that calls back into the host (`#[fidius::host_interface]`):

@@ -1,22 +1,25 @@
 //! A typed client: `bulkhead::client!` turns a fidius interface into Rust
 //! methods (no slot numbers in calling code), and its `load` refuses a plugin
 //! built against another version of the interface — the worker checks the
-//! interface hash before the plugin is constructed.
+//! interface hash before the plugin is constructed. A reload keeps every
+//! setting and can never switch the client to another interface.
 //!
-//! `cargo build -p fx-basic && cargo run -p bulkhead-examples --example typed_client`
+//! `cargo build -p fx-basic -p fx-stream && cargo run -p bulkhead-examples --example typed_client`
 
 use std::time::Duration;
 
-use bulkhead::{CallError, PluginSpec, Supervisor};
-use bulkhead_examples::plugin_library;
+use bulkhead::{CallError, LoadError, LoadFailure, PluginSpec, Supervisor};
+use bulkhead_examples::{fixture_library, plugin_library};
 
 bulkhead::client! {
     /// Typed access to plugins of the fixture's `Basic` interface.
-    pub struct BasicClient for fx_iface::__fidius_Basic (hash = Basic_INTERFACE_HASH) {
-        fn greet(name: String) -> String = METHOD_GREET;
-        fn add(a: i64, b: i64) -> i64 = METHOD_ADD;
-        fn sleep_ms(ms: u64) -> u64 = METHOD_SLEEP_MS;
-        fn pid() -> u32 = METHOD_PID;
+    pub struct BasicClient for fx_iface::Basic in fx_iface::__fidius_Basic
+        (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
+    {
+        fn greet(name: String) -> String;
+        fn add(a: i64, b: i64) -> i64;
+        fn sleep_ms(ms: u64) -> u64;
+        fn pid() -> u32;
     }
 }
 
@@ -37,5 +40,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
     println!("next call on worker {}", client.pid()?);
+
+    // A reload keeps every setting (here the 500 ms timeout) ...
+    client.plugin().reload_library(plugin_library())?;
+    println!("reloaded: call timeout still {:?}", client.plugin().call_timeout());
+    // ... and never the interface: a library of another one is refused and
+    // the current workers keep serving.
+    let other = fixture_library("fx-stream");
+    match client
+        .plugin()
+        .reload_with(|spec| spec.library(&other).plugin("StreamPlugin"))
+    {
+        Err(
+            e @ LoadError::Rejected {
+                reason: LoadFailure::InterfaceMismatch { .. },
+                ..
+            },
+        ) => println!("refused: {e}"),
+        other => return Err(format!("expected InterfaceMismatch, got {other:?}").into()),
+    }
+    println!("still serving: 2 + 40 = {}", client.add(2, 40)?);
     Ok(())
 }

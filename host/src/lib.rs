@@ -47,7 +47,11 @@
 //!   raw calls, optional methods ([`Plugin::call_optional`]), server streams
 //!   ([`Plugin::stream`] → [`PluginStream`]), client and bidirectional streams.
 //! * [`client!`] declares a typed client for a fidius interface (one method per
-//!   plugin method, interface hash checked at load).
+//!   plugin method, slot and types checked against the interface crate at
+//!   compile time, the interface hash at load; the plugin then stays pinned
+//!   to that interface across reloads).
+//! * [`Plugin::reload_library`] and [`Plugin::reload_with`] switch versions
+//!   keeping every setting not changed on purpose.
 //! * [`HostInterface`] implements a `#[fidius::host_interface]` the plugin calls back.
 //! * [`PluginSpec::require_signature`] loads only libraries signed like fidius
 //!   signs them, from a sealed in-memory copy of the verified bytes.
@@ -61,7 +65,8 @@
 //! * [`Plugin::health`] and [`EventKind::HealthChanged`] say whether a plugin is
 //!   healthy, degraded (and when the next restart is due) or failed; crashes,
 //!   timeouts and restarts are logged with `tracing` at `warn`.
-//! * [`Plugin::reload`] switches to a new library without losing a call.
+//! * [`Plugin::reload`] switches to a new library without losing a call
+//!   ([`Plugin::reload_library`] keeps the current settings).
 //! * [`PluginSpec::idle_timeout`] stops workers nobody calls.
 //! * [`EventKind::WorkerExited`] carries the worker's [`ResourceUsage`] (CPU
 //!   time, peak RSS); [`Plugin::memory`] samples the live workers.
@@ -124,6 +129,8 @@ mod violations;
 mod worker_process;
 mod zero_copy;
 
+#[doc(hidden)]
+pub use client::__private;
 pub use bulkhead_shared::abi::BufferStrategy;
 pub use crash::CrashReport;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).

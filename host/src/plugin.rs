@@ -13,7 +13,7 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::call::Answer;
-use crate::error::{CallError, LoadError, PluginError};
+use crate::error::{CallError, LoadError, LoadFailure, PluginError};
 use crate::events::EventKind;
 use crate::health::Health;
 use crate::hostfn::HostInterface;
@@ -126,6 +126,7 @@ impl std::fmt::Debug for PluginSpec {
             .field("transport", &self.transport)
             .field("standby", &self.standby)
             .field("sandbox", &self.sandbox)
+            .field("interface_hash", &self.interface_hash)
             .finish_non_exhaustive()
     }
 }
@@ -200,6 +201,10 @@ impl PluginSpec {
     /// generated `__fidius_<Trait>::<Trait>_INTERFACE_HASH`): a plugin built
     /// against another version of the trait would have its slots misread. The
     /// [`LoadError`](crate::LoadError) names both hashes. Default: no check.
+    ///
+    /// The hash *pins* the loaded [`Plugin`]: every later
+    /// [`reload`](Plugin::reload) must load a library with this hash, whatever
+    /// spec it is given (see [`Plugin::pin_interface`]).
     pub fn interface(mut self, hash: u64) -> Self {
         self.interface_hash = Some(hash);
         self
@@ -287,6 +292,19 @@ impl PluginSpec {
     pub fn shm_capacity(mut self, bytes: u32) -> Self {
         self.shm_capacity = bytes;
         self
+    }
+
+    /// Replaces the library path, keeping every other setting: with
+    /// [`Plugin::spec`], how a reload changes the library and nothing else
+    /// (what [`Plugin::reload_library`] does).
+    pub fn library(mut self, path: impl AsRef<Path>) -> Self {
+        self.path = path.as_ref().to_path_buf();
+        self
+    }
+
+    /// The library path this spec loads.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Selects the plugin (impl type name) within the library. Default: the
@@ -480,6 +498,9 @@ pub(crate) struct PluginShared {
     pub(crate) current: RwLock<Arc<Generation>>,
     /// Serializes reloads.
     pub(crate) reloading: Mutex<()>,
+    /// The spec of the current generation, its interface pin included
+    /// ([`Plugin::spec`]). Written under `reloading`.
+    pub(crate) spec: Mutex<PluginSpec>,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -537,16 +558,42 @@ impl Plugin {
         capability: u64,
         args: &A,
     ) -> Result<R, CallError> {
+        self.call_optional_with_timeout(index, capability, args, self.generation().call_timeout)
+    }
+
+    /// [`call_optional`](Self::call_optional) with this call's own timeout.
+    pub fn call_optional_with_timeout<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: impl Into<MethodIndex>,
+        capability: u64,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
         let index = index.into().0;
-        let caps = self.generation().info.capabilities;
-        if capability == 0 || caps & capability != capability || index >= self.generation().info.method_count {
-            return Err(CallError::NotImplemented {
+        if let Some(e) = self.optional_missing(index, capability) {
+            return Err(e);
+        }
+        self.call_with_timeout(index, args, timeout)
+    }
+
+    /// The error a call of optional method `index` (capability mask
+    /// `capability`) gets without a request when the plugin lacks it.
+    pub(crate) fn optional_missing(&self, index: u32, capability: u64) -> Option<CallError> {
+        let g = self.generation();
+        let caps = g.info.capabilities;
+        (capability == 0 || caps & capability != capability || index >= g.info.method_count).then_some(
+            CallError::NotImplemented {
                 index,
                 capability,
                 capabilities: caps,
-            });
-        }
-        self.call(index, args)
+            },
+        )
+    }
+
+    /// The per-call timeout calls get unless they name their own
+    /// ([`PluginSpec::call_timeout`] of the current generation).
+    pub fn call_timeout(&self) -> Duration {
+        self.generation().call_timeout
     }
 
     /// [`call`](Self::call) with this call's own timeout.
@@ -671,14 +718,147 @@ impl Plugin {
         self.generation().pool.memory()
     }
 
-    /// Switches the plugin to a new library (or new settings) without losing
-    /// a call: workers are started on `spec` and must all load; then new calls
-    /// go to them, calls in flight on the old workers finish within their own
-    /// deadlines, and the old workers are stopped (their reports are
+    /// Switches the plugin to the library and settings of `spec` without
+    /// losing a call: workers are started on `spec` and must all load; then
+    /// new calls go to them, calls in flight on the old workers finish within
+    /// their own deadlines, and the old workers are stopped (their reports are
     /// returned). If the new workers fail to load, the old ones keep serving
     /// and the [`LoadError`] is returned. Stats keep counting across reloads.
+    ///
+    /// `spec` replaces **every** setting (pool size, timeouts, sandbox and
+    /// grants, limits, ...): to change only the library, use
+    /// [`reload_library`](Self::reload_library); to change some settings, use
+    /// [`reload_with`](Self::reload_with) (both start from [`spec`](Self::spec)).
+    ///
+    /// The one setting `spec` cannot drop is the interface pin
+    /// ([`pin_interface`](Self::pin_interface), [`PluginSpec::interface`], a
+    /// typed [`client!`](crate::client)): a pinned plugin reloads only to a
+    /// library with the pinned hash; any other is a
+    /// [`LoadFailure::InterfaceMismatch`](crate::LoadFailure::InterfaceMismatch)
+    /// naming the pinned (expected) and found hashes, checked in the new
+    /// workers before the plugin is constructed. A `spec` asking for a hash of
+    /// its own that is not the pin is refused the same way before any worker
+    /// starts (`found` is then the hash `spec` asked for). Streaming slots
+    /// declared by a typed client stay declared too.
     pub fn reload(&self, spec: PluginSpec) -> Result<Vec<WorkerReport>, LoadError> {
         let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_locked(spec)
+    }
+
+    /// Reloads from another library, keeping every setting of the current
+    /// [`spec`](Self::spec): pool size, timeouts, sandbox and its grants,
+    /// limits, restart policy, transport, plugin name, config, signature
+    /// keys, host interfaces, output budget, environment and the interface
+    /// pin. Otherwise as [`reload`](Self::reload).
+    ///
+    /// ```no_run
+    /// # fn f(plugin: &bulkhead::Plugin) -> Result<(), bulkhead::LoadError> {
+    /// plugin.reload_library("plugins/libgreeter-v2.so")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reload_library(&self, path: impl AsRef<Path>) -> Result<Vec<WorkerReport>, LoadError> {
+        let path = path.as_ref().to_path_buf();
+        self.reload_with(move |spec| spec.library(path))
+    }
+
+    /// Reloads with the current [`spec`](Self::spec) as changed by `change`:
+    /// the deliberate way to change settings (and maybe the library) while
+    /// keeping the rest. `change` runs under the reload lock, on the spec of
+    /// the generation being replaced, so it must not reload this plugin
+    /// itself. Otherwise as [`reload`](Self::reload).
+    ///
+    /// ```no_run
+    /// # fn f(plugin: &bulkhead::Plugin) -> Result<(), bulkhead::LoadError> {
+    /// plugin.reload_with(|spec| spec.library("plugins/libgreeter-v2.so").workers(4))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reload_with(&self, change: impl FnOnce(PluginSpec) -> PluginSpec) -> Result<Vec<WorkerReport>, LoadError> {
+        let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.reload_locked(change(current))
+    }
+
+    /// The spec the current generation was loaded with (the last successful
+    /// load or reload), its interface pin included: modify it and pass it to
+    /// [`reload`](Self::reload), or use [`reload_with`](Self::reload_with).
+    pub fn spec(&self) -> PluginSpec {
+        self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The interface hash every reload of this plugin must load, if pinned.
+    pub fn pinned_interface(&self) -> Option<u64> {
+        self.shared
+            .spec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interface_hash
+    }
+
+    /// Pins the plugin to interface `hash`: from now on every
+    /// [`reload`](Self::reload) (whatever its spec says) must load a library
+    /// with this hash, and there is no way to unpin. Refused, with
+    /// [`LoadFailure::InterfaceMismatch`](crate::LoadFailure::InterfaceMismatch),
+    /// if the loaded plugin has another hash or the plugin is already pinned
+    /// to another one. A typed [`client!`](crate::client) pins its plugin when
+    /// it loads or wraps it.
+    ///
+    /// The pin is the interface hash alone, which fidius computes over the
+    /// required methods' names and types. A library with that hash but
+    /// another buffer strategy, or fewer optional methods (built against an
+    /// older version of the interface), still reloads: the worker serves both
+    /// strategies the same way, and an optional method the new library lacks
+    /// answers [`CallError::NotImplemented`] — neither can make a typed call
+    /// misread its answer.
+    pub fn pin_interface(&self, hash: u64) -> Result<(), LoadError> {
+        let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spec = self.shared.spec.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.generation();
+        let found = match spec.interface_hash {
+            Some(pinned) if pinned != hash => Some(pinned),
+            _ if g.info.interface_hash != hash => Some(g.info.interface_hash),
+            _ => None,
+        };
+        if let Some(found) = found {
+            return Err(LoadError::Rejected {
+                path: g.path.clone(),
+                reason: LoadFailure::InterfaceMismatch {
+                    plugin: g.info.plugin_name.clone(),
+                    expected: hash,
+                    found,
+                },
+            });
+        }
+        spec.interface_hash = Some(hash);
+        Ok(())
+    }
+
+    /// [`reload`](Self::reload) with the reload lock held.
+    fn reload_locked(&self, mut spec: PluginSpec) -> Result<Vec<WorkerReport>, LoadError> {
+        let pinned = self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(pin) = pinned.interface_hash {
+            match spec.interface_hash {
+                Some(asked) if asked != pin => {
+                    return Err(LoadError::Rejected {
+                        path: spec.path.clone(),
+                        reason: LoadFailure::InterfaceMismatch {
+                            plugin: spec
+                                .plugin
+                                .clone()
+                                .unwrap_or_else(|| self.generation().info.plugin_name.clone()),
+                            expected: pin,
+                            found: asked,
+                        },
+                    })
+                }
+                _ => spec.interface_hash = Some(pin),
+            }
+            // Streaming slots a typed client declared stay refused by `call`.
+            for slot in &pinned.streaming {
+                if !spec.streaming.contains(slot) {
+                    spec.streaming.push(*slot);
+                }
+            }
+        }
         let new = self.shared.core.start(&spec, self.shared.counters.clone())?;
         let path = new.path.clone();
         let label = new.pool.label.clone();
@@ -686,6 +866,7 @@ impl Plugin {
             &mut *self.shared.current.write().unwrap_or_else(|e| e.into_inner()),
             Arc::new(new),
         );
+        *self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
         tracing::info!(target: "bulkhead", plugin = &*label, path = %path.display(), "plugin reloaded");
         self.shared.core.events.emit(&label, EventKind::Reloaded { path });
         Ok(old.pool.drain())

@@ -231,6 +231,8 @@ pub(crate) struct LoadJob {
     signature_keys: Option<Vec<VerifyingKey>>,
     host_interfaces: Vec<HostInterface>,
     transport: Transport,
+    /// The spec as given: what [`Plugin::spec`] returns and a reload keeps.
+    spec: PluginSpec,
     core: Arc<Core>,
     counters: Arc<Counters>,
 }
@@ -238,13 +240,14 @@ pub(crate) struct LoadJob {
 impl LoadJob {
     /// Starts the workers and loads the plugin in each.
     pub(crate) fn run(self) -> Result<Plugin, LoadError> {
-        let (core, counters) = (self.core.clone(), self.counters.clone());
+        let (core, counters, spec) = (self.core.clone(), self.counters.clone(), self.spec.clone());
         let generation = self.run_generation()?;
         Ok(Plugin {
             shared: Arc::new(PluginShared {
                 core,
                 current: RwLock::new(Arc::new(generation)),
                 reloading: Mutex::new(()),
+                spec: Mutex::new(spec),
                 counters,
             }),
         })
@@ -615,7 +618,11 @@ impl Core {
             max_frame: spec.max_message_size.saturating_add(ENVELOPE_OVERHEAD),
             output: self.output.clone(),
             output_budget: Arc::new(crate::output::Meter::new(spec.output_budget)),
-            violations: Some(crate::violations::sink(label.clone(), self.events.clone(), counters.clone())),
+            violations: Some(crate::violations::sink(
+                label.clone(),
+                self.events.clone(),
+                counters.clone(),
+            )),
             // Set by `LoadJob::run` once the library is verified.
             library: None,
             imports,
@@ -638,12 +645,13 @@ impl Core {
             config,
             events: self.events.clone(),
             call_timeout: spec.call_timeout,
-            streaming: spec.streaming,
+            streaming: spec.streaming.clone(),
             max_message_size: spec.max_message_size,
             stream_timeout: spec.stream_timeout,
-            signature_keys: spec.signature_keys,
-            host_interfaces: spec.host_interfaces,
+            signature_keys: spec.signature_keys.clone(),
+            host_interfaces: spec.host_interfaces.clone(),
             transport: spec.transport,
+            spec,
             core: self.clone(),
             counters,
         })

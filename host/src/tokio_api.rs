@@ -97,6 +97,34 @@ impl futures_core::Stream for EventStream {
 }
 
 impl Plugin {
+    /// [`reload`](Self::reload) without blocking the runtime: the new workers
+    /// start on the blocking pool. Dropping the future lets the reload finish.
+    pub async fn reload_async(&self, spec: PluginSpec) -> Result<Vec<WorkerReport>, LoadError> {
+        let plugin = self.clone();
+        blocking(move || plugin.reload(spec)).await
+    }
+
+    /// [`reload_library`](Self::reload_library) without blocking the runtime.
+    pub async fn reload_library_async(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Vec<WorkerReport>, LoadError> {
+        let (plugin, path) = (self.clone(), path.as_ref().to_path_buf());
+        blocking(move || plugin.reload_library(path)).await
+    }
+
+    /// [`reload_with`](Self::reload_with) without blocking the runtime
+    /// (`change` runs on the blocking pool).
+    pub async fn reload_with_async(
+        &self,
+        change: impl FnOnce(PluginSpec) -> PluginSpec + Send + 'static,
+    ) -> Result<Vec<WorkerReport>, LoadError> {
+        let plugin = self.clone();
+        blocking(move || plugin.reload_with(change)).await
+    }
+}
+
+impl Plugin {
     /// [`call`](Self::call) as a future: the arguments are encoded now, the
     /// call runs on tokio's blocking pool. See the module docs for what
     /// dropping the future does (the call completes; the worker is kept).

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bulkhead::{PluginSpec, Supervisor, Transport};
 
 pub mod deny;
+pub mod client_checks;
 
 /// Every fixture package built for the tests.
 pub const FIXTURES: &[&str] = &[

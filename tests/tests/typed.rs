@@ -3,31 +3,56 @@
 
 use bulkhead::{CallError, LoadError, LoadFailure, PluginStream};
 use bulkhead_tests::{spec, supervisor};
-use fx_iface::{__fidius_Greeter, __fidius_Streams};
+use fx_iface::{__fidius_Greeter, __fidius_Streams, PluginError};
+use std::time::Duration;
 
 bulkhead::client! {
-    /// Typed access to `Streams` plugins.
-    pub struct StreamsClient for fx_iface::__fidius_Streams (hash = Streams_INTERFACE_HASH) {
+    /// Typed access to `Streams` plugins: every method form.
+    pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
+        (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS, async = StreamsAsync)
+    {
         /// Producers dropped so far.
-        fn drops() -> u64 = METHOD_DROPS;
-        fn pid() -> u32 = METHOD_PID;
-        optional(Streams_CAP_EXTRA) fn extra(x: u64) -> u64 = METHOD_EXTRA;
-        stream fn count(n: u64) -> u64 = METHOD_COUNT;
+        fn drops() -> u64;
+        fn pid() -> u32;
+        fn extra(x: u64) -> u64;
+        stream fn count(n: u64) -> u64;
+        client_stream fn sum(items: u64, bias: u64) -> u64;
+        bidi fn double(items: u64) -> u64;
     }
 }
 
 bulkhead::client! {
-    /// Lists no stream method, but names the interface's descriptor.
-    pub struct StreamsByDescriptor for fx_iface::__fidius_Streams (hash = Streams_INTERFACE_HASH, descriptor = Streams_WASM_DESCRIPTOR) {
-        fn pid() -> u32 = METHOD_PID;
+    /// Lists no stream method: the descriptor still marks every streaming slot.
+    pub struct StreamsByDescriptor for fx_iface::Streams in fx_iface::__fidius_Streams
+        (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
+    {
+        fn pid() -> u32;
     }
 }
 
 bulkhead::client! {
     /// The greeter, whose hash differs from `Streams`'.
-    pub struct GreeterClient for fx_iface::__fidius_Greeter (hash = Greeter_INTERFACE_HASH) {
-        fn greet(name: String) -> String = METHOD_GREET;
-        fn name() -> String = METHOD_NAME;
+    pub struct GreeterClient for fx_iface::Greeter in fx_iface::__fidius_Greeter
+        (descriptor = Greeter_WASM_DESCRIPTOR, optional = Greeter_OPTIONAL_METHODS)
+    {
+        fn greet(name: String) -> String;
+        fn name() -> String;
+    }
+}
+
+bulkhead::client! {
+    /// Part of `Basic`, declared out of order (slots come from the names),
+    /// with a method returning `Result<_, PluginError>`.
+    pub struct BasicClient for fx_iface::Basic in fx_iface::__fidius_Basic
+        (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS, async = BasicAsync)
+    {
+        fn add(a: i64, b: i64) -> i64;
+        fn greet(name: String) -> String;
+        fn fail(code: String) -> Result<String, PluginError>;
+        fn sleep_ms(ms: u64) -> u64;
+        fn pid() -> u32;
+        raw fn echo_raw(data: Vec<u8>) -> Vec<u8>;
+        fn echo(data: Vec<u8>) -> Vec<u8>;
     }
 }
 
@@ -183,4 +208,122 @@ fn optional_methods_expose_capabilities_and_fail_typed_without_a_round_trip() {
     assert_eq!(old.plugin().stats().calls, calls_before, "no request was made");
     // The rest of the old plugin works.
     assert_eq!(old.drops().unwrap(), old.drops().unwrap());
+}
+
+#[test]
+fn client_slots_come_from_names_and_results_decode_as_fidius_sends_them() {
+    let sup = supervisor();
+    let c = BasicClient::load(&sup, spec("fx-basic")).unwrap();
+    // Declared out of order: each call reaches its own slot.
+    assert_eq!(c.greet("typed".into()).unwrap(), "Hello, typed!");
+    assert_eq!(c.add(40, 2).unwrap(), 42);
+    assert_eq!(c.add(i64::MAX, 1).unwrap(), i64::MIN, "i64 arguments, not i32");
+    // The trait's `Result<String, PluginError>`: the error arrives typed.
+    match c.fail("E42".into()).unwrap_err() {
+        CallError::Plugin(e) => {
+            assert_eq!(
+                (e.code.as_str(), e.message.as_str(), e.details.as_deref()),
+                ("E42", "requested failure", Some("{\"attempt\":1}"))
+            );
+        }
+        other => panic!("expected CallError::Plugin, got {other:?}"),
+    }
+    assert_eq!(
+        BasicClient::INTERFACE_HASH,
+        fx_iface::__fidius_Basic::Basic_INTERFACE_HASH
+    );
+    assert_eq!(c.plugin().pinned_interface(), Some(BasicClient::INTERFACE_HASH));
+}
+
+#[test]
+fn client_per_call_timeout_overrides_the_plugin_default_for_that_client_only() {
+    let sup = supervisor();
+    let c = BasicClient::load(&sup, spec("fx-basic")).unwrap();
+    assert_eq!(c.plugin().call_timeout(), bulkhead::DEFAULT_CALL_TIMEOUT);
+    let short = c.with_timeout(Duration::from_millis(300));
+    match short.sleep_ms(60_000).unwrap_err() {
+        CallError::Timeout { limit, elapsed } => {
+            assert_eq!(limit, Duration::from_millis(300));
+            assert!(elapsed >= limit && elapsed < Duration::from_secs(20), "{elapsed:?}");
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // The original client (and the plugin) keep the default; a call under
+    // the short timeout that fits succeeds.
+    assert_eq!(c.plugin().call_timeout(), bulkhead::DEFAULT_CALL_TIMEOUT);
+    assert_eq!(short.sleep_ms(1).unwrap(), 1);
+    assert_eq!(c.add(1, 2).unwrap(), 3);
+}
+
+#[test]
+fn client_and_bidirectional_streams_on_the_client() {
+    let sup = supervisor();
+    let s = StreamsClient::load(&sup, spec("fx-stream").plugin("StreamPlugin")).unwrap();
+    assert_eq!(s.sum([1u64, 2, 3, 4], 100).unwrap(), 110);
+    assert_eq!(s.sum(Vec::<u64>::new(), 7).unwrap(), 7);
+    let doubled: Vec<u64> = s.double([1u64, 2, 3]).unwrap().map(Result::unwrap).collect();
+    assert_eq!(doubled, [2, 4, 6]);
+    // The client declared `sum` client-streaming (fidius records that
+    // nowhere): the plain call path refuses it instead of passing it a tuple.
+    let e = s
+        .plugin()
+        .call::<_, u64>(__fidius_Streams::METHOD_SUM, &(1u64,))
+        .unwrap_err();
+    assert!(matches!(e, CallError::Unsupported { index: 4, .. }), "{e:?}");
+}
+
+#[test]
+fn async_client_answers_like_the_blocking_one() {
+    let sup = supervisor();
+    let c = BasicClient::load(&sup, spec("fx-basic")).unwrap();
+    let old = StreamsClient::load(&sup, spec("fx-stream").plugin("OldStreamPlugin")).unwrap();
+    let new = StreamsClient::load(&sup, spec("fx-stream").plugin("StreamPlugin")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a: BasicAsync = c.asynchronous();
+        assert_eq!(a.add(2, 3).await.unwrap(), 5);
+        assert_eq!(a.greet("async".into()).await.unwrap(), "Hello, async!");
+        assert_eq!(a.echo_raw(b"raw".to_vec()).await.unwrap(), b"raw");
+        assert!(matches!(a.fail("X".into()).await, Err(CallError::Plugin(e)) if e.code == "X"));
+        let e = a
+            .with_timeout(Duration::from_millis(300))
+            .sleep_ms(60_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CallError::Timeout { limit, .. } if limit == Duration::from_millis(300)),
+            "{e:?}"
+        );
+        let loaded = BasicClient::load_async(&sup, spec("fx-basic")).await.unwrap();
+        assert_eq!(loaded.plugin().pinned_interface(), Some(BasicClient::INTERFACE_HASH));
+        assert_eq!(loaded.asynchronous().add(20, 22).await.unwrap(), 42);
+        let n: StreamsAsync = new.asynchronous();
+        assert_eq!(n.extra(41).await.unwrap(), 42);
+        let mut items = n.count(3).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(item) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut items), cx)).await
+        {
+            got.push(item.unwrap());
+        }
+        assert_eq!(got, [0, 1, 2]);
+        let calls_before = old.plugin().stats().calls;
+        let e = old.asynchronous().extra(1).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CallError::NotImplemented {
+                    index: 8,
+                    capabilities: 0,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(old.plugin().stats().calls, calls_before, "no request was made");
+    });
 }
