@@ -17,7 +17,7 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 /// every layer bulkhead has: user, pid, net, mount, ipc and uts namespaces,
 /// Landlock and a seccomp allow-list (default-deny: a system call plugins do
 /// not need fails with `EPERM` and is reported as a
-/// [`Event::SandboxViolation`](crate::Event::SandboxViolation)) — without
+/// [`EventKind::SandboxViolation`](crate::EventKind::SandboxViolation)) — without
 /// privileges, applied by the worker to itself before the plugin library is
 /// opened.
 ///
@@ -147,7 +147,7 @@ impl Sandbox {
     }
 
     /// Learn mode: system calls outside the allow-list are **allowed** and
-    /// reported (as [`Event::SandboxViolation`](crate::Event::SandboxViolation)
+    /// reported (as [`EventKind::SandboxViolation`](crate::EventKind::SandboxViolation)
     /// with `allowed: true`, and in [`Plugin::learned_syscalls`](crate::Plugin::learned_syscalls))
     /// instead of refused. For finding out what a plugin needs, on a
     /// trusted machine: it protects nothing the allow-list would.
