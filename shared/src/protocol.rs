@@ -112,7 +112,7 @@ pub struct LoadRequest {
     /// Host interfaces the host implements; the worker binds each import the
     /// plugin declares to one of these, and refuses the plugin if it cannot.
     pub host_imports: Vec<HostImportWire>,
-    /// The plugin's operator label ([`PluginSpec::label`] in the host): the
+    /// The plugin's operator label (`PluginSpec::label` in the host): the
     /// worker's process title, so `ps` shows which plugin a worker runs.
     pub label: String,
     /// Leave an import no offered interface has the name of unbound instead of

@@ -204,16 +204,16 @@ pub fn fixtures() -> &'static Fixtures {
     })
 }
 
-/// A directory outside `/tmp` this test process may write: `target/tmp`, or
-/// [`SCRATCH_DIR_ENV`] in a re-run under another uid.
+/// A directory outside `/tmp` this test process may write, for host-side
+/// secrets a sandbox must not see: `/var/tmp/bulkhead-tests-<uid>` (the
+/// checkout itself may sit under `/tmp`, which a worker without a mount
+/// namespace may read whole), or [`SCRATCH_DIR_ENV`] in a re-run under
+/// another uid.
 pub fn host_scratch_root() -> PathBuf {
     if let Some(dir) = std::env::var_os(SCRATCH_DIR_ENV) {
         return PathBuf::from(dir);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let dir = target.join("tmp");
+    let dir = PathBuf::from(format!("/var/tmp/bulkhead-tests-{}", nix::unistd::Uid::effective()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
