@@ -13,7 +13,6 @@ use bulkhead::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::fixture_library;
 use fx_host_iface::__fidius_UsesHost as uses_host;
 use fx_host_iface::PluginError;
-use fx_iface::__fidius_Streams as streams;
 
 bulkhead::client! {
     /// Typed access to plugins implementing the `Streams` interface.

@@ -211,7 +211,7 @@ macro_rules! host_interface {
         }
     ) => {{
         #[allow(unused_imports)]
-        use $crate::__private::{FallibleAnswer as _, PlainAnswer as _};
+        use $crate::__private_host::{FallibleAnswer as _, PlainAnswer as _};
         use $($module)::+ as __bulkhead_host_module;
         use $($tr)::+ as __BulkheadHostTrait;
         // Each constant belongs to the function it is paired with, and the
@@ -219,7 +219,7 @@ macro_rules! host_interface {
         const _: () = {
             $(
                 ::core::assert!(
-                    $crate::__private::index_name_matches(::core::stringify!($index), ::core::stringify!($method)),
+                    $crate::__private_host::index_name_matches(::core::stringify!($index), ::core::stringify!($method)),
                     ::core::concat!(
                         "host_interface!: `", ::core::stringify!($method), "` is paired with `",
                         ::core::stringify!($index), "`; use the HOST_FN_ constant of that function"
@@ -228,7 +228,7 @@ macro_rules! host_interface {
             )+
             let indices = [$(__bulkhead_host_module::$index),+];
             ::core::assert!(
-                $crate::__private::is_permutation(&indices, __bulkhead_host_module::$count),
+                $crate::__private_host::is_permutation(&indices, __bulkhead_host_module::$count),
                 "host_interface!: list every function of the interface exactly once"
             );
         };
@@ -243,12 +243,12 @@ macro_rules! host_interface {
             .raw(__bulkhead_host_module::$index, {
                 let host = host.clone();
                 move |bytes: &[u8]| -> (i32, ::std::vec::Vec<u8>) {
-                    let ($($arg,)*) = match $crate::__private::decode_args(bytes) {
+                    let ($($arg,)*) = match $crate::__private_host::decode_args(bytes) {
                         ::core::result::Result::Ok(args) => args,
                         ::core::result::Result::Err(answer) => return answer,
                     };
                     let out = <dyn __BulkheadHostTrait>::$method(&*host, $($arg),*);
-                    (&$crate::__private::Answer(out)).encode_answer()
+                    (&$crate::__private_host::Answer(out)).encode_answer()
                 }
             })
         )+
@@ -425,7 +425,7 @@ macro_rules! __host_interface_last {
 /// };
 /// ```
 #[doc(hidden)]
-pub mod __private {
+pub mod __private_host {
     use bulkhead_shared::abi::{STATUS_OK, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR};
     use bulkhead_shared::wire;
     use serde::{de::DeserializeOwned, Serialize};

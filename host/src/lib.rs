@@ -139,7 +139,7 @@ pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, 
 pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
 pub use health::Health;
 #[doc(hidden)]
-pub use hostfn::__private;
+pub use hostfn::__private_host;
 pub use hostfn::{HostInterface, DEFAULT_MAX_CALLBACKS};
 pub use limits::{Limits, DEFAULT_ADDRESS_SPACE, DEFAULT_NICE, DEFAULT_OPEN_FILES};
 pub use locate::{WORKER_BIN, WORKER_ENV};
