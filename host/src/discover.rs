@@ -73,8 +73,8 @@ impl Supervisor {
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            let is_library = path.extension().is_some_and(|e| e == "so")
-                && std::fs::metadata(&path).is_ok_and(|m| m.is_file());
+            let is_library =
+                path.extension().is_some_and(|e| e == "so") && std::fs::metadata(&path).is_ok_and(|m| m.is_file());
             if is_library {
                 paths.push(path);
             }

@@ -101,6 +101,7 @@ compile_error!(
 mod call;
 mod client;
 mod crash;
+mod discover;
 mod error;
 mod event_loop;
 mod events;
@@ -116,7 +117,6 @@ mod pool;
 mod probe;
 mod restart;
 mod sandbox;
-mod discover;
 mod signing;
 mod stats;
 mod strays;
@@ -129,10 +129,11 @@ mod violations;
 mod worker_process;
 mod zero_copy;
 
+pub use bulkhead_shared::abi::BufferStrategy;
 #[doc(hidden)]
 pub use client::__private;
-pub use bulkhead_shared::abi::BufferStrategy;
 pub use crash::CrashReport;
+pub use discover::Discovered;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
 pub use ed25519_dalek;
 pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
@@ -153,7 +154,6 @@ pub use restart::{Backoff, Budget, Failed, RestartMode, RestartPolicy, DEFAULT_H
 pub use sandbox::{Layer, LayerState, Sandbox, SandboxReport, SyscallFilter, DEFAULT_TMP_SIZE};
 pub use signing::{signature_path, VerifyingKey};
 pub use stats::Stats;
-pub use discover::Discovered;
 pub use stream::{PluginStream, RawItems};
 pub use supervisor::{
     Supervisor, SupervisorBuilder, DEFAULT_ENV_ALLOWLIST, DEFAULT_SHUTDOWN_GRACE, LOAD_MANY_THREADS, SELF_WORKER_ARG,

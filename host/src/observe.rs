@@ -139,29 +139,69 @@ fn describe() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         use metrics::{describe_counter, describe_histogram, Unit};
-        describe_counter!("bulkhead_calls_total", Unit::Count, "Calls finished, by outcome (ok or the CallError kind)");
+        describe_counter!(
+            "bulkhead_calls_total",
+            Unit::Count,
+            "Calls finished, by outcome (ok or the CallError kind)"
+        );
         describe_counter!(
             "bulkhead_call_errors_total",
             Unit::Count,
             "Failed calls, by method (vtable slot) and outcome (the CallError kind)"
         );
-        describe_histogram!("bulkhead_call_duration_seconds", Unit::Seconds, "Duration of every call, from the caller's view");
-        describe_counter!("bulkhead_worker_crashes_total", Unit::Count, "Workers that died during a call");
-        describe_counter!("bulkhead_call_timeouts_total", Unit::Count, "Calls that hit their deadline; the worker was killed");
-        describe_counter!("bulkhead_worker_restarts_total", Unit::Count, "Workers replaced after a failure");
-        describe_counter!("bulkhead_workers_started_total", Unit::Count, "Workers that finished their handshake");
-        describe_counter!("bulkhead_worker_exits_total", Unit::Count, "Workers reaped, for any reason");
-        describe_counter!("bulkhead_gave_up_total", Unit::Count, "Plugins failed after spending their restart budget");
+        describe_histogram!(
+            "bulkhead_call_duration_seconds",
+            Unit::Seconds,
+            "Duration of every call, from the caller's view"
+        );
+        describe_counter!(
+            "bulkhead_worker_crashes_total",
+            Unit::Count,
+            "Workers that died during a call"
+        );
+        describe_counter!(
+            "bulkhead_call_timeouts_total",
+            Unit::Count,
+            "Calls that hit their deadline; the worker was killed"
+        );
+        describe_counter!(
+            "bulkhead_worker_restarts_total",
+            Unit::Count,
+            "Workers replaced after a failure"
+        );
+        describe_counter!(
+            "bulkhead_workers_started_total",
+            Unit::Count,
+            "Workers that finished their handshake"
+        );
+        describe_counter!(
+            "bulkhead_worker_exits_total",
+            Unit::Count,
+            "Workers reaped, for any reason"
+        );
+        describe_counter!(
+            "bulkhead_gave_up_total",
+            Unit::Count,
+            "Plugins failed after spending their restart budget"
+        );
         describe_counter!("bulkhead_health_changes_total", Unit::Count, "Health state changes");
         describe_counter!("bulkhead_idle_stops_total", Unit::Count, "Idle workers stopped");
-        describe_counter!("bulkhead_idle_cpu_kills_total", Unit::Count, "Workers killed for using CPU with no call in flight");
+        describe_counter!(
+            "bulkhead_idle_cpu_kills_total",
+            Unit::Count,
+            "Workers killed for using CPU with no call in flight"
+        );
         describe_counter!("bulkhead_reloads_total", Unit::Count, "Plugin reloads");
         describe_counter!(
             "bulkhead_sandbox_violations_total",
             Unit::Count,
             "System calls the sandbox refused (or learn mode let through), as reported by the worker"
         );
-        describe_counter!("bulkhead_loads_total", Unit::Count, "Plugin loads, by outcome (ok or error)");
+        describe_counter!(
+            "bulkhead_loads_total",
+            Unit::Count,
+            "Plugin loads, by outcome (ok or error)"
+        );
     });
 }
 

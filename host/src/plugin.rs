@@ -997,7 +997,9 @@ pub(crate) fn interpret<'a>(g: &Generation, index: u32, answer: &'a Answer<'_>) 
                 message: e.message,
                 details: e.details,
             })),
-            Err(e) => Err(CallError::Deserialization(format!("method {index}: PLUGIN_ERROR payload: {e}"))),
+            Err(e) => Err(CallError::Deserialization(format!(
+                "method {index}: PLUGIN_ERROR payload: {e}"
+            ))),
         },
         Status::Panic if payload.is_empty() => Err(CallError::Panic(match g.info.buffer_strategy {
             BufferStrategy::Arena => "no message: the Arena buffer strategy does not carry panic messages".into(),
@@ -1005,7 +1007,9 @@ pub(crate) fn interpret<'a>(g: &Generation, index: u32, answer: &'a Answer<'_>) 
         })),
         Status::Panic => match wire::decode::<String>(payload) {
             Ok(msg) => Err(CallError::Panic(msg)),
-            Err(e) => Err(CallError::Deserialization(format!("method {index}: PANIC payload: {e}"))),
+            Err(e) => Err(CallError::Deserialization(format!(
+                "method {index}: PANIC payload: {e}"
+            ))),
         },
         Status::StreamEnd | Status::Unknown(_) => Err(CallError::UnknownStatus { code: status }),
     }

@@ -63,7 +63,12 @@ impl Counters {
 
     /// The system calls learn mode let through so far, by name.
     pub(crate) fn learned(&self) -> Vec<&'static str> {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     pub(crate) fn call_started(&self) {

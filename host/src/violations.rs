@@ -110,7 +110,10 @@ mod tests {
 
     #[test]
     fn gating_arguments_in_words() {
-        let sock = v(nix::libc::SYS_socket, [nix::libc::AF_VSOCK as u64, nix::libc::SOCK_STREAM as u64 | 0x80000, 0]);
+        let sock = v(
+            nix::libc::SYS_socket,
+            [nix::libc::AF_VSOCK as u64, nix::libc::SOCK_STREAM as u64 | 0x80000, 0],
+        );
         assert_eq!(describe("socket", &sock), "socket(AF_VSOCK, SOCK_STREAM, 0)");
         assert_eq!(describe("x", &v(0x4000_0029, [0; 3])), "x32 system call 0x40000029");
         assert_eq!(describe("kill", &v(nix::libc::SYS_kill, [1, 9, 0])), "kill(1, 9, ..)");

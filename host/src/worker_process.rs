@@ -48,8 +48,8 @@ use crate::forkserver::ForkServerSlot;
 use crate::hostfn::HostImports;
 use crate::locate::WorkerExe;
 use crate::output::{self, OutputCallback, StderrTail};
-use crate::violations::ViolationSink;
 use crate::usage::ResourceUsage;
+use crate::violations::ViolationSink;
 
 /// How long to wait for a worker that closed its socket to actually exit
 /// before concluding it closed the socket and kept running.

@@ -42,9 +42,9 @@ pub mod reap;
 pub mod sandbox;
 #[doc(hidden)]
 pub mod shm;
+pub mod status;
 pub mod syscalls;
 pub mod violation;
-pub mod status;
 pub mod wire;
 
 /// The environment variable a worker process (or fork-server) started with

@@ -84,7 +84,9 @@ impl Layer {
             }
             Layer::IpcNs => "the plugin can reach System V IPC objects and POSIX message queues of the host",
             Layer::UtsNs => "the plugin sees the host's real hostname",
-            Layer::CgroupNs => "the plugin reads the host's cgroup paths in /proc/self/cgroup (service and container names)",
+            Layer::CgroupNs => {
+                "the plugin reads the host's cgroup paths in /proc/self/cgroup (service and container names)"
+            }
             Layer::Landlock => {
                 "no filesystem allow-list, TCP rules or signal/abstract-socket scopes: with the namespaces \
                  missing too, the plugin can read any file its uid can and signal the host's uid's processes"

@@ -41,7 +41,11 @@ impl Violation {
         w.put(MARKER);
         w.field(b"nr=", self.nr as u64);
         w.field(b" arch=", u64::from(self.arch));
-        for (name, v) in [(b" a0=", self.args[0]), (b" a1=", self.args[1]), (b" a2=", self.args[2])] {
+        for (name, v) in [
+            (b" a0=", self.args[0]),
+            (b" a1=", self.args[1]),
+            (b" a2=", self.args[2]),
+        ] {
             w.field(name, v);
         }
         w.field(b" method=", self.method.map_or(NO_METHOD, u64::from));

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bulkhead::{PluginSpec, Supervisor, Transport};
 
-pub mod deny;
 pub mod client_checks;
+pub mod deny;
 
 /// Every fixture package built for the tests.
 pub const FIXTURES: &[&str] = &[

@@ -29,7 +29,10 @@ fn workers_are_forked_by_the_servers_not_execd() {
         // A forked worker still shows its server's command line (no exec
         // happened), or the title the plugin's process sets over it.
         let c = cmdline(pid);
-        assert!(c.contains("--fork-server") || c.starts_with("bulkhead: "), "worker {pid}: {c}");
+        assert!(
+            c.contains("--fork-server") || c.starts_with("bulkhead: "),
+            "worker {pid}: {c}"
+        );
         // ... and it is the host's child (CLONE_PARENT), not the server's.
         assert_eq!(parent_of(pid), std::process::id(), "worker {pid}'s parent");
     }

@@ -5,11 +5,11 @@
 //! Arena ranges are bounds-checked, and a descriptor is never read past its
 //! declared `descriptor_size`.
 
-use std::sync::atomic::Ordering;
 use std::ffi::{c_char, c_void};
 use std::io::Read;
 use std::mem::MaybeUninit;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use bulkhead_shared::abi::{
     self, AllocMethod400, AllocMethod500, ArenaMethod400, ArenaMethod500, BufferStrategy, MetaKv, MethodMetaEntry,

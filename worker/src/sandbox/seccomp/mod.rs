@@ -70,13 +70,56 @@ const CLONE_NEW: [u64; 7] = [
 /// group or session, running programs, namespaces and mounts, and kernel
 /// attack surface a plugin has no use for.
 const FORBIDDEN: &[&str] = &[
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
-    "pidfd_send_signal", "tkill", "setsid", "execve", "execveat", "setns", "umount2", "pivot_root", "chroot",
-    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "bpf",
-    "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl",
-    "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "open_by_handle_at", "name_to_handle_at", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
-    "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog", "iopl", "ioperm",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_open",
+    "pidfd_getfd",
+    "pidfd_send_signal",
+    "tkill",
+    "setsid",
+    "execve",
+    "execveat",
+    "setns",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "syslog",
+    "iopl",
+    "ioperm",
 ];
 
 /// Also refused by the deny-list (the allow-list does not have them;
@@ -85,7 +128,11 @@ const FORBIDDEN: &[&str] = &[
 /// counted per user and shared with the host (see the resource-containment
 /// notes), and which watch files other programs use.
 const DENY_LIST_EXTRA: &[&str] = &[
-    "memfd_create", "memfd_secret", "inotify_init", "inotify_init1", "fanotify_init",
+    "memfd_create",
+    "memfd_secret",
+    "inotify_init",
+    "inotify_init1",
+    "fanotify_init",
 ];
 
 /// The seccomp layer's state in learn mode (its reason starts so).
@@ -149,7 +196,11 @@ fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
     if part != Part::Late {
         attach(&guard())?;
         let clone3 = named(&["clone3"]);
-        attach(&build(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32))?)?;
+        attach(&build(
+            clone3,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+        )?)?;
         match policy.filter {
             SyscallFilter::DenyList => attach(&build(deny_rules(&policy.net)?, SeccompAction::Allow, refused())?)?,
             SyscallFilter::AllowList if policy.learn => {
@@ -157,7 +208,11 @@ fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
                 // allow-list would refuse is reported and let through.
                 attach(&build(named(FORBIDDEN), SeccompAction::Allow, refused())?)?;
                 const TAG: u32 = 0x0b1c;
-                let mut learning = build(allowlist::rules(policy)?, SeccompAction::Trace(TAG), SeccompAction::Allow)?;
+                let mut learning = build(
+                    allowlist::rules(policy)?,
+                    SeccompAction::Trace(TAG),
+                    SeccompAction::Allow,
+                )?;
                 trap::to_user_notif(&mut learning, TAG);
                 trap::attach_learning(&learning)?;
             }
@@ -165,7 +220,11 @@ fn install(plan: &Plan<'_>, part: Part) -> Result<(), String> {
         }
     }
     if part != Part::Base {
-        attach(&build(late_rules(std::process::id() as u64)?, SeccompAction::Allow, refused())?)?;
+        attach(&build(
+            late_rules(std::process::id() as u64)?,
+            SeccompAction::Allow,
+            refused(),
+        )?)?;
     }
     Ok(())
 }
@@ -180,8 +239,7 @@ fn build(
     other: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, String> {
-    let filter =
-        SeccompFilter::new(rules, other, matched, ARCH).map_err(|e| format!("building the filter: {e}"))?;
+    let filter = SeccompFilter::new(rules, other, matched, ARCH).map_err(|e| format!("building the filter: {e}"))?;
     BpfProgram::try_from(filter).map_err(|e| format!("compiling the filter: {e}"))
 }
 
