@@ -12,12 +12,11 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bulkhead::{Plugin, PluginSpec, Sandbox, Supervisor};
 
-use crate::neighbour;
+use crate::{neighbour, Scratch};
 
 /// Upper bound of every wait inside an attack (CI is a busy 2-core machine).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -291,7 +290,7 @@ impl Attacker<'_> {
     /// A Unix socket of this host in a directory the plugin may only read.
     fn unix_connect(&self, base: Sandbox, mode: Mode) -> String {
         use std::os::unix::fs::PermissionsExt;
-        let dir = Scratch::new(&format!("unix-{}-{}", self.tag, mode.name()));
+        let dir = Scratch::new("deny", &format!("unix-{}-{}", self.tag, mode.name()));
         // Reachable by a root host's sandboxed uid (65534) too.
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         let path = dir.0.join("daemon.sock");
@@ -420,22 +419,4 @@ pub fn expected(name: &str, mode: Mode) -> String {
 pub fn control_note(name: &str) -> Option<String> {
     let own = own(name)?;
     (own != "ok").then(|| format!("{name}: the kernel itself answers {own}: the control is the kernel's own"))
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("bulkhead-deny-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

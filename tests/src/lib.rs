@@ -218,6 +218,31 @@ pub fn host_scratch_root() -> PathBuf {
     dir
 }
 
+/// A fresh directory `bulkhead-{suite}-{tag}-{pid}`, under the system temp
+/// dir or [`under`](Scratch::under) another one; removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Under the system temp dir.
+    pub fn new(suite: &str, tag: &str) -> Scratch {
+        Scratch::under(&std::env::temp_dir(), suite, tag)
+    }
+
+    /// Under `dir`.
+    pub fn under(dir: &Path, suite: &str, tag: &str) -> Scratch {
+        let p = dir.join(format!("bulkhead-{suite}-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()

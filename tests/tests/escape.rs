@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bulkhead::{CallError, Layer, LayerState, Limits, LoadError, LoadFailure, Plugin, Sandbox, Supervisor};
 use bulkhead_tests::{
-    all_processes, fixtures, hostile, open_fds, plugin_process, spec, supervisor, transport, wait_gone,
+    all_processes, fixtures, hostile, open_fds, plugin_process, spec, supervisor, transport, wait_gone, Scratch,
 };
 
 const GENEROUS: Duration = Duration::from_secs(20);
@@ -38,25 +38,6 @@ fn both() -> [(&'static str, Sandbox); 2] {
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
-}
-
-/// A fresh directory under the system temp dir (world-readable, like most
-/// directories a host would allow), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("bulkhead-escape-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Output and end of one `escape_host` run.
@@ -128,7 +109,7 @@ fn the_default_sandbox_is_fully_enforced_here() {
 
 #[test]
 fn cannot_kill_the_host() {
-    let dir = Scratch::new("kill-host");
+    let dir = Scratch::new("escape", "kill-host");
     let run = host_attack("none", "kill-host", &[], &dir.0);
     assert!(
         run.killed_by(libc::SIGKILL),
@@ -142,7 +123,7 @@ fn cannot_kill_the_host() {
 
 #[test]
 fn cannot_kill_the_hosts_process_group() {
-    let dir = Scratch::new("kill-group");
+    let dir = Scratch::new("escape", "kill-group");
     let run = host_attack("none", "kill-group", &[], &dir.0);
     assert!(run.killed_by(libc::SIGKILL), "{:?}", run.status);
     let run = host_attack("strict", "kill-group", &[], &dir.0);
@@ -152,7 +133,7 @@ fn cannot_kill_the_hosts_process_group() {
 
 #[test]
 fn cannot_kill_its_parent() {
-    let dir = Scratch::new("kill-parent");
+    let dir = Scratch::new("escape", "kill-parent");
     let run = host_attack("none", "kill-parent", &[], &dir.0);
     assert!(run.killed_by(libc::SIGKILL), "{:?}", run.status);
     let run = host_attack("strict", "kill-parent", &[], &dir.0);
@@ -162,7 +143,7 @@ fn cannot_kill_its_parent() {
 
 #[test]
 fn cannot_write_the_hosts_memory() {
-    let dir = Scratch::new("write-mem");
+    let dir = Scratch::new("escape", "write-mem");
     let run = host_attack("none", "write-mem", &[], &dir.0);
     assert!(run.survived(), "{:?}", run.lines);
     assert_eq!(
@@ -178,7 +159,7 @@ fn cannot_write_the_hosts_memory() {
 
 #[test]
 fn cannot_read_the_hosts_memory() {
-    let dir = Scratch::new("read-mem");
+    let dir = Scratch::new("escape", "read-mem");
     let run = host_attack("none", "read-mem", &[], &dir.0);
     assert_eq!(run.result(), 8, "{:?}", run.lines);
     let run = host_attack("strict", "read-mem", &[], &dir.0);
@@ -188,7 +169,7 @@ fn cannot_read_the_hosts_memory() {
 
 #[test]
 fn cannot_ptrace_the_host() {
-    let dir = Scratch::new("ptrace");
+    let dir = Scratch::new("escape", "ptrace");
     let run = host_attack("none", "ptrace", &[], &dir.0);
     assert_eq!(run.result(), 0, "{:?}", run.lines);
     let run = host_attack("strict", "ptrace", &[], &dir.0);
@@ -198,7 +179,7 @@ fn cannot_ptrace_the_host() {
 
 #[test]
 fn cannot_read_the_hosts_environment() {
-    let dir = Scratch::new("environ");
+    let dir = Scratch::new("escape", "environ");
     let run = host_attack("none", "environ", &[], &dir.0);
     assert_eq!(
         run.result(),
@@ -214,7 +195,7 @@ fn cannot_read_the_hosts_environment() {
 #[test]
 fn cannot_write_the_hosts_working_directory() {
     for (name, expect_written) in [("none", true), ("strict", false)] {
-        let dir = Scratch::new(&format!("cwd-{name}"));
+        let dir = Scratch::new("escape", &format!("cwd-{name}"));
         let run = host_attack(name, "cwd", &["pwned.txt"], &dir.0);
         assert!(run.survived(), "{name}: {:?}", run.lines);
         assert_eq!(run.result() == 0, expect_written, "{name}: {:?}", run.lines);
@@ -225,7 +206,7 @@ fn cannot_write_the_hosts_working_directory() {
 #[test]
 fn cannot_read_or_write_the_hosts_files() {
     let sup = supervisor();
-    let dir = Scratch::new("files");
+    let dir = Scratch::new("escape", "files");
     let secret = dir.0.join("secret.txt");
     std::fs::write(&secret, b"top secret").unwrap();
     let target = dir.0.join("written.txt");
@@ -370,7 +351,7 @@ fn a_setsid_escapee_dies_with_its_worker_on_shutdown() {
 #[test]
 fn a_setsid_escapee_dies_with_a_sigkilled_host() {
     for name in ["none", "strict"] {
-        let dir = Scratch::new(&format!("hostkill-{name}"));
+        let dir = Scratch::new("escape", &format!("hostkill-{name}"));
         let t = tag(&format!("k{}", &name[..1]));
         let fx = fixtures();
         let mut child = Command::new(env!("CARGO_BIN_EXE_escape_host"))
@@ -550,7 +531,7 @@ fn cannot_touch_a_neighbouring_worker() {
 #[test]
 fn allowed_paths_and_ports_work_and_nothing_more() {
     let sup = supervisor();
-    let dir = Scratch::new("allow");
+    let dir = Scratch::new("escape", "allow");
     let allowed = dir.0.join("model.bin");
     let other = dir.0.join("other.bin");
     std::fs::write(&allowed, b"weights").unwrap();
@@ -798,7 +779,7 @@ fn a_library_in_a_private_directory_loads_in_the_sandbox() {
     // directory of root's: the worker opens the library before giving up its
     // identity and loads it through that descriptor.
     use std::os::unix::fs::PermissionsExt;
-    let dir = Scratch::new("private");
+    let dir = Scratch::new("escape", "private");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
     let lib = dir.0.join("libprivate.so");
     std::fs::copy(fixtures().lib("fx-basic"), &lib).unwrap();

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bulkhead::{Plugin, Sandbox, Supervisor, WORKER_PATH};
-use bulkhead_tests::{fixtures, neighbour, plugin_process, spec};
+use bulkhead_tests::{fixtures, neighbour, plugin_process, spec, Scratch};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -284,28 +284,6 @@ fn bulkhead_shared_env() -> &'static str {
     "BULKHEAD_PARENT_PID"
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        Scratch::under(&std::env::temp_dir(), tag)
-    }
-
-    fn under(dir: &std::path::Path, tag: &str) -> Scratch {
-        let p = dir.join(format!("bulkhead-neighbours-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
     use std::os::unix::fs::PermissionsExt;
@@ -318,13 +296,14 @@ fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
         ("none", Sandbox::none()),
     ];
     for (name, sandbox) in cases {
-        let shared = Scratch::new(&format!("shared-{}", name.replace(' ', "-")));
+        let shared = Scratch::new("neighbours", &format!("shared-{}", name.replace(' ', "-")));
         // Writable for a root host's workers too (they run as an unprivileged uid).
         std::fs::set_permissions(&shared.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         // Outside /tmp: a worker without a mount namespace may use the
         // host's /tmp.
         let secrets = Scratch::under(
             &bulkhead_tests::host_scratch_root(),
+            "neighbours",
             &format!("secret-{}", name.replace(' ', "-")),
         );
         let secret = secrets.0.join("secret");

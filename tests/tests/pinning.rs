@@ -4,31 +4,13 @@
 //! never run by the workers started later — restarts included. A fresh load
 //! of the same path does see the new file, which shows the swap happened.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bulkhead::{CallError, PluginSpec, Sandbox, Supervisor};
-use bulkhead_tests::{basic, fixtures, transport};
+use bulkhead_tests::{basic, fixtures, transport, Scratch};
 
 fn both() -> [(&'static str, Sandbox); 2] {
     [("strict", Sandbox::strict()), ("none", Sandbox::none())]
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("bulkhead-pinning-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Puts a copy of `from` at `to` the way an attacker would: written beside
@@ -42,7 +24,7 @@ fn swap(from: &Path, to: &Path) {
 #[test]
 fn a_library_swapped_after_load_is_not_what_restarted_workers_run() {
     for (name, sandbox) in both() {
-        let dir = Scratch::new(&format!("lib-{name}"));
+        let dir = Scratch::new("pinning", &format!("lib-{name}"));
         let lib = dir.0.join("libswapped.so");
         std::fs::copy(fixtures().lib("fx-basic"), &lib).unwrap();
         let sup = bulkhead_tests::supervisor();
@@ -78,7 +60,7 @@ fn a_library_swapped_after_load_is_not_what_restarted_workers_run() {
 
 #[test]
 fn a_worker_binary_swapped_after_build_is_not_what_new_workers_run() {
-    let dir = Scratch::new("worker");
+    let dir = Scratch::new("pinning", "worker");
     let worker = dir.0.join("bulkhead-worker");
     std::fs::copy(&fixtures().worker, &worker).unwrap();
     // Without fork-servers every worker (a restart too) is exec'd.
