@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use bulkhead::{CallError, PluginSpec, Supervisor};
+use bulkhead_host::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     tokio::runtime::Runtime::new()?.block_on(run())
 }
 

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, EventKind, PluginSpec, RestartPolicy, Supervisor};
+use bulkhead_host::{Backoff, CallError, EventKind, PluginSpec, RestartPolicy, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
 
     let supervisor = Supervisor::builder().self_worker().build()?;
     let events = supervisor.events();

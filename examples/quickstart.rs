@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use bulkhead::{CallError, PluginSpec, Supervisor};
+use bulkhead_host::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
 
     let supervisor = Supervisor::builder().self_worker().build()?;
     let plugin = supervisor.load(PluginSpec::new(plugin_library()).call_timeout(Duration::from_secs(5)))?;

@@ -5,11 +5,11 @@
 //! The default sandbox (`Sandbox::strict()`) needs no privileges. Every layer is
 //! best effort unless required; `PluginInfo::sandbox` reports each one.
 
-use bulkhead::{Layer, LayerState, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{Layer, LayerState, PluginSpec, Sandbox, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
 
     let supervisor = Supervisor::builder().self_worker().build()?;
 

@@ -3,18 +3,18 @@
 //!
 //! `cargo build -p fx-stream -p fx-host && cargo run -p bulkhead-examples --example streams_and_callbacks`
 //!
-//! `bulkhead::client!` turns the interface crate's trait and descriptor into one
+//! `bulkhead_host::client!` turns the interface crate's trait and descriptor into one
 //! Rust method per plugin method (slots by name, types checked by the
 //! compiler), checks the interface hash at load, answers optional methods the
 //! plugin lacks with `NotImplemented` (no round trip), and knows the streaming
 //! slots from the interface crate's descriptor.
 
-use bulkhead::{CallError, PluginSpec, Supervisor};
+use bulkhead_host::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::fixture_library;
 use fx_host_iface::__fidius_UsesHost as uses_host;
 use fx_host_iface::PluginError;
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// Typed access to plugins implementing the `Streams` interface.
     pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
@@ -28,7 +28,7 @@ bulkhead::client! {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     let supervisor = Supervisor::builder().self_worker().build()?;
     let lib = fixture_library("fx-stream");
 
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A plugin that calls back into the host (`#[fidius::host_interface]`):
     // the host implements the trait fidius generates and binds it, checked by
     // the compiler (see `ExampleHost` below).
-    let host_impl = bulkhead::host_interface! {
+    let host_impl = bulkhead_host::host_interface! {
         fx_host_iface::Host in fx_host_iface::__fidius_host_Host
             (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
         for ExampleHost => {

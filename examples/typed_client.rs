@@ -1,4 +1,4 @@
-//! A typed client: `bulkhead::client!` turns a fidius interface into Rust
+//! A typed client: `bulkhead_host::client!` turns a fidius interface into Rust
 //! methods (no slot numbers in calling code), and its `load` refuses a plugin
 //! built against another version of the interface — the worker checks the
 //! interface hash before the plugin is constructed. A reload keeps every
@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use bulkhead::{CallError, LoadError, LoadFailure, PluginSpec, Supervisor};
+use bulkhead_host::{CallError, LoadError, LoadFailure, PluginSpec, Supervisor};
 use bulkhead_examples::{fixture_library, plugin_library};
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// Typed access to plugins of the fixture's `Basic` interface.
     pub struct BasicClient for fx_iface::Basic in fx_iface::__fidius_Basic
         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
@@ -24,7 +24,7 @@ bulkhead::client! {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
 
     let supervisor = Supervisor::builder().self_worker().build()?;
     let spec = PluginSpec::new(plugin_library()).call_timeout(Duration::from_millis(500));

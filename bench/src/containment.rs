@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{EventKind, OutputBudget, Plugin, PluginSpec, Supervisor};
+use bulkhead_host::{EventKind, OutputBudget, Plugin, PluginSpec, Supervisor};
 use bulkhead_tests::{basic, hog, Fixtures};
 
 use crate::{summarize, us, Report, Summary};

@@ -9,7 +9,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead::{Plugin, PluginSpec, RestartPolicy, Supervisor};
+use bulkhead_host::{Plugin, PluginSpec, RestartPolicy, Supervisor};
 use bulkhead_tests::{basic, blob, Fixtures};
 
 use crate::floor::Floor;
@@ -342,7 +342,7 @@ fn busy_core_rows(
         let p = sup.load(PluginSpec::new(lib)).unwrap();
         drop(p);
     });
-    let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(bulkhead::Backoff::none());
+    let policy = RestartPolicy::on_failure(100_000, Duration::from_secs(60)).backoff(bulkhead_host::Backoff::none());
     let p = sup.load(PluginSpec::new(lib).restart(policy.clone())).expect("load");
     let restart_quiet = crash_to_next_answer(&p, scale(40), || {});
     drop(p);

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Plugin, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{Plugin, PluginSpec, Sandbox, Supervisor};
 use bulkhead_tests::{basic, Fixtures};
 
 use crate::{summarize, us, Report, Summary};

@@ -12,7 +12,7 @@ mod scale;
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Sandbox, Supervisor, Transport};
+use bulkhead_host::{Backoff, CallError, PluginSpec, RestartPolicy, Sandbox, Supervisor, Transport};
 use bulkhead_tests::{basic, build_fixtures};
 
 use floor::Floor;
@@ -424,7 +424,7 @@ fn stream_and_callback_rows(
     report: &mut Report,
     scale: impl Fn(usize) -> usize,
 ) {
-    use bulkhead::HostInterface;
+    use bulkhead_host::HostInterface;
     use bulkhead_tests::{streams, uses_host};
     let n = scale(20_000) as u64;
     let rounds = scale(20).max(3);
@@ -473,8 +473,8 @@ fn stream_and_callback_rows(
     // from a failed load's error rather than linking the interface crate here.
     let lib = fx.lib("fx-host");
     let (hash, version) = match sup.load(PluginSpec::new(&lib)) {
-        Err(bulkhead::LoadError::Rejected {
-            reason: bulkhead::LoadFailure::ImportNotProvided { hash, version, .. },
+        Err(bulkhead_host::LoadError::Rejected {
+            reason: bulkhead_host::LoadFailure::ImportNotProvided { hash, version, .. },
             ..
         }) => (hash, version),
         other => panic!("expected ImportNotProvided, got {other:?}"),

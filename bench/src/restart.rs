@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, Plugin, PluginSpec, RestartPolicy, Sandbox, Supervisor};
+use bulkhead_host::{Backoff, CallError, Plugin, PluginSpec, RestartPolicy, Sandbox, Supervisor};
 use bulkhead_tests::{basic, Fixtures};
 
 use crate::{summarize, us, Report, Summary};

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bulkhead::{PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{PluginSpec, Sandbox, Supervisor};
 use bulkhead_tests::basic;
 
 use crate::{status_kb, Report};
@@ -102,7 +102,7 @@ pub(crate) fn rows(worker: &Path, lib: &Path, report: &mut Report, quick: bool) 
             format!("{:.0} ms / {all} / {per_plugin:.0} KiB", took.as_secs_f64() * 1e3),
             format!(
                 "`load_many` ({} threads); {ours} of the host's threads are bulkhead's; RSS delta over the {n} plugins (heap an earlier row freed is reused); {fds_per_plugin:.0} host fds per plugin",
-                bulkhead::LOAD_MANY_THREADS
+                bulkhead_host::LOAD_MANY_THREADS
             ),
         );
         let t = Instant::now();
@@ -115,7 +115,7 @@ pub(crate) fn rows(worker: &Path, lib: &Path, report: &mut Report, quick: bool) 
     }
 }
 
-fn load(sup: &Supervisor, lib: &Path, n: usize, sandboxed: bool) -> Vec<bulkhead::Plugin> {
+fn load(sup: &Supervisor, lib: &Path, n: usize, sandboxed: bool) -> Vec<bulkhead_host::Plugin> {
     let spec = || {
         let s = PluginSpec::new(lib);
         if sandboxed {

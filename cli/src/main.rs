@@ -4,10 +4,10 @@
 //! that crashes, hangs or lies costs that worker, never the CLI.
 //!
 //! ```text
-//! bulkhead inspect LIB.so [--json]
-//! bulkhead call LIB.so [--plugin NAME] --method N|NAME [--json-args '[...]' | --hex HEX | --input FILE]
+//! bulkhead-cli inspect LIB.so [--json]
+//! bulkhead-cli call LIB.so [--plugin NAME] --method N|NAME [--json-args '[...]' | --hex HEX | --input FILE]
 //!               [--returns TYPE] [--timeout-ms MS] [--stream [--max-items N]] [--learn] [--json]
-//! bulkhead scan DIR [--json]
+//! bulkhead-cli scan DIR [--json]
 //! sandbox and trust, for every command: [--allow-read PATH].. [--allow-write PATH]..
 //!   [--allow-connect-tcp PORT].. [--allow-network] [--no-sandbox] [--require-signature KEYFILE]..
 //! ```
@@ -29,14 +29,14 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bulkhead::{Layer, LayerState, Plugin, PluginInfo, PluginSpec, Sandbox, Supervisor, VerifyingKey};
+use bulkhead_host::{Layer, LayerState, Plugin, PluginInfo, PluginSpec, Sandbox, Supervisor, VerifyingKey};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 /// Inspect and call fidius plugin libraries safely: the library is loaded in a
 /// separate worker process, never in this one.
 #[derive(Parser, Debug)]
-#[command(name = "bulkhead", version, about)]
+#[command(name = "bulkhead-cli", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +94,7 @@ enum Command {
         /// declares one (`#[method_meta("name", "...")]`).
         #[arg(long)]
         method: String,
-        /// Arguments as a JSON array (see `bulkhead call --help` and the README
+        /// Arguments as a JSON array (see `bulkhead-cli call --help` and the README
         /// for how JSON maps to bincode).
         #[arg(long, value_name = "JSON", conflicts_with_all = ["hex", "input"])]
         json_args: Option<String>,
@@ -166,12 +166,12 @@ fn usage(msg: impl Into<String>) -> Failure {
 
 fn main() -> ExitCode {
     // This executable is also the worker that loads libraries.
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg, code)) => {
-            let _ = writeln!(std::io::stderr(), "bulkhead: {}", one_line(&msg));
+            let _ = writeln!(std::io::stderr(), "bulkhead-cli: {}", one_line(&msg));
             ExitCode::from(code)
         }
     }
@@ -629,7 +629,7 @@ fn layer_state(state: &LayerState) -> String {
 /// What is known of the library's signature: verified (the load checked it
 /// against the given keys), present but not checked, or none.
 fn signature_state(cli: &Cli, lib: &Path) -> String {
-    let sig = bulkhead::signature_path(lib);
+    let sig = bulkhead_host::signature_path(lib);
     if !cli.require_signature.is_empty() {
         format!("verified ({})", sig.display())
     } else if sig.exists() {

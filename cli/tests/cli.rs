@@ -7,7 +7,7 @@ use bulkhead_tests::{basic, fixtures};
 use serde_json::Value;
 
 fn bulkhead(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+    Command::new(env!("CARGO_BIN_EXE_bulkhead-cli"))
         .args(args)
         .env_remove("BULKHEAD_WORKER")
         .output()
@@ -32,7 +32,7 @@ fn failed_with_one_line(o: &Output) -> String {
     assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(o), stderr(o));
     let err = stderr(o);
     assert_eq!(err.lines().count(), 1, "{err:?}");
-    assert!(err.starts_with("bulkhead: ") && err.ends_with('\n'), "{err:?}");
+    assert!(err.starts_with("bulkhead-cli: ") && err.ends_with('\n'), "{err:?}");
     err
 }
 
@@ -42,7 +42,7 @@ fn bad_command_line(o: &Output) -> String {
     assert_eq!(o.status.code(), Some(2), "stdout {} stderr {}", stdout(o), stderr(o));
     let err = stderr(o);
     assert_eq!(err.lines().count(), 1, "{err:?}");
-    assert!(err.starts_with("bulkhead: "), "{err:?}");
+    assert!(err.starts_with("bulkhead-cli: "), "{err:?}");
     err
 }
 
@@ -165,7 +165,7 @@ fn a_crashing_call_is_reported_not_suffered() {
     let err = failed_with_one_line(&o);
     assert_eq!(
         err,
-        "bulkhead: call failed: worker died: signal 11 (SIGSEGV) in method 7 at address 0x0\n"
+        "bulkhead-cli: call failed: worker died: signal 11 (SIGSEGV) in method 7 at address 0x0\n"
     );
     assert_eq!(stdout(&o), "");
 }
@@ -177,7 +177,7 @@ fn a_library_that_crashes_during_load_is_reported_not_suffered() {
         let o = bulkhead(&cmd);
         let err = failed_with_one_line(&o);
         assert!(
-            err.starts_with(&format!("bulkhead: worker died while loading {l}: signal 11 (SIGSEGV)")),
+            err.starts_with(&format!("bulkhead-cli: worker died while loading {l}: signal 11 (SIGSEGV)")),
             "{err}"
         );
     }
@@ -191,7 +191,7 @@ fn a_hanging_load_shows_progress_then_times_out() {
     let err = stderr(&o);
     assert!(err.contains(&format!("\r| loading {l}...")), "{err:?}");
     let last = err.rsplit('\r').next().unwrap();
-    assert!(last.starts_with("bulkhead: ") && last.contains("1.5s"), "{err:?}");
+    assert!(last.starts_with("bulkhead-cli: ") && last.contains("1.5s"), "{err:?}");
     // Without a terminal, `auto` shows no progress.
     let o = bulkhead(&["inspect", &l, "--load-timeout-ms", "800"]);
     failed_with_one_line(&o);
@@ -234,7 +234,7 @@ fn bad_arguments_are_one_line_errors() {
 fn version_flag() {
     let o = bulkhead(&["--version"]);
     assert!(o.status.success());
-    assert_eq!(stdout(&o), format!("bulkhead {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(stdout(&o), format!("bulkhead-cli {}\n", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]

@@ -11,7 +11,7 @@
 /// with the trait's argument and return types:
 ///
 /// ```ignore
-/// bulkhead::client! {
+/// bulkhead_host::client! {
 ///     /// Typed access to `Calc` plugins.
 ///     pub struct CalcClient for my_iface::Calc in my_iface::__fidius_Calc
 ///         (descriptor = Calc_WASM_DESCRIPTOR, optional = Calc_OPTIONAL_METHODS)

@@ -62,7 +62,7 @@ impl CrashReport {
     }
 
     /// The command line that replays the crashed call with the `bulkhead`
-    /// CLI: `bulkhead call LIB [--plugin NAME] --method N --hex HEX`, for the
+    /// CLI: `bulkhead-cli call LIB [--plugin NAME] --method N --hex HEX`, for the
     /// library `lib` (and plugin `plugin`, for a library with several).
     /// `None` if no call was in flight or its input was longer than the
     /// copy (4 KiB).
@@ -71,7 +71,7 @@ impl CrashReport {
         if !self.input_complete() {
             return None;
         }
-        let mut cmd = format!("bulkhead call {}", shell_quote(&lib.to_string_lossy()));
+        let mut cmd = format!("bulkhead-cli call {}", shell_quote(&lib.to_string_lossy()));
         if let Some(p) = plugin {
             cmd.push_str(" --plugin ");
             cmd.push_str(&shell_quote(p));
@@ -277,7 +277,7 @@ mod tests {
         };
         assert_eq!(
             r.replay(Path::new("/a b/lib.so"), Some("P")).unwrap(),
-            "bulkhead call '/a b/lib.so' --plugin P --method 6 --hex dead"
+            "bulkhead-cli call '/a b/lib.so' --plugin P --method 6 --hex dead"
         );
         assert_eq!(r.to_string(), "signal 6 (SIGABRT, code -6) in method 6 (input 2 bytes)");
         let r = CrashReport {

@@ -175,7 +175,7 @@ pub(crate) struct HostImports {
 ///     fn check(&self, n: u64) -> Result<u64, PluginError> { Ok(n * 2) }
 /// }
 ///
-/// let host = bulkhead::host_interface! {
+/// let host = bulkhead_host::host_interface! {
 ///     my_iface::Host in my_iface::__fidius_host_Host
 ///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
 ///     for MyHost { /* .. */ } => {
@@ -291,7 +291,7 @@ macro_rules! __host_interface_last {
 ///     fn lookup(&self, key: String) -> String { key }
 ///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
 /// }
-/// let host = bulkhead::host_interface! {
+/// let host = bulkhead_host::host_interface! {
 ///     Host in __fidius_host_Host
 ///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
 ///     for MyHost => {
@@ -323,7 +323,7 @@ macro_rules! __host_interface_last {
 ///     fn lookup(&self, key: String) -> String { key }
 ///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
 /// }
-/// let host = bulkhead::host_interface! {
+/// let host = bulkhead_host::host_interface! {
 ///     Host in __fidius_host_Host
 ///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
 ///     for MyHost => {
@@ -354,7 +354,7 @@ macro_rules! __host_interface_last {
 ///     fn lookup(&self, key: String) -> String { key }
 ///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
 /// }
-/// let host = bulkhead::host_interface! {
+/// let host = bulkhead_host::host_interface! {
 ///     Host in __fidius_host_Host
 ///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
 ///     for MyHost => {
@@ -384,7 +384,7 @@ macro_rules! __host_interface_last {
 ///     fn lookup(&self, key: String) -> String { key }
 ///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
 /// }
-/// let host = bulkhead::host_interface! {
+/// let host = bulkhead_host::host_interface! {
 ///     Host in __fidius_host_Host
 ///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
 ///     for MyHost => {
@@ -415,7 +415,7 @@ macro_rules! __host_interface_last {
 ///     fn lookup(&self, key: String) -> String { key }
 ///     fn check(&self, n: u64) -> Result<u64, String> { Ok(n) }
 /// }
-/// let host = bulkhead::host_interface! {
+/// let host = bulkhead_host::host_interface! {
 ///     Host in __fidius_host_Host
 ///         (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
 ///     for 42u32 => {

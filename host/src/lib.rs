@@ -7,11 +7,11 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use bulkhead::{CallError, Exit, PluginSpec, Supervisor};
+//! use bulkhead_host::{CallError, Exit, PluginSpec, Supervisor};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Self-worker mode: this executable is also the worker (no install step).
-//! bulkhead::worker_main_if_requested();
+//! bulkhead_host::worker_main_if_requested();
 //! let supervisor = Supervisor::builder().self_worker().build()?;
 //! let plugin = supervisor.load(
 //!     PluginSpec::new("target/debug/libfx_basic.so")
@@ -74,7 +74,7 @@
 //!   `SIGABRT` leaves a [`CrashReport`] in [`CallError::WorkerDied`] (and
 //!   [`LoadError::WorkerDied`]): the method in flight, the faulting address, a
 //!   copy of up to 4 KiB of the input and the faulting thread's frames;
-//!   [`CrashReport::replay`] gives the `bulkhead call` command line that
+//!   [`CrashReport::replay`] gives the `bulkhead-cli call` command line that
 //!   replays the call.
 //!
 //! # Guarantees
@@ -171,10 +171,10 @@ pub use zero_copy::RawReply;
 ///
 /// ```no_run
 /// // The first statement of the application's `main`:
-/// bulkhead::worker_main_if_requested();
+/// bulkhead_host::worker_main_if_requested();
 /// // ... then the application, which may use `Supervisor::builder().self_worker()`.
-/// let supervisor = bulkhead::Supervisor::builder().self_worker().build()?;
-/// # Ok::<(), bulkhead::BuildError>(())
+/// let supervisor = bulkhead_host::Supervisor::builder().self_worker().build()?;
+/// # Ok::<(), bulkhead_host::BuildError>(())
 /// ```
 ///
 /// Call it first: the worker takes over the process (it closes inherited

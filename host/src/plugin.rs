@@ -752,7 +752,7 @@ impl Plugin {
     /// pin. Otherwise as [`reload`](Self::reload).
     ///
     /// ```no_run
-    /// # fn f(plugin: &bulkhead::Plugin) -> Result<(), bulkhead::LoadError> {
+    /// # fn f(plugin: &bulkhead_host::Plugin) -> Result<(), bulkhead_host::LoadError> {
     /// plugin.reload_library("plugins/libgreeter-v2.so")?;
     /// # Ok(()) }
     /// ```
@@ -768,7 +768,7 @@ impl Plugin {
     /// itself. Otherwise as [`reload`](Self::reload).
     ///
     /// ```no_run
-    /// # fn f(plugin: &bulkhead::Plugin) -> Result<(), bulkhead::LoadError> {
+    /// # fn f(plugin: &bulkhead_host::Plugin) -> Result<(), bulkhead_host::LoadError> {
     /// plugin.reload_with(|spec| spec.library("plugins/libgreeter-v2.so").workers(4))?;
     /// # Ok(()) }
     /// ```

@@ -30,7 +30,7 @@ pub(crate) fn check(
 ) -> Result<(), BuildError> {
     let answer = query(worker, prefix, env).map_err(|mut reason| {
         if self_worker {
-            reason.push_str("; does its main call bulkhead::worker_main_if_requested() first?");
+            reason.push_str("; does its main call bulkhead_host::worker_main_if_requested() first?");
         }
         BuildError::WorkerUnusable {
             worker: worker.path().to_path_buf(),

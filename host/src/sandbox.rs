@@ -43,7 +43,7 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 /// the mount layer has no fresh `/proc` (reported `Partial`).
 ///
 /// ```
-/// use bulkhead::{Layer, Sandbox};
+/// use bulkhead_host::{Layer, Sandbox};
 /// let sandbox = Sandbox::strict()
 ///     .allow_read("/etc/myapp/model.bin")   // one more file, read-only
 ///     .allow_write("/var/lib/myapp/cache")  // a directory it may write

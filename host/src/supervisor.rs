@@ -102,7 +102,7 @@ impl SupervisorBuilder {
 
     /// Self-worker mode: the application's own executable serves as the worker.
     /// Its `main` must begin with
-    /// [`bulkhead::worker_main_if_requested()`](crate::worker_main_if_requested),
+    /// [`bulkhead_host::worker_main_if_requested()`](crate::worker_main_if_requested),
     /// which turns a process started with [`SELF_WORKER_ARG`] into a worker.
     /// Host and worker then come from one build and one `Cargo.lock`, and
     /// nothing needs installing. `build()` checks the wiring by asking the
@@ -179,7 +179,7 @@ impl SupervisorBuilder {
                         host: PROTOCOL_VERSION,
                         reason: format!(
                             "this process was started as a self-worker but its main did not call \
-                             bulkhead::worker_main_if_requested() first ({SELF_WORKER_ENV} is set)"
+                             bulkhead_host::worker_main_if_requested() first ({SELF_WORKER_ENV} is set)"
                         ),
                     });
                 }

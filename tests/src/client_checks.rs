@@ -1,4 +1,4 @@
-//! What [`bulkhead::client!`] refuses at compile time, shown as doc tests
+//! What [`bulkhead_host::client!`] refuses at compile time, shown as doc tests
 //! against the fixture interface crate `fx_iface` (each `compile_fail` block
 //! differs from the first, compiling one, in a single declaration).
 //!
@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use fx_iface::PluginError;
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -19,7 +19,7 @@
 //! Argument types other than the trait's (`add(&self, a: i64, b: i64)`):
 //!
 //! ```compile_fail,E0308
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -31,7 +31,7 @@
 //! A return type other than the trait's:
 //!
 //! ```compile_fail,E0308
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -45,7 +45,7 @@
 //!
 //! ```compile_fail,E0283
 //! use fx_iface::PluginError;
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -57,7 +57,7 @@
 //! A method the interface does not have:
 //!
 //! ```compile_fail
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -70,7 +70,7 @@
 //! descriptor refuses it):
 //!
 //! ```compile_fail,E0080
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -82,7 +82,7 @@
 //! A plain method declared as a stream:
 //!
 //! ```compile_fail,E0080
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {
@@ -94,7 +94,7 @@
 //! A server-streaming method declared as a plain one:
 //!
 //! ```compile_fail
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
 //!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
 //!     {
@@ -106,7 +106,7 @@
 //! A client-streaming method declared as a server stream:
 //!
 //! ```compile_fail,E0080
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
 //!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
 //!     {
@@ -118,7 +118,7 @@
 //! A server stream's item type other than the trait's (`Stream<u64>`):
 //!
 //! ```compile_fail,E0308
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
 //!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
 //!     {
@@ -130,7 +130,7 @@
 //! A client stream's input item type other than the trait's:
 //!
 //! ```compile_fail,E0308
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
 //!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
 //!     {
@@ -142,7 +142,7 @@
 //! A bidirectional stream's output item type other than the trait's:
 //!
 //! ```compile_fail,E0308
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
 //!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
 //!     {
@@ -154,7 +154,7 @@
 //! And every stream form right compiles:
 //!
 //! ```
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Streams in fx_iface::__fidius_Streams
 //!         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
 //!     {
@@ -169,7 +169,7 @@
 //! A bincode method declared `raw fn`:
 //!
 //! ```compile_fail,E0080
-//! bulkhead::client! {
+//! bulkhead_host::client! {
 //!     pub struct C for fx_iface::Basic in fx_iface::__fidius_Basic
 //!         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
 //!     {

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use bulkhead::{Plugin, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{Plugin, PluginSpec, Sandbox, Supervisor};
 
 use crate::{neighbour, Scratch};
 

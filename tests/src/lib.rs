@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bulkhead::{PluginSpec, Supervisor, Transport};
+use bulkhead_host::{PluginSpec, Supervisor, Transport};
 
 pub mod client_checks;
 pub mod deny;

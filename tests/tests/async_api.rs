@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bulkhead::{CallError, EventKind, Stream, Supervisor};
+use bulkhead_host::{CallError, EventKind, Stream, Supervisor};
 use bulkhead_tests::{alive, basic, fixtures, spec, supervisor, wait_gone};
 use futures_core::Stream as _;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bulkhead::{BufferStrategy, CallError, CallFault, Exit, Layer, LayerState, PluginError, PluginSpec};
+use bulkhead_host::{BufferStrategy, CallError, CallFault, Exit, Layer, LayerState, PluginError, PluginSpec};
 use bulkhead_tests::{alive, basic, blob, spec, supervisor};
 use serde::{Deserialize, Serialize};
 
@@ -331,7 +331,7 @@ fn host_never_loads_plugin_code() {
     assert!(
         matches!(
             err,
-            bulkhead::LoadError::WorkerDied {
+            bulkhead_host::LoadError::WorkerDied {
                 exit: Exit::Signal { signal: 11, .. },
                 ..
             }
@@ -345,7 +345,7 @@ fn host_never_loads_plugin_code() {
         crash: true,
     };
     let err = sup.load(spec("fx-configured").config(&cfg)).unwrap_err();
-    let bulkhead::LoadError::WorkerDied { exit, stderr, .. } = &err else {
+    let bulkhead_host::LoadError::WorkerDied { exit, stderr, .. } = &err else {
         panic!("{err:?}")
     };
     assert_eq!(
@@ -367,11 +367,11 @@ fn host_never_loads_plugin_code() {
 
 #[test]
 fn worker_binary_not_found_names_every_place() {
-    let err = bulkhead::Supervisor::builder()
+    let err = bulkhead_host::Supervisor::builder()
         .worker_path("/nonexistent/bulkhead-worker")
         .build()
         .unwrap_err();
-    let bulkhead::BuildError::WorkerNotFound { searched } = &err else {
+    let bulkhead_host::BuildError::WorkerNotFound { searched } = &err else {
         panic!("expected WorkerNotFound, got {err:?}")
     };
     assert_eq!(searched.len(), 1);

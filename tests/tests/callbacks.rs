@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead::{HostInterface, LoadError, LoadFailure, Plugin, PluginError, PluginSpec, Supervisor};
+use bulkhead_host::{HostInterface, LoadError, LoadFailure, Plugin, PluginError, PluginSpec, Supervisor};
 use bulkhead_tests::{spec, supervisor};
 use fx_host_iface::__fidius_UsesHost as U;
 use fx_host_iface::__fidius_host_Host as H;
@@ -107,7 +107,7 @@ fn callbacks_count_against_the_call_deadline() {
             .call_timeout(Duration::from_millis(300)),
     );
     let e = p.call::<_, (u64, String)>(U::METHOD_FLOOD, &(u64::MAX,)).unwrap_err();
-    assert!(matches!(e, bulkhead::CallError::Timeout { .. }), "{e:?}");
+    assert!(matches!(e, bulkhead_host::CallError::Timeout { .. }), "{e:?}");
 }
 
 #[test]
@@ -192,7 +192,7 @@ impl fx_host_iface::Host for TestHost {
 }
 
 fn bound_host(lookups: Arc<AtomicU64>) -> HostInterface {
-    bulkhead::host_interface! {
+    bulkhead_host::host_interface! {
         fx_host_iface::Host in fx_host_iface::__fidius_host_Host
             (hash = Host_HOST_INTERFACE_HASH, version = Host_HOST_INTERFACE_VERSION, count = Host_HOST_FN_COUNT)
         for TestHost { lookups } => {

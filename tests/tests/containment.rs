@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bulkhead::{CallError, Layer, Limits, Plugin, Sandbox};
+use bulkhead_host::{CallError, Layer, Limits, Plugin, Sandbox};
 use bulkhead_tests::{basic, fixtures, hog, hostile, plugin_process, spec, supervisor, wait_gone};
 
 const GENEROUS: Duration = Duration::from_secs(30);

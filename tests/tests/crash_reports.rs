@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bulkhead::{CallError, CrashReport, Exit, LoadError, Plugin, Sandbox, Supervisor};
+use bulkhead_host::{CallError, CrashReport, Exit, LoadError, Plugin, Sandbox, Supervisor};
 use bulkhead_shared::crash as lines;
 use bulkhead_tests::{basic, fixtures, spec, supervisor, wait_gone, workspace_root};
 
@@ -196,7 +196,7 @@ fn the_replay_line_crashes_the_cli_the_same_way() {
         let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             replay,
-            format!("bulkhead call {} --method 27 --hex {hex}", lib.display()),
+            format!("bulkhead-cli call {} --method 27 --hex {hex}", lib.display()),
             "{name}"
         );
         // The fixture path has no characters a shell would interpret.

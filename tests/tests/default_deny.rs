@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bulkhead::Supervisor;
+use bulkhead_host::Supervisor;
 use bulkhead_tests::deny::{control_note, expected, Attacker, Mode, ATTACKS};
 use bulkhead_tests::{fixtures, spec, wait_gone};
 
@@ -150,13 +150,13 @@ fn a_tcp_grant_gives_no_abstract_name_host_clients_could_reach() {
 fn known_gap_landlock_scope_alone_lets_host_clients_reach_an_abstract_name() {
     use std::os::linux::net::SocketAddrExt;
     let sup = supervisor(true);
-    let sandbox = bulkhead::Sandbox::strict()
+    let sandbox = bulkhead_host::Sandbox::strict()
         .allow_connect_tcp(9)
         .allow_syscall("socket")
         .allow_syscall("bind")
         .allow_syscall("listen");
     let p = sup.load(spec("fx-neighbour").sandbox(sandbox)).unwrap();
-    assert!(p.info().sandbox.state(bulkhead::Layer::Landlock).is_enforced());
+    assert!(p.info().sandbox.state(bulkhead_host::Layer::Landlock).is_enforced());
     let name = format!("bulkhead-deny-gap-{}", std::process::id());
     let bound: i64 = p
         .call(bulkhead_tests::neighbour::BIND_ABSTRACT, &(name.clone(),))

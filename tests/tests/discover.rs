@@ -3,7 +3,7 @@
 //! library that crashes while loading, or a file that is no library, is one
 //! failed entry and nothing more.
 
-use bulkhead::{LoadError, PluginSpec, Sandbox};
+use bulkhead_host::{LoadError, PluginSpec, Sandbox};
 use bulkhead_tests::{fixtures, supervisor};
 
 #[test]
@@ -61,8 +61,8 @@ fn a_directory_of_untrusted_files_is_listed_library_by_library() {
         .discover_with(&dir, |p| PluginSpec::new(p).sandbox(Sandbox::none()))
         .unwrap();
     let report = &open[0].plugins.as_ref().unwrap()[0].sandbox;
-    for layer in bulkhead::Layer::ALL {
-        assert_eq!(report.state(layer), &bulkhead::LayerState::Off, "{layer}");
+    for layer in bulkhead_host::Layer::ALL {
+        assert_eq!(report.state(layer), &bulkhead_host::LayerState::Off, "{layer}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use bulkhead::{CallError, LoadError, RestartPolicy};
+use bulkhead_host::{CallError, LoadError, RestartPolicy};
 use bulkhead_tests::{basic, spec, supervisor};
 use fx_iface::__fidius_Streams as S;
 

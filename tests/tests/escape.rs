@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use bulkhead::{CallError, Layer, LayerState, Limits, LoadError, LoadFailure, Plugin, Sandbox, Supervisor};
+use bulkhead_host::{CallError, Layer, LayerState, Limits, LoadError, LoadFailure, Plugin, Sandbox, Supervisor};
 use bulkhead_tests::{
     all_processes, fixtures, hostile, open_fds, plugin_process, spec, supervisor, transport, wait_gone, Scratch,
 };
@@ -468,7 +468,7 @@ fn cannot_signal_everything() {
 
 #[test]
 fn shrinking_the_shared_region_cannot_crash_the_host() {
-    if transport() != bulkhead::Transport::SharedMemory {
+    if transport() != bulkhead_host::Transport::SharedMemory {
         return;
     }
     let sup = supervisor();
@@ -702,7 +702,7 @@ fn file_size_limit_stops_a_runaway_writer() {
         .call::<_, i64>(hostile::FILL_TMP, &("big".to_string(), 4u64))
         .unwrap_err();
     assert!(
-        matches!(err, CallError::WorkerDied { exit: bulkhead::Exit::Signal { signal, .. }, .. } if signal == libc::SIGXFSZ),
+        matches!(err, CallError::WorkerDied { exit: bulkhead_host::Exit::Signal { signal, .. }, .. } if signal == libc::SIGXFSZ),
         "{err:?}"
     );
     let written: i64 = p.call(hostile::FILL_TMP, &("small".to_string(), 1u64)).unwrap();
@@ -717,7 +717,7 @@ fn cannot_answer_a_neighbours_callers() {
         let neighbour = sup
             .load(
                 spec("fx-basic")
-                    .transport(bulkhead::Transport::Socket)
+                    .transport(bulkhead_host::Transport::Socket)
                     .call_timeout(Duration::from_secs(5)),
             )
             .unwrap();
@@ -785,7 +785,7 @@ fn a_library_in_a_private_directory_loads_in_the_sandbox() {
     std::fs::copy(fixtures().lib("fx-basic"), &lib).unwrap();
     let sup = supervisor();
     let p = sup
-        .load(bulkhead::PluginSpec::new(&lib).transport(transport()))
+        .load(bulkhead_host::PluginSpec::new(&lib).transport(transport()))
         .unwrap();
     assert_eq!(p.info().sandbox.degraded().count(), 0, "{:?}", p.info().sandbox);
     let sum: i64 = p.call(bulkhead_tests::basic::ADD, &(40i64, 2i64)).unwrap();

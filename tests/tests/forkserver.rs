@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Sandbox, Supervisor};
+use bulkhead_host::{Sandbox, Supervisor};
 use bulkhead_tests::{basic, fixtures, my_children, spec, supervisor};
 
 fn cmdline(pid: u32) -> String {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, CallFault, Exit, Plugin, ProtocolError, RestartPolicy, Supervisor, Transport};
+use bulkhead_host::{Backoff, CallError, CallFault, Exit, Plugin, ProtocolError, RestartPolicy, Supervisor, Transport};
 use bulkhead_shared::protocol::{PluginInfoWire, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_tests::{alive, basic, spec, supervisor, wait_gone};
 
@@ -147,13 +147,13 @@ fn forged_frames_are_protocol_errors() {
         interface_hash: 0,
         interface_version: 0,
         capabilities: 0,
-        buffer_strategy: bulkhead::BufferStrategy::Arena,
+        buffer_strategy: bulkhead_host::BufferStrategy::Arena,
         method_count: 0,
         trait_metadata: vec![],
         method_metadata: vec![],
         plugins_in_library: vec![],
         shm: false,
-        sandbox: bulkhead::SandboxReport::off(0),
+        sandbox: bulkhead_host::SandboxReport::off(0),
         bound_imports: vec![],
         unbound_imports: vec![],
     };

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{EventKind, Limits};
+use bulkhead_host::{EventKind, Limits};
 use bulkhead_tests::{basic, cpu_ticks, hog, process_tree, spec, supervisor, wait_gone};
 
 const GENEROUS: Duration = Duration::from_secs(30);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use bulkhead::Supervisor;
+use bulkhead_host::Supervisor;
 use bulkhead_tests::{fixtures, open_fds, plugin_process, spec, supervisor};
 
 fn environ(pid: u32) -> BTreeMap<String, String> {
@@ -31,7 +31,7 @@ fn environment_is_scrubbed_to_the_allowlist() {
     }
     assert_eq!(env.get("PLUGIN_MODE").map(String::as_str), Some("strict"));
     // Not the host's PATH: a fixed neutral one.
-    assert_eq!(env.get("PATH").map(String::as_str), Some(bulkhead::WORKER_PATH));
+    assert_eq!(env.get("PATH").map(String::as_str), Some(bulkhead_host::WORKER_PATH));
 
     // The allowlist can be extended.
     let sup = Supervisor::builder()

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bulkhead::{LoadError, LoadFailure, PluginSpec};
+use bulkhead_host::{LoadError, LoadFailure, PluginSpec};
 use bulkhead_tests::{fixtures, spec, supervisor};
 
 #[track_caller]

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Plugin, Sandbox, Supervisor, WORKER_PATH};
+use bulkhead_host::{Plugin, Sandbox, Supervisor, WORKER_PATH};
 use bulkhead_tests::{fixtures, neighbour, plugin_process, spec, Scratch};
 
 const GENEROUS: Duration = Duration::from_secs(20);
@@ -172,8 +172,8 @@ fn the_worker_does_not_see_the_hosts_cgroup_paths() {
                     assert_eq!(path, "/", "fork-server {fork_server}: {hierarchy} shows {path}");
                 }
                 assert_eq!(
-                    p.info().sandbox.state(bulkhead::Layer::CgroupNs),
-                    &bulkhead::LayerState::Enforced
+                    p.info().sandbox.state(bulkhead_host::Layer::CgroupNs),
+                    &bulkhead_host::LayerState::Enforced
                 );
             }
         }
@@ -292,7 +292,7 @@ fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
     // grant then rests on Landlock's rule alone).
     let cases = [
         ("strict", Sandbox::strict()),
-        ("landlock only", Sandbox::strict().without(bulkhead::Layer::MountNs)),
+        ("landlock only", Sandbox::strict().without(bulkhead_host::Layer::MountNs)),
         ("none", Sandbox::none()),
     ];
     for (name, sandbox) in cases {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bulkhead::Exit;
+use bulkhead_host::Exit;
 use bulkhead_tests::{basic, my_children, spec, supervisor};
 
 #[test]
@@ -24,7 +24,7 @@ fn drop_and_shutdown_leave_no_children() {
     let mut restarted = 0;
     while restarted < 2 {
         let e = events.recv_deadline(deadline).expect("two restarts");
-        restarted += matches!(e.kind, bulkhead::EventKind::Restarted { .. }) as u32;
+        restarted += matches!(e.kind, bulkhead_host::EventKind::Restarted { .. }) as u32;
     }
     let live: Vec<u32> = a.worker_pids().into_iter().chain(b.worker_pids()).collect();
     assert_eq!(live.len(), 4);
@@ -41,7 +41,7 @@ fn drop_and_shutdown_leave_no_children() {
     // Handles outlive the supervisor but are shut down.
     assert!(matches!(
         a.call::<_, i64>(basic::ADD, &(1i64, 1i64)),
-        Err(bulkhead::CallError::ShutDown)
+        Err(bulkhead_host::CallError::ShutDown)
     ));
 
     // shutdown() reports how each worker ended: politely, exit code 0.

@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead::{CallError, EventKind};
+use bulkhead_host::{CallError, EventKind};
 use bulkhead_tests::{basic, spec, supervisor};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};

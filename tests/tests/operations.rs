@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, EventKind, EventReceiver, Exit, Health, LoadError, RestartPolicy, Supervisor};
+use bulkhead_host::{Backoff, CallError, EventKind, EventReceiver, Exit, Health, LoadError, RestartPolicy, Supervisor};
 use bulkhead_tests::{basic, spec, supervisor};
 use serde::Serialize;
 
@@ -21,7 +21,7 @@ struct ScaleConfig {
     crash: bool,
 }
 
-fn version(factor: i64) -> bulkhead::PluginSpec {
+fn version(factor: i64) -> bulkhead_host::PluginSpec {
     spec("fx-configured").config(&ScaleConfig {
         prefix: format!("v{factor}"),
         factor,
@@ -315,7 +315,7 @@ fn idle_workers_stop_and_restart_on_the_next_call() {
             spec("fx-basic")
                 .workers(2)
                 .idle_timeout(Duration::from_millis(300))
-                .sandbox(bulkhead::Sandbox::strict().without(bulkhead::Layer::PidNs)),
+                .sandbox(bulkhead_host::Sandbox::strict().without(bulkhead_host::Layer::PidNs)),
         )
         .unwrap();
     let first: u32 = plugin.call(basic::PID, &()).unwrap();
@@ -402,14 +402,14 @@ fn shutdown_racing_a_standby_refill_forces_nothing() {
 /// transport: the shared region is sized to fit the limit.
 #[test]
 fn address_space_limit_keeps_the_shared_memory_transport() {
-    if bulkhead_tests::transport() != bulkhead::Transport::SharedMemory {
+    if bulkhead_tests::transport() != bulkhead_host::Transport::SharedMemory {
         return; // the socket transport is what this run asked for
     }
     let sup = supervisor();
     let plugin = sup
-        .load(spec("fx-basic").limits(bulkhead::Limits::new().address_space(128 << 20)))
+        .load(spec("fx-basic").limits(bulkhead_host::Limits::new().address_space(128 << 20)))
         .unwrap();
-    assert_eq!(plugin.info().transport, bulkhead::Transport::SharedMemory);
+    assert_eq!(plugin.info().transport, bulkhead_host::Transport::SharedMemory);
     assert_eq!(plugin.call::<_, i64>(basic::ADD, &(40i64, 2i64)).unwrap(), 42);
     // A payload larger than the shrunken region still travels (over the socket).
     let big = vec![7u8; 20 << 20];

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead::OutputBudget;
+use bulkhead_host::OutputBudget;
 use bulkhead_tests::{cpu_ticks, hog, spec, supervisor};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bulkhead::{CallError, Exit, Supervisor};
+use bulkhead_host::{CallError, Exit, Supervisor};
 use bulkhead_tests::{basic, fixtures, spec};
 
 const GENEROUS: Duration = Duration::from_secs(60);

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use bulkhead::{CallError, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{CallError, PluginSpec, Sandbox, Supervisor};
 use bulkhead_tests::{basic, fixtures, transport, Scratch};
 
 fn both() -> [(&'static str, Sandbox); 2] {

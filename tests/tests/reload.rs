@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulkhead::{CallError, LoadError, LoadFailure, Plugin, PluginSpec, Sandbox};
+use bulkhead_host::{CallError, LoadError, LoadFailure, Plugin, PluginSpec, Sandbox};
 use bulkhead_tests::{basic, fixtures, hostile, spec, supervisor};
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// Part of `Basic`.
     pub struct BasicClient for fx_iface::Basic in fx_iface::__fidius_Basic
         (descriptor = Basic_WASM_DESCRIPTOR, optional = Basic_OPTIONAL_METHODS)
@@ -135,7 +135,7 @@ fn reload_library_keeps_workers_timeout_sandbox_and_grants() {
     p.reload(PluginSpec::new(&v2).transport(bulkhead_tests::transport()))
         .unwrap();
     assert_eq!(p.worker_pids().len(), 1);
-    assert_eq!(p.call_timeout(), bulkhead::DEFAULT_CALL_TIMEOUT);
+    assert_eq!(p.call_timeout(), bulkhead_host::DEFAULT_CALL_TIMEOUT);
     assert!(
         matches!(read(&p, &granted), Err(CallError::Plugin(_))),
         "no grant any more"
@@ -222,13 +222,13 @@ fn pin_interface_on_an_untyped_plugin_and_through_client_new() {
 
 #[test]
 fn reload_library_keeps_the_signature_requirement() {
-    use bulkhead::ed25519_dalek::{Signer, SigningKey};
+    use bulkhead_host::ed25519_dalek::{Signer, SigningKey};
     let sup = supervisor();
     let dir = Scratch::new("signed");
     let key = SigningKey::from_bytes(&[7; 32]);
     let sign = |path: &Path| {
         let bytes = std::fs::read(path).unwrap();
-        std::fs::write(bulkhead::signature_path(path), key.sign(&bytes).to_bytes()).unwrap();
+        std::fs::write(bulkhead_host::signature_path(path), key.sign(&bytes).to_bytes()).unwrap();
     };
     let v1 = dir.copy_of("fx-basic", "libbasic-v1.so");
     let signed_v2 = dir.copy_of("fx-basic", "libbasic-v2.so");
@@ -257,7 +257,7 @@ fn reload_library_keeps_the_signature_requirement() {
     assert_eq!(p.call::<_, i64>(basic::ADD, &(1i64, 2i64)).unwrap(), 3);
 }
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// The configured fixture.
     pub struct ConfiguredClient for fx_iface::Configured in fx_iface::__fidius_Configured
         (descriptor = Configured_WASM_DESCRIPTOR, optional = Configured_OPTIONAL_METHODS)
@@ -305,7 +305,7 @@ fn reload_library_keeps_the_config_and_reload_with_changes_it_on_purpose() {
     assert_eq!(c.scale(5).unwrap(), 20);
 }
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// `Streams`, with its optional method.
     pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)

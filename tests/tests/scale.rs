@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{CallError, Exit, LoadError, LoadFailure, OutputBudget, Plugin, PluginSpec, Supervisor};
+use bulkhead_host::{CallError, Exit, LoadError, LoadFailure, OutputBudget, Plugin, PluginSpec, Supervisor};
 use bulkhead_tests::{basic, fixtures, spec};
 
 const GENEROUS: Duration = Duration::from_secs(60);
@@ -133,7 +133,7 @@ fn host_threads_do_not_grow_with_plugins() {
             stderr,
             ..
         } => {
-            assert!(stderr.len() <= bulkhead::STDERR_TAIL, "{}", stderr.len());
+            assert!(stderr.len() <= bulkhead_host::STDERR_TAIL, "{}", stderr.len());
             // The tail ends with the last full lines of what was printed
             // (100,000 bytes of "line N of output\n" end with "line 50", a
             // piece of line 5,056, forwarded as a line of its own at EOF).

@@ -15,7 +15,7 @@ edition = "2021"
 publish = false
 
 [dependencies]
-bulkhead = { path = "@HOST@" }
+bulkhead-host = { path = "@HOST@" }
 
 [[test]]
 name = "in_test_binary"
@@ -27,10 +27,10 @@ harness = false
 /// The application: runs as a worker when asked to, else loads the plugin and
 /// prints what three calls gave.
 const MAIN: &str = r#"
-use bulkhead::{CallError, Exit, PluginSpec, Supervisor};
+use bulkhead_host::{CallError, Exit, PluginSpec, Supervisor};
 
 fn main() {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     let supervisor = Supervisor::builder().self_worker().build().expect("self-worker builds");
     assert_eq!(supervisor.worker_path(), std::env::current_exe().unwrap());
     let plugin = supervisor.load(PluginSpec::new("@LIB@")).expect("plugin loads");
@@ -58,10 +58,10 @@ fn the_app_is_its_own_worker() {
 /// A test binary without libtest's harness, so it has a `main` of its own and
 /// serves as the worker itself.
 const IN_TEST: &str = r#"
-use bulkhead::{PluginSpec, Supervisor};
+use bulkhead_host::{PluginSpec, Supervisor};
 
 fn main() {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     let supervisor = Supervisor::builder().self_worker().build().expect("self-worker builds");
     let plugin = supervisor.load(PluginSpec::new("@LIB@").workers(2)).expect("plugin loads");
     for i in 0..20i64 {

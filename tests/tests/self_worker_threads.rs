@@ -28,7 +28,7 @@ tokio = { version = "1.38", features = ["rt", "rt-multi-thread", "macros"] }
 
 /// Loads the plugin strictly and best-effort; prints what each gave.
 const REPORT: &str = r#"
-use bulkhead::{Layer, LayerState, LoadError, LoadFailure, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{Layer, LayerState, LoadError, LoadFailure, PluginSpec, Sandbox, Supervisor};
 
 pub fn report(lib: &str) {
     let threads = std::fs::read_to_string("/proc/self/status").unwrap()
@@ -58,7 +58,7 @@ const MULTI: &str = r#"
 mod report;
 #[tokio::main]
 async fn main() {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     report::report("@LIB@");
 }
 "#;
@@ -67,7 +67,7 @@ const CURRENT: &str = r#"
 mod report;
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    bulkhead::worker_main_if_requested();
+    bulkhead_host::worker_main_if_requested();
     // A thread of the application's own, started before any load.
     let _t = std::thread::spawn(|| std::thread::park());
     report::report("@LIB@");

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bulkhead::ed25519_dalek::{Signer, SigningKey};
-use bulkhead::{signature_path, CallError, LoadError, PluginSpec, RestartPolicy};
+use bulkhead_host::ed25519_dalek::{Signer, SigningKey};
+use bulkhead_host::{signature_path, CallError, LoadError, PluginSpec, RestartPolicy};
 use bulkhead_tests::{basic, fixtures, supervisor, transport, workspace_root};
 
 /// A fresh directory for one test.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead::{CallError, Exit, Limits, Plugin, ProtocolError, RestartPolicy};
+use bulkhead_host::{CallError, Exit, Limits, Plugin, ProtocolError, RestartPolicy};
 use bulkhead_shared::protocol::WorkerMsg;
 use bulkhead_tests::{basic, blob, my_children, spec, supervisor};
 
@@ -203,7 +203,7 @@ fn op(a: &Plugin, b: &Plugin, c: &Plugin, r: &mut Rng, tag: u64, tally: &mut Tal
         ("plugin_error", Err(CallError::Plugin(_))) => true,
         // Over shared memory, bytes forged onto the socket are unsolicited data.
         ("garbage_fds" | "wrong_id", Err(CallError::Protocol(ProtocolError::Unexpected { .. })))
-            if bulkhead_tests::transport() == bulkhead::Transport::SharedMemory =>
+            if bulkhead_tests::transport() == bulkhead_host::Transport::SharedMemory =>
         {
             true
         }

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use bulkhead::{CallError, Exit, Plugin, PluginStream};
+use bulkhead_host::{CallError, Exit, Plugin, PluginStream};
 use bulkhead_tests::{spec, supervisor};
 use fx_iface::__fidius_Streams as S;
 
-fn load(sup: &bulkhead::Supervisor, timeout: Duration) -> Plugin {
+fn load(sup: &bulkhead_host::Supervisor, timeout: Duration) -> Plugin {
     sup.load(
         spec("fx-stream")
             .plugin("StreamPlugin")
@@ -225,7 +225,7 @@ fn streams_on_plugins_that_cannot_stream_are_contract_errors() {
     let p = sup.load(spec("fx-arena")).unwrap();
     let e = p.stream::<_, u64>(0u32, &(1u8, 1u64)).unwrap_err();
     assert!(
-        matches!(&e, CallError::Contract(bulkhead::CallFault::StreamState { what }) if what.contains("PluginAllocated")),
+        matches!(&e, CallError::Contract(bulkhead_host::CallFault::StreamState { what }) if what.contains("PluginAllocated")),
         "{e:?}"
     );
     let e = p.stream::<_, u64>(99u32, &()).unwrap_err();

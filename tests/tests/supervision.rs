@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead::{
+use bulkhead_host::{
     Backoff, CallError, EventKind, Exit, Health, Layer, Limits, OutputBudget, RestartPolicy, Sandbox, Stream,
     Supervisor,
 };
@@ -56,7 +56,7 @@ fn hung_calls_time_out_and_the_next_call_gets_a_fresh_worker() {
 /// Starts a sleeping grandchild through the plugin and returns its host pid:
 /// the one new member of the worker's process group (the plugin itself only
 /// knows its pid inside the worker's pid namespace).
-fn fork_sleeper(plugin: &bulkhead::Plugin) -> u32 {
+fn fork_sleeper(plugin: &bulkhead_host::Plugin) -> u32 {
     let worker = plugin.info().worker_pid;
     plugin_process(worker);
     let before: HashSet<u32> = group_members(worker).into_iter().collect();
@@ -444,7 +444,7 @@ fn a_hang_in_one_worker_does_not_block_others() {
 /// Starts `announce_then_sleep(tag, ms)` on its own thread and returns once the
 /// plugin has printed `tag` (so the call is known to occupy a worker).
 fn occupy(
-    plugin: &bulkhead::Plugin,
+    plugin: &bulkhead_host::Plugin,
     lines: &Receiver<String>,
     tag: &str,
     ms: u64,

@@ -1,12 +1,12 @@
 //! Checked, typed calls: fidius' `METHOD_*` constants as they are, the
 //! interface-hash check at load, the typed client, optional methods.
 
-use bulkhead::{CallError, LoadError, LoadFailure, PluginStream};
+use bulkhead_host::{CallError, LoadError, LoadFailure, PluginStream};
 use bulkhead_tests::{spec, supervisor};
 use fx_iface::{__fidius_Greeter, __fidius_Streams, PluginError};
 use std::time::Duration;
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// Typed access to `Streams` plugins: every method form.
     pub struct StreamsClient for fx_iface::Streams in fx_iface::__fidius_Streams
         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS, async = StreamsAsync)
@@ -21,7 +21,7 @@ bulkhead::client! {
     }
 }
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// Lists no stream method: the descriptor still marks every streaming slot.
     pub struct StreamsByDescriptor for fx_iface::Streams in fx_iface::__fidius_Streams
         (descriptor = Streams_WASM_DESCRIPTOR, optional = Streams_OPTIONAL_METHODS)
@@ -30,7 +30,7 @@ bulkhead::client! {
     }
 }
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// The greeter, whose hash differs from `Streams`'.
     pub struct GreeterClient for fx_iface::Greeter in fx_iface::__fidius_Greeter
         (descriptor = Greeter_WASM_DESCRIPTOR, optional = Greeter_OPTIONAL_METHODS)
@@ -40,7 +40,7 @@ bulkhead::client! {
     }
 }
 
-bulkhead::client! {
+bulkhead_host::client! {
     /// Part of `Basic`, declared out of order (slots come from the names),
     /// with a method returning `Result<_, PluginError>`.
     pub struct BasicClient for fx_iface::Basic in fx_iface::__fidius_Basic
@@ -239,7 +239,7 @@ fn client_slots_come_from_names_and_results_decode_as_fidius_sends_them() {
 fn client_per_call_timeout_overrides_the_plugin_default_for_that_client_only() {
     let sup = supervisor();
     let c = BasicClient::load(&sup, spec("fx-basic")).unwrap();
-    assert_eq!(c.plugin().call_timeout(), bulkhead::DEFAULT_CALL_TIMEOUT);
+    assert_eq!(c.plugin().call_timeout(), bulkhead_host::DEFAULT_CALL_TIMEOUT);
     let short = c.with_timeout(Duration::from_millis(300));
     match short.sleep_ms(60_000).unwrap_err() {
         CallError::Timeout { limit, elapsed } => {
@@ -250,7 +250,7 @@ fn client_per_call_timeout_overrides_the_plugin_default_for_that_client_only() {
     }
     // The original client (and the plugin) keep the default; a call under
     // the short timeout that fits succeeds.
-    assert_eq!(c.plugin().call_timeout(), bulkhead::DEFAULT_CALL_TIMEOUT);
+    assert_eq!(c.plugin().call_timeout(), bulkhead_host::DEFAULT_CALL_TIMEOUT);
     assert_eq!(short.sleep_ms(1).unwrap(), 1);
     assert_eq!(c.add(1, 2).unwrap(), 3);
 }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{EventKind, EventReceiver, Plugin, Sandbox, Supervisor};
+use bulkhead_host::{EventKind, EventReceiver, Plugin, Sandbox, Supervisor};
 use bulkhead_tests::{neighbour, spec, supervisor};
 
 const WAIT: Duration = Duration::from_secs(30);

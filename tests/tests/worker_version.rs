@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use bulkhead::{BuildError, Supervisor};
+use bulkhead_host::{BuildError, Supervisor};
 use bulkhead_shared::protocol::PROTOCOL_VERSION;
 use bulkhead_tests::fixtures;
 

@@ -6,7 +6,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use bulkhead::{CallError, Exit, Plugin, Transport};
+use bulkhead_host::{CallError, Exit, Plugin, Transport};
 use bulkhead_tests::{basic, blob, spec, supervisor, transport, wait_gone};
 
 fn pattern(len: usize, seed: usize) -> Vec<u8> {
@@ -154,7 +154,7 @@ fn worker_dying_under_a_guard() {
         let ev = events
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .expect("a WorkerExited event for the killed worker");
-        if let bulkhead::EventKind::WorkerExited { pid: got, exit, .. } = ev.kind {
+        if let bulkhead_host::EventKind::WorkerExited { pid: got, exit, .. } = ev.kind {
             if got == pid {
                 assert_eq!(
                     exit,
@@ -212,7 +212,7 @@ fn plugins_with_host_imports_answer_through_the_socket_conversation() {
     use fx_host_iface::__fidius_UsesHost as U;
     use fx_host_iface::__fidius_host_Host as H;
     let sup = supervisor();
-    let iface = bulkhead::HostInterface::new(
+    let iface = bulkhead_host::HostInterface::new(
         "Host",
         H::Host_HOST_INTERFACE_HASH,
         H::Host_HOST_INTERFACE_VERSION,

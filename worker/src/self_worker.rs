@@ -1,5 +1,5 @@
 //! Self-worker mode in an application whose process is already multi-threaded
-//! when it reaches `bulkhead::worker_main_if_requested()` — a `#[tokio::main]`
+//! when it reaches `bulkhead_host::worker_main_if_requested()` — a `#[tokio::main]`
 //! `main` starts its runtime's threads before its first statement, and the
 //! kernel creates no user namespace for a multi-threaded process.
 //!

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{CallError, PluginSpec};
+use bulkhead_host::{CallError, PluginSpec};
 use bulkhead_tests::{basic, fixtures, supervisor};
 
 fn main() {

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 
-use bulkhead::{PluginSpec, Supervisor};
+use bulkhead_host::{PluginSpec, Supervisor};
 use bulkhead_tests::deny::{Attacker, Mode, ATTACKS};
 
 fn main() {

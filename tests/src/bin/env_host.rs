@@ -26,7 +26,7 @@
 
 use std::io::Write;
 
-use bulkhead::{Layer, LayerState, LoadError, LoadFailure, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{Layer, LayerState, LoadError, LoadFailure, PluginSpec, Sandbox, Supervisor};
 use bulkhead_tests::hostile;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bulkhead::{CallError, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{CallError, PluginSpec, Sandbox, Supervisor};
 use bulkhead_tests::hostile;
 
 /// What the write-mem attack tries to overwrite.

@@ -13,7 +13,7 @@
 //! - `inotify`: the hog takes inotify instances; then the host creates one.
 //!   The control runs the hog without the sandbox.
 
-use bulkhead::{Limits, PluginSpec, Sandbox, Supervisor};
+use bulkhead_host::{Limits, PluginSpec, Sandbox, Supervisor};
 use bulkhead_tests::{basic, hog};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 

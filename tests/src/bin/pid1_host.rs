@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead::{Backoff, CallError, PluginSpec, RestartPolicy, Supervisor};
+use bulkhead_host::{Backoff, CallError, PluginSpec, RestartPolicy, Supervisor};
 use bulkhead_tests::{basic, my_children};
 
 fn main() {

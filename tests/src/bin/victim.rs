@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 
-use bulkhead::{PluginSpec, Supervisor};
+use bulkhead_host::{PluginSpec, Supervisor};
 
 fn main() {
     let mut args = std::env::args().skip(1);

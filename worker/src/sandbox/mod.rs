@@ -432,7 +432,7 @@ fn remedy(layer: Layer, reason: &str, threads: usize) -> String {
     if user_ns && threads > 1 && reason.contains("EINVAL") {
         return format!(
             "The worker process was already multi-threaded ({threads} threads), and the kernel creates no user \
-             namespace for such a process: in self-worker mode call bulkhead::worker_main_if_requested() as the \
+             namespace for such a process: in self-worker mode call bulkhead_host::worker_main_if_requested() as the \
              first statement of main, before any runtime (e.g. #[tokio::main]) or thread starts, or use a \
              standalone worker executable; {OPT_OUT}."
         );
