@@ -96,7 +96,7 @@ fn dependent_crate_tests_pass_with_self_worker_and_no_env() {
 
     // Its own target directory (kept between runs so reruns are incremental):
     // the outer `cargo test` holds the workspace's build lock.
-    let target = root.join("target").join("scratch-self-worker");
+    let target = root.join("target").join("scratch-apps");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(&dir)
         .args(["test", "--offline", "--quiet", "--target-dir"])
