@@ -197,7 +197,10 @@ impl Sandbox {
 
     /// Lets the plugin read `path` (a file, or a directory and everything under
     /// it) at the same path inside the sandbox. When the host runs as root the
-    /// worker runs as uid 65534, so the file must be readable by that uid.
+    /// worker runs as uid 65534, so the file must be readable by that uid (and
+    /// the directories above it searchable). A relative `path` is made
+    /// absolute here, against the host's working directory; the plugin runs
+    /// with `/` as its working directory, so give it absolute paths.
     pub fn allow_read(mut self, path: impl AsRef<Path>) -> Sandbox {
         self.read.push(absolute(path.as_ref()));
         self

@@ -791,3 +791,32 @@ fn a_library_in_a_private_directory_loads_in_the_sandbox() {
     let sum: i64 = p.call(bulkhead_tests::basic::ADD, &(40i64, 2i64)).unwrap();
     assert_eq!(sum, 42);
 }
+
+#[test]
+fn a_grant_the_workers_uid_cannot_reach_fails_the_load_naming_it() {
+    // Only a root host's worker changes uid (to 65534); a non-root host's
+    // worker keeps the host's uid and reaches whatever the host reaches.
+    if !bulkhead_tests::is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("escape", "private-grant");
+    let data = dir.0.join("data.txt");
+    std::fs::write(&data, "secret").unwrap();
+    let sup = supervisor();
+    let load = |mode: u32| {
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode)).unwrap();
+        sup.load(
+            spec("fx-basic").sandbox(Sandbox::strict().allow_read(&data)),
+        )
+    };
+    match load(0o700) {
+        Err(LoadError::Rejected {
+            reason: LoadFailure::Sandbox { reason, .. },
+            ..
+        }) => assert!(reason.contains(data.to_str().unwrap()), "{reason}"),
+        other => panic!("a grant under a 0700 directory of root's: {other:?}"),
+    }
+    // The same grant once uid 65534 may search the directory.
+    load(0o755).expect("a reachable grant loads");
+}
