@@ -431,6 +431,19 @@ fn a_label_names_the_plugin_in_events_and_in_the_workers_process_title() {
         assert_eq!(shown.trim_end_matches('\0'), format!("bulkhead: {label}"), "{shown:?}");
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim_end(), format!("bh:{label}"));
+        // So do the sandbox's helper processes above it (outer and init).
+        // They take it from the worker through a pipe: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for helper in bulkhead_tests::process_tree(p.info().worker_pid) {
+            let title = || {
+                let cmdline = std::fs::read(format!("/proc/{helper}/cmdline")).unwrap();
+                String::from_utf8_lossy(&cmdline).into_owned()
+            };
+            while !title().starts_with(&format!("bulkhead: {label}\0")) {
+                assert!(Instant::now() < deadline, "process {helper}: {:?}", title());
+                std::thread::yield_now();
+            }
+        }
     }
     // Events carry the label: two instances of one library stay apart.
     let pid = billing.info().worker_pid;

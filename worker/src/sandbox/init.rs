@@ -33,23 +33,35 @@ use nix::unistd::{fork, pipe, write, ForkResult, Pid};
 pub fn split(in_init: impl FnOnce()) -> Result<(), String> {
     let (status_r, status_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (alive_r, alive_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    // Outer and init take the worker's title (`ps` shows the plugin's label
+    // on all three) once the worker knows it.
+    let outer_title = crate::title::follower();
+    let init_title = crate::title::follower();
     // SAFETY: the worker is single-threaded here (no thread is started before
     // the plugin is loaded), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
-            drop((status_w, alive_r));
-            outer(child, status_r, alive_w)
+            drop((status_w, alive_r, init_title));
+            crate::title::drop_followers();
+            outer(child, status_r, alive_w, outer_title)
         }
         ForkResult::Child => {
-            drop((status_r, alive_w));
-            init(in_init, status_w, alive_r)
+            drop((status_r, alive_w, outer_title));
+            init(in_init, status_w, alive_r, init_title)
         }
     }
 }
 
 /// Outer: wait, then mirror the worker's end. Never returns.
-fn outer(init_pid: Pid, status_r: OwnedFd, alive_w: OwnedFd) -> ! {
-    close_all_except(&[status_r.as_raw_fd(), alive_w.as_raw_fd()]);
+fn outer(init_pid: Pid, status_r: OwnedFd, alive_w: OwnedFd, title: Option<OwnedFd>) -> ! {
+    let mut keep = vec![status_r.as_raw_fd(), alive_w.as_raw_fd()];
+    keep.extend(title.as_ref().map(|t| t.as_raw_fd()));
+    close_all_except(&keep);
+    // The title arrives (or the pipe closes) before the worker can end: the
+    // worker sends it before any plugin code runs.
+    if let Some(title) = title {
+        crate::title::adopt(title);
+    }
     let mut buf = [0u8; 3];
     let mut file = std::fs::File::from(status_r);
     let reported = file.read_exact(&mut buf).is_ok();
@@ -90,7 +102,7 @@ fn die_by(sig: i32) -> ! {
 }
 
 /// Init: build, fork the worker, reap. Returns only in the worker.
-fn init(in_init: impl FnOnce(), status_w: OwnedFd, alive_r: OwnedFd) -> Result<(), String> {
+fn init(in_init: impl FnOnce(), status_w: OwnedFd, alive_r: OwnedFd, title: Option<OwnedFd>) -> Result<(), String> {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     // Outer may have died before the line above: then nobody waits for us.
     if parent_gone(&alive_r) {
@@ -102,12 +114,21 @@ fn init(in_init: impl FnOnce(), status_w: OwnedFd, alive_r: OwnedFd) -> Result<(
     // SAFETY: init is single-threaded, as its parent was.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((status_w, alive_r));
+            drop((status_w, alive_r, title));
             let _ = prctl::set_pdeathsig(Signal::SIGKILL);
             Ok(())
         }
         ForkResult::Parent { child } => {
-            close_all_except(&[status_w.as_raw_fd(), alive_r.as_raw_fd()]);
+            crate::title::drop_followers();
+            let mut keep = vec![status_w.as_raw_fd(), alive_r.as_raw_fd()];
+            keep.extend(title.as_ref().map(|t| t.as_raw_fd()));
+            close_all_except(&keep);
+            // Nothing runs in the namespace but the worker until it has sent
+            // its title (it does so before loading the plugin), so nothing
+            // needs reaping while init waits for it.
+            if let Some(title) = title {
+                crate::title::adopt(title);
+            }
             reap(child, status_w)
         }
     }
