@@ -6,6 +6,7 @@ mod containment;
 mod fastpath;
 mod filter;
 mod floor;
+mod house;
 mod inproc;
 mod restart;
 mod scale;
@@ -121,6 +122,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--restart-only") {
         restart::rows(&fx, &mut report, &scale);
+        return report.print(started);
+    }
+    if std::env::args().any(|a| a == "--house-only") {
+        house::rows(&sup, &fx, &mut report, &scale);
         return report.print(started);
     }
     if only_part_b {

@@ -1,0 +1,69 @@
+//! `--house-only`: the rows a refactoring of the call paths must leave within
+//! noise — small call, 256 KiB echo, stream items, restart — for comparing
+//! two builds on the same machine (run each binary, alternately).
+
+use bulkhead_host::{PluginSpec, Supervisor, Transport};
+use bulkhead_tests::{basic, streams, Fixtures};
+
+use crate::{measure, us, Report, Summary};
+
+/// The house rows.
+pub fn rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize) {
+    let p = sup.load(PluginSpec::new(fx.lib("fx-basic"))).expect("load fx-basic");
+    assert_eq!(p.info().transport, Transport::SharedMemory);
+    let n = scale(20_000);
+    let small = measure(2000.min(n), n, || {
+        let v: i64 = p.call(basic::ADD, &(3i64, 4i64)).unwrap();
+        assert_eq!(v, 7);
+    });
+    report.json("house", "small_call_shm", &small, "");
+    report.row(
+        "house: add(i64,i64) median / p99".into(),
+        format!("{} / {}", us(small.median), us(small.p99)),
+        String::new(),
+    );
+
+    let data: Vec<u8> = (0..256 << 10).map(|i| i as u8).collect();
+    let mut reply = Vec::new();
+    let n = scale(500);
+    let echo = measure(n / 10, n, || {
+        p.call_raw_into(basic::ECHO_RAW, &data, &mut reply).unwrap();
+        assert_eq!(reply.len(), data.len());
+    });
+    report.json("house", "echo_256k_raw_shm", &echo, "");
+    report.row(
+        "house: echo 256 KiB raw median / p99".into(),
+        format!("{} / {}", us(echo.median), us(echo.p99)),
+        String::new(),
+    );
+    drop(p);
+
+    let s = sup
+        .load(PluginSpec::new(fx.lib("fx-stream")).plugin("StreamPlugin"))
+        .expect("load fx-stream");
+    let items = scale(20_000) as u64;
+    let rounds = scale(20).max(3);
+    let per_item = |x: Summary| Summary {
+        median: x.median / items as u32,
+        p99: x.p99 / items as u32,
+        n: x.n,
+    };
+    let server = per_item(measure(1, rounds, || {
+        let got = s.stream::<_, u64>(streams::COUNT, &(items,)).unwrap().count();
+        assert_eq!(got as u64, items);
+    }));
+    let client = per_item(measure(1, rounds, || {
+        let total: u64 = s.call_client_stream(streams::SUM, 0..items, &(0u64,)).unwrap();
+        assert_eq!(total, items * (items - 1) / 2);
+    }));
+    report.json("house", "stream_item_server_shm", &server, "");
+    report.json("house", "stream_item_client_shm", &client, "");
+    report.row(
+        "house: streamed item, server / client (shm)".into(),
+        format!("{} / {}", us(server.median), us(client.median)),
+        String::new(),
+    );
+    drop(s);
+
+    crate::restart::rows(fx, report, scale);
+}
