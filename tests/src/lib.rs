@@ -317,6 +317,25 @@ pub fn build_fixtures(release: bool) -> Fixtures {
     }
 }
 
+/// The workspace's `bulkhead-cli` binary, built once per test process (like
+/// the fixtures, by running cargo).
+pub fn cli_binary() -> &'static Path {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        let root = workspace_root();
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "bulkhead-cli"])
+            .status()
+            .expect("run cargo build for the CLI");
+        assert!(status.success(), "building the CLI failed: {status}");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("bulkhead-cli")
+    })
+}
+
 /// A supervisor using the freshly built worker.
 pub fn supervisor() -> Supervisor {
     Supervisor::builder()

@@ -5,14 +5,12 @@
 //! fixture plugins, under the default sandbox (seccomp allow-list on) and
 //! under `Sandbox::none()`.
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bulkhead_host::{CallError, CrashReport, Exit, LoadError, Plugin, Sandbox, Supervisor};
 use bulkhead_shared::crash as lines;
-use bulkhead_tests::{basic, fixtures, spec, supervisor, wait_gone, workspace_root};
+use bulkhead_tests::{basic, fixtures, spec, supervisor, wait_gone};
 
 const GENEROUS: Duration = Duration::from_secs(20);
 
@@ -166,24 +164,6 @@ fn a_crash_while_loading_is_reported_outside_any_call() {
     }
 }
 
-/// The `bulkhead` CLI binary, built once.
-fn cli() -> &'static PathBuf {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        let root = workspace_root();
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["build", "--quiet", "-p", "bulkhead-cli"])
-            .status()
-            .expect("run cargo build for the CLI");
-        assert!(status.success(), "building the CLI failed: {status}");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("bulkhead")
-    })
-}
-
 #[test]
 fn the_replay_line_crashes_the_cli_the_same_way() {
     let sup = supervisor();
@@ -201,8 +181,8 @@ fn the_replay_line_crashes_the_cli_the_same_way() {
         );
         // The fixture path has no characters a shell would interpret.
         let words: Vec<&str> = replay.split(' ').collect();
-        assert_eq!(words[0], "bulkhead");
-        let out = Command::new(cli())
+        assert_eq!(words[0], "bulkhead-cli");
+        let out = Command::new(bulkhead_tests::cli_binary())
             .args(&words[1..])
             .env_remove("BULKHEAD_WORKER")
             .output()
@@ -213,7 +193,7 @@ fn the_replay_line_crashes_the_cli_the_same_way() {
         let head = text.split(';').next().unwrap();
         assert_eq!(head, "worker died: signal 11 (SIGSEGV) in method 27 at address 0x10");
         assert!(
-            stderr.starts_with(&format!("bulkhead: call failed: {head}")),
+            stderr.starts_with(&format!("bulkhead-cli: call failed: {head}")),
             "{name}: {stderr}"
         );
     }

@@ -7,7 +7,7 @@
 //! refused a reload to a library of another interface. Then the operator CLI
 //! (`bulkhead-cli`) inspects and calls the same plugin with a grant.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use bulkhead_tests::{host_scratch_root, workspace_root, Scratch};
@@ -262,21 +262,6 @@ fn check(out: &Output, what: &str) -> String {
     stdout
 }
 
-/// The workspace's `bulkhead-cli`, built like the fixtures.
-fn cli_binary() -> PathBuf {
-    let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "--quiet", "-p", "bulkhead-cli"])
-        .status()
-        .expect("cargo build -p bulkhead-cli");
-    assert!(status.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join("bulkhead-cli")
-}
-
 #[test]
 fn a_new_users_app_and_the_cli_on_its_plugin() {
     let root = workspace_root();
@@ -342,7 +327,7 @@ fn a_new_users_app_and_the_cli_on_its_plugin() {
 
     // The operator's CLI on the same plugin: it offers no host callbacks, so
     // the import stays unbound; the file is readable only with the grant.
-    let cli = cli_binary();
+    let cli = bulkhead_tests::cli_binary();
     let inspect = Command::new(&cli).arg("inspect").arg(&lib).output().unwrap();
     let text = check(&inspect, "bulkhead-cli inspect");
     assert!(text.contains("interface: Calc (version 1)"), "{text}");
