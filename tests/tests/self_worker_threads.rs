@@ -19,7 +19,7 @@ edition = "2021"
 publish = false
 
 [dependencies]
-bulkhead = { path = "@HOST@" }
+bulkhead-host = { path = "@HOST@" }
 bulkhead-worker = { path = "@WORKER@" }
 tokio = { version = "1.38", features = ["rt", "rt-multi-thread", "macros"] }
 
@@ -124,7 +124,7 @@ fn tokio_main_apps_get_every_layer_and_the_unguarded_control_is_refused() {
     write(&dir.join("src/bin/unguarded/main.rs"), &UNGUARDED.replace("@LIB@", lib));
     std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
 
-    let target = root.join("target").join("scratch-self-worker-threads");
+    let target = root.join("target").join("scratch-apps");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(&dir)
         .args(["build", "--offline", "--quiet", "--bins", "--target-dir"])
