@@ -22,29 +22,12 @@ use std::time::{Duration, Instant};
 use bulkhead_shared::shm::Region;
 
 use crate::crash::CrashReport;
-use crate::error::{Exit, ProtocolError};
+use crate::error::Exit;
 use crate::link::{Answer, Link, Placed, PullSource, Request};
 use crate::output::StderrTail;
 
-pub(crate) use reap::{ProcState, KILL_REAP_BOUND};
+pub(crate) use reap::{Failure, ProcState, KILL_REAP_BOUND};
 pub(crate) use spawn::Launch;
-
-/// Why a call got no answer. After any of these the worker is unusable.
-pub(crate) enum Failure {
-    /// The deadline passed; the worker has been killed.
-    Timeout,
-    /// The worker died.
-    Died {
-        /// How.
-        exit: Exit,
-        /// Its stderr tail.
-        stderr: String,
-        /// Its crash report, if it died of the signal the report names.
-        crash: Option<Box<CrashReport>>,
-    },
-    /// The worker broke the protocol; it has been killed.
-    Protocol(ProtocolError),
-}
 
 /// A running worker that finished its handshake.
 pub(crate) struct WorkerProcess {

@@ -35,7 +35,6 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::Failure;
 use crate::crash::CrashReport;
 use crate::error::{Exit, ProtocolError};
 use crate::event_loop::{self, EventLoop, Started};
@@ -98,6 +97,23 @@ impl ProcState {
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
+}
+
+/// Why a call got no answer. After any of these the worker is unusable.
+pub(crate) enum Failure {
+    /// The deadline passed; the worker has been killed.
+    Timeout,
+    /// The worker died.
+    Died {
+        /// How.
+        exit: Exit,
+        /// Its stderr tail.
+        stderr: String,
+        /// Its crash report, if it died of the signal the report names.
+        crash: Option<Box<CrashReport>>,
+    },
+    /// The worker broke the protocol; it has been killed.
+    Protocol(ProtocolError),
 }
 
 /// Turns a transport failure into a call failure, killing the worker where

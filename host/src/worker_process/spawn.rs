@@ -3,9 +3,9 @@
 //!
 //! Contract of [`WorkerProcess::start`]: it returns a worker that answered
 //! `Loaded` with valid plugin information before the load timeout (and the
-//! caller's deadline, if any), or an error — and then no process of the
-//! attempt is left running: a worker that fails its handshake is killed and
-//! reaped, one that never got watched is killed and reaped here.
+//! caller's deadline, if any), or an error; a worker that fails its
+//! handshake is killed and reaped, and one that cannot be handed over for
+//! reaping is killed and reaped here.
 //!
 //! Order: the region is created (none, or none creatable, means the socket
 //! transport); a small load request goes into the socket before the worker
@@ -14,8 +14,8 @@
 //! there is one (its arguments travel over the server's channel, never on a
 //! command line) or else started with exec on a spawner thread
 //! ([`spawner`](crate::spawner)); it is handed to the event loops; a large
-//! load request is written now that the worker runs; the handshake chooses the
-//! link's way.
+//! load request is written once the worker runs; the handshake's answer
+//! chooses the link's [`Way`].
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
