@@ -39,7 +39,7 @@ use bulkhead_shared::shm::{Region, RequestKind};
 
 use crate::hostfn::HostImports;
 
-pub(crate) use framing::{read_frame, write_all, IoFail};
+pub(crate) use framing::{write_all, IoFail};
 
 /// How requests travel on a link; chosen once, when the handshake ends.
 pub(crate) enum Way {
@@ -172,7 +172,7 @@ impl Link {
     /// Reads one frame body (capped at `max`) into the receive buffer before
     /// `deadline`, for the handshake; returns its length.
     pub(crate) fn receive_frame(&mut self, max: u32, deadline: Instant) -> Result<usize, IoFail> {
-        read_frame(&self.sock, &mut self.rx, max, deadline)
+        framing::read_frame(&self.sock, &mut self.rx, max, deadline)
     }
 
     /// Sets the way requests travel, once the handshake has ended.

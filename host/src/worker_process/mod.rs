@@ -33,7 +33,7 @@ pub(crate) use spawn::Launch;
 pub(crate) struct WorkerProcess {
     pub(crate) pid: u32,
     /// The transport to the worker.
-    pub(crate) link: Link,
+    link: Link,
     pub(crate) proc: Arc<ProcState>,
     pub(crate) stderr: StderrTail,
     /// The pool slot this worker serves (set by the pool).
