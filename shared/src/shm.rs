@@ -948,6 +948,27 @@ mod tests {
     }
 
     #[test]
+    fn kind_codes_name_their_kinds() {
+        use RequestKind as Q;
+        use ResponseKind as P;
+        for k in [
+            Q::Call,
+            Q::CallViaSocket,
+            Q::Shutdown,
+            Q::Conversation,
+            Q::StreamNext,
+            Q::CallInline,
+        ] {
+            assert_eq!(Q::from_code(k as u32), Some(k));
+        }
+        for k in [P::Reply, P::ViaSocket, P::Fault, P::ReplyInline] {
+            assert_eq!(P::from_code(k as u32), Some(k));
+        }
+        assert_eq!(Q::from_code(0), None);
+        assert_eq!(P::from_code(u32::MAX), None);
+    }
+
+    #[test]
     fn request_filled_and_response_read_in_place() {
         let (host, fd) = Region::create(4096).unwrap();
         let worker = Region::open(fd.as_fd()).unwrap();
