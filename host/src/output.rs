@@ -1,5 +1,5 @@
 //! The worker's stdout and stderr: drained continuously by the output loop
-//! ([`event_loop`](crate::event_loop), so a plugin printing megabytes never
+//! ([`crate::event_loop`], so a plugin printing megabytes never
 //! stalls calls), forwarded line by line to `tracing` and the user's callback,
 //! and the last bytes of stderr kept for crash reports.
 //!
@@ -326,7 +326,7 @@ impl StderrTail {
 }
 
 /// Hands a worker's stdout and stderr to the output loop
-/// ([`event_loop`](crate::event_loop)), which drains them for as long as they
+/// ([`crate::event_loop`]), which drains them for as long as they
 /// are open.
 pub(crate) fn forward(
     plugin: Arc<str>,

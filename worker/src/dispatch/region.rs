@@ -5,7 +5,7 @@
 //! (an Arena plugin's) is announced in place, small output rides in the
 //! response line, other output is copied in. Only what the region cannot
 //! carry — a payload or output larger than it, a conversation the host
-//! announced — goes over the socket, through [`socket`](super::socket).
+//! announced — goes over the socket, through [`super::socket`].
 
 use bulkhead_shared::protocol::HostMsg;
 use bulkhead_shared::shm::{self, Region, RequestKind, ResponseKind};
