@@ -1,6 +1,9 @@
-//! The worker's serve loop: read a request, run it through the plugin, write
-//! exactly one answer with the same request id — over the shared-memory region
-//! when the host set one up, else over the socket.
+//! The worker's serve loop: load the plugin the host asks for, then read a
+//! request, run it through the plugin and write exactly one answer with the
+//! same request id — through the shared-memory region when the host set one
+//! up and the worker mapped it ([`region`]), else framed on the socket
+//! ([`socket`]). A conversation on the socket (host callbacks, pulls) is
+//! served here, with the [`channel`](crate::channel) open for its duration.
 
 use std::io::Write;
 use std::os::fd::AsFd;
