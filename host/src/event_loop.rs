@@ -1,47 +1,29 @@
 //! The host's event loops: a fixed number of threads serve every worker.
 //!
-//! Each worker needs three things watched for as long as it lives: its exit
-//! (to reap it, see [`worker_process`](crate::worker_process)) and its two
-//! output pipes (to drain them, see [`output`](crate::output)). Instead of a
-//! thread for each — 3 per worker, 3,000 for a thousand plugins — two
-//! process-wide threads each block in one `epoll` set:
+//! A [`Source`] is one descriptor to wait on and what to do when it is
+//! readable. Each kind of source names its own loop (a thread name, a scratch
+//! buffer size and the `static` the loop lives in) and hands itself over with
+//! [`watch`]; this module knows no kind of source. The kinds are a worker's
+//! exit (a pidfd, readable once the worker has exited and is still unreaped),
+//! its two output pipes, and the orphaned helpers a reaper host adopts. One
+//! process-wide thread per kind blocks in one `epoll` set, so the thread count
+//! stays fixed however many workers and supervisors there are.
 //!
-//! * `bulkhead-reaper` waits on a pidfd per worker. A pidfd becomes readable
-//!   when the process has exited and is still unreaped, which is exactly the
-//!   moment `waitid(WNOWAIT)` used to report; the reaping itself is unchanged.
-//!   Its work per event is a few system calls, never user code, so a worker's
-//!   death is noticed at once whatever the other workers or the user's
-//!   callbacks are doing.
-//! * `bulkhead-output` waits on the read ends of the stdout and stderr pipes
-//!   (nonblocking), splits lines, keeps the stderr tail and forwards lines to
-//!   `tracing` and the user's [`on_output`](crate::SupervisorBuilder::on_output)
-//!   callback, which therefore runs on this thread. A slow callback delays the
-//!   draining of every worker's output, never the reaping: while it runs no
-//!   pipe is read, so a worker that keeps printing blocks on its full pipe
-//!   (64 KiB in the kernel) and the host's memory stays bounded (one 64 KiB
-//!   read buffer for the loop, at most one partial line of 8 KiB and the
-//!   16 KiB stderr tail per worker). Each readiness event reads at most
-//!   [`READS_PER_EVENT`] times, so one chatty worker cannot starve the others.
-//!   A pipe over its plugin's output budget is paused: taken out of the
-//!   epoll set's interest until its budget has partly refilled
-//!   ([`Readiness::PauseUntil`]), so the writer blocks on the full pipe.
+//! Contract for a loop:
 //!
-//! A third thread, `bulkhead-timer`, started on first use, serves periodic
-//! wake-ups: the idle check of every pool with an
-//! [`idle_timeout`](crate::PluginSpec::idle_timeout) (before, a thread per such
-//! pool). A tick only sorts the pool's idle slots; stopping a worker (polite,
-//! up to the grace period) is handed to a short background job.
+//! * A source is handed over a channel and the loop is woken through an
+//!   eventfd; the loop adds the source's descriptor to its epoll set itself.
+//! * [`Source::ready`] runs on the loop thread and must not block; what it
+//!   returns ([`Readiness`]) says whether to keep watching, to forget the
+//!   source (dropping it), or to take it out of the set's interest until an
+//!   instant and then call [`Source::resume`].
+//! * Whatever a loop cannot take (no descriptor, the loop thread could not
+//!   start, the epoll set is full) is served on a thread of its own
+//!   ([`Source::fallback`]): slower to scale, same behaviour.
+//! * Loops start on first use and live as long as the process.
 //!
-//! The loops are process-wide rather than per supervisor so the count stays
-//! fixed however many supervisors an application (or a test binary) builds;
-//! they start on first use and live as long as the process, like the spawner
-//! thread.
-//!
-//! A source is handed to a loop over a channel and the loop is woken through
-//! an eventfd; the loop adds it to its epoll set itself. Whatever a loop cannot
-//! take (no pidfd on kernels before 5.3, the loop thread could not start, the
-//! epoll set is full) is served the old way, on a thread of its own
-//! ([`Source::fallback`]): slower to scale, same behaviour.
+//! A separate thread, `bulkhead-timer`, started on first use, serves periodic
+//! wake-ups ([`every`]): a tick must not block.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -51,9 +33,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::event::{epoll, eventfd, EventfdFlags};
 use rustix::io::Errno;
-
-use crate::output::Pipe;
-use crate::worker_process::Reaping;
 
 /// A process-wide service started on first use. Unlike a bare `OnceLock`,
 /// a failed start (no thread, no descriptor: a host at its limits) is not
@@ -87,10 +66,6 @@ impl<T> Started<T> {
     }
 }
 
-/// Reads of one pipe per readiness event before the loop serves others.
-pub(crate) const READS_PER_EVENT: usize = 4;
-/// Size of the output loop's one read buffer.
-pub(crate) const READ_BUFFER: usize = 64 * 1024;
 /// The epoll key of the loop's own wake-up eventfd.
 const WAKE_KEY: u64 = 0;
 
@@ -108,7 +83,15 @@ pub(crate) enum Readiness {
 }
 
 /// Something a loop watches: one descriptor, and what to do when it is ready.
+/// Every kind of source is served by a loop of its own.
 pub(crate) trait Source: Send + Sized + 'static {
+    /// The name of the thread of this kind's loop.
+    const LOOP: &'static str;
+    /// Bytes of the scratch buffer the loop hands to [`ready`](Self::ready).
+    const SCRATCH: usize = 0;
+    /// Where this kind's loop lives once started: a `static` of the
+    /// implementing module, `Started::new()` at first.
+    fn home() -> &'static Started<EventLoop<Self>>;
     /// The descriptor to wait on (readable = ready); `None` if there is none
     /// and the source must be served by [`fallback`](Self::fallback).
     fn fd(&self) -> Option<BorrowedFd<'_>>;
@@ -164,32 +147,12 @@ impl<S: Source> EventLoop<S> {
     }
 }
 
-/// Hands an orphaned helper of a worker to the stray loop (started on first
-/// use, which happens only in a host that is a reaper: see
-/// [`strays`](crate::strays)).
-pub(crate) fn watch_stray(stray: crate::strays::Stray) {
-    static STRAYS: Started<EventLoop<crate::strays::Stray>> = Started::new();
-    match STRAYS.get_or_start(|| EventLoop::start("bulkhead-strays", 0)) {
-        Some(lp) => lp.submit(stray),
-        None => stray.fallback(),
-    }
-}
-
-/// Hands a worker's reaping to the reaper loop.
-pub(crate) fn watch_exit(reaping: Reaping) {
-    static REAPER: Started<EventLoop<Reaping>> = Started::new();
-    match REAPER.get_or_start(|| EventLoop::start("bulkhead-reaper", 0)) {
-        Some(lp) => lp.submit(reaping),
-        None => reaping.fallback(),
-    }
-}
-
-/// Hands one of a worker's output pipes to the output loop.
-pub(crate) fn watch_output(pipe: Pipe) {
-    static OUTPUT: Started<EventLoop<Pipe>> = Started::new();
-    match OUTPUT.get_or_start(|| EventLoop::start("bulkhead-output", READ_BUFFER)) {
-        Some(lp) => lp.submit(pipe),
-        None => pipe.fallback(),
+/// Hands `source` to its kind's loop, started now if need be (or, if the
+/// loop cannot take it, to [`Source::fallback`]).
+pub(crate) fn watch<S: Source>(source: S) {
+    match S::home().get_or_start(|| EventLoop::start(S::LOOP, S::SCRATCH)) {
+        Some(lp) => lp.submit(source),
+        None => source.fallback(),
     }
 }
 

@@ -29,7 +29,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{setpgid, Pid};
 
 use crate::locate::WorkerExe;
-use crate::worker_process::spawn_on_spawner;
+use crate::spawner::spawn_on_spawner;
 
 /// How long a new server may take to prepare its profile.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! The worker's stdout and stderr: drained continuously by the output loop
-//! ([`event_loop`](crate::event_loop), so a plugin printing megabytes never
+//! ([`crate::event_loop`], so a plugin printing megabytes never
 //! stalls calls), forwarded line by line to `tracing` and the user's callback,
 //! and the last bytes of stderr kept for crash reports.
 //!
@@ -15,6 +15,18 @@
 //! dropped. Forwarded lines go to `tracing` under target `bulkhead::plugin`:
 //! stdout at DEBUG, stderr at INFO — what a plugin prints is not a host
 //! problem; a crash is reported separately, at WARN.
+//!
+//! The pipes are served by one process-wide loop thread, `bulkhead-output`
+//! (each [`Pipe`] is an [`event_loop::Source`]): it reads the nonblocking pipes,
+//! splits lines, keeps the stderr tail and forwards lines to `tracing` and the
+//! user's [`on_output`](crate::SupervisorBuilder::on_output) callback, which
+//! therefore runs on this thread. A slow callback delays the draining of every
+//! worker's output, never the reaping (another loop): while it runs no pipe is
+//! read, so a worker that keeps printing blocks on its full pipe and the host's
+//! memory stays bounded (one 64 KiB read buffer for the loop, at most one
+//! partial line of 8 KiB and the 16 KiB stderr tail per worker). A pipe over
+//! its plugin's budget is taken out of the loop's interest until the budget
+//! has partly refilled ([`Readiness::PauseUntil`]).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -35,6 +47,11 @@ use crate::violations::ViolationSink;
 
 /// Bytes of stderr kept for [`CallError::WorkerDied`](crate::CallError::WorkerDied).
 pub const STDERR_TAIL: usize = 16 * 1024;
+/// Reads of one pipe per readiness event before the loop serves others, so
+/// one chatty worker cannot starve the others.
+const READS_PER_EVENT: usize = 4;
+/// Size of the output loop's one read buffer.
+const READ_BUFFER: usize = 64 * 1024;
 /// Longest line forwarded in one piece; longer lines are split.
 const MAX_LINE: usize = 8192;
 
@@ -309,7 +326,7 @@ impl StderrTail {
 }
 
 /// Hands a worker's stdout and stderr to the output loop
-/// ([`event_loop`](crate::event_loop)), which drains them for as long as they
+/// ([`crate::event_loop`]), which drains them for as long as they
 /// are open.
 pub(crate) fn forward(
     plugin: Arc<str>,
@@ -330,12 +347,12 @@ pub(crate) fn forward(
         callback,
         meter,
     };
-    event_loop::watch_output(Pipe::new(stdout, Stream::Stdout, origin.clone(), None, stdout_done_tx));
+    event_loop::watch(Pipe::new(stdout, Stream::Stdout, origin.clone(), None, stdout_done_tx));
     let crash = CrashSlot::default();
     let mut err_pipe = Pipe::new(stderr, Stream::Stderr, origin, Some(bytes.clone()), done_tx);
     err_pipe.violations = violations;
     err_pipe.crash = Some(crash.clone());
-    event_loop::watch_output(err_pipe);
+    event_loop::watch(err_pipe);
     StderrTail {
         bytes,
         crash,
@@ -633,12 +650,20 @@ impl Pipe {
 }
 
 impl event_loop::Source for Pipe {
+    const LOOP: &'static str = "bulkhead-output";
+    const SCRATCH: usize = READ_BUFFER;
+
+    fn home() -> &'static event_loop::Started<event_loop::EventLoop<Self>> {
+        static OUTPUT: event_loop::Started<event_loop::EventLoop<Pipe>> = event_loop::Started::new();
+        &OUTPUT
+    }
+
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.file.as_ref().filter(|_| !self.blocking).map(|f| f.as_fd())
     }
 
     fn ready(&mut self, scratch: &mut [u8]) -> Readiness {
-        for _ in 0..event_loop::READS_PER_EVENT {
+        for _ in 0..READS_PER_EVENT {
             let Some(file) = self.file.as_mut() else {
                 return Readiness::Finished;
             };

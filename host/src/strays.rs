@@ -60,7 +60,7 @@ pub(crate) fn adopt_group(pgid: u32) {
         if stat_fields(pid) != Some((me, pgid)) {
             continue;
         }
-        event_loop::watch_stray(Stray { pidfd });
+        event_loop::watch(Stray { pidfd });
     }
 }
 
@@ -98,6 +98,13 @@ impl Stray {
 }
 
 impl event_loop::Source for Stray {
+    const LOOP: &'static str = "bulkhead-strays";
+
+    fn home() -> &'static event_loop::Started<event_loop::EventLoop<Self>> {
+        static STRAYS: event_loop::Started<event_loop::EventLoop<Stray>> = event_loop::Started::new();
+        &STRAYS
+    }
+
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.pidfd.as_fd())
     }

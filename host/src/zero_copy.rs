@@ -102,7 +102,7 @@ impl std::ops::Deref for RawReply {
                 .and_then(|r| r.response_bytes(off, len))
                 .unwrap_or(&[]),
             At::Rx { start, end } => match &self.lease.slot {
-                Slot::Live(w) => w.rx.get(start..end).unwrap_or(&[]),
+                Slot::Live(w) => w.received().get(start..end).unwrap_or(&[]),
                 _ => &[],
             },
         }
@@ -130,7 +130,7 @@ impl Drop for RawReply {
         // crash in a call, so the pool replaces it now instead of the next
         // caller finding it dead.
         let died = match &self.lease.slot {
-            Slot::Live(w) => w.proc.exit().is_some() || w.shm.as_ref().is_some_and(|r| r.is_dead()),
+            Slot::Live(w) => w.proc.exit().is_some() || w.region().is_some_and(|r| r.is_dead()),
             _ => false,
         };
         if !died {
@@ -191,7 +191,7 @@ impl Plugin {
             };
             g.pool.call_placed(index, len, fill, timeout, |lease, placed, start| {
                 let region = match &lease.slot {
-                    Slot::Live(w) => w.shm.clone(),
+                    Slot::Live(w) => w.region().cloned(),
                     _ => None,
                 };
                 let (status, at) = match placed {

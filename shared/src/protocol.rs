@@ -1,18 +1,42 @@
-//! The host <-> worker protocol, carried in [`frame`]s over a
-//! Unix socket pair.
+//! The host <-> worker protocol: messages carried in [`frame`]s over a Unix
+//! socket pair, and the order of a conversation.
 //!
-//! 1. Host sends [`HostMsg::Load`] with its [`PROTOCOL_VERSION`]; the worker
-//!    answers [`WorkerMsg::Loaded`] (echoing its version) or
-//!    [`WorkerMsg::LoadFailed`] and exits.
-//! 2. Host sends [`HostMsg::Call`]s, each with a fresh request id; the worker
-//!    answers each with exactly one [`WorkerMsg::Reply`] (the plugin's status code
-//!    and output bytes, unchanged) or [`WorkerMsg::Fault`] (the plugin broke the ABI
-//!    contract) carrying the same id.
-//! 3. Host sends [`HostMsg::Shutdown`]; the worker destroys the instance and exits 0.
+//! Messages: the host sends [`HostMsg`]s — `Load`, `Call`, `StreamOpen`,
+//! `StreamNext`, `StreamClose`, `ClientCall`, `CallbackReply`, `Item`,
+//! `Shutdown`; the worker sends [`WorkerMsg`]s — `Loaded`, `LoadFailed`,
+//! `Reply`, `Fault`, `Callback`, `Pull`.
+//!
+//! Order:
+//!
+//! 1. Handshake. The host sends `Load` (with its [`PROTOCOL_VERSION`]), then,
+//!    as `SCM_RIGHTS` descriptors, the shared region if the request names a
+//!    capacity and the verified library if it says one follows. The worker
+//!    answers `Loaded` (echoing its version; saying whether it mapped the
+//!    region) or `LoadFailed`, and then exits.
+//! 2. Requests, one at a time. Each of `Call`, `StreamOpen`, `StreamNext`,
+//!    `StreamClose` and `ClientCall` carries a fresh request id and is
+//!    answered by exactly one `Reply` (the plugin's status code and output
+//!    bytes, unchanged) or `Fault` (the plugin broke the ABI contract) with the
+//!    same id. Before that answer, and only then, the worker may send any
+//!    number of `Callback`s (a host function the plugin imports; the host
+//!    answers each with a `CallbackReply`) and `Pull`s (the next input item of
+//!    a client or bidirectional stream; the host answers each with an
+//!    `Item`). `StreamNext` and `StreamClose` refer to the stream the last
+//!    successful `StreamOpen` opened; nothing else may arrive unasked.
+//! 3. End. The host sends `Shutdown`; the worker destroys the instance and
+//!    exits 0. A closed socket ends the worker too.
+//!
+//! With a shared region (see [`shm`](crate::shm)), requests and answers of
+//! step 2 and `Shutdown` may travel through it instead: each region
+//! [`RequestKind`](crate::shm::RequestKind) and
+//! [`ResponseKind`](crate::shm::ResponseKind) stands for one of these
+//! messages, or announces that it follows on the socket, where the order
+//! above holds unchanged.
 //!
 //! Hot messages (`Call`, `Reply`) have a fixed binary layout so the payload is
-//! never copied into an intermediate encoding; cold messages carry bincode bodies.
-//! Every decoder works on untrusted bytes and fails with a [`DecodeError`].
+//! never copied into an intermediate encoding; cold messages carry bincode
+//! bodies. Every decoder works on untrusted bytes and fails with a
+//! [`DecodeError`].
 
 use serde::{Deserialize, Serialize};
 
@@ -21,11 +45,9 @@ use crate::frame::{self, HEADER_LEN};
 use crate::sandbox::{Layer, SandboxPolicy, SandboxReport};
 use crate::wire::{self, WireError};
 
-/// Version of this protocol; both sides refuse to talk across versions.
-/// Version 3 added the `--protocol-version` query every worker answers before
-/// any handshake (the host checks it when it builds a supervisor). Version 4
-/// added streams, client streams, host callbacks, the interface check and the
-/// verified-library descriptor. Version 5 added the sandbox policy and report.
+/// Version of this protocol; both sides refuse to talk across versions. Every
+/// worker answers the `--protocol-version` query with it before any
+/// handshake (the host checks it when it builds a supervisor).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 const TAG_LOAD: u8 = 0x01;

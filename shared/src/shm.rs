@@ -51,33 +51,80 @@ pub const HEADER_SIZE: usize = 4096;
 /// maximum message size, so every message fits.
 pub const DEFAULT_CAPACITY: u32 = crate::frame::DEFAULT_MAX_MESSAGE;
 
-/// Request kind: call with the payload in the request area.
-pub const REQ_CALL: u32 = 1;
-/// Request kind: call whose payload follows on the socket as a `Call` frame.
-pub const REQ_CALL_VIA_SOCKET: u32 = 2;
-/// Request kind: destroy the instance and exit.
-pub const REQ_SHUTDOWN: u32 = 3;
-/// Request kind: a conversation on the socket follows (streams, client
-/// streams, calls with host callbacks); the answer also comes on the socket.
-pub const REQ_SOCKET: u32 = 4;
-/// Request kind: the next item of the open stream, answered like a call.
-pub const REQ_STREAM_NEXT: u32 = 5;
-/// Request kind: call whose payload (at most [`REQ_INLINE`] bytes) travels in
-/// the header's request line instead of the request area.
-pub const REQ_CALL_INLINE: u32 = 6;
+/// What the host asks through the region. Each kind stands for one
+/// [`HostMsg`](crate::protocol::HostMsg) (named on each variant) or announces
+/// one on the socket; the region carries its code (`kind as u32`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A `Call` with the payload in the request area.
+    Call = 1,
+    /// A `Call` whose frame (with the payload) follows on the socket.
+    CallViaSocket = 2,
+    /// `Shutdown`: destroy the instance and exit.
+    Shutdown = 3,
+    /// A conversation on the socket follows (`StreamOpen`, `StreamNext` with
+    /// pulls, `StreamClose`, `ClientCall`, or a `Call` with host callbacks);
+    /// the answer also comes on the socket.
+    Conversation = 4,
+    /// `StreamNext` of the open stream, answered like a call.
+    StreamNext = 5,
+    /// A `Call` whose payload (at most [`REQ_INLINE`] bytes) travels in the
+    /// header's request line instead of the request area.
+    CallInline = 6,
+}
+
+impl RequestKind {
+    /// The kind a request code names, if any.
+    pub fn from_code(code: u32) -> Option<RequestKind> {
+        Some(match code {
+            1 => RequestKind::Call,
+            2 => RequestKind::CallViaSocket,
+            3 => RequestKind::Shutdown,
+            4 => RequestKind::Conversation,
+            5 => RequestKind::StreamNext,
+            6 => RequestKind::CallInline,
+            _ => return None,
+        })
+    }
+}
+
+/// How the worker answers through the region. Each kind stands for one
+/// [`WorkerMsg`](crate::protocol::WorkerMsg) (named on each variant) or
+/// announces one on the socket; the region carries its code (`kind as u32`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseKind {
+    /// A `Reply`: the plugin's status and output (at `off`, `len` in the
+    /// response area).
+    Reply = 1,
+    /// The answer follows on the socket as a `Reply` or `Fault` frame.
+    ViaSocket = 2,
+    /// A `Fault`: a bincode `CallFault` at offset 0 of the response area.
+    Fault = 3,
+    /// A `Reply` whose output (at most [`RESP_INLINE`] bytes, `len` of them)
+    /// is in the header's response line.
+    ReplyInline = 4,
+}
+
+impl ResponseKind {
+    /// The kind a response code names, if any (the host reads codes the
+    /// worker wrote: any value).
+    pub fn from_code(code: u32) -> Option<ResponseKind> {
+        Some(match code {
+            1 => ResponseKind::Reply,
+            2 => ResponseKind::ViaSocket,
+            3 => ResponseKind::Fault,
+            4 => ResponseKind::ReplyInline,
+            _ => return None,
+        })
+    }
+}
+
 /// Largest payload carried inline in the request line.
 pub const REQ_INLINE: usize = 24;
 /// Largest output carried inline in the response line.
 pub const RESP_INLINE: usize = 32;
-/// Response kind: the plugin's status and output (at `off`, `len` in the response area).
-pub const RESP_REPLY: u32 = 1;
-/// Response kind: the answer follows on the socket as a `Reply`/`Fault` frame.
-pub const RESP_VIA_SOCKET: u32 = 2;
-/// Response kind: a bincode `CallFault` at offset 0 of the response area.
-pub const RESP_FAULT: u32 = 3;
-/// Response kind: the plugin's status and output (at most [`RESP_INLINE`]
-/// bytes, `len` of them) in the header's response line.
-pub const RESP_REPLY_INLINE: u32 = 4;
 
 /// The region's header. Every field is atomic: the other process may write it
 /// at any time.
@@ -114,7 +161,7 @@ pub struct Header {
 /// A request as the worker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
-    /// `REQ_*`.
+    /// A [`RequestKind`] code (see [`RequestKind::from_code`]).
     pub kind: u32,
     /// Request id.
     pub id: u64,
@@ -127,7 +174,8 @@ pub struct Request {
 /// A response as the host sees it (unvalidated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Response {
-    /// `RESP_*`.
+    /// A [`ResponseKind`] code, as the worker wrote it (see
+    /// [`ResponseKind::from_code`]).
     pub kind: u32,
     /// Request id it answers.
     pub id: u64,
@@ -286,13 +334,14 @@ impl Region {
     // ----- host side -------------------------------------------------------------
 
     /// Host: publishes a request (payload copied into the request area when it
-    /// fits; otherwise the caller sends it on the socket under `REQ_CALL_VIA_SOCKET`).
-    pub fn post_request(&self, kind: u32, id: u64, method: u32, payload: &[u8]) {
-        if kind == REQ_CALL && payload.len() <= REQ_INLINE {
+    /// fits; otherwise the caller sends it on the socket under
+    /// [`RequestKind::CallViaSocket`]).
+    pub fn post_request(&self, kind: RequestKind, id: u64, method: u32, payload: &[u8]) {
+        if kind == RequestKind::Call && payload.len() <= REQ_INLINE {
             store_inline(&self.header().req_inline, payload);
-            return self.post_request_in_place(REQ_CALL_INLINE, id, method, payload.len());
+            return self.post_request_in_place(RequestKind::CallInline, id, method, payload.len());
         }
-        if kind == REQ_CALL {
+        if kind == RequestKind::Call {
             assert!(payload.len() <= self.capacity, "caller checks the capacity");
             // SAFETY: the host owns the request area until it bumps req_seq; the
             // payload fits (checked above) and does not overlap the mapping.
@@ -330,10 +379,10 @@ impl Region {
     }
 
     /// Host: publishes a request whose `len`-byte payload is already in the
-    /// request area (or, under `REQ_CALL_VIA_SOCKET`, follows on the socket).
-    pub fn post_request_in_place(&self, kind: u32, id: u64, method: u32, len: usize) {
+    /// request area (or, under [`RequestKind::CallViaSocket`], follows on the socket).
+    pub fn post_request_in_place(&self, kind: RequestKind, id: u64, method: u32, len: usize) {
         let h = self.header();
-        h.req_kind.store(kind, Ordering::Relaxed);
+        h.req_kind.store(kind as u32, Ordering::Relaxed);
         h.req_id.store(id, Ordering::Relaxed);
         h.req_method.store(method, Ordering::Relaxed);
         h.req_len.store(len as u64, Ordering::Relaxed);
@@ -520,7 +569,7 @@ impl Region {
             return false;
         }
         store_inline(&self.header().resp_inline, output);
-        self.post_response(RESP_REPLY_INLINE, id, status, 0, output.len() as u32);
+        self.post_response(ResponseKind::ReplyInline, id, status, 0, output.len() as u32);
         true
     }
 
@@ -550,9 +599,9 @@ impl Region {
     }
 
     /// Worker: publishes a response.
-    pub fn post_response(&self, kind: u32, id: u64, status: i32, off: u32, len: u32) {
+    pub fn post_response(&self, kind: ResponseKind, id: u64, status: i32, off: u32, len: u32) {
         let h = self.header();
-        h.resp_kind.store(kind, Ordering::Relaxed);
+        h.resp_kind.store(kind as u32, Ordering::Relaxed);
         h.resp_id.store(id, Ordering::Relaxed);
         h.resp_status.store(status, Ordering::Relaxed);
         h.resp_off.store(off, Ordering::Relaxed);
@@ -821,16 +870,16 @@ mod tests {
                 seq = worker.wait_request(seq, Duration::from_micros(10));
                 let r = worker.request();
                 let mut inline = [0u8; REQ_INLINE];
-                let input = match r.kind {
-                    REQ_CALL_INLINE => worker.inline_request(r.len, &mut inline).unwrap().to_vec(),
-                    REQ_CALL => worker.request_payload(r.len).unwrap().to_vec(),
-                    other => panic!("kind {other}"),
+                let input = match RequestKind::from_code(r.kind) {
+                    Some(RequestKind::CallInline) => worker.inline_request(r.len, &mut inline).unwrap().to_vec(),
+                    Some(RequestKind::Call) => worker.request_payload(r.len).unwrap().to_vec(),
+                    other => panic!("kind {other:?}"),
                 };
                 let mut reversed = input.clone();
                 reversed.reverse();
                 if !worker.post_inline_response(r.id, 0, &reversed) {
                     assert!(worker.write_response(&reversed));
-                    worker.post_response(RESP_REPLY, r.id, 0, 0, input.len() as u32);
+                    worker.post_response(ResponseKind::Reply, r.id, 0, 0, input.len() as u32);
                 }
                 seen.push((seq, r));
             }
@@ -840,7 +889,7 @@ mod tests {
         for (id, payload) in (9u64..).zip(&payloads) {
             let last = host.resp_seq();
             host.poke();
-            host.post_request(REQ_CALL, id, 3, payload);
+            host.post_request(RequestKind::Call, id, 3, payload);
             assert_eq!(
                 host.wait_response(
                     last,
@@ -853,10 +902,10 @@ mod tests {
             let resp = host.response();
             assert_eq!((resp.id, resp.len as usize), (id, payload.len()));
             if payload.len() <= RESP_INLINE {
-                assert_eq!(resp.kind, RESP_REPLY_INLINE);
+                assert_eq!(resp.kind, ResponseKind::ReplyInline as u32);
                 host.copy_inline_response(resp.len, &mut out).unwrap();
             } else {
-                assert_eq!(resp.kind, RESP_REPLY);
+                assert_eq!(resp.kind, ResponseKind::Reply as u32);
                 host.copy_response(resp.off, resp.len, &mut out).unwrap();
             }
             let mut expect = payload.clone();
@@ -870,7 +919,7 @@ mod tests {
                 (
                     1,
                     Request {
-                        kind: REQ_CALL_INLINE,
+                        kind: RequestKind::CallInline as u32,
                         id: 9,
                         method: 3,
                         len: 3
@@ -879,7 +928,7 @@ mod tests {
                 (
                     2,
                     Request {
-                        kind: REQ_CALL,
+                        kind: RequestKind::Call as u32,
                         id: 10,
                         method: 3,
                         len: 100
@@ -899,6 +948,27 @@ mod tests {
     }
 
     #[test]
+    fn kind_codes_name_their_kinds() {
+        use RequestKind as Q;
+        use ResponseKind as P;
+        for k in [
+            Q::Call,
+            Q::CallViaSocket,
+            Q::Shutdown,
+            Q::Conversation,
+            Q::StreamNext,
+            Q::CallInline,
+        ] {
+            assert_eq!(Q::from_code(k as u32), Some(k));
+        }
+        for k in [P::Reply, P::ViaSocket, P::Fault, P::ReplyInline] {
+            assert_eq!(P::from_code(k as u32), Some(k));
+        }
+        assert_eq!(Q::from_code(0), None);
+        assert_eq!(P::from_code(u32::MAX), None);
+    }
+
+    #[test]
     fn request_filled_and_response_read_in_place() {
         let (host, fd) = Region::create(4096).unwrap();
         let worker = Region::open(fd.as_fd()).unwrap();
@@ -915,7 +985,7 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(host.fill_request(4096, |buf| buf.len()), Some(4096));
         host.fill_request(3, |buf| buf.copy_from_slice(b"abc")).unwrap();
-        host.post_request_in_place(REQ_CALL, 1, 0, 3);
+        host.post_request_in_place(RequestKind::Call, 1, 0, 3);
         assert_eq!(worker.request_payload(worker.request().len), Some(&b"abc"[..]));
         assert!(worker.write_response(b"hello"));
         assert!(!host.write_response(b"x"), "the host never writes the response area");

@@ -1,14 +1,16 @@
-//! The worker's serve loop: read a request, run it through the plugin, write
-//! exactly one answer with the same request id — over the shared-memory region
-//! when the host set one up, else over the socket.
+//! The worker's serve loop: load the plugin the host asks for, then read a
+//! request, run it through the plugin and write exactly one answer with the
+//! same request id — through the shared-memory region when the host set one
+//! up and the worker mapped it ([`region`]), else framed on the socket
+//! ([`socket`]). A conversation on the socket (host callbacks, pulls) is
+//! served here, with the [`channel`](crate::channel) open for its duration.
 
-use std::io::{IoSlice, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use bulkhead_shared::frame::{self, ENVELOPE_OVERHEAD};
-use bulkhead_shared::protocol::{reply_prefix, HostMsg, LoadFailure, WorkerMsg, PROTOCOL_VERSION};
+use bulkhead_shared::protocol::{HostMsg, LoadFailure, WorkerMsg, PROTOCOL_VERSION};
 use bulkhead_shared::shm::{self, Region};
 
 use std::ffi::OsStr;
@@ -23,15 +25,13 @@ use crate::load::{self, Outcome, Plugin};
 use crate::sandbox;
 use crate::setup::{self, Args};
 
+mod region;
+mod socket;
+
+use socket::{fail_load, reply, send_load_failure, SMALL_REPLY};
+
 /// Exit code when the host broke the protocol.
 const EXIT_PROTOCOL: u8 = 65;
-
-/// Payloads up to this size are copied next to their prefix and sent in one write.
-const SMALL_REPLY: usize = 16 * 1024;
-
-/// How long the worker spins (yielding) for the next request before sleeping
-/// on the futex. Back-to-back calls find it awake; an idle worker sleeps.
-const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// Loads the plugin the host asks for, then serves calls until told to stop.
 pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
@@ -263,176 +263,4 @@ impl Server {
         }
         Step::Continue
     }
-
-    fn serve_shm(mut self, region: &Region) -> u8 {
-        let mut last = 0u32;
-        loop {
-            last = region.wait_request(last, WORKER_SPIN);
-            let req = region.request();
-            let sent = match req.kind {
-                shm::REQ_CALL => {
-                    let Some(input) = region.request_payload(req.len) else {
-                        eprintln!("bulkhead-worker: request of {} bytes exceeds the region", req.len);
-                        return EXIT_PROTOCOL;
-                    };
-                    self.answer_shm(region, req.id, req.method, input)
-                }
-                shm::REQ_CALL_INLINE => {
-                    let mut buf = [0u8; shm::REQ_INLINE];
-                    let Some(input) = region.inline_request(req.len, &mut buf) else {
-                        eprintln!("bulkhead-worker: inline request of {} bytes", req.len);
-                        return EXIT_PROTOCOL;
-                    };
-                    self.answer_shm(region, req.id, req.method, input)
-                }
-                shm::REQ_CALL_VIA_SOCKET => {
-                    if let Err(code) = self.next_frame() {
-                        return code;
-                    }
-                    let rx = std::mem::take(&mut self.rx);
-                    let sent = match HostMsg::decode(&rx) {
-                        Ok(HostMsg::Call { id, method, payload }) if id == req.id => {
-                            self.answer_shm(region, id, method, payload)
-                        }
-                        other => {
-                            eprintln!("bulkhead-worker: expected the announced call, got {other:?}");
-                            return EXIT_PROTOCOL;
-                        }
-                    };
-                    self.rx = rx;
-                    sent
-                }
-                shm::REQ_STREAM_NEXT => self.answer_shm_stream_next(region, req.id),
-                shm::REQ_SOCKET => {
-                    if let Err(code) = self.next_frame() {
-                        return code;
-                    }
-                    match self.handle_socket_frame(Some(req.id)) {
-                        Step::Continue => Ok(()),
-                        Step::Exit(code) => return code,
-                        Step::Shutdown => {
-                            self.plugin.destroy();
-                            return 0;
-                        }
-                    }
-                }
-                shm::REQ_SHUTDOWN => {
-                    self.plugin.destroy();
-                    return 0;
-                }
-                other => {
-                    eprintln!("bulkhead-worker: unknown request kind {other}");
-                    return EXIT_PROTOCOL;
-                }
-            };
-            if let Err(e) = sent {
-                eprintln!("bulkhead-worker: cannot answer the host: {e}");
-                return 0;
-            }
-        }
-    }
-
-    /// Runs a call and answers through the region: output already in the
-    /// response area (Arena) is announced in place, other output is copied in,
-    /// and output too large for the region goes over the socket.
-    fn answer_shm(&mut self, region: &Region, id: u64, method: u32, input: &[u8]) -> std::io::Result<()> {
-        // Between a request and its response the worker owns the response area.
-        let area = region.response_area_raw();
-        let (sock, tx) = (&mut self.sock, &mut self.tx);
-        self.plugin.call(method, input, Some(area), |outcome| {
-            post_outcome(region, sock, tx, id, outcome)
-        })
-    }
-
-    /// The next item of the open stream, answered through the region.
-    fn answer_shm_stream_next(&mut self, region: &Region, id: u64) -> std::io::Result<()> {
-        let (sock, tx) = (&mut self.sock, &mut self.tx);
-        self.plugin
-            .stream_next(|outcome| post_outcome(region, sock, tx, id, outcome))
-    }
-}
-
-/// Answers request `id` through the region: output already in the response
-/// area (Arena) is announced in place, other output is copied in, and output
-/// too large for the region goes over the socket.
-fn post_outcome(
-    region: &Region,
-    sock: &mut UnixStream,
-    tx: &mut Vec<u8>,
-    id: u64,
-    outcome: Outcome<'_>,
-) -> std::io::Result<()> {
-    match outcome {
-        Outcome::Status { status, output } => {
-            // Small outputs ride in the response line (one cache line to the host).
-            if region.post_inline_response(id, status, output) {
-                Ok(())
-            } else if let Some(off) = region.offset_in_response_area(output) {
-                region.post_response(shm::RESP_REPLY, id, status, off, output.len() as u32);
-                Ok(())
-            } else if region.write_response(output) {
-                region.post_response(shm::RESP_REPLY, id, status, 0, output.len() as u32);
-                Ok(())
-            } else {
-                region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
-                reply(sock, tx, id, Outcome::Status { status, output })
-            }
-        }
-        Outcome::Fault(fault) => {
-            tx.clear();
-            bulkhead_shared::wire::encode_into(&fault, tx).expect("encoding into a Vec cannot fail");
-            if region.write_response(tx) {
-                region.post_response(shm::RESP_FAULT, id, 0, 0, tx.len() as u32);
-                Ok(())
-            } else {
-                region.post_response(shm::RESP_VIA_SOCKET, id, 0, 0, 0);
-                reply(sock, tx, id, Outcome::Fault(fault))
-            }
-        }
-    }
-}
-
-fn reply(sock: &mut UnixStream, tx: &mut Vec<u8>, id: u64, outcome: Outcome<'_>) -> std::io::Result<()> {
-    match outcome {
-        Outcome::Status { status, output } => {
-            let prefix = reply_prefix(id, status, output.len());
-            if output.len() <= SMALL_REPLY {
-                tx.clear();
-                tx.extend_from_slice(&prefix);
-                tx.extend_from_slice(output);
-                sock.write_all(tx)
-            } else {
-                write_all_vectored(sock, &prefix, output)
-            }
-        }
-        Outcome::Fault(fault) => {
-            WorkerMsg::Fault { id, fault }.encode(tx);
-            sock.write_all(tx)
-        }
-    }
-}
-
-/// Writes `a` then `b` with as few syscalls as the kernel allows.
-fn write_all_vectored(sock: &mut UnixStream, a: &[u8], b: &[u8]) -> std::io::Result<()> {
-    let (mut a, mut b) = (a, b);
-    while !a.is_empty() {
-        let n = sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_a = n.min(a.len());
-        a = &a[from_a..];
-        b = &b[n - from_a..];
-    }
-    sock.write_all(b)
-}
-
-fn fail_load(sock: &mut UnixStream, tx: &mut Vec<u8>, reason: String) -> u8 {
-    send_load_failure(sock, tx, LoadFailure::BadRequest { reason })
-}
-
-fn send_load_failure(sock: &mut UnixStream, tx: &mut Vec<u8>, why: LoadFailure) -> u8 {
-    WorkerMsg::LoadFailed(why).encode(tx);
-    let _ = sock.write_all(tx);
-    0
 }

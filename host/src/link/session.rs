@@ -1,0 +1,111 @@
+//! Requests as conversations on the socket.
+//!
+//! The host sends the request's frame (announced in the region first, when
+//! there is one); until the worker's `Reply` or `Fault` for that request id
+//! arrives, the worker may send `Callback`s (answered from the plugin's host
+//! imports with a `CallbackReply`; more than the imports' callback limit per
+//! request are refused with a plugin error) and `Pull`s (answered from the
+//! caller's pull source with an `Item`, or the end of the stream without
+//! one). Every answer is capped at the largest payload a frame may carry.
+
+use std::time::Instant;
+
+use bulkhead_shared::abi::{HOST_CALL_NOT_BOUND, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END};
+use bulkhead_shared::frame::{ENVELOPE_OVERHEAD, HEADER_LEN};
+use bulkhead_shared::protocol::{HostMsg, WorkerMsg, REPLY_PREFIX_LEN, TAG_PULL_BYTE};
+use bulkhead_shared::shm::RequestKind;
+use bulkhead_shared::wire::{self, WirePluginError};
+
+use super::framing::{read_frame, write_all, IoFail};
+use super::{msg_name, Answer, Link, PullSource, Request, Way};
+use crate::error::ProtocolError;
+
+impl Link {
+    /// Runs `req` (request `id`) as a conversation on the socket until its
+    /// answer, answering the worker's callbacks and pulls on the way, all
+    /// before `deadline`.
+    pub(super) fn converse(
+        &mut self,
+        id: u64,
+        req: Request<'_>,
+        deadline: Instant,
+        mut pull: Option<PullSource<'_>>,
+    ) -> Result<Answer<'_>, IoFail> {
+        let host_msg = match req {
+            Request::Call { method, payload } => HostMsg::Call { id, method, payload },
+            Request::StreamOpen { method, input, payload } => HostMsg::StreamOpen {
+                id,
+                method,
+                input,
+                payload,
+            },
+            Request::StreamNext => HostMsg::StreamNext { id },
+            Request::StreamClose => HostMsg::StreamClose { id },
+            Request::ClientCall { method, payload } => HostMsg::ClientCall { id, method, payload },
+        };
+        host_msg.encode(&mut self.tx);
+        if let Some(region) = self.region() {
+            region.post_request(RequestKind::Conversation, id, 0, &[]);
+        }
+        write_all(&self.sock, &self.tx, deadline)?;
+        let imports = match &self.way {
+            Way::Conversations { imports, .. } => Some(imports.clone()),
+            Way::Socket | Way::Region(_) => None,
+        };
+        let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD) as usize;
+        let mut callbacks: u32 = 0;
+        let mut reply_buf = Vec::new();
+        let (status, len) = loop {
+            let len = read_frame(&self.sock, &mut self.rx, self.max_frame, deadline)?;
+            let (status, out) = match WorkerMsg::decode(&self.rx[..len]) {
+                Ok(WorkerMsg::Reply { id: got, .. }) | Ok(WorkerMsg::Fault { id: got, .. }) if got != id => {
+                    return Err(IoFail::Frame(ProtocolError::WrongRequestId { expected: id, got }))
+                }
+                Ok(WorkerMsg::Reply { status, .. }) => break (status, len),
+                Ok(WorkerMsg::Fault { fault, .. }) => return Ok(Answer::Fault(fault)),
+                Ok(WorkerMsg::Callback { import, index, payload }) => {
+                    callbacks = callbacks.saturating_add(1);
+                    let max = imports
+                        .as_ref()
+                        .map_or(crate::hostfn::DEFAULT_MAX_CALLBACKS, |i| i.max_callbacks);
+                    if callbacks > max {
+                        let e = WirePluginError {
+                            code: "CALLBACK_LIMIT".into(),
+                            message: format!("more than {max} host callbacks in one request"),
+                            details: None,
+                        };
+                        (STATUS_PLUGIN_ERROR, wire::encode(&e).unwrap_or_default())
+                    } else {
+                        match imports.as_ref().and_then(|i| i.interfaces.get(import as usize)) {
+                            Some(iface) => iface.dispatch(index, payload),
+                            None => (HOST_CALL_NOT_BOUND, Vec::new()),
+                        }
+                    }
+                }
+                Ok(WorkerMsg::Pull) => match pull.as_mut() {
+                    Some(p) => p(),
+                    None => (STATUS_STREAM_END, Vec::new()),
+                },
+                Ok(other) => return Err(IoFail::Frame(ProtocolError::Unexpected { got: msg_name(&other) })),
+                Err(e) => return Err(IoFail::Frame(ProtocolError::Malformed(e.to_string()))),
+            };
+            let (status, out) = if out.len() > max_payload {
+                (STATUS_SERIALIZATION_ERROR, Vec::new())
+            } else {
+                (status, out)
+            };
+            let answer = if self.rx[..len].first() == Some(&TAG_PULL_BYTE) {
+                HostMsg::Item { status, payload: &out }
+            } else {
+                HostMsg::CallbackReply { status, payload: &out }
+            };
+            answer.encode(&mut reply_buf);
+            write_all(&self.sock, &reply_buf, deadline)?;
+        };
+        let start = REPLY_PREFIX_LEN - HEADER_LEN;
+        Ok(Answer::Reply {
+            status,
+            payload: &self.rx[start..len],
+        })
+    }
+}

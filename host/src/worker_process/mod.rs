@@ -1,0 +1,169 @@
+//! One worker process: a running worker that finished its handshake, the
+//! [`Link`] requests travel on, and the bookkeeping of its exit.
+//!
+//! * [`spawn`] starts a worker (fork-server or exec), hands it over for
+//!   reaping and runs the handshake: [`WorkerProcess::start`].
+//! * [`reap`] owns its exit: the reaper loop's [`Source`](crate::event_loop::Source)
+//!   that kills the process group and reaps the worker, and the
+//!   classification of a transport failure into a call [`Failure`] (timeout,
+//!   death with its exit and stderr, protocol violation).
+//!
+//! Contract: a `WorkerProcess` is never dropped with its worker alive (the
+//! drop SIGKILLs the process group; the reaper loop collects it), a signal is
+//! never sent to a reaped pid, and after any [`Failure`] the worker is
+//! unusable.
+
+mod reap;
+mod spawn;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_shared::shm::Region;
+
+use crate::crash::CrashReport;
+use crate::error::Exit;
+use crate::link::{Answer, Link, Placed, PullSource, Request};
+use crate::output::StderrTail;
+
+pub(crate) use reap::{Failure, ProcState, KILL_REAP_BOUND};
+pub(crate) use spawn::Launch;
+
+/// A running worker that finished its handshake.
+pub(crate) struct WorkerProcess {
+    pub(crate) pid: u32,
+    /// The transport to the worker.
+    link: Link,
+    pub(crate) proc: Arc<ProcState>,
+    pub(crate) stderr: StderrTail,
+    /// The pool slot this worker serves (set by the pool).
+    pub(crate) slot: usize,
+    /// When it last finished a call (or started).
+    pub(crate) last_used: Instant,
+    /// The idle-CPU watch's last reading: when, and the CPU time used by then.
+    pub(crate) cpu_seen: Option<(Instant, Duration)>,
+}
+
+impl WorkerProcess {
+    /// Sends one call and waits for its answer until `deadline`.
+    /// With a `target` buffer, the answer is copied once, straight into it,
+    /// and handed back as [`Answer::Owned`].
+    pub(crate) fn call(
+        &mut self,
+        method: u32,
+        payload: &[u8],
+        deadline: Instant,
+        target: Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, Failure> {
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        self.link
+            .exchange(Request::Call { method, payload }, deadline, None, target)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// Sends one call whose `len`-byte payload `fill` writes in place and
+    /// waits for its answer, left where it arrived (see [`Link::exchange_placed`]).
+    pub(crate) fn call_placed(
+        &mut self,
+        method: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        deadline: Instant,
+    ) -> Result<Placed, Failure> {
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        self.link
+            .exchange_placed(method, len, fill, deadline)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// Runs `msg` as a conversation on the socket until its answer, answering
+    /// the worker's callbacks and pulls on the way, all before `deadline`.
+    pub(crate) fn session(
+        &mut self,
+        msg: Request<'_>,
+        deadline: Instant,
+        pull: Option<PullSource<'_>>,
+    ) -> Result<Answer<'_>, Failure> {
+        // A pull source makes any request a conversation; without one, a
+        // stream's next item could go through the region.
+        let mut no_pull = || (bulkhead_shared::abi::STATUS_STREAM_END, Vec::new());
+        let pull: PullSource<'_> = match pull {
+            Some(pull) => pull,
+            None => &mut no_pull,
+        };
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        self.link
+            .exchange(msg, deadline, Some(pull), None)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// Whether stream items may travel through the shared-memory region: there
+    /// is one, and requests need no conversation (no host callbacks).
+    pub(crate) fn region_streams(&self) -> bool {
+        self.link.region_streams()
+    }
+
+    /// The next item of the open stream through the shared-memory region
+    /// (only when [`region_streams`](Self::region_streams)).
+    pub(crate) fn stream_next_shm(&mut self, deadline: Instant) -> Result<Answer<'_>, Failure> {
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        self.link
+            .exchange(Request::StreamNext, deadline, None, None)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// The shared-memory region the worker mapped, if any.
+    pub(crate) fn region(&self) -> Option<&Arc<Region>> {
+        self.link.region()
+    }
+
+    /// The link's receive buffer (where [`Placed::Rx`] answers lie).
+    pub(crate) fn received(&self) -> &[u8] {
+        &self.link.rx
+    }
+
+    /// The exit, stderr tail and crash report of a worker whose socket
+    /// reached EOF, or `None` if it is still running after a grace period.
+    pub(crate) fn exit_after_eof(&self) -> Option<(Exit, String, Option<Box<CrashReport>>)> {
+        reap::exit_after_eof(&self.proc, &self.stderr)
+    }
+
+    /// Rings the worker's doorbell without work, so it is awake (spinning) for
+    /// the call that follows. A no-op on the socket transport.
+    pub(crate) fn wake(&self) {
+        self.link.wake();
+    }
+
+    /// SIGKILLs the process group and waits for the reaper. Returns the exit.
+    pub(crate) fn kill_and_reap(&self) -> Option<Exit> {
+        reap::kill_and_reap(&self.proc)
+    }
+
+    /// After the worker has been reaped: waits briefly for its output readers
+    /// to finish, so no descriptor of a dead worker outlives it in the host.
+    pub(crate) fn wait_drained(&self) {
+        reap::wait_drained(&self.stderr);
+    }
+
+    /// Polite shutdown: a shutdown request, up to `grace` for the worker to
+    /// exit, then SIGKILL to the group. Returns the pid, the exit and whether
+    /// it was forced.
+    pub(crate) fn shutdown(mut self, grace: Duration) -> (u32, Option<Exit>, bool) {
+        let deadline = Instant::now() + grace;
+        self.link.post_shutdown(deadline);
+        if let Some(exit) = self.proc.wait(deadline) {
+            self.wait_drained();
+            return (self.pid, Some(exit), false);
+        }
+        let exit = self.kill_and_reap();
+        self.wait_drained();
+        (self.pid, exit, true)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Never leave a worker behind: the reaper thread collects it.
+        self.proc.kill();
+    }
+}
