@@ -26,10 +26,8 @@ use crate::error::CallError;
 use crate::events::EventKind;
 use crate::observe::{CallObserver, Observer};
 
-/// The metrics layer's observer (stateless: the facade holds the recorder).
-pub(crate) static METRICS: Metrics = Metrics;
-
-/// Records the core's observations as metrics.
+/// The metrics layer's observer: records the core's observations as metrics
+/// (stateless: the facade holds the recorder).
 pub(crate) struct Metrics;
 
 impl Observer for Metrics {

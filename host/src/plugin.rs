@@ -1,4 +1,8 @@
 //! What users load ([`PluginSpec`]) and call ([`Plugin`]).
+//!
+//! A plugin is a sequence of generations (one per load or reload), each a
+//! pool of workers; the [`Origin`] that loaded it starts the next one.
+//! Dropping a generation stops its workers through [`blocking`](crate::blocking).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -1,5 +1,11 @@
 //! The owner of every worker: builds plugins, hands out lifecycle events, and
 //! shuts everything down when dropped.
+//!
+//! Building a supervisor installs the hooks of the optional layers the
+//! composition root put in its builder ([`Layers`]): where drops run blocking
+//! shutdowns ([`blocking`]) and who observes loads, events and calls
+//! ([`observe`]). The supervisor is a plugin's [`Origin`]: reloads start
+//! their generations here.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,6 +27,7 @@ use crate::output::{OutputCallback, OutputLine};
 use crate::plugin::{Generation, Origin, Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
 use crate::probe;
+use crate::sandbox::Sandbox;
 use crate::signing::VerifyingKey;
 use crate::stats::Counters;
 use crate::worker_process::Launch;
@@ -176,8 +183,8 @@ impl SupervisorBuilder {
     /// worker — a restart then costs a fork, the worker's own namespaces,
     /// `dlopen` and the handshake instead of a whole `exec`. Workers stay
     /// children of the host and are isolated from each other exactly as
-    /// before (own pid, mount and ipc namespaces, own user namespace for
-    /// process accounting, own limits and descriptors). With `false`, or when
+    /// `exec`ed ones (own pid, mount and ipc namespaces, own user namespace
+    /// for process accounting, own limits and descriptors). With `false`, or when
     /// a profile cannot be prepared this way (a policy without the user, pid
     /// or mount namespace), every worker is started with `exec`.
     pub fn fork_server(mut self, on: bool) -> Self {
@@ -477,7 +484,7 @@ impl Supervisor {
     /// is running (it starts with the first plugin that uses it).
     #[doc(hidden)]
     pub fn fork_server_pid(&self) -> Option<u32> {
-        self.core.fork_server_pid(&crate::Sandbox::strict().to_policy())
+        self.core.fork_server_pid(&Sandbox::strict().to_policy())
     }
 
     /// Starts the fork-server of `spec`'s profile if needed and waits (until
@@ -485,7 +492,7 @@ impl Supervisor {
     /// load of `spec` is assigned one. For tests: which path a spawn takes
     /// otherwise depends on timing. `false` if there is none by then.
     #[doc(hidden)]
-    pub fn wait_for_blank(&self, spec: &crate::PluginSpec, deadline: std::time::Instant) -> bool {
+    pub fn wait_for_blank(&self, spec: &PluginSpec, deadline: std::time::Instant) -> bool {
         let Ok(job) = self.load_job(spec.clone()) else {
             return false;
         };
@@ -497,7 +504,7 @@ impl Supervisor {
 
     /// The pid of the fork-server serving `sandbox`'s profile, if one is running.
     #[doc(hidden)]
-    pub fn fork_server_pid_for(&self, sandbox: &crate::Sandbox) -> Option<u32> {
+    pub fn fork_server_pid_for(&self, sandbox: &Sandbox) -> Option<u32> {
         self.core.fork_server_pid(&sandbox.to_policy())
     }
 

@@ -21,6 +21,8 @@
 //! tokio runtime, dropping the last [`Plugin`] handle or the [`Supervisor`]
 //! moves the (up to grace-period long) shutdown to the blocking pool too, so it
 //! never blocks a runtime thread; outside a runtime it stays synchronous.
+//! That is this layer's hand-off hook ([`off_runtime`]), which the composition
+//! root installs; the core's drops name no runtime.
 
 use std::future::Future;
 use std::pin::Pin;
