@@ -85,9 +85,10 @@ impl Layers {
     }
 }
 
-/// Configures a [`Supervisor`]. Its `Default` (what [`Supervisor::builder`]
-/// returns) is made by the composition root, which adds the optional layers'
-/// hooks to [`SupervisorBuilder::with_layers`].
+/// Configures a [`Supervisor`].
+// Its `Default` (what `Supervisor::builder` returns) is made by the
+// composition root (layers.rs), which hands the optional layers' hooks to
+// `SupervisorBuilder::with_layers`.
 #[must_use = "a SupervisorBuilder does nothing until build() is called"]
 pub struct SupervisorBuilder {
     worker: WorkerChoice,
