@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bulkhead_shared::crash::{Line, MAX_FRAMES, MAX_INPUT};
 
-use crate::error::Exit;
+use crate::exit::Exit;
 
 /// What a worker that died of a signal reported about the crash: the
 /// signal, where it faulted, the call in flight with (a bounded copy of) its

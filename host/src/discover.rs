@@ -34,8 +34,9 @@ impl Supervisor {
         };
         let (first, names) = match load(None) {
             Ok(p) => {
-                let names = p.info().plugins_in_library.clone();
-                (Some(p.info()), names)
+                let info = p.info();
+                let names = info.plugins_in_library.clone();
+                (Some(info), names)
             }
             Err(LoadError::Rejected {
                 reason: LoadFailure::Ambiguous { available },

@@ -1,12 +1,14 @@
-//! Lifecycle events and the subscriber fan-out.
+//! Lifecycle events ([`Event`], [`EventKind`]), the blocking receiver
+//! ([`EventReceiver`]) and the fan-out that offers each event to every
+//! subscriber without blocking the emitter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, TrySendError};
 
-use crate::error::Exit;
+use crate::exit::Exit;
 use crate::health::Health;
 use crate::usage::ResourceUsage;
 
@@ -196,64 +198,54 @@ fn timeout_error(e: crossbeam_channel::RecvTimeoutError) -> RecvTimeoutError {
     }
 }
 
-/// One subscriber's sending end.
-enum Subscriber {
-    Sync(Sender<Event>),
-    #[cfg(feature = "tokio")]
-    Async(tokio::sync::mpsc::Sender<Event>),
-}
-
 /// Why an event did not reach a subscriber.
-enum Missed {
+pub(crate) enum Missed {
+    /// Its buffer is full: the event is dropped (and counted).
     Full,
+    /// It is gone: it is unsubscribed.
     Gone,
 }
 
-impl Subscriber {
-    fn try_send(&self, event: Event) -> Result<(), Missed> {
-        match self {
-            Subscriber::Sync(tx) => tx.try_send(event).map_err(|e| match e {
-                TrySendError::Full(_) => Missed::Full,
-                TrySendError::Disconnected(_) => Missed::Gone,
-            }),
-            #[cfg(feature = "tokio")]
-            Subscriber::Async(tx) => tx.try_send(event).map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => Missed::Full,
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => Missed::Gone,
-            }),
-        }
-    }
-}
+/// A subscriber's sending end: offered each event, it never blocks (an
+/// [`EventReceiver`]'s channel, or an async layer's).
+pub(crate) type Sink = Box<dyn Fn(Event) -> Result<(), Missed> + Send>;
 
-/// Fan-out to subscribers; never blocks the caller.
-#[derive(Default)]
+/// Fan-out to subscribers; never blocks the caller. Every event is first
+/// handed to the hub's observer (logging, and whatever layer observes).
 pub(crate) struct EventHub {
-    subscribers: Mutex<Vec<Subscriber>>,
+    observe: fn(&str, &EventKind),
+    subscribers: Mutex<Vec<Sink>>,
     dropped: AtomicU64,
 }
 
 impl EventHub {
+    /// A hub without subscribers that hands every event to `observe` first.
+    pub(crate) fn new(observe: fn(&str, &EventKind)) -> Self {
+        EventHub {
+            observe,
+            subscribers: Mutex::new(Vec::new()),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> EventReceiver {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_BUFFER);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Subscriber::Sync(tx));
+        self.subscribe_sink(Box::new(move |event| {
+            tx.try_send(event).map_err(|e| match e {
+                TrySendError::Full(_) => Missed::Full,
+                TrySendError::Disconnected(_) => Missed::Gone,
+            })
+        }));
         EventReceiver { rx }
     }
 
-    #[cfg(feature = "tokio")]
-    pub(crate) fn subscribe_async(&self) -> tokio::sync::mpsc::Receiver<Event> {
-        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Subscriber::Async(tx));
-        rx
+    /// Adds a subscriber that is offered every later event.
+    pub(crate) fn subscribe_sink(&self, sink: Sink) {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(sink);
     }
 
     pub(crate) fn emit(&self, plugin: &Arc<str>, kind: EventKind) {
-        crate::observe::event(plugin, &kind);
+        (self.observe)(plugin, &kind);
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         if subs.is_empty() {
             return;
@@ -262,7 +254,7 @@ impl EventHub {
             plugin: plugin.clone(),
             kind,
         };
-        subs.retain(|s| match s.try_send(event.clone()) {
+        subs.retain(|sink| match sink(event.clone()) {
             Ok(()) => true,
             Err(Missed::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -98,6 +98,7 @@ compile_error!(
     "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
 );
 
+mod blocking;
 mod call;
 mod client;
 mod crash;
@@ -105,12 +106,16 @@ mod discover;
 mod error;
 mod event_loop;
 mod events;
+mod exit;
 mod forkserver;
 mod health;
 mod hostfn;
+mod layers;
 mod limits;
 mod link;
 mod locate;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod observe;
 mod output;
 mod plugin;
@@ -138,8 +143,9 @@ pub use crash::CrashReport;
 pub use discover::Discovered;
 /// Re-exported: the ed25519 crate of [`VerifyingKey`] (and of fidius' signing).
 pub use ed25519_dalek;
-pub use error::{BuildError, CallError, CallFault, Exit, LoadError, LoadFailure, PluginError, ProtocolError};
+pub use error::{BuildError, CallError, CallFault, LoadError, LoadFailure, PluginError, ProtocolError};
 pub use events::{Event, EventKind, EventReceiver, RecvError, RecvTimeoutError, TryRecvError, EVENT_BUFFER};
+pub use exit::Exit;
 pub use health::Health;
 #[doc(hidden)]
 pub use hostfn::__private_host;

@@ -1,32 +1,51 @@
-//! Observability in one place: `tracing` spans around loads and calls, `warn`
-//! events for crashes, timeouts, restarts and give-ups, and (feature `metrics`)
-//! counters and a call-latency histogram through the `metrics` facade.
+//! The core's observation point: `tracing` spans around loads and calls,
+//! `warn` events for crashes, timeouts, protocol breaches and give-ups, and
+//! one [`Observer`] hook through which an optional layer (such as metrics)
+//! receives every load, lifecycle event and finished call.
 //!
-//! Metric names (every one labelled `plugin`):
-//! * `bulkhead_calls_total` (label `outcome`: `ok` or a [`CallError::kind`]),
-//! * `bulkhead_call_duration_seconds` (histogram, every call),
-//! * `bulkhead_worker_crashes_total`, `bulkhead_call_timeouts_total`,
-//!   `bulkhead_worker_restarts_total`, `bulkhead_workers_started_total`,
-//!   `bulkhead_worker_exits_total`, `bulkhead_gave_up_total`,
-//! * `bulkhead_loads_total` (label `outcome`: `ok` or `error`).
-//!
-//! Failed calls are also counted per method: `bulkhead_call_errors_total`
-//! (labels `plugin`, `method` — the vtable slot — and `outcome`); the `plugin`
-//! label is [`PluginSpec::label`](crate::PluginSpec::label). Every metric is
-//! described (with its unit) to the recorder once, before its first use.
-//!
-//! Handles are registered when a plugin is loaded: install the metrics
-//! recorder before loading plugins.
+//! The core names no such layer: the composition root installs one observer
+//! per process when a supervisor is built. With none installed, a finished
+//! call costs one `None` check here (no allocation, lock or dynamic call).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tracing::field::Empty;
 use tracing::Span;
 
 use crate::crash::CrashReport;
-use crate::error::{CallError, Exit, LoadError};
+use crate::error::{CallError, LoadError};
 use crate::events::EventKind;
+use crate::exit::Exit;
+
+/// What an optional layer is told about every plugin of the process.
+/// Installed once ([`install`]); called from any thread.
+pub(crate) trait Observer: Send + Sync {
+    /// A load of `plugin` ended (`ok` = its workers serve).
+    fn load(&self, plugin: &str, ok: bool);
+    /// A lifecycle event of `plugin` was emitted.
+    fn event(&self, plugin: &str, kind: &EventKind);
+    /// The per-plugin handle of a pool of `plugin`, made when the pool
+    /// starts so the call path needs no lookup.
+    fn plugin(&self, plugin: &Arc<str>) -> Box<dyn CallObserver>;
+}
+
+/// An [`Observer`]'s per-plugin part: told of every finished call.
+pub(crate) trait CallObserver: Send + Sync {
+    /// A call of `method` that started at `started` ended with `err`.
+    fn call_done(&self, started: Instant, method: u32, err: Option<&CallError>);
+}
+
+static OBSERVER: OnceLock<&'static dyn Observer> = OnceLock::new();
+
+/// Installs the process's observer; the first installed stays.
+pub(crate) fn install(observer: &'static dyn Observer) {
+    let _ = OBSERVER.set(observer);
+}
+
+fn observer() -> Option<&'static dyn Observer> {
+    OBSERVER.get().copied()
+}
 
 /// Span around one call (level `debug`, target `bulkhead::call`). The worker
 /// pid and the outcome are recorded as they become known.
@@ -46,7 +65,7 @@ pub(crate) fn load_span(plugin: &str, path: &std::path::Path) -> Span {
     )
 }
 
-/// Records a load's outcome on its span (and in the metrics).
+/// Records a load's outcome on its span (and tells the observer).
 pub(crate) fn load_done(span: &Span, plugin: &str, result: Result<u32, &LoadError>) {
     match result {
         Ok(pid) => {
@@ -58,13 +77,9 @@ pub(crate) fn load_done(span: &Span, plugin: &str, result: Result<u32, &LoadErro
             tracing::warn!(target: "bulkhead::load", plugin, error = %e, "plugin failed to load");
         }
     }
-    #[cfg(feature = "metrics")]
-    metrics::counter!(
-        "bulkhead_loads_total",
-        "plugin" => plugin.to_string(),
-        "outcome" => if result.is_ok() { "ok" } else { "error" }
-    )
-    .increment(1);
+    if let Some(o) = observer() {
+        o.load(plugin, result.is_ok());
+    }
 }
 
 /// A worker died during a call (crash, or exit, or kill by someone else).
@@ -87,7 +102,8 @@ pub(crate) fn protocol_failure(plugin: &str, pid: u32, method: u32, error: &dyn 
     tracing::warn!(target: "bulkhead::supervision", plugin, pid, method, %error, "worker broke the protocol; killed");
 }
 
-/// Logs (and counts) a lifecycle event. Called for every event emitted.
+/// Logs a lifecycle event (and tells the observer). Called for every event
+/// emitted: the supervisor builds its event hub with it.
 pub(crate) fn event(plugin: &str, kind: &EventKind) {
     match kind {
         EventKind::Timeout { pid, limit } => {
@@ -102,155 +118,33 @@ pub(crate) fn event(plugin: &str, kind: &EventKind) {
         }
         other => tracing::debug!(target: "bulkhead::events", plugin, kind = ?other, "worker event"),
     }
-    #[cfg(feature = "metrics")]
-    {
-        let name = match kind {
-            EventKind::WorkerStarted { .. } => "bulkhead_workers_started_total",
-            EventKind::WorkerExited { .. } => "bulkhead_worker_exits_total",
-            EventKind::Timeout { .. } => "bulkhead_call_timeouts_total",
-            EventKind::Restarted { .. } => "bulkhead_worker_restarts_total",
-            EventKind::GaveUp { .. } => "bulkhead_gave_up_total",
-            EventKind::HealthChanged { .. } => "bulkhead_health_changes_total",
-            EventKind::IdleStopped { .. } => "bulkhead_idle_stops_total",
-            EventKind::IdleCpuExceeded { .. } => "bulkhead_idle_cpu_kills_total",
-            EventKind::Reloaded { .. } => "bulkhead_reloads_total",
-            EventKind::SandboxViolation { .. } => "bulkhead_sandbox_violations_total",
-        };
-        metrics::counter!(name, "plugin" => plugin.to_string()).increment(1);
+    if let Some(o) = observer() {
+        o.event(plugin, kind);
     }
 }
 
-/// Per-plugin metric handles, registered once so the call path does not
-/// allocate label sets.
-pub(crate) struct CallMetrics {
-    #[cfg(feature = "metrics")]
-    ok: metrics::Counter,
-    #[cfg(feature = "metrics")]
-    latency: metrics::Histogram,
-    #[cfg(feature = "metrics")]
-    crashes: metrics::Counter,
-    #[cfg(feature = "metrics")]
-    plugin: Arc<str>,
+/// A pool's observation handle: its plugin's [`CallObserver`], if an
+/// observer is installed.
+pub(crate) struct PluginObserver {
+    observer: Option<Box<dyn CallObserver>>,
 }
 
-/// Every metric's description and unit, given to the recorder once.
-#[cfg(feature = "metrics")]
-fn describe() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        use metrics::{describe_counter, describe_histogram, Unit};
-        describe_counter!(
-            "bulkhead_calls_total",
-            Unit::Count,
-            "Calls finished, by outcome (ok or the CallError kind)"
-        );
-        describe_counter!(
-            "bulkhead_call_errors_total",
-            Unit::Count,
-            "Failed calls, by method (vtable slot) and outcome (the CallError kind)"
-        );
-        describe_histogram!(
-            "bulkhead_call_duration_seconds",
-            Unit::Seconds,
-            "Duration of every call, from the caller's view"
-        );
-        describe_counter!(
-            "bulkhead_worker_crashes_total",
-            Unit::Count,
-            "Workers that died during a call"
-        );
-        describe_counter!(
-            "bulkhead_call_timeouts_total",
-            Unit::Count,
-            "Calls that hit their deadline; the worker was killed"
-        );
-        describe_counter!(
-            "bulkhead_worker_restarts_total",
-            Unit::Count,
-            "Workers replaced after a failure"
-        );
-        describe_counter!(
-            "bulkhead_workers_started_total",
-            Unit::Count,
-            "Workers that finished their handshake"
-        );
-        describe_counter!(
-            "bulkhead_worker_exits_total",
-            Unit::Count,
-            "Workers reaped, for any reason"
-        );
-        describe_counter!(
-            "bulkhead_gave_up_total",
-            Unit::Count,
-            "Plugins failed after spending their restart budget"
-        );
-        describe_counter!("bulkhead_health_changes_total", Unit::Count, "Health state changes");
-        describe_counter!("bulkhead_idle_stops_total", Unit::Count, "Idle workers stopped");
-        describe_counter!(
-            "bulkhead_idle_cpu_kills_total",
-            Unit::Count,
-            "Workers killed for using CPU with no call in flight"
-        );
-        describe_counter!("bulkhead_reloads_total", Unit::Count, "Plugin reloads");
-        describe_counter!(
-            "bulkhead_sandbox_violations_total",
-            Unit::Count,
-            "System calls the sandbox refused (or learn mode let through), as reported by the worker"
-        );
-        describe_counter!(
-            "bulkhead_loads_total",
-            Unit::Count,
-            "Plugin loads, by outcome (ok or error)"
-        );
-    });
-}
+/// The pool's name for [`PluginObserver`].
+pub(crate) type CallMetrics = PluginObserver;
 
-impl CallMetrics {
+impl PluginObserver {
+    /// The handle of a pool of `plugin`, made when the pool starts.
     pub(crate) fn new(plugin: &Arc<str>) -> Self {
-        let _ = plugin;
-        #[cfg(feature = "metrics")]
-        describe();
-        CallMetrics {
-            #[cfg(feature = "metrics")]
-            ok: metrics::counter!("bulkhead_calls_total", "plugin" => plugin.to_string(), "outcome" => "ok"),
-            #[cfg(feature = "metrics")]
-            latency: metrics::histogram!("bulkhead_call_duration_seconds", "plugin" => plugin.to_string()),
-            #[cfg(feature = "metrics")]
-            crashes: metrics::counter!("bulkhead_worker_crashes_total", "plugin" => plugin.to_string()),
-            #[cfg(feature = "metrics")]
-            plugin: plugin.clone(),
+        PluginObserver {
+            observer: observer().map(|o| o.plugin(plugin)),
         }
     }
 
-    /// A call of `method` ended: outcome on its span, and counted.
+    /// A call of `method` ended: outcome on its span, and the observer told.
     pub(crate) fn call_done(&self, span: &Span, started: Instant, method: u32, err: Option<&CallError>) {
         span.record("outcome", err.map_or("ok", CallError::kind));
-        #[cfg(feature = "metrics")]
-        {
-            self.latency.record(started.elapsed().as_secs_f64());
-            match err {
-                None => self.ok.increment(1),
-                Some(e) => {
-                    if matches!(e, CallError::WorkerDied { .. }) {
-                        self.crashes.increment(1);
-                    }
-                    metrics::counter!(
-                        "bulkhead_calls_total",
-                        "plugin" => self.plugin.to_string(),
-                        "outcome" => e.kind()
-                    )
-                    .increment(1);
-                    metrics::counter!(
-                        "bulkhead_call_errors_total",
-                        "plugin" => self.plugin.to_string(),
-                        "method" => method.to_string(),
-                        "outcome" => e.kind()
-                    )
-                    .increment(1);
-                }
-            }
+        if let Some(o) = &self.observer {
+            o.call_done(started, method, err);
         }
-        #[cfg(not(feature = "metrics"))]
-        let _ = (started, method);
     }
 }

@@ -1,4 +1,8 @@
 //! What users load ([`PluginSpec`]) and call ([`Plugin`]).
+//!
+//! A plugin is a sequence of generations (one per load or reload), each a
+//! pool of workers; the [`Origin`] that loaded it starts the next one.
+//! Dropping a generation stops its workers through [`blocking`](crate::blocking).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -12,9 +16,10 @@ use bulkhead_shared::status::Status;
 use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::blocking;
 use crate::call::Answer;
 use crate::error::{CallError, LoadError, LoadFailure, PluginError};
-use crate::events::EventKind;
+use crate::events::{EventHub, EventKind};
 use crate::health::Health;
 use crate::hostfn::HostInterface;
 use crate::limits::Limits;
@@ -23,7 +28,6 @@ use crate::pool::{Pool, WorkerReport};
 use crate::restart::RestartPolicy;
 use crate::sandbox::{Sandbox, SandboxReport};
 use crate::stats::{Counters, Stats};
-use crate::supervisor::Core;
 use crate::usage::WorkerMemory;
 
 /// Default per-call timeout.
@@ -480,21 +484,61 @@ pub(crate) struct Generation {
     pub(crate) host_imports: Vec<String>,
 }
 
-impl Drop for Generation {
-    fn drop(&mut self) {
-        // The last user handle is gone (or a reload's drain is over): stop the workers now, on this thread,
-        // rather than whenever a background restart lets go of the pool. In a
-        // tokio runtime (feature `tokio`), on its blocking pool instead.
-        #[cfg(feature = "tokio")]
-        if crate::tokio_api::shutdown_off_runtime(vec![self.pool.clone()]).is_ok() {
-            return;
+impl From<&Generation> for PluginInfo {
+    /// What the generation's workers reported at load (the wire form), with
+    /// its library path, bound host imports and current worker pid.
+    fn from(g: &Generation) -> Self {
+        let i = &g.info;
+        PluginInfo {
+            path: g.path.clone(),
+            plugin_name: i.plugin_name.clone(),
+            interface_name: i.interface_name.clone(),
+            interface_hash: i.interface_hash,
+            interface_version: i.interface_version,
+            capabilities: i.capabilities,
+            buffer_strategy: i.buffer_strategy,
+            method_count: i.method_count,
+            abi_version: i.abi_version,
+            trait_metadata: i.trait_metadata.clone(),
+            method_metadata: i.method_metadata.clone(),
+            plugins_in_library: i.plugins_in_library.clone(),
+            worker_pid: g.pool.latest_pid(),
+            transport: if i.shm {
+                Transport::SharedMemory
+            } else {
+                Transport::Socket
+            },
+            sandbox: i.sandbox.clone(),
+            host_imports: g.host_imports.clone(),
+            unbound_imports: i.unbound_imports.clone(),
         }
-        self.pool.shutdown();
     }
 }
 
+impl Drop for Generation {
+    fn drop(&mut self) {
+        // The last user handle is gone (or a reload's drain is over): stop the
+        // workers now, rather than whenever a background restart lets go of
+        // the pool; on this thread unless an installed hook hands it off.
+        let pool = self.pool.clone();
+        blocking::run(move || {
+            pool.shutdown();
+        });
+    }
+}
+
+/// Where a plugin's generations come from (the supervisor that loaded it):
+/// a reload starts the next one there.
+pub(crate) trait Origin: Send + Sync {
+    /// Starts a generation for `spec`, counting into `counters`, and
+    /// registers it for shutdown.
+    fn start(self: Arc<Self>, spec: &PluginSpec, counters: Arc<Counters>) -> Result<Generation, LoadError>;
+    /// Where the plugin's lifecycle events go.
+    fn events(&self) -> &EventHub;
+}
+
 pub(crate) struct PluginShared {
-    pub(crate) core: Arc<Core>,
+    pub(crate) core: Arc<dyn Origin>,
     pub(crate) current: RwLock<Arc<Generation>>,
     /// Serializes reloads.
     pub(crate) reloading: Mutex<()>,
@@ -859,7 +903,7 @@ impl Plugin {
                 }
             }
         }
-        let new = self.shared.core.start(&spec, self.shared.counters.clone())?;
+        let new = self.shared.core.clone().start(&spec, self.shared.counters.clone())?;
         let path = new.path.clone();
         let label = new.pool.label.clone();
         let old = std::mem::replace(
@@ -868,37 +912,13 @@ impl Plugin {
         );
         *self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
         tracing::info!(target: "bulkhead", plugin = &*label, path = %path.display(), "plugin reloaded");
-        self.shared.core.events.emit(&label, EventKind::Reloaded { path });
+        self.shared.core.events().emit(&label, EventKind::Reloaded { path });
         Ok(old.pool.drain())
     }
 
     /// What the worker reported at load, plus the current worker pid.
     pub fn info(&self) -> PluginInfo {
-        let g = self.generation();
-        let i = &g.info;
-        PluginInfo {
-            path: g.path.clone(),
-            plugin_name: i.plugin_name.clone(),
-            interface_name: i.interface_name.clone(),
-            interface_hash: i.interface_hash,
-            interface_version: i.interface_version,
-            capabilities: i.capabilities,
-            buffer_strategy: i.buffer_strategy,
-            method_count: i.method_count,
-            abi_version: i.abi_version,
-            trait_metadata: i.trait_metadata.clone(),
-            method_metadata: i.method_metadata.clone(),
-            plugins_in_library: i.plugins_in_library.clone(),
-            worker_pid: g.pool.latest_pid(),
-            transport: if i.shm {
-                Transport::SharedMemory
-            } else {
-                Transport::Socket
-            },
-            sandbox: i.sandbox.clone(),
-            host_imports: g.host_imports.clone(),
-            unbound_imports: i.unbound_imports.clone(),
-        }
+        PluginInfo::from(&*self.generation())
     }
 
     /// Pids of the worker processes alive right now.

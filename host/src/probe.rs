@@ -6,14 +6,12 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
+use bulkhead_shared::names::{PROTOCOL_LINE_PREFIX, PROTOCOL_VERSION_ARG};
 use bulkhead_shared::protocol::PROTOCOL_VERSION;
 
 use crate::error::BuildError;
 use crate::locate::WorkerExe;
 
-/// The fixed prefix of the answer to `--protocol-version`. Frozen across
-/// versions (it must equal `bulkhead_worker::PROTOCOL_LINE_PREFIX`).
-pub(crate) const PROTOCOL_LINE_PREFIX: &str = "bulkhead-protocol ";
 /// Bound on the probe: a worker answers at once.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of the probe's output read.
@@ -53,7 +51,7 @@ fn query(worker: &WorkerExe, prefix: &[String], env: &[(String, String)]) -> Res
     let mut child = worker
         .command()
         .args(prefix)
-        .arg("--protocol-version")
+        .arg(PROTOCOL_VERSION_ARG)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -79,7 +77,7 @@ fn query(worker: &WorkerExe, prefix: &[String], env: &[(String, String)]) -> Res
         // Our own child: kill and reap it.
         let _ = child.kill();
         let _ = child.wait();
-        return Err(format!("no answer to --protocol-version within {PROBE_TIMEOUT:?}"));
+        return Err(format!("no answer to {PROTOCOL_VERSION_ARG} within {PROBE_TIMEOUT:?}"));
     };
     let out = out.map_err(|e| format!("reading its answer: {e}"));
     // Output ended: the child closed stdout, almost always by exiting. Kill
@@ -102,15 +100,5 @@ fn query(worker: &WorkerExe, prefix: &[String], env: &[(String, String)]) -> Res
             line.chars().take(80).collect::<String>(),
             status.map_or_else(|| "exit unknown".to_string(), |s| s.to_string())
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[cfg(feature = "self-worker")]
-    #[test]
-    fn constants_match_the_worker_library() {
-        assert_eq!(super::PROTOCOL_LINE_PREFIX, bulkhead_worker::PROTOCOL_LINE_PREFIX);
-        assert_eq!(crate::SELF_WORKER_ARG, bulkhead_worker::SELF_WORKER_ARG);
     }
 }

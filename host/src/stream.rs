@@ -31,7 +31,7 @@ use crate::plugin::{MethodIndex, Plugin};
 use crate::pool::Lease;
 
 /// The items a plugin pulls: encoded lazily, one per pull.
-type Input = Box<dyn Iterator<Item = Result<Vec<u8>, CallError>> + Send>;
+pub(crate) type Input = Box<dyn Iterator<Item = Result<Vec<u8>, CallError>> + Send>;
 
 fn encode_input<I: Serialize>(items: impl IntoIterator<Item = I, IntoIter: Send + 'static>) -> Input {
     Box::new(
@@ -239,12 +239,6 @@ impl Plugin {
         self.open_stream(index.into().0, args.to_vec(), None)
     }
 
-    /// [`stream`](Self::stream) with arguments already encoded.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn stream_encoded<T>(&self, index: u32, payload: Vec<u8>) -> Result<PluginStream<T>, CallError> {
-        self.open_stream(index, payload, None)
-    }
-
     /// Opens bidirectional method `index` (`fn m(&self, input: Stream<I>, ..) ->
     /// Stream<T>`): the plugin pulls `items` as it produces its own; `args` is
     /// the tuple of the other arguments.
@@ -263,7 +257,14 @@ impl Plugin {
         self.open_stream(index.into().0, payload, Some(encode_input(items)))
     }
 
-    fn open_stream<T>(&self, index: u32, payload: Vec<u8>, input: Option<Input>) -> Result<PluginStream<T>, CallError> {
+    /// Opens stream `index` with encoded arguments `payload` (and, for a
+    /// bidirectional stream, the items the plugin pulls).
+    pub(crate) fn open_stream<T>(
+        &self,
+        index: u32,
+        payload: Vec<u8>,
+        input: Option<Input>,
+    ) -> Result<PluginStream<T>, CallError> {
         self.check_range(index)?;
         self.check_input_len(&payload)?;
         let pool = self.generation().pool.clone();

@@ -1,5 +1,11 @@
 //! The owner of every worker: builds plugins, hands out lifecycle events, and
 //! shuts everything down when dropped.
+//!
+//! Building a supervisor installs the hooks of the optional layers the
+//! composition root put in its builder ([`Layers`]): where drops run blocking
+//! shutdowns ([`blocking`]) and who observes loads, events and calls
+//! ([`observe`]). The supervisor is a plugin's [`Origin`]: reloads start
+//! their generations here.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,6 +16,7 @@ use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{LoadRequest, PROTOCOL_VERSION};
 use bulkhead_shared::sandbox::SandboxPolicy;
 
+use crate::blocking;
 use crate::error::{BuildError, LoadError};
 use crate::events::{EventHub, EventReceiver};
 use crate::forkserver::{ForkServerSlot, ServerCommand};
@@ -17,9 +24,10 @@ use crate::hostfn::{HostImports, HostInterface};
 use crate::locate::{self, WorkerExe};
 use crate::observe;
 use crate::output::{OutputCallback, OutputLine};
-use crate::plugin::{Generation, Plugin, PluginShared, PluginSpec, Transport};
+use crate::plugin::{Generation, Origin, Plugin, PluginShared, PluginSpec, Transport};
 use crate::pool::{Pool, PoolConfig, WorkerReport};
 use crate::probe;
+use crate::sandbox::Sandbox;
 use crate::signing::VerifyingKey;
 use crate::stats::Counters;
 use crate::worker_process::Launch;
@@ -36,7 +44,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The first argument that makes an executable act as a worker in self-worker
 /// mode (see [`SupervisorBuilder::self_worker`]).
-pub const SELF_WORKER_ARG: &str = "--bulkhead-worker";
+pub const SELF_WORKER_ARG: &str = bulkhead_shared::names::SELF_WORKER_ARG;
 /// Set (to `1`) in the environment of every process the host starts in
 /// self-worker mode. A process that has it and builds a self-worker supervisor
 /// is an application whose `main` does not call
@@ -56,7 +64,31 @@ enum WorkerChoice {
     SelfExe(Option<PathBuf>),
 }
 
+/// The hooks of the optional layers above the core, as the composition root
+/// chose them; installed (once per process) when a supervisor is built.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Layers {
+    /// Where drops run blocking shutdowns ([`blocking`]).
+    pub(crate) hand_off: Option<blocking::HandOff>,
+    /// Who hears of loads, events and calls ([`observe`]).
+    pub(crate) observer: Option<&'static dyn observe::Observer>,
+}
+
+impl Layers {
+    fn install(self) {
+        if let Some(hand_off) = self.hand_off {
+            blocking::install(hand_off);
+        }
+        if let Some(observer) = self.observer {
+            observe::install(observer);
+        }
+    }
+}
+
 /// Configures a [`Supervisor`].
+// Its `Default` (what `Supervisor::builder` returns) is made by the
+// composition root (layers.rs), which hands the optional layers' hooks to
+// `SupervisorBuilder::with_layers`.
 #[must_use = "a SupervisorBuilder does nothing until build() is called"]
 pub struct SupervisorBuilder {
     worker: WorkerChoice,
@@ -64,16 +96,19 @@ pub struct SupervisorBuilder {
     output: Option<OutputCallback>,
     grace: Duration,
     fork_server: bool,
+    layers: Layers,
 }
 
-impl Default for SupervisorBuilder {
-    fn default() -> Self {
+impl SupervisorBuilder {
+    /// Every default, with `layers` to install at build.
+    pub(crate) fn with_layers(layers: Layers) -> Self {
         Self {
             worker: WorkerChoice::Search,
             env_allow: DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
             output: None,
             grace: DEFAULT_SHUTDOWN_GRACE,
             fork_server: true,
+            layers,
         }
     }
 }
@@ -149,8 +184,8 @@ impl SupervisorBuilder {
     /// worker — a restart then costs a fork, the worker's own namespaces,
     /// `dlopen` and the handshake instead of a whole `exec`. Workers stay
     /// children of the host and are isolated from each other exactly as
-    /// before (own pid, mount and ipc namespaces, own user namespace for
-    /// process accounting, own limits and descriptors). With `false`, or when
+    /// `exec`ed ones (own pid, mount and ipc namespaces, own user namespace
+    /// for process accounting, own limits and descriptors). With `false`, or when
     /// a profile cannot be prepared this way (a policy without the user, pid
     /// or mount namespace), every worker is started with `exec`.
     pub fn fork_server(mut self, on: bool) -> Self {
@@ -190,15 +225,12 @@ impl SupervisorBuilder {
                 )
             }
         };
-        let mut probe_env: Vec<(String, String)> = self
-            .env_allow
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect();
+        let mut probe_env = allowed_env(&self.env_allow);
         probe_env.extend(worker_env.iter().cloned());
         let worker = WorkerExe::pin(worker);
         probe::check(&worker, &worker_args, &probe_env, !worker_args.is_empty())?;
         crate::limits::raise_own_nofile();
+        self.layers.install();
         Ok(Supervisor {
             core: Arc::new(Core {
                 worker,
@@ -207,7 +239,7 @@ impl SupervisorBuilder {
                 env_allow: self.env_allow,
                 output: self.output,
                 grace: self.grace,
-                events: Arc::new(EventHub::default()),
+                events: Arc::new(EventHub::new(observe::event)),
                 plugins: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 fork_server: self.fork_server,
@@ -215,6 +247,15 @@ impl SupervisorBuilder {
             }),
         })
     }
+}
+
+/// The host's values of the variables in `allow` (those it has): what a
+/// worker inherits of the host's environment.
+fn allowed_env(allow: &[String]) -> Vec<(String, String)> {
+    allow
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+        .collect()
 }
 
 /// A load, prepared: runs (blocking) on any thread.
@@ -444,7 +485,7 @@ impl Supervisor {
     /// is running (it starts with the first plugin that uses it).
     #[doc(hidden)]
     pub fn fork_server_pid(&self) -> Option<u32> {
-        self.core.fork_server_pid(&crate::Sandbox::strict().to_policy())
+        self.core.fork_server_pid(&Sandbox::strict().to_policy())
     }
 
     /// Starts the fork-server of `spec`'s profile if needed and waits (until
@@ -452,7 +493,7 @@ impl Supervisor {
     /// load of `spec` is assigned one. For tests: which path a spawn takes
     /// otherwise depends on timing. `false` if there is none by then.
     #[doc(hidden)]
-    pub fn wait_for_blank(&self, spec: &crate::PluginSpec, deadline: std::time::Instant) -> bool {
+    pub fn wait_for_blank(&self, spec: &PluginSpec, deadline: std::time::Instant) -> bool {
         let Ok(job) = self.load_job(spec.clone()) else {
             return false;
         };
@@ -464,7 +505,7 @@ impl Supervisor {
 
     /// The pid of the fork-server serving `sandbox`'s profile, if one is running.
     #[doc(hidden)]
-    pub fn fork_server_pid_for(&self, sandbox: &crate::Sandbox) -> Option<u32> {
+    pub fn fork_server_pid_for(&self, sandbox: &Sandbox) -> Option<u32> {
         self.core.fork_server_pid(&sandbox.to_policy())
     }
 
@@ -474,14 +515,20 @@ impl Supervisor {
     }
 }
 
-impl Core {
+impl Origin for Core {
     /// Starts a generation for `spec` (a reload) and registers its pool.
-    pub(crate) fn start(self: &Arc<Self>, spec: &PluginSpec, counters: Arc<Counters>) -> Result<Generation, LoadError> {
+    fn start(self: Arc<Self>, spec: &PluginSpec, counters: Arc<Counters>) -> Result<Generation, LoadError> {
         let generation = self.load_job(spec.clone(), counters)?.run_generation()?;
         self.track_pool(&generation.pool)?;
         Ok(generation)
     }
 
+    fn events(&self) -> &EventHub {
+        &self.events
+    }
+}
+
+impl Core {
     /// Registers a pool so shutdown reaches it; after shutdown, stops it instead.
     pub(crate) fn track_pool(&self, pool: &Arc<Pool>) -> Result<(), LoadError> {
         let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
@@ -590,11 +637,7 @@ impl Core {
                 max_callbacks: spec.max_callbacks,
             })
         });
-        let mut env: Vec<(String, String)> = self
-            .env_allow
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect();
+        let mut env = allowed_env(&self.env_allow);
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push(("PATH".to_string(), WORKER_PATH.to_string()));
         }
@@ -660,19 +703,15 @@ impl Core {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        #[cfg(feature = "tokio")]
-        {
-            // In a runtime: never block one of its threads.
-            if let Err(pools) = crate::tokio_api::shutdown_off_runtime(self.take_pools()) {
-                for p in pools {
-                    p.shutdown();
-                }
+        // Stopping the pools waits; an installed hook may take it elsewhere.
+        let pools = self.take_pools();
+        blocking::run(move || {
+            for p in pools {
+                p.shutdown();
             }
-            // Fork-servers are killed: no real wait.
-            self.core.stop_fork_servers();
-        }
-        #[cfg(not(feature = "tokio"))]
-        self.stop_all();
+        });
+        // Fork-servers are killed: no real wait.
+        self.core.stop_fork_servers();
     }
 }
 

@@ -21,20 +21,23 @@
 //! tokio runtime, dropping the last [`Plugin`] handle or the [`Supervisor`]
 //! moves the (up to grace-period long) shutdown to the blocking pool too, so it
 //! never blocks a runtime thread; outside a runtime it stays synchronous.
+//! That is this layer's hand-off hook ([`off_runtime`]), which the composition
+//! root installs; the core's drops name no runtime.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bulkhead_shared::wire;
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc::error::TrySendError;
 
+use crate::blocking::Job;
 use crate::error::{CallError, LoadError};
-use crate::events::Event;
+use crate::events::{Event, Missed, EVENT_BUFFER};
 use crate::plugin::{MethodIndex, Plugin, PluginSpec};
-use crate::pool::{Pool, WorkerReport};
+use crate::pool::WorkerReport;
 use crate::stream::PluginStream;
 use crate::supervisor::Supervisor;
 
@@ -61,9 +64,14 @@ impl Supervisor {
     /// Lifecycle events as a [`Stream`](futures_core::Stream) (same events and
     /// bounded buffer as [`events`](Self::events)).
     pub fn event_stream(&self) -> EventStream {
-        EventStream {
-            rx: self.core.events.subscribe_async(),
-        }
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        self.core.events.subscribe_sink(Box::new(move |event| {
+            tx.try_send(event).map_err(|e| match e {
+                TrySendError::Full(_) => Missed::Full,
+                TrySendError::Closed(_) => Missed::Gone,
+            })
+        }));
+        EventStream { rx }
     }
 
     /// [`shutdown`](Self::shutdown) on the blocking pool: stops every worker
@@ -256,7 +264,7 @@ impl Plugin {
         let plugin = self.clone();
         async move {
             let input = encoded?;
-            let inner = blocking(move || plugin.stream_encoded::<T>(index.0, input)).await?;
+            let inner = blocking(move || plugin.open_stream::<T>(index.0, input, None)).await?;
             Ok(AsyncPluginStream {
                 inner: Some(inner),
                 pending: None,
@@ -265,20 +273,17 @@ impl Plugin {
     }
 }
 
-/// Stops `pools` on the blocking pool when called inside a tokio runtime
-/// (returns at once), else right here. Returns whether it was moved off.
-pub(crate) fn shutdown_off_runtime(pools: Vec<Arc<Pool>>) -> Result<(), Vec<Arc<Pool>>> {
+/// The tokio layer's hand-off hook: in a tokio runtime, `job` (a drop's
+/// shutdown) goes to the blocking pool and this returns at once; elsewhere it
+/// is given back to run on the calling thread.
+pub(crate) fn off_runtime(job: Job) -> Result<(), Job> {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             // If the runtime is shutting down the closure is dropped unrun;
             // dropping the last pool handle then shuts the pool down anyway.
-            drop(handle.spawn_blocking(move || {
-                for p in pools {
-                    p.shutdown();
-                }
-            }));
+            drop(handle.spawn_blocking(job));
             Ok(())
         }
-        Err(_) => Err(pools),
+        Err(_) => Err(job),
     }
 }

@@ -14,6 +14,7 @@
 //!   that is bounded by the input so hostile bytes cannot force large allocations.
 //! * `frame` (hidden) — length-prefixed frames with a hard size cap checked
 //!   before any allocation.
+//! * `names` (hidden) — the command-line words host and worker agree on.
 //! * `protocol` (hidden) — the messages host and worker exchange over their socket.
 //! * `shm` (hidden) — the shared-memory data path: a memfd region mapped by host
 //!   and worker, with a spin-then-futex doorbell.
@@ -35,6 +36,8 @@ pub mod crash;
 pub mod forkserver;
 #[doc(hidden)]
 pub mod frame;
+#[doc(hidden)]
+pub mod names;
 #[doc(hidden)]
 pub mod protocol;
 #[doc(hidden)]

@@ -73,7 +73,7 @@ pub fn bind_all(
         }
         // SAFETY: the descriptor holds at least the 40 bytes of this layout (checked).
         let d: HostImportDescriptor = unsafe { dptr.read_unaligned() };
-        let name = crate::load::read_cstr(d.interface_name).map_err(|r| bad(format!("import {i} name {r}")))?;
+        let name = crate::cstr::read_cstr(d.interface_name).map_err(|r| bad(format!("import {i} name {r}")))?;
         if d.abi_version != ABI_500 {
             return Err(bad(format!("import `{name}` has ABI version {}", d.abi_version)));
         }

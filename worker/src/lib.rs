@@ -30,6 +30,7 @@ compile_error!(
 
 mod channel;
 mod crash;
+mod cstr;
 mod dispatch;
 mod forkserver;
 mod imports;
@@ -56,12 +57,12 @@ const EXIT_SETUP: u8 = 71;
 /// worker (self-worker mode): the host starts `current_exe SELF_WORKER_ARG
 /// --parent-pid ...`, and the application's `main` hands such a command line
 /// to [`run_with_args`] before doing anything else.
-pub const SELF_WORKER_ARG: &str = "--bulkhead-worker";
+pub const SELF_WORKER_ARG: &str = bulkhead_shared::names::SELF_WORKER_ARG;
 
 /// The line `--protocol-version` prints, before the number: the fixed prefix
 /// every worker version answers with, so a host can read the version of any
 /// worker without speaking its protocol. Frozen: never change it.
-pub const PROTOCOL_LINE_PREFIX: &str = "bulkhead-protocol ";
+pub const PROTOCOL_LINE_PREFIX: &str = bulkhead_shared::names::PROTOCOL_LINE_PREFIX;
 
 /// Runs the worker with this process's command line (`std::env::args`, program
 /// name skipped) and returns the exit code the process should end with.
@@ -89,7 +90,7 @@ pub fn run_with_args(args: impl Iterator<Item = String>) -> u8 {
             );
             return 0;
         }
-        Some("--protocol-version") => {
+        Some(bulkhead_shared::names::PROTOCOL_VERSION_ARG) => {
             println!("{PROTOCOL_LINE_PREFIX}{PROTOCOL_VERSION}");
             return 0;
         }

@@ -5,7 +5,7 @@
 //! Arena ranges are bounds-checked, and a descriptor is never read past its
 //! declared `descriptor_size`.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 use std::io::Read;
 use std::mem::MaybeUninit;
 use std::path::Path;
@@ -19,8 +19,8 @@ use bulkhead_shared::abi::{
 use bulkhead_shared::protocol::{CallFault, LoadFailure, LoadRequest, PluginInfoWire, PROTOCOL_VERSION};
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 
-/// Longest C string (names, metadata) we read from a plugin.
-const MAX_CSTR: usize = 4096;
+use crate::cstr::read_cstr;
+
 /// Most metadata pairs we read per table.
 const MAX_META: u32 = 256;
 
@@ -377,24 +377,6 @@ fn read_descriptor(dptr: *const PluginDescriptor, index: u32) -> Result<(PluginD
     Ok((desc, name))
 }
 
-/// Reads a NUL-terminated string of at most [`MAX_CSTR`] bytes as UTF-8.
-pub(crate) fn read_cstr(ptr: *const c_char) -> Result<String, String> {
-    if ptr.is_null() {
-        return Err("is NULL".into());
-    }
-    let mut bytes = Vec::new();
-    for i in 0..MAX_CSTR {
-        // SAFETY: reading byte by byte up to the terminator or the bound; the
-        // plugin promised a C string here and a lie faults only this worker.
-        let b = unsafe { ptr.add(i).cast::<u8>().read() };
-        if b == 0 {
-            return String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 ({e})"));
-        }
-        bytes.push(b);
-    }
-    Err(format!("is not NUL-terminated within {MAX_CSTR} bytes"))
-}
-
 fn read_meta(kvs: *const MetaKv, count: u32) -> Result<Vec<(String, String)>, String> {
     if kvs.is_null() || count == 0 {
         return Ok(Vec::new());
@@ -425,6 +407,26 @@ fn read_method_meta(desc: &PluginDescriptor) -> Result<Vec<Vec<(String, String)>
 }
 
 impl Plugin {
+    /// Vtable slot `index`: a nullable function pointer, or `BadIndex` past
+    /// the vtable's declared length.
+    pub(crate) fn slot(&self, index: u32) -> Result<*const c_void, CallFault> {
+        if index >= self.desc.method_count {
+            return Err(CallFault::BadIndex {
+                index,
+                count: self.desc.method_count,
+            });
+        }
+        // SAFETY: index < method_count, the vtable length the descriptor declares;
+        // each slot is a nullable function pointer (one machine word).
+        Ok(unsafe {
+            self.desc
+                .vtable
+                .cast::<*const c_void>()
+                .add(index as usize)
+                .read_unaligned()
+        })
+    }
+
     /// Calls vtable slot `index` with `input` and hands the outcome to `f` while
     /// the output memory is still valid; plugin-allocated output is freed after.
     /// An Arena plugin writes into `arena` (pointer, length) when one is lent —
@@ -437,25 +439,14 @@ impl Plugin {
         arena: Option<(*mut u8, usize)>,
         f: impl FnOnce(Outcome<'_>) -> R,
     ) -> R {
-        if index >= self.desc.method_count {
-            return f(Outcome::Fault(CallFault::BadIndex {
-                index,
-                count: self.desc.method_count,
-            }));
-        }
+        let slot = match self.slot(index) {
+            Ok(slot) => slot,
+            Err(fault) => return f(Outcome::Fault(fault)),
+        };
         let Ok(in_len) = u32::try_from(input.len()) else {
             return f(Outcome::Fault(CallFault::InputTooLarge {
                 len: input.len() as u64,
             }));
-        };
-        // SAFETY: index < method_count, the vtable length the descriptor declares;
-        // each slot is a nullable function pointer (one machine word).
-        let slot: *const c_void = unsafe {
-            self.desc
-                .vtable
-                .cast::<*const c_void>()
-                .add(index as usize)
-                .read_unaligned()
         };
         if slot.is_null() {
             return f(Outcome::Fault(CallFault::EmptySlot { index }));

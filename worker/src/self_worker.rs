@@ -21,7 +21,7 @@ use std::ffi::{c_char, c_int, CStr, OsString};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 
-use crate::SELF_WORKER_ARG;
+use bulkhead_shared::names::SELF_WORKER_ARG;
 
 /// The environment variable that marks the re-executed copy of a
 /// multi-threaded self-worker.

@@ -29,20 +29,7 @@ impl Plugin {
                 what: "streams need an ABI 500 PluginAllocated plugin".into(),
             });
         }
-        if index >= self.desc.method_count {
-            return Err(CallFault::BadIndex {
-                index,
-                count: self.desc.method_count,
-            });
-        }
-        // SAFETY: index < method_count, the vtable length the descriptor declares.
-        let slot: *const c_void = unsafe {
-            self.desc
-                .vtable
-                .cast::<*const c_void>()
-                .add(index as usize)
-                .read_unaligned()
-        };
+        let slot = self.slot(index)?;
         if slot.is_null() {
             return Err(CallFault::EmptySlot { index });
         }
