@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use bulkhead_shared::shm::Region;
 
-use crate::call::{Answer, Failure, Placed};
+use crate::call::{Answer, Placed};
 use crate::error::CallError;
 use crate::plugin::{check_index, check_input_len, interpret, MethodIndex, Plugin};
-use crate::pool::{Lease, Slot};
+use crate::pool::Lease;
 
 /// A plugin's raw reply, read in place: in the worker's shared-memory
 /// response area (or, on the socket transport, in the host's receive buffer
@@ -101,10 +101,7 @@ impl std::ops::Deref for RawReply {
                 .as_deref()
                 .and_then(|r| r.response_bytes(off, len))
                 .unwrap_or(&[]),
-            At::Rx { start, end } => match &self.lease.slot {
-                Slot::Live(w) => w.received().get(start..end).unwrap_or(&[]),
-                _ => &[],
-            },
+            At::Rx { start, end } => self.lease.held().and_then(|w| w.received().get(start..end)).unwrap_or(&[]),
         }
     }
 }
@@ -128,27 +125,9 @@ impl Drop for RawReply {
     fn drop(&mut self) {
         // A worker that died while the guard held it is accounted for like a
         // crash in a call, so the pool replaces it now instead of the next
-        // caller finding it dead.
-        let died = match &self.lease.slot {
-            Slot::Live(w) => w.proc.exit().is_some() || w.region().is_some_and(|r| r.is_dead()),
-            _ => false,
-        };
-        if !died {
-            return;
-        }
-        let failure = match &self.lease.slot {
-            Slot::Live(w) => match w.exit_after_eof() {
-                Some((exit, stderr, crash)) => Failure::Died { exit, stderr, crash },
-                None => Failure::Protocol(crate::error::ProtocolError::ChannelClosed),
-            },
-            _ => return,
-        };
-        if let Slot::Live(w) = &self.lease.slot {
-            w.proc.busy.store(false, std::sync::atomic::Ordering::Release);
-        }
-        let pool = self.lease.pool.clone();
-        let _ = pool.failed(&mut self.lease.slot, failure, self.method, self.start, self.limit);
-        // The lease, dropped next, hands the dying worker to recovery.
+        // caller finding it dead. The lease, dropped next, hands the dying
+        // worker to recovery.
+        self.lease.fail_if_died(self.method, self.start, self.limit);
     }
 }
 
@@ -190,10 +169,7 @@ impl Plugin {
                 return Err(CallError::ShutDown);
             };
             g.pool.call_placed(index, len, fill, timeout, |lease, placed, start| {
-                let region = match &lease.slot {
-                    Slot::Live(w) => w.region().cloned(),
-                    _ => None,
-                };
+                let region = lease.held().and_then(|w| w.region().cloned());
                 let (status, at) = match placed {
                     Placed::Region { status, off, len } => (status, At::Region { off, len }),
                     Placed::Rx { status, start, end } => (status, At::Rx { start, end }),
