@@ -99,7 +99,6 @@ compile_error!(
 );
 
 mod blocking;
-mod call;
 mod client;
 mod crash;
 mod discover;

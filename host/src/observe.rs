@@ -129,8 +129,6 @@ pub(crate) struct PluginObserver {
     observer: Option<Box<dyn CallObserver>>,
 }
 
-/// The pool's name for [`PluginObserver`].
-pub(crate) type CallMetrics = PluginObserver;
 
 impl PluginObserver {
     /// The handle of a pool of `plugin`, made when the pool starts.

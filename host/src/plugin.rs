@@ -17,7 +17,7 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::blocking;
-use crate::call::Answer;
+use crate::link::Answer;
 use crate::error::{CallError, LoadError, LoadFailure, PluginError};
 use crate::events::{EventHub, EventKind};
 use crate::health::Health;

@@ -25,7 +25,7 @@ use bulkhead_shared::status::Status;
 use bulkhead_shared::wire;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::call::{Answer, SessionMsg};
+use crate::link::{Answer, Request as SessionMsg};
 use crate::error::CallError;
 use crate::plugin::{MethodIndex, Plugin};
 use crate::pool::Lease;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_shared::shm::Region;
 
-use crate::call::{Answer, Placed};
+use crate::link::{Answer, Placed};
 use crate::error::CallError;
 use crate::plugin::{check_index, check_input_len, interpret, MethodIndex, Plugin};
 use crate::pool::Lease;

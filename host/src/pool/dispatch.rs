@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Pool, Slot};
-use crate::call::{Answer, Failure, Placed};
+use crate::link::{Answer, Placed};
+use crate::worker_process::Failure;
 use crate::error::{CallError, ProtocolError};
 use crate::events::EventKind;
 use crate::observe;
@@ -146,7 +147,7 @@ impl Pool {
             self.counters.call_retried();
         } else {
             self.counters.call_finished(error);
-            self.metrics.call_done(span, start, method, error);
+            self.observer.call_done(span, start, method, error);
         }
     }
 

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::{Exit, LoadError};
 use crate::event_loop::{self, Tick};
 use crate::events::{EventHub, EventKind};
-use crate::observe::CallMetrics;
+use crate::observe::PluginObserver;
 use crate::restart::RestartPolicy;
 use crate::stats::{Counters, Stats};
 use crate::usage::{self, ResourceUsage, WorkerMemory};
@@ -111,7 +111,7 @@ pub(crate) struct Pool {
     size: usize,
     grace: Duration,
     pub(crate) counters: Arc<Counters>,
-    metrics: CallMetrics,
+    observer: PluginObserver,
     events: Arc<EventHub>,
     registry: Registry,
     dispatch: Dispatch,
@@ -135,7 +135,7 @@ impl Pool {
     ) -> Result<(Arc<Pool>, bulkhead_shared::protocol::PluginInfoWire), LoadError> {
         let size = config.size.max(1);
         let pool = Arc::new_cyclic(|me| Pool {
-            metrics: CallMetrics::new(&label),
+            observer: PluginObserver::new(&label),
             label,
             launch,
             size,
