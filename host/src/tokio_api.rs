@@ -207,6 +207,15 @@ impl<T: 'static> std::fmt::Debug for AsyncPluginStream<T> {
     }
 }
 
+impl<T: DeserializeOwned + Send + 'static> AsyncPluginStream<T> {
+    /// The next item, `None` once the stream ended: `while let Some(item) =
+    /// stream.next().await`, with no extra crate (the same as polling it as a
+    /// [`Stream`](futures_core::Stream)).
+    pub async fn next(&mut self) -> Option<Result<T, CallError>> {
+        std::future::poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *self), cx)).await
+    }
+}
+
 impl<T: DeserializeOwned + Send + 'static> futures_core::Stream for AsyncPluginStream<T> {
     type Item = Result<T, CallError>;
 

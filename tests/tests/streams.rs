@@ -207,10 +207,11 @@ async fn async_streams_pull_on_the_blocking_pool_and_cancel_on_drop() {
     assert_eq!(got, (0..1000).collect::<Vec<u64>>());
     assert_eq!(p.call_async::<_, u64>(S::METHOD_DROPS, &()).await.unwrap(), 1);
 
-    // Dropped after two items: the plugin's producer is dropped (on the blocking pool).
+    // Dropped after two items (read with the inherent `next`): the plugin's
+    // producer is dropped (on the blocking pool).
     let mut s = p.stream_async::<_, u64>(S::METHOD_COUNT, &(u64::MAX,)).await.unwrap();
     for want in 0..2u64 {
-        let item = poll_fn(|cx| Pin::new(&mut s).poll_next(cx)).await.unwrap().unwrap();
+        let item = s.next().await.unwrap().unwrap();
         assert_eq!(item, want);
     }
     drop(s);
