@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead_host::{Backoff, CallError, EventKind, PluginSpec, RestartPolicy, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
+use bulkhead_host::{Backoff, CallError, EventKind, PluginSpec, RestartPolicy, Supervisor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     bulkhead_host::worker_main_if_requested();

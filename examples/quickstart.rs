@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use bulkhead_host::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
+use bulkhead_host::{CallError, PluginSpec, Supervisor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     bulkhead_host::worker_main_if_requested();

@@ -5,8 +5,8 @@
 //! The default sandbox (`Sandbox::strict()`) needs no privileges. Every layer is
 //! best effort unless required; `PluginInfo::sandbox` reports each one.
 
-use bulkhead_host::{Layer, LayerState, PluginSpec, Sandbox, Supervisor};
 use bulkhead_examples::{basic, plugin_library};
+use bulkhead_host::{Layer, LayerState, PluginSpec, Sandbox, Supervisor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     bulkhead_host::worker_main_if_requested();

@@ -9,8 +9,8 @@
 //! plugin lacks with `NotImplemented` (no round trip), and knows the streaming
 //! slots from the interface crate's descriptor.
 
-use bulkhead_host::{CallError, PluginSpec, Supervisor};
 use bulkhead_examples::fixture_library;
+use bulkhead_host::{CallError, PluginSpec, Supervisor};
 use fx_host_iface::__fidius_UsesHost as uses_host;
 use fx_host_iface::PluginError;
 

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use bulkhead_host::{CallError, LoadError, LoadFailure, PluginSpec, Supervisor};
 use bulkhead_examples::{fixture_library, plugin_library};
+use bulkhead_host::{CallError, LoadError, LoadFailure, PluginSpec, Supervisor};
 
 bulkhead_host::client! {
     /// Typed access to plugins of the fixture's `Basic` interface.

@@ -177,7 +177,9 @@ fn a_library_that_crashes_during_load_is_reported_not_suffered() {
         let o = bulkhead(&cmd);
         let err = failed_with_one_line(&o);
         assert!(
-            err.starts_with(&format!("bulkhead-cli: worker died while loading {l}: signal 11 (SIGSEGV)")),
+            err.starts_with(&format!(
+                "bulkhead-cli: worker died while loading {l}: signal 11 (SIGSEGV)"
+            )),
             "{err}"
         );
     }

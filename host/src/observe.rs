@@ -129,7 +129,6 @@ pub(crate) struct PluginObserver {
     observer: Option<Box<dyn CallObserver>>,
 }
 
-
 impl PluginObserver {
     /// The handle of a pool of `plugin`, made when the pool starts.
     pub(crate) fn new(plugin: &Arc<str>) -> Self {

@@ -17,12 +17,12 @@ use bulkhead_shared::wire::{self, WirePluginError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::blocking;
-use crate::link::Answer;
 use crate::error::{CallError, LoadError, LoadFailure, PluginError};
 use crate::events::{EventHub, EventKind};
 use crate::health::Health;
 use crate::hostfn::HostInterface;
 use crate::limits::Limits;
+use crate::link::Answer;
 use crate::output::OutputBudget;
 use crate::pool::{Pool, WorkerReport};
 use crate::restart::RestartPolicy;

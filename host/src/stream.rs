@@ -25,8 +25,8 @@ use bulkhead_shared::status::Status;
 use bulkhead_shared::wire;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::link::{Answer, Request as SessionMsg};
 use crate::error::CallError;
+use crate::link::{Answer, Request as SessionMsg};
 use crate::plugin::{MethodIndex, Plugin};
 use crate::pool::Lease;
 

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use bulkhead_shared::shm::Region;
 
-use crate::link::{Answer, Placed};
 use crate::error::CallError;
+use crate::link::{Answer, Placed};
 use crate::plugin::{check_index, check_input_len, interpret, MethodIndex, Plugin};
 use crate::pool::Lease;
 
@@ -101,7 +101,11 @@ impl std::ops::Deref for RawReply {
                 .as_deref()
                 .and_then(|r| r.response_bytes(off, len))
                 .unwrap_or(&[]),
-            At::Rx { start, end } => self.lease.held().and_then(|w| w.received().get(start..end)).unwrap_or(&[]),
+            At::Rx { start, end } => self
+                .lease
+                .held()
+                .and_then(|w| w.received().get(start..end))
+                .unwrap_or(&[]),
         }
     }
 }

@@ -806,9 +806,7 @@ fn a_grant_the_workers_uid_cannot_reach_fails_the_load_naming_it() {
     let sup = supervisor();
     let load = |mode: u32| {
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode)).unwrap();
-        sup.load(
-            spec("fx-basic").sandbox(Sandbox::strict().allow_read(&data)),
-        )
+        sup.load(spec("fx-basic").sandbox(Sandbox::strict().allow_read(&data)))
     };
     match load(0o700) {
         Err(LoadError::Rejected {

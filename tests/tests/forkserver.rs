@@ -15,7 +15,11 @@ fn cmdline(pid: u32) -> String {
 /// Whether `pid` was forked from `server` with no exec: its argument area
 /// (which a worker's title overwrites, but never resizes) is the server's.
 fn forked_by(server: u32, pid: u32) -> bool {
-    let area = |p: u32| std::fs::read(format!("/proc/{p}/cmdline")).map(|a| a.len()).unwrap_or(0);
+    let area = |p: u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|a| a.len())
+            .unwrap_or(0)
+    };
     area(pid) == area(server) && area(pid) > 0
 }
 
@@ -83,7 +87,11 @@ fn one_server_per_profile_and_each_profile_keeps_its_sandbox() {
     );
     // Same profile, same server.
     let again = sup.load(spec("fx-arena")).unwrap();
-    assert!(forked_by(a, again.info().worker_pid), "{}", cmdline(again.info().worker_pid));
+    assert!(
+        forked_by(a, again.info().worker_pid),
+        "{}",
+        cmdline(again.info().worker_pid)
+    );
     assert_eq!(sup.fork_server_pid_for(&Sandbox::strict()), Some(a));
 }
 

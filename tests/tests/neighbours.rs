@@ -292,7 +292,10 @@ fn a_symlink_one_plugin_plants_does_not_redirect_anothers_grant() {
     // grant then rests on Landlock's rule alone).
     let cases = [
         ("strict", Sandbox::strict()),
-        ("landlock only", Sandbox::strict().without(bulkhead_host::Layer::MountNs)),
+        (
+            "landlock only",
+            Sandbox::strict().without(bulkhead_host::Layer::MountNs),
+        ),
         ("none", Sandbox::none()),
     ];
     for (name, sandbox) in cases {

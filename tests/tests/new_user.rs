@@ -328,13 +328,15 @@ fn a_new_users_app_and_the_cli_on_its_plugin() {
     // The operator's CLI on the same plugin: it offers no host callbacks, so
     // the import stays unbound; the file is readable only with the grant.
     let cli = bulkhead_tests::cli_binary();
-    let inspect = Command::new(&cli).arg("inspect").arg(&lib).output().unwrap();
+    let inspect = Command::new(cli).arg("inspect").arg(&lib).output().unwrap();
     let text = check(&inspect, "bulkhead-cli inspect");
     assert!(text.contains("interface: Calc (version 1)"), "{text}");
     assert!(text.contains("host imports (unbound here): AppHost"), "{text}");
     let call = |grant: bool| {
-        let mut cmd = Command::new(&cli);
-        cmd.arg("call").arg(&lib).args(["--method", "file_len", "--returns", "u64", "--json-args"]);
+        let mut cmd = Command::new(cli);
+        cmd.arg("call")
+            .arg(&lib)
+            .args(["--method", "file_len", "--returns", "u64", "--json-args"]);
         cmd.arg(format!("[{:?}]", data.to_str().unwrap()));
         if grant {
             cmd.arg("--allow-read").arg(&data);
@@ -347,7 +349,7 @@ fn a_new_users_app_and_the_cli_on_its_plugin() {
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.starts_with("bulkhead-cli: ") && err.contains("IO"), "{err}");
-    let tagged = Command::new(&cli)
+    let tagged = Command::new(cli)
         .arg("call")
         .arg(&lib)
         .args(["--method", "tagged", "--returns", "string", "--json-args", r#"["x"]"#])

@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Pool, Slot};
-use crate::link::{Answer, Placed};
-use crate::worker_process::Failure;
 use crate::error::{CallError, ProtocolError};
 use crate::events::EventKind;
+use crate::link::{Answer, Placed};
 use crate::observe;
+use crate::worker_process::Failure;
 use crate::worker_process::{ProcState, WorkerProcess};
 
 /// The free slots and the callers waiting for one.
