@@ -604,51 +604,15 @@ impl Core {
                 reason: "a plugin needs at least one worker (got 0)".into(),
             });
         }
-        let config = spec.config.clone().map_err(LoadError::Config)?;
-        let label: Arc<str> = match (&spec.label, &spec.plugin) {
-            (Some(label), _) => label.as_str().into(),
-            (None, Some(name)) => name.as_str().into(),
-            (None, None) => spec
-                .path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-                .into(),
-        };
+        let label = label_of(&spec);
         let path = std::path::absolute(&spec.path).unwrap_or_else(|_| spec.path.clone());
-        let load = LoadRequest {
-            protocol_version: PROTOCOL_VERSION,
-            path: path.as_os_str().as_encoded_bytes().to_vec(),
-            plugin: spec.plugin.clone(),
-            config,
-            arena_capacity: spec.arena_capacity,
-            max_output: spec.max_message_size,
-            shm_capacity: 0,
-            interface_hash: spec.interface_hash,
-            library_fd: spec.signature_keys.is_some(),
-            host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
-            allow_unbound_imports: spec.allow_unbound_imports,
-            sandbox: spec.sandbox.to_policy(),
-            label: label.to_string(),
-        };
-        let imports = (!spec.host_interfaces.is_empty()).then(|| {
-            Arc::new(HostImports {
-                interfaces: spec.host_interfaces.clone(),
-                max_callbacks: spec.max_callbacks,
-            })
-        });
-        let mut env = allowed_env(&self.env_allow);
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".to_string(), WORKER_PATH.to_string()));
-        }
-        env.extend(self.worker_env.iter().cloned());
-        let args = spec.limits.to_args();
-        env.extend(spec.env.iter().cloned());
+        let load = load_request(&spec, &path, &label)?;
+        let env = self.worker_env_for(&spec);
         let fork_server = self.fork_server_slot(&load.sandbox, &env);
         let launch = Launch {
             worker: self.worker.clone(),
             worker_args: self.worker_args.clone(),
-            args,
+            args: spec.limits.to_args(),
             env,
             path: path.clone(),
             label: label.clone(),
@@ -668,7 +632,12 @@ impl Core {
             )),
             // Set by `LoadJob::run` once the library is verified.
             library: None,
-            imports,
+            imports: (!spec.host_interfaces.is_empty()).then(|| {
+                Arc::new(HostImports {
+                    interfaces: spec.host_interfaces.clone(),
+                    max_callbacks: spec.max_callbacks,
+                })
+            }),
             fork_server,
         };
         let config = PoolConfig {
@@ -699,6 +668,54 @@ impl Core {
             counters,
         })
     }
+
+    /// A worker's environment for `spec`: the allowlisted variables of the
+    /// host, a fixed `PATH` unless allowed, the supervisor's additions, then
+    /// the spec's.
+    fn worker_env_for(&self, spec: &PluginSpec) -> Vec<(String, String)> {
+        let mut env = allowed_env(&self.env_allow);
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".to_string(), WORKER_PATH.to_string()));
+        }
+        env.extend(self.worker_env.iter().cloned());
+        env.extend(spec.env.iter().cloned());
+        env
+    }
+}
+
+/// The name a plugin goes by in metrics, tracing, events and its workers'
+/// titles: the spec's label, else its plugin name, else the library's stem.
+fn label_of(spec: &PluginSpec) -> Arc<str> {
+    match (&spec.label, &spec.plugin) {
+        (Some(label), _) => label.as_str().into(),
+        (None, Some(name)) => name.as_str().into(),
+        (None, None) => spec
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .into(),
+    }
+}
+
+/// The `Load` message every worker of `spec` receives (the shared region's
+/// size is filled in per worker).
+fn load_request(spec: &PluginSpec, path: &Path, label: &str) -> Result<LoadRequest, LoadError> {
+    Ok(LoadRequest {
+        protocol_version: PROTOCOL_VERSION,
+        path: path.as_os_str().as_encoded_bytes().to_vec(),
+        plugin: spec.plugin.clone(),
+        config: spec.config.clone().map_err(LoadError::Config)?,
+        arena_capacity: spec.arena_capacity,
+        max_output: spec.max_message_size,
+        shm_capacity: 0,
+        interface_hash: spec.interface_hash,
+        library_fd: spec.signature_keys.is_some(),
+        host_imports: spec.host_interfaces.iter().map(|h| h.wire()).collect(),
+        allow_unbound_imports: spec.allow_unbound_imports,
+        sandbox: spec.sandbox.to_policy(),
+        label: label.to_string(),
+    })
 }
 
 impl Drop for Supervisor {

@@ -69,89 +69,19 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
     let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
         .map_err(|e| LoadFailure::Dlopen { message: e.to_string() })?;
 
-    // SAFETY: the type is the registry getter's documented signature; if the
-    // plugin lies about it, the damage is confined to this worker.
-    let getter: Symbol<unsafe extern "C" fn() -> *const PluginRegistry> =
-        unsafe { lib.get(REGISTRY_SYMBOL) }.map_err(|e| LoadFailure::SymbolMissing {
-            symbol: "fidius_get_registry".into(),
-            message: e.to_string(),
-        })?;
-    // SAFETY: calling the exported getter; it takes no arguments.
-    let reg_ptr = unsafe { getter() };
-    if reg_ptr.is_null() {
-        return Err(LoadFailure::NullRegistry);
-    }
-    // SAFETY: non-NULL pointer from the plugin to its registry; read unaligned so a
-    // misaligned lie is not UB. A wild pointer faults here, inside the worker.
-    let reg = unsafe { reg_ptr.read_unaligned() };
-    if reg.magic != FIDIUS_MAGIC {
-        return Err(LoadFailure::BadMagic { found: reg.magic });
-    }
-    if reg.registry_version != REGISTRY_VERSION {
-        return Err(LoadFailure::RegistryVersion {
-            found: reg.registry_version,
-            supported: REGISTRY_VERSION,
-        });
-    }
-    if reg.plugin_count == 0 {
-        return Err(LoadFailure::NoPlugins);
-    }
-    if reg.plugin_count > MAX_PLUGIN_COUNT {
-        return Err(LoadFailure::BadRegistry {
-            reason: format!("plugin_count {} exceeds {MAX_PLUGIN_COUNT}", reg.plugin_count),
-        });
-    }
-    if reg.descriptors.is_null() {
-        return Err(LoadFailure::BadRegistry {
-            reason: "descriptor table is NULL".into(),
-        });
-    }
-
-    let mut descs = Vec::with_capacity(reg.plugin_count as usize);
-    for i in 0..reg.plugin_count {
-        // SAFETY: i < plugin_count, the length the registry declares for its table.
-        let dptr = unsafe { reg.descriptors.add(i as usize).read_unaligned() };
-        descs.push(read_descriptor(dptr, i)?);
-    }
-    let names: Vec<String> = descs.iter().map(|(_, n)| n.clone()).collect();
-    let chosen = match &req.plugin {
-        Some(want) => descs
-            .iter()
-            .position(|(_, n)| n == want)
-            .ok_or_else(|| LoadFailure::PluginNotFound {
-                requested: want.clone(),
-                available: names.clone(),
-            })?,
-        None if descs.len() == 1 => 0,
-        None => return Err(LoadFailure::Ambiguous { available: names }),
-    };
-    let (desc, plugin_name) = descs.swap_remove(chosen);
+    let reg = open_registry(&lib)?;
+    let (desc, plugin_name, names) = choose(&reg, req)?;
     let bad = |reason: String| LoadFailure::BadDescriptor {
         plugin: plugin_name.clone(),
         reason,
     };
 
-    let strategy = BufferStrategy::from_raw(desc.buffer_strategy)
-        .ok_or_else(|| bad(format!("buffer_strategy {} (expected 1 or 2)", desc.buffer_strategy)))?;
-    if desc.method_count > MAX_METHOD_COUNT {
-        return Err(bad(format!(
-            "method_count {} exceeds {MAX_METHOD_COUNT}",
-            desc.method_count
-        )));
-    }
-    if desc.vtable.is_null() && desc.method_count > 0 {
-        return Err(bad("vtable is NULL".into()));
-    }
-    if strategy == BufferStrategy::PluginAllocated && desc.free_buffer.is_none() {
-        return Err(bad("PluginAllocated plugin without free_buffer".into()));
-    }
-    if desc.abi_version == ABI_500 && desc.construct.is_none() {
-        return Err(bad("ABI 500 plugin without construct".into()));
-    }
-    let interface_name = read_cstr(desc.interface_name).map_err(|r| bad(format!("interface_name {r}")))?;
-    let trait_metadata =
-        read_meta(desc.trait_metadata, desc.trait_metadata_count).map_err(|r| bad(format!("trait metadata {r}")))?;
-    let method_metadata = read_method_meta(&desc).map_err(|r| bad(format!("method metadata {r}")))?;
+    let Checked {
+        strategy,
+        interface_name,
+        trait_metadata,
+        method_metadata,
+    } = check_descriptor(&desc, &bad)?;
     if let Some(expected) = req.interface_hash {
         if expected != desc.interface_hash {
             return Err(LoadFailure::InterfaceMismatch {
@@ -164,21 +94,7 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
     let (bound_imports, unbound_imports) =
         crate::imports::bind_all(&lib, &req.host_imports, req.allow_unbound_imports)?;
 
-    let inst = match desc.construct {
-        Some(construct) if desc.abi_version == ABI_500 => {
-            let cfg_len = u32::try_from(req.config.len())
-                .map_err(|_| bad(format!("config of {} bytes exceeds u32", req.config.len())))?;
-            // SAFETY: fidius' construct signature; `config.as_ptr()` is never NULL
-            // (an empty Vec gives a dangling, non-NULL pointer) and is valid for
-            // cfg_len bytes.
-            let inst = unsafe { construct(req.config.as_ptr(), cfg_len) };
-            if inst.is_null() {
-                return Err(LoadFailure::ConstructFailed { plugin: plugin_name });
-            }
-            inst
-        }
-        _ => std::ptr::null_mut(),
-    };
+    let inst = construct(&desc, req, &plugin_name, &bad)?;
 
     let info = PluginInfoWire {
         protocol_version: PROTOCOL_VERSION,
@@ -220,6 +136,142 @@ pub fn load(req: &LoadRequest, path: &Path) -> Result<(Plugin, PluginInfoWire), 
         _lib: lib,
     };
     Ok((plugin, info))
+}
+
+/// The library's plugin registry, read and checked (magic, version, plugin
+/// count, table pointer).
+fn open_registry(lib: &Library) -> Result<PluginRegistry, LoadFailure> {
+    // SAFETY: the type is the registry getter's documented signature; if the
+    // plugin lies about it, the damage is confined to this worker.
+    let getter: Symbol<unsafe extern "C" fn() -> *const PluginRegistry> =
+        unsafe { lib.get(REGISTRY_SYMBOL) }.map_err(|e| LoadFailure::SymbolMissing {
+            symbol: "fidius_get_registry".into(),
+            message: e.to_string(),
+        })?;
+    // SAFETY: calling the exported getter; it takes no arguments.
+    let reg_ptr = unsafe { getter() };
+    if reg_ptr.is_null() {
+        return Err(LoadFailure::NullRegistry);
+    }
+    // SAFETY: non-NULL pointer from the plugin to its registry; read unaligned so a
+    // misaligned lie is not UB. A wild pointer faults here, inside the worker.
+    let reg = unsafe { reg_ptr.read_unaligned() };
+    if reg.magic != FIDIUS_MAGIC {
+        return Err(LoadFailure::BadMagic { found: reg.magic });
+    }
+    if reg.registry_version != REGISTRY_VERSION {
+        return Err(LoadFailure::RegistryVersion {
+            found: reg.registry_version,
+            supported: REGISTRY_VERSION,
+        });
+    }
+    if reg.plugin_count == 0 {
+        return Err(LoadFailure::NoPlugins);
+    }
+    if reg.plugin_count > MAX_PLUGIN_COUNT {
+        return Err(LoadFailure::BadRegistry {
+            reason: format!("plugin_count {} exceeds {MAX_PLUGIN_COUNT}", reg.plugin_count),
+        });
+    }
+    if reg.descriptors.is_null() {
+        return Err(LoadFailure::BadRegistry {
+            reason: "descriptor table is NULL".into(),
+        });
+    }
+
+    Ok(reg)
+}
+
+/// Every descriptor of the registry, and the one `req` asks for (by name, or
+/// the only one) with its name and the names of all.
+fn choose(reg: &PluginRegistry, req: &LoadRequest) -> Result<(PluginDescriptor, String, Vec<String>), LoadFailure> {
+    let mut descs = Vec::with_capacity(reg.plugin_count as usize);
+    for i in 0..reg.plugin_count {
+        // SAFETY: i < plugin_count, the length the registry declares for its table.
+        let dptr = unsafe { reg.descriptors.add(i as usize).read_unaligned() };
+        descs.push(read_descriptor(dptr, i)?);
+    }
+    let names: Vec<String> = descs.iter().map(|(_, n)| n.clone()).collect();
+    let chosen = match &req.plugin {
+        Some(want) => descs
+            .iter()
+            .position(|(_, n)| n == want)
+            .ok_or_else(|| LoadFailure::PluginNotFound {
+                requested: want.clone(),
+                available: names.clone(),
+            })?,
+        None if descs.len() == 1 => 0,
+        None => return Err(LoadFailure::Ambiguous { available: names }),
+    };
+    let (desc, plugin_name) = descs.swap_remove(chosen);
+    Ok((desc, plugin_name, names))
+}
+
+/// What a descriptor's validation yields.
+struct Checked {
+    strategy: BufferStrategy,
+    interface_name: String,
+    trait_metadata: Vec<(String, String)>,
+    method_metadata: Vec<Vec<(String, String)>>,
+}
+
+/// Validates the chosen descriptor: buffer strategy, method count, vtable,
+/// the functions its strategy and ABI require, and its strings.
+fn check_descriptor(desc: &PluginDescriptor, bad: &dyn Fn(String) -> LoadFailure) -> Result<Checked, LoadFailure> {
+    let strategy = BufferStrategy::from_raw(desc.buffer_strategy)
+        .ok_or_else(|| bad(format!("buffer_strategy {} (expected 1 or 2)", desc.buffer_strategy)))?;
+    if desc.method_count > MAX_METHOD_COUNT {
+        return Err(bad(format!(
+            "method_count {} exceeds {MAX_METHOD_COUNT}",
+            desc.method_count
+        )));
+    }
+    if desc.vtable.is_null() && desc.method_count > 0 {
+        return Err(bad("vtable is NULL".into()));
+    }
+    if strategy == BufferStrategy::PluginAllocated && desc.free_buffer.is_none() {
+        return Err(bad("PluginAllocated plugin without free_buffer".into()));
+    }
+    if desc.abi_version == ABI_500 && desc.construct.is_none() {
+        return Err(bad("ABI 500 plugin without construct".into()));
+    }
+    let interface_name = read_cstr(desc.interface_name).map_err(|r| bad(format!("interface_name {r}")))?;
+    let trait_metadata =
+        read_meta(desc.trait_metadata, desc.trait_metadata_count).map_err(|r| bad(format!("trait metadata {r}")))?;
+    let method_metadata = read_method_meta(desc).map_err(|r| bad(format!("method metadata {r}")))?;
+    Ok(Checked {
+        strategy,
+        interface_name,
+        trait_metadata,
+        method_metadata,
+    })
+}
+
+/// Constructs the plugin instance with the request's config (ABI 500), or
+/// none (older ABIs have no instance).
+fn construct(
+    desc: &PluginDescriptor,
+    req: &LoadRequest,
+    plugin_name: &str,
+    bad: &dyn Fn(String) -> LoadFailure,
+) -> Result<*mut c_void, LoadFailure> {
+    Ok(match desc.construct {
+        Some(construct) if desc.abi_version == ABI_500 => {
+            let cfg_len = u32::try_from(req.config.len())
+                .map_err(|_| bad(format!("config of {} bytes exceeds u32", req.config.len())))?;
+            // SAFETY: fidius' construct signature; `config.as_ptr()` is never NULL
+            // (an empty Vec gives a dangling, non-NULL pointer) and is valid for
+            // cfg_len bytes.
+            let inst = unsafe { construct(req.config.as_ptr(), cfg_len) };
+            if inst.is_null() {
+                return Err(LoadFailure::ConstructFailed {
+                    plugin: plugin_name.to_string(),
+                });
+            }
+            inst
+        }
+        _ => std::ptr::null_mut(),
+    })
 }
 
 /// Rejects directories, empty/text files, non-ELF, foreign-architecture and
