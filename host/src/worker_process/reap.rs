@@ -409,6 +409,12 @@ mod tests {
     fn adopt_by_pid(child: Child) -> (Arc<ProcState>, StderrTail, UnixStream) {
         let mut spawned = Spawned::from_child(child);
         spawned.reap = Reapee::Pid;
+        adopt_plain(spawned)
+    }
+
+    /// Adopts `spawned` with no label, region or budget of note; returns the
+    /// host's end of the channel the reaper shuts down.
+    fn adopt_plain(spawned: Spawned) -> (Arc<ProcState>, StderrTail, UnixStream) {
         let (host, wake) = UnixStream::pair().unwrap();
         let (proc, tail) = adopt(
             spawned,
@@ -451,17 +457,7 @@ mod tests {
 
     #[test]
     fn a_std_child_is_reaped_with_its_rusage() {
-        let spawned = Spawned::from_child(sh("exit 3"));
-        let (_host, wake) = UnixStream::pair().unwrap();
-        let (proc, _tail) = adopt(
-            spawned,
-            "test".into(),
-            None,
-            Arc::new(output::Meter::new(output::OutputBudget::DEFAULT)),
-            None,
-            wake,
-            None,
-        );
+        let (proc, _tail, _host) = adopt_plain(Spawned::from_child(sh("exit 3")));
         assert_eq!(proc.wait(Instant::now() + Duration::from_secs(30)), Some(Exit::Code(3)));
         assert!(proc.usage().is_some_and(|u| u.max_rss > 0), "{:?}", proc.usage());
     }
