@@ -124,6 +124,11 @@ fn main() {
         restart::rows(&fx, &mut report, &scale);
         return report.print(started);
     }
+    if std::env::args().any(|a| a == "--async-only") {
+        let plugin = sup.load(PluginSpec::new(&lib)).expect("load");
+        async_concurrent_row(&plugin, &mut report, &scale);
+        return report.print(started);
+    }
     if std::env::args().any(|a| a == "--house-only") {
         house::rows(&sup, &fx, &mut report, &scale);
         return report.print(started);
@@ -225,6 +230,9 @@ fn main() {
             us(b.p99)
         ),
     );
+
+    // --- 1,000 concurrent async calls: latency and the threads they take -------------
+    async_concurrent_row(&plugin, &mut report, &scale);
 
     // --- echo ------------------------------------------------------------------------
     for size in [64usize, 4 << 10, 256 << 10, 1 << 20, 16 << 20] {
@@ -419,6 +427,51 @@ fn main() {
     containment::rows(&fx, &mut report, quick);
 
     report.print(started);
+}
+
+/// 1,000 concurrent `call_async`s on one worker: the whole batch's time and
+/// how many threads the process gained (tokio's blocking pool).
+fn async_concurrent_row(plugin: &bulkhead_host::Plugin, report: &mut Report, scale: &impl Fn(usize) -> usize) {
+    let concurrent = scale(1000);
+    let rounds = scale(20).max(3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let threads_before = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(threads_before));
+    let batch = measure(1, rounds, || {
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..concurrent)
+                .map(|i| {
+                    let call = plugin.call_async::<_, i64>(basic::ADD, &(i as i64, 1i64));
+                    tokio::spawn(call)
+                })
+                .collect();
+            for (i, t) in tasks.into_iter().enumerate() {
+                assert_eq!(t.await.unwrap().unwrap(), i as i64 + 1);
+            }
+        });
+        let now = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+        peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    });
+    drop(rt);
+    let extra_threads = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(threads_before);
+    report.json(
+        "async_concurrent",
+        "bulkhead_shm_async",
+        &batch,
+        &format!(",\"calls\":{concurrent},\"extra_threads\":{extra_threads}"),
+    );
+    report.row(
+        format!("{concurrent} concurrent call_async (tokio, current-thread): whole batch / threads added"),
+        format!("{} / {extra_threads}", us(batch.median)),
+        format!(
+            "median over {rounds} batches of add(i64,i64) on one worker ({:.2} µs per call); threads counted after each batch (tokio's blocking pool keeps idle threads 10 s)",
+            batch.median.as_secs_f64() * 1e6 / concurrent as f64
+        ),
+    );
 }
 
 /// Per-item cost of server and client streams, per-round-trip cost of host
