@@ -136,18 +136,24 @@ async fn timeouts_inside_async_code() {
 /// returns while the worker is still busy, and the worker is stopped later.
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_the_supervisor_does_not_block_the_runtime() {
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     let sup = Supervisor::builder()
         .worker_path(&fixtures().worker)
         .shutdown_grace(Duration::from_secs(20))
+        .on_output(move |l| {
+            if l.stream == Stream::Stdout {
+                let _ = tx.send(l.line.to_string());
+            }
+        })
         .build()
         .unwrap();
     let plugin = sup.load_async(spec("fx-basic")).await.unwrap();
     let pid = plugin.info().worker_pid;
-    let busy = tokio::spawn(plugin.call_async::<_, u64>(basic::SLEEP_MS, &(3000u64,)));
-    // Let the call reach the worker.
-    while plugin.stats().calls == 0 {
-        tokio::task::yield_now().await;
-    }
+    let busy = tokio::spawn(plugin.call_async::<_, u64>(basic::ANNOUNCE_THEN_SLEEP, &("in-call".to_string(), 3000u64)));
+    // The plugin is running the call (counting it is not enough: a call
+    // counted but not yet at its worker is refused by the shutdown).
+    let line = tokio::time::timeout(GENEROUS, lines.recv()).await.unwrap().unwrap();
+    assert_eq!(line, "in-call");
     drop(plugin);
     drop(sup);
     // A synchronous shutdown would have waited for the busy worker to finish.
