@@ -317,6 +317,30 @@ pub fn build_fixtures(release: bool) -> Fixtures {
     }
 }
 
+/// `cargo SUBCOMMAND --offline --quiet --target-dir target/scratch-apps` in a
+/// scratch application's directory `dir`, with the environment scrubbed to
+/// what a user's shell would have (no bulkhead variable, no test runner's).
+/// The scratch apps share one target directory of their own, kept between
+/// runs: the outer `cargo test` holds the workspace's build lock.
+pub fn scratch_cargo(dir: &Path, subcommand: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(dir)
+        .args([subcommand, "--offline", "--quiet", "--target-dir"])
+        .arg(scratch_target())
+        .env_clear();
+    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd
+}
+
+/// The scratch applications' target directory.
+pub fn scratch_target() -> PathBuf {
+    workspace_root().join("target").join("scratch-apps")
+}
+
 /// The workspace's `bulkhead-cli` binary, built once per test process (like
 /// the fixtures, by running cargo).
 pub fn cli_binary() -> &'static Path {

@@ -239,18 +239,6 @@ fn plugin_manifest(name: &str, deps: &str) -> String {
     PLUGIN_MANIFEST.replace("@NAME@", name).replace("@DEPS@", deps)
 }
 
-/// `cargo` with a scrubbed environment (as a user's shell would have it).
-fn cargo(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(dir).env_clear();
-    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
-    }
-    cmd
-}
-
 fn check(out: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -292,12 +280,9 @@ fn a_new_users_app_and_the_cli_on_its_plugin() {
     let data = data_dir.0.join("numbers.txt");
     std::fs::write(&data, "0123456789abcdef").unwrap();
 
-    // A target directory of its own, kept between runs (incremental reruns):
-    // the outer `cargo test` holds the workspace's build lock.
-    let target = root.join("target").join("scratch-apps");
-    let built = cargo(dir)
-        .args(["build", "--offline", "--quiet", "--workspace", "--target-dir"])
-        .arg(&target)
+    let target = bulkhead_tests::scratch_target();
+    let built = bulkhead_tests::scratch_cargo(dir, "build")
+        .arg("--workspace")
         .output()
         .expect("cargo build in the scratch workspace");
     check(&built, "the scratch workspace's build");

@@ -4,7 +4,6 @@
 //! bulkhead environment variable and no installed worker.
 
 use std::path::Path;
-use std::process::Command;
 
 use bulkhead_tests::{fixtures, workspace_root};
 
@@ -94,19 +93,7 @@ fn dependent_crate_tests_pass_with_self_worker_and_no_env() {
     // The workspace's lock file pins the same versions, so nothing is fetched.
     std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
 
-    // Its own target directory (kept between runs so reruns are incremental):
-    // the outer `cargo test` holds the workspace's build lock.
-    let target = root.join("target").join("scratch-apps");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(&dir)
-        .args(["test", "--offline", "--quiet", "--target-dir"])
-        .arg(&target)
-        .env_clear();
-    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
-    }
+    let mut cmd = bulkhead_tests::scratch_cargo(&dir, "test");
     let out = cmd.output().expect("run cargo test in the scratch crate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -124,17 +124,9 @@ fn tokio_main_apps_get_every_layer_and_the_unguarded_control_is_refused() {
     write(&dir.join("src/bin/unguarded/main.rs"), &UNGUARDED.replace("@LIB@", lib));
     std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
 
-    let target = root.join("target").join("scratch-apps");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(&dir)
-        .args(["build", "--offline", "--quiet", "--bins", "--target-dir"])
-        .arg(&target)
-        .env_clear();
-    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
-    }
+    let target = bulkhead_tests::scratch_target();
+    let mut cmd = bulkhead_tests::scratch_cargo(&dir, "build");
+    cmd.arg("--bins");
     let out = cmd.output().expect("build the scratch crate");
     assert!(
         out.status.success(),
