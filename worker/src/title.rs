@@ -35,11 +35,10 @@ extern "C" {
 pub fn set(label: &str) {
     apply(label.as_bytes());
     SET.store(true, Ordering::Relaxed);
+    let label = &label.as_bytes()[..label.len().min(MAX_TITLE)];
     let followers = std::mem::take(&mut *FOLLOWERS.lock().unwrap_or_else(|e| e.into_inner()));
     for fd in followers {
-        let mut pipe = std::fs::File::from(fd);
-        let label = &label.as_bytes()[..label.len().min(MAX_TITLE)];
-        let _ = std::io::Write::write_all(&mut pipe, label);
+        let _ = std::io::Write::write_all(&mut std::fs::File::from(fd), label);
     }
 }
 

@@ -54,14 +54,9 @@ pub fn split(in_init: impl FnOnce()) -> Result<(), String> {
 
 /// Outer: wait, then mirror the worker's end. Never returns.
 fn outer(init_pid: Pid, status_r: OwnedFd, alive_w: OwnedFd, title: Option<OwnedFd>) -> ! {
-    let mut keep = vec![status_r.as_raw_fd(), alive_w.as_raw_fd()];
-    keep.extend(title.as_ref().map(|t| t.as_raw_fd()));
-    close_all_except(&keep);
     // The title arrives (or the pipe closes) before the worker can end: the
     // worker sends it before any plugin code runs.
-    if let Some(title) = title {
-        crate::title::adopt(title);
-    }
+    keep_only_and_follow([status_r.as_raw_fd(), alive_w.as_raw_fd()], title);
     let mut buf = [0u8; 3];
     let mut file = std::fs::File::from(status_r);
     let reported = file.read_exact(&mut buf).is_ok();
@@ -120,15 +115,10 @@ fn init(in_init: impl FnOnce(), status_w: OwnedFd, alive_r: OwnedFd, title: Opti
         }
         ForkResult::Parent { child } => {
             crate::title::drop_followers();
-            let mut keep = vec![status_w.as_raw_fd(), alive_r.as_raw_fd()];
-            keep.extend(title.as_ref().map(|t| t.as_raw_fd()));
-            close_all_except(&keep);
             // Nothing runs in the namespace but the worker until it has sent
             // its title (it does so before loading the plugin), so nothing
             // needs reaping while init waits for it.
-            if let Some(title) = title {
-                crate::title::adopt(title);
-            }
+            keep_only_and_follow([status_w.as_raw_fd(), alive_r.as_raw_fd()], title);
             reap(child, status_w)
         }
     }
@@ -152,6 +142,17 @@ fn report(fd: &OwnedFd, msg: [u8; 3]) -> ! {
     let _ = write(fd.as_fd(), &msg);
     // Exiting kills everything left in the namespace.
     std::process::exit(0)
+}
+
+/// In a helper process: closes every descriptor but its two pipes and the
+/// title pipe, then waits for the worker's title and takes it.
+fn keep_only_and_follow(pipes: [RawFd; 2], title: Option<OwnedFd>) {
+    let mut keep = pipes.to_vec();
+    keep.extend(title.as_ref().map(AsRawFd::as_raw_fd));
+    close_all_except(&keep);
+    if let Some(title) = title {
+        crate::title::adopt(title);
+    }
 }
 
 fn parent_gone(alive_r: &OwnedFd) -> bool {
