@@ -3,9 +3,9 @@
 //! two builds on the same machine (run each binary, alternately).
 
 use bulkhead_host::{PluginSpec, Supervisor, Transport};
-use bulkhead_tests::{basic, streams, Fixtures};
+use bulkhead_tests::{basic, Fixtures};
 
-use crate::{measure, us, Report, Summary};
+use crate::{measure, us, Report};
 
 /// The house rows.
 pub fn rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize) {
@@ -41,21 +41,7 @@ pub fn rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, scale: &impl F
     let s = sup
         .load(PluginSpec::new(fx.lib("fx-stream")).plugin("StreamPlugin"))
         .expect("load fx-stream");
-    let items = scale(20_000) as u64;
-    let rounds = scale(20).max(3);
-    let per_item = |x: Summary| Summary {
-        median: x.median / items as u32,
-        p99: x.p99 / items as u32,
-        n: x.n,
-    };
-    let server = per_item(measure(1, rounds, || {
-        let got = s.stream::<_, u64>(streams::COUNT, &(items,)).unwrap().count();
-        assert_eq!(got as u64, items);
-    }));
-    let client = per_item(measure(1, rounds, || {
-        let total: u64 = s.call_client_stream(streams::SUM, 0..items, &(0u64,)).unwrap();
-        assert_eq!(total, items * (items - 1) / 2);
-    }));
+    let (server, client) = crate::stream_item_costs(&s, scale(20_000) as u64, scale(20).max(3));
     report.json("house", "stream_item_server_shm", &server, "");
     report.json("house", "stream_item_client_shm", &client, "");
     report.row(

@@ -474,6 +474,26 @@ fn async_concurrent_row(plugin: &bulkhead_host::Plugin, report: &mut Report, sca
     );
 }
 
+/// Per-item medians and p99s of a server stream (`count`) and a client stream
+/// (`sum`) of `n` u64 items, over `rounds` streams each.
+fn stream_item_costs(p: &bulkhead_host::Plugin, n: u64, rounds: usize) -> (Summary, Summary) {
+    use bulkhead_tests::streams;
+    let per_item = |s: Summary| Summary {
+        median: s.median / n as u32,
+        p99: s.p99 / n as u32,
+        n: s.n,
+    };
+    let server = per_item(measure(1, rounds, || {
+        let got = p.stream::<_, u64>(streams::COUNT, &(n,)).unwrap().count();
+        assert_eq!(got as u64, n);
+    }));
+    let client = per_item(measure(1, rounds, || {
+        let total: u64 = p.call_client_stream(streams::SUM, 0..n, &(0u64,)).unwrap();
+        assert_eq!(total, n * (n - 1) / 2);
+    }));
+    (server, client)
+}
+
 /// Per-item cost of server and client streams, per-round-trip cost of host
 /// callbacks, and the cost of a call on a plugin that imports a host interface.
 fn stream_and_callback_rows(
@@ -499,19 +519,7 @@ fn stream_and_callback_rows(
                     .transport(transport),
             )
             .expect("load fx-stream");
-        let per_item = |s: Summary| Summary {
-            median: s.median / n as u32,
-            p99: s.p99 / n as u32,
-            n: s.n,
-        };
-        let server = per_item(measure(1, rounds, || {
-            let got = p.stream::<_, u64>(streams::COUNT, &(n,)).unwrap().count();
-            assert_eq!(got as u64, n);
-        }));
-        let client = per_item(measure(1, rounds, || {
-            let total: u64 = p.call_client_stream(streams::SUM, 0..n, &(0u64,)).unwrap();
-            assert_eq!(total, n * (n - 1) / 2);
-        }));
+        let (server, client) = stream_item_costs(&p, n, rounds);
         let open = measure(10, scale(2000), || {
             assert_eq!(p.stream::<_, u64>(streams::COUNT, &(0u64,)).unwrap().count(), 0);
         });
