@@ -113,19 +113,13 @@ impl<T> PluginStream<T> {
     fn request_inner(&mut self, msg: SessionMsg<'_>) -> Result<(i32, Vec<u8>), CallError> {
         let (deadline, limit, start) = self.deadline();
         let lease = self.lease.as_mut().ok_or(CallError::ShutDown)?;
-        // A plain next item travels through the shared region when there is one.
-        let fast = matches!(msg, SessionMsg::StreamNext) && self.input.is_none();
         let input = &mut self.input;
         let mut pull = || pull_from(input);
         let Some(worker) = lease.worker() else {
             return Err(CallError::ShutDown);
         };
-        let fast = fast && worker.region_streams();
-        let answered = if fast {
-            worker.stream_next_shm(deadline)
-        } else {
-            worker.session(msg, deadline, Some(&mut pull))
-        };
+        // The link carries it through the shared region when it can.
+        let answered = worker.session(msg, deadline, Some(&mut pull));
         let result = match answered {
             Ok(Answer::Reply { status, payload }) => Ok(Ok((status, payload.to_vec()))),
             Ok(Answer::Owned { status, payload }) => Ok(Ok((status, payload))),

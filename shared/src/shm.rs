@@ -43,7 +43,7 @@ pub const REGION_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
     .union(SealFlag::F_SEAL_SEAL);
 
 /// Version of the region layout.
-pub const SHM_VERSION: u32 = 2;
+pub const SHM_VERSION: u32 = 3;
 const MAGIC: u64 = u64::from_le_bytes(*b"BLKHDSHM");
 /// Bytes before the first data area.
 pub const HEADER_SIZE: usize = 4096;
@@ -72,6 +72,17 @@ pub enum RequestKind {
     /// A `Call` whose payload (at most [`REQ_INLINE`] bytes) travels in the
     /// header's request line instead of the request area.
     CallInline = 6,
+    /// A `ClientCall` with the payload in the request area; the worker's pulls
+    /// and the host's items travel through the region too.
+    ClientCall = 7,
+    /// The host's answer to the worker's `Callback` (a `CallbackReply`) or
+    /// `Pull` (an `Item`) in the request in flight: the status in the method
+    /// field, the bytes in the request line (at most [`REQ_INLINE`]) or else
+    /// at the end of the request area ([`Region::tail_request`]).
+    Answer = 8,
+    /// The host's answer to the worker's `Callback` or `Pull` follows on the
+    /// socket as a `CallbackReply` or `Item` frame.
+    AnswerViaSocket = 9,
 }
 
 impl RequestKind {
@@ -84,6 +95,9 @@ impl RequestKind {
             4 => RequestKind::Conversation,
             5 => RequestKind::StreamNext,
             6 => RequestKind::CallInline,
+            7 => RequestKind::ClientCall,
+            8 => RequestKind::Answer,
+            9 => RequestKind::AnswerViaSocket,
             _ => return None,
         })
     }
@@ -105,6 +119,15 @@ pub enum ResponseKind {
     /// A `Reply` whose output (at most [`RESP_INLINE`] bytes, `len` of them)
     /// is in the header's response line.
     ReplyInline = 4,
+    /// A `Callback` in the request in flight: the import in the status field,
+    /// the method index in the offset field, the argument bytes in the
+    /// response line (at most [`RESP_INLINE`]) or else at the end of the
+    /// response area ([`Region::tail_response`]).
+    Callback = 5,
+    /// A `Callback` whose frame follows on the socket.
+    CallbackViaSocket = 6,
+    /// A `Pull`: the plugin wants the next input item of the request in flight.
+    Pull = 7,
 }
 
 impl ResponseKind {
@@ -116,6 +139,9 @@ impl ResponseKind {
             2 => ResponseKind::ViaSocket,
             3 => ResponseKind::Fault,
             4 => ResponseKind::ReplyInline,
+            5 => ResponseKind::Callback,
+            6 => ResponseKind::CallbackViaSocket,
+            7 => ResponseKind::Pull,
             _ => return None,
         })
     }
@@ -215,6 +241,9 @@ pub struct Region {
     busy_spin_ns: AtomicU64,
     /// Host: the last request had to wake the worker from its futex.
     woke_worker: AtomicBool,
+    /// Worker: the last request sequence it took (by the serve loop or by a
+    /// callback or pull waiting for its answer).
+    seen_req: AtomicU32,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -292,6 +321,7 @@ impl Region {
             request_lent: AtomicBool::new(false),
             busy_spin_ns: AtomicU64::new(BUSY_SPIN.as_nanos() as u64),
             woke_worker: AtomicBool::new(false),
+            seen_req: AtomicU32::new(0),
         })
     }
 
@@ -341,7 +371,7 @@ impl Region {
             store_inline(&self.header().req_inline, payload);
             return self.post_request_in_place(RequestKind::CallInline, id, method, payload.len());
         }
-        if kind == RequestKind::Call {
+        if matches!(kind, RequestKind::Call | RequestKind::ClientCall) {
             assert!(payload.len() <= self.capacity, "caller checks the capacity");
             // SAFETY: the host owns the request area until it bumps req_seq; the
             // payload fits (checked above) and does not overlap the mapping.
@@ -489,6 +519,42 @@ impl Region {
         Some(())
     }
 
+    /// Host: copies the arguments of a [`ResponseKind::Callback`] of `len`
+    /// bytes into `out` (replacing its contents): from the response line if
+    /// `len` is at most [`RESP_INLINE`], else from the end of the response
+    /// area. `None` if `len` exceeds the area.
+    pub fn copy_callback_args(&self, len: u32, out: &mut Vec<u8>) -> Option<()> {
+        if len as usize <= RESP_INLINE {
+            return self.copy_inline_response(len, out);
+        }
+        let off = self.capacity.checked_sub(len as usize)?;
+        self.copy_response(off as u32, len, out)
+    }
+
+    /// Host: answers the worker's callback or pull in the request in flight
+    /// (a [`RequestKind::Answer`]): `bytes` go in the request line if they
+    /// fit, else at the end of the request area, clear of the first `keep`
+    /// bytes (the request's own payload, which the plugin may still read).
+    /// `false` (nothing posted) if they fit neither: send them on the socket
+    /// under [`RequestKind::AnswerViaSocket`].
+    pub fn post_answer(&self, id: u64, status: i32, bytes: &[u8], keep: usize) -> bool {
+        if bytes.len() <= REQ_INLINE {
+            store_inline(&self.header().req_inline, bytes);
+        } else if keep.saturating_add(bytes.len()) <= self.capacity && self.host {
+            // SAFETY: the range [capacity - len, capacity) lies inside the
+            // request area and clear of the first `keep` bytes; the worker
+            // waits for this answer and reads the area only after the post.
+            unsafe {
+                let dst = self.req_area().add(self.capacity - bytes.len());
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+            }
+        } else {
+            return false;
+        }
+        self.post_request_in_place(RequestKind::Answer, id, status as u32, bytes.len());
+        true
+    }
+
     /// Host (reaper): marks the worker dead and wakes a host waiting on it.
     /// The sequence moves too, so a waiter about to sleep cannot miss the wake.
     pub fn mark_dead(&self) {
@@ -532,6 +598,58 @@ impl Region {
             // Poked: spin again.
             h.poke.store(0, Ordering::SeqCst);
         }
+    }
+
+    /// Worker: waits (spinning for up to `spin`, then on the futex) for the
+    /// next request after the last one taken, takes it and reads its metadata.
+    /// The serve loop and a callback waiting for its answer both take requests
+    /// through here, so each is taken once.
+    pub fn next_request(&self, spin: Duration) -> Request {
+        let seen = self.wait_request(self.seen_req.load(Ordering::Relaxed), spin);
+        self.seen_req.store(seen, Ordering::Relaxed);
+        self.request()
+    }
+
+    /// Worker: posts a [`ResponseKind::Callback`] for request `id`: the
+    /// arguments go in the response line if they fit, else at the end of the
+    /// response area. `false` (nothing posted) if they exceed the area: send
+    /// them on the socket under [`ResponseKind::CallbackViaSocket`].
+    pub fn post_callback(&self, id: u64, import: u32, index: u32, args: &[u8]) -> bool {
+        if args.len() <= RESP_INLINE {
+            store_inline(&self.header().resp_inline, args);
+        } else if args.len() <= self.capacity && !self.host {
+            // SAFETY: the range [capacity - len, capacity) lies inside the
+            // response area, which the worker owns until it posts; the
+            // arguments are the plugin's own bytes, outside the region.
+            unsafe {
+                let dst = self.resp_area().add(self.capacity - args.len());
+                std::ptr::copy(args.as_ptr(), dst, args.len());
+            }
+        } else {
+            return false;
+        }
+        self.post_response(ResponseKind::Callback, id, import as i32, index, args.len() as u32);
+        true
+    }
+
+    /// Worker: copies the bytes of a [`RequestKind::Answer`] of `len` bytes
+    /// into `out` (replacing its contents): from the request line if they fit
+    /// there, else from the end of the request area. `None` if `len` exceeds
+    /// the area.
+    pub fn copy_answer(&self, len: u64, out: &mut Vec<u8>) -> Option<()> {
+        let len = usize::try_from(len).ok().filter(|&l| l <= self.capacity)?;
+        out.clear();
+        if len <= REQ_INLINE {
+            let mut buf = [0u8; REQ_INLINE];
+            load_inline(&self.header().req_inline, &mut buf);
+            out.extend_from_slice(&buf[..len]);
+        } else {
+            // SAFETY: the range lies inside the request area (checked); the
+            // host wrote it before posting and waits for the worker now.
+            let src = unsafe { std::slice::from_raw_parts(self.req_area().add(self.capacity - len), len) };
+            out.extend_from_slice(src);
+        }
+        Some(())
     }
 
     /// Worker: reads the request metadata.
@@ -958,10 +1076,21 @@ mod tests {
             Q::Conversation,
             Q::StreamNext,
             Q::CallInline,
+            Q::ClientCall,
+            Q::Answer,
+            Q::AnswerViaSocket,
         ] {
             assert_eq!(Q::from_code(k as u32), Some(k));
         }
-        for k in [P::Reply, P::ViaSocket, P::Fault, P::ReplyInline] {
+        for k in [
+            P::Reply,
+            P::ViaSocket,
+            P::Fault,
+            P::ReplyInline,
+            P::Callback,
+            P::CallbackViaSocket,
+            P::Pull,
+        ] {
             assert_eq!(P::from_code(k as u32), Some(k));
         }
         assert_eq!(Q::from_code(0), None);

@@ -282,3 +282,23 @@ fn unbound_imports_on_request_answer_not_bound() {
         "{e:?}"
     );
 }
+
+/// Over shared memory a callback's arguments and answer ride the region's
+/// lines when small, the ends of its areas when larger, and the socket when
+/// larger than the region; the plugin sees the same bytes every way.
+#[test]
+fn callback_arguments_and_answers_of_every_size_arrive_whole() {
+    let sup = supervisor();
+    // A 4 KiB region: keys up to a few KiB fit, the largest go by socket.
+    let (p, counter) = load(&sup, spec("fx-host").shm_capacity(4096));
+    let sizes = [0usize, 1, 20, 24, 25, 40, 100, 1000, 2000, 4000, 4100, 10_000, 100_000];
+    for (n, &size) in sizes.iter().enumerate() {
+        let key: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let s: String = p.call(U::METHOD_ASK, &(key.clone(),)).unwrap();
+        assert_eq!(s, format!("got value-of-{key}"), "key of {size} bytes");
+        assert_eq!(counter.load(Ordering::SeqCst), n as u64 + 1);
+    }
+    // Plain calls on the same worker still answer after every way was used.
+    let s: String = p.call(U::METHOD_ASK, &("end".to_string(),)).unwrap();
+    assert_eq!(s, "got value-of-end");
+}

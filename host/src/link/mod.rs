@@ -5,16 +5,16 @@
 //! buffers, the request ids and the [`Way`] requests travel, chosen once when
 //! the handshake ends:
 //!
-//! * [`Way::Socket`]: every request is a frame on the socket ([`socket`]).
-//! * [`Way::Region`]: calls and the next items of streams without input go
-//!   through the shared-memory region ([`shm`]); a payload or answer too large
-//!   for it is announced there and carried on the socket.
-//! * [`Way::Conversations`]: the plugin imports host interfaces, so every
-//!   request is a conversation on the socket ([`session`]).
+//! * with a shared-memory region, calls, client calls and the next items of
+//!   streams go through it ([`shm`]), and so do the host callbacks and pulls
+//!   the plugin makes while the host waits for them; a payload, answer or
+//!   callback too large for it is announced there and carried on the socket;
+//! * without one, a plain call is a frame on the socket ([`socket`]).
 //!
-//! Whatever the way, a request the region cannot carry — one that may pull
-//! items from the host, or open, feed or close a stream — is a conversation on
-//! the socket, announced in the region when there is one. The entry points are
+//! Whatever the way, a request the region cannot carry — opening or closing
+//! a stream, or any request on a worker without a region that may call back
+//! or pull — is a conversation on the socket ([`session`]), announced in the
+//! region when there is one. The entry points are
 //! [`Link::exchange`] (any [`Request`]; the answer is borrowed from the receive
 //! buffer or handed back in the caller's buffer) and [`Link::exchange_placed`]
 //! (a call whose payload the caller writes in place and whose answer stays
@@ -42,30 +42,19 @@ use crate::hostfn::HostImports;
 pub(crate) use framing::{write_all, IoFail};
 
 /// How requests travel on a link; chosen once, when the handshake ends.
-pub(crate) enum Way {
-    /// Every request is a frame on the socket.
-    Socket,
-    /// Calls and plain stream items go through the shared-memory region.
-    Region(Arc<Region>),
-    /// Every request is a conversation on the socket (the plugin imports host
-    /// interfaces); the region, if the worker mapped one, only announces them.
-    Conversations {
-        /// The region the worker mapped, if any.
-        region: Option<Arc<Region>>,
-        /// The interfaces the plugin calls back into.
-        imports: Arc<HostImports>,
-    },
+pub(crate) struct Way {
+    /// The region the worker mapped, if any: calls, stream items and client
+    /// calls go through it, and so do the callbacks and pulls they make.
+    region: Option<Arc<Region>>,
+    /// The interfaces the plugin calls back into, if any.
+    imports: Option<Arc<HostImports>>,
 }
 
 impl Way {
     /// The way for a worker that mapped `region` (or none) and is offered
     /// `imports` (or none).
     pub(crate) fn choose(region: Option<Arc<Region>>, imports: Option<Arc<HostImports>>) -> Way {
-        match (region, imports) {
-            (region, Some(imports)) => Way::Conversations { region, imports },
-            (Some(region), None) => Way::Region(region),
-            (None, None) => Way::Socket,
-        }
+        Way { region, imports }
     }
 }
 
@@ -160,7 +149,7 @@ impl Link {
             tx: Vec::new(),
             next_id: 1,
             max_frame,
-            way: Way::Socket,
+            way: Way::choose(None, None),
         }
     }
 
@@ -182,16 +171,7 @@ impl Link {
 
     /// The shared-memory region the worker mapped, if any.
     pub(crate) fn region(&self) -> Option<&Arc<Region>> {
-        match &self.way {
-            Way::Region(region) => Some(region),
-            Way::Conversations { region, .. } => region.as_ref(),
-            Way::Socket => None,
-        }
-    }
-
-    /// Whether the next items of streams without input go through the region.
-    pub(crate) fn region_streams(&self) -> bool {
-        matches!(self.way, Way::Region(_))
+        self.way.region.as_ref()
     }
 
     fn next_id(&mut self) -> u64 {
@@ -213,20 +193,19 @@ impl Link {
         mut target: Option<Vec<u8>>,
     ) -> Result<Answer<'_>, IoFail> {
         let id = self.next_id();
-        let answer = match (&self.way, req, pull) {
-            (Way::Region(region), Request::Call { method, payload }, None) => {
-                let region = region.clone();
-                self.call_shm(&region, id, method, payload, deadline, &mut target)?
+        let answer = match (self.way.region.clone(), req) {
+            (Some(region), Request::Call { method, payload }) => {
+                self.call_shm(&region, id, method, payload, deadline, &mut target, pull)?
             }
-            (Way::Region(region), Request::StreamNext, None) => {
-                let region = region.clone();
-                self.stream_next_shm(&region, id, deadline)?
+            (Some(region), Request::StreamNext) => self.stream_next_shm(&region, id, deadline, pull)?,
+            (Some(region), Request::ClientCall { method, payload }) if payload.len() <= region.capacity() => {
+                self.client_call_shm(&region, id, method, payload, deadline, pull)?
             }
-            (Way::Socket, Request::Call { method, payload }, None) => {
+            (None, Request::Call { method, payload }) if pull.is_none() && self.way.imports.is_none() => {
                 self.send_call(id, method, payload, deadline)?;
                 self.receive_socket(id, deadline)?
             }
-            (_, req, pull) => self.converse(id, req, deadline, pull)?,
+            (_, req) => self.converse(id, req, deadline, pull)?,
         };
         // An answer that came over the socket is copied into the target too.
         Ok(match (answer, target) {
@@ -259,22 +238,21 @@ impl Link {
             let f = fill.take().expect("fill runs once");
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(buf)))
         };
-        match &self.way {
-            Way::Region(region) => {
-                let region = region.clone();
+        match self.way.region.clone() {
+            Some(region) => {
                 let last = region.resp_seq();
                 match region.fill_request(len, &mut guarded) {
                     Some(Ok(())) => {
                         region.post_request_in_place(RequestKind::Call, id, method, len);
-                        self.await_placed(&region, last, id, deadline)
+                        self.await_placed(&region, last, id, len, deadline)
                     }
                     Some(Err(panic)) => Ok(Placed::FillPanicked(panic)),
                     // Too large for the region: a host buffer, sent on the socket.
                     None => self.placed_via_socket(Some(&region), id, method, len, guarded, deadline),
                 }
             }
-            Way::Socket => self.placed_via_socket(None, id, method, len, guarded, deadline),
-            Way::Conversations { .. } => {
+            None if self.way.imports.is_none() => self.placed_via_socket(None, id, method, len, guarded, deadline),
+            None => {
                 let mut big = vec![0; len];
                 if let Err(panic) = guarded(&mut big) {
                     return Ok(Placed::FillPanicked(panic));

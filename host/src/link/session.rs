@@ -12,13 +12,14 @@ use std::time::Instant;
 
 use bulkhead_shared::abi::{HOST_CALL_NOT_BOUND, STATUS_PLUGIN_ERROR, STATUS_SERIALIZATION_ERROR, STATUS_STREAM_END};
 use bulkhead_shared::frame::{ENVELOPE_OVERHEAD, HEADER_LEN};
-use bulkhead_shared::protocol::{HostMsg, WorkerMsg, REPLY_PREFIX_LEN, TAG_PULL_BYTE};
+use bulkhead_shared::protocol::{HostMsg, WorkerMsg, REPLY_PREFIX_LEN};
 use bulkhead_shared::shm::RequestKind;
 use bulkhead_shared::wire::{self, WirePluginError};
 
 use super::framing::{read_frame, write_all, IoFail};
-use super::{msg_name, Answer, Link, PullSource, Request, Way};
+use super::{msg_name, Answer, Link, PullSource, Request};
 use crate::error::ProtocolError;
+use crate::hostfn::HostImports;
 
 impl Link {
     /// Runs `req` (request `id`) as a conversation on the socket until its
@@ -29,7 +30,7 @@ impl Link {
         id: u64,
         req: Request<'_>,
         deadline: Instant,
-        mut pull: Option<PullSource<'_>>,
+        pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, IoFail> {
         let host_msg = match req {
             Request::Call { method, payload } => HostMsg::Call { id, method, payload },
@@ -48,64 +49,89 @@ impl Link {
             region.post_request(RequestKind::Conversation, id, 0, &[]);
         }
         write_all(&self.sock, &self.tx, deadline)?;
-        let imports = match &self.way {
-            Way::Conversations { imports, .. } => Some(imports.clone()),
-            Way::Socket | Way::Region(_) => None,
-        };
-        let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD) as usize;
-        let mut callbacks: u32 = 0;
-        let mut reply_buf = Vec::new();
+        let mut turns = Turns::new(pull);
         let (status, len) = loop {
             let len = read_frame(&self.sock, &mut self.rx, self.max_frame, deadline)?;
-            let (status, out) = match WorkerMsg::decode(&self.rx[..len]) {
+            let turn = match WorkerMsg::decode(&self.rx[..len]) {
                 Ok(WorkerMsg::Reply { id: got, .. }) | Ok(WorkerMsg::Fault { id: got, .. }) if got != id => {
                     return Err(IoFail::Frame(ProtocolError::WrongRequestId { expected: id, got }))
                 }
                 Ok(WorkerMsg::Reply { status, .. }) => break (status, len),
                 Ok(WorkerMsg::Fault { fault, .. }) => return Ok(Answer::Fault(fault)),
-                Ok(WorkerMsg::Callback { import, index, payload }) => {
-                    callbacks = callbacks.saturating_add(1);
-                    let max = imports
-                        .as_ref()
-                        .map_or(crate::hostfn::DEFAULT_MAX_CALLBACKS, |i| i.max_callbacks);
-                    if callbacks > max {
-                        let e = WirePluginError {
-                            code: "CALLBACK_LIMIT".into(),
-                            message: format!("more than {max} host callbacks in one request"),
-                            details: None,
-                        };
-                        (STATUS_PLUGIN_ERROR, wire::encode(&e).unwrap_or_default())
-                    } else {
-                        match imports.as_ref().and_then(|i| i.interfaces.get(import as usize)) {
-                            Some(iface) => iface.dispatch(index, payload),
-                            None => (HOST_CALL_NOT_BOUND, Vec::new()),
-                        }
-                    }
-                }
-                Ok(WorkerMsg::Pull) => match pull.as_mut() {
-                    Some(p) => p(),
-                    None => (STATUS_STREAM_END, Vec::new()),
-                },
+                Ok(WorkerMsg::Callback { import, index, payload }) => Turn::Callback { import, index, payload },
+                Ok(WorkerMsg::Pull) => Turn::Pull,
                 Ok(other) => return Err(IoFail::Frame(ProtocolError::Unexpected { got: msg_name(&other) })),
                 Err(e) => return Err(IoFail::Frame(ProtocolError::Malformed(e.to_string()))),
             };
-            let (status, out) = if out.len() > max_payload {
-                (STATUS_SERIALIZATION_ERROR, Vec::new())
-            } else {
-                (status, out)
-            };
-            let answer = if self.rx[..len].first() == Some(&TAG_PULL_BYTE) {
+            let item = matches!(turn, Turn::Pull);
+            let (status, out) = turns.serve(self.way.imports.as_deref(), turn, self.max_frame);
+            let answer = if item {
                 HostMsg::Item { status, payload: &out }
             } else {
                 HostMsg::CallbackReply { status, payload: &out }
             };
-            answer.encode(&mut reply_buf);
-            write_all(&self.sock, &reply_buf, deadline)?;
+            answer.encode(&mut self.tx);
+            write_all(&self.sock, &self.tx, deadline)?;
         };
         let start = REPLY_PREFIX_LEN - HEADER_LEN;
         Ok(Answer::Reply {
             status,
             payload: &self.rx[start..len],
         })
+    }
+}
+
+/// A callback or pull the worker makes in the middle of a request.
+pub(super) enum Turn<'a> {
+    /// Call function `index` of host interface `import` with these arguments.
+    Callback { import: u32, index: u32, payload: &'a [u8] },
+    /// The next input item, please.
+    Pull,
+}
+
+/// What answers the worker's turns during one request: the plugin's host
+/// imports (more than their callback limit are refused with a plugin error)
+/// and the caller's pull source (without one, the input has ended).
+pub(super) struct Turns<'p> {
+    pull: Option<PullSource<'p>>,
+    callbacks: u32,
+}
+
+impl<'p> Turns<'p> {
+    pub(super) fn new(pull: Option<PullSource<'p>>) -> Turns<'p> {
+        Turns { pull, callbacks: 0 }
+    }
+
+    /// The status and bytes that answer `turn`, capped at the largest
+    /// payload a frame of `max_frame` bytes carries.
+    pub(super) fn serve(&mut self, imports: Option<&HostImports>, turn: Turn<'_>, max_frame: u32) -> (i32, Vec<u8>) {
+        let (status, out) = match turn {
+            Turn::Callback { import, index, payload } => {
+                self.callbacks = self.callbacks.saturating_add(1);
+                let max = imports.map_or(crate::hostfn::DEFAULT_MAX_CALLBACKS, |i| i.max_callbacks);
+                if self.callbacks > max {
+                    let e = WirePluginError {
+                        code: "CALLBACK_LIMIT".into(),
+                        message: format!("more than {max} host callbacks in one request"),
+                        details: None,
+                    };
+                    (STATUS_PLUGIN_ERROR, wire::encode(&e).unwrap_or_default())
+                } else {
+                    match imports.and_then(|i| i.interfaces.get(import as usize)) {
+                        Some(iface) => iface.dispatch(index, payload),
+                        None => (HOST_CALL_NOT_BOUND, Vec::new()),
+                    }
+                }
+            }
+            Turn::Pull => match self.pull.as_mut() {
+                Some(p) => p(),
+                None => (STATUS_STREAM_END, Vec::new()),
+            },
+        };
+        if out.len() > max_frame.saturating_sub(ENVELOPE_OVERHEAD) as usize {
+            (STATUS_SERIALIZATION_ERROR, Vec::new())
+        } else {
+            (status, out)
+        }
     }
 }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
-use bulkhead_shared::protocol::CallFault;
+use bulkhead_shared::protocol::{CallFault, HostMsg, WorkerMsg};
 use bulkhead_shared::shm::{self, Region, RequestKind, ResponseKind};
 
-use super::framing::{nothing_unsolicited, socket_idle, IoFail};
-use super::{Answer, Link, Placed, Unplaced};
+use super::framing::{nothing_unsolicited, read_frame, socket_idle, write_all, IoFail};
+use super::session::{Turn, Turns};
+use super::{msg_name, Answer, Link, Placed, PullSource, Unplaced};
 use crate::error::ProtocolError;
 
 /// How long the host spins (yielding) for an answer before sleeping on the futex.
@@ -27,6 +28,7 @@ const SOCKET_CHECK: Duration = Duration::from_millis(20);
 impl Link {
     /// A call through the region; with a `target`, the answer is copied once,
     /// straight into it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn call_shm(
         &mut self,
         region: &Region,
@@ -35,15 +37,42 @@ impl Link {
         payload: &[u8],
         deadline: Instant,
         target: &mut Option<Vec<u8>>,
+        pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, IoFail> {
         let last = region.resp_seq();
-        if payload.len() <= region.capacity() {
+        // The bytes of the request area the plugin may still read while it
+        // calls back (an inline or socket-borne payload uses none of them).
+        let keep = if payload.len() <= region.capacity() {
             region.post_request(RequestKind::Call, id, method, payload);
+            if payload.len() <= shm::REQ_INLINE {
+                0
+            } else {
+                payload.len()
+            }
         } else {
             region.post_request(RequestKind::CallViaSocket, id, method, &[]);
             self.send_call(id, method, payload, deadline)?;
-        }
-        self.await_shm(region, last, id, deadline, target)
+            0
+        };
+        let r = self.wait_shm(region, last, id, deadline, keep, pull)?;
+        self.finish_shm(r, id, deadline, region, target)
+    }
+
+    /// A client-streaming call through the region (its payload fits there);
+    /// the plugin's pulls are answered from `pull` through the region too.
+    pub(super) fn client_call_shm(
+        &mut self,
+        region: &Region,
+        id: u64,
+        method: u32,
+        payload: &[u8],
+        deadline: Instant,
+        pull: Option<PullSource<'_>>,
+    ) -> Result<Answer<'_>, IoFail> {
+        let last = region.resp_seq();
+        region.post_request(RequestKind::ClientCall, id, method, payload);
+        let r = self.wait_shm(region, last, id, deadline, payload.len(), pull)?;
+        self.finish_shm(r, id, deadline, region, &mut None)
     }
 
     /// The next item of the open stream, through the region.
@@ -52,35 +81,115 @@ impl Link {
         region: &Region,
         id: u64,
         deadline: Instant,
+        pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, IoFail> {
         let last = region.resp_seq();
         region.post_request(RequestKind::StreamNext, id, 0, &[]);
-        self.await_shm(region, last, id, deadline, &mut None)
-    }
-
-    /// Waits for the region's answer to request `id` (posted after `last`).
-    fn await_shm(
-        &mut self,
-        region: &Region,
-        last: u32,
-        id: u64,
-        deadline: Instant,
-        target: &mut Option<Vec<u8>>,
-    ) -> Result<Answer<'_>, IoFail> {
-        let r = self.wait_shm(region, last, id, deadline)?;
-        self.finish_shm(r, id, deadline, region, target)
+        let r = self.wait_shm(region, last, id, deadline, 0, pull)?;
+        self.finish_shm(r, id, deadline, region, &mut None)
     }
 
     /// Waits for the region's answer to request `id` (posted after `last`)
-    /// and checks that it answers that request.
-    fn wait_shm(&mut self, region: &Region, last: u32, id: u64, deadline: Instant) -> Result<shm::Response, IoFail> {
+    /// and checks that it answers that request. Callbacks and pulls the
+    /// worker makes meanwhile are answered on the way (from the plugin's
+    /// host imports and `pull`), their bytes clear of the first `keep` bytes
+    /// of the request area.
+    fn wait_shm(
+        &mut self,
+        region: &Region,
+        mut last: u32,
+        id: u64,
+        deadline: Instant,
+        keep: usize,
+        pull: Option<PullSource<'_>>,
+    ) -> Result<shm::Response, IoFail> {
+        let mut turns = Turns::new(pull);
+        loop {
+            let seen = self.wait_change(region, last, deadline)?;
+            let r = region.response();
+            if r.id != id {
+                return Err(if region.is_dead() {
+                    IoFail::Eof
+                } else {
+                    IoFail::Frame(ProtocolError::WrongRequestId {
+                        expected: id,
+                        got: r.id,
+                    })
+                });
+            }
+            match ResponseKind::from_code(r.kind) {
+                Some(ResponseKind::Callback) => {
+                    if region.copy_callback_args(r.len, &mut self.rx).is_none() {
+                        let why = format!("callback arguments of {} bytes", r.len);
+                        return Err(IoFail::Frame(ProtocolError::Malformed(why)));
+                    }
+                    let turn = Turn::Callback {
+                        import: r.status as u32,
+                        index: r.off,
+                        payload: &self.rx,
+                    };
+                    let (status, out) = turns.serve(self.way.imports.as_deref(), turn, self.max_frame);
+                    self.answer_turn(region, id, status, &out, keep, false, deadline)?;
+                }
+                Some(ResponseKind::CallbackViaSocket) => {
+                    let len = read_frame(&self.sock, &mut self.rx, self.max_frame, deadline)?;
+                    let (status, out) = match WorkerMsg::decode(&self.rx[..len]) {
+                        Ok(WorkerMsg::Callback { import, index, payload }) => {
+                            let turn = Turn::Callback { import, index, payload };
+                            turns.serve(self.way.imports.as_deref(), turn, self.max_frame)
+                        }
+                        Ok(other) => return Err(IoFail::Frame(ProtocolError::Unexpected { got: msg_name(&other) })),
+                        Err(e) => return Err(IoFail::Frame(ProtocolError::Malformed(e.to_string()))),
+                    };
+                    self.answer_turn(region, id, status, &out, keep, false, deadline)?;
+                }
+                Some(ResponseKind::Pull) => {
+                    let (status, out) = turns.serve(None, Turn::Pull, self.max_frame);
+                    self.answer_turn(region, id, status, &out, keep, true, deadline)?;
+                }
+                _ => return Ok(r),
+            }
+            last = seen;
+        }
+    }
+
+    /// Answers a callback (or, with `item`, a pull) of request `id`: through
+    /// the region when the bytes fit clear of the first `keep` bytes of the
+    /// request area, else announced there and sent on the socket.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_turn(
+        &mut self,
+        region: &Region,
+        id: u64,
+        status: i32,
+        out: &[u8],
+        keep: usize,
+        item: bool,
+        deadline: Instant,
+    ) -> Result<(), IoFail> {
+        if region.post_answer(id, status, out, keep) {
+            return Ok(());
+        }
+        let answer = if item {
+            HostMsg::Item { status, payload: out }
+        } else {
+            HostMsg::CallbackReply { status, payload: out }
+        };
+        answer.encode(&mut self.tx);
+        // Announced first: the worker reads the socket only once it knows.
+        region.post_request_in_place(RequestKind::AnswerViaSocket, id, 0, 0);
+        write_all(&self.sock, &self.tx, deadline)
+    }
+
+    /// Waits until the region's response sequence moves past `last` and
+    /// returns where it moved to; while asleep, checks now and then that the
+    /// worker has not closed its socket or written on it unasked.
+    fn wait_change(&self, region: &Region, last: u32, deadline: Instant) -> Result<u32, IoFail> {
         loop {
             match region.wait_response(last, HOST_SPIN, deadline, SOCKET_CHECK) {
-                shm::Wait::Changed(_) => break,
+                shm::Wait::Changed(seen) => return Ok(seen),
                 shm::Wait::Dead => return Err(IoFail::Eof),
                 shm::Wait::TimedOut if Instant::now() >= deadline => return Err(IoFail::Timeout),
-                // Asleep for a while: make sure the worker has not closed its
-                // socket or started writing on it unasked.
                 shm::Wait::TimedOut => {
                     if let Err(f) = socket_idle(&self.sock) {
                         if region.resp_seq() == last {
@@ -90,18 +199,6 @@ impl Link {
                 }
             }
         }
-        let r = region.response();
-        if r.id != id {
-            return Err(if region.is_dead() {
-                IoFail::Eof
-            } else {
-                IoFail::Frame(ProtocolError::WrongRequestId {
-                    expected: id,
-                    got: r.id,
-                })
-            });
-        }
-        Ok(r)
     }
 
     /// Takes the answer `r` out of the region (into `target` or the receive
@@ -147,7 +244,8 @@ impl Link {
                     return Err(IoFail::Frame(ProtocolError::Malformed(why)));
                 }
             }
-            None => {
+            // `wait_shm` answers the turns; any other code is unknown.
+            Some(ResponseKind::Callback | ResponseKind::CallbackViaSocket | ResponseKind::Pull) | None => {
                 let why = format!("unknown shared-memory response kind {}", r.kind);
                 return Err(IoFail::Frame(ProtocolError::Malformed(why)));
             }
@@ -179,9 +277,10 @@ impl Link {
         region: &Arc<Region>,
         last: u32,
         id: u64,
+        keep: usize,
         deadline: Instant,
     ) -> Result<Placed, IoFail> {
-        let r = self.wait_shm(region, last, id, deadline)?;
+        let r = self.wait_shm(region, last, id, deadline, keep, None)?;
         let max_payload = self.max_frame.saturating_sub(ENVELOPE_OVERHEAD);
         if ResponseKind::from_code(r.kind) != Some(ResponseKind::Reply) || r.len > max_payload {
             let answer = self.finish_shm(r, id, deadline, region, &mut None)?;

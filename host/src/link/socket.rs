@@ -93,7 +93,7 @@ impl Link {
         drop(big);
         sent?;
         match (region, last) {
-            (Some(region), Some(last)) => self.await_placed(region, last, id, deadline),
+            (Some(region), Some(last)) => self.await_placed(region, last, id, 0, deadline),
             _ => {
                 let answer = self.receive_socket(id, deadline)?;
                 let answer = Unplaced::of(answer);

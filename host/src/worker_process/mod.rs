@@ -76,16 +76,16 @@ impl WorkerProcess {
             .map_err(|f| reap::failure(proc, stderr, f))
     }
 
-    /// Runs `msg` as a conversation on the socket until its answer, answering
-    /// the worker's callbacks and pulls on the way, all before `deadline`.
+    /// Sends `msg` and waits for its answer, answering the worker's callbacks
+    /// and pulls (from `pull`) on the way, all before `deadline`; the link
+    /// carries it through the shared region when it can.
     pub(crate) fn session(
         &mut self,
         msg: Request<'_>,
         deadline: Instant,
         pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, Failure> {
-        // A pull source makes any request a conversation; without one, a
-        // stream's next item could go through the region.
+        // Without a pull source, the input has ended.
         let mut no_pull = || (bulkhead_shared::abi::STATUS_STREAM_END, Vec::new());
         let pull: PullSource<'_> = match pull {
             Some(pull) => pull,
@@ -94,21 +94,6 @@ impl WorkerProcess {
         let (proc, stderr) = (&self.proc, &self.stderr);
         self.link
             .exchange(msg, deadline, Some(pull), None)
-            .map_err(|f| reap::failure(proc, stderr, f))
-    }
-
-    /// Whether stream items may travel through the shared-memory region: there
-    /// is one, and requests need no conversation (no host callbacks).
-    pub(crate) fn region_streams(&self) -> bool {
-        self.link.region_streams()
-    }
-
-    /// The next item of the open stream through the shared-memory region
-    /// (only when [`region_streams`](Self::region_streams)).
-    pub(crate) fn stream_next_shm(&mut self, deadline: Instant) -> Result<Answer<'_>, Failure> {
-        let (proc, stderr) = (&self.proc, &self.stderr);
-        self.link
-            .exchange(Request::StreamNext, deadline, None, None)
             .map_err(|f| reap::failure(proc, stderr, f))
     }
 

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use bulkhead_shared::frame::{self, ENVELOPE_OVERHEAD};
 use bulkhead_shared::protocol::{HostMsg, LoadFailure, WorkerMsg, PROTOCOL_VERSION};
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 
 use nix::fcntl::{fcntl, FcntlArg};
 
-use crate::channel;
+use crate::channel::{self, Via};
 use crate::load::{self, Outcome, Plugin};
 use crate::sandbox;
 use crate::setup::{self, Args};
@@ -65,7 +66,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     // code runs. If it cannot be mapped, say so in the handshake and use the socket.
     let region = if req.shm_capacity > 0 {
         match shm::recv_fd(&sock).and_then(|fd| Region::open(fd.as_fd())) {
-            Ok(r) => Some(r),
+            Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 eprintln!("bulkhead-worker: shared memory unavailable, using the socket: {e}");
                 None
@@ -118,11 +119,13 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
         return fail_load(&mut sock, &mut tx, e);
     }
     let path = entered.library.clone().unwrap_or(path);
-    if let Err(e) = channel::install(&sock, max_in) {
+    if let Err(e) = channel::install(&sock, max_in, region.clone()) {
         return fail_load(&mut sock, &mut tx, format!("cannot clone the socket: {e}"));
     }
+    let calls_back;
     let plugin = match load::load(&req, &path) {
         Ok((plugin, mut info)) => {
+            calls_back = !info.bound_imports.is_empty();
             info.shm = region.is_some();
             info.sandbox = entered.report;
             WorkerMsg::Loaded(Box::new(info)).encode(&mut tx);
@@ -140,6 +143,7 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
         tx,
         plugin,
         max_in,
+        calls_back,
     };
     match region {
         Some(region) => s.serve_shm(&region),
@@ -160,6 +164,8 @@ struct Server {
     tx: Vec<u8>,
     plugin: Plugin,
     max_in: u32,
+    /// The plugin has host imports bound: its calls may call back.
+    calls_back: bool,
 }
 
 impl Server {
@@ -225,13 +231,13 @@ impl Server {
         // The channel closes (waiting out an exchange in flight) before the answer is written.
         let answer = |id: u64| {
             move |outcome: Outcome<'_>| {
-                channel::set_open(false);
+                channel::set_open(None);
                 reply(sock, tx, id, outcome)
             }
         };
         // The plugin may reach the host (callbacks, pulls) only while the host
         // is listening on the socket for this request's answer.
-        channel::set_open(true);
+        channel::set_open(Some(Via::Socket));
         let sent = match msg {
             HostMsg::Call { id, method, payload } => self.plugin.call(method, payload, None, answer(id)),
             HostMsg::StreamOpen {
@@ -247,16 +253,16 @@ impl Server {
             }
             HostMsg::ClientCall { id, method, payload } => self.plugin.client_call(method, payload, answer(id)),
             HostMsg::Shutdown => {
-                channel::set_open(false);
+                channel::set_open(None);
                 return Step::Shutdown;
             }
             other => {
-                channel::set_open(false);
+                channel::set_open(None);
                 eprintln!("bulkhead-worker: unexpected message from host: {other:?}");
                 return Step::Exit(EXIT_PROTOCOL);
             }
         };
-        channel::set_open(false);
+        channel::set_open(None);
         if let Err(e) = sent {
             eprintln!("bulkhead-worker: cannot answer the host: {e}");
             return Step::Exit(0);

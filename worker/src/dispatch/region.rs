@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::socket;
 use super::{Server, Step, EXIT_PROTOCOL};
+use crate::channel::{self, Via};
 use crate::load::Outcome;
 
 /// How long the worker spins (yielding) for the next request before sleeping
@@ -23,10 +24,8 @@ const WORKER_SPIN: Duration = Duration::from_micros(100);
 impl Server {
     /// Serves requests posted in `region` until told to stop; returns the exit code.
     pub(super) fn serve_shm(mut self, region: &Region) -> u8 {
-        let mut last = 0u32;
         loop {
-            last = region.wait_request(last, WORKER_SPIN);
-            let req = region.request();
+            let req = region.next_request(WORKER_SPIN);
             let sent = match RequestKind::from_code(req.kind) {
                 Some(RequestKind::Call) => {
                     let Some(input) = region.request_payload(req.len) else {
@@ -60,6 +59,18 @@ impl Server {
                     self.rx = rx;
                     sent
                 }
+                Some(RequestKind::ClientCall) => {
+                    let Some(input) = region.request_payload(req.len) else {
+                        eprintln!("bulkhead-worker: request of {} bytes exceeds the region", req.len);
+                        return EXIT_PROTOCOL;
+                    };
+                    let (sock, tx) = (&mut self.sock, &mut self.tx);
+                    channel::set_open(Some(Via::Region(req.id)));
+                    self.plugin.client_call(req.method, input, |outcome| {
+                        channel::set_open(None);
+                        post_outcome(region, sock, tx, req.id, outcome)
+                    })
+                }
                 Some(RequestKind::StreamNext) => self.answer_shm_stream_next(region, req.id),
                 Some(RequestKind::Conversation) => {
                     if let Err(code) = self.next_frame() {
@@ -78,8 +89,8 @@ impl Server {
                     self.plugin.destroy();
                     return 0;
                 }
-                None => {
-                    eprintln!("bulkhead-worker: unknown request kind {}", req.kind);
+                Some(RequestKind::Answer | RequestKind::AnswerViaSocket) | None => {
+                    eprintln!("bulkhead-worker: unexpected request kind {}", req.kind);
                     return EXIT_PROTOCOL;
                 }
             };
@@ -92,21 +103,33 @@ impl Server {
 
     /// Runs a call and answers through the region: output already in the
     /// response area (Arena) is announced in place, other output is copied in,
-    /// and output too large for the region goes over the socket.
+    /// and output too large for the region goes over the socket. A plugin
+    /// with host imports may call back through the region meanwhile.
     fn answer_shm(&mut self, region: &Region, id: u64, method: u32, input: &[u8]) -> std::io::Result<()> {
         // Between a request and its response the worker owns the response area.
         let area = region.response_area_raw();
         let (sock, tx) = (&mut self.sock, &mut self.tx);
+        let calls_back = self.calls_back;
+        if calls_back {
+            channel::set_open(Some(Via::Region(id)));
+        }
         self.plugin.call(method, input, Some(area), |outcome| {
+            if calls_back {
+                channel::set_open(None);
+            }
             post_outcome(region, sock, tx, id, outcome)
         })
     }
 
-    /// The next item of the open stream, answered through the region.
+    /// The next item of the open stream, answered through the region (its
+    /// pulls, for a bidirectional stream, and callbacks go there too).
     fn answer_shm_stream_next(&mut self, region: &Region, id: u64) -> std::io::Result<()> {
         let (sock, tx) = (&mut self.sock, &mut self.tx);
-        self.plugin
-            .stream_next(|outcome| post_outcome(region, sock, tx, id, outcome))
+        channel::set_open(Some(Via::Region(id)));
+        self.plugin.stream_next(|outcome| {
+            channel::set_open(None);
+            post_outcome(region, sock, tx, id, outcome)
+        })
     }
 }
 
