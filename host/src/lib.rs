@@ -98,6 +98,10 @@ compile_error!(
     "bulkhead supports Linux only: it relies on memfd shared memory, futexes, prctl and Linux process control"
 );
 
+#[cfg(feature = "tokio")]
+mod async_call;
+#[cfg(feature = "tokio")]
+mod bells;
 mod blocking;
 mod client;
 mod crash;

@@ -956,7 +956,7 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-fn check_input(g: &Generation, input: &[u8]) -> Result<(), CallError> {
+pub(crate) fn check_input(g: &Generation, input: &[u8]) -> Result<(), CallError> {
     check_input_len(g, input.len())
 }
 

@@ -33,6 +33,7 @@ use bulkhead_shared::wire;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::async_call;
 use crate::blocking::Job;
 use crate::error::{CallError, LoadError};
 use crate::events::{Event, Missed, EVENT_BUFFER};
@@ -133,9 +134,10 @@ impl Plugin {
 }
 
 impl Plugin {
-    /// [`call`](Self::call) as a future: the arguments are encoded now, the
-    /// call runs on tokio's blocking pool. See the module docs for what
-    /// dropping the future does (the call completes; the worker is kept).
+    /// [`call`](Self::call) as a future: the arguments are encoded now; the
+    /// call waits as a task, not on a thread (see the module docs). See the
+    /// module docs for what dropping the future does (the call completes;
+    /// the worker is kept).
     pub fn call_async<A: Serialize + ?Sized, R: DeserializeOwned + Send + 'static>(
         &self,
         index: impl Into<MethodIndex>,
@@ -156,11 +158,8 @@ impl Plugin {
         let plugin = self.clone();
         async move {
             let input = encoded?;
-            blocking(move || {
-                let out = plugin.call_raw_with_timeout(index, &input, timeout)?;
-                CallError::decode_return(index, &out)
-            })
-            .await
+            let out = async_call::call_raw(plugin, index, input, timeout, offload).await?;
+            CallError::decode_return(index, &out)
         }
     }
 
@@ -181,9 +180,13 @@ impl Plugin {
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
         let index = index.into().0;
-        let plugin = self.clone();
-        async move { blocking(move || plugin.call_raw_with_timeout(index, &input, timeout)).await }
+        async_call::call_raw(self.clone(), index, input, timeout, offload)
     }
+}
+
+/// The async call path's blocking hand-off: tokio's blocking pool.
+fn offload(job: async_call::BlockingRest) -> async_call::Offloaded {
+    Box::pin(blocking(job))
 }
 
 /// The stream and the item one blocking pull produced.

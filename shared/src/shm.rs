@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::MemFdCreateFlag;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use rustix::event::EventfdFlags;
 
 /// Seals every region carries before its fd leaves the host: its size can never
 /// change again, and no seal can be removed or added.
@@ -182,6 +183,9 @@ pub struct Header {
     /// A small output, in the same cache line as the response sequence word.
     resp_inline: [AtomicU64; RESP_INLINE / 8],
     dead: AtomicU32,
+    /// Set by the host while an async caller waits for the response: the
+    /// worker rings the doorbell (an eventfd) after posting it.
+    host_async: AtomicU32,
 }
 
 /// A request as the worker sees it.
@@ -244,6 +248,10 @@ pub struct Region {
     /// Worker: the last request sequence it took (by the serve loop or by a
     /// callback or pull waiting for its answer).
     seen_req: AtomicU32,
+    /// The doorbell: an eventfd the worker writes after posting a response
+    /// an async caller waits for (and the reaper after marking it dead). The
+    /// host registers it with its runtime; it carries no data, only a wake-up.
+    doorbell: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is process-wide memory; all shared fields are atomics and
@@ -253,7 +261,8 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Host side: creates a memfd region with `capacity` bytes per direction.
+    /// Host side: creates a memfd region with `capacity` bytes per direction,
+    /// and its doorbell (an eventfd; see [`doorbell`](Self::doorbell)).
     pub fn create(capacity: u32) -> io::Result<(Region, OwnedFd)> {
         let name: &CStr = c"bulkhead-shm";
         let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
@@ -266,6 +275,10 @@ impl Region {
         fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(REGION_SEALS))?;
         let mut region = Region::map(fd.as_fd(), map_len, capacity as usize)?;
         region.host = true;
+        // Every host region has a doorbell (the worker expects its descriptor
+        // right after the region's).
+        let doorbell = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        region.doorbell = Some(doorbell);
         // No prefault here: the worker's (in `open`) allocates the pages, and
         // the host maps them on first touch. Prefaulting in the host too would
         // charge every idle worker's 128 KiB to the host's resident set.
@@ -322,6 +335,7 @@ impl Region {
             busy_spin_ns: AtomicU64::new(BUSY_SPIN.as_nanos() as u64),
             woke_worker: AtomicBool::new(false),
             seen_req: AtomicU32::new(0),
+            doorbell: None,
         })
     }
 
@@ -427,6 +441,51 @@ impl Region {
     /// Host: the current response sequence (read before posting a request).
     pub fn resp_seq(&self) -> u32 {
         self.header().resp_seq.load(Ordering::Acquire)
+    }
+
+    /// The doorbell eventfd (host: to register with a runtime and to send to
+    /// the worker; worker: once received), if there is one.
+    pub fn doorbell(&self) -> Option<BorrowedFd<'_>> {
+        self.doorbell.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Worker: keeps the doorbell the host sent (before the first request).
+    pub fn set_doorbell(&mut self, fd: OwnedFd) {
+        if !self.host {
+            self.doorbell = Some(fd);
+        }
+    }
+
+    /// Host: an async caller is about to wait for the response after `last`:
+    /// empties the doorbell, asks the worker to ring it after posting, and
+    /// says whether to wait (`true`: nothing posted yet; `false`: look
+    /// again). End the wait with [`async_wait_over`](Self::async_wait_over).
+    pub fn async_wait(&self, last: u32) -> bool {
+        self.drain_doorbell();
+        let h = self.header();
+        h.host_async.store(1, Ordering::SeqCst);
+        h.resp_seq.load(Ordering::SeqCst) == last && h.dead.load(Ordering::SeqCst) == 0
+    }
+
+    /// Host: the async caller no longer waits.
+    pub fn async_wait_over(&self) {
+        self.header().host_async.store(0, Ordering::SeqCst);
+        self.drain_doorbell();
+    }
+
+    fn drain_doorbell(&self) {
+        if let Some(fd) = &self.doorbell {
+            let mut buf = [0u8; 8];
+            // Non-blocking: an empty doorbell reads EAGAIN, which is fine.
+            let _ = rustix::io::read(fd, &mut buf);
+        }
+    }
+
+    fn ring(&self) {
+        if let Some(fd) = &self.doorbell {
+            // A full counter (after 2^64-2 rings) would only mean no new wake-up.
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
     }
 
     /// Host: waits for the response sequence to move past `last`: spinning
@@ -562,6 +621,7 @@ impl Region {
         h.dead.store(1, Ordering::SeqCst);
         h.resp_seq.fetch_add(1, Ordering::SeqCst);
         futex_wake(&h.resp_seq);
+        self.ring();
     }
 
     /// Host: whether the reaper has marked the worker dead.
@@ -727,6 +787,9 @@ impl Region {
         h.resp_seq.fetch_add(1, Ordering::SeqCst);
         if h.host_sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.resp_seq);
+        }
+        if h.host_async.load(Ordering::SeqCst) != 0 {
+            self.ring();
         }
     }
 }

@@ -165,3 +165,64 @@ async fn dropping_the_supervisor_does_not_block_the_runtime() {
         .await
         .unwrap();
 }
+
+/// An async call waits as a task, not on a thread: 300 concurrent calls on
+/// one worker, a crash and a call that calls back into the host, on a
+/// current-thread runtime, start no thread (tokio's blocking pool stays
+/// empty). The counter does see the blocking pool: an async load uses it.
+#[test]
+fn async_calls_wait_as_tasks_without_threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = started.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_start(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let sup = supervisor();
+    let plugin = sup.load(spec("fx-basic")).unwrap();
+    use fx_host_iface::__fidius_UsesHost as U;
+    use fx_host_iface::__fidius_host_Host as H;
+    let lookup = bulkhead_host::HostInterface::new(
+        "Host",
+        H::Host_HOST_INTERFACE_HASH,
+        H::Host_HOST_INTERFACE_VERSION,
+        H::Host_HOST_FN_COUNT,
+    )
+    .function(H::HOST_FN_LOOKUP, |(key,): (String,)| format!("value-of-{key}"));
+    let host_user = sup.load(spec("fx-host").host_interface(lookup)).unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..300i64)
+            .map(|i| tokio::spawn(plugin.call_async::<_, i64>(basic::ADD, &(i, 1i64))))
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), i as i64 + 1);
+        }
+        let s: String = host_user.call_async(U::METHOD_ASK, &("k".to_string(),)).await.unwrap();
+        assert_eq!(s, "got value-of-k");
+        let e = plugin.call_async::<_, u32>(basic::SEGFAULT, &()).await.unwrap_err();
+        assert!(matches!(e, CallError::WorkerDied { .. }), "{e:?}");
+    });
+    let stats = plugin.stats();
+    assert_eq!((stats.calls, stats.ok, stats.crashes), (301, 300, 1), "{stats:?}");
+    match bulkhead_tests::transport() {
+        bulkhead_host::Transport::SharedMemory => assert_eq!(started.load(Ordering::SeqCst), 0),
+        // Over the socket a call's wait is a blocking read: the blocking pool.
+        _ => assert!(started.load(Ordering::SeqCst) > 0),
+    }
+    // The same count on a fresh runtime sees its blocking pool start.
+    let control = Arc::new(AtomicUsize::new(0));
+    let counter = control.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_start(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let again = rt.block_on(sup.load_async(spec("fx-basic"))).unwrap();
+    assert!(control.load(Ordering::SeqCst) > 0, "the count sees the blocking pool");
+    drop(again);
+}

@@ -40,6 +40,7 @@ use bulkhead_shared::shm::{Region, RequestKind};
 use crate::hostfn::HostImports;
 
 pub(crate) use framing::{write_all, IoFail};
+pub(crate) use shm::{Posted, Progress};
 
 /// How requests travel on a link; chosen once, when the handshake ends.
 pub(crate) struct Way {

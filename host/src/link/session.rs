@@ -99,7 +99,17 @@ pub(super) struct Turns<'p> {
 
 impl<'p> Turns<'p> {
     pub(super) fn new(pull: Option<PullSource<'p>>) -> Turns<'p> {
-        Turns { pull, callbacks: 0 }
+        Turns::resume(pull, 0)
+    }
+
+    /// Turns of a request that already had `callbacks` callbacks answered.
+    pub(super) fn resume(pull: Option<PullSource<'p>>, callbacks: u32) -> Turns<'p> {
+        Turns { pull, callbacks }
+    }
+
+    /// Callbacks answered so far.
+    pub(super) fn count(&self) -> u32 {
+        self.callbacks
     }
 
     /// The status and bytes that answer `turn`, capped at the largest

@@ -106,51 +106,135 @@ impl Link {
         let mut turns = Turns::new(pull);
         loop {
             let seen = self.wait_change(region, last, deadline)?;
-            let r = region.response();
-            if r.id != id {
-                return Err(if region.is_dead() {
-                    IoFail::Eof
-                } else {
-                    IoFail::Frame(ProtocolError::WrongRequestId {
-                        expected: id,
-                        got: r.id,
-                    })
-                });
-            }
-            match ResponseKind::from_code(r.kind) {
-                Some(ResponseKind::Callback) => {
-                    if region.copy_callback_args(r.len, &mut self.rx).is_none() {
-                        let why = format!("callback arguments of {} bytes", r.len);
-                        return Err(IoFail::Frame(ProtocolError::Malformed(why)));
-                    }
-                    let turn = Turn::Callback {
-                        import: r.status as u32,
-                        index: r.off,
-                        payload: &self.rx,
-                    };
-                    let (status, out) = turns.serve(self.way.imports.as_deref(), turn, self.max_frame);
-                    self.answer_turn(region, id, status, &out, keep, false, deadline)?;
-                }
-                Some(ResponseKind::CallbackViaSocket) => {
-                    let len = read_frame(&self.sock, &mut self.rx, self.max_frame, deadline)?;
-                    let (status, out) = match WorkerMsg::decode(&self.rx[..len]) {
-                        Ok(WorkerMsg::Callback { import, index, payload }) => {
-                            let turn = Turn::Callback { import, index, payload };
-                            turns.serve(self.way.imports.as_deref(), turn, self.max_frame)
-                        }
-                        Ok(other) => return Err(IoFail::Frame(ProtocolError::Unexpected { got: msg_name(&other) })),
-                        Err(e) => return Err(IoFail::Frame(ProtocolError::Malformed(e.to_string()))),
-                    };
-                    self.answer_turn(region, id, status, &out, keep, false, deadline)?;
-                }
-                Some(ResponseKind::Pull) => {
-                    let (status, out) = turns.serve(None, Turn::Pull, self.max_frame);
-                    self.answer_turn(region, id, status, &out, keep, true, deadline)?;
-                }
-                _ => return Ok(r),
+            let r = answer_to(region, id)?;
+            if !self.take_turn(region, r, keep, &mut turns, deadline)? {
+                return Ok(r);
             }
             last = seen;
         }
+    }
+
+    /// If `r` is a callback or pull of request `id` (not its answer), answers
+    /// it from `turns` and returns `true`.
+    fn take_turn(
+        &mut self,
+        region: &Region,
+        r: shm::Response,
+        keep: usize,
+        turns: &mut Turns<'_>,
+        deadline: Instant,
+    ) -> Result<bool, IoFail> {
+        let id = r.id;
+        match ResponseKind::from_code(r.kind) {
+            Some(ResponseKind::Callback) => {
+                if region.copy_callback_args(r.len, &mut self.rx).is_none() {
+                    let why = format!("callback arguments of {} bytes", r.len);
+                    return Err(IoFail::Frame(ProtocolError::Malformed(why)));
+                }
+                let turn = Turn::Callback {
+                    import: r.status as u32,
+                    index: r.off,
+                    payload: &self.rx,
+                };
+                let (status, out) = turns.serve(self.way.imports.as_deref(), turn, self.max_frame);
+                self.answer_turn(region, id, status, &out, keep, false, deadline)?;
+            }
+            Some(ResponseKind::CallbackViaSocket) => {
+                let len = read_frame(&self.sock, &mut self.rx, self.max_frame, deadline)?;
+                let (status, out) = match WorkerMsg::decode(&self.rx[..len]) {
+                    Ok(WorkerMsg::Callback { import, index, payload }) => {
+                        let turn = Turn::Callback { import, index, payload };
+                        turns.serve(self.way.imports.as_deref(), turn, self.max_frame)
+                    }
+                    Ok(other) => return Err(IoFail::Frame(ProtocolError::Unexpected { got: msg_name(&other) })),
+                    Err(e) => return Err(IoFail::Frame(ProtocolError::Malformed(e.to_string()))),
+                };
+                self.answer_turn(region, id, status, &out, keep, false, deadline)?;
+            }
+            Some(ResponseKind::Pull) => {
+                let (status, out) = turns.serve(None, Turn::Pull, self.max_frame);
+                self.answer_turn(region, id, status, &out, keep, true, deadline)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Posts a call through the region for a caller that must not block
+    /// (an async one), if the region can carry it (there is one and the
+    /// payload fits); `None` otherwise, with nothing sent.
+    pub(crate) fn post_call(&mut self, method: u32, payload: &[u8]) -> Option<Posted> {
+        let region = self.way.region.clone()?;
+        if payload.len() > region.capacity() {
+            return None;
+        }
+        let id = self.next_id();
+        let last = region.resp_seq();
+        region.post_request(RequestKind::Call, id, method, payload);
+        let keep = if payload.len() <= shm::REQ_INLINE {
+            0
+        } else {
+            payload.len()
+        };
+        Some(Posted {
+            region,
+            id,
+            last,
+            keep,
+            callbacks: 0,
+        })
+    }
+
+    /// Moves a posted call on without blocking: answers the callbacks that
+    /// are waiting and says whether its answer is there, not yet, or needs
+    /// the socket (a blocking read: finish it with [`wait_posted`](Self::wait_posted)).
+    pub(crate) fn step(&mut self, p: &mut Posted, deadline: Instant) -> Result<Progress, IoFail> {
+        let region = p.region.clone();
+        loop {
+            let seen = region.resp_seq();
+            if seen == p.last {
+                return if region.is_dead() {
+                    Err(IoFail::Eof)
+                } else {
+                    Ok(Progress::Waiting)
+                };
+            }
+            let r = answer_to(&region, p.id)?;
+            match ResponseKind::from_code(r.kind) {
+                Some(ResponseKind::CallbackViaSocket | ResponseKind::ViaSocket) => return Ok(Progress::Blocking),
+                _ => {}
+            }
+            let mut turns = Turns::resume(None, p.callbacks);
+            let turn = self.take_turn(&region, r, p.keep, &mut turns, deadline)?;
+            p.callbacks = turns.count();
+            if !turn {
+                return Ok(Progress::Answered(r));
+            }
+            p.last = seen;
+        }
+    }
+
+    /// Waits (blocking) for a posted call's answer and takes it.
+    pub(crate) fn wait_posted(
+        &mut self,
+        p: Posted,
+        deadline: Instant,
+        target: &mut Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, IoFail> {
+        let r = self.wait_shm(&p.region, p.last, p.id, deadline, p.keep, None)?;
+        self.finish_shm(r, p.id, deadline, &p.region, target)
+    }
+
+    /// Takes the answer [`step`](Self::step) found (from the region; an
+    /// answer announced on the socket is read there).
+    pub(crate) fn take_posted(
+        &mut self,
+        p: &Posted,
+        r: shm::Response,
+        deadline: Instant,
+        target: &mut Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, IoFail> {
+        self.finish_shm(r, p.id, deadline, &p.region, target)
     }
 
     /// Answers a callback (or, with `item`, a pull) of request `id`: through
@@ -298,4 +382,56 @@ impl Link {
             len: r.len,
         })
     }
+}
+
+/// The response in the region, checked to belong to request `id` (a worker
+/// the reaper marked dead has ended instead).
+fn answer_to(region: &Region, id: u64) -> Result<shm::Response, IoFail> {
+    let r = region.response();
+    if r.id == id {
+        return Ok(r);
+    }
+    Err(if region.is_dead() {
+        IoFail::Eof
+    } else {
+        IoFail::Frame(ProtocolError::WrongRequestId {
+            expected: id,
+            got: r.id,
+        })
+    })
+}
+
+/// A call posted through the region by a caller that must not block, whose
+/// answer has not been taken yet.
+pub(crate) struct Posted {
+    region: Arc<Region>,
+    id: u64,
+    /// The response sequence last seen.
+    last: u32,
+    /// Bytes of the request area the plugin may still read.
+    keep: usize,
+    /// Callbacks answered so far.
+    callbacks: u32,
+}
+
+impl Posted {
+    /// The region the call went through (its doorbell wakes the caller).
+    pub(crate) fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// The response sequence the caller waits to see move.
+    pub(crate) fn last(&self) -> u32 {
+        self.last
+    }
+}
+
+/// Where a posted call stands.
+pub(crate) enum Progress {
+    /// No answer yet.
+    Waiting,
+    /// The answer is in the region.
+    Answered(shm::Response),
+    /// The rest needs a blocking read on the socket.
+    Blocking,
 }

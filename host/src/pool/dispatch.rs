@@ -27,9 +27,11 @@
 //! receive and send, a few atomics, and the restart state's lock only while
 //! the plugin is unhealthy.
 
+use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -52,6 +54,13 @@ pub(super) struct Dispatch {
     queue_limit: usize,
     /// Latest deadline of any call so far, in µs after the pool started (for a drain).
     latest_deadline_us: AtomicU64,
+    /// Callers that must not block (async ones) waiting for a slot: each
+    /// slot put back wakes one.
+    async_waiters: Mutex<VecDeque<(u64, Waker)>>,
+    /// The key of the next async waiter.
+    next_waiter: AtomicU64,
+    /// How many wakers `async_waiters` holds (read without its lock).
+    async_waiting: AtomicUsize,
 }
 
 impl Dispatch {
@@ -65,6 +74,9 @@ impl Dispatch {
             waiting: AtomicUsize::new(0),
             queue_limit,
             latest_deadline_us: AtomicU64::new(0),
+            async_waiters: Mutex::new(VecDeque::new()),
+            next_waiter: AtomicU64::new(0),
+            async_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -74,6 +86,7 @@ impl Dispatch {
             unreachable!("the pool channel has room for every slot");
         }
         self.slots.fetch_add(1, Ordering::AcqRel);
+        self.wake_one();
     }
 
     /// How many slots are in circulation.
@@ -100,6 +113,50 @@ impl Dispatch {
     /// worker inside is killed by its `Drop` rather than leaked).
     pub(super) fn offer(&self, slot: Slot) {
         let _ = self.idle_tx.try_send(slot);
+        self.wake_one();
+    }
+
+    /// Registers (or renews) async waiter `key`'s waker, woken when a slot
+    /// is put back; it keeps its place in the queue.
+    fn wait_async(&self, key: u64, waker: &Waker) {
+        let mut waiters = self.async_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        match waiters.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, w)) => w.clone_from(waker),
+            None => {
+                waiters.push_back((key, waker.clone()));
+                self.async_waiting.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Removes async waiter `key`, if it is still queued.
+    fn forget_async(&self, key: u64) {
+        if self.async_waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut waiters = self.async_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = waiters.iter().position(|(k, _)| *k == key) {
+            waiters.remove(at);
+            self.async_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes the async caller that has waited longest, if any.
+    fn wake_one(&self) {
+        if self.async_waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let waker = {
+            let mut waiters = self.async_waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let w = waiters.pop_front();
+            if w.is_some() {
+                self.async_waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            w.map(|(_, w)| w)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// The latest deadline of any call, `started_at` being the pool's start.
@@ -142,7 +199,7 @@ impl Pool {
     /// Counts a finished call (and records its metrics), or a call this pool
     /// gave up because a reload retired it: the plugin runs that one again on
     /// its new pool.
-    fn call_done(&self, span: &tracing::Span, start: Instant, method: u32, error: Option<&CallError>) {
+    pub(crate) fn call_done(&self, span: &tracing::Span, start: Instant, method: u32, error: Option<&CallError>) {
         if matches!(error, Some(CallError::ShutDown)) && self.retired.load(Ordering::Acquire) {
             self.counters.call_retried();
         } else {
@@ -237,7 +294,14 @@ impl Pool {
         if self.unhealthy() {
             self.check_failed(start)?;
         }
-        let worker = match self.acquire(start, deadline)? {
+        let slot = self.acquire(start, deadline)?;
+        self.lease_slot(slot, deadline)
+    }
+
+    /// Leases the worker of a free `slot`, starting one in an empty or idle
+    /// slot first (which blocks for the start, bounded by `deadline`).
+    fn lease_slot(&self, slot: Slot, deadline: Instant) -> Result<Lease<&Pool>, CallError> {
+        let worker = match slot {
             Slot::Live(w) => w,
             Slot::Empty(i) => self
                 .replace(i, deadline)
@@ -255,6 +319,86 @@ impl Pool {
             pool: self,
             slot: Slot::Live(worker),
         })
+    }
+
+    /// A free slot for a caller that must not block (an async one), started
+    /// at `start` with `deadline`: `Pending` (with `cx`'s waker registered,
+    /// woken when a slot is put back) while none is free. A live worker is
+    /// leased at once; an empty or idle slot comes back as [`Found::Start`]
+    /// for [`start_slot`](Self::start_slot), which blocks. `queued` says
+    /// whether this caller already counts against the queue limit (a
+    /// [`Queued`] guard ends that when dropped).
+    pub(crate) fn poll_take(
+        self: &Arc<Self>,
+        start: Instant,
+        deadline: Instant,
+        queued: &mut Option<Queued>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Found, CallError>> {
+        if self.closing.is_closed() {
+            return Poll::Ready(Err(CallError::ShutDown));
+        }
+        if self.unhealthy() {
+            if let Err(e) = self.check_failed(start) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        let d = &self.dispatch;
+        let mut slot = d.try_take();
+        if slot.is_none() {
+            if queued.is_none() {
+                let waiting = d.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+                let key = d.next_waiter.fetch_add(1, Ordering::Relaxed);
+                *queued = Some(Queued {
+                    pool: self.clone(),
+                    key,
+                });
+                if waiting > d.queue_limit {
+                    return Poll::Ready(Err(CallError::Overloaded { limit: d.queue_limit }));
+                }
+            }
+            if let Some(q) = queued.as_ref() {
+                d.wait_async(q.key, cx.waker());
+            }
+            // A slot put back between the look and the registration.
+            slot = d.try_take();
+        }
+        let Some(slot) = slot else { return Poll::Pending };
+        *queued = None;
+        if matches!(slot, Slot::Closed) || self.closing.is_closed() {
+            d.offer(slot);
+            return Poll::Ready(Err(CallError::ShutDown));
+        }
+        if Instant::now() >= deadline {
+            self.put_back(slot);
+            return Poll::Ready(Err(self.busy_or_backoff(start)));
+        }
+        Poll::Ready(Ok(match slot {
+            Slot::Live(w) => {
+                set_busy(&w.proc, true);
+                Found::Live(Lease {
+                    pool: self.clone(),
+                    slot: Slot::Live(w),
+                })
+            }
+            other => Found::Start(other),
+        }))
+    }
+
+    /// Leases the worker of a slot [`poll_take`](Self::poll_take) found
+    /// empty or idle, starting it (blocking, bounded by `deadline`).
+    pub(crate) fn start_slot(self: &Arc<Self>, slot: Slot, deadline: Instant) -> Result<Lease, CallError> {
+        Ok(self.lease_slot(slot, deadline)?.hand_to(self.clone()))
+    }
+
+    /// Records a call's deadline (a drain waits for the latest).
+    pub(crate) fn note_call_deadline(&self, deadline: Instant) {
+        self.dispatch.note_deadline(deadline, self.started_at);
+    }
+
+    /// Why a caller that waited for a slot until its deadline got none.
+    pub(crate) fn no_slot(&self, start: Instant) -> CallError {
+        self.busy_or_backoff(start)
     }
 
     /// Takes a free slot for a call started at `start`, waiting until
@@ -370,11 +514,9 @@ impl Pool {
 
     /// Puts `slot` among the free ones.
     pub(super) fn to_channel(&self, slot: Slot) {
-        if let Err(e) = self.dispatch.idle_tx.try_send(slot) {
-            // Cannot happen (one token per slot); if it did, a worker inside is
-            // killed by its Drop rather than leaked.
-            drop(e.into_inner());
-        }
+        // The channel has room for every slot; if it had none, a worker inside
+        // would be killed by its Drop rather than leaked.
+        self.dispatch.offer(slot);
     }
 
     /// Wakes callers still waiting for a slot (at shutdown).
@@ -472,5 +614,33 @@ impl<P: Deref<Target = Pool>> Drop for Lease<P> {
             w.last_used = Instant::now();
         }
         self.pool.put_back(slot);
+    }
+}
+
+/// What [`Pool::poll_take`] found for an async caller.
+pub(crate) enum Found {
+    /// A live worker, leased.
+    Live(Lease),
+    /// An empty or idle slot: [`Pool::start_slot`] gives it a worker.
+    Start(Slot),
+}
+
+/// An async caller counted against the pool's queue limit while it waits for
+/// a slot. Dropping it ends the wait; a caller that stops waiting (its future
+/// dropped, its deadline passed) hands its wake-up on to the next waiter, so
+/// a slot put back is never left unclaimed.
+pub(crate) struct Queued {
+    pool: Arc<Pool>,
+    key: u64,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let d = &self.pool.dispatch;
+        d.forget_async(self.key);
+        d.waiting.fetch_sub(1, Ordering::AcqRel);
+        if d.free() > 0 {
+            d.wake_one();
+        }
     }
 }

@@ -54,6 +54,8 @@ mod shutdown;
 
 use dispatch::Dispatch;
 pub(crate) use dispatch::Lease;
+#[cfg(feature = "tokio")]
+pub(crate) use dispatch::{Found, Queued};
 use recovery::Recovery;
 use shutdown::Closing;
 

@@ -19,11 +19,11 @@ mod spawn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead_shared::shm::Region;
+use bulkhead_shared::shm::{Region, Response};
 
 use crate::crash::CrashReport;
 use crate::error::Exit;
-use crate::link::{Answer, Link, Placed, PullSource, Request};
+use crate::link::{Answer, Link, Placed, Posted, Progress, PullSource, Request};
 use crate::output::StderrTail;
 
 pub(crate) use reap::{Failure, ProcState, KILL_REAP_BOUND};
@@ -58,6 +58,50 @@ impl WorkerProcess {
         let (proc, stderr) = (&self.proc, &self.stderr);
         self.link
             .exchange(Request::Call { method, payload }, deadline, None, target)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// Posts one call through the shared region without waiting, for a
+    /// caller that must not block; `None` (nothing sent) if the region cannot
+    /// carry it.
+    pub(crate) fn post_call(&mut self, method: u32, payload: &[u8]) -> Option<Posted> {
+        self.link.post_call(method, payload)
+    }
+
+    /// Moves a posted call on without blocking (see [`Link::step`]).
+    pub(crate) fn step(&mut self, posted: &mut Posted, deadline: Instant) -> Result<Progress, Failure> {
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        self.link
+            .step(posted, deadline)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// Takes the answer [`step`](Self::step) found.
+    pub(crate) fn take_posted(
+        &mut self,
+        posted: &Posted,
+        r: Response,
+        deadline: Instant,
+        target: Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, Failure> {
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        let mut target = target;
+        self.link
+            .take_posted(posted, r, deadline, &mut target)
+            .map_err(|f| reap::failure(proc, stderr, f))
+    }
+
+    /// Waits (blocking) for a posted call's answer and takes it.
+    pub(crate) fn wait_posted(
+        &mut self,
+        posted: Posted,
+        deadline: Instant,
+        target: Option<Vec<u8>>,
+    ) -> Result<Answer<'_>, Failure> {
+        let (proc, stderr) = (&self.proc, &self.stderr);
+        let mut target = target;
+        self.link
+            .wait_posted(posted, deadline, &mut target)
             .map_err(|f| reap::failure(proc, stderr, f))
     }
 

@@ -341,8 +341,12 @@ fn send_load(
     deadline: Instant,
 ) -> Result<(), IoFail> {
     write_all(sock, load, deadline)?;
-    if let Some((_, fd)) = region {
+    if let Some((region, fd)) = region {
         shm::send_fd(sock, fd.as_fd()).map_err(IoFail::Io)?;
+        // Every region has its doorbell; it follows the region's descriptor.
+        if let Some(doorbell) = region.doorbell() {
+            shm::send_fd(sock, doorbell).map_err(IoFail::Io)?;
+        }
     }
     if let Some(fd) = &launch.library {
         shm::send_fd(sock, fd.as_fd()).map_err(IoFail::Io)?;

@@ -65,7 +65,13 @@ pub fn run(mut sock: UnixStream, args: &Args) -> u8 {
     // Map the shared region (sent right after the Load frame) before any plugin
     // code runs. If it cannot be mapped, say so in the handshake and use the socket.
     let region = if req.shm_capacity > 0 {
-        match shm::recv_fd(&sock).and_then(|fd| Region::open(fd.as_fd())) {
+        let opened = shm::recv_fd(&sock).and_then(|fd| Region::open(fd.as_fd()));
+        // The region's doorbell follows it, whether or not it could be mapped.
+        let doorbell = shm::recv_fd(&sock);
+        match opened.and_then(|mut r| {
+            r.set_doorbell(doorbell?);
+            Ok(r)
+        }) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 eprintln!("bulkhead-worker: shared memory unavailable, using the socket: {e}");
