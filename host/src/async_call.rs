@@ -243,6 +243,10 @@ impl Call {
     }
 }
 
+/// How long a posted call watches for its answer before it waits as a task
+/// (a sync call spins a little longer: 2 µs busy, then yielding).
+const ANSWER_SPIN: Duration = Duration::from_micros(5);
+
 /// What is left of a call for [`Call::blocking`].
 enum Pending<'a> {
     /// Nothing sent yet: send this payload.
@@ -273,9 +277,20 @@ impl InFlight {
         let Some(worker) = lease.worker() else {
             return Poll::Ready(Err(CallError::ShutDown));
         };
+        let mut spun = self.ring.is_some();
         let step = loop {
             match worker.step(posted, deadline) {
                 Ok(Progress::Waiting) if Instant::now() >= deadline => break Err(Failure::Timeout),
+                Ok(Progress::Waiting) if !spun => {
+                    // A worker already running answers a small call within
+                    // a few µs: watch for it before waiting as a task.
+                    spun = true;
+                    let (region, last) = (posted.region(), posted.last());
+                    let until = Instant::now() + ANSWER_SPIN;
+                    while region.resp_seq() == last && Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
                 Ok(Progress::Waiting) => {
                     let region = posted.region();
                     if !region.async_wait(posted.last()) {

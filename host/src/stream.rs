@@ -33,7 +33,7 @@ use crate::pool::Lease;
 /// The items a plugin pulls: encoded lazily, one per pull.
 pub(crate) type Input = Box<dyn Iterator<Item = Result<Vec<u8>, CallError>> + Send>;
 
-fn encode_input<I: Serialize>(items: impl IntoIterator<Item = I, IntoIter: Send + 'static>) -> Input {
+pub(crate) fn encode_input<I: Serialize>(items: impl IntoIterator<Item = I, IntoIter: Send + 'static>) -> Input {
     Box::new(
         items
             .into_iter()
@@ -309,9 +309,23 @@ impl Plugin {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let index = index.into().0;
-        self.check_range(index)?;
         let payload = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()))?;
+        self.call_client_stream_encoded(index.into().0, items, payload)
+    }
+
+    /// [`call_client_stream`](Self::call_client_stream) with the argument
+    /// tuple already encoded.
+    pub(crate) fn call_client_stream_encoded<I, R>(
+        &self,
+        index: u32,
+        items: impl IntoIterator<Item = I, IntoIter: Send + 'static>,
+        payload: Vec<u8>,
+    ) -> Result<R, CallError>
+    where
+        I: Serialize,
+        R: DeserializeOwned,
+    {
+        self.check_range(index)?;
         self.check_input_len(&payload)?;
         let mut input = Some(encode_input(items));
         let pool = self.generation().pool.clone();

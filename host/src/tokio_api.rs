@@ -39,7 +39,7 @@ use crate::error::{CallError, LoadError};
 use crate::events::{Event, Missed, EVENT_BUFFER};
 use crate::plugin::{MethodIndex, Plugin, PluginSpec};
 use crate::pool::WorkerReport;
-use crate::stream::PluginStream;
+use crate::stream::{encode_input, PluginStream};
 use crate::supervisor::Supervisor;
 
 /// Runs `f` on tokio's blocking pool and awaits it; a panic in `f` resumes here.
@@ -277,6 +277,60 @@ impl Plugin {
         async move {
             let input = encoded?;
             let inner = blocking(move || plugin.open_stream::<T>(index.0, input, None)).await?;
+            Ok(AsyncPluginStream {
+                inner: Some(inner),
+                pending: None,
+            })
+        }
+    }
+}
+
+impl Plugin {
+    /// [`call_client_stream`](Self::call_client_stream) as a future: the
+    /// arguments are encoded now; the call, and the plugin's pulls of
+    /// `items`, run on tokio's blocking pool (one thread for the whole call,
+    /// not one per item). Dropping the future lets the call finish.
+    pub fn call_client_stream_async<I, A, R>(
+        &self,
+        index: impl Into<MethodIndex>,
+        items: impl IntoIterator<Item = I, IntoIter: Send + 'static> + Send + 'static,
+        args: &A,
+    ) -> impl std::future::Future<Output = Result<R, CallError>> + Send + 'static
+    where
+        I: Serialize,
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let index = index.into().0;
+        let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
+        let plugin = self.clone();
+        async move {
+            let payload = encoded?;
+            blocking(move || plugin.call_client_stream_encoded(index, items, payload)).await
+        }
+    }
+
+    /// [`bidi_stream`](Self::bidi_stream) as an async
+    /// [`Stream`](futures_core::Stream): the stream opens on the blocking
+    /// pool; each output item is pulled like [`stream_async`](Self::stream_async)'s,
+    /// and the plugin's pulls of `items` are answered on the way.
+    pub fn bidi_stream_async<I, A, T>(
+        &self,
+        index: impl Into<MethodIndex>,
+        items: impl IntoIterator<Item = I, IntoIter: Send + 'static> + Send + 'static,
+        args: &A,
+    ) -> impl std::future::Future<Output = Result<AsyncPluginStream<T>, CallError>> + Send + 'static
+    where
+        I: Serialize,
+        A: Serialize + ?Sized,
+        T: DeserializeOwned + Send + 'static,
+    {
+        let index = index.into().0;
+        let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
+        let plugin = self.clone();
+        async move {
+            let payload = encoded?;
+            let inner = blocking(move || plugin.open_stream::<T>(index, payload, Some(encode_input(items)))).await?;
             Ok(AsyncPluginStream {
                 inner: Some(inner),
                 pending: None,

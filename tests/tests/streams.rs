@@ -219,6 +219,29 @@ async fn async_streams_pull_on_the_blocking_pool_and_cancel_on_drop() {
     assert_eq!(p.call_async::<_, u64>(S::METHOD_DROPS, &()).await.unwrap(), 2);
 }
 
+/// The async forms of client and bidirectional streams: the same answers
+/// as their blocking forms, and the worker serves plain calls afterwards.
+#[tokio::test(flavor = "current_thread")]
+async fn async_client_and_bidirectional_streams_round_trip() {
+    let sup = supervisor();
+    let p = sup.load_async(spec("fx-stream").plugin("StreamPlugin")).await.unwrap();
+    let total: u64 = p
+        .call_client_stream_async(S::METHOD_SUM, 1..=1000u64, &(7u64,))
+        .await
+        .unwrap();
+    assert_eq!(total, 500_500 + 7);
+    let mut s = p
+        .bidi_stream_async::<_, _, u64>(S::METHOD_DOUBLE, 0..300u64, &())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = s.next().await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got, (0..300u64).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(p.call_async::<_, u64>(S::METHOD_EXTRA, &(41u64,)).await.unwrap(), 42);
+}
+
 #[test]
 fn streams_on_plugins_that_cannot_stream_are_contract_errors() {
     let sup = supervisor();
