@@ -1,17 +1,31 @@
 //! The async API (feature `tokio`).
 //!
-//! Calls and loads block on I/O with the worker (a call spins up to 200 µs, then
-//! waits on a futex), so the async methods run that blocking part on tokio's
-//! blocking pool (`spawn_blocking`) and await its result: no executor thread
-//! spins or blocks. Works on current-thread and multi-thread runtimes.
+//! An async call waits as a task, not on a thread. It takes a worker without
+//! blocking (a task that finds none free waits in the pool's queue, woken
+//! when one is put back), posts its request through the worker's shared
+//! region, watches a few µs for the answer and then waits: the worker rings
+//! the region's doorbell (an eventfd) after posting the answer, and one
+//! process-wide thread, `bulkhead-bells`, wakes the task — or wakes it at the
+//! call's deadline. 1,000 concurrent calls take no thread beyond that one.
+//! Host callbacks the plugin makes meanwhile run on the task. Nothing here
+//! needs the runtime's I/O or time drivers; current-thread and multi-thread
+//! runtimes both work.
+//!
+//! What cannot wait that way runs on tokio's blocking pool
+//! (`spawn_blocking`), as every async call used to: a call on the socket
+//! transport, a payload or answer larger than the region, a callback too
+//! large for it, a slot whose worker must start first; and loads, reloads,
+//! client calls and the opening and items of streams.
 //!
 //! # Cancellation
 //! Dropping a call's future (or aborting its task, or losing a
-//! `tokio::time::timeout` race) does **not** interrupt the call: it runs on to
-//! its answer or its own deadline on the blocking thread, its result is
-//! discarded, and the worker is neither killed nor restarted — the slot goes
-//! back to the pool for the next call. A worker stuck in a call is bounded by
-//! the call's timeout as usual (`call_async_with_timeout`), which is the way to
+//! `tokio::time::timeout` race) does **not** interrupt a call the worker has
+//! received: it runs on to its answer or its own deadline (on the blocking
+//! pool), its result is discarded, it is counted as usual, and the worker is
+//! neither killed nor restarted — the slot goes back to the pool for the
+//! next call. A call dropped while it still waits for a worker never
+//! starts, and is not counted. A worker stuck in a call is bounded by the
+//! call's timeout as usual (`call_async_with_timeout`), which is the way to
 //! bound a call's cost; an outer `tokio::time::timeout` only bounds the wait.
 //! Dropping a `load_async` future likewise lets the load finish; the plugin
 //! handle it produced is then dropped, which stops its workers.
