@@ -240,8 +240,8 @@ fn spin_floor_rows(plugin: &Plugin, report: &mut Report, scale: &dyn Fn(usize) -
     let s = measure(2000.min(n), n, || spin.round_trip());
     drop(spin);
     let c = measure(2000.min(n), n, || small_call(plugin));
-    // What the one syscall on the fast path costs: after an answer through the
-    // region the host makes sure nothing unsolicited waits on the socket.
+    // What the check for unsolicited socket bytes would cost per answer (one
+    // FIONREAD); it runs only when the bell thread has flagged the socket.
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
     let peek = measure(2000.min(n), n, || {
         assert_eq!(rustix::io::ioctl_fionread(&a).unwrap(), 0);
@@ -261,7 +261,7 @@ fn spin_floor_rows(plugin: &Plugin, report: &mut Report, scale: &dyn Fn(usize) -
         format!("add(i64,i64) vs the spin floor{tag}"),
         format!("{} / {}", us(c.median), us(c.p99)),
         format!(
-            "**{r:.2}× spin floor** (same run); median / p99; of which the per-answer check for unsolicited socket bytes (one `FIONREAD` ioctl) {}",
+            "**{r:.2}× spin floor** (same run); median / p99; no syscall on the path (the `FIONREAD` check for unsolicited socket bytes, {}, runs only when the bell thread flags the socket)",
             us(peek.median)
         ),
     );

@@ -553,11 +553,12 @@ fn stream_and_callback_rows(
         other => panic!("expected ImportNotProvided, got {other:?}"),
     };
     // The baseline: a plain call on a plugin without host imports.
-    let basic = sup
-        .load(PluginSpec::new(fx.lib("fx-basic")))
-        .expect("load fx-basic");
+    let basic = sup.load(PluginSpec::new(fx.lib("fx-basic"))).expect("load fx-basic");
     let plain_call = measure(200, scale(5000), || {
-        assert_eq!(basic.call::<_, i64>(bulkhead_tests::basic::ADD, &(1i64, 2i64)).unwrap(), 3);
+        assert_eq!(
+            basic.call::<_, i64>(bulkhead_tests::basic::ADD, &(1i64, 2i64)).unwrap(),
+            3
+        );
     });
     drop(basic);
     report.json("callback", "plain_call_without_imports_shm", &plain_call, "");

@@ -1,5 +1,7 @@
-//! Waking callers that must not block (async ones) when a worker answers or
-//! a deadline passes, whatever runs them.
+//! The host's bell thread: it wakes callers that must not block (async ones)
+//! when a worker answers or a deadline passes, whatever runs them, and it
+//! flags worker sockets on which bytes arrived ([`SocketWatch`]), so the call
+//! path never asks the kernel whether any did.
 //!
 //! One process-wide thread, `bulkhead-bells`, started on first use, blocks
 //! in one `epoll` set. A waiting caller registers a [`Ring`]: its task's
@@ -20,7 +22,8 @@
 //! which finds nothing new and waits again. It costs the worker its own CPU.
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Instant;
@@ -48,6 +51,8 @@ struct State {
     next: u64,
     /// Registered rings: their wakers.
     wakers: HashMap<u64, Waker>,
+    /// Watched sockets: their flags.
+    watches: HashMap<u64, Arc<AtomicBool>>,
     /// Their deadlines, soonest first.
     deadlines: BTreeSet<(Instant, u64)>,
     /// The deadline the thread sleeps until now (`None`: none).
@@ -56,6 +61,7 @@ struct State {
 
 /// A waiting caller's registration: woken once the doorbell (if any) rings or
 /// the deadline passes. Dropping it ends the registration.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 pub(crate) struct Ring {
     bells: Arc<Bells>,
     key: u64,
@@ -64,6 +70,7 @@ pub(crate) struct Ring {
     bell: Option<Arc<Region>>,
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 impl Ring {
     /// Registers `waker` to be woken when `region`'s doorbell (if given)
     /// rings or at `deadline`. `None` if the bell thread cannot run (a host
@@ -154,6 +161,7 @@ impl Bells {
     }
 
     /// Makes the thread look again if `deadline` is sooner than its sleep.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     fn poke_if_sooner(&self, deadline: Instant) {
         let sooner = {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -201,6 +209,8 @@ impl Bells {
                         let _ = rustix::io::read(&self.poke, &mut buf);
                     } else if let Some(w) = st.wakers.remove(&key) {
                         wake.push(w);
+                    } else if let Some(flag) = st.watches.get(&key) {
+                        flag.store(true, Ordering::SeqCst);
                     }
                 }
                 let now = Instant::now();
@@ -218,5 +228,58 @@ impl Bells {
                 w.wake();
             }
         }
+    }
+}
+
+/// A worker socket the bell thread watches: once bytes arrive on it (or it
+/// is closed), [`seen`](Self::seen) says so, and stays set until
+/// [`rearm`](Self::rearm). One-shot: the thread sees a socket once per arming,
+/// so a socket with bytes waiting costs it nothing more.
+pub(crate) struct SocketWatch {
+    bells: Arc<Bells>,
+    key: u64,
+    flag: Arc<AtomicBool>,
+}
+
+impl SocketWatch {
+    /// Starts watching `sock`; `None` if the bell thread cannot run or the
+    /// socket cannot be watched (the caller then checks it itself). The
+    /// caller keeps `sock` open until [`stop`](Self::stop).
+    pub(crate) fn new(sock: BorrowedFd<'_>) -> Option<SocketWatch> {
+        let bells = BELLS.get_or_start(Bells::start)?.clone();
+        let flag = Arc::new(AtomicBool::new(false));
+        let key = {
+            let mut st = bells.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.next += 1;
+            let key = st.next;
+            st.watches.insert(key, flag.clone());
+            key
+        };
+        let watch = SocketWatch { bells, key, flag };
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+        epoll::add(&watch.bells.epoll, sock, epoll::EventData::new_u64(key), flags).ok()?;
+        Some(watch)
+    }
+
+    /// Whether bytes (or the end) may have arrived since the last arming.
+    pub(crate) fn seen(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// The socket was found empty: clears the flag and watches again.
+    pub(crate) fn rearm(&self, sock: BorrowedFd<'_>) {
+        self.flag.store(false, Ordering::SeqCst);
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+        if epoll::modify(&self.bells.epoll, sock, epoll::EventData::new_u64(self.key), flags).is_err() {
+            // Not watched any more: keep the flag up, so every answer checks.
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Stops watching `sock` (before it is closed).
+    pub(crate) fn stop(self, sock: BorrowedFd<'_>) {
+        let _ = epoll::delete(&self.bells.epoll, sock);
+        let mut st = self.bells.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.watches.remove(&self.key);
     }
 }

@@ -100,7 +100,6 @@ compile_error!(
 
 #[cfg(feature = "tokio")]
 mod async_call;
-#[cfg(feature = "tokio")]
 mod bells;
 mod blocking;
 mod client;

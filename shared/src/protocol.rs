@@ -9,8 +9,9 @@
 //! Order:
 //!
 //! 1. Handshake. The host sends `Load` (with its [`PROTOCOL_VERSION`]), then,
-//!    as `SCM_RIGHTS` descriptors, the shared region if the request names a
-//!    capacity and the verified library if it says one follows. The worker
+//!    as `SCM_RIGHTS` descriptors, the shared region and its doorbell (an
+//!    eventfd) if the request names a capacity, and the verified library if
+//!    it says one follows. The worker
 //!    answers `Loaded` (echoing its version; saying whether it mapped the
 //!    region) or `LoadFailed`, and then exits.
 //! 2. Requests, one at a time. Each of `Call`, `StreamOpen`, `StreamNext`,
@@ -31,7 +32,10 @@
 //! [`RequestKind`](crate::shm::RequestKind) and
 //! [`ResponseKind`](crate::shm::ResponseKind) stands for one of these
 //! messages, or announces that it follows on the socket, where the order
-//! above holds unchanged.
+//! above holds unchanged. A request that came through the region has its
+//! `Callback`s and `Pull`s there too (as responses with the request's id)
+//! and their `CallbackReply`s and `Item`s (as requests): the same order, in
+//! the region.
 //!
 //! Hot messages (`Call`, `Reply`) have a fixed binary layout so the payload is
 //! never copied into an intermediate encoding; cold messages carry bincode

@@ -14,6 +14,18 @@
 //! in the cache line of their sequence word, so a small call moves one line
 //! each way instead of two.
 //!
+//! A request's *turns* — the plugin's host callbacks and pulls, and the
+//! host's answers — go through the region too: the worker posts them as
+//! responses ([`ResponseKind::Callback`], [`ResponseKind::Pull`]) and takes
+//! the host's answer as the next request ([`RequestKind::Answer`]). Their
+//! bytes ride the lines when small and lie at the *end* of an area when not,
+//! clear of the request's own payload, which the plugin may still be reading.
+//!
+//! Each region has a doorbell, an eventfd the host creates and sends with it:
+//! while an async host caller waits ([`Region::async_wait`]), the worker
+//! writes it after posting a response, so the caller's wake-up can come from
+//! an event loop instead of a thread asleep on the futex.
+//!
 //! The socket stays the control channel: handshake, descriptor passing, payloads
 //! larger than `capacity` (announced through the region, carried as ordinary
 //! frames), and death detection.

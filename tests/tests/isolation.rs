@@ -59,12 +59,17 @@ fn worker_inherits_no_descriptors_beyond_stdio_and_its_socket() {
     let outer = plugin.info().worker_pid;
     let fds = open_fds(plugin_process(outer));
     // The socket, plus the duplicate the plugin threads' callback channel uses,
-    // and the plugin library, opened before the sandbox and loaded through it.
+    // the region's doorbell (an eventfd the host made; the region itself is
+    // mapped, its descriptor closed), and the plugin library, opened before
+    // the sandbox and loaded through it.
+    let doorbells = usize::from(bulkhead_tests::transport() == bulkhead_host::Transport::SharedMemory);
     assert_eq!(
         fds.len(),
-        6,
-        "stdin, stdout, stderr, the socket (twice), the library: {fds:?}"
+        6 + doorbells,
+        "stdin, stdout, stderr, the socket (twice), the doorbell, the library: {fds:?}"
     );
+    let eventfds = fds.iter().filter(|(_, t)| t == "anon_inode:[eventfd]").count();
+    assert_eq!(eventfds, doorbells, "{fds:?}");
     let sockets: Vec<_> = fds.iter().filter(|(_, t)| t.starts_with("socket:")).collect();
     assert_eq!(sockets.len(), 2, "{fds:?}");
     assert_eq!(sockets[0].1, sockets[1].1, "both are the worker's own socket: {fds:?}");

@@ -49,13 +49,12 @@ pub(super) fn socket_idle(sock: &UnixStream) -> Result<(), IoFail> {
     }
 }
 
-/// After an answer through the shared region: `Ok` if no byte waits on the
-/// socket, a protocol error if the worker wrote any unasked. One `FIONREAD`
-/// ioctl — cheaper than [`socket_idle`]'s `recv` (no read path, no
-/// credentials handling) — on every such answer, so the error belongs to the
-/// call during which the bytes were written. A socket closed by the worker
-/// reads as empty here; it is found by the next exchange on the socket or
-/// while the host sleeps on the futex ([`socket_idle`]).
+/// `Ok` if no byte waits on the socket, a protocol error if the worker wrote
+/// any unasked: one `FIONREAD` ioctl. Run after an answer through the shared
+/// region when the bell thread flagged the socket (or watches nothing). A
+/// socket closed by the worker reads as empty here; it is found by the next
+/// exchange on the socket or while the host sleeps on the futex
+/// ([`socket_idle`]).
 pub(super) fn nothing_unsolicited(sock: &UnixStream) -> Result<(), IoFail> {
     match rustix::io::ioctl_fionread(sock) {
         Ok(0) => Ok(()),

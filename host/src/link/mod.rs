@@ -30,6 +30,7 @@ mod session;
 mod shm;
 mod socket;
 
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +38,7 @@ use std::time::Instant;
 use bulkhead_shared::protocol::{CallFault, HostMsg, WorkerMsg};
 use bulkhead_shared::shm::{Region, RequestKind};
 
+use crate::bells::SocketWatch;
 use crate::hostfn::HostImports;
 
 pub(crate) use framing::{write_all, IoFail};
@@ -130,6 +132,9 @@ pub(crate) enum Placed {
 
 /// The host's end of the transport to one worker.
 pub(crate) struct Link {
+    /// The bell thread's watch on the socket (with a region): tells whether
+    /// bytes may have arrived, so answers through the region need not ask.
+    strays: Option<SocketWatch>,
     sock: UnixStream,
     /// The receive buffer: answers are read into it (and borrowed from it).
     pub(crate) rx: Vec<u8>,
@@ -145,6 +150,7 @@ impl Link {
     /// [`set_way`](Self::set_way).
     pub(crate) fn new(sock: UnixStream, max_frame: u32) -> Link {
         Link {
+            strays: None,
             sock,
             rx: Vec::new(),
             tx: Vec::new(),
@@ -165,9 +171,29 @@ impl Link {
         framing::read_frame(&self.sock, &mut self.rx, max, deadline)
     }
 
-    /// Sets the way requests travel, once the handshake has ended.
+    /// Sets the way requests travel, once the handshake has ended. With a
+    /// region, the bell thread starts watching the socket for bytes nobody
+    /// asked for.
     pub(crate) fn set_way(&mut self, way: Way) {
+        if way.region.is_some() && self.strays.is_none() {
+            self.strays = SocketWatch::new(self.sock.as_fd());
+        }
         self.way = way;
+    }
+
+    /// After an answer through the region: an error if the worker wrote on
+    /// the socket unasked. Asks the kernel only when the bell thread saw
+    /// bytes arrive (or watches nothing).
+    fn check_strays(&self) -> Result<(), IoFail> {
+        match &self.strays {
+            Some(watch) if !watch.seen() => Ok(()),
+            Some(watch) => {
+                framing::nothing_unsolicited(&self.sock)?;
+                watch.rearm(self.sock.as_fd());
+                Ok(())
+            }
+            None => framing::nothing_unsolicited(&self.sock),
+        }
     }
 
     /// The shared-memory region the worker mapped, if any.
@@ -299,6 +325,14 @@ impl Link {
                 }
             }
             Unplaced::Fault(fault) => Placed::Fault(fault),
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(watch) = self.strays.take() {
+            watch.stop(self.sock.as_fd());
         }
     }
 }

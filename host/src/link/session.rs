@@ -108,6 +108,7 @@ impl<'p> Turns<'p> {
     }
 
     /// Callbacks answered so far.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(super) fn count(&self) -> u32 {
         self.callbacks
     }

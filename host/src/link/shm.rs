@@ -1,12 +1,16 @@
 //! Requests through the shared-memory region.
 //!
 //! The request goes into the region (or, if too large, is announced there and
-//! sent on the socket); the answer comes back the same way. The host spins
-//! (yielding) for up to [`HOST_SPIN`], then sleeps on the region's futex,
-//! checking the socket every [`SOCKET_CHECK`] for a worker that closed it or
-//! wrote on it unasked. Every field the worker wrote is read once and
-//! validated; an answer that came through the region must leave the socket
-//! empty.
+//! sent on the socket); the answer comes back the same way, and so do the
+//! callbacks and pulls the plugin makes meanwhile (its *turns*), each
+//! answered in the region before the wait goes on. The host spins (yielding)
+//! for up to [`HOST_SPIN`], then sleeps on the region's futex, checking the
+//! socket every [`SOCKET_CHECK`] for a worker that closed it or wrote on it
+//! unasked. A caller that must not block posts with [`Link::post_call`] and
+//! moves the call on with [`Link::step`] when the region's doorbell rings.
+//! Every field the worker wrote is read once and validated; an answer that
+//! came through the region must leave the socket empty (checked when the
+//! bell thread flagged it: [`Link::check_strays`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +19,7 @@ use bulkhead_shared::frame::ENVELOPE_OVERHEAD;
 use bulkhead_shared::protocol::{CallFault, HostMsg, WorkerMsg};
 use bulkhead_shared::shm::{self, Region, RequestKind, ResponseKind};
 
-use super::framing::{nothing_unsolicited, read_frame, socket_idle, write_all, IoFail};
+use super::framing::{read_frame, socket_idle, write_all, IoFail};
 use super::session::{Turn, Turns};
 use super::{msg_name, Answer, Link, Placed, PullSource, Unplaced};
 use crate::error::ProtocolError;
@@ -163,6 +167,7 @@ impl Link {
     /// Posts a call through the region for a caller that must not block
     /// (an async one), if the region can carry it (there is one and the
     /// payload fits); `None` otherwise, with nothing sent.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn post_call(&mut self, method: u32, payload: &[u8]) -> Option<Posted> {
         let region = self.way.region.clone()?;
         if payload.len() > region.capacity() {
@@ -188,6 +193,7 @@ impl Link {
     /// Moves a posted call on without blocking: answers the callbacks that
     /// are waiting and says whether its answer is there, not yet, or needs
     /// the socket (a blocking read: finish it with [`wait_posted`](Self::wait_posted)).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn step(&mut self, p: &mut Posted, deadline: Instant) -> Result<Progress, IoFail> {
         let region = p.region.clone();
         loop {
@@ -215,6 +221,7 @@ impl Link {
     }
 
     /// Waits (blocking) for a posted call's answer and takes it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn wait_posted(
         &mut self,
         p: Posted,
@@ -227,6 +234,7 @@ impl Link {
 
     /// Takes the answer [`step`](Self::step) found (from the region; an
     /// answer announced on the socket is read there).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn take_posted(
         &mut self,
         p: &Posted,
@@ -335,7 +343,7 @@ impl Link {
             }
         }
         // Nothing may arrive on the socket when the answer came through the region.
-        nothing_unsolicited(&self.sock)?;
+        self.check_strays()?;
         if kind == Some(ResponseKind::Fault) {
             return match bulkhead_shared::wire::decode::<CallFault>(&self.rx) {
                 Ok(fault) => Ok(Answer::Fault(fault)),
@@ -375,7 +383,7 @@ impl Link {
             let why = format!("response at {}+{} lies outside the shared region", r.off, r.len);
             return Err(IoFail::Frame(ProtocolError::Malformed(why)));
         }
-        nothing_unsolicited(&self.sock)?;
+        self.check_strays()?;
         Ok(Placed::Region {
             status: r.status,
             off: r.off,
@@ -403,6 +411,7 @@ fn answer_to(region: &Region, id: u64) -> Result<shm::Response, IoFail> {
 
 /// A call posted through the region by a caller that must not block, whose
 /// answer has not been taken yet.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 pub(crate) struct Posted {
     region: Arc<Region>,
     id: u64,
@@ -414,6 +423,7 @@ pub(crate) struct Posted {
     callbacks: u32,
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 impl Posted {
     /// The region the call went through (its doorbell wakes the caller).
     pub(crate) fn region(&self) -> &Arc<Region> {
@@ -427,6 +437,7 @@ impl Posted {
 }
 
 /// Where a posted call stands.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 pub(crate) enum Progress {
     /// No answer yet.
     Waiting,

@@ -58,6 +58,7 @@ pub(super) struct Dispatch {
     /// slot put back wakes one.
     async_waiters: Mutex<VecDeque<(u64, Waker)>>,
     /// The key of the next async waiter.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     next_waiter: AtomicU64,
     /// How many wakers `async_waiters` holds (read without its lock).
     async_waiting: AtomicUsize,
@@ -118,6 +119,7 @@ impl Dispatch {
 
     /// Registers (or renews) async waiter `key`'s waker, woken when a slot
     /// is put back; it keeps its place in the queue.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     fn wait_async(&self, key: u64, waker: &Waker) {
         let mut waiters = self.async_waiters.lock().unwrap_or_else(|e| e.into_inner());
         match waiters.iter_mut().find(|(k, _)| *k == key) {
@@ -130,6 +132,7 @@ impl Dispatch {
     }
 
     /// Removes async waiter `key`, if it is still queued.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     fn forget_async(&self, key: u64) {
         if self.async_waiting.load(Ordering::SeqCst) == 0 {
             return;
@@ -138,6 +141,18 @@ impl Dispatch {
         if let Some(at) = waiters.iter().position(|(k, _)| *k == key) {
             waiters.remove(at);
             self.async_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes every async caller waiting for a slot (the pool closed).
+    pub(super) fn wake_all_async(&self) {
+        let waiters: Vec<(u64, Waker)> = {
+            let mut waiters = self.async_waiters.lock().unwrap_or_else(|e| e.into_inner());
+            self.async_waiting.store(0, Ordering::SeqCst);
+            waiters.drain(..).collect()
+        };
+        for (_, w) in waiters {
+            w.wake();
         }
     }
 
@@ -328,6 +343,7 @@ impl Pool {
     /// for [`start_slot`](Self::start_slot), which blocks. `queued` says
     /// whether this caller already counts against the queue limit (a
     /// [`Queued`] guard ends that when dropped).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn poll_take(
         self: &Arc<Self>,
         start: Instant,
@@ -387,16 +403,19 @@ impl Pool {
 
     /// Leases the worker of a slot [`poll_take`](Self::poll_take) found
     /// empty or idle, starting it (blocking, bounded by `deadline`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn start_slot(self: &Arc<Self>, slot: Slot, deadline: Instant) -> Result<Lease, CallError> {
         Ok(self.lease_slot(slot, deadline)?.hand_to(self.clone()))
     }
 
     /// Records a call's deadline (a drain waits for the latest).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn note_call_deadline(&self, deadline: Instant) {
         self.dispatch.note_deadline(deadline, self.started_at);
     }
 
     /// Why a caller that waited for a slot until its deadline got none.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn no_slot(&self, start: Instant) -> CallError {
         self.busy_or_backoff(start)
     }
@@ -618,6 +637,7 @@ impl<P: Deref<Target = Pool>> Drop for Lease<P> {
 }
 
 /// What [`Pool::poll_take`] found for an async caller.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 pub(crate) enum Found {
     /// A live worker, leased.
     Live(Lease),
@@ -629,6 +649,7 @@ pub(crate) enum Found {
 /// a slot. Dropping it ends the wait; a caller that stops waiting (its future
 /// dropped, its deadline passed) hands its wake-up on to the next waiter, so
 /// a slot put back is never left unclaimed.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
 pub(crate) struct Queued {
     pool: Arc<Pool>,
     key: u64,

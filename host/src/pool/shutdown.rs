@@ -87,6 +87,9 @@ impl Pool {
         if !self.closing.close() {
             return Vec::new();
         }
+        // Async callers queued for a slot see the pool closed at once (a
+        // reload's callers move on to the new pool), as blocked ones do.
+        self.dispatch.wake_all_async();
         let mut reports = Vec::new();
         let mut collected = 0;
         // 1. Idle workers, the standby, and calls that finish in time.

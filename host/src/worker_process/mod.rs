@@ -64,11 +64,13 @@ impl WorkerProcess {
     /// Posts one call through the shared region without waiting, for a
     /// caller that must not block; `None` (nothing sent) if the region cannot
     /// carry it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn post_call(&mut self, method: u32, payload: &[u8]) -> Option<Posted> {
         self.link.post_call(method, payload)
     }
 
     /// Moves a posted call on without blocking (see [`Link::step`]).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn step(&mut self, posted: &mut Posted, deadline: Instant) -> Result<Progress, Failure> {
         let (proc, stderr) = (&self.proc, &self.stderr);
         self.link
@@ -77,6 +79,7 @@ impl WorkerProcess {
     }
 
     /// Takes the answer [`step`](Self::step) found.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn take_posted(
         &mut self,
         posted: &Posted,
@@ -92,6 +95,7 @@ impl WorkerProcess {
     }
 
     /// Waits (blocking) for a posted call's answer and takes it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
     pub(crate) fn wait_posted(
         &mut self,
         posted: Posted,
