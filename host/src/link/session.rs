@@ -58,6 +58,11 @@ impl Link {
                 }
                 Ok(WorkerMsg::Reply { status, .. }) => break (status, len),
                 Ok(WorkerMsg::Fault { fault, .. }) => return Ok(Answer::Fault(fault)),
+                // A worker that keeps taking turns must not hold the request
+                // past its deadline (a read checks it only while waiting).
+                Ok(WorkerMsg::Callback { .. } | WorkerMsg::Pull) if Instant::now() >= deadline => {
+                    return Err(IoFail::Timeout)
+                }
                 Ok(WorkerMsg::Callback { import, index, payload }) => Turn::Callback { import, index, payload },
                 Ok(WorkerMsg::Pull) => Turn::Pull,
                 Ok(other) => return Err(IoFail::Frame(ProtocolError::Unexpected { got: msg_name(&other) })),

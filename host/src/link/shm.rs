@@ -129,6 +129,15 @@ impl Link {
         deadline: Instant,
     ) -> Result<bool, IoFail> {
         let id = r.id;
+        let turn = matches!(
+            ResponseKind::from_code(r.kind),
+            Some(ResponseKind::Callback | ResponseKind::CallbackViaSocket | ResponseKind::Pull)
+        );
+        // A worker that keeps taking turns must not hold the call past its
+        // deadline (a waiting host checks it only while nothing arrives).
+        if turn && Instant::now() >= deadline {
+            return Err(IoFail::Timeout);
+        }
         match ResponseKind::from_code(r.kind) {
             Some(ResponseKind::Callback) => {
                 if region.copy_callback_args(r.len, &mut self.rx).is_none() {
