@@ -131,7 +131,7 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--paths-only") {
         // The call paths of issue 21: streams, callbacks, async.
-        stream_and_callback_rows(&sup, &fx, &mut report, &scale);
+        stream_and_callback_rows(&sup, &fx, &mut report, scale);
         let plugin = sup.load(PluginSpec::new(&lib)).expect("load");
         async_concurrent_row(&plugin, &mut report, &scale);
         return report.print(started);

@@ -165,7 +165,7 @@ impl Bells {
     fn poke_if_sooner(&self, deadline: Instant) {
         let sooner = {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.sleeping_until.is_none_or(|until| deadline < until)
+            st.sleeping_until.map_or(true, |until| deadline < until)
         };
         if sooner {
             let _ = rustix::io::write(&self.poke, &1u64.to_ne_bytes());

@@ -215,9 +215,8 @@ impl Link {
                 };
             }
             let r = answer_to(&region, p.id)?;
-            match ResponseKind::from_code(r.kind) {
-                Some(ResponseKind::CallbackViaSocket | ResponseKind::ViaSocket) => return Ok(Progress::Blocking),
-                _ => {}
+            if let Some(ResponseKind::CallbackViaSocket | ResponseKind::ViaSocket) = ResponseKind::from_code(r.kind) {
+                return Ok(Progress::Blocking);
             }
             let mut turns = Turns::resume(None, p.callbacks);
             let turn = self.take_turn(&region, r, p.keep, &mut turns, deadline)?;
