@@ -91,7 +91,7 @@ pub enum RequestKind {
     /// The host's answer to the worker's `Callback` (a `CallbackReply`) or
     /// `Pull` (an `Item`) in the request in flight: the status in the method
     /// field, the bytes in the request line (at most [`REQ_INLINE`]) or else
-    /// at the end of the request area ([`Region::tail_request`]).
+    /// at the end of the request area ([`Region::post_answer`], [`Region::copy_answer`]).
     Answer = 8,
     /// The host's answer to the worker's `Callback` or `Pull` follows on the
     /// socket as a `CallbackReply` or `Item` frame.
@@ -135,7 +135,7 @@ pub enum ResponseKind {
     /// A `Callback` in the request in flight: the import in the status field,
     /// the method index in the offset field, the argument bytes in the
     /// response line (at most [`RESP_INLINE`]) or else at the end of the
-    /// response area ([`Region::tail_response`]).
+    /// response area ([`Region::post_callback`]).
     Callback = 5,
     /// A `Callback` whose frame follows on the socket.
     CallbackViaSocket = 6,
