@@ -419,4 +419,28 @@ fn forged_shared_memory_responses_are_protocol_errors() {
     c.attack("fault with a body that does not decode", forge(3, 0, 0, 3), |e| {
         matches!(e, CallError::Protocol(ProtocolError::Malformed(_)))
     });
+    // Forged turns (a callback or pull inside the request).
+    c.attack("callback arguments longer than the region", forge(5, 0, 0, u32::MAX), |e| {
+        matches!(e, CallError::Protocol(ProtocolError::Malformed(m)) if m == "callback arguments of 4294967295 bytes")
+    });
+    c.attack("callback for another request", forge(5, 5, 0, 8), |e| {
+        matches!(e, CallError::Protocol(ProtocolError::WrongRequestId { .. }))
+    });
+    // Answered (not bound, end of input, nothing to read), the turns change
+    // nothing: the call still ends at its own deadline.
+    let limit = Duration::from_millis(500);
+    for (what, kind) in [
+        ("a callback from a plugin that imports nothing", 5u32),
+        ("a pull outside a client stream", 7),
+        ("a callback announced on the socket that never comes", 6),
+    ] {
+        c.attack(
+            what,
+            |p| {
+                p.call_with_timeout::<_, u32>(basic::SHM_FORGE, &(kind, 0i64, 0u32, 8u32), limit)
+                    .unwrap_err()
+            },
+            |e| matches!(e, CallError::Timeout { limit: l, .. } if *l == limit),
+        );
+    }
 }
