@@ -255,10 +255,13 @@ impl SocketWatch {
             st.watches.insert(key, flag.clone());
             key
         };
-        let watch = SocketWatch { bells, key, flag };
         let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
-        epoll::add(&watch.bells.epoll, sock, epoll::EventData::new_u64(key), flags).ok()?;
-        Some(watch)
+        if epoll::add(&bells.epoll, sock, epoll::EventData::new_u64(key), flags).is_err() {
+            let mut st = bells.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.watches.remove(&key);
+            return None;
+        }
+        Some(SocketWatch { bells, key, flag })
     }
 
     /// Whether bytes (or the end) may have arrived since the last arming.
