@@ -286,3 +286,85 @@ impl SocketWatch {
         st.watches.remove(&self.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    /// A waker that reports each wake-up on a channel.
+    struct Report(Mutex<mpsc::Sender<Instant>>);
+
+    impl Wake for Report {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.lock().unwrap().send(Instant::now());
+        }
+    }
+
+    fn waker() -> (Waker, mpsc::Receiver<Instant>) {
+        let (tx, rx) = mpsc::channel();
+        (Waker::from(Arc::new(Report(Mutex::new(tx)))), rx)
+    }
+
+    const GENEROUS: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn a_ring_wakes_at_its_deadline_and_not_before() {
+        let (w, woken) = waker();
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(50);
+        let _ring = Ring::new(None, deadline, &w).expect("bell thread");
+        let at = woken.recv_timeout(GENEROUS).expect("woken");
+        assert!(at >= deadline, "woken {:?} early", deadline - at);
+    }
+
+    #[test]
+    fn a_ring_wakes_when_the_doorbell_rings_and_a_dropped_one_never() {
+        let (region, _fd) = Region::create(4096).unwrap();
+        let region = Arc::new(region);
+        let (w, woken) = waker();
+        assert!(region.async_wait(region.resp_seq()));
+        let far = Instant::now() + Duration::from_secs(3600);
+        let ring = Ring::new(Some(&region), far, &w).expect("bell thread");
+        // The reaper's mark rings the doorbell.
+        region.mark_dead();
+        woken.recv_timeout(GENEROUS).expect("woken by the doorbell");
+        drop(ring);
+        region.async_wait_over();
+        // Unregistered: another ring wakes nobody (its deadline is far away).
+        let (w2, woken2) = waker();
+        let ring2 = Ring::new(None, far, &w2).expect("bell thread");
+        region.mark_dead();
+        drop(ring2);
+        assert!(woken2.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_watched_socket_is_flagged_when_bytes_arrive() {
+        let (mut host, mut worker) = UnixStream::pair().unwrap();
+        let watch = SocketWatch::new(host.as_fd()).expect("bell thread");
+        assert!(!watch.seen());
+        worker.write_all(b"x").unwrap();
+        let deadline = Instant::now() + GENEROUS;
+        while !watch.seen() {
+            assert!(Instant::now() < deadline, "never flagged");
+            std::thread::yield_now();
+        }
+        // Read and re-armed: clear until the next bytes.
+        let mut b = [0u8; 1];
+        host.read_exact(&mut b).unwrap();
+        watch.rearm(host.as_fd());
+        assert!(!watch.seen());
+        worker.write_all(b"y").unwrap();
+        while !watch.seen() {
+            assert!(Instant::now() < deadline, "never flagged again");
+            std::thread::yield_now();
+        }
+        watch.stop(host.as_fd());
+    }
+}
