@@ -21,16 +21,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::bells::Ring;
 use crate::error::CallError;
-use crate::link::{Posted, Progress};
+use crate::link::{Posted, Progress, PullSource, Request};
 use crate::observe;
 use crate::plugin::{check_index, check_input, interpret, Generation, Plugin};
 use crate::pool::{Found, Lease, Pool, Queued};
+use crate::stream::{pull_from, Input};
 use crate::worker_process::Failure;
 
 /// The blocking rest of a call, for [`Offload`].
@@ -55,7 +56,7 @@ pub(crate) async fn call_raw(
     let input: Arc<[u8]> = input.into();
     loop {
         let g = plugin.generation();
-        match call_on(&g, index, &input, limit, offload).await {
+        match call_on(&g, index, &input, limit, offload, None).await {
             Err(CallError::ShutDown)
                 if g.pool.retired.load(Ordering::Acquire) && !Arc::ptr_eq(&g, &plugin.generation()) =>
             {
@@ -66,14 +67,36 @@ pub(crate) async fn call_raw(
     }
 }
 
+/// Calls client-streaming method `index` with the argument tuple `payload`
+/// under `limit`, as a task; the plugin's pulls are answered from `items` on
+/// the task (or, if the rest of the call is handed off, there). Not run again
+/// after a reload: its items may be spent.
+pub(crate) async fn call_client(
+    plugin: Plugin,
+    index: u32,
+    payload: Vec<u8>,
+    items: Input,
+    limit: Duration,
+    offload: Offload,
+) -> Result<Vec<u8>, CallError> {
+    let g = plugin.generation();
+    let items = Some(Arc::new(Mutex::new(Some(items))));
+    call_on(&g, index, &payload.into(), limit, offload, items).await
+}
+
 async fn call_on(
     g: &Arc<Generation>,
     index: u32,
     input: &Arc<[u8]>,
     limit: Duration,
     offload: Offload,
+    items: Option<Items>,
 ) -> Result<Vec<u8>, CallError> {
-    check_index(g, index)?;
+    if items.is_none() {
+        // A plain call must not land on a streaming slot; a client call's
+        // slot is one (its range is checked by the caller).
+        check_index(g, index)?;
+    }
     check_input(g, input)?;
     let pool = g.pool.clone();
     let start = Instant::now();
@@ -83,6 +106,7 @@ async fn call_on(
         index,
         start,
         limit,
+        items,
     };
     let tally = Tally::start(&pool, index, start);
     call.run(&pool, input, offload, tally).await
@@ -130,6 +154,9 @@ impl Drop for Tally {
     }
 }
 
+/// A client call's input items, shared by the task and a handed-off rest.
+type Items = Arc<Mutex<Option<Input>>>;
+
 /// One call's facts, for the steps that may move to another thread.
 #[derive(Clone)]
 struct Call {
@@ -137,6 +164,8 @@ struct Call {
     index: u32,
     start: Instant,
     limit: Duration,
+    /// A client-streaming call's input; `None` for a plain call.
+    items: Option<Items>,
 }
 
 impl Call {
@@ -172,7 +201,7 @@ impl Call {
             return tally.done(Err(CallError::ShutDown));
         };
         tally.span.record("worker_pid", worker.pid);
-        let Some(posted) = worker.post_call(self.index, input) else {
+        let Some(posted) = worker.post_call(self.index, input, self.items.is_some()) else {
             // The region cannot carry it (no region, or too large for it).
             let (call, input) = (self.clone(), input.clone());
             return offload(Box::new(move || {
@@ -225,14 +254,29 @@ impl Call {
         .await
     }
 
+    /// The pull source of a client call: its next item, or the end.
+    fn pull(&self) -> Option<impl FnMut() -> (i32, Vec<u8>) + '_> {
+        let items = self.items.as_ref()?;
+        Some(move || pull_from(&mut items.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
     /// The blocking remainder of a call on `lease`: sending it, or waiting
     /// for the answer of one already posted.
     fn blocking(&self, lease: &mut Lease, pending: Pending<'_>) -> Result<Vec<u8>, CallError> {
         let deadline = self.deadline();
         let worker = lease.worker().ok_or(CallError::ShutDown)?;
-        let answer = match pending {
-            Pending::Send(input) => worker.call(self.index, input, deadline, None),
-            Pending::Posted(posted) => worker.wait_posted(posted, deadline, None),
+        let mut pull = self.pull();
+        let pull = pull.as_mut().map(|p| p as PullSource<'_>);
+        let answer = match (pending, &self.items) {
+            (Pending::Send(input), None) => worker.call(self.index, input, deadline, None),
+            (Pending::Send(payload), Some(_)) => {
+                let msg = Request::ClientCall {
+                    method: self.index,
+                    payload,
+                };
+                worker.session(msg, deadline, pull)
+            }
+            (Pending::Posted(posted), _) => worker.wait_posted(posted, deadline, None, pull),
         };
         let out = match answer {
             Ok(answer) => interpret(&self.g, self.index, &answer).map(<[u8]>::to_vec),
@@ -279,7 +323,9 @@ impl InFlight {
         };
         let mut spun = self.ring.is_some();
         let step = loop {
-            match worker.step(posted, deadline) {
+            let mut pull = self.call.pull();
+            let pull = pull.as_mut().map(|p| p as PullSource<'_>);
+            match worker.step(posted, deadline, pull) {
                 Ok(Progress::Waiting) if Instant::now() >= deadline => break Err(Failure::Timeout),
                 Ok(Progress::Waiting) if !spun => {
                     // A worker already running answers a small call within

@@ -43,7 +43,7 @@ pub(crate) fn encode_input<I: Serialize>(items: impl IntoIterator<Item = I, Into
 
 /// Answers one pull from `input`: an item, or the end (also after an item
 /// that failed to encode, which is reported as a serialization error).
-fn pull_from(input: &mut Option<Input>) -> (i32, Vec<u8>) {
+pub(crate) fn pull_from(input: &mut Option<Input>) -> (i32, Vec<u8>) {
     match input.as_mut().and_then(|i| i.next()) {
         Some(Ok(bytes)) => (STATUS_OK, bytes),
         Some(Err(_)) => {

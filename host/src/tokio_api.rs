@@ -14,8 +14,9 @@
 //! What cannot wait that way runs on tokio's blocking pool
 //! (`spawn_blocking`), as every async call used to: a call on the socket
 //! transport, a payload or answer larger than the region, a callback too
-//! large for it, a slot whose worker must start first; and loads, reloads,
-//! client calls and the opening and items of streams.
+//! large for it, a slot whose worker must start first; and loads, reloads
+//! and the opening and items of server and bidirectional streams. A client
+//! stream's call waits as a task like any call, its pulls answered on it.
 //!
 //! # Cancellation
 //! Dropping a call's future (or aborting its task, or losing a
@@ -301,9 +302,11 @@ impl Plugin {
 
 impl Plugin {
     /// [`call_client_stream`](Self::call_client_stream) as a future: the
-    /// arguments are encoded now; the call, and the plugin's pulls of
-    /// `items`, run on tokio's blocking pool (one thread for the whole call,
-    /// not one per item). Dropping the future lets the call finish.
+    /// arguments are encoded now; the call waits as a task like
+    /// [`call_async`](Self::call_async)'s, and the plugin's pulls of `items`
+    /// are answered on the task (each item is encoded when pulled). Dropping
+    /// the future lets a call its worker has received finish (its remaining
+    /// items pulled on the blocking pool).
     pub fn call_client_stream_async<I, A, R>(
         &self,
         index: impl Into<MethodIndex>,
@@ -318,9 +321,12 @@ impl Plugin {
         let index = index.into().0;
         let encoded = wire::encode(args).map_err(|e| CallError::ArgumentEncoding(e.to_string()));
         let plugin = self.clone();
+        let limit = self.generation().call_timeout;
         async move {
             let payload = encoded?;
-            blocking(move || plugin.call_client_stream_encoded(index, items, payload)).await
+            plugin.check_range(index)?;
+            let out = async_call::call_client(plugin, index, payload, encode_input(items), limit, offload).await?;
+            CallError::decode_return(index, &out)
         }
     }
 

@@ -167,9 +167,9 @@ async fn dropping_the_supervisor_does_not_block_the_runtime() {
 }
 
 /// An async call waits as a task, not on a thread: 300 concurrent calls on
-/// one worker, a crash and a call that calls back into the host, on a
-/// current-thread runtime, start no thread (tokio's blocking pool stays
-/// empty). The counter does see the blocking pool: an async load uses it.
+/// one worker, a crash, a call that calls back into the host and a client
+/// stream, on a current-thread runtime, start no thread (tokio's blocking
+/// pool stays empty). The counter does see the blocking pool: an async load uses it.
 #[test]
 fn async_calls_wait_as_tasks_without_threads() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -194,6 +194,7 @@ fn async_calls_wait_as_tasks_without_threads() {
     )
     .function(H::HOST_FN_LOOKUP, |(key,): (String,)| format!("value-of-{key}"));
     let host_user = sup.load(spec("fx-host").host_interface(lookup)).unwrap();
+    let streams = sup.load(spec("fx-stream").plugin("StreamPlugin")).unwrap();
     rt.block_on(async {
         let tasks: Vec<_> = (0..300i64)
             .map(|i| tokio::spawn(plugin.call_async::<_, i64>(basic::ADD, &(i, 1i64))))
@@ -203,6 +204,12 @@ fn async_calls_wait_as_tasks_without_threads() {
         }
         let s: String = host_user.call_async(U::METHOD_ASK, &("k".to_string(),)).await.unwrap();
         assert_eq!(s, "got value-of-k");
+        // A client stream's pulls are answered on the task too.
+        let total: u64 = streams
+            .call_client_stream_async(fx_iface::__fidius_Streams::METHOD_SUM, 1..=100u64, &(0u64,))
+            .await
+            .unwrap();
+        assert_eq!(total, 5050);
         let e = plugin.call_async::<_, u32>(basic::SEGFAULT, &()).await.unwrap_err();
         assert!(matches!(e, CallError::WorkerDied { .. }), "{e:?}");
     });

@@ -173,19 +173,25 @@ impl Link {
         Ok(true)
     }
 
-    /// Posts a call through the region for a caller that must not block
-    /// (an async one), if the region can carry it (there is one and the
-    /// payload fits); `None` otherwise, with nothing sent.
+    /// Posts a call (or, with `client`, a client-streaming call) through the
+    /// region for a caller that must not block (an async one), if the region
+    /// can carry it (there is one and the payload fits); `None` otherwise,
+    /// with nothing sent.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
-    pub(crate) fn post_call(&mut self, method: u32, payload: &[u8]) -> Option<Posted> {
+    pub(crate) fn post_call(&mut self, method: u32, payload: &[u8], client: bool) -> Option<Posted> {
         let region = self.way.region.clone()?;
         if payload.len() > region.capacity() {
             return None;
         }
         let id = self.next_id();
         let last = region.resp_seq();
-        region.post_request(RequestKind::Call, id, method, payload);
-        let keep = if payload.len() <= shm::REQ_INLINE {
+        let kind = if client {
+            RequestKind::ClientCall
+        } else {
+            RequestKind::Call
+        };
+        region.post_request(kind, id, method, payload);
+        let keep = if !client && payload.len() <= shm::REQ_INLINE {
             0
         } else {
             payload.len()
@@ -203,8 +209,14 @@ impl Link {
     /// are waiting and says whether its answer is there, not yet, or needs
     /// the socket (a blocking read: finish it with [`wait_posted`](Self::wait_posted)).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
-    pub(crate) fn step(&mut self, p: &mut Posted, deadline: Instant) -> Result<Progress, IoFail> {
+    pub(crate) fn step(
+        &mut self,
+        p: &mut Posted,
+        deadline: Instant,
+        pull: Option<PullSource<'_>>,
+    ) -> Result<Progress, IoFail> {
         let region = p.region.clone();
+        let mut turns = Turns::resume(pull, p.callbacks);
         loop {
             let seen = region.resp_seq();
             if seen == p.last {
@@ -218,7 +230,6 @@ impl Link {
             if let Some(ResponseKind::CallbackViaSocket | ResponseKind::ViaSocket) = ResponseKind::from_code(r.kind) {
                 return Ok(Progress::Blocking);
             }
-            let mut turns = Turns::resume(None, p.callbacks);
             let turn = self.take_turn(&region, r, p.keep, &mut turns, deadline)?;
             p.callbacks = turns.count();
             if !turn {
@@ -235,8 +246,9 @@ impl Link {
         p: Posted,
         deadline: Instant,
         target: &mut Option<Vec<u8>>,
+        pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, IoFail> {
-        let r = self.wait_shm(&p.region, p.last, p.id, deadline, p.keep, None)?;
+        let r = self.wait_shm(&p.region, p.last, p.id, deadline, p.keep, pull)?;
         self.finish_shm(r, p.id, deadline, &p.region, target)
     }
 

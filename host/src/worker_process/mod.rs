@@ -61,20 +61,25 @@ impl WorkerProcess {
             .map_err(|f| reap::failure(proc, stderr, f))
     }
 
-    /// Posts one call through the shared region without waiting, for a
-    /// caller that must not block; `None` (nothing sent) if the region cannot
-    /// carry it.
+    /// Posts one call (with `client`, a client-streaming one) through the
+    /// shared region without waiting, for a caller that must not block;
+    /// `None` (nothing sent) if the region cannot carry it.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
-    pub(crate) fn post_call(&mut self, method: u32, payload: &[u8]) -> Option<Posted> {
-        self.link.post_call(method, payload)
+    pub(crate) fn post_call(&mut self, method: u32, payload: &[u8], client: bool) -> Option<Posted> {
+        self.link.post_call(method, payload, client)
     }
 
     /// Moves a posted call on without blocking (see [`Link::step`]).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async layer
-    pub(crate) fn step(&mut self, posted: &mut Posted, deadline: Instant) -> Result<Progress, Failure> {
+    pub(crate) fn step(
+        &mut self,
+        posted: &mut Posted,
+        deadline: Instant,
+        pull: Option<PullSource<'_>>,
+    ) -> Result<Progress, Failure> {
         let (proc, stderr) = (&self.proc, &self.stderr);
         self.link
-            .step(posted, deadline)
+            .step(posted, deadline, pull)
             .map_err(|f| reap::failure(proc, stderr, f))
     }
 
@@ -101,11 +106,12 @@ impl WorkerProcess {
         posted: Posted,
         deadline: Instant,
         target: Option<Vec<u8>>,
+        pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, Failure> {
         let (proc, stderr) = (&self.proc, &self.stderr);
         let mut target = target;
         self.link
-            .wait_posted(posted, deadline, &mut target)
+            .wait_posted(posted, deadline, &mut target, pull)
             .map_err(|f| reap::failure(proc, stderr, f))
     }
 
