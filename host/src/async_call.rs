@@ -247,7 +247,12 @@ impl Call {
             // Woken when a slot is put back, or at the deadline.
             match &ring {
                 Some(r) => r.rearm(cx.waker()),
-                None => ring = Ring::new(None, deadline, cx.waker()),
+                None => match Ring::new(None, deadline, cx.waker()) {
+                    Some(r) => ring = Some(r),
+                    // No bell thread (a host out of threads): nothing would
+                    // wake this call at its deadline, so it is refused now.
+                    None => return Poll::Ready(Err(pool.no_slot(self.start))),
+                },
             }
             Poll::Pending
         })
