@@ -582,12 +582,17 @@ impl Plugin {
         // SAFETY: the first `len` bytes of the lent area, just written.
         let output = unsafe { std::slice::from_raw_parts(area.0.cast_const(), len) };
         let result = f(Outcome::Status { status, output });
+        self.free_output(out, out_len);
+        result
+    }
+
+    /// Returns a non-NULL output buffer to the plugin's `free_buffer`, once.
+    fn free_output(&self, out: *mut u8, out_len: u32) {
         if let Some(free) = self.desc.free_buffer {
             // SAFETY: returning the buffer the plugin allocated, with its length,
             // exactly once, to the plugin's own free function.
-            unsafe { free(out, len) };
+            unsafe { free(out, out_len as usize) };
         }
-        result
     }
 
     /// Hands PluginAllocated output to `f`, then frees it with the plugin's `free_buffer`.
@@ -616,11 +621,7 @@ impl Plugin {
             let output = unsafe { std::slice::from_raw_parts(out, out_len as usize) };
             f(Outcome::Status { status, output })
         };
-        if let Some(free) = self.desc.free_buffer {
-            // SAFETY: returning the buffer the plugin allocated, with its length,
-            // exactly once, to the plugin's own free function.
-            unsafe { free(out, out_len as usize) };
-        }
+        self.free_output(out, out_len);
         result
     }
 
