@@ -22,8 +22,11 @@ pub(super) fn worth_streaming(src: *const u8, len: usize, area: (*mut u8, usize)
         return false;
     }
     let (s, a) = (src as usize, area.0 as usize);
-    let apart = s.checked_add(len).is_some_and(|end| end <= a) || a.checked_add(area.1).is_some_and(|end| end <= s);
-    apart
+    match (s.checked_add(len), a.checked_add(area.1)) {
+        (Some(s_end), Some(a_end)) => s_end <= a || a_end <= s,
+        // A range that wraps around the address space is not copied from here.
+        _ => false,
+    }
 }
 
 /// Copies `len` bytes from `src` to `dst` with stores that bypass the cache,
@@ -162,5 +165,7 @@ mod tests {
         assert!(!worth_streaming(area.as_ptr(), min, lent));
         assert!(!worth_streaming(area.as_ptr().wrapping_add(63), min, lent));
         assert!(!worth_streaming(area.as_ptr().wrapping_sub(1), min, lent));
+        // Nor is output whose end would wrap around the address space.
+        assert!(!worth_streaming(usize::MAX as *const u8, min, lent));
     }
 }
