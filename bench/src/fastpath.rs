@@ -173,7 +173,7 @@ pub fn rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, quick: bool, s
 
 /// 256 KiB and 16 MiB raw echoes through `call_raw_filled` and the in-place
 /// reply, both buffer strategies, against the socketpair in the same run.
-fn zero_copy_rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, scale: &dyn Fn(usize) -> usize) {
+pub fn zero_copy_rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, scale: &dyn Fn(usize) -> usize) {
     let alloc = sup.load(PluginSpec::new(fx.lib("fx-basic"))).expect("load fx-basic");
     let arena = sup
         .load(PluginSpec::new(fx.lib("fx-arena")).arena_capacity(17 << 20))

@@ -140,6 +140,10 @@ fn main() {
         house::rows(&sup, &fx, &mut report, &scale);
         return report.print(started);
     }
+    if std::env::args().any(|a| a == "--zero-copy-only") {
+        fastpath::zero_copy_rows(&sup, &fx, &mut report, &scale);
+        return report.print(started);
+    }
     if only_part_b {
         // Only issue 12 part B's rows (for iterating on them).
         fastpath::rows(&sup, &fx, &mut report, quick, &scale);

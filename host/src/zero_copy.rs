@@ -15,7 +15,9 @@
 //! area) and lends an Arena plugin the response area itself as its arena, so
 //! an Arena plugin writes its output where the host reads it. A
 //! PluginAllocated plugin returns a buffer from its own heap, which the worker
-//! copies into the response area (the one copy left). What the plugin does
+//! copies into the response area (the one copy left; from 12 MiB on with
+//! stores that bypass the cache, so the copy neither reads the destination
+//! first nor evicts the plugin's working set). What the plugin does
 //! inside (fidius' `#[wire(raw)]` glue takes its input as a `Vec<u8>`, one
 //! copy, and an Arena plugin copies its result into the arena) is the
 //! plugin's business and is not counted.

@@ -21,6 +21,8 @@ use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 
 use crate::cstr::read_cstr;
 
+mod copy;
+
 /// Most metadata pairs we read per table.
 const MAX_META: u32 = 256;
 
@@ -483,7 +485,9 @@ impl Plugin {
     /// the output memory is still valid; plugin-allocated output is freed after.
     /// An Arena plugin writes into `arena` (pointer, length) when one is lent —
     /// the shared-memory response area, which must stay valid and unaliased for
-    /// the call — else into the worker's own reused arena.
+    /// the call — else into the worker's own reused arena. Large
+    /// plugin-allocated output is copied into a lent area before `f` sees it
+    /// (see [`copy`]).
     pub fn call<R>(
         &mut self,
         index: u32,
@@ -506,7 +510,7 @@ impl Plugin {
         crate::sandbox::METHOD_IN_FLIGHT.store(index, Ordering::Relaxed);
         let input_guard = crate::crash::CallGuard::new(input);
         let result = match self.strategy {
-            BufferStrategy::PluginAllocated => self.call_alloc(index, slot, input, in_len, f),
+            BufferStrategy::PluginAllocated => self.call_alloc(index, slot, input, in_len, arena, f),
             BufferStrategy::Arena => self.call_arena(slot, input, in_len, arena, f),
         };
         drop(input_guard);
@@ -520,6 +524,7 @@ impl Plugin {
         slot: *const c_void,
         input: &[u8],
         in_len: u32,
+        lent: Option<(*mut u8, usize)>,
         f: impl FnOnce(Outcome<'_>) -> R,
     ) -> R {
         let mut out: *mut u8 = std::ptr::null_mut();
@@ -546,7 +551,48 @@ impl Plugin {
             unsafe { ((*h).drop_fn)(h) };
             return f(Outcome::Fault(CallFault::StreamMethod { index }));
         }
-        self.finish_alloc_output(status, out, out_len, f)
+        match lent {
+            Some(area) => self.finish_alloc_output_lent(status, out, out_len, area, f),
+            None => self.finish_alloc_output(status, out, out_len, f),
+        }
+    }
+
+    /// Like [`finish_alloc_output`](Self::finish_alloc_output), but large
+    /// output is first copied into the lent response area `area` (pointer,
+    /// length) with stores that bypass the cache, and `f` sees it there.
+    /// Output that is small, does not fit, or touches the area is handed
+    /// over as it is.
+    fn finish_alloc_output_lent<R>(
+        &mut self,
+        status: i32,
+        out: *mut u8,
+        out_len: u32,
+        area: (*mut u8, usize),
+        f: impl FnOnce(Outcome<'_>) -> R,
+    ) -> R {
+        let len = out_len as usize;
+        if out.is_null() || out_len > self.max_output || !copy::worth_streaming(out, len, area) {
+            return self.finish_alloc_output(status, out, out_len, f);
+        }
+        // SAFETY: the plugin returned a non-NULL buffer it owns of out_len bytes,
+        // valid until we free it below; `area` is the lent response area, valid
+        // for area.1 >= len bytes and written by nobody else during the call;
+        // `worth_streaming` checked that the two ranges do not overlap.
+        unsafe { copy::streaming(out, area.0, len) };
+        // SAFETY: the first `len` bytes of the lent area, just written.
+        let output = unsafe { std::slice::from_raw_parts(area.0.cast_const(), len) };
+        let result = f(Outcome::Status { status, output });
+        self.free_output(out, out_len);
+        result
+    }
+
+    /// Returns a non-NULL output buffer to the plugin's `free_buffer`, once.
+    fn free_output(&self, out: *mut u8, out_len: u32) {
+        if let Some(free) = self.desc.free_buffer {
+            // SAFETY: returning the buffer the plugin allocated, with its length,
+            // exactly once, to the plugin's own free function.
+            unsafe { free(out, out_len as usize) };
+        }
     }
 
     /// Hands PluginAllocated output to `f`, then frees it with the plugin's `free_buffer`.
@@ -575,11 +621,7 @@ impl Plugin {
             let output = unsafe { std::slice::from_raw_parts(out, out_len as usize) };
             f(Outcome::Status { status, output })
         };
-        if let Some(free) = self.desc.free_buffer {
-            // SAFETY: returning the buffer the plugin allocated, with its length,
-            // exactly once, to the plugin's own free function.
-            unsafe { free(out, out_len as usize) };
-        }
+        self.free_output(out, out_len);
         result
     }
 
