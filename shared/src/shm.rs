@@ -769,15 +769,18 @@ impl Region {
         (self.resp_area(), self.capacity)
     }
 
-    /// Worker: copies `bytes` (which must not lie in the response area) to the
-    /// start of the response area; `false` if they do not fit.
+    /// Worker: copies `bytes` (which must not lie wholly in the response
+    /// area; they may overlap it) to the start of the response area; `false`
+    /// if they do not fit.
     pub fn write_response(&self, bytes: &[u8]) -> bool {
         if self.host || bytes.len() > self.capacity || self.offset_in_response_area(bytes).is_some() {
             return false;
         }
         // SAFETY: the destination range is inside the response area, which the
-        // worker owns until it posts the response; the source is elsewhere.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.resp_area(), bytes.len()) };
+        // worker owns until it posts the response. The source may still
+        // overlap it (a plugin's buffer can straddle the area's start), so
+        // the copy is an overlapping-safe `memmove`.
+        unsafe { std::ptr::copy(bytes.as_ptr(), self.resp_area(), bytes.len()) };
         true
     }
 
@@ -1198,6 +1201,28 @@ mod tests {
         assert!(host.response_bytes(4000, 97).is_none());
         assert!(host.response_bytes(u32::MAX, u32::MAX).is_none());
         assert!(worker.response_bytes(0, 1).is_none());
+    }
+
+    /// A hostile plugin may return a buffer that straddles the start of the
+    /// response area: the copy to the area's start overlaps its source.
+    #[test]
+    fn a_buffer_straddling_the_response_area_is_copied_whole() {
+        const CAP: usize = 64 << 10;
+        let (_host, fd) = Region::create(CAP as u32).unwrap();
+        let worker = Region::open(fd.as_fd()).unwrap();
+        let (resp, _) = worker.response_area_raw();
+        let want: Vec<u8> = (0..CAP).map(|i| (i * 7 + i / 251) as u8).collect();
+        // SAFETY: half the request area's end and half the response area's
+        // start: all inside this test's mapping.
+        let straddling = unsafe {
+            std::ptr::copy_nonoverlapping(want.as_ptr(), resp.sub(CAP / 2), CAP);
+            std::slice::from_raw_parts(resp.sub(CAP / 2), CAP)
+        };
+        assert_eq!(worker.offset_in_response_area(straddling), None);
+        assert!(worker.write_response(straddling));
+        // SAFETY: the response area, just written.
+        let got = unsafe { std::slice::from_raw_parts(resp, CAP) };
+        assert!(got == &want[..], "the copy mixed up its overlapping source");
     }
 
     #[test]
