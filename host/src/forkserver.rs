@@ -205,6 +205,9 @@ enum SpawnError {
 const MAX_BLANKS: usize = 8;
 /// How long a stopped server's channel is read for the last announcements.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// How long the first spawn waits for the server's first blank to announce
+/// itself (it does so right after the fork) before it asks for a fork.
+const FIRST_BLANK_WAIT: Duration = Duration::from_millis(50);
 /// Blanks found dead before the host stops asking for new ones.
 const MAX_DEAD_BLANKS: u32 = 3;
 
@@ -228,6 +231,10 @@ struct ForkServer {
     /// The server itself did not take a request (it is replaced after the
     /// spawn at hand, which a blank may still have served).
     gone: bool,
+    /// The blank the server forks as soon as it is ready has not announced
+    /// itself yet: the first spawn waits for it (briefly) rather than have a
+    /// second worker isolate itself beside it.
+    first_blank: bool,
 }
 
 impl ForkServer {
@@ -240,6 +247,7 @@ impl ForkServer {
             blanks: Vec::new(),
             dead_blanks: 0,
             gone: false,
+            first_blank: true,
         }
     }
 
@@ -288,6 +296,7 @@ impl ForkServer {
                 let pid = own_child(pid)?;
                 let chan = fds.pop().expect("one descriptor");
                 self.blanks.push(Blank { pid, chan });
+                self.first_blank = false;
                 if self.blanks.len() > MAX_BLANKS {
                     // Reaped with the server all the same.
                     return Err(SpawnError::Broken(format!("more than {MAX_BLANKS} blanks announced")));
@@ -305,9 +314,27 @@ impl ForkServer {
 
     /// Hands the worker's descriptors to a blank, if one is waiting; asks the
     /// server for the next blank. `None`: no live blank.
-    fn assign_blank(&mut self, args: &[String], fds: &[BorrowedFd<'_>], library: bool) -> Option<u32> {
+    fn assign_blank(
+        &mut self,
+        args: &[String],
+        fds: &[BorrowedFd<'_>],
+        library: bool,
+        deadline: Instant,
+    ) -> Option<u32> {
         // Announcements that arrived since the last spawn, without waiting.
         while let Ok(None) = self.recv_one(Some(Instant::now())) {}
+        if self.blanks.is_empty() && self.first_blank {
+            // The server's first blank is being forked: it isolates itself
+            // no slower than a worker forked now would, and a worker forked
+            // now would compete with it for the CPUs.
+            self.first_blank = false;
+            let until = deadline.min(Instant::now() + FIRST_BLANK_WAIT);
+            while self.blanks.is_empty() {
+                if !matches!(self.recv_one(Some(until)), Ok(None)) {
+                    break;
+                }
+            }
+        }
         while let Some(blank) = self.blanks.pop() {
             // Its plugin process (which holds the channel) may outlive a blank
             // that is already dead for a moment: ask the kernel first.
@@ -348,7 +375,7 @@ impl ForkServer {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
         let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(library);
-        let pid = match self.assign_blank(args, &fds, library.is_some()) {
+        let pid = match self.assign_blank(args, &fds, library.is_some(), deadline) {
             Some(pid) => pid as i32,
             None => {
                 let msg = ToServer::Spawn {
