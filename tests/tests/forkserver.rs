@@ -33,8 +33,19 @@ fn parent_of(pid: u32) -> u32 {
 #[test]
 fn workers_are_forked_by_the_servers_not_execd() {
     let sup = supervisor();
-    let p = sup.load(spec("fx-basic").workers(2)).unwrap();
+    // The profile's first worker is exec'd, alone; the server starts once it
+    // answered.
+    let first = sup.load(spec("fx-basic")).unwrap();
+    assert!(sup.wait_for_blank(&spec("fx-basic"), Instant::now() + Duration::from_secs(20)));
     let server = sup.fork_server_pid().expect("a fork-server for the default profile");
+    let first_pid = first.info().worker_pid;
+    assert!(!forked_by(server, first_pid), "{}", cmdline(first_pid));
+    assert!(!cmdline(first_pid).contains("--fork-server"), "{}", cmdline(first_pid));
+    let x: i64 = first.call(basic::ADD, &(1i64, 3i64)).unwrap();
+    assert_eq!(x, 4);
+    // Every worker after it is forked.
+    let p = sup.load(spec("fx-basic").workers(2)).unwrap();
+    assert_eq!(p.worker_pids().len(), 2);
     assert!(cmdline(server).contains("--fork-server"), "{}", cmdline(server));
     for pid in p.worker_pids() {
         // A forked worker has its server's argument area (no exec
@@ -69,10 +80,24 @@ fn workers_are_forked_by_the_servers_not_execd() {
 #[test]
 fn one_server_per_profile_and_each_profile_keeps_its_sandbox() {
     let sup = supervisor();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Servers running first, so both loads are forked.
+    assert!(sup.wait_for_blank(&spec("fx-basic"), deadline));
+    assert!(sup.wait_for_blank(&spec("fx-basic").sandbox(Sandbox::none()), deadline));
     let strict = sup.load(spec("fx-basic")).unwrap();
     let none = sup.load(spec("fx-basic").sandbox(Sandbox::none())).unwrap();
     let a = sup.fork_server_pid_for(&Sandbox::strict()).unwrap();
     let b = sup.fork_server_pid_for(&Sandbox::none()).unwrap();
+    assert!(
+        forked_by(a, strict.info().worker_pid),
+        "{}",
+        cmdline(strict.info().worker_pid)
+    );
+    assert!(
+        forked_by(b, none.info().worker_pid),
+        "{}",
+        cmdline(none.info().worker_pid)
+    );
     assert_ne!(a, b, "two profiles, two servers");
     // Forked from the unsandboxed server, the plugin sees its host pid; from
     // the sandboxed one, pid 2 in its own namespace.
