@@ -639,6 +639,7 @@ impl Core {
                 })
             }),
             fork_server,
+            spare: Mutex::new(None),
         };
         let config = PoolConfig {
             size: spec.workers,
