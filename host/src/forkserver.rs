@@ -280,7 +280,7 @@ impl ForkServerSlot {
         true
     }
 
-    /// The running server's pid, if any (for tests and diagnostics).
+    /// The running server's pid, if one runs.
     pub(crate) fn server_pid(&self) -> Option<u32> {
         match &*self.lock() {
             SlotState::Running { server, .. } => Some(server.pid),
