@@ -23,6 +23,16 @@ fn forked_by(server: u32, pid: u32) -> bool {
     area(pid) == area(server) && area(pid) > 0
 }
 
+/// When `pid` started (field 22 of `/proc/PID/stat`), to tell a process
+/// from a later one that got its pid (pids are reused quickly where
+/// `pid_max` is small and other tests start processes meanwhile).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Fields from the state (field 3) on: the start time is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // The field after the parenthesised command name, then the state.
@@ -128,6 +138,7 @@ fn a_dead_server_is_replaced_and_its_workers_live_on() {
     let bystander = sup.load(spec("fx-basic")).unwrap();
     let bystander_pid = bystander.info().worker_pid;
     let server = sup.fork_server_pid().unwrap();
+    let server_started = start_time(server).expect("the server's start time");
     // The server is this host's child (the supervisor started it).
     assert!(my_children().iter().any(|c| c.0 == server));
     nix::sys::signal::kill(
@@ -148,7 +159,9 @@ fn a_dead_server_is_replaced_and_its_workers_live_on() {
     // The spawn that found the server dead reaped it (no zombie) before the
     // replacement worker answered; the next spawn starts a new server.
     assert!(
-        !my_children().iter().any(|c| c.0 == server),
+        !my_children()
+            .iter()
+            .any(|c| c.0 == server && start_time(server) == Some(server_started)),
         "the dead server was reaped"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
