@@ -280,7 +280,7 @@ impl ForkServerSlot {
         true
     }
 
-    /// The running server's pid, if one runs.
+    /// The running server's pid, if any (for tests and diagnostics).
     pub(crate) fn server_pid(&self) -> Option<u32> {
         match &*self.lock() {
             SlotState::Running { server, .. } => Some(server.pid),

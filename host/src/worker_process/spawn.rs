@@ -89,11 +89,10 @@ pub(crate) struct Spare {
 }
 
 impl Launch {
-    /// Makes the next forked worker's [`Spare`], if this launch's workers are
-    /// forked (its fork-server runs), it has none, and its load request goes
-    /// ahead of the worker.
+    /// Makes the next forked worker's [`Spare`], if this launch forks its
+    /// workers, has none, and its load request goes ahead of the worker.
     pub(crate) fn prepare_spare(&self) {
-        if !self.fork_server.as_ref().is_some_and(|s| s.server_pid().is_some()) {
+        if self.fork_server.is_none() {
             return;
         }
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
