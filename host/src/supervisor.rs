@@ -639,7 +639,6 @@ impl Core {
                 })
             }),
             fork_server,
-            spare: Mutex::new(None),
         };
         let config = PoolConfig {
             size: spec.workers,

@@ -413,9 +413,6 @@ impl Pool {
             let dead = pool.reap(dying);
             let slot = pool.background_replacement(i);
             pool.put_back(slot);
-            // The next restart's region and load request, made now that
-            // this one is serving (a pool that crashed once may again).
-            pool.launch.prepare_spare();
             dead.wait_drained();
         });
         if !started {

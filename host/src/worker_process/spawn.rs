@@ -10,8 +10,7 @@
 //! Order: the region is created (none, or none creatable, means the socket
 //! transport); a small load request goes into the socket before the worker
 //! exists, so a worker that wakes up (a pre-forked one, assigned at once)
-//! finds it waiting — after a restart, the next forked worker's region and
-//! socket, request included, are made ahead of time (a [`Spare`]); the worker is forked by its profile's fork-server if
+//! finds it waiting; the worker is forked by its profile's fork-server if
 //! one is running (its arguments travel over the server's channel, never on a
 //! command line; a profile's first worker does not wait for its server, which
 //! starts in the background) or else started with exec on a spawner thread
@@ -25,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
@@ -74,52 +73,6 @@ pub(crate) struct Launch {
     pub imports: Option<Arc<HostImports>>,
     /// The fork-server of this plugin's sandbox profile, if fork-servers are on.
     pub fork_server: Option<Arc<ForkServerSlot>>,
-    /// What the next forked worker starts with, made ahead of time.
-    pub spare: Mutex<Option<Spare>>,
-}
-
-/// What the next forked worker of a launch can start with, made ahead of
-/// time (after a restart, off its path): its region, its encoded load
-/// request, and a socket pair whose host end holds the request already.
-pub(crate) struct Spare {
-    region: NewRegion,
-    load: Vec<u8>,
-    host_end: UnixStream,
-    worker_end: UnixStream,
-}
-
-impl Launch {
-    /// Makes the next forked worker's [`Spare`], if this launch forks its
-    /// workers, has none, and its load request goes ahead of the worker.
-    pub(crate) fn prepare_spare(&self) {
-        if self.fork_server.is_none() {
-            return;
-        }
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.is_some() {
-            return;
-        }
-        let region = create_region(self.shm_capacity);
-        let load = encode_load(self, &region);
-        if !presend(&load) {
-            return;
-        }
-        let Ok((host_end, worker_end)) = UnixStream::pair() else {
-            return;
-        };
-        if send_load(&host_end, &load, self, &region, Instant::now() + self.load_timeout).is_ok() {
-            *spare = Some(Spare {
-                region,
-                load,
-                host_end,
-                worker_end,
-            });
-        }
-    }
-
-    fn take_spare(&self) -> Option<Spare> {
-        self.spare.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
 }
 
 /// A region and the descriptor that travels to the worker.
@@ -147,17 +100,9 @@ impl WorkerProcess {
             None => launch.load_timeout,
         };
         let deadline = started + limit;
-        let forks = launch.fork_server.as_ref().is_some_and(|s| s.ready(deadline));
-        let (region, load, pair) = match forks.then(|| launch.take_spare()).flatten() {
-            Some(s) => (s.region, s.load, Some((s.host_end, s.worker_end))),
-            None => {
-                let region = create_region(launch.shm_capacity);
-                let load = encode_load(launch, &region);
-                (region, load, None)
-            }
-        };
-        let forked = forks.then(|| fork(launch, &region, &load, pair, deadline)).flatten();
-        let (started_worker, forked) = match forked {
+        let region = create_region(launch.shm_capacity);
+        let load = encode_load(launch, &region);
+        let (started_worker, forked) = match fork(launch, &region, &load, deadline) {
             Some(forked) => (forked, true),
             None => (exec(launch, &region, &load, deadline)?, false),
         };
@@ -292,30 +237,20 @@ fn presend(load: &[u8]) -> bool {
     load.len() <= PRESEND_MAX
 }
 
-/// A worker forked by the profile's fork-server, which is
-/// [ready](ForkServerSlot::ready), if it serves (a verified library travels
-/// as a memfd after the load request, so the on-disk file is not handed over
-/// then). `pair`: a socket pair whose host end holds the load request already
-/// (a [`Spare`]'s).
-fn fork(
-    launch: &Launch,
-    region: &NewRegion,
-    load: &[u8],
-    pair: Option<(UnixStream, UnixStream)>,
-    deadline: Instant,
-) -> Option<Started> {
+/// A worker forked by the profile's fork-server, if there is one and it
+/// serves (a verified library travels as a memfd after the load request, so
+/// the on-disk file is not handed over then). The profile's first worker is
+/// not: its server starts once that worker answered ([`ForkServerSlot::ready`]).
+fn fork(launch: &Launch, region: &NewRegion, load: &[u8], deadline: Instant) -> Option<Started> {
     let server = launch.fork_server.as_ref()?;
-    let (host_end, worker_end, presend) = match pair {
-        Some((host_end, worker_end)) => (host_end, worker_end, true),
-        None => {
-            let (host_end, worker_end) = UnixStream::pair().ok()?;
-            let presend = presend(load);
-            if presend {
-                send_load(&host_end, load, launch, region, deadline).ok()?;
-            }
-            (host_end, worker_end, presend)
-        }
-    };
+    if !server.ready(deadline) {
+        return None;
+    }
+    let (host_end, worker_end) = UnixStream::pair().ok()?;
+    let presend = presend(load);
+    if presend {
+        send_load(&host_end, load, launch, region, deadline).ok()?;
+    }
     let library = launch.library.is_none().then_some(launch.path.as_path());
     let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
     args.extend(launch.args.iter().cloned());
