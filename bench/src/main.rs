@@ -2,6 +2,7 @@
 //! same run. Run with `cargo run --release -p bulkhead-bench` (add `--quick`
 //! for a smoke run). Prints a table and one JSON line per figure.
 
+mod coldstart;
 mod containment;
 mod fastpath;
 mod filter;
@@ -91,6 +92,7 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
 }
 
 fn main() {
+    procspawn::init();
     if std::env::args().any(|a| a == "--echo-peer") {
         return floor::echo_peer();
     }
@@ -118,6 +120,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--filter-only") {
         filter::rows(&fx, &mut report, quick);
+        return report.print(started);
+    }
+    if std::env::args().any(|a| a == "--coldstart-only") {
+        coldstart::rows(&fx, &mut report, &scale);
         return report.print(started);
     }
     if std::env::args().any(|a| a == "--restart-only") {
@@ -320,6 +326,7 @@ fn main() {
 
     // --- restart latency and spawn-to-ready: fork-server vs exec, sandbox on and off ---
     restart::rows(&fx, &mut report, &scale);
+    coldstart::rows(&fx, &mut report, &scale);
 
     // --- the seccomp allow-list against the deny-list ---------------------------------
     filter::rows(&fx, &mut report, quick);

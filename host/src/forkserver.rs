@@ -1,5 +1,9 @@
 //! Fork-servers: one `bulkhead-worker --fork-server` process per supervisor
-//! and sandbox profile, started on first use. It prepares the sandbox's shared
+//! and sandbox profile. The first worker of a profile does not wait for it:
+//! that one is started with `exec`, and the server starts on a helper thread
+//! once it answered (or at once when a second worker is wanted before); every
+//! later worker of the profile is forked (a spawn while the server is starting
+//! waits for it). It prepares the sandbox's shared
 //! part once (identity, user/network/uts namespaces, the static filesystem
 //! view) and then forks each new worker, so a restart skips `exec`, dynamic
 //! linking and those namespaces. No plugin code ever runs in it (see the
@@ -19,12 +23,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::forkserver::{self, FromServer, ToServer};
 use bulkhead_shared::sandbox::SandboxPolicy;
 use bulkhead_shared::PARENT_PID_ENV;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{setpgid, Pid};
 
@@ -64,6 +69,13 @@ enum SlotState {
     /// Not running; the next spawn starts one. `failures`: consecutive
     /// servers that did not start or broke before serving a spawn.
     Idle { failures: u32 },
+    /// Never started; the profile's first worker is being started with exec
+    /// (the server starts when it answered, or when a second worker is needed
+    /// first).
+    FirstExec,
+    /// Being started on a helper thread; `done` disconnects once the start
+    /// is settled (the state is then `Running`, `Idle` or `Off`).
+    Starting { done: Receiver<()> },
     /// Running; `failures` as above, reset by a spawn it serves.
     Running { server: ForkServer, failures: u32 },
     /// This profile cannot use a server here (said once, at `debug`), or the
@@ -90,6 +102,97 @@ impl ForkServerSlot {
         self.policy == *policy && self.command.env == env
     }
 
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a spawn now goes to a running server; `false`: the caller
+    /// starts this worker itself, with exec. The profile's first worker (or
+    /// the first after a server went away) is exec'd alone, and the server
+    /// starts in the background once it answered
+    /// ([`first_worker_ready`](Self::first_worker_ready)); a second worker
+    /// wanted before then starts the server at once and waits for it. After
+    /// a server failed to start, the next one starts in the background
+    /// beside an exec'd worker. A server being started is waited for until
+    /// `deadline`.
+    pub(crate) fn ready(self: &Arc<Self>, deadline: Instant) -> bool {
+        loop {
+            let mut state = self.lock();
+            match &*state {
+                SlotState::Running { .. } => return true,
+                SlotState::Off => return false,
+                SlotState::Idle { failures } => {
+                    let failures = *failures;
+                    if failures == 0 {
+                        // The profile's first worker: it goes first, alone.
+                        *state = SlotState::FirstExec;
+                        return false;
+                    }
+                    if failures < MAX_START_FAILURES {
+                        if let Some(done) = self.start_in_background(failures) {
+                            *state = SlotState::Starting { done };
+                            return false;
+                        }
+                    }
+                    // No helper thread (or no more tries): settle it here.
+                    self.ensure_started(&mut state);
+                    return matches!(*state, SlotState::Running { .. });
+                }
+                SlotState::FirstExec => match self.start_in_background(0) {
+                    // A second worker while the first one is being exec'd: the
+                    // server starts now, and this worker waits for it.
+                    Some(done) => *state = SlotState::Starting { done },
+                    None => *state = SlotState::Idle { failures: 0 },
+                },
+                SlotState::Starting { done } => {
+                    let done = done.clone();
+                    drop(state);
+                    if done.recv_deadline(deadline) != Err(RecvTimeoutError::Disconnected) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a server on a helper thread, which settles the state when the
+    /// start succeeds or fails (and kills the server if the slot was stopped
+    /// meanwhile). Returns what disconnects when it is settled; `None` if no
+    /// thread could be started.
+    fn start_in_background(self: &Arc<Self>, failures: u32) -> Option<Receiver<()>> {
+        let (settled, done) = crossbeam_channel::bounded::<()>(0);
+        let slot = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("bulkhead-fork-server".into())
+            .spawn(move || {
+                let started = ForkServer::start(&slot.command, &slot.policy);
+                let mut state = slot.lock();
+                let unwanted = if matches!(*state, SlotState::Starting { .. }) {
+                    *state = settle(started, failures);
+                    None
+                } else {
+                    // Stopped meanwhile: this server is killed and reaped.
+                    started.ok()
+                };
+                drop(state);
+                drop(unwanted);
+                drop(settled);
+            });
+        spawned.ok().map(|_| done)
+    }
+
+    /// The profile's first worker (exec'd) answered: its server starts now,
+    /// in the background, for the workers that follow.
+    pub(crate) fn first_worker_ready(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if let SlotState::FirstExec = &*state {
+            *state = match self.start_in_background(0) {
+                Some(done) => SlotState::Starting { done },
+                None => SlotState::Idle { failures: 0 },
+            };
+        }
+    }
+
     /// Forks a worker with `args`, handing it `sock` (its end of the
     /// control socket) and its library. `None`: no server for this profile
     /// (or it just failed); the caller starts the worker itself.
@@ -100,7 +203,7 @@ impl ForkServerSlot {
         library: Option<&Path>,
         deadline: Instant,
     ) -> Option<Forked> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         self.ensure_started(&mut state);
         let SlotState::Running { server, failures } = &mut *state else {
             return None;
@@ -140,30 +243,31 @@ impl ForkServerSlot {
 
     /// Starts the server if none runs (and starting has not failed for good).
     fn ensure_started(&self, state: &mut SlotState) {
+        if let SlotState::FirstExec = state {
+            *state = SlotState::Idle { failures: 0 };
+        }
         if let SlotState::Idle { failures } = *state {
             if failures >= MAX_START_FAILURES {
                 tracing::debug!(target: "bulkhead::supervision", "fork-servers keep failing for this sandbox profile; workers are started with exec");
                 *state = SlotState::Off;
                 return;
             }
-            *state = match ForkServer::start(&self.command, &self.policy) {
-                Ok(server) => SlotState::Running { server, failures },
-                Err(why) if failures + 1 >= MAX_START_FAILURES => {
-                    tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
-                    SlotState::Off
-                }
-                Err(why) => {
-                    tracing::debug!(target: "bulkhead::supervision", %why, "fork-server did not start");
-                    SlotState::Idle { failures: failures + 1 }
-                }
-            };
+            *state = settle(ForkServer::start(&self.command, &self.policy), failures);
         }
     }
 
     /// Starts the server if needed and waits until it has a blank ready to
     /// assign (for tests, which need to know which path a spawn takes).
     pub(crate) fn wait_for_blank(&self, deadline: Instant) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        while let SlotState::Starting { done } = &*state {
+            let done = done.clone();
+            drop(state);
+            if done.recv_deadline(deadline) != Err(RecvTimeoutError::Disconnected) {
+                return false;
+            }
+            state = self.lock();
+        }
         self.ensure_started(&mut state);
         let SlotState::Running { server, .. } = &mut *state else {
             return false;
@@ -178,19 +282,36 @@ impl ForkServerSlot {
 
     /// The running server's pid, if any (for tests and diagnostics).
     pub(crate) fn server_pid(&self) -> Option<u32> {
-        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.lock() {
             SlotState::Running { server, .. } => Some(server.pid),
             _ => None,
         }
     }
 
-    /// Stops the server for good (supervisor shutdown).
+    /// Stops the server for good (supervisor shutdown). A server being
+    /// started is waited for (bounded), and killed and reaped by its starter.
     pub(crate) fn stop(&self) {
-        let old = std::mem::replace(
-            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            SlotState::Off,
-        );
+        let old = std::mem::replace(&mut *self.lock(), SlotState::Off);
+        if let SlotState::Starting { done } = &old {
+            let _ = done.recv_deadline(Instant::now() + START_TIMEOUT + DRAIN_BOUND);
+        }
         drop(old);
+    }
+}
+
+/// The state after a server's start: running, or idle with one more failure
+/// (off after [`MAX_START_FAILURES`]).
+fn settle(started: Result<ForkServer, String>, failures: u32) -> SlotState {
+    match started {
+        Ok(server) => SlotState::Running { server, failures },
+        Err(why) if failures + 1 >= MAX_START_FAILURES => {
+            tracing::debug!(target: "bulkhead::supervision", %why, "no fork-server for this sandbox profile; workers are started with exec");
+            SlotState::Off
+        }
+        Err(why) => {
+            tracing::debug!(target: "bulkhead::supervision", %why, "fork-server did not start");
+            SlotState::Idle { failures: failures + 1 }
+        }
     }
 }
 
@@ -205,6 +326,9 @@ enum SpawnError {
 const MAX_BLANKS: usize = 8;
 /// How long a stopped server's channel is read for the last announcements.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// How long the first spawn waits for the server's first blank to announce
+/// itself (it does so right after the fork) before it asks for a fork.
+const FIRST_BLANK_WAIT: Duration = Duration::from_millis(50);
 /// Blanks found dead before the host stops asking for new ones.
 const MAX_DEAD_BLANKS: u32 = 3;
 
@@ -228,6 +352,10 @@ struct ForkServer {
     /// The server itself did not take a request (it is replaced after the
     /// spawn at hand, which a blank may still have served).
     gone: bool,
+    /// The blank the server forks as soon as it is ready has not announced
+    /// itself yet: the first spawn waits for it (briefly) rather than have a
+    /// second worker isolate itself beside it.
+    first_blank: bool,
 }
 
 impl ForkServer {
@@ -240,6 +368,7 @@ impl ForkServer {
             blanks: Vec::new(),
             dead_blanks: 0,
             gone: false,
+            first_blank: true,
         }
     }
 
@@ -288,6 +417,7 @@ impl ForkServer {
                 let pid = own_child(pid)?;
                 let chan = fds.pop().expect("one descriptor");
                 self.blanks.push(Blank { pid, chan });
+                self.first_blank = false;
                 if self.blanks.len() > MAX_BLANKS {
                     // Reaped with the server all the same.
                     return Err(SpawnError::Broken(format!("more than {MAX_BLANKS} blanks announced")));
@@ -305,9 +435,27 @@ impl ForkServer {
 
     /// Hands the worker's descriptors to a blank, if one is waiting; asks the
     /// server for the next blank. `None`: no live blank.
-    fn assign_blank(&mut self, args: &[String], fds: &[BorrowedFd<'_>], library: bool) -> Option<u32> {
+    fn assign_blank(
+        &mut self,
+        args: &[String],
+        fds: &[BorrowedFd<'_>],
+        library: bool,
+        deadline: Instant,
+    ) -> Option<u32> {
         // Announcements that arrived since the last spawn, without waiting.
         while let Ok(None) = self.recv_one(Some(Instant::now())) {}
+        if self.blanks.is_empty() && self.first_blank {
+            // The server's first blank is being forked: it isolates itself
+            // no slower than a worker forked now would, and a worker forked
+            // now would compete with it for the CPUs.
+            self.first_blank = false;
+            let until = deadline.min(Instant::now() + FIRST_BLANK_WAIT);
+            while self.blanks.is_empty() {
+                if !matches!(self.recv_one(Some(until)), Ok(None)) {
+                    break;
+                }
+            }
+        }
         while let Some(blank) = self.blanks.pop() {
             // Its plugin process (which holds the channel) may outlive a blank
             // that is already dead for a moment: ask the kernel first.
@@ -348,7 +496,7 @@ impl ForkServer {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
         let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(library);
-        let pid = match self.assign_blank(args, &fds, library.is_some()) {
+        let pid = match self.assign_blank(args, &fds, library.is_some(), deadline) {
             Some(pid) => pid as i32,
             None => {
                 let msg = ToServer::Spawn {

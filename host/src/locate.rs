@@ -84,6 +84,17 @@ mod tests {
     }
 }
 
+/// A pinned binary's identity ([`WorkerExe::identity`]): a file replaced,
+/// rewritten or touched gets another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExeIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
 /// The worker binary, pinned: opened once when the supervisor is built, and
 /// every worker, fork-server and version probe is then exec'd through that
 /// descriptor (`/proc/self/fd/N`), so a file put at the path afterwards (a
@@ -114,6 +125,22 @@ impl WorkerExe {
             .filter(|f| !is_script(f))
             .map(|f| std::sync::Arc::new(std::os::fd::OwnedFd::from(f)));
         WorkerExe { path, pin }
+    }
+
+    /// What identifies the pinned binary's contents: device, inode, size and
+    /// the modification and change times of the file it was opened as. `None`
+    /// when it is not pinned (a script) or cannot be examined.
+    pub(crate) fn identity(&self) -> Option<ExeIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let fd = self.pin.as_ref()?;
+        let meta = std::fs::File::from(fd.try_clone().ok()?).metadata().ok()?;
+        Some(ExeIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
     }
 
     /// Where the binary was found.

@@ -23,6 +23,16 @@ fn forked_by(server: u32, pid: u32) -> bool {
     area(pid) == area(server) && area(pid) > 0
 }
 
+/// When `pid` started (field 22 of `/proc/PID/stat`), to tell a process
+/// from a later one that got its pid (pids are reused quickly where
+/// `pid_max` is small and other tests start processes meanwhile).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Fields from the state (field 3) on: the start time is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // The field after the parenthesised command name, then the state.
@@ -33,8 +43,19 @@ fn parent_of(pid: u32) -> u32 {
 #[test]
 fn workers_are_forked_by_the_servers_not_execd() {
     let sup = supervisor();
-    let p = sup.load(spec("fx-basic").workers(2)).unwrap();
+    // The profile's first worker is exec'd, alone; the server starts once it
+    // answered.
+    let first = sup.load(spec("fx-basic")).unwrap();
+    assert!(sup.wait_for_blank(&spec("fx-basic"), Instant::now() + Duration::from_secs(20)));
     let server = sup.fork_server_pid().expect("a fork-server for the default profile");
+    let first_pid = first.info().worker_pid;
+    assert!(!forked_by(server, first_pid), "{}", cmdline(first_pid));
+    assert!(!cmdline(first_pid).contains("--fork-server"), "{}", cmdline(first_pid));
+    let x: i64 = first.call(basic::ADD, &(1i64, 3i64)).unwrap();
+    assert_eq!(x, 4);
+    // Every worker after it is forked.
+    let p = sup.load(spec("fx-basic").workers(2)).unwrap();
+    assert_eq!(p.worker_pids().len(), 2);
     assert!(cmdline(server).contains("--fork-server"), "{}", cmdline(server));
     for pid in p.worker_pids() {
         // A forked worker has its server's argument area (no exec
@@ -69,10 +90,24 @@ fn workers_are_forked_by_the_servers_not_execd() {
 #[test]
 fn one_server_per_profile_and_each_profile_keeps_its_sandbox() {
     let sup = supervisor();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Servers running first, so both loads are forked.
+    assert!(sup.wait_for_blank(&spec("fx-basic"), deadline));
+    assert!(sup.wait_for_blank(&spec("fx-basic").sandbox(Sandbox::none()), deadline));
     let strict = sup.load(spec("fx-basic")).unwrap();
     let none = sup.load(spec("fx-basic").sandbox(Sandbox::none())).unwrap();
     let a = sup.fork_server_pid_for(&Sandbox::strict()).unwrap();
     let b = sup.fork_server_pid_for(&Sandbox::none()).unwrap();
+    assert!(
+        forked_by(a, strict.info().worker_pid),
+        "{}",
+        cmdline(strict.info().worker_pid)
+    );
+    assert!(
+        forked_by(b, none.info().worker_pid),
+        "{}",
+        cmdline(none.info().worker_pid)
+    );
     assert_ne!(a, b, "two profiles, two servers");
     // Forked from the unsandboxed server, the plugin sees its host pid; from
     // the sandboxed one, pid 2 in its own namespace.
@@ -103,6 +138,7 @@ fn a_dead_server_is_replaced_and_its_workers_live_on() {
     let bystander = sup.load(spec("fx-basic")).unwrap();
     let bystander_pid = bystander.info().worker_pid;
     let server = sup.fork_server_pid().unwrap();
+    let server_started = start_time(server).expect("the server's start time");
     // The server is this host's child (the supervisor started it).
     assert!(my_children().iter().any(|c| c.0 == server));
     nix::sys::signal::kill(
@@ -123,7 +159,9 @@ fn a_dead_server_is_replaced_and_its_workers_live_on() {
     // The spawn that found the server dead reaped it (no zombie) before the
     // replacement worker answered; the next spawn starts a new server.
     assert!(
-        !my_children().iter().any(|c| c.0 == server),
+        !my_children()
+            .iter()
+            .any(|c| c.0 == server && start_time(server) == Some(server_started)),
         "the dead server was reaped"
     );
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -88,4 +88,17 @@ fn drop_and_shutdown_leave_no_children() {
     assert_eq!(roles, ["blank", "fork-server"], "{left:?}");
     drop(sup);
     assert_eq!(my_children(), vec![]);
+
+    // A supervisor dropped while its fork-server is still starting (in the
+    // background, after the profile's first worker answered) takes it along:
+    // the drop waits for the start to settle, then kills and reaps it.
+    for round in 0..5 {
+        let sup = supervisor();
+        let p = sup.load(spec("fx-basic")).unwrap();
+        let x: i64 = p.call(basic::ADD, &(round, 1i64)).unwrap();
+        assert_eq!(x, round + 1);
+        drop(p);
+        drop(sup);
+        assert_eq!(my_children(), vec![], "round {round}");
+    }
 }

@@ -11,8 +11,9 @@
 //! transport); a small load request goes into the socket before the worker
 //! exists, so a worker that wakes up (a pre-forked one, assigned at once)
 //! finds it waiting; the worker is forked by its profile's fork-server if
-//! there is one (its arguments travel over the server's channel, never on a
-//! command line) or else started with exec on a spawner thread
+//! one is running (its arguments travel over the server's channel, never on a
+//! command line; a profile's first worker does not wait for its server, which
+//! starts in the background) or else started with exec on a spawner thread
 //! ([`spawner`](crate::spawner)); it is handed to the event loops; a large
 //! load request is written once the worker runs; the handshake's answer
 //! chooses the link's [`Way`].
@@ -101,19 +102,25 @@ impl WorkerProcess {
         let deadline = started + limit;
         let region = create_region(launch.shm_capacity);
         let load = encode_load(launch, &region);
+        let (started_worker, forked) = match fork(launch, &region, &load, deadline) {
+            Some(forked) => (forked, true),
+            None => (exec(launch, &region, &load, deadline)?, false),
+        };
         let Started {
             spawned,
             host_end,
             sent,
-        } = match fork(launch, &region, &load, deadline) {
-            Some(forked) => forked,
-            None => exec(launch, &region, &load, deadline)?,
-        };
+        } = started_worker;
         let mut w = watch(launch, spawned, host_end, &region)?;
         // (A large request is written now that the worker is running.)
         let sent = sent.unwrap_or_else(|| send_load(w.link.sock(), &load, launch, &region, deadline));
         match w.handshake(launch, region, sent, deadline) {
-            Ok(info) => Ok((w, info)),
+            Ok(info) => {
+                if let Some(server) = launch.fork_server.as_ref().filter(|_| !forked) {
+                    server.first_worker_ready();
+                }
+                Ok((w, info))
+            }
             Err(e) => {
                 w.kill_and_reap();
                 Err(match e {
@@ -232,9 +239,13 @@ fn presend(load: &[u8]) -> bool {
 
 /// A worker forked by the profile's fork-server, if there is one and it
 /// serves (a verified library travels as a memfd after the load request, so
-/// the on-disk file is not handed over then).
+/// the on-disk file is not handed over then). The profile's first worker is
+/// not: its server starts once that worker answered ([`ForkServerSlot::ready`]).
 fn fork(launch: &Launch, region: &NewRegion, load: &[u8], deadline: Instant) -> Option<Started> {
     let server = launch.fork_server.as_ref()?;
+    if !server.ready(deadline) {
+        return None;
+    }
     let (host_end, worker_end) = UnixStream::pair().ok()?;
     let presend = presend(load);
     if presend {

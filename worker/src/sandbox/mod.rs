@@ -179,6 +179,8 @@ pub fn prepare_profile(policy: &SandboxPolicy) -> Result<(), String> {
 struct Prebuilt {
     report: SandboxReport,
     helper_processes: u64,
+    /// This process's threads when it began isolating itself.
+    threads: usize,
 }
 
 static PREBUILT: Mutex<Option<Prebuilt>> = Mutex::new(None);
@@ -201,6 +203,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     if !policy.enabled() {
         return Ok(());
     }
+    let threads = thread_count();
     let plan = Plan::new(policy);
     let mut report = staged.report.clone();
     let helper_processes = isolate(&plan, &mut report, true)?;
@@ -209,6 +212,7 @@ pub fn prebuild() -> Result<(), LoadFailure> {
     *PREBUILT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Prebuilt {
         report,
         helper_processes,
+        threads,
     });
     Ok(())
 }
@@ -318,7 +322,9 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>) -> Result<Entered, 
             helper_processes: 0,
         });
     }
-    let threads = thread_count();
+    let prebuilt = PREBUILT.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // (A pre-forked worker counted its threads when it isolated itself.)
+    let threads = prebuilt.as_ref().map_or_else(thread_count, |done| done.threads);
     let mut plan = Plan::new(policy);
     // Opened now, with the identity the host gave us: the sandboxed worker
     // loads it through its descriptor, so neither a directory on the way it
@@ -328,7 +334,6 @@ pub fn enter(policy: &SandboxPolicy, library: Option<&Path>) -> Result<Entered, 
     plan.library_path = library.map(Path::to_path_buf);
     plan.library = library.and_then(|p| preopened.or_else(|| mounts::open_owned(p, nix::fcntl::OFlag::O_RDONLY).ok()));
 
-    let prebuilt = PREBUILT.lock().unwrap_or_else(|e| e.into_inner()).take();
     let helper_processes = match prebuilt {
         // A pre-forked worker isolated itself and attached its seccomp filter
         // before it was assigned; Landlock names the library, so it is last.

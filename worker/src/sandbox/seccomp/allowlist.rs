@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use bulkhead_shared::sandbox::{NetPolicy, SandboxPolicy};
-use bulkhead_shared::syscalls;
 use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompRule};
 
 use super::{cond, rule, CLONE_NEW, FORBIDDEN, LATE};
@@ -311,7 +310,7 @@ const F_SETSIG: i32 = 10;
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 fn nr(name: &str) -> Option<i64> {
-    syscalls::number(name)
+    super::number(name)
 }
 
 /// The allow-list for `policy`: every call in it matches, everything else is

@@ -25,7 +25,8 @@
 mod allowlist;
 pub mod trap;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use bulkhead_shared::sandbox::{Layer, LayerState, NetPolicy, SandboxReport, SyscallFilter};
 use bulkhead_shared::syscalls;
@@ -265,11 +266,22 @@ fn guard() -> BpfProgram {
     ]
 }
 
+/// The number of system call `name` on this architecture, from a map made
+/// once per process ([`syscalls::number`] searches the table linearly, and a
+/// filter names a few hundred calls).
+fn number(name: &str) -> Option<i64> {
+    static NUMBERS: OnceLock<HashMap<&'static str, i64>> = OnceLock::new();
+    NUMBERS
+        .get_or_init(|| syscalls::table().iter().copied().collect())
+        .get(name)
+        .copied()
+}
+
 /// The calls `names` (those this architecture has), without conditions.
 fn named(names: &[&str]) -> BTreeMap<i64, Vec<SeccompRule>> {
     names
         .iter()
-        .filter_map(|n| syscalls::number(n))
+        .filter_map(|n| number(n))
         .map(|nr| (nr, Vec::new()))
         .collect()
 }
@@ -288,11 +300,11 @@ fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<Cond, String> {
 fn late_rules(me: u64) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let mut rules = named(LATE);
     for name in ["kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"] {
-        if let Some(nr) = syscalls::number(name) {
+        if let Some(nr) = number(name) {
             rules.insert(nr, vec![rule(vec![cond(0, Len::Dword, Op::Ne, me)?])?]);
         }
     }
-    if let Some(nr) = syscalls::number("rt_sigaction") {
+    if let Some(nr) = number("rt_sigaction") {
         rules.insert(nr, vec![rule(vec![cond(0, Len::Dword, Op::Eq, libc::SIGSYS as u64)?])?]);
     }
     Ok(rules)
