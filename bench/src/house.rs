@@ -9,8 +9,12 @@ use crate::{measure, us, Report};
 
 /// The house rows.
 pub fn rows(sup: &Supervisor, fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize) {
-    let p = sup.load(PluginSpec::new(fx.lib("fx-basic"))).expect("load fx-basic");
+    let spec = PluginSpec::new(fx.lib("fx-basic"));
+    let p = sup.load(spec.clone()).expect("load fx-basic");
     assert_eq!(p.info().transport, Transport::SharedMemory);
+    // The profile's fork-server starts in the background after the first
+    // load: measure once it has settled, not while it competes for the CPUs.
+    sup.wait_for_blank(&spec, std::time::Instant::now() + std::time::Duration::from_secs(10));
     let n = scale(20_000);
     let small = measure(2000.min(n), n, || {
         let v: i64 = p.call(basic::ADD, &(3i64, 4i64)).unwrap();

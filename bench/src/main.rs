@@ -109,6 +109,9 @@ fn main() {
     let fx = build_fixtures(true);
     let lib = fx.lib("fx-basic");
     let sup = Supervisor::builder().worker_path(&fx.worker).build().expect("worker");
+    // The default profile's fork-server starts in the background after the
+    // first load; the rows below measure a settled host, so start it now.
+    sup.wait_for_blank(&PluginSpec::new(&lib), Instant::now() + Duration::from_secs(10));
     let mut report = Report { rows: Vec::new() };
     if std::env::args().any(|a| a == "--scale-only") {
         scale::rows(&fx.worker, &lib, &mut report, quick);

@@ -318,12 +318,14 @@ impl Pool {
     fn lease_slot(&self, slot: Slot, deadline: Instant) -> Result<Lease<&Pool>, CallError> {
         let worker = match slot {
             Slot::Live(w) => w,
-            Slot::Empty(i) => self
-                .replace(i, deadline)
-                .inspect_err(|_| self.put_back(Slot::Empty(i)))?,
-            Slot::Idle(i) => self
-                .wake_idle(i, deadline)
-                .inspect_err(|_| self.put_back(Slot::Idle(i)))?,
+            Slot::Empty(i) => Box::new(
+                self.replace(i, deadline)
+                    .inspect_err(|_| self.put_back(Slot::Empty(i)))?,
+            ),
+            Slot::Idle(i) => Box::new(
+                self.wake_idle(i, deadline)
+                    .inspect_err(|_| self.put_back(Slot::Idle(i)))?,
+            ),
             other => {
                 self.put_back(other);
                 return Err(CallError::ShutDown);
@@ -525,7 +527,7 @@ impl Pool {
             return;
         }
         match slot {
-            Slot::Dying(w) => self.recover(w),
+            Slot::Dying(w) => self.recover(*w),
             Slot::Empty(i) if !self.is_failed() => self.restart_in_background(i),
             other => self.to_channel(other),
         }

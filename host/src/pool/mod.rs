@@ -61,9 +61,11 @@ use shutdown::Closing;
 
 /// What a slot holds while it circulates.
 pub(crate) enum Slot {
-    Live(WorkerProcess),
+    /// A live worker (boxed: a slot moves through the free-slot channel and
+    /// the lease on every call, and a pointer moves cheaper than a worker).
+    Live(Box<WorkerProcess>),
     /// Its worker failed and has been signalled; reap it before reuse.
-    Dying(WorkerProcess),
+    Dying(Box<WorkerProcess>),
     /// Slot `n` needs a replacement worker (its worker failed).
     Empty(usize),
     /// Slot `n`'s worker was stopped for idleness; start one on demand.
@@ -168,7 +170,7 @@ impl Pool {
             w.slot = i;
             pool.register(&w);
             info.get_or_insert(info_i);
-            pool.dispatch.circulate(Slot::Live(w));
+            pool.dispatch.circulate(Slot::Live(Box::new(w)));
         }
         pool.start_standby()?;
         if let Some(tick) = pool.recovery.tick() {

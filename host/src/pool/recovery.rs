@@ -394,7 +394,7 @@ impl Pool {
             w.slot = i;
             self.note_restart(i, w.pid);
             w.wake();
-            self.to_channel(Slot::Live(w));
+            self.to_channel(Slot::Live(Box::new(w)));
             if !self.background("bulkhead-standby", move |pool| {
                 // Let the promoted worker take its first calls before the
                 // reaping and the next spawn compete with it for the CPUs.
@@ -450,11 +450,11 @@ impl Pool {
                 w.slot = i;
                 self.note_restart(i, w.pid);
                 self.refill_standby();
-                return Slot::Live(w);
+                return Slot::Live(Box::new(w));
             }
         }
         match self.start_replacement(i, None) {
-            Ok(w) => Slot::Live(w),
+            Ok(w) => Slot::Live(Box::new(w)),
             Err(_) => Slot::Empty(i),
         }
     }
@@ -525,7 +525,7 @@ impl Pool {
                 _ => None,
             };
             match over {
-                Some((used, window)) => self.stop_for_idle_cpu(w, used, window),
+                Some((used, window)) => self.stop_for_idle_cpu(*w, used, window),
                 None => {
                     w.cpu_seen = Some((now, cpu));
                     self.put_back(Slot::Live(w));
@@ -544,7 +544,7 @@ impl Pool {
         let cause = format!("used {used:?} of CPU in {window:?} with no call in flight");
         w.proc.kill();
         self.lost_worker(i, pid, None, cause);
-        self.put_back(Slot::Dying(w));
+        self.put_back(Slot::Dying(Box::new(w)));
     }
 
     /// One idle check: takes the workers idle for `idle` out of the pool and
@@ -573,7 +573,7 @@ impl Pool {
                 let workers = std::mem::take(&mut *theirs.lock().unwrap_or_else(|e| e.into_inner()));
                 for w in workers {
                     let (i, pid) = (w.slot, w.pid);
-                    pool.stop(w);
+                    pool.stop(*w);
                     pool.mark(i, SlotHealth::Idle);
                     pool.events.emit(&pool.label, EventKind::IdleStopped { pid });
                     pool.put_back(Slot::Idle(i));

@@ -121,15 +121,15 @@ impl Pool {
                 // Killed (and reported) as busy after the grace period.
                 Some(Slot::Live(w)) if w.proc.exit().is_some() => {
                     *collected += 1;
-                    self.bury(w);
+                    self.bury(*w);
                 }
                 Some(Slot::Live(w)) => {
                     *collected += 1;
-                    reports.push(self.stop(w));
+                    reports.push(self.stop(*w));
                 }
                 Some(Slot::Dying(w)) => {
                     *collected += 1;
-                    self.bury(w);
+                    self.bury(*w);
                 }
                 Some(Slot::Empty(_) | Slot::Idle(_)) => *collected += 1,
                 Some(Slot::Closed) => {}
