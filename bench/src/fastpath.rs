@@ -427,6 +427,9 @@ fn idle_cpu_row(sup: &Supervisor, lib: &std::path::Path, report: &mut Report, qu
     for p in &plugins {
         small_call(p);
     }
+    // The fork-server forks its next pre-forked worker shortly after the
+    // last load: idle starts once that one is ready.
+    sup.wait_for_blank(&PluginSpec::new(lib), Instant::now() + Duration::from_secs(10));
     let idle = if quick {
         Duration::from_secs(2)
     } else {
