@@ -172,16 +172,8 @@ async fn dropping_the_supervisor_does_not_block_the_runtime() {
 /// pool stays empty). The counter does see the blocking pool: an async load uses it.
 #[test]
 fn async_calls_wait_as_tasks_without_threads() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let started = Arc::new(AtomicUsize::new(0));
-    let counter = started.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .on_thread_start(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        })
-        .build()
-        .unwrap();
+    use std::sync::atomic::Ordering;
+    let (rt, started) = counting_runtime();
     let sup = supervisor();
     let plugin = sup.load(spec("fx-basic")).unwrap();
     use fx_host_iface::__fidius_UsesHost as U;
@@ -221,15 +213,22 @@ fn async_calls_wait_as_tasks_without_threads() {
         _ => assert!(started.load(Ordering::SeqCst) > 0),
     }
     // The same count on a fresh runtime sees its blocking pool start.
-    let control = Arc::new(AtomicUsize::new(0));
-    let counter = control.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .on_thread_start(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        })
-        .build()
-        .unwrap();
+    let (rt, control) = counting_runtime();
     let again = rt.block_on(sup.load_async(spec("fx-basic"))).unwrap();
     assert!(control.load(Ordering::SeqCst) > 0, "the count sees the blocking pool");
     drop(again);
+}
+
+/// A current-thread runtime and the number of threads it has started (its
+/// blocking pool's).
+fn counting_runtime() -> (tokio::runtime::Runtime, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = started.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_start(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    (rt, started)
 }

@@ -44,18 +44,12 @@ impl Link {
         pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, IoFail> {
         let last = region.resp_seq();
-        // The bytes of the request area the plugin may still read while it
-        // calls back (an inline or socket-borne payload uses none of them).
         let keep = if payload.len() <= region.capacity() {
-            region.post_request(RequestKind::Call, id, method, payload);
-            if payload.len() <= shm::REQ_INLINE {
-                0
-            } else {
-                payload.len()
-            }
+            post(region, RequestKind::Call, id, method, payload)
         } else {
             region.post_request(RequestKind::CallViaSocket, id, method, &[]);
             self.send_call(id, method, payload, deadline)?;
+            // A socket-borne payload leaves the request area free.
             0
         };
         let r = self.wait_shm(region, last, id, deadline, keep, pull)?;
@@ -74,8 +68,8 @@ impl Link {
         pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, IoFail> {
         let last = region.resp_seq();
-        region.post_request(RequestKind::ClientCall, id, method, payload);
-        let r = self.wait_shm(region, last, id, deadline, payload.len(), pull)?;
+        let keep = post(region, RequestKind::ClientCall, id, method, payload);
+        let r = self.wait_shm(region, last, id, deadline, keep, pull)?;
         self.finish_shm(r, id, deadline, region, &mut None)
     }
 
@@ -190,12 +184,7 @@ impl Link {
         } else {
             RequestKind::Call
         };
-        region.post_request(kind, id, method, payload);
-        let keep = if !client && payload.len() <= shm::REQ_INLINE {
-            0
-        } else {
-            payload.len()
-        };
+        let keep = post(&region, kind, id, method, payload);
         Some(Posted {
             region,
             id,
@@ -409,6 +398,18 @@ impl Link {
             off: r.off,
             len: r.len,
         })
+    }
+}
+
+/// Posts a call or client call whose payload fits the region; returns how
+/// many bytes of the request area the plugin may still read while it calls
+/// back (a payload small enough for the request line uses none of them).
+fn post(region: &Region, kind: RequestKind, id: u64, method: u32, payload: &[u8]) -> usize {
+    region.post_request(kind, id, method, payload);
+    if kind == RequestKind::Call && payload.len() <= shm::REQ_INLINE {
+        0
+    } else {
+        payload.len()
     }
 }
 
