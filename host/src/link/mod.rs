@@ -222,11 +222,13 @@ impl Link {
         let id = self.next_id();
         let answer = match (self.way.region.clone(), req) {
             (Some(region), Request::Call { method, payload }) => {
-                self.call_shm(&region, id, method, payload, deadline, &mut target, pull)?
+                let kind = RequestKind::Call;
+                self.call_shm(&region, kind, id, method, payload, deadline, &mut target, pull)?
             }
             (Some(region), Request::StreamNext) => self.stream_next_shm(&region, id, deadline, pull)?,
             (Some(region), Request::ClientCall { method, payload }) if payload.len() <= region.capacity() => {
-                self.client_call_shm(&region, id, method, payload, deadline, pull)?
+                let kind = RequestKind::ClientCall;
+                self.call_shm(&region, kind, id, method, payload, deadline, &mut target, pull)?
             }
             (None, Request::Call { method, payload }) if pull.is_none() && self.way.imports.is_none() => {
                 self.send_call(id, method, payload, deadline)?;

@@ -30,12 +30,15 @@ const HOST_SPIN: Duration = Duration::from_micros(200);
 const SOCKET_CHECK: Duration = Duration::from_millis(20);
 
 impl Link {
-    /// A call through the region; with a `target`, the answer is copied once,
-    /// straight into it.
+    /// A call (`kind` [`RequestKind::Call`]) or a client call whose payload
+    /// fits ([`RequestKind::ClientCall`]) through the region; the plugin's
+    /// callbacks and pulls are answered on the way. With a `target`, the
+    /// answer is copied once, straight into it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn call_shm(
         &mut self,
         region: &Region,
+        kind: RequestKind,
         id: u64,
         method: u32,
         payload: &[u8],
@@ -45,7 +48,7 @@ impl Link {
     ) -> Result<Answer<'_>, IoFail> {
         let last = region.resp_seq();
         let keep = if payload.len() <= region.capacity() {
-            post(region, RequestKind::Call, id, method, payload)
+            post(region, kind, id, method, payload)
         } else {
             region.post_request(RequestKind::CallViaSocket, id, method, &[]);
             self.send_call(id, method, payload, deadline)?;
@@ -54,23 +57,6 @@ impl Link {
         };
         let r = self.wait_shm(region, last, id, deadline, keep, pull)?;
         self.finish_shm(r, id, deadline, region, target)
-    }
-
-    /// A client-streaming call through the region (its payload fits there);
-    /// the plugin's pulls are answered from `pull` through the region too.
-    pub(super) fn client_call_shm(
-        &mut self,
-        region: &Region,
-        id: u64,
-        method: u32,
-        payload: &[u8],
-        deadline: Instant,
-        pull: Option<PullSource<'_>>,
-    ) -> Result<Answer<'_>, IoFail> {
-        let last = region.resp_seq();
-        let keep = post(region, RequestKind::ClientCall, id, method, payload);
-        let r = self.wait_shm(region, last, id, deadline, keep, pull)?;
-        self.finish_shm(r, id, deadline, region, &mut None)
     }
 
     /// The next item of the open stream, through the region.
