@@ -64,11 +64,37 @@ pub const HEADER_SIZE: usize = 4096;
 /// maximum message size, so every message fits.
 pub const DEFAULT_CAPACITY: u32 = crate::frame::DEFAULT_MAX_MESSAGE;
 
+/// Defines a region kind enum whose codes are stated once: the enum (each
+/// variant's code its discriminant), [`ALL`](RequestKind::ALL) and `from_code`.
+macro_rules! region_kinds {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal,)* }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $code,)*
+        }
+
+        impl $name {
+            /// Every kind, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The kind a code names, if any (codes are read from the other
+            /// process: any value).
+            pub fn from_code(code: u32) -> Option<$name> {
+                match code {
+                    $($code => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+region_kinds! {
 /// What the host asks through the region. Each kind stands for one
 /// [`HostMsg`](crate::protocol::HostMsg) (named on each variant) or announces
 /// one on the socket; the region carries its code (`kind as u32`).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
     /// A `Call` with the payload in the request area.
     Call = 1,
@@ -98,29 +124,12 @@ pub enum RequestKind {
     AnswerViaSocket = 9,
 }
 
-impl RequestKind {
-    /// The kind a request code names, if any.
-    pub fn from_code(code: u32) -> Option<RequestKind> {
-        Some(match code {
-            1 => RequestKind::Call,
-            2 => RequestKind::CallViaSocket,
-            3 => RequestKind::Shutdown,
-            4 => RequestKind::Conversation,
-            5 => RequestKind::StreamNext,
-            6 => RequestKind::CallInline,
-            7 => RequestKind::ClientCall,
-            8 => RequestKind::Answer,
-            9 => RequestKind::AnswerViaSocket,
-            _ => return None,
-        })
-    }
 }
 
+region_kinds! {
 /// How the worker answers through the region. Each kind stands for one
 /// [`WorkerMsg`](crate::protocol::WorkerMsg) (named on each variant) or
 /// announces one on the socket; the region carries its code (`kind as u32`).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseKind {
     /// A `Reply`: the plugin's status and output (at `off`, `len` in the
     /// response area).
@@ -143,21 +152,6 @@ pub enum ResponseKind {
     Pull = 7,
 }
 
-impl ResponseKind {
-    /// The kind a response code names, if any (the host reads codes the
-    /// worker wrote: any value).
-    pub fn from_code(code: u32) -> Option<ResponseKind> {
-        Some(match code {
-            1 => ResponseKind::Reply,
-            2 => ResponseKind::ViaSocket,
-            3 => ResponseKind::Fault,
-            4 => ResponseKind::ReplyInline,
-            5 => ResponseKind::Callback,
-            6 => ResponseKind::CallbackViaSocket,
-            7 => ResponseKind::Pull,
-            _ => return None,
-        })
-    }
 }
 
 /// Largest payload carried inline in the request line.
@@ -1173,6 +1167,11 @@ mod tests {
         }
         assert_eq!(Q::from_code(0), None);
         assert_eq!(P::from_code(u32::MAX), None);
+        // `ALL` lists every kind once, codes 1, 2, .. in order.
+        let codes = |all: Vec<u32>| all.iter().copied().eq(1..=all.len() as u32);
+        assert!(codes(Q::ALL.iter().map(|&k| k as u32).collect()));
+        assert!(codes(P::ALL.iter().map(|&k| k as u32).collect()));
+        assert_eq!((Q::ALL.len(), P::ALL.len()), (9, 7));
     }
 
     #[test]
