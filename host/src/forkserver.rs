@@ -176,6 +176,10 @@ impl ForkServerSlot {
                 };
                 drop(state);
                 drop(unwanted);
+                // The slot (and the worker binary it pins open) is let go
+                // before the start counts as settled: a `stop` that waited
+                // for it leaves nothing of this start behind.
+                drop(slot);
                 drop(settled);
             });
         spawned.ok().map(|_| done)
@@ -625,6 +629,28 @@ mod tests {
             Err(SpawnError::Broken(why)) => why,
             Err(SpawnError::Refused(why)) => panic!("refused, not broken: {why}"),
             Ok(f) => panic!("accepted pid {}", f.pid),
+        }
+    }
+
+    #[test]
+    fn a_stopped_slot_holds_nothing_of_a_background_start() {
+        // `/bin/false` is no fork-server: the start fails, and what matters
+        // is only that the starter thread has let go of the slot (and the
+        // binary it pins open) once `stop` returns.
+        for _ in 0..20 {
+            let command = ServerCommand {
+                worker: WorkerExe::pin("/bin/false".into()),
+                worker_args: Vec::new(),
+                env: Vec::new(),
+            };
+            let slot = Arc::new(ForkServerSlot::new(command, SandboxPolicy::none()));
+            assert!(
+                !slot.ready(Instant::now() + Duration::from_secs(10)),
+                "the first worker is exec'd"
+            );
+            slot.first_worker_ready();
+            slot.stop();
+            assert_eq!(Arc::strong_count(&slot), 1, "the starter thread still holds the slot");
         }
     }
 
