@@ -590,7 +590,7 @@ impl Plugin {
         index: impl Into<MethodIndex>,
         args: &A,
     ) -> Result<R, CallError> {
-        self.call_with_timeout(index, args, self.generation().call_timeout)
+        self.call_within(index.into().0, args, None)
     }
 
     /// Calls optional method `index`, whose capability mask is `capability`
@@ -647,7 +647,17 @@ impl Plugin {
         args: &A,
         timeout: Duration,
     ) -> Result<R, CallError> {
-        let index = index.into().0;
+        self.call_within(index.into().0, args, Some(timeout))
+    }
+
+    /// [`call_with_timeout`](Self::call_with_timeout); no `timeout`: the
+    /// plugin's call timeout, read from the generation that takes the call.
+    fn call_within<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        index: u32,
+        args: &A,
+        timeout: Option<Duration>,
+    ) -> Result<R, CallError> {
         // Arguments are encoded into a per-thread buffer: no allocation per call.
         thread_local! {
             static ARGS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -663,10 +673,11 @@ impl Plugin {
             let result = self.on_current(|g| {
                 check_index(g, index)?;
                 check_input(g, input)?;
-                g.pool.call(index, input, timeout, None, |answer| {
-                    let bytes = interpret(g, index, &answer)?;
-                    CallError::decode_return(index, bytes)
-                })
+                g.pool
+                    .call(index, input, timeout.unwrap_or(g.call_timeout), None, |answer| {
+                        let bytes = interpret(g, index, &answer)?;
+                        CallError::decode_return(index, bytes)
+                    })
             });
             // Do not keep a huge argument buffer alive on this thread forever.
             if input.capacity() > ARGS_KEEP {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead_host::{Sandbox, Supervisor};
+use bulkhead_host::{CallError, Sandbox, Supervisor};
 use bulkhead_tests::{basic, fixtures, my_children, spec, supervisor};
 
 fn cmdline(pid: u32) -> String {
@@ -199,5 +199,37 @@ fn a_pre_forked_blank_takes_the_next_load_with_the_whole_sandbox() {
         assert!(p.call::<_, u32>(basic::SEGFAULT, &()).is_err());
         let x: i64 = p.call(basic::ADD, &(round, 2i64)).unwrap();
         assert_eq!(x, round + 2);
+    }
+}
+
+/// A blank installs the worker's crash handlers and reads its argument area
+/// before its assignment (off the restart path): the worker it becomes still
+/// reports a crash in full and shows its title.
+#[test]
+fn a_worker_made_from_a_blank_reports_its_crash_and_shows_its_title() {
+    let sup = supervisor();
+    for sandbox in [Sandbox::default(), Sandbox::none()] {
+        let spec = || spec("fx-basic").sandbox(sandbox.clone());
+        assert!(sup.wait_for_blank(&spec(), Instant::now() + Duration::from_secs(20)));
+        let server = sup.fork_server_pid_for(&sandbox).expect("a server");
+        let p = sup.load(spec()).unwrap();
+        let pid = p.info().worker_pid;
+        assert!(forked_by(server, pid), "{sandbox:?}: the blank took the load");
+        let title = cmdline(pid);
+        assert!(title.starts_with("bulkhead: "), "{sandbox:?}: {title:?}");
+        let err = p.call_raw(basic::CRASH_WRITE, b"boom").unwrap_err();
+        let CallError::WorkerDied { crash, .. } = err else {
+            panic!("{sandbox:?}: expected WorkerDied, got {err:?}")
+        };
+        let r = crash.expect("a crash report");
+        assert_eq!(
+            (r.signal, r.method, r.input.as_slice()),
+            (11, Some(basic::CRASH_WRITE), &b"boom"[..])
+        );
+        assert!(
+            r.frames.first().is_some_and(|f| f.contains(" fx_basic_write_at+0x")),
+            "{sandbox:?}: {:?}",
+            r.frames
+        );
     }
 }

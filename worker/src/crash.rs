@@ -34,7 +34,7 @@
 //! report is a diagnostic written by the plugin's own process: a plugin can
 //! forge or suppress it, never change how the host reaps the worker.
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -108,6 +108,11 @@ impl Drop for CallGuard {
 /// stack, and warms up `backtrace`. Call it before any plugin code runs (and
 /// before the seccomp filter, though the allow-list permits all of it).
 pub fn install() -> Result<(), String> {
+    // A fork-server's blank installs them before its assignment: the worker
+    // it becomes keeps them (and its signal stack).
+    if INSTALLED.load(Ordering::Acquire) {
+        return Ok(());
+    }
     warm_up_backtrace();
     alternate_stack()?;
     for sig in SIGNALS {
@@ -133,7 +138,17 @@ pub fn install() -> Result<(), String> {
             PREVIOUS[i].store(old.sa_sigaction, Ordering::SeqCst);
         }
     }
+    INSTALLED.store(true, Ordering::Release);
     Ok(())
+}
+
+/// Whether [`install`] completed in this process (or the one it was forked from).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Loads `backtrace`'s unwinder ahead of time: a fork-server calls it once,
+/// so the blanks it forks inherit it instead of each loading it again.
+pub fn warm_up() {
+    warm_up_backtrace();
 }
 
 /// Calls `backtrace` once, so its first use (which loads the unwinder) does

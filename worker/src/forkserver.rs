@@ -53,6 +53,9 @@ pub fn serve(args: &Args) -> u8 {
         Err(why) => FromServer::Unavailable(why),
     };
     let available = ready == FromServer::Ready;
+    // Once here rather than in every blank: the unwinder the crash handlers
+    // use, loaded ahead (a fork keeps it loaded).
+    crate::crash::warm_up();
     if forkserver::send(chan.as_fd(), &ready, &[]).is_err() || !available {
         return 0;
     }
@@ -145,6 +148,12 @@ fn become_blank(chan: &OwnedFd) -> ! {
         drop(host_end);
         setup::die_with_parent()?;
         setup::close_inherited_fds(&[assign.as_raw_fd()])?;
+        // What the worker would otherwise do first once assigned: its crash
+        // handlers, kept by the worker this blank becomes (should it fail
+        // here, the worker tries again and says so on its own stderr), and a
+        // look at its argument area for its title.
+        let _ = crate::crash::install();
+        crate::title::prepare();
         sandbox::prebuild().map_err(|f| f.to_string())?;
         let (msg, fds) = match forkserver::recv::<forkserver::Assign>(assign.as_fd(), None) {
             Ok(m) => m,

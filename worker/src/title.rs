@@ -54,6 +54,18 @@ pub fn follower() -> Option<OwnedFd> {
     Some(r)
 }
 
+/// Reads the argument area's current contents ahead of [`set`] (a
+/// fork-server's blank does, while it waits for its assignment), so `set`
+/// does not read `/proc/self/cmdline` on the way to loading the plugin.
+pub fn prepare() {
+    if let Ok(area) = std::fs::read("/proc/self/cmdline") {
+        *PREPARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(area);
+    }
+}
+
+/// The argument area as [`prepare`] read it; taken by its first use.
+static PREPARED: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
 /// Forgets the write ends this process holds (a helper process must not keep
 /// the pipe of another helper open).
 pub fn drop_followers() {
@@ -93,15 +105,18 @@ fn overwrite_arguments(title: &[u8]) {
     // The area's length is what the kernel reports for it; a sandbox helper
     // outside the pid namespace whose procfs it sees has no `/proc/self`,
     // and rebuilds the area from the arguments as the kernel laid them out.
-    let current = std::fs::read("/proc/self/cmdline").unwrap_or_else(|_| {
-        use std::os::unix::ffi::OsStrExt;
-        let mut area = Vec::new();
-        for arg in std::env::args_os() {
-            area.extend_from_slice(arg.as_bytes());
-            area.push(0);
-        }
-        area
-    });
+    let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let current = prepared
+        .map_or_else(|| std::fs::read("/proc/self/cmdline"), Ok)
+        .unwrap_or_else(|_| {
+            use std::os::unix::ffi::OsStrExt;
+            let mut area = Vec::new();
+            for arg in std::env::args_os() {
+                area.extend_from_slice(arg.as_bytes());
+                area.push(0);
+            }
+            area
+        });
     let len = current.len();
     if len < 2 {
         return;

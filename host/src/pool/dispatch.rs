@@ -42,7 +42,7 @@ use crate::events::EventKind;
 use crate::link::{Answer, Placed};
 use crate::observe;
 use crate::worker_process::Failure;
-use crate::worker_process::{ProcState, WorkerProcess};
+use crate::worker_process::{ProcState, Tick, WorkerProcess};
 
 /// The free slots and the callers waiting for one.
 pub(super) struct Dispatch {
@@ -52,7 +52,8 @@ pub(super) struct Dispatch {
     slots: AtomicUsize,
     waiting: AtomicUsize,
     queue_limit: usize,
-    /// Latest deadline of any call so far, in µs after the pool started (for a drain).
+    /// Latest deadline of any call so far, in µs after the pool started,
+    /// rounded up to a whole ms (for a drain).
     latest_deadline_us: AtomicU64,
     /// Callers that must not block (async ones) waiting for a slot: each
     /// slot put back wakes one.
@@ -180,8 +181,12 @@ impl Dispatch {
     }
 
     fn note_deadline(&self, deadline: Instant, started_at: Instant) {
-        let us = deadline.saturating_duration_since(started_at).as_micros() as u64;
-        self.latest_deadline_us.fetch_max(us, Ordering::Relaxed);
+        // Rounded up to the ms, so calls in a row mostly find it recorded
+        // already and skip the read-modify-write (a drain waits ≤ 1 ms more).
+        let us = (deadline.saturating_duration_since(started_at).as_micros() as u64).div_ceil(1000) * 1000;
+        if us > self.latest_deadline_us.load(Ordering::Relaxed) {
+            self.latest_deadline_us.fetch_max(us, Ordering::Relaxed);
+        }
     }
 }
 
@@ -427,9 +432,13 @@ impl Pool {
     /// back and the call gets `Busy` (or `Backoff`).
     fn acquire(&self, start: Instant, deadline: Instant) -> Result<Slot, CallError> {
         let d = &self.dispatch;
+        // A slot free at once is taken as of `start` (no clock read); one
+        // waited for is checked against the deadline after the wait.
+        let mut waited = false;
         let slot = match d.idle_rx.try_recv() {
             Ok(slot) => slot,
             Err(_) => {
+                waited = true;
                 let waiting = d.waiting.fetch_add(1, Ordering::AcqRel) + 1;
                 let got = if waiting > d.queue_limit {
                     Err(CallError::Overloaded { limit: d.queue_limit })
@@ -453,7 +462,8 @@ impl Pool {
             d.offer(slot);
             return Err(CallError::ShutDown);
         }
-        if Instant::now() >= deadline {
+        let now = if waited { Instant::now() } else { start };
+        if now >= deadline {
             // The deadline passed before the call reached a worker (the host
             // was slow, or the timeout was zero): the call never started, so
             // no worker is charged with it and the slot goes back untouched.
@@ -632,7 +642,7 @@ impl<P: Deref<Target = Pool>> Drop for Lease<P> {
         let mut slot = std::mem::replace(&mut self.slot, Slot::Closed);
         if let Slot::Live(w) = &mut slot {
             set_busy(&w.proc, false);
-            w.last_used = Instant::now();
+            w.last_used = Tick::now();
         }
         self.pool.put_back(slot);
     }

@@ -42,10 +42,13 @@ use crate::events::EventKind;
 use crate::health::Health;
 use crate::restart::{Decision, RestartPolicy, RestartState};
 use crate::usage;
-use crate::worker_process::WorkerProcess;
+use crate::worker_process::{Tick, WorkerProcess};
 
 /// Pause between promoting a standby and reaping/refilling in the background.
 const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(5);
+/// Pause between putting a restarted slot back and the dead worker's
+/// clean-up (its output drained, its region unmapped, the job's thread ended).
+const CLEANUP_DELAY: Duration = Duration::from_millis(1);
 /// How often the idle-CPU watch reads the CPU time of idle workers.
 const IDLE_CPU_CHECK: Duration = Duration::from_millis(250);
 /// Shortest idle period over which CPU use outside calls is judged.
@@ -408,11 +411,13 @@ impl Pool {
             return;
         }
         let started = self.background("bulkhead-restart", move |pool| {
-            // Reaped first (a slot never holds two workers); its pipes drain
-            // once the replacement is serving.
+            // Reaped first (a slot never holds two workers); its pipes drain,
+            // and what is left of it is let go, once the replacement is
+            // serving and a caller waiting for it had the CPU first.
             let dead = pool.reap(dying);
             let slot = pool.background_replacement(i);
             pool.put_back(slot);
+            pool.closing.wait_until(Instant::now() + CLEANUP_DELAY);
             dead.wait_drained();
         });
         if !started {
@@ -499,7 +504,7 @@ impl Pool {
     /// it is killed with a typed cause and its slot recovered like a crashed
     /// worker's (restart policy included).
     fn idle_cpu_tick(&self, budget: Duration) {
-        let now = Instant::now();
+        let now = Tick::now();
         for _ in 0..self.dispatch.free() {
             let Some(slot) = self.dispatch.try_take() else { break };
             let Slot::Live(mut w) = slot else {
@@ -512,9 +517,10 @@ impl Pool {
                 continue;
             };
             let over = match w.cpu_seen {
-                // Idle since the last reading (no call finished after it).
-                Some((at, seen)) if at >= w.last_used => {
-                    let window = now.saturating_duration_since(at);
+                // Idle since the last reading: no call finished after it (nor
+                // in its tick, which cannot be told apart).
+                Some((at, seen)) if at > w.last_used => {
+                    let window = now.since(at);
                     if window < IDLE_CPU_WINDOW {
                         self.put_back(Slot::Live(w));
                         continue;
@@ -556,12 +562,12 @@ impl Pool {
         }
         // A shutdown meanwhile collects the slots taken here: they go back
         // (or to the job) within microseconds, well inside its grace period.
-        let now = Instant::now();
+        let now = Tick::now();
         let mut expired = Vec::new();
         for _ in 0..self.dispatch.free() {
             let Some(slot) = self.dispatch.try_take() else { break };
             match slot {
-                Slot::Live(w) if now.saturating_duration_since(w.last_used) >= idle => expired.push(w),
+                Slot::Live(w) if now.since(w.last_used) >= idle => expired.push(w),
                 other => self.put_back(other),
             }
         }

@@ -39,9 +39,30 @@ pub(crate) struct WorkerProcess {
     /// The pool slot this worker serves (set by the pool).
     pub(crate) slot: usize,
     /// When it last finished a call (or started).
-    pub(crate) last_used: Instant,
+    pub(crate) last_used: Tick,
     /// The idle-CPU watch's last reading: when, and the CPU time used by then.
-    pub(crate) cpu_seen: Option<(Instant, Duration)>,
+    pub(crate) cpu_seen: Option<(Tick, Duration)>,
+}
+
+/// A reading of the coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`): a few
+/// ns to read where `Instant::now` costs tens on some machines, at the
+/// resolution of the kernel's tick (1–10 ms). For what every call records and
+/// only the idle checks read, at whole-tick precision: when a worker was last
+/// used and when its idle CPU was last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Tick(Duration);
+
+impl Tick {
+    /// Now, to the tick.
+    pub(crate) fn now() -> Tick {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+        Tick(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    }
+
+    /// Time from `earlier` to this reading (zero if `earlier` is later).
+    pub(crate) fn since(self, earlier: Tick) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
 }
 
 impl WorkerProcess {

@@ -325,7 +325,7 @@ fn watch(
         proc,
         stderr,
         slot: 0,
-        last_used: Instant::now(),
+        last_used: super::Tick::now(),
         cpu_seen: None,
     })
 }
