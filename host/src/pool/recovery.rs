@@ -459,7 +459,13 @@ impl Pool {
             }
         }
         match self.start_replacement(i, None) {
-            Ok(w) => Slot::Live(Box::new(w)),
+            Ok(w) => {
+                // A call may be waiting for this slot: the new worker spins
+                // for it (a fresh spin) instead of sleeping by the time the
+                // caller has been woken and posts it.
+                w.wake();
+                Slot::Live(Box::new(w))
+            }
             Err(_) => Slot::Empty(i),
         }
     }
