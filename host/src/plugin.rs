@@ -277,7 +277,8 @@ impl PluginSpec {
     /// Stops the workers nobody has called for this long; the next call
     /// starts a worker again (paying a worker start, not counted as a
     /// restart). For hosts with many rarely used plugins. A warm standby is
-    /// kept. Default: `None` (workers stay up).
+    /// kept. Idleness is measured with the kernel's coarse clock, to its tick
+    /// (1–10 ms). Default: `None` (workers stay up).
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = Some(idle);
         self
