@@ -215,7 +215,9 @@ fn a_worker_made_from_a_blank_reports_its_crash_and_shows_its_title() {
         let p = sup.load(spec()).unwrap();
         let pid = p.info().worker_pid;
         assert!(forked_by(server, pid), "{sandbox:?}: the blank took the load");
-        let title = cmdline(pid);
+        // The process that runs the plugin sets its title before it answers
+        // the load (its sandbox helpers take it on later, through a pipe).
+        let title = cmdline(bulkhead_tests::plugin_process(pid));
         assert!(title.starts_with("bulkhead: "), "{sandbox:?}: {title:?}");
         let err = p.call_raw(basic::CRASH_WRITE, b"boom").unwrap_err();
         let CallError::WorkerDied { crash, .. } = err else {
