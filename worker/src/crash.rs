@@ -113,7 +113,7 @@ pub fn install() -> Result<(), String> {
     if INSTALLED.load(Ordering::Acquire) {
         return Ok(());
     }
-    warm_up_backtrace();
+    warm_up();
     alternate_stack()?;
     for sig in SIGNALS {
         // SAFETY: a zeroed sigaction is a valid value; every field we rely on
@@ -145,15 +145,11 @@ pub fn install() -> Result<(), String> {
 /// Whether [`install`] completed in this process (or the one it was forked from).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Loads `backtrace`'s unwinder ahead of time: a fork-server calls it once,
-/// so the blanks it forks inherit it instead of each loading it again.
-pub fn warm_up() {
-    warm_up_backtrace();
-}
-
 /// Calls `backtrace` once, so its first use (which loads the unwinder) does
-/// not happen in the handler.
-fn warm_up_backtrace() {
+/// not happen in the handler. [`install`] does; a fork-server calls it once
+/// itself, so the blanks it forks inherit the unwinder instead of each
+/// loading it again.
+pub fn warm_up() {
     #[cfg(target_env = "gnu")]
     {
         let mut frames = [std::ptr::null_mut::<libc::c_void>(); 4];

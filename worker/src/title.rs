@@ -106,9 +106,9 @@ fn overwrite_arguments(title: &[u8]) {
     // outside the pid namespace whose procfs it sees has no `/proc/self`,
     // and rebuilds the area from the arguments as the kernel laid them out.
     let prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let current = prepared
-        .map_or_else(|| std::fs::read("/proc/self/cmdline"), Ok)
-        .unwrap_or_else(|_| {
+    let current = match prepared {
+        Some(area) => area,
+        None => std::fs::read("/proc/self/cmdline").unwrap_or_else(|_| {
             use std::os::unix::ffi::OsStrExt;
             let mut area = Vec::new();
             for arg in std::env::args_os() {
@@ -116,7 +116,8 @@ fn overwrite_arguments(title: &[u8]) {
                 area.push(0);
             }
             area
-        });
+        }),
+    };
     let len = current.len();
     if len < 2 {
         return;
