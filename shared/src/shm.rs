@@ -707,8 +707,7 @@ impl Region {
         out.clear();
         if len <= REQ_INLINE {
             let mut buf = [0u8; REQ_INLINE];
-            load_inline(&self.header().req_inline, &mut buf);
-            out.extend_from_slice(&buf[..len]);
+            out.extend_from_slice(self.inline_request(len as u64, &mut buf)?);
         } else {
             // SAFETY: the range lies inside the request area (checked); the
             // host wrote it before posting and waits for the worker now.
