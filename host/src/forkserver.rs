@@ -460,7 +460,9 @@ impl ForkServer {
                 }
             }
         }
-        while let Some(blank) = self.blanks.pop() {
+        while !self.blanks.is_empty() {
+            // The oldest first: it has had the longest to isolate itself.
+            let blank = self.blanks.remove(0);
             // Its plugin process (which holds the channel) may outlive a blank
             // that is already dead for a moment: ask the kernel first.
             if has_exited(blank.pid) {

@@ -64,7 +64,9 @@ pub fn serve(args: &Args) -> u8 {
     // Each next one is forked a moment after it is asked for: its set-up would
     // otherwise compete for the CPUs with the worker just assigned, which is
     // still loading its plugin, and with the host's hand-over of it.
-    let _ = fork_blank(&chan);
+    for _ in 0..BLANKS_AHEAD {
+        let _ = fork_blank(&chan);
+    }
     let mut owed: u32 = 0;
     let mut due: Option<Instant> = None;
     loop {
@@ -101,6 +103,8 @@ pub fn serve(args: &Args) -> u8 {
     }
 }
 
+/// Blanks kept ahead.
+const BLANKS_AHEAD: u32 = 2;
 /// How long after the host asks for a blank it is forked.
 const BLANK_DELAY: Duration = Duration::from_millis(2);
 /// Most blanks the host may ask for ahead (it asks for one per blank taken).
