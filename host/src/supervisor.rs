@@ -639,6 +639,7 @@ impl Core {
                 })
             }),
             fork_server,
+            next_parts: Mutex::new(None),
         };
         let config = PoolConfig {
             size: spec.workers,

@@ -7,9 +7,9 @@
 //! (`bulkhead_shared::forkserver`, a `SOCK_SEQPACKET` socket on fd 0), and
 //! every request is validated before anything is forked. After the profile
 //! message it prepares the sandbox's shared part on itself
-//! (`sandbox::prepare_profile`), forks one *blank* (a worker that isolates
-//! itself ahead of time and waits for the host to assign it a plugin), then
-//! loops: a spawn request is one fork and one answer; a blank request is one
+//! (`sandbox::prepare_profile`), forks two *blanks* (workers that isolate
+//! themselves ahead of time and wait for the host to assign them a plugin),
+//! then loops: a spawn request is one fork and one answer; a blank request is one
 //! more blank, forked a moment later.
 //!
 //! A worker is created with `clone(CLONE_PARENT)`, so its parent is the host,
@@ -59,9 +59,9 @@ pub fn serve(args: &Args) -> u8 {
     if forkserver::send(chan.as_fd(), &ready, &[]).is_err() || !available {
         return 0;
     }
-    // One blank is forked at once; the host asks for each next one when it
-    // takes one (it assigns blanks itself, straight over their own channel).
-    // Each next one is forked a moment after it is asked for: its set-up would
+    // Two blanks are forked at once (with one, crashes back to back found
+    // none ready); the host asks for each next one when it takes one (it
+    // assigns blanks itself, straight over their own channel). Each next one is forked a moment after it is asked for: its set-up would
     // otherwise compete for the CPUs with the worker just assigned, which is
     // still loading its plugin, and with the host's hand-over of it.
     for _ in 0..BLANKS_AHEAD {
@@ -103,7 +103,7 @@ pub fn serve(args: &Args) -> u8 {
     }
 }
 
-/// Blanks kept ahead.
+/// Blanks forked at the start; the host asks for one more per blank it takes.
 const BLANKS_AHEAD: u32 = 2;
 /// How long after the host asks for a blank it is forked.
 const BLANK_DELAY: Duration = Duration::from_millis(2);

@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bulkhead_shared::frame::{self, FrameError, HEADER_LEN};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -83,6 +83,24 @@ fn wait_ready(sock: &UnixStream, flags: PollFlags, deadline: Instant) -> Result<
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(IoFail::Io(e.into())),
         }
+    }
+}
+
+/// Looks at `sock` without sleeping until it is readable (true) or `spin`
+/// has passed (false), giving up the CPU between looks: for an answer due
+/// within moments, whose wake-up from a blocking wait would cost more than
+/// the wait.
+pub(crate) fn spin_until_readable(sock: &UnixStream, spin: Duration) -> bool {
+    let until = Instant::now() + spin;
+    loop {
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -33,7 +33,7 @@ mod socket;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bulkhead_shared::protocol::{CallFault, HostMsg, WorkerMsg};
 use bulkhead_shared::shm::{Region, RequestKind};
@@ -163,6 +163,12 @@ impl Link {
     /// The socket (for the handshake, before the way is chosen).
     pub(crate) fn sock(&self) -> &UnixStream {
         &self.sock
+    }
+
+    /// Waits for the socket to become readable by looking, not sleeping, for
+    /// up to `spin` (see [`framing::spin_until_readable`]).
+    pub(crate) fn spin_until_readable(&self, spin: Duration) -> bool {
+        framing::spin_until_readable(&self.sock, spin)
     }
 
     /// Reads one frame body (capped at `max`) into the receive buffer before

@@ -419,6 +419,11 @@ impl Pool {
             pool.put_back(slot);
             pool.closing.wait_until(Instant::now() + CLEANUP_DELAY);
             dead.wait_drained();
+            // A plugin that crashed once may crash again: the next restart
+            // finds its worker's region and socket made.
+            if !pool.closing.is_closed() {
+                pool.launch.prepare_next();
+            }
         });
         if !started {
             // No thread: leave the slot empty; the next call that takes it restarts it.

@@ -8,15 +8,18 @@
 //! reaping is killed and reaped here.
 //!
 //! Order: the region is created (none, or none creatable, means the socket
-//! transport); a small load request goes into the socket before the worker
-//! exists, so a worker that wakes up (a pre-forked one, assigned at once)
-//! finds it waiting; the worker is forked by its profile's fork-server if
-//! one is running (its arguments travel over the server's channel, never on a
-//! command line; a profile's first worker does not wait for its server, which
-//! starts in the background) or else started with exec on a spawner thread
-//! ([`spawner`](crate::spawner)); it is handed to the event loops; a large
-//! load request is written once the worker runs; the handshake's answer
-//! chooses the link's [`Way`].
+//! transport) and the socket pair, and a small load request goes into the
+//! socket before the worker exists, so a worker that wakes up (a pre-forked
+//! one, assigned at once) finds it waiting — all of it made ahead, off the
+//! restart's path, once a plugin's worker has been restarted
+//! ([`Launch::prepare_next`]); the worker is forked by its profile's
+//! fork-server if one is running (its arguments travel over the server's
+//! channel, never on a command line; a profile's first worker does not wait
+//! for its server, which starts in the background) or else started with exec
+//! on a spawner thread ([`spawner`](crate::spawner)); it is handed to the
+//! event loops; a large load request is written once the worker runs; the
+//! handshake's answer (looked for without sleeping at first, from a forked
+//! worker) chooses the link's [`Way`].
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,7 +27,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::abi::MAX_METHOD_COUNT;
@@ -43,6 +46,11 @@ use crate::output::{self, OutputCallback};
 use crate::spawner::spawn_on_spawner;
 use crate::violations::ViolationSink;
 
+/// How long a forked worker's handshake answer is looked for before the
+/// host sleeps until it comes: a pre-forked worker answers within about this
+/// long once assigned, and a wake-up from sleep costs tens of µs on a VM (an
+/// exec'd worker takes milliseconds: the host sleeps at once).
+const HANDSHAKE_SPIN: Duration = Duration::from_micros(600);
 /// Largest handshake answer accepted.
 const MAX_HANDSHAKE_FRAME: u32 = 1 << 20;
 
@@ -73,10 +81,65 @@ pub(crate) struct Launch {
     pub imports: Option<Arc<HostImports>>,
     /// The fork-server of this plugin's sandbox profile, if fork-servers are on.
     pub fork_server: Option<Arc<ForkServerSlot>>,
+    /// The next worker's parts, when made ahead ([`Launch::prepare_next`]).
+    pub next_parts: Mutex<Option<Parts>>,
 }
 
 /// A region and the descriptor that travels to the worker.
 type NewRegion = Option<(Arc<Region>, OwnedFd)>;
+
+/// The host's and the worker's ends of a new worker's socket, and whether
+/// (and how) the load request was written into it ahead.
+type Ends = (UnixStream, UnixStream, Option<Result<(), IoFail>>);
+
+/// What a worker needs from the host before it exists: its region, its
+/// encoded load request, and its socket with a small request already in it.
+/// Made when the worker starts, or ahead of time ([`Launch::prepare_next`]).
+pub(crate) struct Parts {
+    region: NewRegion,
+    load: Vec<u8>,
+    host_end: UnixStream,
+    worker_end: UnixStream,
+    sent: Option<Result<(), IoFail>>,
+}
+
+impl Parts {
+    fn make(launch: &Launch, deadline: Instant) -> io::Result<Parts> {
+        let region = create_region(launch.shm_capacity);
+        let load = encode_load(launch, &region);
+        let (host_end, worker_end) = UnixStream::pair()?;
+        let sent = presend(&load).then(|| send_load(&host_end, &load, launch, &region, deadline));
+        Ok(Parts {
+            region,
+            load,
+            host_end,
+            worker_end,
+            sent,
+        })
+    }
+}
+
+impl Launch {
+    /// Makes the next worker's [`Parts`] now, off the path of the start that
+    /// will use them: after a restart (a plugin that crashed once may crash
+    /// again), so the next restart skips the region's and the socket's
+    /// set-up. Holds one region and two descriptors until then.
+    pub(crate) fn prepare_next(&self) {
+        let mut next = self.next_parts.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_none() {
+            *next = Parts::make(self, Instant::now() + self.load_timeout).ok();
+        }
+    }
+
+    /// The parts made ahead, if any, else new ones.
+    fn take_parts(&self, deadline: Instant) -> io::Result<Parts> {
+        let ready = self.next_parts.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match ready {
+            Some(parts) => Ok(parts),
+            None => Parts::make(self, deadline),
+        }
+    }
+}
 
 /// A started worker, before it is watched: its process and the host's end of
 /// its socket; `sent` says whether (and how) the load request was written.
@@ -100,11 +163,24 @@ impl WorkerProcess {
             None => launch.load_timeout,
         };
         let deadline = started + limit;
-        let region = create_region(launch.shm_capacity);
-        let load = encode_load(launch, &region);
-        let (started_worker, forked) = match fork(launch, &region, &load, deadline) {
-            Some(forked) => (forked, true),
-            None => (exec(launch, &region, &load, deadline)?, false),
+        let Parts {
+            region,
+            load,
+            host_end,
+            worker_end,
+            sent,
+        } = launch.take_parts(deadline).map_err(|e| spawn_err(launch, e))?;
+        let server = launch.fork_server.as_ref().filter(|server| server.ready(deadline));
+        let (started_worker, forked) = match server {
+            Some(server) => match fork(server, launch, host_end, worker_end, sent, deadline) {
+                Some(forked) => (forked, true),
+                // (The socket went with the failed request: a new one.)
+                None => (exec(launch, &region, &load, None, deadline)?, false),
+            },
+            None => (
+                exec(launch, &region, &load, Some((host_end, worker_end, sent)), deadline)?,
+                false,
+            ),
         };
         let Started {
             spawned,
@@ -114,7 +190,7 @@ impl WorkerProcess {
         let mut w = watch(launch, spawned, host_end, &region)?;
         // (A large request is written now that the worker is running.)
         let sent = sent.unwrap_or_else(|| send_load(w.link.sock(), &load, launch, &region, deadline));
-        match w.handshake(launch, region, sent, deadline) {
+        match w.handshake(launch, region, sent, forked, deadline) {
             Ok(info) => {
                 if let Some(server) = launch.fork_server.as_ref().filter(|_| !forked) {
                     server.first_worker_ready();
@@ -140,10 +216,14 @@ impl WorkerProcess {
         launch: &Launch,
         region: NewRegion,
         sent: Result<(), IoFail>,
+        forked: bool,
         deadline: Instant,
     ) -> Result<PluginInfoWire, HandshakeFail> {
         let path = || launch.path.clone();
         let protocol = |error| HandshakeFail::Load(LoadError::Protocol { path: path(), error });
+        if forked && sent.is_ok() {
+            self.link.spin_until_readable(HANDSHAKE_SPIN);
+        }
         let got = sent.and_then(|()| self.link.receive_frame(MAX_HANDSHAKE_FRAME, deadline));
         let len = match got {
             Ok(len) => len,
@@ -237,19 +317,22 @@ fn presend(load: &[u8]) -> bool {
     load.len() <= PRESEND_MAX
 }
 
-/// A worker forked by the profile's fork-server, if there is one and it
-/// serves (a verified library travels as a memfd after the load request, so
-/// the on-disk file is not handed over then). The profile's first worker is
-/// not: its server starts once that worker answered ([`ForkServerSlot::ready`]).
-fn fork(launch: &Launch, region: &NewRegion, load: &[u8], deadline: Instant) -> Option<Started> {
-    let server = launch.fork_server.as_ref()?;
-    if !server.ready(deadline) {
+/// A worker forked by the profile's fork-server `server`, which is ready
+/// ([`ForkServerSlot::ready`]: the profile's first worker is exec'd, and its
+/// server starts once that worker answered), given its end of the socket (a
+/// verified library travels as a memfd after the load request, so the
+/// on-disk file is not handed over then). `None` if the server could not
+/// fork it.
+fn fork(
+    server: &ForkServerSlot,
+    launch: &Launch,
+    host_end: UnixStream,
+    worker_end: UnixStream,
+    sent: Option<Result<(), IoFail>>,
+    deadline: Instant,
+) -> Option<Started> {
+    if let Some(Err(_)) = sent {
         return None;
-    }
-    let (host_end, worker_end) = UnixStream::pair().ok()?;
-    let presend = presend(load);
-    if presend {
-        send_load(&host_end, load, launch, region, deadline).ok()?;
     }
     let library = launch.library.is_none().then_some(launch.path.as_path());
     let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
@@ -263,14 +346,26 @@ fn fork(launch: &Launch, region: &NewRegion, load: &[u8], deadline: Instant) -> 
             stderr: OwnedFd::from(f.stderr),
         },
         host_end,
-        sent: presend.then_some(Ok(())),
+        sent,
     })
 }
 
 /// A worker started with exec (on a spawner thread), its socket end on stdin.
-fn exec(launch: &Launch, region: &NewRegion, load: &[u8], deadline: Instant) -> Result<Started, LoadError> {
-    let (host_end, worker_end) = UnixStream::pair().map_err(|e| spawn_err(launch, e))?;
-    let sent = presend(load).then(|| send_load(&host_end, load, launch, region, deadline));
+fn exec(
+    launch: &Launch,
+    region: &NewRegion,
+    load: &[u8],
+    ends: Option<Ends>,
+    deadline: Instant,
+) -> Result<Started, LoadError> {
+    let (host_end, worker_end, sent) = match ends {
+        Some(ends) => ends,
+        None => {
+            let (host_end, worker_end) = UnixStream::pair().map_err(|e| spawn_err(launch, e))?;
+            let sent = presend(load).then(|| send_load(&host_end, load, launch, region, deadline));
+            (host_end, worker_end, sent)
+        }
+    };
     let mut cmd = launch.worker.command();
     // The host's pid goes into the environment, not the command line (see
     // `PARENT_PID_ENV`).
