@@ -350,7 +350,8 @@ fn fork(
     })
 }
 
-/// A worker started with exec (on a spawner thread), its socket end on stdin.
+/// A worker started with exec (on a spawner thread), its socket end on stdin:
+/// `ends` if given (made ahead, the load request possibly in it), else a new pair.
 fn exec(
     launch: &Launch,
     region: &NewRegion,
