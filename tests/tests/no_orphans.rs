@@ -61,31 +61,44 @@ fn drop_and_shutdown_leave_no_children() {
     assert_eq!(my_children(), vec![]);
 
     // Dropping the last plugin handle also stops its workers. What is left
-    // goes with the supervisor: its fork-server, and the one worker the fork-server keeps pre-forked (a "blank", a child
-    // of this host, which the host kills and reaps with the server).
+    // goes with the supervisor: its fork-server, and the two workers the
+    // fork-server keeps pre-forked ("blanks", children of this host, which
+    // the host kills and reaps with the server).
     let sup = supervisor();
     let p = sup.load(spec("fx-basic")).unwrap();
     drop(p);
-    // The server forks its next blank a moment after the last one was taken:
-    // wait for it to be there (announced to the host) before counting.
+    // The server forks its blanks once it runs, one after the other: wait
+    // (under a deadline) until both are this host's children before the
+    // count is checked.
     assert!(sup.wait_for_blank(&spec("fx-basic"), std::time::Instant::now() + Duration::from_secs(20)));
     let server = sup.fork_server_pid().expect("a fork-server");
-    let left = my_children();
-    let mut roles: Vec<String> = left
-        .iter()
-        .map(|c| {
-            let cmdline = std::fs::read(format!("/proc/{}/cmdline", c.0)).unwrap();
-            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-            match () {
-                _ if c.0 == server => "fork-server",
-                _ if cmdline.contains("--fork-server") => "blank",
-                _ => "a worker",
-            }
-            .to_string()
-        })
-        .collect();
-    roles.sort();
-    assert_eq!(roles, ["blank", "fork-server"], "{left:?}");
+    let roles_now = || -> (Vec<String>, Vec<(u32, char)>) {
+        let left = my_children();
+        let mut roles: Vec<String> = left
+            .iter()
+            .map(|c| {
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", c.0)).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+                match () {
+                    _ if c.0 == server => "fork-server",
+                    _ if cmdline.contains("--fork-server") => "blank",
+                    _ => "a worker",
+                }
+                .to_string()
+            })
+            .collect();
+        roles.sort();
+        (roles, left)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (roles, left) = loop {
+        let (roles, left) = roles_now();
+        if roles.len() >= 3 || std::time::Instant::now() >= deadline {
+            break (roles, left);
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(roles, ["blank", "blank", "fork-server"], "{left:?}");
     drop(sup);
     assert_eq!(my_children(), vec![]);
 
