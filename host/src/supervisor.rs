@@ -489,7 +489,7 @@ impl Supervisor {
     }
 
     /// Starts the fork-server of `spec`'s profile if needed and waits (until
-    /// `deadline`) for it to have a pre-forked worker ready, so that the next
+    /// `deadline`) for it to have its pre-forked workers ready, so that the next
     /// load of `spec` is assigned one. For tests: which path a spawn takes
     /// otherwise depends on timing. `false` if there is none by then.
     #[doc(hidden)]
