@@ -261,7 +261,7 @@ impl ForkServerSlot {
     }
 
     /// Starts the server if needed and waits until every blank it keeps
-    /// ahead ([`BLANKS_AHEAD`]) has announced itself (for tests, which need
+    /// ahead ([`forkserver::BLANKS_AHEAD`]) has announced itself (for tests, which need
     /// to know which path a spawn takes, and which blanks the host knows).
     pub(crate) fn wait_for_blank(&self, deadline: Instant) -> bool {
         let mut state = self.lock();
@@ -277,7 +277,7 @@ impl ForkServerSlot {
         let SlotState::Running { server, .. } = &mut *state else {
             return false;
         };
-        while server.blanks.len() < BLANKS_AHEAD {
+        while server.blanks.len() < forkserver::BLANKS_AHEAD {
             if server.recv_one(Some(deadline)).is_err() {
                 return false;
             }
@@ -327,8 +327,6 @@ enum SpawnError {
     Broken(String),
 }
 
-/// Blanks a server keeps forked ahead (the worker's `BLANKS_AHEAD`).
-const BLANKS_AHEAD: usize = 2;
 /// Most blanks a server may have announced and not yet assigned.
 const MAX_BLANKS: usize = 8;
 /// How long a stopped server's channel is read for the last announcements.

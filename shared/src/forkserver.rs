@@ -43,6 +43,10 @@ use crate::wire;
 pub const MAX_PACKET: usize = 64 * 1024;
 /// Most descriptors one packet carries.
 pub const MAX_FDS: usize = 4;
+/// Blanks a server forks at its start and keeps ahead (it forks one more
+/// each time the host takes one): with one, crashes back to back found none
+/// ready.
+pub const BLANKS_AHEAD: usize = 2;
 
 /// Host → fork-server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

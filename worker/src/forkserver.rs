@@ -64,7 +64,7 @@ pub fn serve(args: &Args) -> u8 {
     // assigns blanks itself, straight over their own channel). Each next one is forked a moment after it is asked for: its set-up would
     // otherwise compete for the CPUs with the worker just assigned, which is
     // still loading its plugin, and with the host's hand-over of it.
-    for _ in 0..BLANKS_AHEAD {
+    for _ in 0..forkserver::BLANKS_AHEAD {
         let _ = fork_blank(&chan);
     }
     let mut owed: u32 = 0;
@@ -103,8 +103,6 @@ pub fn serve(args: &Args) -> u8 {
     }
 }
 
-/// Blanks forked at the start; the host asks for one more per blank it takes.
-const BLANKS_AHEAD: u32 = 2;
 /// How long after the host asks for a blank it is forked.
 const BLANK_DELAY: Duration = Duration::from_millis(2);
 /// Most blanks the host may ask for ahead (it asks for one per blank taken).
