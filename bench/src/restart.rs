@@ -12,10 +12,20 @@ use crate::{summarize, us, Report, Summary};
 
 /// Crashes `plugin`'s worker `n` times and times the next good answer after
 /// each crash; `between` runs after each sample.
-pub fn crash_to_next_answer(plugin: &Plugin, n: usize, mut between: impl FnMut()) -> Summary {
+pub fn crash_to_next_answer(plugin: &Plugin, n: usize, between: impl FnMut()) -> Summary {
+    crash_call_and_next_answer(plugin, n, between).1
+}
+
+/// [`crash_to_next_answer`], and the crashing call's own time (the call
+/// that gets `WorkerDied`): a restart's work moved into that call would show
+/// there.
+pub fn crash_call_and_next_answer(plugin: &Plugin, n: usize, mut between: impl FnMut()) -> (Summary, Summary) {
     let mut v = Vec::with_capacity(n);
+    let mut crash = Vec::with_capacity(n);
     for _ in 0..n {
+        let c = Instant::now();
         let e = plugin.call::<_, u32>(basic::SEGFAULT, &()).unwrap_err();
+        crash.push(c.elapsed());
         assert!(matches!(e, CallError::WorkerDied { .. }));
         let t = Instant::now();
         let x: i64 = plugin.call(basic::ADD, &(1i64, 1i64)).unwrap();
@@ -23,7 +33,7 @@ pub fn crash_to_next_answer(plugin: &Plugin, n: usize, mut between: impl FnMut()
         v.push(t.elapsed());
         between();
     }
-    summarize(v)
+    (summarize(crash), summarize(v))
 }
 
 /// The rows; `scale` shrinks counts for `--quick`.
@@ -48,7 +58,9 @@ pub fn rows(fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize)
             let p = sup
                 .load(PluginSpec::new(&lib).restart(policy.clone()).sandbox(sandbox.clone()))
                 .expect("load");
-            let spaced = crash_to_next_answer(&p, n, || std::thread::sleep(Duration::from_millis(20)));
+            let (crash_call, spaced) =
+                crash_call_and_next_answer(&p, n, || std::thread::sleep(Duration::from_millis(20)));
+            report.json("restart", &format!("crash_call_{how}_{subject}"), &crash_call, "");
             let back_to_back = crash_to_next_answer(&p, n, || {});
             drop(p);
             report.json("restart", &format!("crash_to_next_answer_{how}_{subject}"), &spaced, "");
@@ -68,21 +80,23 @@ pub fn rows(fx: &Fixtures, report: &mut Report, scale: &impl Fn(usize) -> usize)
             }
             let spawn = summarize(loads.split_off(2));
             report.json("spawn", &format!("load_to_ready_{how}_{subject}"), &spawn, "");
-            got.push((spaced, back_to_back, spawn));
+            got.push((spaced, back_to_back, spawn, crash_call));
         }
-        let [(fs_restart, fs_b2b, fs_spawn), (ex_restart, ex_b2b, ex_spawn)] = [got[0], got[1]];
+        let [(fs_restart, fs_b2b, fs_spawn, fs_crash), (ex_restart, ex_b2b, ex_spawn, _)] = [got[0], got[1]];
         let ratio = |a: Summary, b: Summary| a.median.as_secs_f64() / b.median.as_secs_f64();
         report.row(
             format!("crash → next answer, no standby, {label}"),
             format!("{} / {}", us(fs_restart.median), us(fs_restart.p99)),
             format!(
-                "median / p99, crashes 20 ms apart, forked by the fork-server; **{:.2}× exec** ({} / {}); back to back {} ({:.2}× exec {})",
+                "median / p99, crashes 20 ms apart, forked by the fork-server; **{:.2}× exec** ({} / {}); back to back {} ({:.2}× exec {}); the crashing call itself {} / {}",
                 ratio(fs_restart, ex_restart),
                 us(ex_restart.median),
                 us(ex_restart.p99),
                 us(fs_b2b.median),
                 ratio(fs_b2b, ex_b2b),
-                us(ex_b2b.median)
+                us(ex_b2b.median),
+                us(fs_crash.median),
+                us(fs_crash.p99)
             ),
         );
         report.row(

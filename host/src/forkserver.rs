@@ -197,18 +197,28 @@ impl ForkServerSlot {
         }
     }
 
+    /// Whether a server is running for this profile now.
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(*self.lock(), SlotState::Running { .. })
+    }
+
     /// Forks a worker with `args`, handing it `sock` (its end of the
     /// control socket) and its library. `None`: no server for this profile
     /// (or it just failed); the caller starts the worker itself.
+    /// `blank_only`: only a blank that is ready now will do — no server is
+    /// started, none is asked to fork, nothing is waited for.
     pub(crate) fn spawn(
         &self,
         args: &[String],
         sock: OwnedFd,
         library: Option<&Path>,
+        blank_only: bool,
         deadline: Instant,
     ) -> Option<Forked> {
         let mut state = self.lock();
-        self.ensure_started(&mut state);
+        if !blank_only {
+            self.ensure_started(&mut state);
+        }
         let SlotState::Running { server, failures } = &mut *state else {
             return None;
         };
@@ -222,13 +232,20 @@ impl ForkServerSlot {
                 .open(p)
                 .ok()
         });
-        match server.spawn(args, sock, lib.as_ref().map(|f| f.as_fd()), deadline) {
+        match server.spawn(args, sock, lib.as_ref().map(|f| f.as_fd()), blank_only, deadline) {
             Ok(forked) => {
                 if server.gone {
                     tracing::warn!(target: "bulkhead::supervision", pid = server.pid, "fork-server is gone; it is replaced on the next spawn");
                     *state = SlotState::Idle { failures: 0 };
                 }
                 Some(forked)
+            }
+            Err(SpawnError::NoBlank) => {
+                // Nothing was asked of the server: its record stands.
+                if let SlotState::Running { failures: f, .. } = &mut *state {
+                    *f = failures;
+                }
+                None
             }
             Err(SpawnError::Refused(why)) => {
                 tracing::warn!(target: "bulkhead::supervision", %why, "fork-server could not fork a worker");
@@ -242,6 +259,22 @@ impl ForkServerSlot {
                 *state = SlotState::Idle { failures: failures + 1 };
                 None
             }
+        }
+    }
+
+    /// Asks the running server for the blanks that replace those assigned
+    /// since the last call. A spawn that took a blank calls this once its
+    /// worker has answered (or failed): the server's wake-up and the new
+    /// blank's set-up do not compete with that worker's load for the CPUs.
+    pub(crate) fn replenish(&self) {
+        let mut state = self.lock();
+        let SlotState::Running { server, .. } = &mut *state else {
+            return;
+        };
+        server.ask_for_blanks();
+        if server.gone {
+            tracing::warn!(target: "bulkhead::supervision", pid = server.pid, "fork-server is gone; it is replaced on the next spawn");
+            *state = SlotState::Idle { failures: 0 };
         }
     }
 
@@ -321,6 +354,8 @@ fn settle(started: Result<ForkServer, String>, failures: u32) -> SlotState {
 }
 
 enum SpawnError {
+    /// No blank was ready, and none was to be waited for.
+    NoBlank,
     /// The server answered that it could not fork; it keeps serving.
     Refused(String),
     /// The server is dead, hung or broke the protocol.
@@ -357,6 +392,9 @@ struct ForkServer {
     /// The server itself did not take a request (it is replaced after the
     /// spawn at hand, which a blank may still have served).
     gone: bool,
+    /// Blanks assigned whose replacements the server has not been asked for
+    /// yet ([`ForkServerSlot::replenish`]).
+    owed: u32,
     /// The blank the server forks as soon as it is ready has not announced
     /// itself yet: the first spawn waits for it (briefly) rather than have a
     /// second worker isolate itself beside it.
@@ -373,6 +411,7 @@ impl ForkServer {
             blanks: Vec::new(),
             dead_blanks: 0,
             gone: false,
+            owed: 0,
             first_blank: true,
         }
     }
@@ -402,6 +441,7 @@ impl ForkServer {
             Ok(FromServer::Unavailable(why)) => Err(format!("profile unavailable: {why}")),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(SpawnError::Broken(why) | SpawnError::Refused(why)) => Err(why),
+            Err(SpawnError::NoBlank) => Err("no blank".into()),
         }
     }
 
@@ -445,11 +485,12 @@ impl ForkServer {
         args: &[String],
         fds: &[BorrowedFd<'_>],
         library: bool,
+        blank_only: bool,
         deadline: Instant,
     ) -> Option<u32> {
         // Announcements that arrived since the last spawn, without waiting.
         while let Ok(None) = self.recv_one(Some(Instant::now())) {}
-        if self.blanks.is_empty() && self.first_blank {
+        if self.blanks.is_empty() && self.first_blank && !blank_only {
             // The server's first blank is being forked: it isolates itself
             // no slower than a worker forked now would, and a worker forked
             // now would compete with it for the CPUs.
@@ -476,7 +517,8 @@ impl ForkServer {
                 library,
             };
             if forkserver::send(blank.chan.as_fd(), &msg, fds).is_ok() {
-                self.gone |= forkserver::send(self.chan.as_fd(), &ToServer::Blank, &[]).is_err();
+                // Its replacement is asked for once this worker has loaded.
+                self.owed += 1;
                 return Some(blank.pid);
             }
             // It died waiting (its set-up failed, most likely).
@@ -489,11 +531,21 @@ impl ForkServer {
         None
     }
 
+    /// Asks the server for the blanks owed (one request each).
+    fn ask_for_blanks(&mut self) {
+        while self.owed > 0 && !self.gone {
+            self.owed -= 1;
+            self.gone |= forkserver::send(self.chan.as_fd(), &ToServer::Blank, &[]).is_err();
+        }
+        self.owed = 0;
+    }
+
     fn spawn(
         &mut self,
         args: &[String],
         sock: OwnedFd,
         library: Option<BorrowedFd<'_>>,
+        blank_only: bool,
         deadline: Instant,
     ) -> Result<Forked, SpawnError> {
         let broken = |what: String| SpawnError::Broken(what);
@@ -503,8 +555,9 @@ impl ForkServer {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Refused(format!("pipe: {e}")))?;
         let mut fds = vec![sock.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(library);
-        let pid = match self.assign_blank(args, &fds, library.is_some(), deadline) {
+        let pid = match self.assign_blank(args, &fds, library.is_some(), blank_only, deadline) {
             Some(pid) => pid as i32,
+            None if blank_only => return Err(SpawnError::NoBlank),
             None => {
                 let msg = ToServer::Spawn {
                     args: args.to_vec(),
@@ -623,6 +676,7 @@ mod tests {
             &["--parent-pid".into(), "1".into()],
             OwnedFd::from(worker),
             None,
+            false,
             Instant::now() + within,
         )
     }
@@ -631,6 +685,7 @@ mod tests {
         match r {
             Err(SpawnError::Broken(why)) => why,
             Err(SpawnError::Refused(why)) => panic!("refused, not broken: {why}"),
+            Err(SpawnError::NoBlank) => panic!("no blank, not broken"),
             Ok(f) => panic!("accepted pid {}", f.pid),
         }
     }

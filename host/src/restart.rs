@@ -251,6 +251,31 @@ impl RestartState {
         Decision::Restart { not_before }
     }
 
+    /// Whether a failure of `slot` at `now` would be answered with a restart
+    /// that need not wait (what [`on_failure`](Self::on_failure) would
+    /// decide, with no backoff), recording nothing.
+    pub fn would_restart_at_once(&self, slot: usize, now: Instant) -> bool {
+        if self.failed.is_some() || self.policy.mode == RestartMode::Never {
+            return false;
+        }
+        if let (Some(allowance), Some(b)) = (self.allowance(), self.policy.budget) {
+            let recent = self
+                .recent
+                .iter()
+                .filter(|&&t| now.saturating_duration_since(t) < b.window)
+                .count();
+            if recent as u64 >= allowance {
+                return false;
+            }
+        }
+        let s = &self.slots[slot.min(self.slots.len() - 1)];
+        let healthy = s
+            .started
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.policy.healthy_after);
+        let consecutive = if healthy { 0 } else { s.consecutive }.saturating_add(1);
+        self.policy.backoff.delay(consecutive).is_zero()
+    }
+
     /// A replacement worker for `slot` is being started at `now`; counts against the budget.
     pub fn on_restart(&mut self, slot: usize, now: Instant) {
         self.prune(now);
@@ -330,6 +355,33 @@ impl RestartState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The look-ahead agrees with the decision it predicts, through budgets,
+    /// backoffs and the failed state.
+    #[test]
+    fn would_restart_at_once_predicts_on_failure() {
+        let t0 = Instant::now();
+        let policies = [
+            RestartPolicy::on_failure(3, Duration::from_secs(60)).backoff(Backoff::none()),
+            RestartPolicy::on_failure(3, Duration::from_secs(60)),
+            RestartPolicy::always(),
+            RestartPolicy::never(),
+        ];
+        for policy in policies {
+            let mut st = RestartState::new(policy.clone(), 2);
+            for step in 0..8u32 {
+                let now = t0 + Duration::from_millis(u64::from(step) * 10);
+                let slot = (step % 2) as usize;
+                let predicted = st.would_restart_at_once(slot, now);
+                let decided = st.on_failure(slot, now, "test");
+                let at_once = matches!(decided, Decision::Restart { not_before } if not_before <= now);
+                assert_eq!(predicted, at_once, "{policy:?}, step {step}: {decided:?}");
+                if let Decision::Restart { not_before } = decided {
+                    st.on_restart(slot, not_before);
+                }
+            }
+        }
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

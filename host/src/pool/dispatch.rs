@@ -501,6 +501,15 @@ impl Pool {
         };
         set_busy(&worker.proc, false);
         let pid = worker.pid;
+        let failure = match failure {
+            Failure::Ended(_) => {
+                // Gone, most likely dead: its replacement gets a head start
+                // while its exit and crash report are collected.
+                self.head_start(worker.slot);
+                worker.settle(failure)
+            }
+            other => other,
+        };
         let err = match failure {
             Failure::Timeout => {
                 self.events.emit(&self.label, EventKind::Timeout { pid, limit });
@@ -517,6 +526,7 @@ impl Pool {
                 observe::protocol_failure(&self.label, pid, method, &e);
                 CallError::Protocol(e)
             }
+            Failure::Ended(_) => unreachable!("settled above"),
         };
         let cause = format!("{err}{}", source_suffix(&err));
         self.lost_worker(worker.slot, pid, Some(method), cause);

@@ -42,7 +42,7 @@ use crate::events::EventKind;
 use crate::health::Health;
 use crate::restart::{Decision, RestartPolicy, RestartState};
 use crate::usage;
-use crate::worker_process::{Tick, WorkerProcess};
+use crate::worker_process::{Begun, Tick, WorkerProcess};
 
 /// Pause between promoting a standby and reaping/refilling in the background.
 const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(5);
@@ -99,6 +99,9 @@ struct Lost {
 /// The warm standby, and reports of standbys a background job stopped during shutdown.
 struct Spare {
     worker: Option<WorkerProcess>,
+    /// A replacement started from a fork-server blank the moment its slot's
+    /// worker was found gone ([`Pool::head_start`]), for the restart job.
+    head_start: Option<(usize, Begun)>,
     stopped: Vec<WorkerReport>,
 }
 
@@ -133,6 +136,7 @@ impl Recovery {
             standby_enabled: standby,
             spare: Mutex::new(Spare {
                 worker: None,
+                head_start: None,
                 stopped: Vec::new(),
             }),
             idle_timeout,
@@ -168,6 +172,15 @@ impl Recovery {
     }
 
     /// Takes the standby out, if there is one.
+    /// The head start made for slot `i` (any slot's, if `None`).
+    fn take_head_start(&self, i: Option<usize>) -> Option<Begun> {
+        let mut spare = self.spare();
+        match &spare.head_start {
+            Some((slot, _)) if i.is_none_or(|i| i == *slot) => spare.head_start.take().map(|(_, b)| b),
+            _ => None,
+        }
+    }
+
     pub(super) fn take_standby(&self) -> Option<WorkerProcess> {
         self.spare().worker.take()
     }
@@ -268,7 +281,7 @@ impl Pool {
                 return Err(CallError::ShutDown);
             }
         }
-        self.start_replacement(i, Some(deadline))
+        self.start_replacement(i, Some(deadline), false)
             .map_err(|e| CallError::Restart(Box::new(e)))
     }
 
@@ -309,9 +322,58 @@ impl Pool {
         self.events.emit(&self.label, EventKind::Restarted { pid, restarts });
     }
 
+    /// Slot `i`'s worker was just found gone. If no warm standby replaces it
+    /// and the restart policy will at once, a fork-server blank that is
+    /// ready starts loading the replacement now, while the failed call
+    /// collects the worker's exit and crash report (about a millisecond);
+    /// the restart job finishes it ([`start_replacement`](Self::start_replacement)).
+    /// Only a ready blank is used (nothing here waits or forks), and one
+    /// head start at a time; one the job does not use is killed and reaped.
+    pub(super) fn head_start(&self, i: usize) {
+        if self.recovery.standby_enabled || self.closing.is_closed() {
+            return;
+        }
+        if !self.recovery.state().restart.would_restart_at_once(i, Instant::now()) {
+            return;
+        }
+        if self.recovery.spare().head_start.is_some() {
+            return;
+        }
+        let Some(begun) = WorkerProcess::begin_from_blank(&self.launch) else {
+            return;
+        };
+        let mut spare = self.recovery.spare();
+        let unused = match spare.head_start {
+            None => {
+                spare.head_start = Some((i, begun));
+                None
+            }
+            Some(_) => Some(begun),
+        };
+        drop(spare);
+        drop(unused);
+    }
+
     /// Starts a replacement worker for slot `i` and does the bookkeeping.
-    fn start_replacement(&self, i: usize, deadline: Option<Instant>) -> Result<WorkerProcess, LoadError> {
-        match WorkerProcess::start(&self.launch, deadline) {
+    /// `in_background`: a restart job's, which asks for the fork-server blank
+    /// it took later ([`Launch::replenish`](crate::worker_process::Launch::replenish)).
+    fn start_replacement(
+        &self,
+        i: usize,
+        deadline: Option<Instant>,
+        in_background: bool,
+    ) -> Result<WorkerProcess, LoadError> {
+        let head_start = if in_background {
+            self.recovery.take_head_start(Some(i))
+        } else {
+            None
+        };
+        let started = match head_start {
+            Some(begun) => WorkerProcess::finish(begun, &self.launch),
+            None if in_background => WorkerProcess::start_leaving_blanks(&self.launch, deadline),
+            None => WorkerProcess::start(&self.launch, deadline),
+        };
+        match started {
             Ok((mut w, _info)) => {
                 w.slot = i;
                 self.register(&w);
@@ -416,8 +478,12 @@ impl Pool {
             // serving and a caller waiting for it had the CPU first.
             let dead = pool.reap(dying);
             let slot = pool.background_replacement(i);
+            // A head start this restart did not use (the pool is closing,
+            // or the plugin failed meanwhile) is killed and reaped.
+            drop(pool.recovery.take_head_start(None));
             pool.put_back(slot);
             pool.closing.wait_until(Instant::now() + CLEANUP_DELAY);
+            pool.launch.replenish();
             dead.wait_drained();
             // A plugin that crashed once may crash again: the next restart
             // finds its worker's region and socket made.
@@ -437,6 +503,7 @@ impl Pool {
         if !self.background("bulkhead-restart", move |pool| {
             let slot = pool.background_replacement(i);
             pool.put_back(slot);
+            pool.launch.replenish();
         }) {
             self.to_channel(Slot::Empty(i));
         }
@@ -463,7 +530,7 @@ impl Pool {
                 return Slot::Live(Box::new(w));
             }
         }
-        match self.start_replacement(i, None) {
+        match self.start_replacement(i, None, true) {
             Ok(w) => {
                 // A call may be waiting for this slot: the new worker spins
                 // for it (a fresh spin) instead of sleeping by the time the

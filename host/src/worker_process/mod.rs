@@ -27,7 +27,7 @@ use crate::link::{Answer, Link, Placed, Posted, Progress, PullSource, Request};
 use crate::output::StderrTail;
 
 pub(crate) use reap::{Failure, ProcState, KILL_REAP_BOUND};
-pub(crate) use spawn::Launch;
+pub(crate) use spawn::{Begun, Launch};
 
 /// A running worker that finished its handshake.
 pub(crate) struct WorkerProcess {
@@ -76,10 +76,10 @@ impl WorkerProcess {
         deadline: Instant,
         target: Option<Vec<u8>>,
     ) -> Result<Answer<'_>, Failure> {
-        let (proc, stderr) = (&self.proc, &self.stderr);
+        let proc = &self.proc;
         self.link
             .exchange(Request::Call { method, payload }, deadline, None, target)
-            .map_err(|f| reap::failure(proc, stderr, f))
+            .map_err(|f| reap::failure(proc, f))
     }
 
     /// Posts one call (with `client`, a client-streaming one) through the
@@ -98,10 +98,10 @@ impl WorkerProcess {
         deadline: Instant,
         pull: Option<PullSource<'_>>,
     ) -> Result<Progress, Failure> {
-        let (proc, stderr) = (&self.proc, &self.stderr);
+        let proc = &self.proc;
         self.link
             .step(posted, deadline, pull)
-            .map_err(|f| reap::failure(proc, stderr, f))
+            .map_err(|f| reap::failure(proc, f))
     }
 
     /// Takes the answer [`step`](Self::step) found.
@@ -113,11 +113,11 @@ impl WorkerProcess {
         deadline: Instant,
         target: Option<Vec<u8>>,
     ) -> Result<Answer<'_>, Failure> {
-        let (proc, stderr) = (&self.proc, &self.stderr);
+        let proc = &self.proc;
         let mut target = target;
         self.link
             .take_posted(posted, r, deadline, &mut target)
-            .map_err(|f| reap::failure(proc, stderr, f))
+            .map_err(|f| reap::failure(proc, f))
     }
 
     /// Waits (blocking) for a posted call's answer and takes it.
@@ -129,11 +129,11 @@ impl WorkerProcess {
         target: Option<Vec<u8>>,
         pull: Option<PullSource<'_>>,
     ) -> Result<Answer<'_>, Failure> {
-        let (proc, stderr) = (&self.proc, &self.stderr);
+        let proc = &self.proc;
         let mut target = target;
         self.link
             .wait_posted(posted, deadline, &mut target, pull)
-            .map_err(|f| reap::failure(proc, stderr, f))
+            .map_err(|f| reap::failure(proc, f))
     }
 
     /// Sends one call whose `len`-byte payload `fill` writes in place and
@@ -145,10 +145,10 @@ impl WorkerProcess {
         fill: impl FnOnce(&mut [u8]),
         deadline: Instant,
     ) -> Result<Placed, Failure> {
-        let (proc, stderr) = (&self.proc, &self.stderr);
+        let proc = &self.proc;
         self.link
             .exchange_placed(method, len, fill, deadline)
-            .map_err(|f| reap::failure(proc, stderr, f))
+            .map_err(|f| reap::failure(proc, f))
     }
 
     /// Sends `msg` and waits for its answer, answering the worker's callbacks
@@ -166,10 +166,10 @@ impl WorkerProcess {
             Some(pull) => pull,
             None => &mut no_pull,
         };
-        let (proc, stderr) = (&self.proc, &self.stderr);
+        let proc = &self.proc;
         self.link
             .exchange(msg, deadline, Some(pull), None)
-            .map_err(|f| reap::failure(proc, stderr, f))
+            .map_err(|f| reap::failure(proc, f))
     }
 
     /// The shared-memory region the worker mapped, if any.
@@ -192,6 +192,13 @@ impl WorkerProcess {
     /// the call that follows. A no-op on the socket transport.
     pub(crate) fn wake(&self) {
         self.link.wake();
+    }
+
+    /// Completes a failure of this worker: a [`Failure::Ended`] becomes its
+    /// death (waiting, boundedly, for its exit and crash report) or a
+    /// protocol failure; any other failure is returned as it is.
+    pub(crate) fn settle(&self, failure: Failure) -> Failure {
+        reap::settle(&self.proc, &self.stderr, failure)
     }
 
     /// SIGKILLs the process group and waits for the reaper. Returns the exit.

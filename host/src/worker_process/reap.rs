@@ -114,30 +114,46 @@ pub(crate) enum Failure {
     },
     /// The worker broke the protocol; it has been killed.
     Protocol(ProtocolError),
+    /// The worker's end of the socket closed (it died, most likely): not
+    /// yet told apart from a protocol failure, its exit and crash report not
+    /// yet collected ([`WorkerProcess::settle`](super::WorkerProcess::settle),
+    /// which the pool calls once it has started the replacement).
+    Ended(IoFail),
 }
 
 /// Turns a transport failure into a call failure, killing the worker where
 /// needed. Workers that hang or misbehave are SIGKILLed here; reaping them is
 /// the reaper loop's job, off the caller's path.
-pub(super) fn failure(proc: &ProcState, stderr: &StderrTail, fail: IoFail) -> Failure {
+pub(super) fn failure(proc: &ProcState, fail: IoFail) -> Failure {
     match fail {
         IoFail::Timeout => {
             proc.kill();
             Failure::Timeout
         }
-        IoFail::Eof | IoFail::Io(_) => match exit_after_eof(proc, stderr) {
-            Some((exit, stderr, crash)) => Failure::Died { exit, stderr, crash },
-            None => {
-                proc.kill();
-                Failure::Protocol(match fail {
-                    IoFail::Io(e) => ProtocolError::Io(e.to_string()),
-                    _ => ProtocolError::ChannelClosed,
-                })
-            }
-        },
+        IoFail::Eof | IoFail::Io(_) => Failure::Ended(fail),
         IoFail::Frame(e) => {
             proc.kill();
             Failure::Protocol(e)
+        }
+    }
+}
+
+/// What an [`Failure::Ended`] was: the worker's death, with its exit,
+/// stderr tail and crash report, or (still running after [`EOF_GRACE`]) a
+/// protocol failure, and the worker is killed. Other failures are returned
+/// as they are.
+pub(super) fn settle(proc: &ProcState, stderr: &StderrTail, failure: Failure) -> Failure {
+    let Failure::Ended(fail) = failure else {
+        return failure;
+    };
+    match exit_after_eof(proc, stderr) {
+        Some((exit, stderr, crash)) => Failure::Died { exit, stderr, crash },
+        None => {
+            proc.kill();
+            Failure::Protocol(match fail {
+                IoFail::Io(e) => ProtocolError::Io(e.to_string()),
+                _ => ProtocolError::ChannelClosed,
+            })
         }
     }
 }

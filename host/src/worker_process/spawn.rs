@@ -131,12 +131,54 @@ impl Launch {
         }
     }
 
+    /// Asks this plugin's fork-server for the blanks its starts took (see
+    /// [`WorkerProcess::start_leaving_blanks`]).
+    pub(crate) fn replenish(&self) {
+        if let Some(server) = &self.fork_server {
+            server.replenish();
+        }
+    }
+
     /// The parts made ahead, if any, else new ones.
     fn take_parts(&self, deadline: Instant) -> io::Result<Parts> {
         let ready = self.next_parts.lock().unwrap_or_else(|e| e.into_inner()).take();
         match ready {
             Some(parts) => Ok(parts),
             None => Parts::make(self, deadline),
+        }
+    }
+}
+
+/// A worker started and not yet watched, with what its handshake needs
+/// ([`WorkerProcess::finish`]). Dropped unfinished, the worker is killed and
+/// reaped.
+pub(crate) struct Begun {
+    started: Option<Started>,
+    region: NewRegion,
+    load: Vec<u8>,
+    forked: bool,
+    /// When its start began, and how long its handshake may take from then.
+    at: Instant,
+    limit: Duration,
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        if let Some(started) = self.started.take() {
+            started.spawned.abandon();
+        }
+    }
+}
+
+/// Asks the fork-server for the blank a forked worker used, when dropped:
+/// after that worker's handshake, so the next blank's set-up does not compete
+/// with its load.
+struct Replenish<'a>(Option<&'a ForkServerSlot>);
+
+impl Drop for Replenish<'_> {
+    fn drop(&mut self) {
+        if let Some(server) = self.0 {
+            server.replenish();
         }
     }
 }
@@ -157,6 +199,24 @@ impl WorkerProcess {
         launch: &Launch,
         deadline: Option<Instant>,
     ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+        Self::start_then(launch, deadline, true)
+    }
+
+    /// [`start`](Self::start), except that a fork-server blank it took is
+    /// not replaced yet: the caller calls [`Launch::replenish`] once the new
+    /// worker's first call had the CPUs (a restart, whose caller waits).
+    pub(crate) fn start_leaving_blanks(
+        launch: &Launch,
+        deadline: Option<Instant>,
+    ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+        Self::start_then(launch, deadline, false)
+    }
+
+    fn start_then(
+        launch: &Launch,
+        deadline: Option<Instant>,
+        replenish: bool,
+    ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
         let started = Instant::now();
         let limit = match deadline {
             Some(d) => launch.load_timeout.min(d.saturating_duration_since(started)),
@@ -172,7 +232,7 @@ impl WorkerProcess {
         } = launch.take_parts(deadline).map_err(|e| spawn_err(launch, e))?;
         let server = launch.fork_server.as_ref().filter(|server| server.ready(deadline));
         let (started_worker, forked) = match server {
-            Some(server) => match fork(server, launch, host_end, worker_end, sent, deadline) {
+            Some(server) => match fork(server, launch, host_end, worker_end, sent, false, deadline) {
                 Some(forked) => (forked, true),
                 // (The socket went with the failed request: a new one.)
                 None => (exec(launch, &region, &load, None, deadline)?, false),
@@ -182,14 +242,62 @@ impl WorkerProcess {
                 false,
             ),
         };
-        let Started {
+        let begun = Begun {
+            started: Some(started_worker),
+            region,
+            load,
+            forked,
+            at: started,
+            limit,
+        };
+        // A blank taken is replaced once this start is over, whatever its end.
+        let _replenish = Replenish(launch.fork_server.as_deref().filter(|_| forked && replenish));
+        Self::finish(begun, launch)
+    }
+
+    /// A worker started ahead by a fork-server blank that is ready now, with
+    /// no waiting: `None` if the profile's server is not running or has no
+    /// blank (or it failed). The worker loads while the caller goes on;
+    /// [`finish`](Self::finish) completes its handshake. The blank is not
+    /// replaced yet ([`Launch::replenish`]).
+    pub(crate) fn begin_from_blank(launch: &Launch) -> Option<Begun> {
+        let server = launch.fork_server.as_ref().filter(|server| server.is_running())?;
+        let started = Instant::now();
+        let deadline = started + launch.load_timeout;
+        let Parts {
+            region,
+            load,
+            host_end,
+            worker_end,
+            sent,
+        } = launch.take_parts(deadline).ok()?;
+        let started_worker = fork(server, launch, host_end, worker_end, sent, true, deadline)?;
+        Some(Begun {
+            started: Some(started_worker),
+            region,
+            load,
+            forked: true,
+            at: started,
+            limit: launch.load_timeout,
+        })
+    }
+
+    /// Watches a begun worker and completes its handshake within its limit.
+    pub(crate) fn finish(mut begun: Begun, launch: &Launch) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+        let (started, limit, forked) = (begun.at, begun.limit, begun.forked);
+        let deadline = started + limit;
+        let Some(Started {
             spawned,
             host_end,
             sent,
-        } = started_worker;
+        }) = begun.started.take()
+        else {
+            unreachable!("a begun worker is finished once")
+        };
+        let region = begun.region.take();
         let mut w = watch(launch, spawned, host_end, &region)?;
         // (A large request is written now that the worker is running.)
-        let sent = sent.unwrap_or_else(|| send_load(w.link.sock(), &load, launch, &region, deadline));
+        let sent = sent.unwrap_or_else(|| send_load(w.link.sock(), &begun.load, launch, &region, deadline));
         match w.handshake(launch, region, sent, forked, deadline) {
             Ok(info) => {
                 if let Some(server) = launch.fork_server.as_ref().filter(|_| !forked) {
@@ -329,6 +437,7 @@ fn fork(
     host_end: UnixStream,
     worker_end: UnixStream,
     sent: Option<Result<(), IoFail>>,
+    blank_only: bool,
     deadline: Instant,
 ) -> Option<Started> {
     if let Some(Err(_)) = sent {
@@ -337,7 +446,7 @@ fn fork(
     let library = launch.library.is_none().then_some(launch.path.as_path());
     let mut args = vec!["--parent-pid".to_string(), std::process::id().to_string()];
     args.extend(launch.args.iter().cloned());
-    let f = server.spawn(&args, OwnedFd::from(worker_end), library, deadline)?;
+    let f = server.spawn(&args, OwnedFd::from(worker_end), library, blank_only, deadline)?;
     Some(Started {
         spawned: Spawned {
             pid: f.pid,
