@@ -326,7 +326,8 @@ impl Pool {
     /// and the restart policy will at once, a fork-server blank that is
     /// ready starts loading the replacement now, while the failed call
     /// collects the worker's exit and crash report (about a millisecond);
-    /// the restart job finishes it ([`start_replacement`](Self::start_replacement)).
+    /// the restart (the job's, or a call's that finds the slot empty)
+    /// finishes it ([`start_replacement`](Self::start_replacement)).
     /// Only a ready blank is used (nothing here waits or forks), and one
     /// head start at a time; one the job does not use is killed and reaped.
     pub(super) fn head_start(&self, i: usize) {
@@ -363,16 +364,14 @@ impl Pool {
         deadline: Option<Instant>,
         in_background: bool,
     ) -> Result<WorkerProcess, LoadError> {
-        let head_start = if in_background {
-            self.recovery.take_head_start(Some(i))
-        } else {
-            None
+        let started = match self.recovery.take_head_start(Some(i)) {
+            Some(begun) => WorkerProcess::finish(begun, &self.launch, deadline),
+            None => WorkerProcess::start_leaving_blanks(&self.launch, deadline),
         };
-        let started = match head_start {
-            Some(begun) => WorkerProcess::finish(begun, &self.launch),
-            None if in_background => WorkerProcess::start_leaving_blanks(&self.launch, deadline),
-            None => WorkerProcess::start(&self.launch, deadline),
-        };
+        if !in_background {
+            // (A restart job asks once its replacement's first call had the CPUs.)
+            self.launch.replenish();
+        }
         match started {
             Ok((mut w, _info)) => {
                 w.slot = i;

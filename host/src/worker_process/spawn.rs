@@ -252,7 +252,7 @@ impl WorkerProcess {
         };
         // A blank taken is replaced once this start is over, whatever its end.
         let _replenish = Replenish(launch.fork_server.as_deref().filter(|_| forked && replenish));
-        Self::finish(begun, launch)
+        Self::finish(begun, launch, None)
     }
 
     /// A worker started ahead by a fork-server blank that is ready now, with
@@ -282,9 +282,18 @@ impl WorkerProcess {
         })
     }
 
-    /// Watches a begun worker and completes its handshake within its limit.
-    pub(crate) fn finish(mut begun: Begun, launch: &Launch) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
-        let (started, limit, forked) = (begun.at, begun.limit, begun.forked);
+    /// Watches a begun worker and completes its handshake within its limit
+    /// (and before `deadline`, if given: a call's, when a call finishes it).
+    pub(crate) fn finish(
+        mut begun: Begun,
+        launch: &Launch,
+        deadline: Option<Instant>,
+    ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
+        let (started, forked) = (begun.at, begun.forked);
+        let limit = match deadline {
+            Some(d) => begun.limit.min(d.saturating_duration_since(started)),
+            None => begun.limit,
+        };
         let deadline = started + limit;
         let Some(Started {
             spawned,
