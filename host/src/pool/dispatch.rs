@@ -503,10 +503,20 @@ impl Pool {
         let pid = worker.pid;
         let failure = match failure {
             Failure::Ended(_) => {
-                // Gone, most likely dead: its replacement gets a head start
-                // while its exit and crash report are collected.
-                self.head_start(worker.slot);
-                worker.settle(failure)
+                // Its replacement gets a head start once the worker is known
+                // to have exited (a slot never holds two live workers): here,
+                // if it was reaped already (the usual case: the reaper's
+                // notice ended the wait), while the rest of its crash report
+                // is collected; else once `settle` has seen it exit.
+                let exited = worker.proc.exit().is_some();
+                if exited {
+                    self.head_start(worker.slot);
+                }
+                let settled = worker.settle(failure);
+                if !exited && matches!(settled, Failure::Died { .. }) {
+                    self.head_start(worker.slot);
+                }
+                settled
             }
             other => other,
         };

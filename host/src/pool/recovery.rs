@@ -11,6 +11,13 @@
 //!   replacement. A plugin whose restart budget is spent gets no replacement
 //!   until [`Pool::reset`] or its cool-down; a call that then finds the slot
 //!   empty starts one.
+//! - Without a standby, the replacement of a worker a call found gone gets a
+//!   *head start* ([`Pool::head_start`]): if the policy will restart it with
+//!   no wait, a fork-server blank that is ready is handed the plugin at once,
+//!   from the failing call, before its exit and crash report are collected;
+//!   the restart job (or a call that finds the slot empty) finishes that
+//!   worker's handshake instead of starting one. At most one at a time; one
+//!   that ends up unused is killed and reaped by the job.
 //! - Every restart is counted against the policy, logged with the cause of
 //!   the loss, and announced (`Restarted`); a spent budget is announced once
 //!   (`GaveUp`).

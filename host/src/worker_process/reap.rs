@@ -17,9 +17,11 @@
 //! gives the rusage) or one created otherwise, known only by pid.
 //!
 //! A transport failure becomes a call [`Failure`] here ([`failure`]): a
-//! timeout or a protocol violation kills the worker; an end of the socket is a
-//! death if the worker exits within [`EOF_GRACE`] (with its stderr tail and
-//! crash report), else a protocol error that kills it.
+//! timeout or a protocol violation kills the worker; an end of the socket is
+//! [`Failure::Ended`] until it is settled ([`settle`]: the pool does that
+//! once it has given the replacement its head start) — a death if the worker
+//! exits within [`EOF_GRACE`] (with its stderr tail and crash report), else a
+//! protocol error that kills it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
