@@ -263,9 +263,10 @@ impl ForkServerSlot {
     }
 
     /// Asks the running server for the blanks that replace those assigned
-    /// since the last call. A spawn that took a blank calls this once its
-    /// worker has answered (or failed): the server's wake-up and the new
-    /// blank's set-up do not compete with that worker's load for the CPUs.
+    /// since the last call. A load that took a blank calls this once its
+    /// worker has answered (or failed), a restart job once the new worker's
+    /// first call had the CPUs: the server's wake-up and the new blank's
+    /// set-up do not compete with that worker's load for them.
     pub(crate) fn replenish(&self) {
         let mut state = self.lock();
         let SlotState::Running { server, .. } = &mut *state else {
@@ -478,8 +479,9 @@ impl ForkServer {
         }
     }
 
-    /// Hands the worker's descriptors to a blank, if one is waiting; asks the
-    /// server for the next blank. `None`: no live blank.
+    /// Hands the worker's descriptors to a blank, if one is waiting; its
+    /// replacement is owed ([`ForkServerSlot::replenish`] asks for it).
+    /// `None`: no live blank.
     fn assign_blank(
         &mut self,
         args: &[String],

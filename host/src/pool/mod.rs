@@ -18,7 +18,8 @@
 //! - [`recovery`] (`Recovery`): what happens to a slot off the caller's path —
 //!   a dying worker is replaced under the restart policy (a warm standby
 //!   promoted on the spot, or a reap, the slot's backoff and a fresh worker in
-//!   the background; a slot never holds two workers), idle workers are stopped
+//!   the background, the replacement often given a head start by the failing
+//!   call; a slot never holds two live workers), idle workers are stopped
 //!   (and started again on demand, not counted as restarts), workers burning
 //!   CPU with no call in flight are killed, and the plugin's [`Health`](crate::Health) is
 //!   derived and reported on change.

@@ -178,16 +178,16 @@ impl Recovery {
         while self.jobs.count.load(Ordering::Acquire) > 0 && self.jobs.done_rx.recv_deadline(bound).is_ok() {}
     }
 
-    /// Takes the standby out, if there is one.
     /// The head start made for slot `i` (any slot's, if `None`).
-    fn take_head_start(&self, i: Option<usize>) -> Option<Begun> {
+    pub(super) fn take_head_start(&self, i: Option<usize>) -> Option<Begun> {
         let mut spare = self.spare();
         match &spare.head_start {
-            Some((slot, _)) if i.is_none_or(|i| i == *slot) => spare.head_start.take().map(|(_, b)| b),
+            Some((slot, _)) if i.is_none() || i == Some(*slot) => spare.head_start.take().map(|(_, b)| b),
             _ => None,
         }
     }
 
+    /// Takes the standby out, if there is one.
     pub(super) fn take_standby(&self) -> Option<WorkerProcess> {
         self.spare().worker.take()
     }
@@ -479,14 +479,15 @@ impl Pool {
             return;
         }
         let started = self.background("bulkhead-restart", move |pool| {
-            // Reaped first (a slot never holds two workers); its pipes drain,
+            // Reaped first (the replacement's head start, if any, began once
+            // it had exited: a slot never holds two live workers); its pipes drain,
             // and what is left of it is let go, once the replacement is
             // serving and a caller waiting for it had the CPU first.
             let dead = pool.reap(dying);
             let slot = pool.background_replacement(i);
             // A head start this restart did not use (the pool is closing,
             // or the plugin failed meanwhile) is killed and reaped.
-            drop(pool.recovery.take_head_start(None));
+            drop(pool.recovery.take_head_start(Some(i)));
             pool.put_back(slot);
             pool.closing.wait_until(Instant::now() + CLEANUP_DELAY);
             pool.launch.replenish();

@@ -142,6 +142,9 @@ impl Pool {
         if let Some(w) = self.recovery.take_standby() {
             reports.push(self.stop(w));
         }
+        // A head start no restart took (the pool closed first): it never
+        // served, so it is killed and reaped, not reported.
+        drop(self.recovery.take_head_start(None));
     }
 
     /// SIGKILLs the workers running a call right now.

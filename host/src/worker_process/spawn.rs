@@ -19,7 +19,10 @@
 //! on a spawner thread ([`spawner`](crate::spawner)); it is handed to the
 //! event loops; a large load request is written once the worker runs; the
 //! handshake's answer (looked for without sleeping at first, from a forked
-//! worker) chooses the link's [`Way`].
+//! worker) chooses the link's [`Way`]. A start from a ready blank can also be
+//! begun on its own ([`WorkerProcess::begin_from_blank`]: a restart's head
+//! start, handed out by a failing call) and finished later
+//! ([`WorkerProcess::finish`]).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -104,6 +107,11 @@ pub(crate) struct Parts {
 }
 
 impl Parts {
+    /// The region, the encoded load request, and the socket's ends.
+    fn split(self) -> (NewRegion, Vec<u8>, Ends) {
+        (self.region, self.load, (self.host_end, self.worker_end, self.sent))
+    }
+
     fn make(launch: &Launch, deadline: Instant) -> io::Result<Parts> {
         let region = create_region(launch.shm_capacity);
         let load = encode_load(launch, &region);
@@ -170,19 +178,6 @@ impl Drop for Begun {
     }
 }
 
-/// Asks the fork-server for the blank a forked worker used, when dropped:
-/// after that worker's handshake, so the next blank's set-up does not compete
-/// with its load.
-struct Replenish<'a>(Option<&'a ForkServerSlot>);
-
-impl Drop for Replenish<'_> {
-    fn drop(&mut self) {
-        if let Some(server) = self.0 {
-            server.replenish();
-        }
-    }
-}
-
 /// A started worker, before it is watched: its process and the host's end of
 /// its socket; `sent` says whether (and how) the load request was written.
 struct Started {
@@ -199,7 +194,10 @@ impl WorkerProcess {
         launch: &Launch,
         deadline: Option<Instant>,
     ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
-        Self::start_then(launch, deadline, true)
+        let started = Self::start_leaving_blanks(launch, deadline);
+        // A blank taken is replaced once this start is over, whatever its end.
+        launch.replenish();
+        started
     }
 
     /// [`start`](Self::start), except that a fork-server blank it took is
@@ -209,38 +207,18 @@ impl WorkerProcess {
         launch: &Launch,
         deadline: Option<Instant>,
     ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
-        Self::start_then(launch, deadline, false)
-    }
-
-    fn start_then(
-        launch: &Launch,
-        deadline: Option<Instant>,
-        replenish: bool,
-    ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
         let started = Instant::now();
-        let limit = match deadline {
-            Some(d) => launch.load_timeout.min(d.saturating_duration_since(started)),
-            None => launch.load_timeout,
-        };
+        let limit = within(launch.load_timeout, started, deadline);
         let deadline = started + limit;
-        let Parts {
-            region,
-            load,
-            host_end,
-            worker_end,
-            sent,
-        } = launch.take_parts(deadline).map_err(|e| spawn_err(launch, e))?;
+        let (region, load, ends) = launch.take_parts(deadline).map_err(|e| spawn_err(launch, e))?.split();
         let server = launch.fork_server.as_ref().filter(|server| server.ready(deadline));
         let (started_worker, forked) = match server {
-            Some(server) => match fork(server, launch, host_end, worker_end, sent, false, deadline) {
+            Some(server) => match fork(server, launch, ends, false, deadline) {
                 Some(forked) => (forked, true),
                 // (The socket went with the failed request: a new one.)
                 None => (exec(launch, &region, &load, None, deadline)?, false),
             },
-            None => (
-                exec(launch, &region, &load, Some((host_end, worker_end, sent)), deadline)?,
-                false,
-            ),
+            None => (exec(launch, &region, &load, Some(ends), deadline)?, false),
         };
         let begun = Begun {
             started: Some(started_worker),
@@ -250,8 +228,6 @@ impl WorkerProcess {
             at: started,
             limit,
         };
-        // A blank taken is replaced once this start is over, whatever its end.
-        let _replenish = Replenish(launch.fork_server.as_deref().filter(|_| forked && replenish));
         Self::finish(begun, launch, None)
     }
 
@@ -264,14 +240,8 @@ impl WorkerProcess {
         let server = launch.fork_server.as_ref().filter(|server| server.is_running())?;
         let started = Instant::now();
         let deadline = started + launch.load_timeout;
-        let Parts {
-            region,
-            load,
-            host_end,
-            worker_end,
-            sent,
-        } = launch.take_parts(deadline).ok()?;
-        let started_worker = fork(server, launch, host_end, worker_end, sent, true, deadline)?;
+        let (region, load, ends) = launch.take_parts(deadline).ok()?.split();
+        let started_worker = fork(server, launch, ends, true, deadline)?;
         Some(Begun {
             started: Some(started_worker),
             region,
@@ -290,10 +260,7 @@ impl WorkerProcess {
         deadline: Option<Instant>,
     ) -> Result<(WorkerProcess, PluginInfoWire), LoadError> {
         let (started, forked) = (begun.at, begun.forked);
-        let limit = match deadline {
-            Some(d) => begun.limit.min(d.saturating_duration_since(started)),
-            None => begun.limit,
-        };
+        let limit = within(begun.limit, started, deadline);
         let deadline = started + limit;
         let Some(Started {
             spawned,
@@ -409,6 +376,15 @@ impl WorkerProcess {
     }
 }
 
+/// A start's time limit: `limit` from `started`, cut short by `deadline` (a
+/// call's, when a call starts the worker).
+fn within(limit: Duration, started: Instant, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => limit.min(d.saturating_duration_since(started)),
+        None => limit,
+    }
+}
+
 /// The shared region of `capacity` bytes per direction, if any: 0, or a
 /// region that cannot be created (no memfd), means the socket transport.
 fn create_region(capacity: u32) -> NewRegion {
@@ -443,9 +419,7 @@ fn presend(load: &[u8]) -> bool {
 fn fork(
     server: &ForkServerSlot,
     launch: &Launch,
-    host_end: UnixStream,
-    worker_end: UnixStream,
-    sent: Option<Result<(), IoFail>>,
+    (host_end, worker_end, sent): Ends,
     blank_only: bool,
     deadline: Instant,
 ) -> Option<Started> {
