@@ -23,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bulkhead_shared::forkserver::{self, FromServer, ToServer};
@@ -197,16 +197,28 @@ impl ForkServerSlot {
         }
     }
 
-    /// Whether a server is running for this profile now.
+    /// Whether a server is running for this profile now; `false` too if
+    /// the slot is busy (a spawn or a server start holds it), without waiting.
     pub(crate) fn is_running(&self) -> bool {
-        matches!(*self.lock(), SlotState::Running { .. })
+        self.try_lock()
+            .is_some_and(|state| matches!(*state, SlotState::Running { .. }))
+    }
+
+    /// The state if nobody holds it now.
+    fn try_lock(&self) -> Option<MutexGuard<'_, SlotState>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Forks a worker with `args`, handing it `sock` (its end of the
     /// control socket) and its library. `None`: no server for this profile
     /// (or it just failed); the caller starts the worker itself.
     /// `blank_only`: only a blank that is ready now will do — no server is
-    /// started, none is asked to fork, nothing is waited for.
+    /// started, none is asked to fork, nothing is waited for (not even a
+    /// slot another spawn holds).
     pub(crate) fn spawn(
         &self,
         args: &[String],
@@ -215,10 +227,13 @@ impl ForkServerSlot {
         blank_only: bool,
         deadline: Instant,
     ) -> Option<Forked> {
-        let mut state = self.lock();
-        if !blank_only {
+        let mut state = if blank_only {
+            self.try_lock()?
+        } else {
+            let mut state = self.lock();
             self.ensure_started(&mut state);
-        }
+            state
+        };
         let SlotState::Running { server, failures } = &mut *state else {
             return None;
         };
