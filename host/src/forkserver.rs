@@ -534,8 +534,11 @@ impl ForkServer {
                 library,
             };
             if forkserver::send(blank.chan.as_fd(), &msg, fds).is_ok() {
-                // Its replacement is asked for once this worker has loaded.
+                // Its replacement is asked for once this worker has loaded;
+                // a server that died meanwhile is noticed now (one `waitid`),
+                // so this spawn replaces it and reaps it.
                 self.owed += 1;
+                self.gone |= has_exited(self.pid);
                 return Some(blank.pid);
             }
             // It died waiting (its set-up failed, most likely).
