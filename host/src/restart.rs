@@ -225,8 +225,7 @@ impl RestartState {
             return Decision::GiveUp;
         }
         self.prune(now);
-        let over_budget = self.allowance().is_some_and(|a| self.recent.len() as u64 >= a);
-        if self.policy.mode == RestartMode::Never || over_budget {
+        if self.gives_up(now) {
             self.failed = Some(Failed {
                 reason: reason.to_string(),
                 since: now,
@@ -237,43 +236,52 @@ impl RestartState {
             }
             return Decision::GiveUp;
         }
-        let healthy_after = self.policy.healthy_after;
-        let backoff = self.policy.backoff;
+        let consecutive = self.consecutive_after_failure(slot, now);
+        let not_before = now + self.policy.backoff.delay(consecutive);
         let s = self.slot(slot);
-        if s.started
-            .is_some_and(|t| now.saturating_duration_since(t) >= healthy_after)
-        {
-            s.consecutive = 0;
-        }
-        s.consecutive = s.consecutive.saturating_add(1);
-        let not_before = now + backoff.delay(s.consecutive);
+        s.consecutive = consecutive;
         s.not_before = Some(not_before);
         Decision::Restart { not_before }
+    }
+
+    /// Whether a failure at `now` fails the plugin: the policy never
+    /// restarts, or the restarts made within the window spend the budget.
+    fn gives_up(&self, now: Instant) -> bool {
+        if self.policy.mode == RestartMode::Never {
+            return true;
+        }
+        let (Some(allowance), Some(b)) = (self.allowance(), self.policy.budget) else {
+            return false;
+        };
+        let recent = self
+            .recent
+            .iter()
+            .filter(|&&t| now.saturating_duration_since(t) < b.window)
+            .count();
+        recent as u64 >= allowance
+    }
+
+    /// `slot`'s consecutive failures with one more at `now` (a slot whose
+    /// worker stayed up `healthy_after` starts over).
+    fn consecutive_after_failure(&self, slot: usize, now: Instant) -> u32 {
+        let s = &self.slots[slot.min(self.slots.len() - 1)];
+        let healthy = s
+            .started
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.policy.healthy_after);
+        if healthy { 0 } else { s.consecutive }.saturating_add(1)
     }
 
     /// Whether a failure of `slot` at `now` would be answered with a restart
     /// that need not wait (what [`on_failure`](Self::on_failure) would
     /// decide, with no backoff), recording nothing.
     pub fn would_restart_at_once(&self, slot: usize, now: Instant) -> bool {
-        if self.failed.is_some() || self.policy.mode == RestartMode::Never {
-            return false;
-        }
-        if let (Some(allowance), Some(b)) = (self.allowance(), self.policy.budget) {
-            let recent = self
-                .recent
-                .iter()
-                .filter(|&&t| now.saturating_duration_since(t) < b.window)
-                .count();
-            if recent as u64 >= allowance {
-                return false;
-            }
-        }
-        let s = &self.slots[slot.min(self.slots.len() - 1)];
-        let healthy = s
-            .started
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.policy.healthy_after);
-        let consecutive = if healthy { 0 } else { s.consecutive }.saturating_add(1);
-        self.policy.backoff.delay(consecutive).is_zero()
+        self.failed.is_none()
+            && !self.gives_up(now)
+            && self
+                .policy
+                .backoff
+                .delay(self.consecutive_after_failure(slot, now))
+                .is_zero()
     }
 
     /// A replacement worker for `slot` is being started at `now`; counts against the budget.
