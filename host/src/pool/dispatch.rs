@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Pool, Slot};
-use crate::error::{CallError, ProtocolError};
+use crate::error::CallError;
 use crate::events::EventKind;
-use crate::link::{Answer, Placed};
+use crate::link::{Answer, IoFail, Placed};
 use crate::observe;
 use crate::worker_process::Failure;
 use crate::worker_process::{ProcState, Tick, WorkerProcess};
@@ -641,11 +641,9 @@ impl<P: Deref<Target = Pool>> Lease<P> {
         if !died {
             return;
         }
-        let failure = match w.exit_after_eof() {
-            Some((exit, stderr, crash)) => Failure::Died { exit, stderr, crash },
-            None => Failure::Protocol(ProtocolError::ChannelClosed),
-        };
-        let _ = self.fail(failure, method, start, limit);
+        // Settled like a socket that ended under a call: a death, or (still
+        // running after the grace) a protocol failure; and a head start.
+        let _ = self.fail(Failure::Ended(IoFail::Eof), method, start, limit);
     }
 
     /// The same lease, reaching its pool through `pool`.

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use bulkhead_shared::shm::{Region, Response};
 
-use crate::crash::CrashReport;
 use crate::error::Exit;
 use crate::link::{Answer, Link, Placed, Posted, Progress, PullSource, Request};
 use crate::output::StderrTail;
@@ -180,12 +179,6 @@ impl WorkerProcess {
     /// The link's receive buffer (where [`Placed::Rx`] answers lie).
     pub(crate) fn received(&self) -> &[u8] {
         &self.link.rx
-    }
-
-    /// The exit, stderr tail and crash report of a worker whose socket
-    /// reached EOF, or `None` if it is still running after a grace period.
-    pub(crate) fn exit_after_eof(&self) -> Option<(Exit, String, Option<Box<CrashReport>>)> {
-        reap::exit_after_eof(&self.proc, &self.stderr)
     }
 
     /// Rings the worker's doorbell without work, so it is awake (spinning) for

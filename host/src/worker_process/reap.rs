@@ -164,10 +164,7 @@ pub(super) fn settle(proc: &ProcState, stderr: &StderrTail, failure: Failure) ->
 /// EOF, or `None` if it is still running after [`EOF_GRACE`]. The report's
 /// lines precede the worker's death on its stderr, so waiting (boundedly) for
 /// stderr's end, as for the tail, collects them.
-pub(super) fn exit_after_eof(
-    proc: &ProcState,
-    stderr: &StderrTail,
-) -> Option<(Exit, String, Option<Box<CrashReport>>)> {
+fn exit_after_eof(proc: &ProcState, stderr: &StderrTail) -> Option<(Exit, String, Option<Box<CrashReport>>)> {
     let exit = proc.wait(Instant::now() + EOF_GRACE)?;
     let tail = stderr.snapshot_after_eof(Instant::now() + STDERR_GRACE);
     let crash = stderr.crash_for(&exit);
